@@ -1,0 +1,394 @@
+//! Typed configuration, read and validated once at cold start so that a misconfigured function fails before it
+//! is ever asked to act. The bindings JSON is the documented contract (DESIGN.md, "Bindings"): fields may be
+//! added, never renamed, and unknown fields are refused so that a typo cannot silently disable a binding.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{arn, RouteStyle};
+use crate::{Error, Result};
+
+pub const ENV_TABLE: &str = "BLUEGREEN_MIRROR_TABLE";
+pub const ENV_BINDINGS: &str = "BLUEGREEN_MIRROR_BINDINGS";
+pub const ENV_POLL_MS: &str = "BLUEGREEN_MIRROR_POLL_MS";
+
+const DEFAULT_HEALTH_TIMEOUT_SECS: u64 = 300;
+const DEFAULT_POLL: Duration = Duration::from_secs(2);
+
+/// One public target group and its private mirror.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pair {
+    pub public_target_group: String,
+    pub private_target_group: String,
+}
+
+/// A private route: a listener's default action, or one listener rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum RouteRef {
+    Listener(String),
+    Rule(String),
+}
+
+impl RouteRef {
+    pub fn arn(&self) -> &str {
+        match self {
+            RouteRef::Listener(a) | RouteRef::Rule(a) => a,
+        }
+    }
+
+    pub fn load_balancer(&self) -> Option<String> {
+        arn::load_balancer_of(self.arn())
+    }
+
+    pub fn style(&self) -> RouteStyle {
+        RouteStyle::of(self.arn())
+    }
+}
+
+impl std::fmt::Display for RouteRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteRef::Listener(a) => write!(f, "listener {a}"),
+            RouteRef::Rule(a) => write!(f, "rule {a}"),
+        }
+    }
+}
+
+fn default_health_timeout() -> u64 {
+    DEFAULT_HEALTH_TIMEOUT_SECS
+}
+
+/// The configuration for one CodeDeploy deployment group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    pub application: String,
+    pub deployment_group: String,
+    pub pairs: Vec<Pair>,
+    pub private_production_route: RouteRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_test_route: Option<RouteRef>,
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout_seconds: u64,
+}
+
+impl Binding {
+    /// `(public, private)` target group ARN pairs.
+    pub fn pair_arns(&self) -> Vec<(String, String)> {
+        self.pairs
+            .iter()
+            .map(|p| {
+                (
+                    p.public_target_group.clone(),
+                    p.private_target_group.clone(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn private_of(&self, public: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|p| p.public_target_group == public)
+            .map(|p| p.private_target_group.as_str())
+    }
+
+    /// The public target group whose name is `name` (CodeDeploy speaks in names).
+    pub fn public_named(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|p| arn::target_group_name(&p.public_target_group) == Some(name))
+            .map(|p| p.public_target_group.as_str())
+    }
+
+    pub fn private_target_groups(&self) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .map(|p| p.private_target_group.as_str())
+            .collect()
+    }
+
+    pub fn public_target_groups(&self) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .map(|p| p.public_target_group.as_str())
+            .collect()
+    }
+
+    /// The private load balancer, from the production route's ARN.
+    pub fn private_load_balancer(&self) -> Option<String> {
+        self.private_production_route.load_balancer()
+    }
+
+    pub fn style(&self) -> RouteStyle {
+        self.private_production_route.style()
+    }
+
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.application, self.deployment_group)
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let me = self.label();
+        let mut out = Vec::new();
+        if self.application.trim().is_empty() || self.deployment_group.trim().is_empty() {
+            out.push(format!(
+                "binding {me:?}: application and deployment_group must not be empty"
+            ));
+        }
+        if self.pairs.len() != 2 {
+            out.push(format!(
+                "binding {me}: `pairs` must hold exactly two public→private target group pairs (blue and green), found {}",
+                self.pairs.len()
+            ));
+        }
+        let mut seen = HashSet::new();
+        for tg in self
+            .pairs
+            .iter()
+            .flat_map(|p| [&p.public_target_group, &p.private_target_group])
+        {
+            if !arn::is_target_group(tg) {
+                out.push(format!("binding {me}: {tg:?} is not a target group ARN"));
+            }
+            if !seen.insert(tg) {
+                out.push(format!("binding {me}: target group {tg} appears twice; each of the four must be distinct"));
+            }
+        }
+        let mut routes = vec![("private_production_route", &self.private_production_route)];
+        if let Some(t) = &self.private_test_route {
+            routes.push(("private_test_route", t));
+        }
+        for (field, r) in &routes {
+            let ok = match r {
+                RouteRef::Listener(a) => arn::is_listener(a),
+                RouteRef::Rule(a) => arn::is_rule(a),
+            };
+            if !ok {
+                out.push(format!(
+                    "binding {me}: {field} {r} is not a valid ARN of that kind"
+                ));
+            }
+        }
+        if let Some(test) = &self.private_test_route {
+            if test == &self.private_production_route {
+                out.push(format!(
+                    "binding {me}: private_test_route must differ from private_production_route"
+                ));
+            }
+            if test.load_balancer() != self.private_production_route.load_balancer() {
+                out.push(format!("binding {me}: private_test_route and private_production_route are on different load balancers"));
+            }
+        } else if self.style() == RouteStyle::Single {
+            out.push(format!(
+                "binding {me}: the private load balancer is an NLB, whose listener forwards to one target group; \
+                 declare private_test_route so that the idle target group stays attached and health-checked"
+            ));
+        }
+        if !(1..=3600).contains(&self.health_timeout_seconds) {
+            out.push(format!(
+                "binding {me}: health_timeout_seconds must be between 1 and 3600"
+            ));
+        }
+        out
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BindingsDoc {
+    bindings: Vec<Binding>,
+}
+
+/// Everything a function needs from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub table: String,
+    pub bindings: Vec<Binding>,
+    /// How often waits re-read ELB.
+    pub poll_interval: Duration,
+}
+
+impl Config {
+    /// Reads the environment. Call once at cold start; an error here should stop the function from starting.
+    pub fn from_env() -> Result<Self> {
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| Error::Config(format!("{name} is not set")))
+        };
+        let mut cfg = Self::parse(&var(ENV_TABLE)?, &var(ENV_BINDINGS)?)?;
+        if let Ok(ms) = std::env::var(ENV_POLL_MS) {
+            let ms: u64 = ms
+                .parse()
+                .ok()
+                .filter(|ms| (50..=60_000).contains(ms))
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "{ENV_POLL_MS} must be a number of milliseconds in 50..=60000"
+                    ))
+                })?;
+            cfg.poll_interval = Duration::from_millis(ms);
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates the table name and the bindings JSON, reporting every problem at once.
+    pub fn parse(table: &str, bindings_json: &str) -> Result<Self> {
+        if table.trim().is_empty() {
+            return Err(Error::Config(format!("{ENV_TABLE} is empty")));
+        }
+        let doc: BindingsDoc = serde_json::from_str(bindings_json).map_err(|e| {
+            Error::Config(format!(
+                "{ENV_BINDINGS} is not a valid bindings document: {e}"
+            ))
+        })?;
+        if doc.bindings.is_empty() {
+            return Err(Error::Config(format!("{ENV_BINDINGS} declares no binding")));
+        }
+        let mut problems: Vec<String> = doc.bindings.iter().flat_map(Binding::problems).collect();
+        let mut groups = HashSet::new();
+        let mut private_owner: std::collections::HashMap<&str, String> = Default::default();
+        for b in &doc.bindings {
+            if !groups.insert((&b.application, &b.deployment_group)) {
+                problems.push(format!("binding {} is declared twice", b.label()));
+            }
+            for tg in b.private_target_groups() {
+                if let Some(other) = private_owner.insert(tg, b.label()) {
+                    problems.push(format!(
+                        "private target group {tg} is bound by both {other} and {}",
+                        b.label()
+                    ));
+                }
+            }
+        }
+        for b in &doc.bindings {
+            for tg in b.public_target_groups() {
+                if let Some(owner) = private_owner.get(tg) {
+                    problems.push(format!(
+                        "target group {tg} is public in {} and private in {owner}",
+                        b.label()
+                    ));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::Config(problems.join("; ")));
+        }
+        Ok(Self {
+            table: table.to_string(),
+            bindings: doc.bindings,
+            poll_interval: DEFAULT_POLL,
+        })
+    }
+
+    /// The binding for a CodeDeploy application and deployment group.
+    pub fn binding(&self, application: &str, deployment_group: &str) -> Option<&Binding> {
+        self.bindings
+            .iter()
+            .find(|b| b.application == application && b.deployment_group == deployment_group)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "arn:aws:elasticloadbalancing:eu-west-1:111122223333";
+
+    fn doc(extra: &str) -> String {
+        format!(
+            r#"{{"bindings":[{{"application":"web","deployment_group":"web-bg",
+            "pairs":[{{"public_target_group":"{A}:targetgroup/pub-blue/1","private_target_group":"{A}:targetgroup/prv-blue/3"}},
+                     {{"public_target_group":"{A}:targetgroup/pub-green/2","private_target_group":"{A}:targetgroup/prv-green/4"}}],
+            "private_production_route":{{"listener":"{A}:listener/app/private/9/80"}}{extra}}}]}}"#
+        )
+    }
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let extra = format!(
+            r#","private_test_route":{{"rule":"{A}:listener-rule/app/private/9/8080/77"}},"health_timeout_seconds":120"#
+        );
+        let cfg = Config::parse("table", &doc(&extra));
+        let cfg = match cfg {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let b = cfg.binding("web", "web-bg");
+        assert!(b.is_some());
+        let b = b.cloned().unwrap_or_else(|| panic!("binding"));
+        assert_eq!(b.health_timeout_seconds, 120);
+        assert_eq!(
+            b.private_of(&format!("{A}:targetgroup/pub-green/2")),
+            Some(&*format!("{A}:targetgroup/prv-green/4"))
+        );
+        assert_eq!(
+            b.public_named("pub-blue"),
+            Some(&*format!("{A}:targetgroup/pub-blue/1"))
+        );
+        assert_eq!(
+            b.private_load_balancer().as_deref(),
+            Some(&*format!("{A}:loadbalancer/app/private/9"))
+        );
+        assert!(matches!(b.private_test_route, Some(RouteRef::Rule(_))));
+        assert!(cfg.binding("web", "other").is_none());
+        let defaulted = Config::parse("t", &doc("")).map(|c| c.bindings[0].health_timeout_seconds);
+        assert_eq!(defaulted.ok(), Some(300));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_serve() {
+        let cases: Vec<(String, &str)> = vec![
+            ("not json".into(), "not a valid bindings document"),
+            (r#"{"bindings":[]}"#.into(), "declares no binding"),
+            (doc(r#","colour":"blue""#), "unknown field"),
+            (
+                doc(r#","health_timeout_seconds":0"#),
+                "health_timeout_seconds",
+            ),
+            (
+                doc("").replace("prv-green/4", "prv-blue/3"),
+                "appears twice",
+            ),
+            (
+                doc("").replace(":targetgroup/pub-blue/1", ":loadbalancer/app/x/1"),
+                "not a target group ARN",
+            ),
+            (
+                doc("").replace("listener/app/private/9/80", "listener/app/private"),
+                "not a valid ARN",
+            ),
+            (doc("").replace("listener/app/", "listener/net/"), "NLB"),
+            (
+                doc(&format!(
+                    r#","private_test_route":{{"listener":"{A}:listener/app/other/5/8080"}}"#
+                )),
+                "different load balancers",
+            ),
+        ];
+        for (json, want) in cases {
+            let err = Config::parse("t", &json)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(want), "{json}\n→ {err:?}, wanted {want:?}");
+        }
+        let one = doc("");
+        let inner = one
+            .trim_start_matches(r#"{"bindings":["#)
+            .trim_end_matches("]}");
+        let twice = format!(r#"{{"bindings":[{inner},{inner}]}}"#);
+        let err = Config::parse("t", &twice)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("declared twice") && err.contains("bound by both"),
+            "{err}"
+        );
+        assert!(Config::parse(" ", &doc("")).is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! The pure domain: no I/O, no clocks, no AWS types. Everything here is synchronous and deterministic so that it
+//! can be tested exhaustively and reused by every function (hooks, reconciler, rehearsal).
+
+pub mod arn;
+pub mod mirror;
+pub mod record;
+pub mod route;
+pub mod target;
+
+pub use mirror::{plan_mirror, MirrorPlan, DEFAULT_BATCH};
+pub use record::{BindingRecord, DeploymentRecord, Phase};
+pub use route::{mirror_route, Route, RouteStyle, WeightedTargetGroup};
+pub use target::{HealthState, ObservedTarget, Target, TargetKey};

@@ -1,0 +1,131 @@
+//! What the hooks write to DynamoDB: one record per binding (its current view) and one per deployment (phases,
+//! target groups involved, the planned flip, outcome). Records carry a version for conditional writes. They are
+//! a log and a fast path, never the truth: the truth is re-read from ELB whenever a record is missing or stale.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::route::Route;
+
+/// The lifecycle events the hooks run at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Phase {
+    AfterInstall,
+    BeforeAllowTraffic,
+    AfterAllowTraffic,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::AfterInstall => "AfterInstall",
+            Phase::BeforeAllowTraffic => "BeforeAllowTraffic",
+            Phase::AfterAllowTraffic => "AfterAllowTraffic",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How long deployment records are kept before DynamoDB's TTL retires them.
+pub const DEPLOYMENT_RECORD_TTL_SECS: u64 = 30 * 24 * 3600;
+
+/// One deployment as the hooks saw it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeploymentRecord {
+    pub deployment_id: String,
+    pub application: String,
+    pub deployment_group: String,
+    /// Incremented on every write; the store only accepts a write whose version is one above the stored one.
+    pub version: u64,
+    /// Phase name → completion time (ms since the epoch), for each hook that finished its work.
+    pub phases: BTreeMap<String, u64>,
+    pub public_production_listener: Option<String>,
+    pub public_test_listener: Option<String>,
+    pub green_public_target_group: Option<String>,
+    pub green_private_target_group: Option<String>,
+    pub blue_private_target_group: Option<String>,
+    pub targets_mirrored: usize,
+    /// The private production route as it was before the flip, to restore if the flip cannot be completed.
+    pub private_route_before: Option<Route>,
+    /// The private production route AfterAllowTraffic is to set (the fast path of the flip).
+    pub planned_private_route: Option<Route>,
+    /// When the private production route was changed (ms since the epoch), for the flip-skew metric.
+    pub private_flip_at_ms: Option<u64>,
+    /// `succeeded` or `failed`, with the last hook's message.
+    pub outcome: Option<String>,
+    pub last_message: Option<String>,
+    /// DynamoDB TTL (seconds since the epoch).
+    pub expires_at: u64,
+}
+
+impl DeploymentRecord {
+    pub fn new(
+        deployment_id: &str,
+        application: &str,
+        deployment_group: &str,
+        now_ms: u64,
+    ) -> Self {
+        Self {
+            deployment_id: deployment_id.to_string(),
+            application: application.to_string(),
+            deployment_group: deployment_group.to_string(),
+            expires_at: now_ms / 1000 + DEPLOYMENT_RECORD_TTL_SECS,
+            ..Self::default()
+        }
+    }
+
+    pub fn key(deployment_id: &str) -> String {
+        format!("deployment#{deployment_id}")
+    }
+}
+
+/// A binding's current view of the private side.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BindingRecord {
+    pub application: String,
+    pub deployment_group: String,
+    pub version: u64,
+    /// The private target group that carries production traffic after the last completed flip.
+    pub live_private_target_group: Option<String>,
+    pub last_deployment: Option<String>,
+    pub updated_at_ms: u64,
+}
+
+impl BindingRecord {
+    pub fn key(application: &str, deployment_group: &str) -> String {
+        format!("binding#{application}#{deployment_group}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn older_records_with_missing_fields_still_decode() {
+        let old = r#"{"deployment_id":"d-1","version":3,"phases":{"AfterInstall":5}}"#;
+        let rec: Result<DeploymentRecord, _> = serde_json::from_str(old);
+        let rec = rec.ok();
+        assert_eq!(rec.as_ref().map(|r| r.version), Some(3));
+        assert_eq!(
+            rec.and_then(|r| r.phases.get("AfterInstall").copied()),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn ttl_is_thirty_days_out() {
+        let rec = DeploymentRecord::new("d-1", "web", "web-bg", 1_000_000);
+        assert_eq!(rec.expires_at, 1000 + DEPLOYMENT_RECORD_TTL_SECS);
+        assert_eq!(DeploymentRecord::key("d-1"), "deployment#d-1");
+        assert_eq!(BindingRecord::key("web", "web-bg"), "binding#web#web-bg");
+    }
+}

@@ -1,0 +1,266 @@
+//! The hook harness: the one place that turns "whatever the use case did" into **exactly one**
+//! `PutLifecycleEventHookExecutionStatus` per invocation. The use case runs under a time budget cut from the
+//! Lambda deadline (a reserve is kept for the report), panics are caught, and the report is retried while time
+//! remains. Nothing between receiving the event and the report can skip it: there is no `?` on that path.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::domain::Phase;
+use crate::ports::{HookReporter, HookStatus, Reported};
+use crate::{Error, Result};
+
+/// Time kept back from the Lambda deadline to send the report.
+pub const REPORT_RESERVE: Duration = Duration::from_secs(5);
+
+/// The time a use case may spend. Waits stop at the deadline and fail with a message.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    deadline: Instant,
+}
+
+impl Budget {
+    pub fn until(deadline: Instant) -> Self {
+        Self { deadline }
+    }
+
+    pub fn after(d: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + d,
+        }
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    pub fn expired(&self) -> bool {
+        self.remaining().is_zero()
+    }
+
+    /// The earlier of this budget and `now + limit`.
+    pub fn capped(&self, limit: Duration) -> Self {
+        Self {
+            deadline: self.deadline.min(Instant::now() + limit),
+        }
+    }
+}
+
+/// What one invocation did, for its single structured log line and its response.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub binding: Option<String>,
+    pub registered: usize,
+    pub deregistered: usize,
+    pub route_before: Option<String>,
+    pub route_after: Option<String>,
+    pub notes: Vec<String>,
+}
+
+/// A handle through which a use case fills in the summary as it goes, so that even a use case that fails or
+/// times out half-way leaves a record of what it had done.
+#[derive(Debug, Clone, Default)]
+pub struct Tracker(Arc<Mutex<Summary>>);
+
+impl Tracker {
+    fn with<R>(&self, f: impl FnOnce(&mut Summary) -> R) -> R {
+        // A poisoned lock only means a panic elsewhere; the summary is still worth reporting.
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    pub fn binding(&self, label: String) {
+        self.with(|s| s.binding = Some(label));
+    }
+
+    pub fn mirrored(&self, registered: usize, deregistered: usize) {
+        self.with(|s| {
+            s.registered += registered;
+            s.deregistered += deregistered;
+        });
+    }
+
+    pub fn route_change(&self, before: String, after: String) {
+        self.with(|s| {
+            s.route_before.get_or_insert(before);
+            s.route_after = Some(after);
+        });
+    }
+
+    pub fn note(&self, note: impl Into<String>) {
+        let note = note.into();
+        tracing::info!(%note);
+        self.with(|s| s.notes.push(note));
+    }
+
+    pub fn snapshot(&self) -> Summary {
+        self.with(|s| s.clone())
+    }
+}
+
+/// One lifecycle hook invocation.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub phase: Phase,
+    pub deployment_id: String,
+    pub execution_id: String,
+    /// The Lambda deadline (`Context::deadline()`).
+    pub deadline: SystemTime,
+}
+
+/// The result of one invocation, after its report.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub phase: Phase,
+    pub deployment_id: String,
+    pub status: HookStatus,
+    pub message: Option<String>,
+    /// `None` when the report could not be delivered (then the response is an error, and Lambda's retry of
+    /// the asynchronous invocation runs the idempotent hook again).
+    pub reported: Option<Reported>,
+    pub report_error: Option<String>,
+    pub duration_ms: u64,
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic payload".to_string())
+}
+
+/// Runs `body` under the invocation's budget and reports its verdict exactly once.
+pub async fn run<R, F, Fut>(reporter: &R, inv: &Invocation, tracker: &Tracker, body: F) -> Outcome
+where
+    R: HookReporter,
+    F: FnOnce(Budget) -> Fut,
+    Fut: Future<Output = Result<()>> + Send,
+{
+    let started = Instant::now();
+    let total = inv
+        .deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    let reserve = REPORT_RESERVE.min(total / 4);
+    let work = total.saturating_sub(reserve);
+    let budget = Budget::after(work);
+
+    let result: Result<()> = match std::panic::catch_unwind(AssertUnwindSafe(|| body(budget))) {
+        Err(p) => Err(Error::Panic(panic_message(p.as_ref()))),
+        Ok(fut) => match tokio::time::timeout(work, AssertUnwindSafe(fut).catch_unwind()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(p)) => Err(Error::Panic(panic_message(p.as_ref()))),
+            Err(_) => Err(Error::Timeout(format!(
+                "{} did not finish within its budget of {} ms (the Lambda timeout less {} ms kept to report); \
+                 raise the function timeout or lower health_timeout_seconds",
+                inv.phase,
+                work.as_millis(),
+                reserve.as_millis()
+            ))),
+        },
+    };
+    let (status, message) = match &result {
+        Ok(()) => (HookStatus::Succeeded, None),
+        Err(e) => (HookStatus::Failed, Some(error_chain(e))),
+    };
+
+    let report_deadline = Instant::now()
+        + inv
+            .deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+    let report = report_until(reporter, inv, status, report_deadline).await;
+    let (reported, report_error) = match report {
+        Ok(r) => (Some(r), None),
+        Err(e) => (None, Some(error_chain(&e))),
+    };
+    let outcome = Outcome {
+        phase: inv.phase,
+        deployment_id: inv.deployment_id.clone(),
+        status,
+        message,
+        reported,
+        report_error,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        summary: tracker.snapshot(),
+    };
+    log_summary(&outcome);
+    outcome
+}
+
+/// Retries transient report failures (throttling, 5xx, timeouts) with backoff until the deadline.
+async fn report_until<R: HookReporter>(
+    reporter: &R,
+    inv: &Invocation,
+    status: HookStatus,
+    deadline: Instant,
+) -> Result<Reported> {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match reporter
+            .report(&inv.deployment_id, &inv.execution_id, status)
+            .await
+        {
+            Ok(r) => return Ok(r),
+            Err(e) if e.is_transient() && Instant::now() + wait < deadline => {
+                tracing::warn!(error = %e, "report failed, retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The error and its sources, one line.
+pub fn error_chain(e: &Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(cause) = src {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        src = cause.source();
+    }
+    s
+}
+
+fn log_summary(o: &Outcome) {
+    let summary = serde_json::to_string(o).unwrap_or_default();
+    match o.status {
+        HookStatus::Succeeded => tracing::info!(
+            target: "bluegreen_mirror::summary",
+            hook = %o.phase, deployment_id = %o.deployment_id, verdict = o.status.as_str(),
+            registered = o.summary.registered, deregistered = o.summary.deregistered,
+            route_before = o.summary.route_before.as_deref().unwrap_or("-"),
+            route_after = o.summary.route_after.as_deref().unwrap_or("-"),
+            duration_ms = o.duration_ms, %summary, "hook finished"
+        ),
+        HookStatus::Failed => tracing::error!(
+            target: "bluegreen_mirror::summary",
+            hook = %o.phase, deployment_id = %o.deployment_id, verdict = o.status.as_str(),
+            registered = o.summary.registered, deregistered = o.summary.deregistered,
+            route_before = o.summary.route_before.as_deref().unwrap_or("-"),
+            route_after = o.summary.route_after.as_deref().unwrap_or("-"),
+            duration_ms = o.duration_ms, message = o.message.as_deref().unwrap_or("-"), %summary, "hook failed"
+        ),
+    }
+}

@@ -1,0 +1,17 @@
+//! bluegreen-mirror: keeps a second, private load balancer in lockstep with what CodeDeploy does to the public
+//! one during an ECS blue/green deployment.
+//!
+//! Layout: [`domain`] is pure and synchronous (target keys, mirror plans, route plans, ARNs, records);
+//! [`config`] is the typed configuration read once at cold start; [`ports`] are the few domain-shaped async
+//! traits the use cases talk through; [`usecase`] holds what each hook decides; [`harness`] guarantees that
+//! every invocation reports exactly once; [`aws`] is the only module that speaks to the AWS SDK.
+
+pub mod aws;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod harness;
+pub mod ports;
+pub mod usecase;
+
+pub use error::{AwsErrorKind, Error, Result};

@@ -1,0 +1,161 @@
+//! Ports: the few domain-shaped operations the use cases need from the outside world. Adapters for AWS live in
+//! [`crate::aws`]; in-memory fakes live with the tests. Methods return `impl Future + Send` so that use cases
+//! stay generic (no boxing, no `async_trait`) and run on any executor.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::RouteRef;
+use crate::domain::{BindingRecord, DeploymentRecord, ObservedTarget, Route, Target, TargetKey};
+use crate::Result;
+
+/// A target group's configuration, as far as the preflight checks need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetGroupFacts {
+    pub arn: String,
+    pub name: String,
+    /// `ip`, `instance`, `lambda` or `alb`.
+    pub target_type: String,
+    pub protocol: Option<String>,
+    pub port: Option<u16>,
+    pub load_balancers: Vec<String>,
+    pub health_check_path: Option<String>,
+}
+
+/// Elastic Load Balancing, as the mirror uses it.
+pub trait LoadBalancers: Send + Sync {
+    /// Describes the given target groups; a missing one is an `AwsErrorKind::NotFound` error.
+    fn target_groups(
+        &self,
+        arns: &[&str],
+    ) -> impl Future<Output = Result<Vec<TargetGroupFacts>>> + Send;
+    /// The registered targets of a target group with their health.
+    fn targets(
+        &self,
+        target_group: &str,
+    ) -> impl Future<Output = Result<Vec<ObservedTarget>>> + Send;
+    /// Registers one batch (the caller batches).
+    fn register(
+        &self,
+        target_group: &str,
+        targets: &[Target],
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Deregisters one batch (the caller batches).
+    fn deregister(
+        &self,
+        target_group: &str,
+        targets: &[TargetKey],
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The forward action of a listener's default action or of a rule. A route whose action is not a plain
+    /// forward is a `Misconfigured` error.
+    fn route(&self, route: &RouteRef) -> impl Future<Output = Result<Route>> + Send;
+    /// Replaces the forward action of a listener's default action or of a rule.
+    fn set_route(&self, route: &RouteRef, to: &Route) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Blue or green, as CodeDeploy labels an ECS task set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskSetLabel {
+    Blue,
+    Green,
+}
+
+/// One ECS task set of a deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSet {
+    pub label: TaskSetLabel,
+    pub target_group_name: Option<String>,
+    pub desired_count: Option<u32>,
+    pub running_count: Option<u32>,
+}
+
+/// A deployment and its deployment group, in the terms the hooks need.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeploymentFacts {
+    pub deployment_id: String,
+    pub application: String,
+    pub deployment_group: String,
+    /// `ECS`, `Server` or `Lambda`.
+    pub compute_platform: String,
+    /// `BLUE_GREEN` or `IN_PLACE`.
+    pub deployment_type: String,
+    /// `user`, `autoscaling`, `codeDeployRollback`, ...
+    pub creator: Option<String>,
+    /// Target group names of the group's target group pair.
+    pub target_group_names: Vec<String>,
+    pub production_listeners: Vec<String>,
+    pub test_listeners: Vec<String>,
+}
+
+/// CodeDeploy, read side.
+pub trait Deployments: Send + Sync {
+    /// The deployment and its deployment group. An unknown id is an `AwsErrorKind::NotFound` error.
+    fn deployment(
+        &self,
+        deployment_id: &str,
+    ) -> impl Future<Output = Result<DeploymentFacts>> + Send;
+    /// The deployment's ECS task sets (empty when CodeDeploy does not list them yet).
+    fn task_sets(&self, deployment_id: &str) -> impl Future<Output = Result<Vec<TaskSet>>> + Send;
+}
+
+/// The status a hook reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HookStatus {
+    Succeeded,
+    Failed,
+}
+
+impl HookStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookStatus::Succeeded => "Succeeded",
+            HookStatus::Failed => "Failed",
+        }
+    }
+}
+
+/// What CodeDeploy said to a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Reported {
+    Accepted,
+    /// CodeDeploy already had a status for this execution (a repeated invocation): not an error.
+    AlreadyCompleted,
+}
+
+/// CodeDeploy, write side: `PutLifecycleEventHookExecutionStatus`.
+pub trait HookReporter: Send + Sync {
+    fn report(
+        &self,
+        deployment_id: &str,
+        execution_id: &str,
+        status: HookStatus,
+    ) -> impl Future<Output = Result<Reported>> + Send;
+}
+
+/// Whether a conditional write went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saved {
+    Written,
+    /// Another writer got there first (the version check failed): reload and retry.
+    Conflict,
+}
+
+/// Deployment state (DynamoDB). A write with `version` n succeeds only if the stored version is n - 1
+/// (or no item exists and n = 1).
+pub trait StateStore: Send + Sync {
+    fn deployment(
+        &self,
+        deployment_id: &str,
+    ) -> impl Future<Output = Result<Option<DeploymentRecord>>> + Send;
+    fn put_deployment(
+        &self,
+        record: &DeploymentRecord,
+    ) -> impl Future<Output = Result<Saved>> + Send;
+    fn binding(
+        &self,
+        application: &str,
+        group: &str,
+    ) -> impl Future<Output = Result<Option<BindingRecord>>> + Send;
+    fn put_binding(&self, record: &BindingRecord) -> impl Future<Output = Result<Saved>> + Send;
+}

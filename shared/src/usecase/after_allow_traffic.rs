@@ -1,0 +1,243 @@
+//! AfterAllowTraffic: the public production listener now serves green. Make the private production route its
+//! mirror at once — on the fast path one DynamoDB read (the flip BeforeAllowTraffic planned) and one
+//! ModifyListener/ModifyRule — then verify against the public truth, correct if needed, check that the private
+//! route is not dark, converge membership and the test route, record. If the private side cannot be made right,
+//! it is put back where it was and the hook fails (CodeDeploy then reroutes the public side back too).
+
+use super::{name, now_ms, Hooks, Tracker};
+use crate::config::{Binding, RouteRef};
+use crate::domain::{mirror_route, HealthState, Phase, Route};
+use crate::harness::Budget;
+use crate::ports::{Deployments, LoadBalancers, StateStore};
+use crate::{Error, Result};
+
+/// What the flip started from.
+struct Flip<'a> {
+    binding: &'a Binding,
+    before: Option<Route>,
+    public_production_listener: Option<String>,
+    public_test_listener: Option<String>,
+}
+
+impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
+    pub async fn after_allow_traffic(
+        &self,
+        deployment_id: &str,
+        _budget: Budget,
+        t: &Tracker,
+    ) -> Result<()> {
+        let record = match self.state.deployment(deployment_id).await {
+            Ok(r) => r,
+            Err(e) => {
+                t.note(format!(
+                    "deployment record unreadable ({e}); taking the slow path"
+                ));
+                None
+            }
+        };
+        let fast = record.and_then(|rec| {
+            let b = self
+                .config
+                .binding(&rec.application, &rec.deployment_group)?;
+            let planned = rec.planned_private_route.clone()?;
+            let privates = b.private_target_groups();
+            planned
+                .target_groups
+                .iter()
+                .all(|w| privates.contains(&w.target_group.as_str()))
+                .then_some((rec, b, planned))
+        });
+
+        let (flip, flipped) = match fast {
+            Some((rec, b, planned)) => {
+                t.binding(b.label());
+                let flip = Flip {
+                    binding: b,
+                    before: rec.private_route_before.clone(),
+                    public_production_listener: rec.public_production_listener.clone(),
+                    public_test_listener: rec.public_test_listener.clone(),
+                };
+                let set = self
+                    .lb
+                    .set_route(&b.private_production_route, &planned)
+                    .await;
+                (flip, set.map(|()| planned))
+            }
+            None => {
+                let r = self.resolve(deployment_id, t).await?;
+                let b = r.binding;
+                let pre = self.preflight(b, t).await?;
+                let listener = r
+                    .facts
+                    .production_listeners
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::Misconfigured(format!(
+                            "deployment group {} has no production listener",
+                            r.facts.deployment_group
+                        ))
+                    })?;
+                let public = self.lb.route(&RouteRef::Listener(listener.clone())).await?;
+                let desired =
+                    mirror_route(&public, &b.pair_arns(), b.style(), Some(&pre.production))
+                        .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
+                let flip = Flip {
+                    binding: b,
+                    before: Some(pre.production.clone()),
+                    public_production_listener: Some(listener),
+                    public_test_listener: r.facts.test_listeners.first().cloned(),
+                };
+                let set = if pre.production.same_action(&desired) {
+                    Ok(desired)
+                } else {
+                    self.lb
+                        .set_route(&b.private_production_route, &desired)
+                        .await
+                        .map(|()| desired)
+                };
+                (flip, set)
+            }
+        };
+        let flip_at = now_ms();
+        let b = flip.binding;
+
+        let settled = match flipped {
+            Ok(route) => {
+                t.route_change(
+                    flip.before
+                        .as_ref()
+                        .map_or("?".to_string(), Route::to_string),
+                    route.to_string(),
+                );
+                self.settle(deployment_id, &flip, route, t).await
+            }
+            Err(e) => Err(e),
+        };
+        let desired = match settled {
+            Ok(route) => route,
+            Err(e) => {
+                if let Some(before) = &flip.before {
+                    match self.lb.set_route(&b.private_production_route, before).await {
+                        Ok(()) => t.note(format!("private production route restored to {before}")),
+                        Err(re) => t.note(format!(
+                            "could not restore the private production route to {before}: {re}"
+                        )),
+                    }
+                }
+                return Err(e);
+            }
+        };
+
+        // Off the critical path: membership of both pairs (I1) and the test route (I3).
+        for (public, private) in b.pair_arns() {
+            self.mirror_pair(&public, &private, t).await?;
+        }
+        self.mirror_test_route(b, flip.public_test_listener.as_deref(), t)
+            .await?;
+
+        let live = desired.live().first().map(|s| s.to_string());
+        self.record(b, deployment_id, t, |rec| {
+            rec.phases
+                .insert(Phase::AfterAllowTraffic.to_string(), now_ms());
+            rec.private_flip_at_ms.get_or_insert(flip_at);
+            rec.outcome = Some("succeeded".to_string());
+            rec.last_message = None;
+        })
+        .await;
+        if let Some(live) = live {
+            self.record_binding_live(b, &live, deployment_id, t).await;
+        }
+        Ok(())
+    }
+
+    /// After the flip: compare with the public truth, correct, read back, and check that no live private target
+    /// group is dark while its public mirror is not (I4). Returns the route in place.
+    async fn settle(
+        &self,
+        deployment_id: &str,
+        flip: &Flip<'_>,
+        flipped: Route,
+        t: &Tracker,
+    ) -> Result<Route> {
+        let b = flip.binding;
+        let listener = match &flip.public_production_listener {
+            Some(l) => l.clone(),
+            None => {
+                let r = self.resolve(deployment_id, t).await?;
+                r.facts
+                    .production_listeners
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::Misconfigured(format!(
+                            "deployment group {} has no production listener",
+                            r.facts.deployment_group
+                        ))
+                    })?
+            }
+        };
+        let public = self.lb.route(&RouteRef::Listener(listener)).await?;
+        let desired = mirror_route(&public, &b.pair_arns(), b.style(), Some(&flipped))
+            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
+        if !desired.same_traffic(&flipped) {
+            t.note(format!("public route is {public}; correcting the planned private route {flipped} to {desired}"));
+            self.lb
+                .set_route(&b.private_production_route, &desired)
+                .await?;
+            t.route_change(flipped.to_string(), desired.to_string());
+        }
+        let now = self.lb.route(&b.private_production_route).await?;
+        if !now.same_traffic(&desired) {
+            return Err(Error::Invariant(format!(
+                "the private production route reads {now} after it was set to {desired}; something else is changing it"
+            )));
+        }
+        for tg in desired.live() {
+            let private = self.lb.targets(tg).await?;
+            if private.iter().any(|p| p.health == HealthState::Healthy) {
+                continue;
+            }
+            let public_tg = b
+                .pairs
+                .iter()
+                .find(|p| p.private_target_group == tg)
+                .map(|p| p.public_target_group.as_str());
+            if let Some(public_tg) = public_tg {
+                let public = self.lb.targets(public_tg).await?;
+                if public.iter().any(|p| p.health == HealthState::Healthy) {
+                    return Err(Error::Invariant(format!(
+                        "the private production route would forward to {}, which has no healthy target while its public \
+                         mirror {} has: not leaving the private side dark",
+                        name(tg),
+                        name(public_tg)
+                    )));
+                }
+            }
+        }
+        Ok(desired)
+    }
+
+    /// Makes the private test route mirror the public test listener, when both exist.
+    async fn mirror_test_route(
+        &self,
+        b: &Binding,
+        public_test_listener: Option<&str>,
+        t: &Tracker,
+    ) -> Result<()> {
+        let (Some(which), Some(public_listener)) = (&b.private_test_route, public_test_listener)
+        else {
+            return Ok(());
+        };
+        let public_ref = RouteRef::Listener(public_listener.to_string());
+        let (public, current) = tokio::join!(self.lb.route(&public_ref), self.lb.route(which));
+        let (public, current) = (public?, current?);
+        let desired = mirror_route(&public, &b.pair_arns(), b.style(), Some(&current))
+            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
+        if !current.same_action(&desired) {
+            self.lb.set_route(which, &desired).await?;
+            t.note(format!("{which}: {current} -> {desired}"));
+        }
+        Ok(())
+    }
+}

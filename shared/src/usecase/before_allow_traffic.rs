@@ -1,0 +1,111 @@
+//! BeforeAllowTraffic: the gate. Re-mirror, then wait until every replacement task is healthy *in the private
+//! target group*. If they are not by the deadline, report `Failed`: CodeDeploy rolls back before any
+//! production traffic moves, and nothing is lost. On success, plan the flip for AfterAllowTraffic.
+
+use super::{health_budget, live_keys, name, now_ms, Hooks, Tracker};
+use crate::domain::{plan_mirror, HealthState, Phase, Route, DEFAULT_BATCH};
+use crate::harness::Budget;
+use crate::ports::{Deployments, LoadBalancers, StateStore};
+use crate::{Error, Result};
+
+impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
+    pub async fn before_allow_traffic(
+        &self,
+        deployment_id: &str,
+        budget: Budget,
+        t: &Tracker,
+    ) -> Result<()> {
+        let r = self.resolve(deployment_id, t).await?;
+        let b = r.binding;
+        let pre = self.preflight(b, t).await?;
+        let g = self.green(&r, t).await?;
+
+        self.mirror_pair(&g.blue_public, &g.blue_private, t).await?;
+        let production = self.converge_production(&r, &pre.production, t).await?;
+        self.wait_for_public_green(&g, budget).await?;
+        self.test_route_to_green(b, pre.test.as_ref(), &g, t)
+            .await?;
+
+        // Level-triggered gate: every poll re-reads both sides, re-applies the mirror if ECS changed the public
+        // side meanwhile, and checks health of exactly the public side's live members in the private group.
+        let gate = health_budget(budget, b);
+        let waited = self
+            .poll(gate, || async {
+                let (public, private) = tokio::join!(self.lb.targets(&g.public), self.lb.targets(&g.private));
+                let (public, private) = (public?, private?);
+                let plan = plan_mirror(&public, &private, DEFAULT_BATCH);
+                if !plan.is_empty() {
+                    for batch in &plan.register {
+                        self.lb.register(&g.private, batch).await?;
+                    }
+                    for batch in &plan.deregister {
+                        self.lb.deregister(&g.private, batch).await?;
+                    }
+                    t.mirrored(plan.registered(), plan.deregistered());
+                    return Ok(Err(format!("mirror of {} changed; re-checking health", name(&g.public))));
+                }
+                let wanted = live_keys(&public);
+                if wanted.is_empty() {
+                    return Ok(Err(format!("public target group {} holds no replacement task", name(&g.public))));
+                }
+                let not_healthy: Vec<String> = private
+                    .iter()
+                    .filter(|p| wanted.contains(&p.key()) && p.health != HealthState::Healthy)
+                    .map(|p| match &p.reason {
+                        Some(reason) => format!("{} {} ({reason})", p.key(), p.health.as_str()),
+                        None => format!("{} {}", p.key(), p.health.as_str()),
+                    })
+                    .collect();
+                if not_healthy.is_empty() {
+                    return Ok(Ok(wanted.len()));
+                }
+                let unused = private.iter().any(|p| p.health == HealthState::Unused);
+                Ok(Err(format!(
+                    "{} of {} mirrored targets are not healthy in private target group {}: {}{}",
+                    not_healthy.len(),
+                    wanted.len(),
+                    name(&g.private),
+                    not_healthy.join(", "),
+                    if unused {
+                        " — `unused` means no listener or rule of the private load balancer forwards to this target group"
+                    } else {
+                        " — check that the private load balancer's security group may reach the tasks and that the health check matches the public one"
+                    }
+                )))
+            })
+            .await;
+        let healthy = match waited {
+            Ok(n) => n,
+            Err(Error::Timeout(state)) => {
+                return Err(Error::Unhealthy(format!(
+                    "replacement tasks did not become healthy behind the private load balancer within {} s: {state}. \
+                     Reporting Failed so that CodeDeploy rolls back; production traffic has not moved",
+                    b.health_timeout_seconds.min(budget.remaining().as_secs().max(1))
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        t.note(format!(
+            "{healthy} mirrored targets healthy in {}",
+            name(&g.private)
+        ));
+
+        let mut planned = Route::all_to(&g.private, &[&g.blue_private], b.style());
+        planned.stickiness_seconds = production.stickiness_seconds;
+        let facts = &r.facts;
+        self.record(b, deployment_id, t, |rec| {
+            rec.phases
+                .insert(Phase::BeforeAllowTraffic.to_string(), now_ms());
+            rec.public_production_listener = facts.production_listeners.first().cloned();
+            rec.public_test_listener = facts.test_listeners.first().cloned();
+            rec.green_public_target_group = Some(g.public.clone());
+            rec.green_private_target_group = Some(g.private.clone());
+            rec.blue_private_target_group = Some(g.blue_private.clone());
+            rec.targets_mirrored = healthy;
+            rec.private_route_before = Some(production.clone());
+            rec.planned_private_route = Some(planned.clone());
+        })
+        .await;
+        Ok(())
+    }
+}

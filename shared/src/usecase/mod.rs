@@ -1,0 +1,576 @@
+//! Use cases: what each hook decides, written against the ports only. The steps the hooks share (resolve the
+//! deployment to a binding, preflight the binding's resources, find green, mirror a pair, record) live here;
+//! each hook's sequence lives in its own module. Failure policy (report, retry) belongs to the harness.
+
+mod after_allow_traffic;
+mod after_install;
+mod before_allow_traffic;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::{Binding, Config, RouteRef};
+use crate::domain::{
+    arn, plan_mirror, DeploymentRecord, MirrorPlan, ObservedTarget, Phase, Route, TargetKey,
+    DEFAULT_BATCH,
+};
+use crate::harness::{Budget, Tracker};
+use crate::ports::{DeploymentFacts, Deployments, LoadBalancers, Saved, StateStore, TaskSetLabel};
+use crate::{AwsErrorKind, Error, Result};
+
+/// The hooks' use cases over a set of ports.
+#[derive(Debug)]
+pub struct Hooks<L, D, S> {
+    pub lb: L,
+    pub deployments: D,
+    pub state: S,
+    pub config: Config,
+}
+
+/// A deployment resolved to its binding.
+#[derive(Debug)]
+struct Resolved<'a> {
+    facts: DeploymentFacts,
+    binding: &'a Binding,
+}
+
+/// Which pair is green in this deployment.
+#[derive(Debug, Clone)]
+struct Green {
+    public: String,
+    private: String,
+    blue_public: String,
+    blue_private: String,
+    desired_count: Option<u32>,
+}
+
+/// The private routes as the preflight found them.
+#[derive(Debug)]
+struct Preflight {
+    production: Route,
+    test: Option<Route>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn name(tg: &str) -> &str {
+    arn::target_group_name(tg).unwrap_or(tg)
+}
+
+/// Turns "not found" from AWS into a message that names the missing thing and what to do.
+fn missing(what: String) -> impl FnOnce(Error) -> Error {
+    move |e| match e.aws_kind() {
+        Some(AwsErrorKind::NotFound) => {
+            Error::Misconfigured(format!("{what} does not exist ({e})"))
+        }
+        _ => e,
+    }
+}
+
+impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
+    pub fn new(lb: L, deployments: D, state: S, config: Config) -> Self {
+        Self {
+            lb,
+            deployments,
+            state,
+            config,
+        }
+    }
+
+    /// Runs the use case of `phase`. On failure the deployment record says so (best effort).
+    pub async fn run(
+        &self,
+        phase: Phase,
+        deployment_id: &str,
+        budget: Budget,
+        t: &Tracker,
+    ) -> Result<()> {
+        let result = match phase {
+            Phase::AfterInstall => self.after_install(deployment_id, budget, t).await,
+            Phase::BeforeAllowTraffic => self.before_allow_traffic(deployment_id, budget, t).await,
+            Phase::AfterAllowTraffic => self.after_allow_traffic(deployment_id, budget, t).await,
+        };
+        if let Err(e) = &result {
+            let message = format!("{phase}: {}", crate::harness::error_chain(e));
+            self.record_existing(deployment_id, t, |r| {
+                r.outcome = Some("failed".to_string());
+                r.last_message = Some(message.clone());
+            })
+            .await;
+        }
+        result
+    }
+
+    /// GetDeployment + GetDeploymentGroup, then the checks that make the deployment ours to mirror.
+    async fn resolve(&self, deployment_id: &str, t: &Tracker) -> Result<Resolved<'_>> {
+        let facts = self
+            .deployments
+            .deployment(deployment_id)
+            .await
+            .map_err(missing(format!("CodeDeploy deployment {deployment_id}")))?;
+        if facts.compute_platform != "ECS" {
+            return Err(Error::Misconfigured(format!(
+                "deployment {deployment_id} is a {} deployment; bluegreen-mirror hooks serve ECS blue/green deployments only: \
+                 remove them from this application's appspec",
+                facts.compute_platform
+            )));
+        }
+        if facts.deployment_type != "BLUE_GREEN" {
+            return Err(Error::Misconfigured(format!(
+                "deployment {deployment_id} is of type {}; bluegreen-mirror hooks serve BLUE_GREEN deployments only",
+                facts.deployment_type
+            )));
+        }
+        let binding = self.config.binding(&facts.application, &facts.deployment_group).ok_or_else(|| {
+            let known: Vec<String> = self.config.bindings.iter().map(Binding::label).collect();
+            Error::Misconfigured(format!(
+                "no binding for application {:?}, deployment group {:?}: add one to BLUEGREEN_MIRROR_BINDINGS \
+                 (bindings configured: {})",
+                facts.application,
+                facts.deployment_group,
+                known.join(", ")
+            ))
+        })?;
+        t.binding(binding.label());
+        for tg in &facts.target_group_names {
+            if binding.public_named(tg).is_none() {
+                return Err(Error::Misconfigured(format!(
+                    "deployment group {} uses target group {tg}, which binding {} does not name as a public target group: \
+                     fix the binding's pairs",
+                    facts.deployment_group,
+                    binding.label()
+                )));
+            }
+        }
+        for tg in binding.public_target_groups() {
+            if !facts.target_group_names.is_empty()
+                && !facts
+                    .target_group_names
+                    .iter()
+                    .any(|n| Some(n.as_str()) == arn::target_group_name(tg))
+            {
+                return Err(Error::Misconfigured(format!(
+                    "binding {} names public target group {} but deployment group {} does not use it (it uses {})",
+                    binding.label(),
+                    name(tg),
+                    facts.deployment_group,
+                    facts.target_group_names.join(", ")
+                )));
+            }
+        }
+        Ok(Resolved { facts, binding })
+    }
+
+    /// Checks every resource the binding names before anything is changed: the four target groups exist, are
+    /// of type `ip`, mirror each other's port and protocol, and the private ones belong to the private load
+    /// balancer only; the private routes exist, are plain forwards, and forward only to the binding's private
+    /// target groups.
+    async fn preflight(&self, b: &Binding, t: &Tracker) -> Result<Preflight> {
+        let mut arns = b.public_target_groups();
+        arns.extend(b.private_target_groups());
+        let route_reads = async {
+            let production = self
+                .lb
+                .route(&b.private_production_route)
+                .await
+                .map_err(missing(format!(
+                    "private production route ({})",
+                    b.private_production_route
+                )))?;
+            let test = match &b.private_test_route {
+                Some(r) => Some(
+                    self.lb
+                        .route(r)
+                        .await
+                        .map_err(missing(format!("private test route ({r})")))?,
+                ),
+                None => None,
+            };
+            Ok::<_, Error>((production, test))
+        };
+        let (groups, routes) = tokio::join!(self.lb.target_groups(&arns), route_reads);
+        let groups = groups.map_err(missing(format!(
+            "one of the target groups of binding {}",
+            b.label()
+        )))?;
+        let (production, test) = routes?;
+        let lb_arn = b.private_load_balancer().unwrap_or_default();
+        let find = |a: &str| {
+            groups.iter().find(|g| g.arn == a).ok_or_else(|| {
+                Error::Misconfigured(format!(
+                    "target group {a} of binding {} does not exist",
+                    b.label()
+                ))
+            })
+        };
+        for p in &b.pairs {
+            let (public, private) = (
+                find(&p.public_target_group)?,
+                find(&p.private_target_group)?,
+            );
+            for g in [public, private] {
+                if g.target_type != "ip" {
+                    return Err(Error::Misconfigured(format!(
+                        "target group {} is of type `{}`; task IPs can only be mirrored between target groups of type `ip`",
+                        g.name, g.target_type
+                    )));
+                }
+            }
+            if public.port != private.port || public.protocol != private.protocol {
+                return Err(Error::Misconfigured(format!(
+                    "private target group {} uses {}:{} but its public mirror {} uses {}:{}: give them the same protocol and port",
+                    private.name,
+                    private.protocol.as_deref().unwrap_or("?"),
+                    private.port.map_or("?".to_string(), |p| p.to_string()),
+                    public.name,
+                    public.protocol.as_deref().unwrap_or("?"),
+                    public.port.map_or("?".to_string(), |p| p.to_string()),
+                )));
+            }
+            if let Some(other) = private.load_balancers.iter().find(|l| **l != lb_arn) {
+                return Err(Error::Misconfigured(format!(
+                    "private target group {} is attached to load balancer {other}, not (only) to the binding's private \
+                     load balancer {lb_arn}: a mirror must belong to the private load balancer alone",
+                    private.name
+                )));
+            }
+            if public.health_check_path != private.health_check_path {
+                t.note(format!(
+                    "warning: health check path differs between {} ({:?}) and its mirror {} ({:?})",
+                    public.name, public.health_check_path, private.name, private.health_check_path
+                ));
+            }
+        }
+        let privates = b.private_target_groups();
+        let check = |what: &str, route: &Route| -> Result<()> {
+            for w in &route.target_groups {
+                if !privates.contains(&w.target_group.as_str()) {
+                    return Err(Error::Misconfigured(format!(
+                        "the {what} forwards to target group {}, which binding {} does not name; \
+                         point it at the binding's private target groups",
+                        name(&w.target_group),
+                        b.label()
+                    )));
+                }
+            }
+            Ok(())
+        };
+        check("private production route", &production)?;
+        if let Some(test) = &test {
+            check("private test route", test)?;
+        }
+        Ok(Preflight { production, test })
+    }
+
+    /// Which pair is green: CodeDeploy's task-set labels when it lists them, else the public production
+    /// listener (the live public target group is blue; the other one is green).
+    async fn green(&self, r: &Resolved<'_>, t: &Tracker) -> Result<Green> {
+        let b = r.binding;
+        let by_task_set = match self.deployments.task_sets(&r.facts.deployment_id).await {
+            Ok(sets) => sets
+                .into_iter()
+                .find(|s| s.label == TaskSetLabel::Green)
+                .and_then(|s| {
+                    let public = s
+                        .target_group_name
+                        .as_deref()
+                        .and_then(|n| b.public_named(n))?
+                        .to_string();
+                    Some((public, s.desired_count))
+                }),
+            Err(e) => {
+                t.note(format!(
+                    "task sets not available ({e}); finding green from the production listener"
+                ));
+                None
+            }
+        };
+        let (public, desired_count) = match by_task_set {
+            Some(found) => found,
+            None => {
+                let listener = r.facts.production_listeners.first().ok_or_else(|| {
+                    Error::Misconfigured(format!(
+                        "deployment group {} has no production listener and CodeDeploy lists no green task set",
+                        r.facts.deployment_group
+                    ))
+                })?;
+                let route = self.lb.route(&RouteRef::Listener(listener.clone())).await?;
+                let live = route.live();
+                let publics = b.public_target_groups();
+                match live.as_slice() {
+                    [blue] if publics.contains(blue) => {
+                        let green = publics.iter().find(|p| *p != blue).map(|p| p.to_string()).unwrap_or_default();
+                        (green, None)
+                    }
+                    _ => {
+                        return Err(Error::Misconfigured(format!(
+                            "cannot tell green: the public production listener forwards to {route}, not to exactly one \
+                             of the binding's public target groups"
+                        )))
+                    }
+                }
+            }
+        };
+        let private = b.private_of(&public).unwrap_or_default().to_string();
+        let (blue_public, blue_private) = b
+            .pairs
+            .iter()
+            .find(|p| p.public_target_group != public)
+            .map(|p| {
+                (
+                    p.public_target_group.clone(),
+                    p.private_target_group.clone(),
+                )
+            })
+            .unwrap_or_default();
+        Ok(Green {
+            public,
+            private,
+            blue_public,
+            blue_private,
+            desired_count,
+        })
+    }
+
+    /// Polls `check` every poll interval until it yields a value or the budget runs out; transient AWS errors
+    /// count as "not yet". `waiting_for` describes the latest state for the timeout message.
+    async fn poll<T, F, Fut>(&self, budget: Budget, mut check: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<std::result::Result<T, String>>>,
+    {
+        loop {
+            let last = match check().await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(state)) => state,
+                Err(e) if e.is_transient() => format!("last read failed: {e}"),
+                Err(e) => return Err(e),
+            };
+            let step = self.config.poll_interval;
+            if budget.remaining() <= step {
+                return Err(Error::Timeout(last));
+            }
+            tokio::time::sleep(step).await;
+        }
+    }
+
+    /// Waits until the public green target group holds the replacement tasks (the desired count when
+    /// CodeDeploy tells it, else at least one target).
+    async fn wait_for_public_green(
+        &self,
+        g: &Green,
+        budget: Budget,
+    ) -> Result<Vec<ObservedTarget>> {
+        let want = g.desired_count.unwrap_or(1).max(1) as usize;
+        self.poll(budget, || async {
+            let targets = self.lb.targets(&g.public).await?;
+            let live = targets.iter().filter(|t| !t.is_draining()).count();
+            Ok(if live >= want {
+                Ok(targets)
+            } else {
+                Err(format!(
+                    "public target group {} holds {live} of the {want} replacement tasks",
+                    name(&g.public)
+                ))
+            })
+        })
+        .await
+    }
+
+    /// Mirrors a public target group into its private one (full diff), given the public targets.
+    async fn mirror_from(
+        &self,
+        source: &[ObservedTarget],
+        private: &str,
+        t: &Tracker,
+    ) -> Result<MirrorPlan> {
+        let current = self.lb.targets(private).await?;
+        let plan = plan_mirror(source, &current, DEFAULT_BATCH);
+        for batch in &plan.register {
+            self.lb.register(private, batch).await?;
+        }
+        for batch in &plan.deregister {
+            self.lb.deregister(private, batch).await?;
+        }
+        if !plan.is_empty() {
+            t.mirrored(plan.registered(), plan.deregistered());
+            t.note(format!(
+                "mirrored into {}: +{} -{}",
+                name(private),
+                plan.registered(),
+                plan.deregistered()
+            ));
+        }
+        Ok(plan)
+    }
+
+    async fn mirror_pair(&self, public: &str, private: &str, t: &Tracker) -> Result<MirrorPlan> {
+        let source = self.lb.targets(public).await?;
+        self.mirror_from(&source, private, t).await
+    }
+
+    /// Sets a private route unless it already is `to` (weight-0 attachments included).
+    async fn ensure_route(
+        &self,
+        which: &RouteRef,
+        current: &Route,
+        to: &Route,
+        t: &Tracker,
+    ) -> Result<bool> {
+        if current.same_action(to) {
+            return Ok(false);
+        }
+        self.lb.set_route(which, to).await?;
+        t.route_change(current.to_string(), to.to_string());
+        t.note(format!("{which}: {current} -> {to}"));
+        Ok(true)
+    }
+
+    /// Read-modify-write of the deployment record with the version check, retried on conflict. State is a
+    /// record, not the truth: a failure here is noted and never fails the hook.
+    async fn record<F>(&self, b: &Binding, deployment_id: &str, t: &Tracker, update: F)
+    where
+        F: Fn(&mut DeploymentRecord) + Send + Sync,
+    {
+        let id = deployment_id.to_string();
+        let (app, group) = (b.application.clone(), b.deployment_group.clone());
+        let outcome = self
+            .update_record(&id, &update, || {
+                Some(DeploymentRecord::new(&id, &app, &group, now_ms()))
+            })
+            .await;
+        if let Err(e) = outcome {
+            t.note(format!("warning: deployment state not recorded: {e}"));
+        }
+    }
+
+    /// Like [`Self::record`] but only when a record exists (no binding known to create one).
+    async fn record_existing<F>(&self, deployment_id: &str, t: &Tracker, update: F)
+    where
+        F: Fn(&mut DeploymentRecord) + Send + Sync,
+    {
+        if let Err(e) = self.update_record(deployment_id, &update, || None).await {
+            t.note(format!("warning: deployment state not recorded: {e}"));
+        }
+    }
+
+    async fn update_record<F>(
+        &self,
+        deployment_id: &str,
+        update: &F,
+        fresh: impl Fn() -> Option<DeploymentRecord>,
+    ) -> Result<()>
+    where
+        F: Fn(&mut DeploymentRecord) + Send + Sync,
+    {
+        for _ in 0..5 {
+            let Some(mut rec) = self.state.deployment(deployment_id).await?.or_else(&fresh) else {
+                return Ok(());
+            };
+            update(&mut rec);
+            rec.version += 1;
+            if self.state.put_deployment(&rec).await? == Saved::Written {
+                return Ok(());
+            }
+        }
+        Err(Error::Conflict(format!(
+            "deployment record {deployment_id} kept changing under five attempts to update it"
+        )))
+    }
+
+    /// The binding record's view after a completed flip (best effort, version-checked).
+    async fn record_binding_live(&self, b: &Binding, live: &str, deployment_id: &str, t: &Tracker) {
+        let result: Result<()> = async {
+            for _ in 0..5 {
+                let mut rec = self
+                    .state
+                    .binding(&b.application, &b.deployment_group)
+                    .await?
+                    .unwrap_or_else(|| crate::domain::BindingRecord {
+                        application: b.application.clone(),
+                        deployment_group: b.deployment_group.clone(),
+                        ..Default::default()
+                    });
+                rec.live_private_target_group = Some(live.to_string());
+                rec.last_deployment = Some(deployment_id.to_string());
+                rec.updated_at_ms = now_ms();
+                rec.version += 1;
+                if self.state.put_binding(&rec).await? == Saved::Written {
+                    return Ok(());
+                }
+            }
+            Err(Error::Conflict(format!(
+                "binding record {} kept changing",
+                b.label()
+            )))
+        }
+        .await;
+        if let Err(e) = result {
+            t.note(format!("warning: binding state not recorded: {e}"));
+        }
+    }
+}
+
+/// The keys of the non-draining targets.
+fn live_keys(targets: &[ObservedTarget]) -> BTreeSet<TargetKey> {
+    targets
+        .iter()
+        .filter(|t| !t.is_draining())
+        .map(ObservedTarget::key)
+        .collect()
+}
+
+/// Caps a health wait at the binding's timeout.
+fn health_budget(budget: Budget, b: &Binding) -> Budget {
+    budget.capped(Duration::from_secs(b.health_timeout_seconds))
+}
+
+impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
+    /// Makes the private production route mirror the public one (I2) and keeps every private target group of
+    /// the binding attached. Returns the private route now in place.
+    async fn converge_production(
+        &self,
+        r: &Resolved<'_>,
+        current: &Route,
+        t: &Tracker,
+    ) -> Result<Route> {
+        let b = r.binding;
+        let Some(listener) = r.facts.production_listeners.first() else {
+            return Ok(current.clone());
+        };
+        let public = self.lb.route(&RouteRef::Listener(listener.clone())).await?;
+        let desired =
+            crate::domain::mirror_route(&public, &b.pair_arns(), b.style(), Some(current))
+                .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
+        if !desired.same_traffic(current) {
+            t.note(format!(
+                "private production route had drifted from the public one ({public}); converging"
+            ));
+        }
+        self.ensure_route(&b.private_production_route, current, &desired, t)
+            .await?;
+        Ok(desired)
+    }
+
+    /// Points the private test route at the green mirror, keeping blue's mirror attached at weight 0.
+    async fn test_route_to_green(
+        &self,
+        b: &Binding,
+        current: Option<&Route>,
+        g: &Green,
+        t: &Tracker,
+    ) -> Result<()> {
+        if let (Some(which), Some(current)) = (&b.private_test_route, current) {
+            let mut to = Route::all_to(&g.private, &[&g.blue_private], b.style());
+            to.stickiness_seconds = current.stickiness_seconds;
+            self.ensure_route(which, current, &to, t).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,1 +1,51 @@
-//! AWS adapters.
+//! AWS adapters: the only module that imports `aws_sdk_*`. Each adapter implements one or two ports and maps
+//! SDK errors onto [`crate::Error`] with a coarse kind. Clients are built once per process (at cold start) with
+//! bounded timeouts; endpoints come from the standard `AWS_ENDPOINT_URL*` variables, so the same binaries run
+//! against AWS or an emulator.
+
+mod codedeploy;
+mod dynamodb;
+mod elbv2;
+mod errors;
+
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+
+pub use codedeploy::CodeDeploy;
+pub use dynamodb::DynamoState;
+pub use elbv2::Elb;
+pub use errors::classify_code;
+
+use crate::config::Config;
+
+/// The adapters of one function, built from one shared SDK configuration.
+#[derive(Debug, Clone)]
+pub struct Aws {
+    pub elb: Elb,
+    pub codedeploy: CodeDeploy,
+    pub state: DynamoState,
+}
+
+impl Aws {
+    /// Loads the standard credential/region chain and builds the clients. Per-attempt timeouts keep one slow
+    /// call from eating a hook's whole budget; the SDK's standard retry (3 attempts, `AWS_MAX_ATTEMPTS`
+    /// overrides) absorbs throttling.
+    pub async fn load(config: &Config) -> Self {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(Duration::from_secs(10))
+            .operation_timeout(Duration::from_secs(30))
+            .build();
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(timeouts)
+            .load()
+            .await;
+        Self {
+            elb: Elb::new(aws_sdk_elasticloadbalancingv2::Client::new(&sdk)),
+            codedeploy: CodeDeploy::new(aws_sdk_codedeploy::Client::new(&sdk)),
+            state: DynamoState::new(aws_sdk_dynamodb::Client::new(&sdk), config.table.clone()),
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! DynamoDB adapter for deployment state. One table, partition key `pk` (string). Each item holds the record as
+//! a JSON document (`doc`), its `version` for the conditional write, and for deployment records `expires_at`,
+//! the table's TTL attribute. A write of version n is accepted only over version n - 1 (or no item for n = 1).
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::errors::aws_error;
+use crate::domain::{BindingRecord, DeploymentRecord};
+use crate::ports::{Saved, StateStore};
+use crate::{AwsErrorKind, Error, Result};
+
+const SERVICE: &str = "dynamodb";
+pub const PARTITION_KEY: &str = "pk";
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+/// [`StateStore`] over one DynamoDB table.
+#[derive(Debug, Clone)]
+pub struct DynamoState {
+    client: Client,
+    table: String,
+}
+
+impl DynamoState {
+    pub fn new(client: Client, table: String) -> Self {
+        Self { client, table }
+    }
+
+    async fn get<T: DeserializeOwned>(&self, key: String) -> Result<Option<T>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, AttributeValue::S(key.clone()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| aws_error(SERVICE, "GetItem", e))?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let doc = item.get("doc").and_then(|v| v.as_s().ok()).ok_or_else(|| {
+            Error::Misconfigured(format!(
+                "state item {key} in table {} has no `doc` attribute",
+                self.table
+            ))
+        })?;
+        serde_json::from_str(doc)
+            .map(Some)
+            .map_err(|source| Error::Decode {
+                what: format!("state item {key}"),
+                source,
+            })
+    }
+
+    async fn put<T: Serialize>(
+        &self,
+        key: String,
+        kind: &str,
+        version: u64,
+        expires_at: Option<u64>,
+        record: &T,
+    ) -> Result<Saved> {
+        let doc = serde_json::to_string(record).map_err(|source| Error::Decode {
+            what: format!("state item {key}"),
+            source,
+        })?;
+        let mut item: HashMap<String, AttributeValue> = HashMap::from([
+            (PARTITION_KEY.to_string(), AttributeValue::S(key)),
+            ("kind".to_string(), AttributeValue::S(kind.to_string())),
+            (
+                "version".to_string(),
+                AttributeValue::N(version.to_string()),
+            ),
+            ("doc".to_string(), AttributeValue::S(doc)),
+        ]);
+        if let Some(ttl) = expires_at {
+            item.insert(
+                TTL_ATTRIBUTE.to_string(),
+                AttributeValue::N(ttl.to_string()),
+            );
+        }
+        let req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item));
+        let req = if version <= 1 {
+            req.condition_expression("attribute_not_exists(#pk)")
+                .expression_attribute_names("#pk", PARTITION_KEY)
+        } else {
+            req.condition_expression("#v = :prev")
+                .expression_attribute_names("#v", "version")
+                .expression_attribute_values(":prev", AttributeValue::N((version - 1).to_string()))
+        };
+        match req
+            .send()
+            .await
+            .map_err(|e| aws_error(SERVICE, "PutItem", e))
+        {
+            Ok(_) => Ok(Saved::Written),
+            Err(e) if e.aws_kind() == Some(AwsErrorKind::ConditionFailed) => Ok(Saved::Conflict),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl StateStore for DynamoState {
+    async fn deployment(&self, deployment_id: &str) -> Result<Option<DeploymentRecord>> {
+        self.get(DeploymentRecord::key(deployment_id)).await
+    }
+
+    async fn put_deployment(&self, record: &DeploymentRecord) -> Result<Saved> {
+        self.put(
+            DeploymentRecord::key(&record.deployment_id),
+            "deployment",
+            record.version,
+            Some(record.expires_at),
+            record,
+        )
+        .await
+    }
+
+    async fn binding(&self, application: &str, group: &str) -> Result<Option<BindingRecord>> {
+        self.get(BindingRecord::key(application, group)).await
+    }
+
+    async fn put_binding(&self, record: &BindingRecord) -> Result<Saved> {
+        self.put(
+            BindingRecord::key(&record.application, &record.deployment_group),
+            "binding",
+            record.version,
+            None,
+            record,
+        )
+        .await
+    }
+}

@@ -20,12 +20,8 @@ pub fn parse_event(payload: Value) -> Result<CodeDeployLifecycleEvent, Error> {
             "expected CodeDeploy's lifecycle hook payload {{\"DeploymentId\": ..., \"LifecycleEventHookExecutionId\": ...}}: {e}"
         ))
     })?;
-    if event.deployment_id.trim().is_empty()
-        || event.lifecycle_event_hook_execution_id.trim().is_empty()
-    {
-        return Err(Error::Event(
-            "DeploymentId and LifecycleEventHookExecutionId must not be empty".to_string(),
-        ));
+    if event.deployment_id.trim().is_empty() || event.lifecycle_event_hook_execution_id.trim().is_empty() {
+        return Err(Error::Event("DeploymentId and LifecycleEventHookExecutionId must not be empty".to_string()));
     }
     Ok(event)
 }
@@ -48,16 +44,13 @@ pub fn response(outcome: Outcome) -> Result<Value, Error> {
 /// before any invocation), then one harness run per invocation.
 pub async fn serve(phase: Phase) -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let config =
-        Config::from_env().inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
+    let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let aws = Aws::load(&config).await;
     let reporter = aws.codedeploy.clone();
     let hooks = Hooks::new(aws.elb, aws.codedeploy, aws.state, config);
     let (hooks, reporter) = (&hooks, &reporter);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        handle(phase, hooks, reporter, event)
-            .await
-            .map_err(lambda_runtime::Error::from)
+        handle(phase, hooks, reporter, event).await.map_err(lambda_runtime::Error::from)
     }))
     .await
 }
@@ -75,8 +68,7 @@ where
     R: HookReporter,
 {
     // Without both ids there is nothing CodeDeploy would accept a report for: the error goes to the log.
-    let lifecycle = parse_event(event.payload)
-        .inspect_err(|e| tracing::error!(error = %e, "event rejected"))?;
+    let lifecycle = parse_event(event.payload).inspect_err(|e| tracing::error!(error = %e, "event rejected"))?;
     let inv = Invocation {
         phase,
         deployment_id: lifecycle.deployment_id,
@@ -87,9 +79,8 @@ where
     let outcome = harness::run(reporter, &inv, &tracker, |budget| {
         let (inv, tracker) = (&inv, &tracker);
         // Boxed and type-erased: the use case's future is deep, and erasing it keeps the handler's small.
-        let work: std::pin::Pin<
-            Box<dyn std::future::Future<Output = bluegreen_mirror::Result<()>> + Send + '_>,
-        > = Box::pin(hooks.run(inv.phase, &inv.deployment_id, budget, tracker));
+        let work: std::pin::Pin<Box<dyn std::future::Future<Output = bluegreen_mirror::Result<()>> + Send + '_>> =
+            Box::pin(hooks.run(inv.phase, &inv.deployment_id, budget, tracker));
         work
     })
     .await;
@@ -103,8 +94,7 @@ mod tests {
 
     #[test]
     fn accepts_codedeploy_payloads_and_rejects_the_rest() {
-        let ok =
-            parse_event(json!({"DeploymentId": "d-ABC", "LifecycleEventHookExecutionId": "eyJ"}));
+        let ok = parse_event(json!({"DeploymentId": "d-ABC", "LifecycleEventHookExecutionId": "eyJ"}));
         assert_eq!(ok.map(|e| e.deployment_id).ok().as_deref(), Some("d-ABC"));
         for bad in [
             json!({}),
@@ -115,10 +105,7 @@ mod tests {
             json!({"DeploymentId": "", "LifecycleEventHookExecutionId": "x"}),
             json!({"DeploymentId": 7, "LifecycleEventHookExecutionId": "x"}),
         ] {
-            let err = parse_event(bad.clone())
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let err = parse_event(bad.clone()).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.starts_with("malformed event"), "{bad} → {err}");
         }
     }

@@ -79,22 +79,11 @@ pub struct Binding {
 impl Binding {
     /// `(public, private)` target group ARN pairs.
     pub fn pair_arns(&self) -> Vec<(String, String)> {
-        self.pairs
-            .iter()
-            .map(|p| {
-                (
-                    p.public_target_group.clone(),
-                    p.private_target_group.clone(),
-                )
-            })
-            .collect()
+        self.pairs.iter().map(|p| (p.public_target_group.clone(), p.private_target_group.clone())).collect()
     }
 
     pub fn private_of(&self, public: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|p| p.public_target_group == public)
-            .map(|p| p.private_target_group.as_str())
+        self.pairs.iter().find(|p| p.public_target_group == public).map(|p| p.private_target_group.as_str())
     }
 
     /// The public target group whose name is `name` (CodeDeploy speaks in names).
@@ -106,17 +95,11 @@ impl Binding {
     }
 
     pub fn private_target_groups(&self) -> Vec<&str> {
-        self.pairs
-            .iter()
-            .map(|p| p.private_target_group.as_str())
-            .collect()
+        self.pairs.iter().map(|p| p.private_target_group.as_str()).collect()
     }
 
     pub fn public_target_groups(&self) -> Vec<&str> {
-        self.pairs
-            .iter()
-            .map(|p| p.public_target_group.as_str())
-            .collect()
+        self.pairs.iter().map(|p| p.public_target_group.as_str()).collect()
     }
 
     /// The private load balancer, from the production route's ARN.
@@ -136,9 +119,7 @@ impl Binding {
         let me = self.label();
         let mut out = Vec::new();
         if self.application.trim().is_empty() || self.deployment_group.trim().is_empty() {
-            out.push(format!(
-                "binding {me:?}: application and deployment_group must not be empty"
-            ));
+            out.push(format!("binding {me:?}: application and deployment_group must not be empty"));
         }
         if self.pairs.len() != 2 {
             out.push(format!(
@@ -147,11 +128,7 @@ impl Binding {
             ));
         }
         let mut seen = HashSet::new();
-        for tg in self
-            .pairs
-            .iter()
-            .flat_map(|p| [&p.public_target_group, &p.private_target_group])
-        {
+        for tg in self.pairs.iter().flat_map(|p| [&p.public_target_group, &p.private_target_group]) {
             if !arn::is_target_group(tg) {
                 out.push(format!("binding {me}: {tg:?} is not a target group ARN"));
             }
@@ -169,19 +146,17 @@ impl Binding {
                 RouteRef::Rule(a) => arn::is_rule(a),
             };
             if !ok {
-                out.push(format!(
-                    "binding {me}: {field} {r} is not a valid ARN of that kind"
-                ));
+                out.push(format!("binding {me}: {field} {r} is not a valid ARN of that kind"));
             }
         }
         if let Some(test) = &self.private_test_route {
             if test == &self.private_production_route {
-                out.push(format!(
-                    "binding {me}: private_test_route must differ from private_production_route"
-                ));
+                out.push(format!("binding {me}: private_test_route must differ from private_production_route"));
             }
             if test.load_balancer() != self.private_production_route.load_balancer() {
-                out.push(format!("binding {me}: private_test_route and private_production_route are on different load balancers"));
+                out.push(format!(
+                    "binding {me}: private_test_route and private_production_route are on different load balancers"
+                ));
             }
         } else if self.style() == RouteStyle::Single {
             out.push(format!(
@@ -190,9 +165,7 @@ impl Binding {
             ));
         }
         if !(1..=3600).contains(&self.health_timeout_seconds) {
-            out.push(format!(
-                "binding {me}: health_timeout_seconds must be between 1 and 3600"
-            ));
+            out.push(format!("binding {me}: health_timeout_seconds must be between 1 and 3600"));
         }
         out
     }
@@ -216,20 +189,12 @@ pub struct Config {
 impl Config {
     /// Reads the environment. Call once at cold start; an error here should stop the function from starting.
     pub fn from_env() -> Result<Self> {
-        let var = |name: &str| {
-            std::env::var(name).map_err(|_| Error::Config(format!("{name} is not set")))
-        };
+        let var = |name: &str| std::env::var(name).map_err(|_| Error::Config(format!("{name} is not set")));
         let mut cfg = Self::parse(&var(ENV_TABLE)?, &var(ENV_BINDINGS)?)?;
         if let Ok(ms) = std::env::var(ENV_POLL_MS) {
-            let ms: u64 = ms
-                .parse()
-                .ok()
-                .filter(|ms| (50..=60_000).contains(ms))
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "{ENV_POLL_MS} must be a number of milliseconds in 50..=60000"
-                    ))
-                })?;
+            let ms: u64 = ms.parse().ok().filter(|ms| (50..=60_000).contains(ms)).ok_or_else(|| {
+                Error::Config(format!("{ENV_POLL_MS} must be a number of milliseconds in 50..=60000"))
+            })?;
             cfg.poll_interval = Duration::from_millis(ms);
         }
         Ok(cfg)
@@ -240,11 +205,8 @@ impl Config {
         if table.trim().is_empty() {
             return Err(Error::Config(format!("{ENV_TABLE} is empty")));
         }
-        let doc: BindingsDoc = serde_json::from_str(bindings_json).map_err(|e| {
-            Error::Config(format!(
-                "{ENV_BINDINGS} is not a valid bindings document: {e}"
-            ))
-        })?;
+        let doc: BindingsDoc = serde_json::from_str(bindings_json)
+            .map_err(|e| Error::Config(format!("{ENV_BINDINGS} is not a valid bindings document: {e}")))?;
         if doc.bindings.is_empty() {
             return Err(Error::Config(format!("{ENV_BINDINGS} declares no binding")));
         }
@@ -257,38 +219,26 @@ impl Config {
             }
             for tg in b.private_target_groups() {
                 if let Some(other) = private_owner.insert(tg, b.label()) {
-                    problems.push(format!(
-                        "private target group {tg} is bound by both {other} and {}",
-                        b.label()
-                    ));
+                    problems.push(format!("private target group {tg} is bound by both {other} and {}", b.label()));
                 }
             }
         }
         for b in &doc.bindings {
             for tg in b.public_target_groups() {
                 if let Some(owner) = private_owner.get(tg) {
-                    problems.push(format!(
-                        "target group {tg} is public in {} and private in {owner}",
-                        b.label()
-                    ));
+                    problems.push(format!("target group {tg} is public in {} and private in {owner}", b.label()));
                 }
             }
         }
         if !problems.is_empty() {
             return Err(Error::Config(problems.join("; ")));
         }
-        Ok(Self {
-            table: table.to_string(),
-            bindings: doc.bindings,
-            poll_interval: DEFAULT_POLL,
-        })
+        Ok(Self { table: table.to_string(), bindings: doc.bindings, poll_interval: DEFAULT_POLL })
     }
 
     /// The binding for a CodeDeploy application and deployment group.
     pub fn binding(&self, application: &str, deployment_group: &str) -> Option<&Binding> {
-        self.bindings
-            .iter()
-            .find(|b| b.application == application && b.deployment_group == deployment_group)
+        self.bindings.iter().find(|b| b.application == application && b.deployment_group == deployment_group)
     }
 }
 
@@ -325,14 +275,8 @@ mod tests {
             b.private_of(&format!("{A}:targetgroup/pub-green/2")),
             Some(&*format!("{A}:targetgroup/prv-green/4"))
         );
-        assert_eq!(
-            b.public_named("pub-blue"),
-            Some(&*format!("{A}:targetgroup/pub-blue/1"))
-        );
-        assert_eq!(
-            b.private_load_balancer().as_deref(),
-            Some(&*format!("{A}:loadbalancer/app/private/9"))
-        );
+        assert_eq!(b.public_named("pub-blue"), Some(&*format!("{A}:targetgroup/pub-blue/1")));
+        assert_eq!(b.private_load_balancer().as_deref(), Some(&*format!("{A}:loadbalancer/app/private/9")));
         assert!(matches!(b.private_test_route, Some(RouteRef::Rule(_))));
         assert!(cfg.binding("web", "other").is_none());
         let defaulted = Config::parse("t", &doc("")).map(|c| c.bindings[0].health_timeout_seconds);
@@ -345,50 +289,25 @@ mod tests {
             ("not json".into(), "not a valid bindings document"),
             (r#"{"bindings":[]}"#.into(), "declares no binding"),
             (doc(r#","colour":"blue""#), "unknown field"),
-            (
-                doc(r#","health_timeout_seconds":0"#),
-                "health_timeout_seconds",
-            ),
-            (
-                doc("").replace("prv-green/4", "prv-blue/3"),
-                "appears twice",
-            ),
-            (
-                doc("").replace(":targetgroup/pub-blue/1", ":loadbalancer/app/x/1"),
-                "not a target group ARN",
-            ),
-            (
-                doc("").replace("listener/app/private/9/80", "listener/app/private"),
-                "not a valid ARN",
-            ),
+            (doc(r#","health_timeout_seconds":0"#), "health_timeout_seconds"),
+            (doc("").replace("prv-green/4", "prv-blue/3"), "appears twice"),
+            (doc("").replace(":targetgroup/pub-blue/1", ":loadbalancer/app/x/1"), "not a target group ARN"),
+            (doc("").replace("listener/app/private/9/80", "listener/app/private"), "not a valid ARN"),
             (doc("").replace("listener/app/", "listener/net/"), "NLB"),
             (
-                doc(&format!(
-                    r#","private_test_route":{{"listener":"{A}:listener/app/other/5/8080"}}"#
-                )),
+                doc(&format!(r#","private_test_route":{{"listener":"{A}:listener/app/other/5/8080"}}"#)),
                 "different load balancers",
             ),
         ];
         for (json, want) in cases {
-            let err = Config::parse("t", &json)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let err = Config::parse("t", &json).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(want), "{json}\n→ {err:?}, wanted {want:?}");
         }
         let one = doc("");
-        let inner = one
-            .trim_start_matches(r#"{"bindings":["#)
-            .trim_end_matches("]}");
+        let inner = one.trim_start_matches(r#"{"bindings":["#).trim_end_matches("]}");
         let twice = format!(r#"{{"bindings":[{inner},{inner}]}}"#);
-        let err = Config::parse("t", &twice)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(
-            err.contains("declared twice") && err.contains("bound by both"),
-            "{err}"
-        );
+        let err = Config::parse("t", &twice).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("declared twice") && err.contains("bound by both"), "{err}");
         assert!(Config::parse(" ", &doc("")).is_err());
     }
 }

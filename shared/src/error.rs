@@ -98,9 +98,6 @@ impl Error {
 
     /// Whether trying the same thing again soon may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self.aws_kind(),
-            Some(AwsErrorKind::Throttled | AwsErrorKind::Timeout | AwsErrorKind::Other)
-        )
+        matches!(self.aws_kind(), Some(AwsErrorKind::Throttled | AwsErrorKind::Timeout | AwsErrorKind::Other))
     }
 }

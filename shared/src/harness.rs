@@ -12,7 +12,8 @@ use futures_util::FutureExt;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::domain::Phase;
+use crate::config::RouteRef;
+use crate::domain::{Phase, Route};
 use crate::ports::{HookReporter, HookStatus, Reported};
 use crate::{Error, Result};
 
@@ -31,9 +32,7 @@ impl Budget {
     }
 
     pub fn after(d: Duration) -> Self {
-        Self {
-            deadline: Instant::now() + d,
-        }
+        Self { deadline: Instant::now() + d }
     }
 
     pub fn deadline(&self) -> Instant {
@@ -50,9 +49,7 @@ impl Budget {
 
     /// The earlier of this budget and `now + limit`.
     pub fn capped(&self, limit: Duration) -> Self {
-        Self {
-            deadline: self.deadline.min(Instant::now() + limit),
-        }
+        Self { deadline: self.deadline.min(Instant::now() + limit) }
     }
 }
 
@@ -65,6 +62,9 @@ pub struct Summary {
     pub route_before: Option<String>,
     pub route_after: Option<String>,
     pub notes: Vec<String>,
+    /// The route to put back if the invocation fails after changing it.
+    #[serde(skip)]
+    pub undo: Option<(RouteRef, Route)>,
 }
 
 /// A handle through which a use case fills in the summary as it goes, so that even a use case that fails or
@@ -75,10 +75,7 @@ pub struct Tracker(Arc<Mutex<Summary>>);
 impl Tracker {
     fn with<R>(&self, f: impl FnOnce(&mut Summary) -> R) -> R {
         // A poisoned lock only means a panic elsewhere; the summary is still worth reporting.
-        let mut guard = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut guard)
     }
 
@@ -104,6 +101,15 @@ impl Tracker {
         let note = note.into();
         tracing::info!(%note);
         self.with(|s| s.notes.push(note));
+    }
+
+    /// Remembers how to undo a route change, should the invocation fail from here on.
+    pub fn undo_with(&self, which: RouteRef, before: Route) {
+        self.with(|s| s.undo = Some((which, before)));
+    }
+
+    pub fn take_undo(&self) -> Option<(RouteRef, Route)> {
+        self.with(|s| s.undo.take())
     }
 
     pub fn snapshot(&self) -> Summary {
@@ -137,7 +143,7 @@ pub struct Outcome {
     pub summary: Summary,
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_string())
@@ -153,17 +159,16 @@ where
     Fut: Future<Output = Result<()>> + Send,
 {
     let started = Instant::now();
-    let total = inv
-        .deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
+    let total = inv.deadline.duration_since(SystemTime::now()).unwrap_or_default();
     let reserve = REPORT_RESERVE.min(total / 4);
     let work = total.saturating_sub(reserve);
     let budget = Budget::after(work);
 
     let result: Result<()> = match std::panic::catch_unwind(AssertUnwindSafe(|| body(budget))) {
         Err(p) => Err(Error::Panic(panic_message(p.as_ref()))),
-        Ok(fut) => match tokio::time::timeout(work, AssertUnwindSafe(fut).catch_unwind()).await {
+        // The use case stops itself at the budget (and undoes what it must); this outer limit only catches one
+        // that does not, and still leaves half the reserve for the report.
+        Ok(fut) => match tokio::time::timeout(work + reserve / 2, AssertUnwindSafe(fut).catch_unwind()).await {
             Ok(Ok(r)) => r,
             Ok(Err(p)) => Err(Error::Panic(panic_message(p.as_ref()))),
             Err(_) => Err(Error::Timeout(format!(
@@ -180,11 +185,7 @@ where
         Err(e) => (HookStatus::Failed, Some(error_chain(e))),
     };
 
-    let report_deadline = Instant::now()
-        + inv
-            .deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
+    let report_deadline = Instant::now() + inv.deadline.duration_since(SystemTime::now()).unwrap_or_default();
     let report = report_until(reporter, inv, status, report_deadline).await;
     let (reported, report_error) = match report {
         Ok(r) => (Some(r), None),
@@ -213,10 +214,7 @@ async fn report_until<R: HookReporter>(
 ) -> Result<Reported> {
     let mut wait = Duration::from_millis(200);
     loop {
-        match reporter
-            .report(&inv.deployment_id, &inv.execution_id, status)
-            .await
-        {
+        match reporter.report(&inv.deployment_id, &inv.execution_id, status).await {
             Ok(r) => return Ok(r),
             Err(e) if e.is_transient() && Instant::now() + wait < deadline => {
                 tracing::warn!(error = %e, "report failed, retrying");

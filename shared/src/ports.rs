@@ -26,27 +26,13 @@ pub struct TargetGroupFacts {
 /// Elastic Load Balancing, as the mirror uses it.
 pub trait LoadBalancers: Send + Sync {
     /// Describes the given target groups; a missing one is an `AwsErrorKind::NotFound` error.
-    fn target_groups(
-        &self,
-        arns: &[&str],
-    ) -> impl Future<Output = Result<Vec<TargetGroupFacts>>> + Send;
+    fn target_groups(&self, arns: &[&str]) -> impl Future<Output = Result<Vec<TargetGroupFacts>>> + Send;
     /// The registered targets of a target group with their health.
-    fn targets(
-        &self,
-        target_group: &str,
-    ) -> impl Future<Output = Result<Vec<ObservedTarget>>> + Send;
+    fn targets(&self, target_group: &str) -> impl Future<Output = Result<Vec<ObservedTarget>>> + Send;
     /// Registers one batch (the caller batches).
-    fn register(
-        &self,
-        target_group: &str,
-        targets: &[Target],
-    ) -> impl Future<Output = Result<()>> + Send;
+    fn register(&self, target_group: &str, targets: &[Target]) -> impl Future<Output = Result<()>> + Send;
     /// Deregisters one batch (the caller batches).
-    fn deregister(
-        &self,
-        target_group: &str,
-        targets: &[TargetKey],
-    ) -> impl Future<Output = Result<()>> + Send;
+    fn deregister(&self, target_group: &str, targets: &[TargetKey]) -> impl Future<Output = Result<()>> + Send;
     /// The forward action of a listener's default action or of a rule. A route whose action is not a plain
     /// forward is a `Misconfigured` error.
     fn route(&self, route: &RouteRef) -> impl Future<Output = Result<Route>> + Send;
@@ -91,10 +77,7 @@ pub struct DeploymentFacts {
 /// CodeDeploy, read side.
 pub trait Deployments: Send + Sync {
     /// The deployment and its deployment group. An unknown id is an `AwsErrorKind::NotFound` error.
-    fn deployment(
-        &self,
-        deployment_id: &str,
-    ) -> impl Future<Output = Result<DeploymentFacts>> + Send;
+    fn deployment(&self, deployment_id: &str) -> impl Future<Output = Result<DeploymentFacts>> + Send;
     /// The deployment's ECS task sets (empty when CodeDeploy does not list them yet).
     fn task_sets(&self, deployment_id: &str) -> impl Future<Output = Result<Vec<TaskSet>>> + Send;
 }
@@ -144,18 +127,8 @@ pub enum Saved {
 /// Deployment state (DynamoDB). A write with `version` n succeeds only if the stored version is n - 1
 /// (or no item exists and n = 1).
 pub trait StateStore: Send + Sync {
-    fn deployment(
-        &self,
-        deployment_id: &str,
-    ) -> impl Future<Output = Result<Option<DeploymentRecord>>> + Send;
-    fn put_deployment(
-        &self,
-        record: &DeploymentRecord,
-    ) -> impl Future<Output = Result<Saved>> + Send;
-    fn binding(
-        &self,
-        application: &str,
-        group: &str,
-    ) -> impl Future<Output = Result<Option<BindingRecord>>> + Send;
+    fn deployment(&self, deployment_id: &str) -> impl Future<Output = Result<Option<DeploymentRecord>>> + Send;
+    fn put_deployment(&self, record: &DeploymentRecord) -> impl Future<Output = Result<Saved>> + Send;
+    fn binding(&self, application: &str, group: &str) -> impl Future<Output = Result<Option<BindingRecord>>> + Send;
     fn put_binding(&self, record: &BindingRecord) -> impl Future<Output = Result<Saved>> + Send;
 }

@@ -1,1 +1,620 @@
+//! In-memory fakes behind the ports, and a fixture builder (`World`) that sets up one binding with its public
+//! and private load balancers the way a real account would look before a deployment. The fakes keep a log of
+//! every call and every route change, can fail or panic at the n-th call, and check invariant I4 on every
+//! private route change, so that flow tests assert on outcomes rather than on "it ran".
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_debug_implementations)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use bluegreen_mirror::config::{Config, RouteRef};
+use bluegreen_mirror::domain::{
+    BindingRecord, DeploymentRecord, HealthState, ObservedTarget, Phase, Route, RouteStyle, Target, TargetKey,
+};
+use bluegreen_mirror::harness::{self, Invocation, Outcome, Tracker};
+use bluegreen_mirror::ports::{
+    DeploymentFacts, Deployments, HookReporter, HookStatus, LoadBalancers, Reported, Saved, StateStore,
+    TargetGroupFacts, TaskSet, TaskSetLabel,
+};
+use bluegreen_mirror::usecase::Hooks;
+use bluegreen_mirror::{AwsErrorKind, Error, Result};
+
+/// What an injected fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Fail(AwsErrorKind),
+    Panic,
+}
+
+/// The shared call log and fault plan of all fakes of one world.
+#[derive(Default)]
+pub struct Calls {
+    log: Mutex<Vec<String>>,
+    fault_at: Mutex<Option<(usize, Fault)>>,
+}
+
+impl Calls {
+    fn enter(&self, op: &str) -> Result<()> {
+        let n = {
+            let mut log = self.log.lock().unwrap();
+            log.push(op.to_string());
+            log.len() - 1
+        };
+        let plan = *self.fault_at.lock().unwrap();
+        match plan {
+            Some((at, Fault::Fail(kind))) if at == n => Err(Error::Aws {
+                service: "fake",
+                operation: "injected",
+                kind,
+                message: format!("injected {kind:?} at call {n} ({op})"),
+                source: None,
+            }),
+            Some((at, Fault::Panic)) if at == n => panic!("injected panic at call {n} ({op})"),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.log.lock().unwrap().clear();
+    }
+
+    pub fn fault_at(&self, n: usize, fault: Fault) {
+        *self.fault_at.lock().unwrap() = Some((n, fault));
+    }
+
+    pub fn no_faults(&self) {
+        *self.fault_at.lock().unwrap() = None;
+    }
+}
+
+/// A target group in the fake ELB.
+#[derive(Clone)]
+pub struct FakeGroup {
+    pub facts: TargetGroupFacts,
+    pub targets: BTreeMap<TargetKey, ObservedTarget>,
+}
+
+#[derive(Default)]
+struct ElbState {
+    groups: BTreeMap<String, FakeGroup>,
+    routes: BTreeMap<String, Route>,
+    /// Every change of a route: (route ARN, new route).
+    route_log: Vec<(String, Route)>,
+    /// Target groups whose load balancer cannot reach the tasks: targets registered there stay unhealthy.
+    unreachable: BTreeSet<String>,
+    /// Route changes that left a private route forwarding only to groups with no healthy target.
+    dark: Vec<String>,
+    private_routes: BTreeSet<String>,
+}
+
+/// ELB held in memory. Registration makes a target healthy at once (or unhealthy where unreachable);
+/// deregistration removes it (draining is modelled by tests that insert draining targets themselves).
+#[derive(Clone)]
+pub struct FakeElb {
+    state: Arc<Mutex<ElbState>>,
+    calls: Arc<Calls>,
+}
+
+impl FakeElb {
+    fn s(&self) -> MutexGuard<'_, ElbState> {
+        self.state.lock().unwrap()
+    }
+
+    pub fn members(&self, tg: &str) -> Vec<String> {
+        self.s().groups[tg].targets.values().filter(|t| !t.is_draining()).map(|t| t.key().to_string()).collect()
+    }
+
+    pub fn route_of(&self, arn: &str) -> Route {
+        self.s().routes[arn].clone()
+    }
+
+    pub fn put_route(&self, arn: &str, route: Route) {
+        self.s().routes.insert(arn.to_string(), route);
+    }
+
+    pub fn route_log(&self) -> Vec<(String, Route)> {
+        self.s().route_log.clone()
+    }
+
+    pub fn dark_moments(&self) -> Vec<String> {
+        self.s().dark.clone()
+    }
+
+    pub fn make_unreachable(&self, tg: &str) {
+        self.s().unreachable.insert(tg.to_string());
+    }
+
+    pub fn group_mut(&self, tg: &str, f: impl FnOnce(&mut FakeGroup)) {
+        f(self.s().groups.get_mut(tg).unwrap())
+    }
+
+    pub fn remove_group(&self, tg: &str) {
+        self.s().groups.remove(tg);
+    }
+
+    pub fn remove_route(&self, arn: &str) {
+        self.s().routes.remove(arn);
+    }
+
+    /// Adds targets directly (what ECS does to a public target group).
+    pub fn add_targets(&self, tg: &str, keys: &[TargetKey], health: HealthState) {
+        let mut s = self.s();
+        let g = s.groups.get_mut(tg).unwrap();
+        for k in keys {
+            g.targets.insert(*k, observed(*k, health));
+        }
+    }
+
+    pub fn set_health(&self, tg: &str, health: HealthState) {
+        self.group_mut(tg, |g| g.targets.values_mut().for_each(|t| t.health = health));
+    }
+}
+
+fn observed(key: TargetKey, health: HealthState) -> ObservedTarget {
+    ObservedTarget { target: Target { key, availability_zone: None }, health, reason: None }
+}
+
+impl LoadBalancers for FakeElb {
+    async fn target_groups(&self, arns: &[&str]) -> Result<Vec<TargetGroupFacts>> {
+        self.calls.enter("elb:DescribeTargetGroups")?;
+        let s = self.s();
+        arns.iter()
+            .map(|a| {
+                s.groups.get(*a).map(|g| g.facts.clone()).ok_or_else(|| Error::Aws {
+                    service: "elasticloadbalancing",
+                    operation: "DescribeTargetGroups",
+                    kind: AwsErrorKind::NotFound,
+                    message: format!("TargetGroupNotFound: {a}"),
+                    source: None,
+                })
+            })
+            .collect()
+    }
+
+    async fn targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
+        self.calls.enter("elb:DescribeTargetHealth")?;
+        let s = self.s();
+        let g = s.groups.get(target_group).ok_or_else(|| not_found("DescribeTargetHealth", target_group))?;
+        Ok(g.targets.values().cloned().collect())
+    }
+
+    async fn register(&self, target_group: &str, targets: &[Target]) -> Result<()> {
+        self.calls.enter("elb:RegisterTargets")?;
+        let mut s = self.s();
+        let health = if s.unreachable.contains(target_group) { HealthState::Unhealthy } else { HealthState::Healthy };
+        let g = s.groups.get_mut(target_group).ok_or_else(|| not_found("RegisterTargets", target_group))?;
+        for t in targets {
+            g.targets.insert(t.key, ObservedTarget { target: t.clone(), health, reason: None });
+        }
+        Ok(())
+    }
+
+    async fn deregister(&self, target_group: &str, targets: &[TargetKey]) -> Result<()> {
+        self.calls.enter("elb:DeregisterTargets")?;
+        let mut s = self.s();
+        let g = s.groups.get_mut(target_group).ok_or_else(|| not_found("DeregisterTargets", target_group))?;
+        for k in targets {
+            g.targets.remove(k);
+        }
+        Ok(())
+    }
+
+    async fn route(&self, route: &RouteRef) -> Result<Route> {
+        self.calls.enter(match route {
+            RouteRef::Listener(_) => "elb:DescribeListeners",
+            RouteRef::Rule(_) => "elb:DescribeRules",
+        })?;
+        self.s().routes.get(route.arn()).cloned().ok_or_else(|| not_found("DescribeListeners", route.arn()))
+    }
+
+    async fn set_route(&self, route: &RouteRef, to: &Route) -> Result<()> {
+        self.calls.enter(match route {
+            RouteRef::Listener(_) => "elb:ModifyListener",
+            RouteRef::Rule(_) => "elb:ModifyRule",
+        })?;
+        let mut s = self.s();
+        if !s.routes.contains_key(route.arn()) {
+            return Err(not_found("ModifyListener", route.arn()));
+        }
+        if route.style() == RouteStyle::Single && to.target_groups.len() != 1 {
+            return Err(Error::Aws {
+                service: "elasticloadbalancing",
+                operation: "ModifyListener",
+                kind: AwsErrorKind::Invalid,
+                message: "an NLB listener forwards to one target group".into(),
+                source: None,
+            });
+        }
+        if s.private_routes.contains(route.arn()) {
+            let dark = to.live().iter().all(|tg| {
+                s.groups.get(*tg).is_none_or(|g| !g.targets.values().any(|t| t.health == HealthState::Healthy))
+            });
+            if dark {
+                let note = format!("{} -> {to}", route.arn());
+                s.dark.push(note);
+            }
+        }
+        s.routes.insert(route.arn().to_string(), to.clone());
+        s.route_log.push((route.arn().to_string(), to.clone()));
+        Ok(())
+    }
+}
+
+fn not_found(op: &'static str, what: &str) -> Error {
+    Error::Aws {
+        service: "elasticloadbalancing",
+        operation: op,
+        kind: AwsErrorKind::NotFound,
+        message: format!("not found: {what}"),
+        source: None,
+    }
+}
+
+type DeploymentEntry = (DeploymentFacts, Vec<TaskSet>);
+
+/// CodeDeploy, both sides, in memory. Reports follow CodeDeploy's rule: the first status of an execution wins
+/// and later ones get `LifecycleEventAlreadyCompletedException`.
+#[derive(Clone, Default)]
+pub struct FakeCodeDeploy {
+    deployments: Arc<Mutex<BTreeMap<String, DeploymentEntry>>>,
+    reports: Arc<Mutex<Vec<(String, String, HookStatus)>>>,
+    task_sets_fail: Arc<Mutex<bool>>,
+    calls: Arc<Calls>,
+}
+
+impl FakeCodeDeploy {
+    pub fn put(&self, facts: DeploymentFacts, sets: Vec<TaskSet>) {
+        self.deployments.lock().unwrap().insert(facts.deployment_id.clone(), (facts, sets));
+    }
+
+    pub fn edit(&self, id: &str, f: impl FnOnce(&mut DeploymentFacts)) {
+        f(&mut self.deployments.lock().unwrap().get_mut(id).unwrap().0)
+    }
+
+    /// Every report received, accepted or not.
+    pub fn reports(&self) -> Vec<(String, String, HookStatus)> {
+        self.reports.lock().unwrap().clone()
+    }
+
+    pub fn without_task_sets(&self) {
+        *self.task_sets_fail.lock().unwrap() = true;
+    }
+}
+
+impl Deployments for FakeCodeDeploy {
+    async fn deployment(&self, deployment_id: &str) -> Result<DeploymentFacts> {
+        self.calls.enter("codedeploy:GetDeployment")?;
+        self.calls.enter("codedeploy:GetDeploymentGroup")?;
+        self.deployments.lock().unwrap().get(deployment_id).map(|d| d.0.clone()).ok_or_else(|| Error::Aws {
+            service: "codedeploy",
+            operation: "GetDeployment",
+            kind: AwsErrorKind::NotFound,
+            message: format!("DeploymentDoesNotExistException: {deployment_id}"),
+            source: None,
+        })
+    }
+
+    async fn task_sets(&self, deployment_id: &str) -> Result<Vec<TaskSet>> {
+        self.calls.enter("codedeploy:GetDeploymentTarget")?;
+        if *self.task_sets_fail.lock().unwrap() {
+            return Err(Error::Aws {
+                service: "codedeploy",
+                operation: "ListDeploymentTargets",
+                kind: AwsErrorKind::Other,
+                message: "not implemented".into(),
+                source: None,
+            });
+        }
+        Ok(self.deployments.lock().unwrap().get(deployment_id).map(|d| d.1.clone()).unwrap_or_default())
+    }
+}
+
+impl HookReporter for FakeCodeDeploy {
+    async fn report(&self, deployment_id: &str, execution_id: &str, status: HookStatus) -> Result<Reported> {
+        // Reports do not go through the fault plan: the harness's own guarantee is what is under test.
+        let mut reports = self.reports.lock().unwrap();
+        let seen = reports.iter().any(|(d, e, _)| d == deployment_id && e == execution_id);
+        reports.push((deployment_id.to_string(), execution_id.to_string(), status));
+        Ok(if seen { Reported::AlreadyCompleted } else { Reported::Accepted })
+    }
+}
+
+/// DynamoDB in memory, with the same version rule as the real adapter.
+#[derive(Clone, Default)]
+pub struct FakeState {
+    deployments: Arc<Mutex<BTreeMap<String, DeploymentRecord>>>,
+    bindings: Arc<Mutex<BTreeMap<String, BindingRecord>>>,
+    calls: Arc<Calls>,
+}
+
+impl FakeState {
+    pub fn record(&self, id: &str) -> Option<DeploymentRecord> {
+        self.deployments.lock().unwrap().get(id).cloned()
+    }
+
+    pub fn binding_record(&self, app: &str, group: &str) -> Option<BindingRecord> {
+        self.bindings.lock().unwrap().get(&BindingRecord::key(app, group)).cloned()
+    }
+
+    pub fn forget(&self, id: &str) {
+        self.deployments.lock().unwrap().remove(id);
+    }
+}
+
+fn versioned_put<T: Clone>(
+    map: &Mutex<BTreeMap<String, T>>,
+    key: String,
+    version: u64,
+    stored: impl Fn(&T) -> u64,
+    rec: &T,
+) -> Saved {
+    let mut m = map.lock().unwrap();
+    let current = m.get(&key).map(&stored).unwrap_or(0);
+    if current + 1 != version {
+        return Saved::Conflict;
+    }
+    m.insert(key, rec.clone());
+    Saved::Written
+}
+
+impl StateStore for FakeState {
+    async fn deployment(&self, deployment_id: &str) -> Result<Option<DeploymentRecord>> {
+        self.calls.enter("dynamodb:GetItem")?;
+        Ok(self.record(deployment_id))
+    }
+
+    async fn put_deployment(&self, record: &DeploymentRecord) -> Result<Saved> {
+        self.calls.enter("dynamodb:PutItem")?;
+        Ok(versioned_put(&self.deployments, record.deployment_id.clone(), record.version, |r| r.version, record))
+    }
+
+    async fn binding(&self, application: &str, group: &str) -> Result<Option<BindingRecord>> {
+        self.calls.enter("dynamodb:GetItem")?;
+        Ok(self.binding_record(application, group))
+    }
+
+    async fn put_binding(&self, record: &BindingRecord) -> Result<Saved> {
+        self.calls.enter("dynamodb:PutItem")?;
+        let key = BindingRecord::key(&record.application, &record.deployment_group);
+        Ok(versioned_put(&self.bindings, key, record.version, |r| r.version, record))
+    }
+}
+
+pub const ACCOUNT: &str = "arn:aws:elasticloadbalancing:eu-west-1:111122223333";
+pub const APP: &str = "web";
+pub const GROUP: &str = "web-bg";
+pub const DEPLOYMENT: &str = "d-TEST00001";
+
+/// ARNs of the fixture.
+pub struct Arns {
+    pub pub_blue: String,
+    pub pub_green: String,
+    pub prv_blue: String,
+    pub prv_green: String,
+    pub pub_lb: String,
+    pub prv_lb: String,
+    pub pub_prod: String,
+    pub pub_test: String,
+    pub prv_prod: String,
+    pub prv_test: String,
+}
+
+impl Arns {
+    pub fn new(private_kind: &str) -> Self {
+        let prv_test = if private_kind == "net" {
+            format!("{ACCOUNT}:listener/net/private/2222/8080")
+        } else {
+            format!("{ACCOUNT}:listener-rule/app/private/2222/80/77")
+        };
+        Self {
+            pub_blue: format!("{ACCOUNT}:targetgroup/pub-blue/0001"),
+            pub_green: format!("{ACCOUNT}:targetgroup/pub-green/0002"),
+            prv_blue: format!("{ACCOUNT}:targetgroup/prv-blue/0003"),
+            prv_green: format!("{ACCOUNT}:targetgroup/prv-green/0004"),
+            pub_lb: format!("{ACCOUNT}:loadbalancer/app/public/1111"),
+            prv_lb: format!("{ACCOUNT}:loadbalancer/{private_kind}/private/2222"),
+            pub_prod: format!("{ACCOUNT}:listener/app/public/1111/80"),
+            pub_test: format!("{ACCOUNT}:listener/app/public/1111/8080"),
+            prv_prod: format!("{ACCOUNT}:listener/{private_kind}/private/2222/80"),
+            prv_test,
+        }
+    }
+}
+
+pub fn ip(n: u32) -> TargetKey {
+    let [a, b, c, d] = (0x0a00_0000u32 + n).to_be_bytes();
+    TargetKey::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), 8080)
+}
+
+pub fn keys(range: std::ops::Range<u32>) -> Vec<TargetKey> {
+    range.map(ip).collect()
+}
+
+/// One binding, both load balancers, a deployment in progress: the fixture every flow test starts from.
+pub struct World {
+    pub arns: Arns,
+    pub elb: FakeElb,
+    pub codedeploy: FakeCodeDeploy,
+    pub state: FakeState,
+    pub calls: Arc<Calls>,
+    pub config: Config,
+}
+
+impl World {
+    /// Blue tasks `10.0.0.1..=3` serve on both sides; the deployment `DEPLOYMENT` has just been created with
+    /// three green tasks to come. The private load balancer is an ALB.
+    pub fn new() -> Self {
+        Self::build("app")
+    }
+
+    /// The same with an NLB on the private side (single-target-group listeners, test listener required).
+    pub fn nlb() -> Self {
+        Self::build("net")
+    }
+
+    fn build(private_kind: &str) -> Self {
+        let a = Arns::new(private_kind);
+        let calls = Arc::new(Calls::default());
+        let style = if private_kind == "net" { RouteStyle::Single } else { RouteStyle::Weighted };
+        let test_route = if private_kind == "net" {
+            format!(r#"{{"listener":"{}"}}"#, a.prv_test)
+        } else {
+            format!(r#"{{"rule":"{}"}}"#, a.prv_test)
+        };
+        let bindings = format!(
+            r#"{{"bindings":[{{"application":"{APP}","deployment_group":"{GROUP}",
+                "pairs":[{{"public_target_group":"{}","private_target_group":"{}"}},
+                         {{"public_target_group":"{}","private_target_group":"{}"}}],
+                "private_production_route":{{"listener":"{}"}},
+                "private_test_route":{test_route},
+                "health_timeout_seconds":60}}]}}"#,
+            a.pub_blue, a.prv_blue, a.pub_green, a.prv_green, a.prv_prod
+        );
+        let mut config = Config::parse("bluegreen-mirror", &bindings).unwrap();
+        config.poll_interval = Duration::from_secs(1);
+
+        let elb = FakeElb { state: Arc::default(), calls: calls.clone() };
+        {
+            let mut s = elb.s();
+            let protocol = if private_kind == "net" { "TCP" } else { "HTTP" };
+            for (tg, name, lb) in [
+                (&a.pub_blue, "pub-blue", &a.pub_lb),
+                (&a.pub_green, "pub-green", &a.pub_lb),
+                (&a.prv_blue, "prv-blue", &a.prv_lb),
+                (&a.prv_green, "prv-green", &a.prv_lb),
+            ] {
+                let proto = if tg.contains("pub-") { "HTTP" } else { protocol };
+                s.groups.insert(
+                    tg.clone(),
+                    FakeGroup {
+                        facts: TargetGroupFacts {
+                            arn: tg.clone(),
+                            name: name.to_string(),
+                            target_type: "ip".into(),
+                            protocol: Some(proto.into()),
+                            port: Some(8080),
+                            load_balancers: vec![lb.clone()],
+                            health_check_path: Some("/health".into()),
+                        },
+                        targets: BTreeMap::new(),
+                    },
+                );
+            }
+            s.routes.insert(a.pub_prod.clone(), Route::all_to(&a.pub_blue, &[&a.pub_green], RouteStyle::Weighted));
+            s.routes.insert(a.pub_test.clone(), Route::all_to(&a.pub_blue, &[&a.pub_green], RouteStyle::Weighted));
+            s.routes.insert(a.prv_prod.clone(), Route::all_to(&a.prv_blue, &[&a.prv_green], style));
+            let test = if style == RouteStyle::Single { &a.prv_green } else { &a.prv_blue };
+            s.routes.insert(a.prv_test.clone(), Route::all_to(test, &[&a.prv_green, &a.prv_blue], style));
+            s.private_routes.insert(a.prv_prod.clone());
+        }
+        if private_kind == "net" {
+            // Both NLB groups must keep the same protocol as their public mirrors for the preflight.
+            for tg in [&a.pub_blue, &a.pub_green] {
+                elb.group_mut(tg, |g| g.facts.protocol = Some("TCP".into()));
+            }
+        }
+        elb.add_targets(&a.pub_blue, &keys(1..4), HealthState::Healthy);
+        elb.add_targets(&a.prv_blue, &keys(1..4), HealthState::Healthy);
+
+        let codedeploy = FakeCodeDeploy { calls: calls.clone(), ..Default::default() };
+        codedeploy.put(
+            DeploymentFacts {
+                deployment_id: DEPLOYMENT.into(),
+                application: APP.into(),
+                deployment_group: GROUP.into(),
+                compute_platform: "ECS".into(),
+                deployment_type: "BLUE_GREEN".into(),
+                creator: Some("user".into()),
+                target_group_names: vec!["pub-blue".into(), "pub-green".into()],
+                production_listeners: vec![a.pub_prod.clone()],
+                test_listeners: vec![a.pub_test.clone()],
+            },
+            vec![
+                TaskSet {
+                    label: TaskSetLabel::Blue,
+                    target_group_name: Some("pub-blue".into()),
+                    desired_count: Some(3),
+                    running_count: Some(3),
+                },
+                TaskSet {
+                    label: TaskSetLabel::Green,
+                    target_group_name: Some("pub-green".into()),
+                    desired_count: Some(3),
+                    running_count: Some(3),
+                },
+            ],
+        );
+        let state = FakeState { calls: calls.clone(), ..Default::default() };
+        Self { arns: a, elb, codedeploy, state, calls, config }
+    }
+
+    /// ECS starts the replacement task set and registers it into the green public target group.
+    pub fn install_green(&self) {
+        self.elb.add_targets(&self.arns.pub_green, &keys(101..104), HealthState::Healthy);
+    }
+
+    /// CodeDeploy's AllowTraffic, all at once.
+    pub fn allow_traffic(&self) {
+        self.elb.put_route(
+            &self.arns.pub_prod,
+            Route::all_to(&self.arns.pub_green, &[&self.arns.pub_blue], RouteStyle::Weighted),
+        );
+    }
+
+    pub fn hooks(&self) -> Hooks<FakeElb, FakeCodeDeploy, FakeState> {
+        Hooks::new(self.elb.clone(), self.codedeploy.clone(), self.state.clone(), self.config.clone())
+    }
+
+    /// Runs one hook invocation through the harness, as the Lambda handler does.
+    pub async fn invoke(&self, phase: Phase, execution: &str) -> Outcome {
+        self.invoke_for(phase, DEPLOYMENT, execution, Duration::from_secs(120)).await
+    }
+
+    pub async fn invoke_for(&self, phase: Phase, deployment: &str, execution: &str, timeout: Duration) -> Outcome {
+        let hooks = self.hooks();
+        let inv = Invocation {
+            phase,
+            deployment_id: deployment.into(),
+            execution_id: execution.into(),
+            deadline: SystemTime::now() + timeout,
+        };
+        let tracker = Tracker::default();
+        harness::run(&self.codedeploy, &inv, &tracker, |budget| {
+            let (hooks, inv, tracker) = (&hooks, &inv, &tracker);
+            async move { hooks.run(inv.phase, &inv.deployment_id, budget, tracker).await }
+        })
+        .await
+    }
+
+    /// The reports CodeDeploy received for one execution.
+    pub fn reports_for(&self, execution: &str) -> Vec<HookStatus> {
+        self.codedeploy.reports().into_iter().filter(|(_, e, _)| e == execution).map(|(_, _, s)| s).collect()
+    }
+
+    /// Changes made to the private side (registrations, deregistrations, route writes) in the call log.
+    pub fn private_writes(&self) -> Vec<String> {
+        self.calls
+            .log()
+            .into_iter()
+            .filter(|c| {
+                matches!(
+                    c.as_str(),
+                    "elb:RegisterTargets" | "elb:DeregisterTargets" | "elb:ModifyListener" | "elb:ModifyRule"
+                )
+            })
+            .collect()
+    }
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self::new()
+    }
+}

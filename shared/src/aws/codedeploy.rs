@@ -5,9 +5,7 @@ use aws_sdk_codedeploy::types::{LifecycleEventStatus, TargetLabel};
 use aws_sdk_codedeploy::Client;
 
 use super::errors::aws_error;
-use crate::ports::{
-    DeploymentFacts, Deployments, HookReporter, HookStatus, Reported, TaskSet, TaskSetLabel,
-};
+use crate::ports::{DeploymentFacts, Deployments, HookReporter, HookStatus, Reported, TaskSet, TaskSetLabel};
 use crate::{AwsErrorKind, Error, Result};
 
 const SERVICE: &str = "codedeploy";
@@ -34,9 +32,7 @@ impl Deployments for CodeDeploy {
             .await
             .map_err(|e| aws_error(SERVICE, "GetDeployment", e))?;
         let info = out.deployment_info().ok_or_else(|| {
-            Error::Misconfigured(format!(
-                "CodeDeploy returned no information for deployment {deployment_id}"
-            ))
+            Error::Misconfigured(format!("CodeDeploy returned no information for deployment {deployment_id}"))
         })?;
         let application = info.application_name().unwrap_or_default().to_string();
         let group = info.deployment_group_name().unwrap_or_default().to_string();
@@ -49,16 +45,11 @@ impl Deployments for CodeDeploy {
             .await
             .map_err(|e| aws_error(SERVICE, "GetDeploymentGroup", e))?;
         let group_info = g.deployment_group_info();
-        let style = info
-            .deployment_style()
-            .or_else(|| group_info.and_then(|gi| gi.deployment_style()));
-        let pair = group_info
-            .and_then(|gi| gi.load_balancer_info())
-            .and_then(|lb| lb.target_group_pair_info_list().first());
+        let style = info.deployment_style().or_else(|| group_info.and_then(|gi| gi.deployment_style()));
+        let pair =
+            group_info.and_then(|gi| gi.load_balancer_info()).and_then(|lb| lb.target_group_pair_info_list().first());
         let listeners = |route: Option<&aws_sdk_codedeploy::types::TrafficRoute>| -> Vec<String> {
-            route
-                .map(|r| r.listener_arns().to_vec())
-                .unwrap_or_default()
+            route.map(|r| r.listener_arns().to_vec()).unwrap_or_default()
         };
         Ok(DeploymentFacts {
             deployment_id: deployment_id.to_string(),
@@ -69,18 +60,10 @@ impl Deployments for CodeDeploy {
                 .or_else(|| group_info.and_then(|gi| gi.compute_platform()))
                 .map_or("Server", |p| p.as_str())
                 .to_string(),
-            deployment_type: style
-                .and_then(|s| s.deployment_type())
-                .map_or("IN_PLACE", |t| t.as_str())
-                .to_string(),
+            deployment_type: style.and_then(|s| s.deployment_type()).map_or("IN_PLACE", |t| t.as_str()).to_string(),
             creator: info.creator().map(|c| c.as_str().to_string()),
             target_group_names: pair
-                .map(|p| {
-                    p.target_groups()
-                        .iter()
-                        .filter_map(|t| t.name().map(str::to_string))
-                        .collect()
-                })
+                .map(|p| p.target_groups().iter().filter_map(|t| t.name().map(str::to_string)).collect())
                 .unwrap_or_default(),
             production_listeners: listeners(pair.and_then(|p| p.prod_traffic_route())),
             test_listeners: listeners(pair.and_then(|p| p.test_traffic_route())),
@@ -128,12 +111,7 @@ impl Deployments for CodeDeploy {
 }
 
 impl HookReporter for CodeDeploy {
-    async fn report(
-        &self,
-        deployment_id: &str,
-        execution_id: &str,
-        status: HookStatus,
-    ) -> Result<Reported> {
+    async fn report(&self, deployment_id: &str, execution_id: &str, status: HookStatus) -> Result<Reported> {
         let status = match status {
             HookStatus::Succeeded => LifecycleEventStatus::Succeeded,
             HookStatus::Failed => LifecycleEventStatus::Failed,
@@ -148,9 +126,7 @@ impl HookReporter for CodeDeploy {
             .await;
         match sent.map_err(|e| aws_error(SERVICE, "PutLifecycleEventHookExecutionStatus", e)) {
             Ok(_) => Ok(Reported::Accepted),
-            Err(e) if e.aws_kind() == Some(AwsErrorKind::AlreadyCompleted) => {
-                Ok(Reported::AlreadyCompleted)
-            }
+            Err(e) if e.aws_kind() == Some(AwsErrorKind::AlreadyCompleted) => Ok(Reported::AlreadyCompleted),
             Err(e) => Err(e),
         }
     }

@@ -44,17 +44,11 @@ impl DynamoState {
             return Ok(None);
         };
         let doc = item.get("doc").and_then(|v| v.as_s().ok()).ok_or_else(|| {
-            Error::Misconfigured(format!(
-                "state item {key} in table {} has no `doc` attribute",
-                self.table
-            ))
+            Error::Misconfigured(format!("state item {key} in table {} has no `doc` attribute", self.table))
         })?;
         serde_json::from_str(doc)
             .map(Some)
-            .map_err(|source| Error::Decode {
-                what: format!("state item {key}"),
-                source,
-            })
+            .map_err(|source| Error::Decode { what: format!("state item {key}"), source })
     }
 
     async fn put<T: Serialize>(
@@ -65,43 +59,26 @@ impl DynamoState {
         expires_at: Option<u64>,
         record: &T,
     ) -> Result<Saved> {
-        let doc = serde_json::to_string(record).map_err(|source| Error::Decode {
-            what: format!("state item {key}"),
-            source,
-        })?;
+        let doc = serde_json::to_string(record)
+            .map_err(|source| Error::Decode { what: format!("state item {key}"), source })?;
         let mut item: HashMap<String, AttributeValue> = HashMap::from([
             (PARTITION_KEY.to_string(), AttributeValue::S(key)),
             ("kind".to_string(), AttributeValue::S(kind.to_string())),
-            (
-                "version".to_string(),
-                AttributeValue::N(version.to_string()),
-            ),
+            ("version".to_string(), AttributeValue::N(version.to_string())),
             ("doc".to_string(), AttributeValue::S(doc)),
         ]);
         if let Some(ttl) = expires_at {
-            item.insert(
-                TTL_ATTRIBUTE.to_string(),
-                AttributeValue::N(ttl.to_string()),
-            );
+            item.insert(TTL_ATTRIBUTE.to_string(), AttributeValue::N(ttl.to_string()));
         }
-        let req = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item));
+        let req = self.client.put_item().table_name(&self.table).set_item(Some(item));
         let req = if version <= 1 {
-            req.condition_expression("attribute_not_exists(#pk)")
-                .expression_attribute_names("#pk", PARTITION_KEY)
+            req.condition_expression("attribute_not_exists(#pk)").expression_attribute_names("#pk", PARTITION_KEY)
         } else {
             req.condition_expression("#v = :prev")
                 .expression_attribute_names("#v", "version")
                 .expression_attribute_values(":prev", AttributeValue::N((version - 1).to_string()))
         };
-        match req
-            .send()
-            .await
-            .map_err(|e| aws_error(SERVICE, "PutItem", e))
-        {
+        match req.send().await.map_err(|e| aws_error(SERVICE, "PutItem", e)) {
             Ok(_) => Ok(Saved::Written),
             Err(e) if e.aws_kind() == Some(AwsErrorKind::ConditionFailed) => Ok(Saved::Conflict),
             Err(e) => Err(e),

@@ -1,8 +1,7 @@
 //! Elastic Load Balancing v2 adapter: target groups, targets and the forward action of listeners and rules.
 
 use aws_sdk_elasticloadbalancingv2::types::{
-    Action, ActionTypeEnum, ForwardActionConfig, TargetDescription, TargetGroupStickinessConfig,
-    TargetGroupTuple,
+    Action, ActionTypeEnum, ForwardActionConfig, TargetDescription, TargetGroupStickinessConfig, TargetGroupTuple,
 };
 use aws_sdk_elasticloadbalancingv2::Client;
 
@@ -36,9 +35,10 @@ impl Elb {
                     .send()
                     .await
                     .map_err(|e| aws_error(SERVICE, "DescribeListeners", e))?;
-                let l = out.listeners().first().ok_or_else(|| {
-                    Error::Misconfigured(format!("listener {arn} does not exist"))
-                })?;
+                let l = out
+                    .listeners()
+                    .first()
+                    .ok_or_else(|| Error::Misconfigured(format!("listener {arn} does not exist")))?;
                 Ok(l.default_actions().to_vec())
             }
             RouteRef::Rule(arn) => {
@@ -49,9 +49,10 @@ impl Elb {
                     .send()
                     .await
                     .map_err(|e| aws_error(SERVICE, "DescribeRules", e))?;
-                let r = out.rules().first().ok_or_else(|| {
-                    Error::Misconfigured(format!("listener rule {arn} does not exist"))
-                })?;
+                let r = out
+                    .rules()
+                    .first()
+                    .ok_or_else(|| Error::Misconfigured(format!("listener rule {arn} does not exist")))?;
                 Ok(r.actions().to_vec())
             }
         }
@@ -62,10 +63,7 @@ impl Elb {
 /// (authentication, redirects) the operator configured.
 fn route_of(route: &RouteRef, actions: &[Action]) -> Result<Route> {
     let [action] = actions else {
-        let kinds: Vec<&str> = actions
-            .iter()
-            .map(|a| a.r#type().map_or("?", ActionTypeEnum::as_str))
-            .collect();
+        let kinds: Vec<&str> = actions.iter().map(|a| a.r#type().map_or("?", ActionTypeEnum::as_str)).collect();
         return Err(Error::Misconfigured(format!(
             "{route} has actions [{}]; bluegreen-mirror manages routes whose action is a single forward",
             kinds.join(", ")
@@ -95,10 +93,7 @@ fn route_of(route: &RouteRef, actions: &[Action]) -> Result<Route> {
         let tg = action
             .target_group_arn()
             .ok_or_else(|| Error::Misconfigured(format!("{route} forwards to no target group")))?;
-        vec![WeightedTargetGroup {
-            target_group: tg.to_string(),
-            weight: 1,
-        }]
+        vec![WeightedTargetGroup { target_group: tg.to_string(), weight: 1 }]
     } else {
         weighted
     };
@@ -108,10 +103,7 @@ fn route_of(route: &RouteRef, actions: &[Action]) -> Result<Route> {
         .filter(|s| s.enabled() == Some(true))
         .and_then(|s| s.duration_seconds())
         .and_then(|d| u32::try_from(d).ok());
-    Ok(Route {
-        target_groups,
-        stickiness_seconds,
-    })
+    Ok(Route { target_groups, stickiness_seconds })
 }
 
 /// Builds the forward action for a route: a weighted forward config on an ALB, a single target group on an NLB.
@@ -120,9 +112,7 @@ fn action_of(route: &RouteRef, to: &Route) -> Result<Action> {
     let builder = match (route.style(), to.target_groups.as_slice()) {
         (crate::domain::RouteStyle::Single, [only]) => builder.target_group_arn(&only.target_group),
         (crate::domain::RouteStyle::Single, _) => {
-            return Err(Error::Invariant(format!(
-                "an NLB listener forwards to one target group, not {to}"
-            )));
+            return Err(Error::Invariant(format!("an NLB listener forwards to one target group, not {to}")));
         }
         (crate::domain::RouteStyle::Weighted, _) => {
             let tuples = to
@@ -135,12 +125,9 @@ fn action_of(route: &RouteRef, to: &Route) -> Result<Action> {
                         .build()
                 })
                 .collect();
-            let stickiness = to.stickiness_seconds.map(|d| {
-                TargetGroupStickinessConfig::builder()
-                    .enabled(true)
-                    .duration_seconds(d as i32)
-                    .build()
-            });
+            let stickiness = to
+                .stickiness_seconds
+                .map(|d| TargetGroupStickinessConfig::builder().enabled(true).duration_seconds(d as i32).build());
             builder.forward_config(
                 ForwardActionConfig::builder()
                     .set_target_groups(Some(tuples))
@@ -175,10 +162,7 @@ impl LoadBalancers for Elb {
             .map(|g| TargetGroupFacts {
                 arn: g.target_group_arn().unwrap_or_default().to_string(),
                 name: g.target_group_name().unwrap_or_default().to_string(),
-                target_type: g
-                    .target_type()
-                    .map_or("instance", |t| t.as_str())
-                    .to_string(),
+                target_type: g.target_type().map_or("instance", |t| t.as_str()).to_string(),
                 protocol: g.protocol().map(|p| p.as_str().to_string()),
                 port: g.port().and_then(|p| u16::try_from(p).ok()),
                 load_balancers: g.load_balancer_arns().to_vec(),
@@ -202,23 +186,17 @@ impl LoadBalancers for Elb {
                 let key = TargetKey::parse(t.id()?, t.port())
                     .map_err(|e| Error::Misconfigured(format!("{target_group}: {e}")));
                 let health = d.target_health();
-                Some(key.map(|key| {
-                    ObservedTarget {
-                        target: Target {
-                            key,
-                            availability_zone: t.availability_zone().map(str::to_string),
-                        },
-                        health: health
-                            .and_then(|h| h.state())
-                            .map_or(HealthState::Unknown, |s| HealthState::parse(s.as_str())),
-                        reason: health.and_then(|h| {
-                            let code = h.reason().map(|r| r.as_str().to_string());
-                            match (code, h.description()) {
-                                (Some(c), Some(d)) => Some(format!("{c}: {d}")),
-                                (c, d) => c.or_else(|| d.map(str::to_string)),
-                            }
-                        }),
-                    }
+                Some(key.map(|key| ObservedTarget {
+                    target: Target { key, availability_zone: t.availability_zone().map(str::to_string) },
+                    health:
+                        health.and_then(|h| h.state()).map_or(HealthState::Unknown, |s| HealthState::parse(s.as_str())),
+                    reason: health.and_then(|h| {
+                        let code = h.reason().map(|r| r.as_str().to_string());
+                        match (code, h.description()) {
+                            (Some(c), Some(d)) => Some(format!("{c}: {d}")),
+                            (c, d) => c.or_else(|| d.map(str::to_string)),
+                        }
+                    }),
                 }))
             })
             .collect()
@@ -237,15 +215,7 @@ impl LoadBalancers for Elb {
     }
 
     async fn deregister(&self, target_group: &str, targets: &[TargetKey]) -> Result<()> {
-        let descriptions = targets
-            .iter()
-            .map(|k| {
-                description(&Target {
-                    key: *k,
-                    availability_zone: None,
-                })
-            })
-            .collect();
+        let descriptions = targets.iter().map(|k| description(&Target { key: *k, availability_zone: None })).collect();
         self.client
             .deregister_targets()
             .target_group_arn(target_group)

@@ -29,16 +29,10 @@ pub fn classify_code(code: &str) -> AwsErrorKind {
         | "ExpiredTokenException" => AwsErrorKind::AccessDenied,
         "ConditionalCheckFailedException" => AwsErrorKind::ConditionFailed,
         "LifecycleEventAlreadyCompletedException" => AwsErrorKind::AlreadyCompleted,
-        c if c.ends_with("NotFound")
-            || c.ends_with("NotFoundException")
-            || c.ends_with("DoesNotExistException") =>
-        {
+        c if c.ends_with("NotFound") || c.ends_with("NotFoundException") || c.ends_with("DoesNotExistException") => {
             AwsErrorKind::NotFound
         }
-        c if c.starts_with("Invalid")
-            || c.starts_with("Validation")
-            || c.ends_with("RequiredException") =>
-        {
+        c if c.starts_with("Invalid") || c.starts_with("Validation") || c.ends_with("RequiredException") => {
             AwsErrorKind::Invalid
         }
         _ => AwsErrorKind::Other,
@@ -46,11 +40,7 @@ pub fn classify_code(code: &str) -> AwsErrorKind {
 }
 
 /// Maps an SDK error of `service`'s `operation`, keeping it as the source.
-pub(crate) fn aws_error<E, R>(
-    service: &'static str,
-    operation: &'static str,
-    err: SdkError<E, R>,
-) -> Error
+pub(crate) fn aws_error<E, R>(service: &'static str, operation: &'static str, err: SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
     R: Debug + Send + Sync + 'static,
@@ -62,13 +52,8 @@ where
             (classify_code(code), format!("{code}: {msg}"))
         }
         SdkError::TimeoutError(_) => (AwsErrorKind::Timeout, "request timed out".to_string()),
-        SdkError::DispatchFailure(d) if d.is_timeout() => {
-            (AwsErrorKind::Timeout, "connection timed out".to_string())
-        }
-        SdkError::DispatchFailure(_) => (
-            AwsErrorKind::Other,
-            "could not send the request".to_string(),
-        ),
+        SdkError::DispatchFailure(d) if d.is_timeout() => (AwsErrorKind::Timeout, "connection timed out".to_string()),
+        SdkError::DispatchFailure(_) => (AwsErrorKind::Other, "could not send the request".to_string()),
         SdkError::ResponseError(_) => (AwsErrorKind::Other, "unreadable response".to_string()),
         _ => (AwsErrorKind::Other, "request failed".to_string()),
     };
@@ -78,13 +63,7 @@ where
         }
         _ => message,
     };
-    Error::Aws {
-        service,
-        operation,
-        kind,
-        message,
-        source: Some(Box::new(err)),
-    }
+    Error::Aws { service, operation, kind, message, source: Some(Box::new(err)) }
 }
 
 #[cfg(test)]

@@ -38,10 +38,7 @@ impl Aws {
             .operation_attempt_timeout(Duration::from_secs(10))
             .operation_timeout(Duration::from_secs(30))
             .build();
-        let sdk = aws_config::defaults(BehaviorVersion::latest())
-            .timeout_config(timeouts)
-            .load()
-            .await;
+        let sdk = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts).load().await;
         Self {
             elb: Elb::new(aws_sdk_elasticloadbalancingv2::Client::new(&sdk)),
             codedeploy: CodeDeploy::new(aws_sdk_codedeploy::Client::new(&sdk)),

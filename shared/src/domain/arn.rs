@@ -4,13 +4,8 @@
 /// The resource part of an ARN (`targetgroup/name/id`, `listener/app/lb/id/lid`, ...), when `arn` is an ELB ARN.
 fn resource(arn: &str) -> Option<&str> {
     let mut parts = arn.splitn(6, ':');
-    let (scheme, _partition, service, _region, _account) = (
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-        parts.next()?,
-    );
+    let (scheme, _partition, service, _region, _account) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if scheme != "arn" || service != "elasticloadbalancing" {
         return None;
     }
@@ -26,9 +21,7 @@ fn prefix(arn: &str) -> Option<&str> {
 pub fn target_group_name(arn: &str) -> Option<&str> {
     let mut it = resource(arn)?.split('/');
     match (it.next(), it.next(), it.next(), it.next()) {
-        (Some("targetgroup"), Some(name), Some(id), None) if !name.is_empty() && !id.is_empty() => {
-            Some(name)
-        }
+        (Some("targetgroup"), Some(name), Some(id), None) if !name.is_empty() && !id.is_empty() => Some(name),
         _ => None,
     }
 }
@@ -40,17 +33,8 @@ pub fn is_target_group(arn: &str) -> bool {
 /// `listener/{app|net}/NAME/LBID/LID` → parts.
 fn listener_parts(arn: &str) -> Option<(&str, &str, &str, &str)> {
     let mut it = resource(arn)?.split('/');
-    match (
-        it.next(),
-        it.next(),
-        it.next(),
-        it.next(),
-        it.next(),
-        it.next(),
-    ) {
-        (Some("listener"), Some(kind), Some(name), Some(lb), Some(l), None) => {
-            Some((kind, name, lb, l))
-        }
+    match (it.next(), it.next(), it.next(), it.next(), it.next(), it.next()) {
+        (Some("listener"), Some(kind), Some(name), Some(lb), Some(l), None) => Some((kind, name, lb, l)),
         _ => None,
     }
 }
@@ -58,15 +42,7 @@ fn listener_parts(arn: &str) -> Option<(&str, &str, &str, &str)> {
 /// `listener-rule/{app|net}/NAME/LBID/LID/RID` → parts.
 fn rule_parts(arn: &str) -> Option<(&str, &str, &str, &str, &str)> {
     let mut it = resource(arn)?.split('/');
-    match (
-        it.next(),
-        it.next(),
-        it.next(),
-        it.next(),
-        it.next(),
-        it.next(),
-        it.next(),
-    ) {
+    match (it.next(), it.next(), it.next(), it.next(), it.next(), it.next(), it.next()) {
         (Some("listener-rule"), Some(kind), Some(name), Some(lb), Some(l), Some(r), None) => {
             Some((kind, name, lb, l, r))
         }
@@ -85,10 +61,7 @@ pub fn is_rule(arn: &str) -> bool {
 /// The listener a rule belongs to.
 pub fn listener_of_rule(rule_arn: &str) -> Option<String> {
     let (kind, name, lb, l, _) = rule_parts(rule_arn)?;
-    Some(format!(
-        "{}listener/{kind}/{name}/{lb}/{l}",
-        prefix(rule_arn)?
-    ))
+    Some(format!("{}listener/{kind}/{name}/{lb}/{l}", prefix(rule_arn)?))
 }
 
 /// The load balancer a listener or rule belongs to.
@@ -100,10 +73,7 @@ pub fn load_balancer_of(listener_or_rule_arn: &str) -> Option<String> {
             (k, n, lb)
         }
     };
-    Some(format!(
-        "{}loadbalancer/{kind}/{name}/{lb}",
-        prefix(listener_or_rule_arn)?
-    ))
+    Some(format!("{}loadbalancer/{kind}/{name}/{lb}", prefix(listener_or_rule_arn)?))
 }
 
 /// `app` (ALB) or `net` (NLB) for a listener, rule or load balancer ARN.
@@ -142,13 +112,9 @@ mod tests {
         assert!(is_listener(LISTENER) && !is_listener(RULE));
         assert!(is_rule(RULE) && !is_rule(LISTENER));
         assert_eq!(load_balancer_kind(LISTENER), Some("app"));
+        assert_eq!(load_balancer_kind(&LB.replace("/app/", "/net/")), Some("net"));
         assert_eq!(
-            load_balancer_kind(&LB.replace("/app/", "/net/")),
-            Some("net")
-        );
-        assert_eq!(
-            load_balancer_of("arn:aws-cn:elasticloadbalancing:cn-north-1:1:listener/net/n/1/2")
-                .as_deref(),
+            load_balancer_of("arn:aws-cn:elasticloadbalancing:cn-north-1:1:listener/net/n/1/2").as_deref(),
             Some("arn:aws-cn:elasticloadbalancing:cn-north-1:1:loadbalancer/net/n/1")
         );
         assert_eq!(load_balancer_of("arn:aws:s3:::bucket/key"), None);

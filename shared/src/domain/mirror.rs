@@ -45,40 +45,19 @@ impl MirrorPlan {
 /// Stale targets in the mirror (from an earlier deployment, a replaced task) are deregistered: the diff is
 /// full, not additive. A target draining in the mirror but wanted by the source is registered again, which
 /// is how ELB takes a draining target back.
-pub fn plan_mirror(
-    source: &[ObservedTarget],
-    mirror: &[ObservedTarget],
-    batch: usize,
-) -> MirrorPlan {
+pub fn plan_mirror(source: &[ObservedTarget], mirror: &[ObservedTarget], batch: usize) -> MirrorPlan {
     let batch = batch.max(1);
-    let wanted: BTreeMap<TargetKey, &Target> = source
-        .iter()
-        .filter(|t| !t.is_draining())
-        .map(|t| (t.key(), &t.target))
-        .collect();
-    let present: BTreeSet<TargetKey> = mirror
-        .iter()
-        .filter(|t| !t.is_draining())
-        .map(ObservedTarget::key)
-        .collect();
+    let wanted: BTreeMap<TargetKey, &Target> =
+        source.iter().filter(|t| !t.is_draining()).map(|t| (t.key(), &t.target)).collect();
+    let present: BTreeSet<TargetKey> = mirror.iter().filter(|t| !t.is_draining()).map(ObservedTarget::key).collect();
 
-    let register: Vec<Target> = wanted
-        .iter()
-        .filter(|(k, _)| !present.contains(k))
-        .map(|(_, t)| (*t).clone())
-        .collect();
-    let deregister: Vec<TargetKey> = present
-        .iter()
-        .filter(|k| !wanted.contains_key(k))
-        .copied()
-        .collect();
+    let register: Vec<Target> =
+        wanted.iter().filter(|(k, _)| !present.contains(k)).map(|(_, t)| (*t).clone()).collect();
+    let deregister: Vec<TargetKey> = present.iter().filter(|k| !wanted.contains_key(k)).copied().collect();
 
     MirrorPlan {
         register: register.chunks(batch).map(<[Target]>::to_vec).collect(),
-        deregister: deregister
-            .chunks(batch)
-            .map(<[TargetKey]>::to_vec)
-            .collect(),
+        deregister: deregister.chunks(batch).map(<[TargetKey]>::to_vec).collect(),
         desired: wanted.keys().copied().collect(),
     }
 }
@@ -122,13 +101,7 @@ mod tests {
             deregister: Vec<&'static str>,
         }
         let cases = vec![
-            Case {
-                name: "empty both",
-                source: vec![],
-                mirror: vec![],
-                register: vec![],
-                deregister: vec![],
-            },
+            Case { name: "empty both", source: vec![], mirror: vec![], register: vec![], deregister: vec![] },
             Case {
                 name: "fresh mirror",
                 source: vec![obs(1, 80, Healthy), obs(2, 80, Initial)],

@@ -66,12 +66,7 @@ pub struct DeploymentRecord {
 }
 
 impl DeploymentRecord {
-    pub fn new(
-        deployment_id: &str,
-        application: &str,
-        deployment_group: &str,
-        now_ms: u64,
-    ) -> Self {
+    pub fn new(deployment_id: &str, application: &str, deployment_group: &str, now_ms: u64) -> Self {
         Self {
             deployment_id: deployment_id.to_string(),
             application: application.to_string(),
@@ -115,10 +110,7 @@ mod tests {
         let rec: Result<DeploymentRecord, _> = serde_json::from_str(old);
         let rec = rec.ok();
         assert_eq!(rec.as_ref().map(|r| r.version), Some(3));
-        assert_eq!(
-            rec.and_then(|r| r.phases.get("AfterInstall").copied()),
-            Some(5)
-        );
+        assert_eq!(rec.and_then(|r| r.phases.get("AfterInstall").copied()), Some(5));
     }
 
     #[test]

@@ -48,31 +48,21 @@ impl Route {
     /// A route that sends everything to `live` and keeps `idle` attached at weight 0 (weighted style), or
     /// forwards to `live` alone (single style).
     pub fn all_to(live: &str, idle: &[&str], style: RouteStyle) -> Self {
-        let mut target_groups = vec![WeightedTargetGroup {
-            target_group: live.to_string(),
-            weight: 100,
-        }];
+        let mut target_groups = vec![WeightedTargetGroup { target_group: live.to_string(), weight: 100 }];
         if style == RouteStyle::Weighted {
-            target_groups.extend(idle.iter().filter(|tg| **tg != live).map(|tg| {
-                WeightedTargetGroup {
-                    target_group: (*tg).to_string(),
-                    weight: 0,
-                }
-            }));
+            target_groups.extend(
+                idle.iter()
+                    .filter(|tg| **tg != live)
+                    .map(|tg| WeightedTargetGroup { target_group: (*tg).to_string(), weight: 0 }),
+            );
         } else {
             target_groups[0].weight = 1;
         }
-        Self {
-            target_groups,
-            stickiness_seconds: None,
-        }
+        Self { target_groups, stickiness_seconds: None }
     }
 
     pub fn weight(&self, target_group: &str) -> Option<u32> {
-        self.target_groups
-            .iter()
-            .find(|w| w.target_group == target_group)
-            .map(|w| w.weight)
+        self.target_groups.iter().find(|w| w.target_group == target_group).map(|w| w.weight)
     }
 
     pub fn contains(&self, target_group: &str) -> bool {
@@ -89,11 +79,7 @@ impl Route {
         if self.total() == 0 && self.target_groups.len() == 1 {
             return vec![self.target_groups[0].target_group.as_str()];
         }
-        self.target_groups
-            .iter()
-            .filter(|w| w.weight > 0)
-            .map(|w| w.target_group.as_str())
-            .collect()
+        self.target_groups.iter().filter(|w| w.weight > 0).map(|w| w.target_group.as_str()).collect()
     }
 
     /// The share of traffic (0.0..=1.0) that goes to `target_group`.
@@ -105,8 +91,7 @@ impl Route {
         if total == 0 {
             return 0.0;
         }
-        self.weight(target_group)
-            .map_or(0.0, |w| f64::from(w) / total as f64)
+        self.weight(target_group).map_or(0.0, |w| f64::from(w) / total as f64)
     }
 
     /// Whether both routes send the same share of traffic to the same target groups. Weight-0 entries do not
@@ -145,13 +130,7 @@ impl fmt::Display for Route {
         let parts: Vec<String> = self
             .target_groups
             .iter()
-            .map(|w| {
-                format!(
-                    "{}={}",
-                    arn::target_group_name(&w.target_group).unwrap_or(&w.target_group),
-                    w.weight
-                )
-            })
+            .map(|w| format!("{}={}", arn::target_group_name(&w.target_group).unwrap_or(&w.target_group), w.weight))
             .collect();
         write!(f, "[{}]", parts.join(","))
     }
@@ -170,16 +149,12 @@ pub fn mirror_route(
     current_private: Option<&Route>,
 ) -> Result<Route, String> {
     let mirror_of = |tg: &str| -> Result<&str, String> {
-        pairs
-            .iter()
-            .find(|(p, _)| p == tg)
-            .map(|(_, m)| m.as_str())
-            .ok_or_else(|| {
-                format!(
-                    "the public route forwards to target group {} which no pair of the binding names",
-                    arn::target_group_name(tg).unwrap_or(tg)
-                )
-            })
+        pairs.iter().find(|(p, _)| p == tg).map(|(_, m)| m.as_str()).ok_or_else(|| {
+            format!(
+                "the public route forwards to target group {} which no pair of the binding names",
+                arn::target_group_name(tg).unwrap_or(tg)
+            )
+        })
     };
     if public.target_groups.is_empty() {
         return Err("the public route forwards to no target group".to_string());
@@ -196,24 +171,13 @@ pub fn mirror_route(
             }
             for (_, private) in pairs {
                 if !target_groups.iter().any(|w| &w.target_group == private) {
-                    target_groups.push(WeightedTargetGroup {
-                        target_group: private.clone(),
-                        weight: 0,
-                    });
+                    target_groups.push(WeightedTargetGroup { target_group: private.clone(), weight: 0 });
                 }
             }
-            Ok(Route {
-                target_groups,
-                stickiness_seconds,
-            })
+            Ok(Route { target_groups, stickiness_seconds })
         }
         RouteStyle::Single => {
-            let top = public
-                .target_groups
-                .iter()
-                .map(|w| w.weight)
-                .max()
-                .unwrap_or(0);
+            let top = public.target_groups.iter().map(|w| w.weight).max().unwrap_or(0);
             let leaders: Vec<&str> = public
                 .target_groups
                 .iter()
@@ -226,10 +190,7 @@ pub fn mirror_route(
                 _ => leaders.first().map(|s| s.to_string()).unwrap_or_default(),
             };
             Ok(Route {
-                target_groups: vec![WeightedTargetGroup {
-                    target_group: chosen,
-                    weight: 1,
-                }],
+                target_groups: vec![WeightedTargetGroup { target_group: chosen, weight: 1 }],
                 stickiness_seconds,
             })
         }
@@ -240,14 +201,10 @@ pub fn mirror_route(
 mod tests {
     use super::*;
 
-    const PUB_A: &str =
-        "arn:aws:elasticloadbalancing:eu-west-1:111122223333:targetgroup/pub-blue/aaaa";
-    const PUB_B: &str =
-        "arn:aws:elasticloadbalancing:eu-west-1:111122223333:targetgroup/pub-green/bbbb";
-    const PRV_A: &str =
-        "arn:aws:elasticloadbalancing:eu-west-1:111122223333:targetgroup/prv-blue/cccc";
-    const PRV_B: &str =
-        "arn:aws:elasticloadbalancing:eu-west-1:111122223333:targetgroup/prv-green/dddd";
+    const PUB_A: &str = "arn:aws:elasticloadbalancing:eu-west-1:111122223333:targetgroup/pub-blue/aaaa";
+    const PUB_B: &str = "arn:aws:elasticloadbalancing:eu-west-1:111122223333:targetgroup/pub-green/bbbb";
+    const PRV_A: &str = "arn:aws:elasticloadbalancing:eu-west-1:111122223333:targetgroup/prv-blue/cccc";
+    const PRV_B: &str = "arn:aws:elasticloadbalancing:eu-west-1:111122223333:targetgroup/prv-green/dddd";
 
     fn pairs() -> Vec<(String, String)> {
         vec![(PUB_A.into(), PRV_A.into()), (PUB_B.into(), PRV_B.into())]
@@ -257,10 +214,7 @@ mod tests {
         Route {
             target_groups: entries
                 .iter()
-                .map(|(t, w)| WeightedTargetGroup {
-                    target_group: (*t).into(),
-                    weight: *w,
-                })
+                .map(|(t, w)| WeightedTargetGroup { target_group: (*t).into(), weight: *w })
                 .collect(),
             stickiness_seconds: None,
         }
@@ -269,19 +223,10 @@ mod tests {
     #[test]
     fn weighted_mirror_copies_weights_and_keeps_idle_attached() {
         let cases: Vec<(Route, Route)> = vec![
-            (
-                r(&[(PUB_A, 100), (PUB_B, 0)]),
-                r(&[(PRV_A, 100), (PRV_B, 0)]),
-            ),
-            (
-                r(&[(PUB_A, 90), (PUB_B, 10)]),
-                r(&[(PRV_A, 90), (PRV_B, 10)]),
-            ),
+            (r(&[(PUB_A, 100), (PUB_B, 0)]), r(&[(PRV_A, 100), (PRV_B, 0)])),
+            (r(&[(PUB_A, 90), (PUB_B, 10)]), r(&[(PRV_A, 90), (PRV_B, 10)])),
             (r(&[(PUB_B, 1)]), r(&[(PRV_B, 1), (PRV_A, 0)])),
-            (
-                r(&[(PUB_B, 100), (PUB_A, 0)]),
-                r(&[(PRV_B, 100), (PRV_A, 0)]),
-            ),
+            (r(&[(PUB_B, 100), (PUB_A, 0)]), r(&[(PRV_B, 100), (PRV_A, 0)])),
         ];
         for (public, want) in cases {
             let got = mirror_route(&public, &pairs(), RouteStyle::Weighted, None);
@@ -299,27 +244,15 @@ mod tests {
 
     #[test]
     fn single_style_follows_the_majority_and_holds_on_a_tie() {
-        let got = mirror_route(
-            &r(&[(PUB_A, 40), (PUB_B, 60)]),
-            &pairs(),
-            RouteStyle::Single,
-            None,
-        );
+        let got = mirror_route(&r(&[(PUB_A, 40), (PUB_B, 60)]), &pairs(), RouteStyle::Single, None);
         assert_eq!(
-            got.ok()
-                .map(|r| r.live().iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+            got.ok().map(|r| r.live().iter().map(|s| s.to_string()).collect::<Vec<_>>()),
             Some(vec![PRV_B.to_string()])
         );
         let current = r(&[(PRV_A, 1)]);
-        let got = mirror_route(
-            &r(&[(PUB_A, 50), (PUB_B, 50)]),
-            &pairs(),
-            RouteStyle::Single,
-            Some(&current),
-        );
+        let got = mirror_route(&r(&[(PUB_A, 50), (PUB_B, 50)]), &pairs(), RouteStyle::Single, Some(&current));
         assert_eq!(
-            got.ok()
-                .map(|r| r.live().iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+            got.ok().map(|r| r.live().iter().map(|s| s.to_string()).collect::<Vec<_>>()),
             Some(vec![PRV_A.to_string()])
         );
     }

@@ -22,12 +22,10 @@ impl TargetKey {
     /// Builds a key from the `Id`/`Port` pair ELB returns. Fails for instance ids or a missing port, which
     /// means the target group is not of type `ip`.
     pub fn parse(id: &str, port: Option<i32>) -> Result<Self, String> {
-        let ip = IpAddr::from_str(id).map_err(|_| {
-            format!("target id {id:?} is not an IP address (is the target group of type `ip`?)")
-        })?;
+        let ip = IpAddr::from_str(id)
+            .map_err(|_| format!("target id {id:?} is not an IP address (is the target group of type `ip`?)"))?;
         let port = port.ok_or_else(|| format!("target {id} has no port"))?;
-        let port =
-            u16::try_from(port).map_err(|_| format!("target {id} has an invalid port {port}"))?;
+        let port = u16::try_from(port).map_err(|_| format!("target {id} has an invalid port {port}"))?;
         Ok(Self { ip, port })
     }
 }
@@ -126,14 +124,7 @@ mod tests {
 
     #[test]
     fn health_states_round_trip() {
-        for s in [
-            "initial",
-            "healthy",
-            "unhealthy",
-            "unused",
-            "draining",
-            "unavailable",
-        ] {
+        for s in ["initial", "healthy", "unhealthy", "unused", "draining", "unavailable"] {
             assert_eq!(HealthState::parse(s).as_str(), s);
         }
         assert_eq!(HealthState::parse("something-new"), HealthState::Unknown);

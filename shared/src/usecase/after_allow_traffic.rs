@@ -2,7 +2,7 @@
 //! mirror at once — on the fast path one DynamoDB read (the flip BeforeAllowTraffic planned) and one
 //! ModifyListener/ModifyRule — then verify against the public truth, correct if needed, check that the private
 //! route is not dark, converge membership and the test route, record. If the private side cannot be made right,
-//! it is put back where it was and the hook fails (CodeDeploy then reroutes the public side back too).
+//! it is put back where it was (by `Hooks::run`, which also covers panics and timeouts) and the hook fails (CodeDeploy then reroutes the public side back too).
 
 use super::{name, now_ms, Hooks, Tracker};
 use crate::config::{Binding, RouteRef};
@@ -20,25 +20,16 @@ struct Flip<'a> {
 }
 
 impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
-    pub async fn after_allow_traffic(
-        &self,
-        deployment_id: &str,
-        _budget: Budget,
-        t: &Tracker,
-    ) -> Result<()> {
+    pub async fn after_allow_traffic(&self, deployment_id: &str, _budget: Budget, t: &Tracker) -> Result<()> {
         let record = match self.state.deployment(deployment_id).await {
             Ok(r) => r,
             Err(e) => {
-                t.note(format!(
-                    "deployment record unreadable ({e}); taking the slow path"
-                ));
+                t.note(format!("deployment record unreadable ({e}); taking the slow path"));
                 None
             }
         };
         let fast = record.and_then(|rec| {
-            let b = self
-                .config
-                .binding(&rec.application, &rec.deployment_group)?;
+            let b = self.config.binding(&rec.application, &rec.deployment_group)?;
             let planned = rec.planned_private_route.clone()?;
             let privates = b.private_target_groups();
             planned
@@ -57,44 +48,36 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
                     public_production_listener: rec.public_production_listener.clone(),
                     public_test_listener: rec.public_test_listener.clone(),
                 };
-                let set = self
-                    .lb
-                    .set_route(&b.private_production_route, &planned)
-                    .await;
+                if let Some(before) = &flip.before {
+                    t.undo_with(b.private_production_route.clone(), before.clone());
+                }
+                let set = self.lb.set_route(&b.private_production_route, &planned).await;
                 (flip, set.map(|()| planned))
             }
             None => {
                 let r = self.resolve(deployment_id, t).await?;
                 let b = r.binding;
                 let pre = self.preflight(b, t).await?;
-                let listener = r
-                    .facts
-                    .production_listeners
-                    .first()
-                    .cloned()
-                    .ok_or_else(|| {
-                        Error::Misconfigured(format!(
-                            "deployment group {} has no production listener",
-                            r.facts.deployment_group
-                        ))
-                    })?;
+                let listener = r.facts.production_listeners.first().cloned().ok_or_else(|| {
+                    Error::Misconfigured(format!(
+                        "deployment group {} has no production listener",
+                        r.facts.deployment_group
+                    ))
+                })?;
                 let public = self.lb.route(&RouteRef::Listener(listener.clone())).await?;
-                let desired =
-                    mirror_route(&public, &b.pair_arns(), b.style(), Some(&pre.production))
-                        .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
+                let desired = mirror_route(&public, &b.pair_arns(), b.style(), Some(&pre.production))
+                    .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
                 let flip = Flip {
                     binding: b,
                     before: Some(pre.production.clone()),
                     public_production_listener: Some(listener),
                     public_test_listener: r.facts.test_listeners.first().cloned(),
                 };
+                t.undo_with(b.private_production_route.clone(), pre.production.clone());
                 let set = if pre.production.same_action(&desired) {
                     Ok(desired)
                 } else {
-                    self.lb
-                        .set_route(&b.private_production_route, &desired)
-                        .await
-                        .map(|()| desired)
+                    self.lb.set_route(&b.private_production_route, &desired).await.map(|()| desired)
                 };
                 (flip, set)
             }
@@ -102,44 +85,20 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
         let flip_at = now_ms();
         let b = flip.binding;
 
-        let settled = match flipped {
-            Ok(route) => {
-                t.route_change(
-                    flip.before
-                        .as_ref()
-                        .map_or("?".to_string(), Route::to_string),
-                    route.to_string(),
-                );
-                self.settle(deployment_id, &flip, route, t).await
-            }
-            Err(e) => Err(e),
-        };
-        let desired = match settled {
-            Ok(route) => route,
-            Err(e) => {
-                if let Some(before) = &flip.before {
-                    match self.lb.set_route(&b.private_production_route, before).await {
-                        Ok(()) => t.note(format!("private production route restored to {before}")),
-                        Err(re) => t.note(format!(
-                            "could not restore the private production route to {before}: {re}"
-                        )),
-                    }
-                }
-                return Err(e);
-            }
-        };
+        // From here on a failure (error, panic, timeout) puts the private route back (see `Hooks::run`).
+        let flipped = flipped?;
+        t.route_change(flip.before.as_ref().map_or("?".to_string(), Route::to_string), flipped.to_string());
+        let desired = self.settle(deployment_id, &flip, flipped, t).await?;
 
         // Off the critical path: membership of both pairs (I1) and the test route (I3).
         for (public, private) in b.pair_arns() {
             self.mirror_pair(&public, &private, t).await?;
         }
-        self.mirror_test_route(b, flip.public_test_listener.as_deref(), t)
-            .await?;
+        self.mirror_test_route(b, flip.public_test_listener.as_deref(), t).await?;
 
         let live = desired.live().first().map(|s| s.to_string());
         self.record(b, deployment_id, t, |rec| {
-            rec.phases
-                .insert(Phase::AfterAllowTraffic.to_string(), now_ms());
+            rec.phases.insert(Phase::AfterAllowTraffic.to_string(), now_ms());
             rec.private_flip_at_ms.get_or_insert(flip_at);
             rec.outcome = Some("succeeded".to_string());
             rec.last_message = None;
@@ -148,33 +107,24 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
         if let Some(live) = live {
             self.record_binding_live(b, &live, deployment_id, t).await;
         }
+        t.take_undo();
         Ok(())
     }
 
     /// After the flip: compare with the public truth, correct, read back, and check that no live private target
     /// group is dark while its public mirror is not (I4). Returns the route in place.
-    async fn settle(
-        &self,
-        deployment_id: &str,
-        flip: &Flip<'_>,
-        flipped: Route,
-        t: &Tracker,
-    ) -> Result<Route> {
+    async fn settle(&self, deployment_id: &str, flip: &Flip<'_>, flipped: Route, t: &Tracker) -> Result<Route> {
         let b = flip.binding;
         let listener = match &flip.public_production_listener {
             Some(l) => l.clone(),
             None => {
                 let r = self.resolve(deployment_id, t).await?;
-                r.facts
-                    .production_listeners
-                    .first()
-                    .cloned()
-                    .ok_or_else(|| {
-                        Error::Misconfigured(format!(
-                            "deployment group {} has no production listener",
-                            r.facts.deployment_group
-                        ))
-                    })?
+                r.facts.production_listeners.first().cloned().ok_or_else(|| {
+                    Error::Misconfigured(format!(
+                        "deployment group {} has no production listener",
+                        r.facts.deployment_group
+                    ))
+                })?
             }
         };
         let public = self.lb.route(&RouteRef::Listener(listener)).await?;
@@ -182,9 +132,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
             .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
         if !desired.same_traffic(&flipped) {
             t.note(format!("public route is {public}; correcting the planned private route {flipped} to {desired}"));
-            self.lb
-                .set_route(&b.private_production_route, &desired)
-                .await?;
+            self.lb.set_route(&b.private_production_route, &desired).await?;
             t.route_change(flipped.to_string(), desired.to_string());
         }
         let now = self.lb.route(&b.private_production_route).await?;
@@ -198,11 +146,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
             if private.iter().any(|p| p.health == HealthState::Healthy) {
                 continue;
             }
-            let public_tg = b
-                .pairs
-                .iter()
-                .find(|p| p.private_target_group == tg)
-                .map(|p| p.public_target_group.as_str());
+            let public_tg =
+                b.pairs.iter().find(|p| p.private_target_group == tg).map(|p| p.public_target_group.as_str());
             if let Some(public_tg) = public_tg {
                 let public = self.lb.targets(public_tg).await?;
                 if public.iter().any(|p| p.health == HealthState::Healthy) {
@@ -219,14 +164,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
     }
 
     /// Makes the private test route mirror the public test listener, when both exist.
-    async fn mirror_test_route(
-        &self,
-        b: &Binding,
-        public_test_listener: Option<&str>,
-        t: &Tracker,
-    ) -> Result<()> {
-        let (Some(which), Some(public_listener)) = (&b.private_test_route, public_test_listener)
-        else {
+    async fn mirror_test_route(&self, b: &Binding, public_test_listener: Option<&str>, t: &Tracker) -> Result<()> {
+        let (Some(which), Some(public_listener)) = (&b.private_test_route, public_test_listener) else {
             return Ok(());
         };
         let public_ref = RouteRef::Listener(public_listener.to_string());

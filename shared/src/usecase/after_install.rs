@@ -9,12 +9,7 @@ use crate::ports::{Deployments, LoadBalancers, StateStore};
 use crate::Result;
 
 impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
-    pub async fn after_install(
-        &self,
-        deployment_id: &str,
-        budget: Budget,
-        t: &Tracker,
-    ) -> Result<()> {
+    pub async fn after_install(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
         let r = self.resolve(deployment_id, t).await?;
         let b = r.binding;
         let pre = self.preflight(b, t).await?;
@@ -26,8 +21,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
 
         let source = self.wait_for_public_green(&g, budget).await?;
         let plan = self.mirror_from(&source, &g.private, t).await?;
-        self.test_route_to_green(b, pre.test.as_ref(), &g, t)
-            .await?;
+        self.test_route_to_green(b, pre.test.as_ref(), &g, t).await?;
 
         let facts = &r.facts;
         self.record(b, deployment_id, t, |rec| {

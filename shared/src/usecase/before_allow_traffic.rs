@@ -9,12 +9,7 @@ use crate::ports::{Deployments, LoadBalancers, StateStore};
 use crate::{Error, Result};
 
 impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
-    pub async fn before_allow_traffic(
-        &self,
-        deployment_id: &str,
-        budget: Budget,
-        t: &Tracker,
-    ) -> Result<()> {
+    pub async fn before_allow_traffic(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
         let r = self.resolve(deployment_id, t).await?;
         let b = r.binding;
         let pre = self.preflight(b, t).await?;
@@ -23,8 +18,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
         self.mirror_pair(&g.blue_public, &g.blue_private, t).await?;
         let production = self.converge_production(&r, &pre.production, t).await?;
         self.wait_for_public_green(&g, budget).await?;
-        self.test_route_to_green(b, pre.test.as_ref(), &g, t)
-            .await?;
+        self.test_route_to_green(b, pre.test.as_ref(), &g, t).await?;
 
         // Level-triggered gate: every poll re-reads both sides, re-applies the mirror if ECS changed the public
         // side meanwhile, and checks health of exactly the public side's live members in the private group.
@@ -85,17 +79,13 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
             }
             Err(e) => return Err(e),
         };
-        t.note(format!(
-            "{healthy} mirrored targets healthy in {}",
-            name(&g.private)
-        ));
+        t.note(format!("{healthy} mirrored targets healthy in {}", name(&g.private)));
 
         let mut planned = Route::all_to(&g.private, &[&g.blue_private], b.style());
         planned.stickiness_seconds = production.stickiness_seconds;
         let facts = &r.facts;
         self.record(b, deployment_id, t, |rec| {
-            rec.phases
-                .insert(Phase::BeforeAllowTraffic.to_string(), now_ms());
+            rec.phases.insert(Phase::BeforeAllowTraffic.to_string(), now_ms());
             rec.public_production_listener = facts.production_listeners.first().cloned();
             rec.public_test_listener = facts.test_listeners.first().cloned();
             rec.green_public_target_group = Some(g.public.clone());

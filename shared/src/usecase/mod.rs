@@ -8,12 +8,14 @@ mod before_allow_traffic;
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Binding, Config, RouteRef};
 use crate::domain::{
-    arn, plan_mirror, DeploymentRecord, MirrorPlan, ObservedTarget, Phase, Route, TargetKey,
-    DEFAULT_BATCH,
+    arn, plan_mirror, DeploymentRecord, MirrorPlan, ObservedTarget, Phase, Route, TargetKey, DEFAULT_BATCH,
 };
 use crate::harness::{Budget, Tracker};
 use crate::ports::{DeploymentFacts, Deployments, LoadBalancers, Saved, StateStore, TaskSetLabel};
@@ -53,10 +55,7 @@ struct Preflight {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 fn name(tg: &str) -> &str {
@@ -66,36 +65,42 @@ fn name(tg: &str) -> &str {
 /// Turns "not found" from AWS into a message that names the missing thing and what to do.
 fn missing(what: String) -> impl FnOnce(Error) -> Error {
     move |e| match e.aws_kind() {
-        Some(AwsErrorKind::NotFound) => {
-            Error::Misconfigured(format!("{what} does not exist ({e})"))
-        }
+        Some(AwsErrorKind::NotFound) => Error::Misconfigured(format!("{what} does not exist ({e})")),
         _ => e,
     }
 }
 
 impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
     pub fn new(lb: L, deployments: D, state: S, config: Config) -> Self {
-        Self {
-            lb,
-            deployments,
-            state,
-            config,
-        }
+        Self { lb, deployments, state, config }
     }
 
-    /// Runs the use case of `phase`. On failure the deployment record says so (best effort).
-    pub async fn run(
-        &self,
-        phase: Phase,
-        deployment_id: &str,
-        budget: Budget,
-        t: &Tracker,
-    ) -> Result<()> {
-        let result = match phase {
-            Phase::AfterInstall => self.after_install(deployment_id, budget, t).await,
-            Phase::BeforeAllowTraffic => self.before_allow_traffic(deployment_id, budget, t).await,
-            Phase::AfterAllowTraffic => self.after_allow_traffic(deployment_id, budget, t).await,
+    /// Runs the use case of `phase` within its budget. On failure — an error, a panic, the budget running out —
+    /// a route change the use case asked to be undone is put back, and the deployment record says what
+    /// happened (best effort).
+    pub async fn run(&self, phase: Phase, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
+        let work = async {
+            match phase {
+                Phase::AfterInstall => self.after_install(deployment_id, budget, t).await,
+                Phase::BeforeAllowTraffic => self.before_allow_traffic(deployment_id, budget, t).await,
+                Phase::AfterAllowTraffic => self.after_allow_traffic(deployment_id, budget, t).await,
+            }
         };
+        let result = match tokio::time::timeout(budget.remaining(), AssertUnwindSafe(work).catch_unwind()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(p)) => Err(Error::Panic(crate::harness::panic_message(p.as_ref()))),
+            Err(_) => Err(Error::Timeout(format!(
+                "{phase} ran out of its time budget; raise the function timeout or lower health_timeout_seconds"
+            ))),
+        };
+        if result.is_err() {
+            if let Some((which, before)) = t.take_undo() {
+                match self.lb.set_route(&which, &before).await {
+                    Ok(()) => t.note(format!("{which} restored to {before}")),
+                    Err(e) => t.note(format!("could not restore {which} to {before}: {e}")),
+                }
+            }
+        }
         if let Err(e) = &result {
             let message = format!("{phase}: {}", crate::harness::error_chain(e));
             self.record_existing(deployment_id, t, |r| {
@@ -150,10 +155,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
         }
         for tg in binding.public_target_groups() {
             if !facts.target_group_names.is_empty()
-                && !facts
-                    .target_group_names
-                    .iter()
-                    .any(|n| Some(n.as_str()) == arn::target_group_name(tg))
+                && !facts.target_group_names.iter().any(|n| Some(n.as_str()) == arn::target_group_name(tg))
             {
                 return Err(Error::Misconfigured(format!(
                     "binding {} names public target group {} but deployment group {} does not use it (it uses {})",
@@ -179,41 +181,24 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
                 .lb
                 .route(&b.private_production_route)
                 .await
-                .map_err(missing(format!(
-                    "private production route ({})",
-                    b.private_production_route
-                )))?;
+                .map_err(missing(format!("private production route ({})", b.private_production_route)))?;
             let test = match &b.private_test_route {
-                Some(r) => Some(
-                    self.lb
-                        .route(r)
-                        .await
-                        .map_err(missing(format!("private test route ({r})")))?,
-                ),
+                Some(r) => Some(self.lb.route(r).await.map_err(missing(format!("private test route ({r})")))?),
                 None => None,
             };
             Ok::<_, Error>((production, test))
         };
         let (groups, routes) = tokio::join!(self.lb.target_groups(&arns), route_reads);
-        let groups = groups.map_err(missing(format!(
-            "one of the target groups of binding {}",
-            b.label()
-        )))?;
+        let groups = groups.map_err(missing(format!("one of the target groups of binding {}", b.label())))?;
         let (production, test) = routes?;
         let lb_arn = b.private_load_balancer().unwrap_or_default();
         let find = |a: &str| {
             groups.iter().find(|g| g.arn == a).ok_or_else(|| {
-                Error::Misconfigured(format!(
-                    "target group {a} of binding {} does not exist",
-                    b.label()
-                ))
+                Error::Misconfigured(format!("target group {a} of binding {} does not exist", b.label()))
             })
         };
         for p in &b.pairs {
-            let (public, private) = (
-                find(&p.public_target_group)?,
-                find(&p.private_target_group)?,
-            );
+            let (public, private) = (find(&p.public_target_group)?, find(&p.private_target_group)?);
             for g in [public, private] {
                 if g.target_type != "ip" {
                     return Err(Error::Misconfigured(format!(
@@ -273,21 +258,12 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
     async fn green(&self, r: &Resolved<'_>, t: &Tracker) -> Result<Green> {
         let b = r.binding;
         let by_task_set = match self.deployments.task_sets(&r.facts.deployment_id).await {
-            Ok(sets) => sets
-                .into_iter()
-                .find(|s| s.label == TaskSetLabel::Green)
-                .and_then(|s| {
-                    let public = s
-                        .target_group_name
-                        .as_deref()
-                        .and_then(|n| b.public_named(n))?
-                        .to_string();
-                    Some((public, s.desired_count))
-                }),
+            Ok(sets) => sets.into_iter().find(|s| s.label == TaskSetLabel::Green).and_then(|s| {
+                let public = s.target_group_name.as_deref().and_then(|n| b.public_named(n))?.to_string();
+                Some((public, s.desired_count))
+            }),
             Err(e) => {
-                t.note(format!(
-                    "task sets not available ({e}); finding green from the production listener"
-                ));
+                t.note(format!("task sets not available ({e}); finding green from the production listener"));
                 None
             }
         };
@@ -322,20 +298,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
             .pairs
             .iter()
             .find(|p| p.public_target_group != public)
-            .map(|p| {
-                (
-                    p.public_target_group.clone(),
-                    p.private_target_group.clone(),
-                )
-            })
+            .map(|p| (p.public_target_group.clone(), p.private_target_group.clone()))
             .unwrap_or_default();
-        Ok(Green {
-            public,
-            private,
-            blue_public,
-            blue_private,
-            desired_count,
-        })
+        Ok(Green { public, private, blue_public, blue_private, desired_count })
     }
 
     /// Polls `check` every poll interval until it yields a value or the budget runs out; transient AWS errors
@@ -362,11 +327,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
 
     /// Waits until the public green target group holds the replacement tasks (the desired count when
     /// CodeDeploy tells it, else at least one target).
-    async fn wait_for_public_green(
-        &self,
-        g: &Green,
-        budget: Budget,
-    ) -> Result<Vec<ObservedTarget>> {
+    async fn wait_for_public_green(&self, g: &Green, budget: Budget) -> Result<Vec<ObservedTarget>> {
         let want = g.desired_count.unwrap_or(1).max(1) as usize;
         self.poll(budget, || async {
             let targets = self.lb.targets(&g.public).await?;
@@ -374,22 +335,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
             Ok(if live >= want {
                 Ok(targets)
             } else {
-                Err(format!(
-                    "public target group {} holds {live} of the {want} replacement tasks",
-                    name(&g.public)
-                ))
+                Err(format!("public target group {} holds {live} of the {want} replacement tasks", name(&g.public)))
             })
         })
         .await
     }
 
     /// Mirrors a public target group into its private one (full diff), given the public targets.
-    async fn mirror_from(
-        &self,
-        source: &[ObservedTarget],
-        private: &str,
-        t: &Tracker,
-    ) -> Result<MirrorPlan> {
+    async fn mirror_from(&self, source: &[ObservedTarget], private: &str, t: &Tracker) -> Result<MirrorPlan> {
         let current = self.lb.targets(private).await?;
         let plan = plan_mirror(source, &current, DEFAULT_BATCH);
         for batch in &plan.register {
@@ -400,12 +353,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
         }
         if !plan.is_empty() {
             t.mirrored(plan.registered(), plan.deregistered());
-            t.note(format!(
-                "mirrored into {}: +{} -{}",
-                name(private),
-                plan.registered(),
-                plan.deregistered()
-            ));
+            t.note(format!("mirrored into {}: +{} -{}", name(private), plan.registered(), plan.deregistered()));
         }
         Ok(plan)
     }
@@ -416,13 +364,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
     }
 
     /// Sets a private route unless it already is `to` (weight-0 attachments included).
-    async fn ensure_route(
-        &self,
-        which: &RouteRef,
-        current: &Route,
-        to: &Route,
-        t: &Tracker,
-    ) -> Result<bool> {
+    async fn ensure_route(&self, which: &RouteRef, current: &Route, to: &Route, t: &Tracker) -> Result<bool> {
         if current.same_action(to) {
             return Ok(false);
         }
@@ -440,11 +382,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
     {
         let id = deployment_id.to_string();
         let (app, group) = (b.application.clone(), b.deployment_group.clone());
-        let outcome = self
-            .update_record(&id, &update, || {
-                Some(DeploymentRecord::new(&id, &app, &group, now_ms()))
-            })
-            .await;
+        let outcome =
+            self.update_record(&id, &update, || Some(DeploymentRecord::new(&id, &app, &group, now_ms()))).await;
         if let Err(e) = outcome {
             t.note(format!("warning: deployment state not recorded: {e}"));
         }
@@ -488,15 +427,13 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
     async fn record_binding_live(&self, b: &Binding, live: &str, deployment_id: &str, t: &Tracker) {
         let result: Result<()> = async {
             for _ in 0..5 {
-                let mut rec = self
-                    .state
-                    .binding(&b.application, &b.deployment_group)
-                    .await?
-                    .unwrap_or_else(|| crate::domain::BindingRecord {
+                let mut rec = self.state.binding(&b.application, &b.deployment_group).await?.unwrap_or_else(|| {
+                    crate::domain::BindingRecord {
                         application: b.application.clone(),
                         deployment_group: b.deployment_group.clone(),
                         ..Default::default()
-                    });
+                    }
+                });
                 rec.live_private_target_group = Some(live.to_string());
                 rec.last_deployment = Some(deployment_id.to_string());
                 rec.updated_at_ms = now_ms();
@@ -505,10 +442,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
                     return Ok(());
                 }
             }
-            Err(Error::Conflict(format!(
-                "binding record {} kept changing",
-                b.label()
-            )))
+            Err(Error::Conflict(format!("binding record {} kept changing", b.label())))
         }
         .await;
         if let Err(e) = result {
@@ -519,11 +453,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
 
 /// The keys of the non-draining targets.
 fn live_keys(targets: &[ObservedTarget]) -> BTreeSet<TargetKey> {
-    targets
-        .iter()
-        .filter(|t| !t.is_draining())
-        .map(ObservedTarget::key)
-        .collect()
+    targets.iter().filter(|t| !t.is_draining()).map(ObservedTarget::key).collect()
 }
 
 /// Caps a health wait at the binding's timeout.
@@ -534,38 +464,23 @@ fn health_budget(budget: Budget, b: &Binding) -> Budget {
 impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
     /// Makes the private production route mirror the public one (I2) and keeps every private target group of
     /// the binding attached. Returns the private route now in place.
-    async fn converge_production(
-        &self,
-        r: &Resolved<'_>,
-        current: &Route,
-        t: &Tracker,
-    ) -> Result<Route> {
+    async fn converge_production(&self, r: &Resolved<'_>, current: &Route, t: &Tracker) -> Result<Route> {
         let b = r.binding;
         let Some(listener) = r.facts.production_listeners.first() else {
             return Ok(current.clone());
         };
         let public = self.lb.route(&RouteRef::Listener(listener.clone())).await?;
-        let desired =
-            crate::domain::mirror_route(&public, &b.pair_arns(), b.style(), Some(current))
-                .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
+        let desired = crate::domain::mirror_route(&public, &b.pair_arns(), b.style(), Some(current))
+            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
         if !desired.same_traffic(current) {
-            t.note(format!(
-                "private production route had drifted from the public one ({public}); converging"
-            ));
+            t.note(format!("private production route had drifted from the public one ({public}); converging"));
         }
-        self.ensure_route(&b.private_production_route, current, &desired, t)
-            .await?;
+        self.ensure_route(&b.private_production_route, current, &desired, t).await?;
         Ok(desired)
     }
 
     /// Points the private test route at the green mirror, keeping blue's mirror attached at weight 0.
-    async fn test_route_to_green(
-        &self,
-        b: &Binding,
-        current: Option<&Route>,
-        g: &Green,
-        t: &Tracker,
-    ) -> Result<()> {
+    async fn test_route_to_green(&self, b: &Binding, current: Option<&Route>, g: &Green, t: &Tracker) -> Result<()> {
         if let (Some(which), Some(current)) = (&b.private_test_route, current) {
             let mut to = Route::all_to(&g.private, &[&g.blue_private], b.style());
             to.stickiness_seconds = current.stickiness_seconds;

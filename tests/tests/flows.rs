@@ -1,0 +1,392 @@
+//! The three hooks in order against in-memory fakes: outcomes on target-group membership, routes, reports and
+//! the DynamoDB record, for the happy paths, repeated and concurrent invocations, a failure or panic injected
+//! at every step, and every kind of bad input.
+
+use std::time::Duration;
+
+use bluegreen_mirror::domain::{HealthState, Phase, Route, RouteStyle};
+use bluegreen_mirror::ports::{HookStatus, Reported};
+use bluegreen_mirror::AwsErrorKind;
+use bluegreen_mirror_tests::{ip, keys, Fault, World, APP, DEPLOYMENT, GROUP};
+
+fn strings(keys: &[bluegreen_mirror::domain::TargetKey]) -> Vec<String> {
+    let mut v: Vec<String> = keys.iter().map(ToString::to_string).collect();
+    v.sort();
+    v
+}
+
+/// Runs the whole deployment: AfterInstall, BeforeAllowTraffic, AllowTraffic (public), AfterAllowTraffic.
+async fn deploy(w: &World) -> [bluegreen_mirror::harness::Outcome; 3] {
+    w.install_green();
+    let a = w.invoke(Phase::AfterInstall, "exec-ai").await;
+    let b = w.invoke(Phase::BeforeAllowTraffic, "exec-bat").await;
+    w.allow_traffic();
+    let c = w.invoke(Phase::AfterAllowTraffic, "exec-aat").await;
+    [a, b, c]
+}
+
+#[tokio::test(start_paused = true)]
+async fn happy_path_all_at_once() {
+    let w = World::new();
+    let a = &w.arns;
+    w.install_green();
+
+    let ai = w.invoke(Phase::AfterInstall, "exec-ai").await;
+    assert_eq!(ai.status, HookStatus::Succeeded, "{:?}", ai.message);
+    assert_eq!(w.elb.members(&a.prv_green), strings(&keys(101..104)));
+    assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..4)));
+    assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_blue, &[&a.prv_green], RouteStyle::Weighted));
+    assert_eq!(w.elb.route_of(&a.prv_test), Route::all_to(&a.prv_green, &[&a.prv_blue], RouteStyle::Weighted));
+    let rec = w.state.record(DEPLOYMENT).expect("record after AfterInstall");
+    assert!(rec.phases.contains_key("AfterInstall"));
+    assert_eq!(rec.green_private_target_group.as_deref(), Some(a.prv_green.as_str()));
+    assert_eq!(rec.targets_mirrored, 3);
+
+    let bat = w.invoke(Phase::BeforeAllowTraffic, "exec-bat").await;
+    assert_eq!(bat.status, HookStatus::Succeeded, "{:?}", bat.message);
+    let rec = w.state.record(DEPLOYMENT).expect("record");
+    assert_eq!(rec.planned_private_route, Some(Route::all_to(&a.prv_green, &[&a.prv_blue], RouteStyle::Weighted)));
+    assert_eq!(rec.private_route_before, Some(Route::all_to(&a.prv_blue, &[&a.prv_green], RouteStyle::Weighted)));
+    // Production has not moved on either side.
+    assert_eq!(w.elb.route_of(&a.prv_prod).live(), vec![a.prv_blue.as_str()]);
+
+    w.allow_traffic();
+    w.calls.clear();
+    let aat = w.invoke(Phase::AfterAllowTraffic, "exec-aat").await;
+    assert_eq!(aat.status, HookStatus::Succeeded, "{:?}", aat.message);
+    assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_green, &[&a.prv_blue], RouteStyle::Weighted));
+    // The critical path: one read (the planned flip) and one write.
+    let log = w.calls.log();
+    let flip = log.iter().position(|c| c == "elb:ModifyListener").expect("a ModifyListener");
+    assert_eq!(&log[..=flip], ["dynamodb:GetItem", "elb:ModifyListener"]);
+    let rec = w.state.record(DEPLOYMENT).expect("record");
+    assert_eq!(rec.outcome.as_deref(), Some("succeeded"));
+    assert!(rec.private_flip_at_ms.is_some());
+    assert!(rec.phases.contains_key("AfterAllowTraffic"));
+    let b = w.state.binding_record(APP, GROUP).expect("binding record");
+    assert_eq!(b.live_private_target_group.as_deref(), Some(a.prv_green.as_str()));
+
+    for exec in ["exec-ai", "exec-bat", "exec-aat"] {
+        assert_eq!(w.reports_for(exec), vec![HookStatus::Succeeded], "{exec}");
+    }
+    assert!(w.elb.dark_moments().is_empty(), "{:?}", w.elb.dark_moments());
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_targets_from_an_earlier_deployment_are_removed() {
+    let w = World::new();
+    let a = &w.arns;
+    w.elb.add_targets(&a.prv_green, &[ip(50), ip(51)], HealthState::Healthy);
+    let [ai, ..] = deploy(&w).await;
+    assert_eq!(ai.summary.deregistered, 2);
+    assert_eq!(w.elb.members(&a.prv_green), strings(&keys(101..104)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn weighted_public_route_is_mirrored_with_its_weights() {
+    let w = World::new();
+    let a = &w.arns;
+    w.install_green();
+    assert_eq!(w.invoke(Phase::AfterInstall, "e1").await.status, HookStatus::Succeeded);
+    assert_eq!(w.invoke(Phase::BeforeAllowTraffic, "e2").await.status, HookStatus::Succeeded);
+    // A public route part-way through a shift, and no planned flip: the slow path copies the weights.
+    let weighted = Route {
+        target_groups: vec![
+            bluegreen_mirror::domain::WeightedTargetGroup { target_group: a.pub_blue.clone(), weight: 30 },
+            bluegreen_mirror::domain::WeightedTargetGroup { target_group: a.pub_green.clone(), weight: 70 },
+        ],
+        stickiness_seconds: None,
+    };
+    w.elb.put_route(&a.pub_prod, weighted);
+    w.state.forget(DEPLOYMENT);
+    let out = w.invoke(Phase::AfterAllowTraffic, "e3").await;
+    assert_eq!(out.status, HookStatus::Succeeded, "{:?}", out.message);
+    let private = w.elb.route_of(&a.prv_prod);
+    assert_eq!(private.weight(&a.prv_blue), Some(30));
+    assert_eq!(private.weight(&a.prv_green), Some(70));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_plan_is_corrected_against_the_public_truth() {
+    let w = World::new();
+    let a = &w.arns;
+    w.install_green();
+    w.invoke(Phase::AfterInstall, "e1").await;
+    w.invoke(Phase::BeforeAllowTraffic, "e2").await;
+    // The public side did not move (e.g. it was rolled back meanwhile): the private side must follow it.
+    let out = w.invoke(Phase::AfterAllowTraffic, "e3").await;
+    assert_eq!(out.status, HookStatus::Succeeded, "{:?}", out.message);
+    assert_eq!(w.elb.route_of(&a.prv_prod).live(), vec![a.prv_blue.as_str()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn green_is_found_from_the_listener_when_task_sets_are_not_listed() {
+    let w = World::new();
+    w.codedeploy.without_task_sets();
+    let [ai, bat, aat] = deploy(&w).await;
+    for o in [&ai, &bat, &aat] {
+        assert_eq!(o.status, HookStatus::Succeeded, "{:?}", o.message);
+    }
+    assert_eq!(w.elb.members(&w.arns.prv_green), strings(&keys(101..104)));
+    assert_eq!(w.elb.route_of(&w.arns.prv_prod).live(), vec![w.arns.prv_green.as_str()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn nlb_private_side_flips_production_and_keeps_idle_on_the_test_listener() {
+    let w = World::nlb();
+    let a = &w.arns;
+    let [ai, bat, aat] = deploy(&w).await;
+    for o in [&ai, &bat, &aat] {
+        assert_eq!(o.status, HookStatus::Succeeded, "{:?}", o.message);
+    }
+    assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_green, &[], RouteStyle::Single));
+    // The public test listener still forwards to blue: the private test listener mirrors it, keeping the
+    // now-idle blue group attached and health-checked.
+    assert_eq!(w.elb.route_of(&a.prv_test), Route::all_to(&a.prv_blue, &[], RouteStyle::Single));
+    assert!(w.elb.dark_moments().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_hook_invoked_twice_converges_to_the_same_state() {
+    let w = World::new();
+    let a = &w.arns;
+    deploy(&w).await;
+    let routes_after_once = w.elb.route_log().len();
+    let members = (w.elb.members(&a.prv_blue), w.elb.members(&a.prv_green));
+    let prod = w.elb.route_of(&a.prv_prod);
+
+    // Again after each reported (same execution ids): nothing changes, reports are "already completed".
+    let ai = w.invoke(Phase::AfterInstall, "exec-ai").await;
+    let bat = w.invoke(Phase::BeforeAllowTraffic, "exec-bat").await;
+    let aat = w.invoke(Phase::AfterAllowTraffic, "exec-aat").await;
+    for o in [&ai, &bat, &aat] {
+        assert_eq!(o.reported, Some(Reported::AlreadyCompleted));
+    }
+    assert_eq!(w.elb.route_of(&a.prv_prod), prod);
+    assert_eq!((w.elb.members(&a.prv_blue), w.elb.members(&a.prv_green)), members);
+    // AfterAllowTraffic's replay re-applies the same planned route once; AfterInstall/BeforeAllowTraffic after
+    // the flip converge production to the public truth, which is what it already is.
+    assert!(w.elb.route_log()[routes_after_once..].iter().all(|(arn, r)| arn != &a.prv_prod || *r == prod));
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_invocations_of_the_same_hook_agree() {
+    let w = World::new();
+    let a = &w.arns;
+    w.install_green();
+    let (x, y) = tokio::join!(w.invoke(Phase::AfterInstall, "c1"), w.invoke(Phase::AfterInstall, "c1"));
+    assert_eq!((x.status, y.status), (HookStatus::Succeeded, HookStatus::Succeeded));
+    let (x, y) = tokio::join!(w.invoke(Phase::BeforeAllowTraffic, "c2"), w.invoke(Phase::BeforeAllowTraffic, "c2"));
+    assert_eq!((x.status, y.status), (HookStatus::Succeeded, HookStatus::Succeeded));
+    w.allow_traffic();
+    let (x, y) = tokio::join!(w.invoke(Phase::AfterAllowTraffic, "c3"), w.invoke(Phase::AfterAllowTraffic, "c3"));
+    assert_eq!((x.status, y.status), (HookStatus::Succeeded, HookStatus::Succeeded));
+    assert_eq!(w.elb.members(&a.prv_green), strings(&keys(101..104)));
+    assert_eq!(w.elb.route_of(&a.prv_prod).live(), vec![a.prv_green.as_str()]);
+    let rec = w.state.record(DEPLOYMENT).expect("record");
+    assert_eq!(rec.outcome.as_deref(), Some("succeeded"));
+    // One accepted report per execution; the twin got "already completed".
+    for e in ["c1", "c2", "c3"] {
+        assert_eq!(w.reports_for(e).len(), 2);
+    }
+}
+
+/// Keeps the injected panics (caught by the harness) out of the test output; other panics print as usual.
+fn quiet_injected_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let injected = info.payload().downcast_ref::<String>().is_some_and(|m| m.starts_with("injected panic"));
+        if !injected {
+            default(info);
+        }
+    }));
+}
+
+async fn prepared(phase: Phase) -> World {
+    let w = World::new();
+    w.install_green();
+    if phase >= Phase::BeforeAllowTraffic {
+        w.invoke(Phase::AfterInstall, "prep-ai").await;
+    }
+    if phase >= Phase::AfterAllowTraffic {
+        w.invoke(Phase::BeforeAllowTraffic, "prep-bat").await;
+        w.allow_traffic();
+    }
+    w
+}
+
+/// The private side as a hook leaves it: both mirrors' members and both private routes.
+fn private_side(w: &World) -> (Vec<String>, Vec<String>, Route, Route) {
+    let a = &w.arns;
+    (w.elb.members(&a.prv_blue), w.elb.members(&a.prv_green), w.elb.route_of(&a.prv_prod), w.elb.route_of(&a.prv_test))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_or_panic_at_every_step_reports_exactly_once_and_never_goes_dark() {
+    quiet_injected_panics();
+    for phase in [Phase::AfterInstall, Phase::BeforeAllowTraffic, Phase::AfterAllowTraffic] {
+        let clean = prepared(phase).await;
+        clean.calls.clear();
+        assert_eq!(clean.invoke(phase, "clean").await.status, HookStatus::Succeeded);
+        let n = clean.calls.log().len();
+        assert!(n >= 5, "{phase} makes {n} calls");
+        let expected = private_side(&clean);
+        for at in 0..n {
+            for fault in [Fault::Fail(AwsErrorKind::Throttled), Fault::Fail(AwsErrorKind::AccessDenied), Fault::Panic] {
+                let w = prepared(phase).await;
+                let before = w.elb.route_of(&w.arns.prv_prod);
+                w.calls.clear();
+                w.calls.fault_at(at, fault);
+                let exec = format!("{phase}-{at}-{fault:?}");
+                let out = w.invoke(phase, &exec).await;
+                let op = w.calls.log().get(at).cloned().unwrap_or_default();
+                let reports = w.reports_for(&exec);
+                assert_eq!(reports.len(), 1, "{exec} ({op}): {reports:?}");
+                assert_eq!(reports[0], out.status);
+                // Recording state and listing task sets (green is then read from the listener) are best effort,
+                // and waits absorb a transient error; any other failure, and any panic, fails the hook.
+                let best_effort = op.starts_with("dynamodb:") || op == "codedeploy:GetDeploymentTarget";
+                let must_fail =
+                    fault == Fault::Panic || (fault == Fault::Fail(AwsErrorKind::AccessDenied) && !best_effort);
+                if must_fail {
+                    assert_eq!(out.status, HookStatus::Failed, "{exec} ({op}) should fail");
+                    let msg = out.message.clone().unwrap_or_default();
+                    assert!(msg.contains("injected") || msg.contains("panic"), "{exec}: {msg}");
+                }
+                if out.status == HookStatus::Succeeded {
+                    // A success despite the fault must leave exactly what a clean run leaves.
+                    assert_eq!(private_side(&w), expected, "{exec} ({op})");
+                } else {
+                    // A failed hook leaves production where it was (restored, if AfterAllowTraffic flipped it).
+                    let now = w.elb.route_of(&w.arns.prv_prod);
+                    assert!(now.same_traffic(&before), "{exec} ({op}): {before} -> {now}");
+                }
+                assert!(w.elb.dark_moments().is_empty(), "{exec}: {:?}", w.elb.dark_moments());
+                // Whatever happened, running the hook again without faults converges.
+                w.calls.no_faults();
+                let again = w.invoke(phase, &format!("{exec}-retry")).await;
+                assert_eq!(again.status, HookStatus::Succeeded, "{exec} retry: {:?}", again.message);
+                assert_eq!(private_side(&w), expected, "{exec} retry");
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn private_side_that_cannot_reach_green_fails_the_gate_before_traffic_moves() {
+    let w = World::new();
+    let a = &w.arns;
+    w.elb.make_unreachable(&a.prv_green);
+    w.install_green();
+    assert_eq!(w.invoke(Phase::AfterInstall, "e1").await.status, HookStatus::Succeeded);
+    let out = w.invoke(Phase::BeforeAllowTraffic, "e2").await;
+    assert_eq!(out.status, HookStatus::Failed);
+    let msg = out.message.unwrap_or_default();
+    assert!(msg.contains("not healthy in private target group prv-green"), "{msg}");
+    assert!(msg.contains("production traffic has not moved"), "{msg}");
+    assert_eq!(w.elb.route_of(&a.prv_prod).live(), vec![a.prv_blue.as_str()]);
+    assert_eq!(w.reports_for("e2"), vec![HookStatus::Failed]);
+    let rec = w.state.record(DEPLOYMENT).expect("record");
+    assert_eq!(rec.outcome.as_deref(), Some("failed"));
+    assert!(rec.planned_private_route.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dark_flip_is_undone_and_reported_failed() {
+    let w = World::new();
+    let a = &w.arns;
+    w.install_green();
+    w.invoke(Phase::AfterInstall, "e1").await;
+    w.invoke(Phase::BeforeAllowTraffic, "e2").await;
+    w.allow_traffic();
+    // Between the gate and the flip the private side lost green (e.g. a security group change).
+    w.elb.set_health(&a.prv_green, HealthState::Unhealthy);
+    let out = w.invoke(Phase::AfterAllowTraffic, "e3").await;
+    assert_eq!(out.status, HookStatus::Failed);
+    assert!(out.message.unwrap_or_default().contains("no healthy target"));
+    assert_eq!(w.elb.route_of(&a.prv_prod).live(), vec![a.prv_blue.as_str()]);
+    assert!(out.summary.notes.iter().any(|n| n.contains("restored")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_green_that_never_comes_times_out_with_one_failed_report() {
+    let w = World::new();
+    let out = w.invoke_for(Phase::AfterInstall, DEPLOYMENT, "t1", Duration::from_secs(30)).await;
+    assert_eq!(out.status, HookStatus::Failed);
+    let msg = out.message.unwrap_or_default();
+    assert!(msg.contains("holds 0 of the 3 replacement tasks"), "{msg}");
+    assert_eq!(w.reports_for("t1"), vec![HookStatus::Failed]);
+    assert!(w.elb.members(&w.arns.prv_green).is_empty());
+}
+
+/// Each bad input: `Failed`, a message naming what to fix, and no write to the private side.
+#[tokio::test(start_paused = true)]
+async fn bad_input_is_refused_with_a_clear_message_and_nothing_changed() {
+    type Setup = Box<dyn Fn(&World)>;
+    let cases: Vec<(&str, &str, Setup)> = vec![
+        ("unknown deployment", "does not exist", Box::new(|_| {})),
+        (
+            "no binding",
+            "no binding for application",
+            Box::new(|w| w.codedeploy.edit(DEPLOYMENT, |f| f.deployment_group = "other".into())),
+        ),
+        (
+            "not ECS",
+            "ECS blue/green deployments only",
+            Box::new(|w| w.codedeploy.edit(DEPLOYMENT, |f| f.compute_platform = "Server".into())),
+        ),
+        (
+            "in place",
+            "BLUE_GREEN deployments only",
+            Box::new(|w| w.codedeploy.edit(DEPLOYMENT, |f| f.deployment_type = "IN_PLACE".into())),
+        ),
+        (
+            "unbound public target group",
+            "does not name as a public target group",
+            Box::new(|w| w.codedeploy.edit(DEPLOYMENT, |f| f.target_group_names[1] = "someone-else".into())),
+        ),
+        ("private target group missing", "does not exist", Box::new(|w| w.elb.remove_group(&w.arns.prv_green))),
+        (
+            "private target group of type instance",
+            "of type `instance`",
+            Box::new(|w| w.elb.group_mut(&w.arns.prv_green, |g| g.facts.target_type = "instance".into())),
+        ),
+        (
+            "port mismatch",
+            "same protocol and port",
+            Box::new(|w| w.elb.group_mut(&w.arns.prv_green, |g| g.facts.port = Some(9090))),
+        ),
+        (
+            "protocol mismatch",
+            "same protocol and port",
+            Box::new(|w| w.elb.group_mut(&w.arns.prv_blue, |g| g.facts.protocol = Some("HTTPS".into()))),
+        ),
+        (
+            "private target group attached to another load balancer",
+            "not (only) to the binding's private",
+            Box::new(|w| w.elb.group_mut(&w.arns.prv_green, |g| g.facts.load_balancers.push(w.arns.pub_lb.clone()))),
+        ),
+        ("private listener missing", "private production route", Box::new(|w| w.elb.remove_route(&w.arns.prv_prod))),
+        ("private test rule missing", "private test route", Box::new(|w| w.elb.remove_route(&w.arns.prv_test))),
+        (
+            "private route forwards elsewhere",
+            "which binding web/web-bg does not name",
+            Box::new(|w| w.elb.put_route(&w.arns.prv_prod, Route::all_to(&w.arns.pub_blue, &[], RouteStyle::Weighted))),
+        ),
+    ];
+    for (name, want, setup) in cases {
+        for phase in [Phase::AfterInstall, Phase::BeforeAllowTraffic, Phase::AfterAllowTraffic] {
+            let w = World::new();
+            w.install_green();
+            setup(&w);
+            let deployment = if name == "unknown deployment" { "d-NOSUCH" } else { DEPLOYMENT };
+            let exec = format!("{name}-{phase}");
+            let out = w.invoke_for(phase, deployment, &exec, Duration::from_secs(120)).await;
+            assert_eq!(out.status, HookStatus::Failed, "{exec}");
+            let msg = out.message.unwrap_or_default();
+            assert!(msg.contains(want), "{exec}: {msg:?} lacks {want:?}");
+            assert!(w.private_writes().is_empty(), "{exec}: wrote {:?}", w.private_writes());
+            assert_eq!(w.codedeploy.reports().len(), 1, "{exec}");
+        }
+    }
+}

@@ -6,7 +6,7 @@ use aws_sdk_codedeploy::Client;
 
 use super::errors::aws_error;
 use crate::ports::{DeploymentFacts, Deployments, HookReporter, HookStatus, Reported, TaskSet, TaskSetLabel};
-use crate::{AwsErrorKind, Error, Result};
+use crate::{Error, Result};
 
 const SERVICE: &str = "codedeploy";
 
@@ -71,16 +71,26 @@ impl Deployments for CodeDeploy {
     }
 
     async fn task_sets(&self, deployment_id: &str) -> Result<Vec<TaskSet>> {
-        let ids = self
-            .client
-            .list_deployment_targets()
-            .deployment_id(deployment_id)
-            .send()
-            .await
-            .map_err(|e| aws_error(SERVICE, "ListDeploymentTargets", e))?;
+        let mut target_ids = Vec::new();
+        let mut next: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_deployment_targets()
+                .deployment_id(deployment_id)
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|e| aws_error(SERVICE, "ListDeploymentTargets", e))?;
+            target_ids.extend(page.target_ids().iter().cloned());
+            match page.next_token() {
+                Some(t) if !t.is_empty() => next = Some(t.to_string()),
+                _ => break,
+            }
+        }
         let mut sets = Vec::new();
         // An ECS deployment has one target (the service); the loop keeps a multi-target answer harmless.
-        for target_id in ids.target_ids() {
+        for target_id in &target_ids {
             let out = self
                 .client
                 .get_deployment_target()
@@ -124,10 +134,156 @@ impl HookReporter for CodeDeploy {
             .status(status)
             .send()
             .await;
-        match sent.map_err(|e| aws_error(SERVICE, "PutLifecycleEventHookExecutionStatus", e)) {
+        match sent {
             Ok(_) => Ok(Reported::Accepted),
-            Err(e) if e.aws_kind() == Some(AwsErrorKind::AlreadyCompleted) => Ok(Reported::AlreadyCompleted),
-            Err(e) => Err(e),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_lifecycle_event_already_completed_exception()) => {
+                Ok(Reported::AlreadyCompleted)
+            }
+            Err(e) => Err(aws_error(SERVICE, "PutLifecycleEventHookExecutionStatus", e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_codedeploy::error::ErrorMetadata;
+    use aws_sdk_codedeploy::operation::get_deployment::GetDeploymentError;
+    use aws_sdk_codedeploy::operation::get_deployment::GetDeploymentOutput;
+    use aws_sdk_codedeploy::operation::get_deployment_group::GetDeploymentGroupOutput;
+    use aws_sdk_codedeploy::operation::get_deployment_target::GetDeploymentTargetOutput;
+    use aws_sdk_codedeploy::operation::list_deployment_targets::ListDeploymentTargetsOutput;
+    use aws_sdk_codedeploy::operation::put_lifecycle_event_hook_execution_status::{
+        PutLifecycleEventHookExecutionStatusError, PutLifecycleEventHookExecutionStatusOutput,
+    };
+    use aws_sdk_codedeploy::types::error::{DeploymentDoesNotExistException, LifecycleEventAlreadyCompletedException};
+    use aws_sdk_codedeploy::types::{
+        ComputePlatform, DeploymentGroupInfo, DeploymentInfo, DeploymentOption, DeploymentStyle, DeploymentTarget,
+        DeploymentType, EcsTarget, EcsTaskSet, LoadBalancerInfo, TargetGroupInfo, TargetGroupPairInfo, TrafficRoute,
+    };
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+
+    use super::*;
+    use crate::AwsErrorKind;
+
+    #[tokio::test]
+    async fn deployment_facts_come_from_the_deployment_and_its_group() {
+        let dep =
+            mock!(Client::get_deployment).match_requests(|r| r.deployment_id() == Some("d-1")).then_output(|| {
+                GetDeploymentOutput::builder()
+                    .deployment_info(
+                        DeploymentInfo::builder()
+                            .application_name("web")
+                            .deployment_group_name("web-bg")
+                            .compute_platform(ComputePlatform::Ecs)
+                            .deployment_style(
+                                DeploymentStyle::builder()
+                                    .deployment_type(DeploymentType::BlueGreen)
+                                    .deployment_option(DeploymentOption::WithTrafficControl)
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .build()
+            });
+        let group = mock!(Client::get_deployment_group)
+            .match_requests(|r| r.application_name() == Some("web") && r.deployment_group_name() == Some("web-bg"))
+            .then_output(|| {
+                GetDeploymentGroupOutput::builder()
+                    .deployment_group_info(
+                        DeploymentGroupInfo::builder()
+                            .load_balancer_info(
+                                LoadBalancerInfo::builder()
+                                    .target_group_pair_info_list(
+                                        TargetGroupPairInfo::builder()
+                                            .target_groups(TargetGroupInfo::builder().name("pub-blue").build())
+                                            .target_groups(TargetGroupInfo::builder().name("pub-green").build())
+                                            .prod_traffic_route(TrafficRoute::builder().listener_arns("prod").build())
+                                            .test_traffic_route(TrafficRoute::builder().listener_arns("test").build())
+                                            .build(),
+                                    )
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .build()
+            });
+        let cd = CodeDeploy::new(mock_client!(aws_sdk_codedeploy, [&dep, &group]));
+        let f = cd.deployment("d-1").await.unwrap();
+        assert_eq!((f.application.as_str(), f.deployment_group.as_str()), ("web", "web-bg"));
+        assert_eq!((f.compute_platform.as_str(), f.deployment_type.as_str()), ("ECS", "BLUE_GREEN"));
+        assert_eq!(f.target_group_names, vec!["pub-blue", "pub-green"]);
+        assert_eq!((f.production_listeners, f.test_listeners), (vec!["prod".to_string()], vec!["test".to_string()]));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_deployment_is_not_found() {
+        let dep = mock!(Client::get_deployment).then_error(|| {
+            // The code is what the deserializer takes from the wire.
+            GetDeploymentError::DeploymentDoesNotExistException(
+                DeploymentDoesNotExistException::builder()
+                    .meta(ErrorMetadata::builder().code("DeploymentDoesNotExistException").build())
+                    .build(),
+            )
+        });
+        let cd = CodeDeploy::new(mock_client!(aws_sdk_codedeploy, [&dep]));
+        assert_eq!(cd.deployment("d-x").await.unwrap_err().aws_kind(), Some(AwsErrorKind::NotFound));
+    }
+
+    #[tokio::test]
+    async fn task_sets_follow_every_page_of_deployment_targets() {
+        let page1 = mock!(Client::list_deployment_targets)
+            .match_requests(|r| r.next_token().is_none())
+            .then_output(|| ListDeploymentTargetsOutput::builder().target_ids("svc:a").next_token("p2").build());
+        let page2 = mock!(Client::list_deployment_targets)
+            .match_requests(|r| r.next_token() == Some("p2"))
+            .then_output(|| ListDeploymentTargetsOutput::builder().target_ids("svc:b").build());
+        let target = mock!(Client::get_deployment_target).then_compute_output(|r| {
+            let label = if r.target_id() == Some("svc:a") { TargetLabel::Blue } else { TargetLabel::Green };
+            let name = if r.target_id() == Some("svc:a") { "pub-blue" } else { "pub-green" };
+            GetDeploymentTargetOutput::builder()
+                .deployment_target(
+                    DeploymentTarget::builder()
+                        .ecs_target(
+                            EcsTarget::builder()
+                                .task_sets_info(
+                                    EcsTaskSet::builder()
+                                        .task_set_label(label)
+                                        .desired_count(4)
+                                        .running_count(2)
+                                        .target_group(TargetGroupInfo::builder().name(name).build())
+                                        .build(),
+                                )
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        });
+        let cd = CodeDeploy::new(mock_client!(aws_sdk_codedeploy, RuleMode::MatchAny, [&page1, &page2, &target]));
+        let sets = cd.task_sets("d-1").await.unwrap();
+        assert_eq!(sets.len(), 2);
+        assert_eq!(sets[1].label, TaskSetLabel::Green);
+        assert_eq!(sets[1].target_group_name.as_deref(), Some("pub-green"));
+        assert_eq!((sets[1].desired_count, sets[1].running_count), (Some(4), Some(2)));
+        assert_eq!(target.num_calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_second_report_is_already_completed_not_an_error() {
+        let ok = mock!(Client::put_lifecycle_event_hook_execution_status)
+            .match_requests(|r| {
+                r.deployment_id() == Some("d-1")
+                    && r.lifecycle_event_hook_execution_id() == Some("e-1")
+                    && r.status() == Some(&LifecycleEventStatus::Failed)
+            })
+            .then_output(|| PutLifecycleEventHookExecutionStatusOutput::builder().build());
+        let done = mock!(Client::put_lifecycle_event_hook_execution_status).then_error(|| {
+            PutLifecycleEventHookExecutionStatusError::LifecycleEventAlreadyCompletedException(
+                LifecycleEventAlreadyCompletedException::builder().build(),
+            )
+        });
+        let cd = CodeDeploy::new(mock_client!(aws_sdk_codedeploy, RuleMode::Sequential, [&ok, &done]));
+        assert_eq!(cd.report("d-1", "e-1", HookStatus::Failed).await.unwrap(), Reported::Accepted);
+        assert_eq!(cd.report("d-1", "e-1", HookStatus::Succeeded).await.unwrap(), Reported::AlreadyCompleted);
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::errors::aws_error;
 use crate::domain::{BindingRecord, DeploymentRecord};
 use crate::ports::{Saved, StateStore};
-use crate::{AwsErrorKind, Error, Result};
+use crate::{Error, Result};
 
 const SERVICE: &str = "dynamodb";
 pub const PARTITION_KEY: &str = "pk";
@@ -78,10 +78,12 @@ impl DynamoState {
                 .expression_attribute_names("#v", "version")
                 .expression_attribute_values(":prev", AttributeValue::N((version - 1).to_string()))
         };
-        match req.send().await.map_err(|e| aws_error(SERVICE, "PutItem", e)) {
+        match req.send().await {
             Ok(_) => Ok(Saved::Written),
-            Err(e) if e.aws_kind() == Some(AwsErrorKind::ConditionFailed) => Ok(Saved::Conflict),
-            Err(e) => Err(e),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
+                Ok(Saved::Conflict)
+            }
+            Err(e) => Err(aws_error(SERVICE, "PutItem", e)),
         }
     }
 }
@@ -115,5 +117,74 @@ impl StateStore for DynamoState {
             record,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_dynamodb::operation::get_item::GetItemOutput;
+    use aws_sdk_dynamodb::operation::put_item::{PutItemError, PutItemOutput};
+    use aws_sdk_dynamodb::types::error::ConditionalCheckFailedException;
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+
+    use super::*;
+
+    fn record(version: u64) -> DeploymentRecord {
+        let mut r = DeploymentRecord::new("d-1", "web", "web-bg", 1_700_000_000_000);
+        r.version = version;
+        r
+    }
+
+    #[tokio::test]
+    async fn first_write_requires_no_item_and_later_writes_the_previous_version() {
+        let first = mock!(Client::put_item)
+            .match_requests(|r| {
+                r.table_name() == Some("state")
+                    && r.condition_expression() == Some("attribute_not_exists(#pk)")
+                    && r.item().and_then(|i| i.get("pk")).and_then(|v| v.as_s().ok()).map(String::as_str)
+                        == Some("deployment#d-1")
+                    && r.item().and_then(|i| i.get(TTL_ATTRIBUTE)).is_some()
+            })
+            .then_output(|| PutItemOutput::builder().build());
+        let later = mock!(Client::put_item)
+            .match_requests(|r| {
+                r.condition_expression() == Some("#v = :prev")
+                    && r.expression_attribute_values().and_then(|v| v.get(":prev")).and_then(|v| v.as_n().ok())
+                        == Some(&"2".to_string())
+                    && r.item().and_then(|i| i.get("version")).and_then(|v| v.as_n().ok()) == Some(&"3".to_string())
+            })
+            .then_output(|| PutItemOutput::builder().build());
+        let lost = mock!(Client::put_item).then_error(|| {
+            PutItemError::ConditionalCheckFailedException(ConditionalCheckFailedException::builder().build())
+        });
+        let db = DynamoState::new(
+            mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&first, &later, &lost]),
+            "state".into(),
+        );
+        assert_eq!(db.put_deployment(&record(1)).await.unwrap(), Saved::Written);
+        assert_eq!(db.put_deployment(&record(3)).await.unwrap(), Saved::Written);
+        assert_eq!(db.put_deployment(&record(4)).await.unwrap(), Saved::Conflict);
+    }
+
+    #[tokio::test]
+    async fn items_round_trip_and_a_missing_item_is_none() {
+        let doc = serde_json::to_string(&record(2)).unwrap();
+        let found = mock!(Client::get_item)
+            .match_requests(|r| {
+                r.consistent_read() == Some(true)
+                    && r.key().and_then(|k| k.get("pk")).and_then(|v| v.as_s().ok()).map(String::as_str)
+                        == Some("deployment#d-1")
+            })
+            .then_output(move || GetItemOutput::builder().item("doc", AttributeValue::S(doc.clone())).build());
+        let missing = mock!(Client::get_item).then_output(|| GetItemOutput::builder().build());
+        let garbled = mock!(Client::get_item)
+            .then_output(|| GetItemOutput::builder().item("doc", AttributeValue::S("{".into())).build());
+        let db = DynamoState::new(
+            mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&found, &missing, &garbled]),
+            "state".into(),
+        );
+        assert_eq!(db.deployment("d-1").await.unwrap(), Some(record(2)));
+        assert_eq!(db.deployment("d-1").await.unwrap(), None);
+        assert!(matches!(db.deployment("d-1").await, Err(Error::Decode { .. })));
     }
 }

@@ -256,3 +256,218 @@ impl LoadBalancers for Elb {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_elasticloadbalancingv2::error::ErrorMetadata;
+    use aws_sdk_elasticloadbalancingv2::operation::describe_listeners::DescribeListenersOutput;
+    use aws_sdk_elasticloadbalancingv2::operation::describe_target_health::{
+        DescribeTargetHealthError, DescribeTargetHealthOutput,
+    };
+    use aws_sdk_elasticloadbalancingv2::operation::modify_listener::ModifyListenerOutput;
+    use aws_sdk_elasticloadbalancingv2::operation::modify_rule::ModifyRuleOutput;
+    use aws_sdk_elasticloadbalancingv2::operation::register_targets::RegisterTargetsOutput;
+    use aws_sdk_elasticloadbalancingv2::types::error::TargetGroupNotFoundException;
+    use aws_sdk_elasticloadbalancingv2::types::{
+        Listener, TargetHealth, TargetHealthDescription, TargetHealthReasonEnum, TargetHealthStateEnum,
+    };
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+
+    use super::*;
+    use crate::AwsErrorKind;
+
+    const ALB_LISTENER: &str = "arn:aws:elasticloadbalancing:eu-west-1:1:listener/app/private/9/80";
+    const NLB_LISTENER: &str = "arn:aws:elasticloadbalancing:eu-west-1:1:listener/net/private/9/80";
+    const RULE: &str = "arn:aws:elasticloadbalancing:eu-west-1:1:listener-rule/app/private/9/80/7";
+    const TG_A: &str = "arn:aws:elasticloadbalancing:eu-west-1:1:targetgroup/a/1";
+    const TG_B: &str = "arn:aws:elasticloadbalancing:eu-west-1:1:targetgroup/b/2";
+
+    fn target(ip: &str) -> Target {
+        Target { key: TargetKey::parse(ip, Some(8080)).unwrap(), availability_zone: None }
+    }
+
+    #[tokio::test]
+    async fn register_sends_the_batch_as_given() {
+        let rule = mock!(Client::register_targets)
+            .match_requests(|r| {
+                r.target_group_arn() == Some(TG_A)
+                    && r.targets().len() == 2
+                    && r.targets()[0].id() == Some("10.0.0.1")
+                    && r.targets()[0].port() == Some(8080)
+                    && r.targets()[1].availability_zone() == Some("all")
+            })
+            .then_output(|| RegisterTargetsOutput::builder().build());
+        let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, [&rule]));
+        let mut outside = target("192.168.0.9");
+        outside.availability_zone = Some("all".into());
+        elb.register(TG_A, &[target("10.0.0.1"), outside]).await.unwrap();
+        assert_eq!(rule.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn target_health_is_read_with_states_and_reasons() {
+        let rule = mock!(Client::describe_target_health).then_output(|| {
+            let d = |id: &str, state, reason: Option<TargetHealthReasonEnum>| {
+                TargetHealthDescription::builder()
+                    .target(TargetDescription::builder().id(id).port(8080).build())
+                    .target_health(
+                        TargetHealth::builder()
+                            .state(state)
+                            .set_reason(reason)
+                            .description("Health checks failed")
+                            .build(),
+                    )
+                    .build()
+            };
+            DescribeTargetHealthOutput::builder()
+                .target_health_descriptions(d("10.0.0.1", TargetHealthStateEnum::Healthy, None))
+                .target_health_descriptions(d(
+                    "10.0.0.2",
+                    TargetHealthStateEnum::Unhealthy,
+                    Some(TargetHealthReasonEnum::Timeout),
+                ))
+                .target_health_descriptions(d("10.0.0.3", TargetHealthStateEnum::Draining, None))
+                .build()
+        });
+        let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, [&rule]));
+        let got = elb.targets(TG_A).await.unwrap();
+        let states: Vec<(String, HealthState)> = got.iter().map(|t| (t.key().to_string(), t.health)).collect();
+        assert_eq!(
+            states,
+            vec![
+                ("10.0.0.1:8080".into(), HealthState::Healthy),
+                ("10.0.0.2:8080".into(), HealthState::Unhealthy),
+                ("10.0.0.3:8080".into(), HealthState::Draining),
+            ]
+        );
+        assert_eq!(got[1].reason.as_deref(), Some("Target.Timeout: Health checks failed"));
+    }
+
+    #[tokio::test]
+    async fn instance_targets_are_refused() {
+        let rule = mock!(Client::describe_target_health).then_output(|| {
+            DescribeTargetHealthOutput::builder()
+                .target_health_descriptions(
+                    TargetHealthDescription::builder()
+                        .target(TargetDescription::builder().id("i-0abc").port(80).build())
+                        .build(),
+                )
+                .build()
+        });
+        let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, [&rule]));
+        let err = elb.targets(TG_A).await.unwrap_err().to_string();
+        assert!(err.contains("not an IP address"), "{err}");
+    }
+
+    fn listener_with(action: Action) -> DescribeListenersOutput {
+        DescribeListenersOutput::builder()
+            .listeners(Listener::builder().listener_arn(ALB_LISTENER).default_actions(action).build())
+            .build()
+    }
+
+    #[tokio::test]
+    async fn routes_are_read_with_weights_stickiness_or_a_single_group() {
+        let weighted = mock!(Client::describe_listeners).then_output(|| {
+            listener_with(
+                Action::builder()
+                    .r#type(ActionTypeEnum::Forward)
+                    .forward_config(
+                        ForwardActionConfig::builder()
+                            .target_groups(TargetGroupTuple::builder().target_group_arn(TG_A).weight(90).build())
+                            .target_groups(TargetGroupTuple::builder().target_group_arn(TG_B).weight(10).build())
+                            .target_group_stickiness_config(
+                                TargetGroupStickinessConfig::builder().enabled(true).duration_seconds(300).build(),
+                            )
+                            .build(),
+                    )
+                    .build(),
+            )
+        });
+        let single = mock!(Client::describe_listeners).then_output(|| {
+            listener_with(Action::builder().r#type(ActionTypeEnum::Forward).target_group_arn(TG_B).build())
+        });
+        let fixed = mock!(Client::describe_listeners)
+            .then_output(|| listener_with(Action::builder().r#type(ActionTypeEnum::FixedResponse).build()));
+        let elb =
+            Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, RuleMode::Sequential, [&weighted, &single, &fixed]));
+        let l = RouteRef::Listener(ALB_LISTENER.into());
+        let r = elb.route(&l).await.unwrap();
+        assert_eq!((r.weight(TG_A), r.weight(TG_B), r.stickiness_seconds), (Some(90), Some(10), Some(300)));
+        let r = elb.route(&l).await.unwrap();
+        assert_eq!(r.live(), vec![TG_B]);
+        let err = elb.route(&l).await.unwrap_err();
+        assert!(matches!(err, Error::Misconfigured(ref m) if m.contains("does not forward")), "{err}");
+    }
+
+    #[tokio::test]
+    async fn set_route_writes_a_weighted_forward_on_an_alb_and_a_single_group_on_an_nlb() {
+        let alb = mock!(Client::modify_listener)
+            .match_requests(|r| {
+                let a = &r.default_actions()[0];
+                let Some(f) = a.forward_config() else { return false };
+                r.listener_arn() == Some(ALB_LISTENER)
+                    && a.r#type() == Some(&ActionTypeEnum::Forward)
+                    && f.target_groups().len() == 2
+                    && f.target_groups()[0].weight() == Some(100)
+                    && f.target_groups()[1].weight() == Some(0)
+                    && f.target_group_stickiness_config().and_then(|s| s.duration_seconds()) == Some(60)
+            })
+            .then_output(|| ModifyListenerOutput::builder().build());
+        let nlb = mock!(Client::modify_listener)
+            .match_requests(|r| {
+                let a = &r.default_actions()[0];
+                r.listener_arn() == Some(NLB_LISTENER)
+                    && a.target_group_arn() == Some(TG_B)
+                    && a.forward_config().is_none()
+            })
+            .then_output(|| ModifyListenerOutput::builder().build());
+        let rule = mock!(Client::modify_rule)
+            .match_requests(|r| r.rule_arn() == Some(RULE) && r.actions()[0].forward_config().is_some())
+            .then_output(|| ModifyRuleOutput::builder().build());
+        let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, RuleMode::MatchAny, [&alb, &nlb, &rule]));
+        let mut to = Route::all_to(TG_A, &[TG_B], crate::domain::RouteStyle::Weighted);
+        to.stickiness_seconds = Some(60);
+        elb.set_route(&RouteRef::Listener(ALB_LISTENER.into()), &to).await.unwrap();
+        let single = Route::all_to(TG_B, &[], crate::domain::RouteStyle::Single);
+        elb.set_route(&RouteRef::Listener(NLB_LISTENER.into()), &single).await.unwrap();
+        elb.set_route(&RouteRef::Rule(RULE.into()), &to).await.unwrap();
+        assert_eq!((alb.num_calls(), nlb.num_calls(), rule.num_calls()), (1, 1, 1));
+        // Two groups can never be written to an NLB listener.
+        let err = elb.set_route(&RouteRef::Listener(NLB_LISTENER.into()), &to).await.unwrap_err();
+        assert!(matches!(err, Error::Invariant(_)));
+    }
+
+    #[tokio::test]
+    async fn errors_are_classified() {
+        let missing = mock!(Client::describe_target_health).then_error(|| {
+            DescribeTargetHealthError::TargetGroupNotFoundException(
+                TargetGroupNotFoundException::builder()
+                    .message("One or more target groups not found")
+                    .meta(ErrorMetadata::builder().code("TargetGroupNotFound").build())
+                    .build(),
+            )
+        });
+        let denied = mock!(Client::describe_target_health).then_error(|| {
+            DescribeTargetHealthError::generic(ErrorMetadata::builder().code("AccessDenied").message("no").build())
+        });
+        let throttled = mock!(Client::describe_target_health).then_error(|| {
+            DescribeTargetHealthError::generic(
+                ErrorMetadata::builder().code("Throttling").message("Rate exceeded").build(),
+            )
+        });
+        let elb = Elb::new(mock_client!(
+            aws_sdk_elasticloadbalancingv2,
+            RuleMode::Sequential,
+            [&missing, &denied, &throttled]
+        ));
+        let e = elb.targets(TG_A).await.unwrap_err();
+        assert_eq!(e.aws_kind(), Some(AwsErrorKind::NotFound));
+        let e = elb.targets(TG_A).await.unwrap_err();
+        assert_eq!(e.aws_kind(), Some(AwsErrorKind::AccessDenied));
+        assert!(e.to_string().contains("grant elasticloadbalancing:DescribeTargetHealth"), "{e}");
+        let e = elb.targets(TG_A).await.unwrap_err();
+        assert_eq!(e.aws_kind(), Some(AwsErrorKind::Throttled));
+        assert!(e.is_transient());
+        assert!(std::error::Error::source(&e).is_some(), "the SDK error is kept as the source");
+    }
+}

@@ -1,0 +1,164 @@
+"""A local implementation of the Lambda Runtime API. Each invocation starts the function's release binary as a
+fresh process (a cold start, as Lambda does after idle time), serves it exactly one event through
+`/2018-06-01/runtime/invocation/next`, collects its response or error, enforces the function timeout by killing
+the process, and records the cold start (process start → first `next`) and the invocation duration."""
+
+import json
+import os
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class QuietServer(ThreadingHTTPServer):
+    """A client that goes away mid-request (a killed function, a finished probe) is not an error here."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass
+
+import procs
+
+
+class Invocation:
+    def __init__(self, function: str, event: dict, timeout_s: float):
+        self.function = function
+        self.event = event
+        self.timeout_s = timeout_s
+        self.request_id = str(uuid.uuid4())
+        self.started = None  # process start
+        self.first_next = None  # runtime asked for its first event
+        self.finished = None
+        self.response = None  # parsed JSON response body
+        self.error = None  # error body, or "timeout"/"exited"
+        self.done = threading.Event()
+        self.served = False
+
+    @property
+    def cold_start_ms(self):
+        return None if self.first_next is None else (self.first_next - self.started) * 1000
+
+    @property
+    def duration_ms(self):
+        if self.finished is None or self.first_next is None:
+            return None
+        return (self.finished - self.first_next) * 1000
+
+
+def _handler_for(inv: Invocation):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _reply(self, status, body=b"", headers=None):
+            self.send_response(status)
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802
+            if self.path != "/2018-06-01/runtime/invocation/next":
+                return self._reply(404)
+            if inv.served:
+                # The runtime asks for the next event once it has answered; Lambda would freeze it here.
+                inv.done.wait()
+                time.sleep(inv.timeout_s)
+                return
+            inv.served = True
+            inv.first_next = time.monotonic()
+            deadline_ms = int((time.time() + inv.timeout_s) * 1000)
+            body = json.dumps(inv.event).encode()
+            self._reply(
+                200,
+                body,
+                {
+                    "Content-Type": "application/json",
+                    "Lambda-Runtime-Aws-Request-Id": inv.request_id,
+                    "Lambda-Runtime-Deadline-Ms": str(deadline_ms),
+                    "Lambda-Runtime-Invoked-Function-Arn": f"arn:aws:lambda:eu-west-1:123456789012:function:{inv.function}",
+                    "Lambda-Runtime-Trace-Id": f"Root=1-{uuid.uuid4().hex[:8]}-{uuid.uuid4().hex[:24]}",
+                },
+            )
+
+        def do_POST(self):  # noqa: N802
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            if self.path == f"/2018-06-01/runtime/invocation/{inv.request_id}/response":
+                try:
+                    inv.response = json.loads(raw or b"null")
+                except ValueError:
+                    inv.response = {"raw": raw.decode(errors="replace")}
+            elif self.path.endswith("/error"):
+                inv.error = raw.decode(errors="replace") or "error"
+            else:
+                return self._reply(404)
+            inv.finished = time.monotonic()
+            self._reply(202, b'{"status":"OK"}', {"Content-Type": "application/json"})
+            inv.done.set()
+
+        def log_message(self, *_args):
+            pass
+
+    return Handler
+
+
+class LambdaHost:
+    """Runs functions on demand. `env` is the environment every function gets (the deployment's
+    configuration); `functions` maps a function name to its binary."""
+
+    def __init__(self, functions: dict, env: dict, log_dir: str, timeout_s: float = 60.0):
+        self.functions = functions
+        self.env = env
+        self.log_dir = log_dir
+        self.timeout_s = timeout_s
+        self.invocations: list[Invocation] = []
+        self._lock = threading.Lock()
+
+    def invoke_async(self, function: str, event: dict, access_key: str) -> Invocation:
+        """Starts an invocation in the background (CodeDeploy invokes hooks asynchronously)."""
+        inv = Invocation(function, event, self.timeout_s)
+        with self._lock:
+            self.invocations.append(inv)
+        threading.Thread(target=self._run, args=(inv, access_key), daemon=True).start()
+        return inv
+
+    def _run(self, inv: Invocation, access_key: str):
+        server = QuietServer(("127.0.0.1", 0), _handler_for(inv))
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+        env = dict(self.env)
+        env.update(
+            {
+                "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{port}",
+                "AWS_LAMBDA_FUNCTION_NAME": inv.function,
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+                "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{inv.function}",
+                "AWS_LAMBDA_LOG_STREAM_NAME": inv.request_id,
+                "AWS_ACCESS_KEY_ID": access_key,
+            }
+        )
+        log_path = os.path.join(self.log_dir, f"{inv.function}-{inv.request_id[:8]}.log")
+        with open(log_path, "wb") as log:
+            inv.started = time.monotonic()
+            p = procs.spawn([self.functions[inv.function]], env=env, stdout=log, stderr=log)
+            deadline = inv.started + inv.timeout_s
+            while not inv.done.is_set():
+                if p.poll() is not None:
+                    inv.error = inv.error or f"process exited with status {p.returncode} before answering"
+                    break
+                if time.monotonic() > deadline:
+                    inv.error = f"Task timed out after {inv.timeout_s:.0f} seconds"
+                    break
+                inv.done.wait(0.02)
+            if inv.finished is None:
+                inv.finished = time.monotonic()
+            procs.kill(p)
+        inv.log_path = log_path
+        inv.done.set()
+        server.shutdown()
+        server.server_close()

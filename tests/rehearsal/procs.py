@@ -1,0 +1,62 @@
+"""Every process the rehearsal starts (moto, tasks, hook binaries) is registered here and killed, with its whole
+process group, when the rehearsal ends: normally, on an exception, or on SIGINT/SIGTERM."""
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import threading
+
+_lock = threading.Lock()
+_live: list[subprocess.Popen] = []
+
+
+def spawn(args, **kwargs) -> subprocess.Popen:
+    kwargs.setdefault("start_new_session", True)
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    p = subprocess.Popen(args, **kwargs)
+    with _lock:
+        _live.append(p)
+    return p
+
+
+def kill(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        p.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    with _lock:
+        if p in _live:
+            _live.remove(p)
+
+
+def kill_all() -> None:
+    with _lock:
+        procs = list(_live)
+    for p in procs:
+        kill(p)
+
+
+def _on_signal(signum, _frame):
+    kill_all()
+    raise SystemExit(128 + signum)
+
+
+def install_cleanup() -> None:
+    atexit.register(kill_all)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    s = socket.socket()
+    s.bind((host, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

@@ -1,0 +1,556 @@
+"""The rehearsal: a whole CodeDeploy ECS blue/green deployment on loopback, played against moto with the hooks'
+real release binaries, and a report, with evidence, of whether the private side stayed in lockstep.
+
+    python rehearse.py [--scenario NAME] [--tasks N] [--config AllAtOnce|Canary10Percent|Linear10Percent] [--json]
+
+Minutes of the deployment configs are played as seconds. Exit status 0 only when the outcome is the expected one
+and every invariant held."""
+
+import argparse
+import json
+import os
+import random
+import sys
+import threading
+import time
+import urllib.request
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+import procs
+import standin
+from lambda_host import LambdaHost
+from probe import Probe
+
+REGION = "eu-west-1"
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+TASK_PORT = 18080
+TERMINATION_WAIT_S = 2.0
+HOOK_TIMEOUT_S = 60.0
+
+HOOKS = [("AfterInstall", "after-install"), ("BeforeAllowTraffic", "before-allow-traffic"),
+         ("AfterAllowTraffic", "after-allow-traffic")]
+
+SCENARIOS = {
+    "happy": {"config": "AllAtOnce", "expected": "succeeded",
+              "about": "all-at-once deployment; the private side flips with the public one"},
+    "canary": {"config": "Canary10Percent", "expected": "succeeded",
+               "about": "10% of production traffic, then the rest; the private side flips at AfterAllowTraffic"},
+    "linear": {"config": "Linear10Percent", "expected": "succeeded",
+               "about": "production traffic in 10% steps; the private side flips at AfterAllowTraffic"},
+    "unhealthy-green": {"config": "AllAtOnce", "expected": "rolled_back", "block_private_green": True,
+                        "about": "the private load balancer cannot reach the replacement tasks: the gate fails "
+                                 "and CodeDeploy rolls back before production traffic moves"},
+    "hook-retry": {"config": "AllAtOnce", "expected": "succeeded", "hook_retry": True,
+                   "about": "every hook invoked twice at once, and once more after it reported"},
+    "alarm-rollback": {"config": "AllAtOnce", "expected": "rolled_back", "alarm": True,
+                       "expected_invariants": False,
+                       "about": "an alarm after AllowTraffic reroutes the public side back to blue; no hook runs "
+                                "then, so the private side stays on green until a reconciler exists (a known gap, "
+                                "shown here honestly)"},
+    "missing-binding": {"config": "AllAtOnce", "expected": "rolled_back", "group": "web-bg-unbound",
+                        "about": "a deployment group with no binding: AfterInstall fails with a clear message, "
+                                 "nothing on the private side changes"},
+}
+
+CONFIGS = {
+    # (first green share, step, seconds between steps)
+    "AllAtOnce": (100, 100, 0.0),
+    "Canary10Percent": (10, 90, 5.0),
+    "Linear10Percent": (10, 10, 1.0),
+}
+
+
+class Timeline:
+    def __init__(self, out):
+        self.t0 = time.monotonic()
+        self.events = []
+        self.out = out
+        self.lock = threading.Lock()
+
+    def at(self, t):
+        return round((t - self.t0) * 1000)
+
+    def __call__(self, phase, text):
+        t = time.monotonic()
+        with self.lock:
+            self.events.append({"t_ms": self.at(t), "phase": phase, "event": text})
+        print(f"[{(t - self.t0):8.3f}s] {phase:<22} {text}", file=self.out, flush=True)
+
+
+def short(arn):
+    return arn.split("/")[-2] if "targetgroup/" in arn else arn.rsplit("/", 1)[-1]
+
+
+def fmt_route(route):
+    return "[" + ",".join(f"{short(tg)}={w}" for tg, w in route) + "]"
+
+
+def shares(route):
+    live = [(tg, w) for tg, w in route if w > 0]
+    if not live and route:
+        return {route[0][0]: 1.0}
+    total = sum(w for _, w in live)
+    return {tg: w / total for tg, w in live} if total else {}
+
+
+def same_traffic(a, b):
+    sa, sb = shares(a), shares(b)
+    return sa.keys() == sb.keys() and all(abs(sa[k] - sb[k]) < 1e-9 for k in sa)
+
+
+class Rehearsal:
+    def __init__(self, scenario, tasks, config, out):
+        self.name = scenario
+        self.spec = dict(SCENARIOS[scenario])
+        self.config = config or self.spec["config"]
+        self.tasks = tasks
+        self.log = Timeline(out)
+        self.run_dir = os.path.join(ROOT, "target", "rehearsal", f"{scenario}-{int(time.time())}")
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.task_procs = {"blue": [], "green": []}
+        self.hook_reports = {}
+        self.outcome = None
+        self.messages = []
+
+    # --- the emulated account --------------------------------------------------------------------------------
+    def start_moto(self):
+        port = procs.free_port()
+        moto = os.path.join(os.path.dirname(sys.executable), "moto_server")
+        log = open(os.path.join(self.run_dir, "moto.log"), "wb")
+        self.moto = procs.spawn([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+        self.moto_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.moto_url + "/moto-api/", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.moto.poll() is not None:
+                    raise RuntimeError(f"moto_server did not start (see {self.run_dir}/moto.log)")
+                time.sleep(0.1)
+        self.log("setup", f"moto_server on 127.0.0.1:{port}")
+
+    def client(self, service, endpoint, key):
+        return boto3.client(service, endpoint_url=endpoint, region_name=REGION, aws_access_key_id=key,
+                            aws_secret_access_key="rehearsal",
+                            config=BotoConfig(retries={"max_attempts": 2, "mode": "standard"}))
+
+    def provision(self):
+        ec2 = self.client("ec2", self.moto_url, "PROVISION")
+        elb = self.client("elbv2", self.moto_url, "PROVISION")
+        ddb = self.client("dynamodb", self.moto_url, "PROVISION")
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{REGION}{az}")
+                   ["Subnet"]["SubnetId"] for i, az in ((1, "a"), (2, "b"))]
+        lbs = {}
+        for side, scheme in (("public", "internet-facing"), ("private", "internal")):
+            lbs[side] = elb.create_load_balancer(Name=side, Subnets=subnets, Scheme=scheme,
+                                                 Type="application")["LoadBalancers"][0]["LoadBalancerArn"]
+        tgs = {}
+        for side in ("pub", "prv"):
+            for color in ("blue", "green"):
+                tgs[f"{side}-{color}"] = elb.create_target_group(
+                    Name=f"{side}-{color}", Protocol="HTTP", Port=TASK_PORT, VpcId=vpc, TargetType="ip",
+                    HealthCheckPath="/health", HealthCheckIntervalSeconds=5, HealthyThresholdCount=2,
+                )["TargetGroups"][0]["TargetGroupArn"]
+
+        def forward(live, idle):
+            return [{"Type": "forward", "ForwardConfig": {"TargetGroups": [
+                {"TargetGroupArn": live, "Weight": 100}, {"TargetGroupArn": idle, "Weight": 0}]}}]
+
+        listeners = {}
+        for side, p in (("public", "pub"), ("private", "prv")):
+            for name, port in (("prod", 80), ("test", 8080)):
+                listeners[f"{side}-{name}"] = elb.create_listener(
+                    LoadBalancerArn=lbs[side], Protocol="HTTP", Port=port,
+                    DefaultActions=forward(tgs[f"{p}-blue"], tgs[f"{p}-green"]),
+                )["Listeners"][0]["ListenerArn"]
+        self.table = "bluegreen-mirror"
+        ddb.create_table(TableName=self.table, BillingMode="PAY_PER_REQUEST",
+                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+        ddb.update_time_to_live(TableName=self.table,
+                                TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
+        self.lbs, self.tgs, self.listeners, self.ddb = lbs, tgs, listeners, ddb
+        self.bindings = {"bindings": [{
+            "application": "web", "deployment_group": "web-bg",
+            "pairs": [{"public_target_group": tgs["pub-blue"], "private_target_group": tgs["prv-blue"]},
+                      {"public_target_group": tgs["pub-green"], "private_target_group": tgs["prv-green"]}],
+            "private_production_route": {"listener": listeners["private-prod"]},
+            "private_test_route": {"listener": listeners["private-test"]},
+            "health_timeout_seconds": 8,
+        }]}
+        self.log("setup", "provisioned VPC, public and private ALB, 4 ip target groups, listeners :80 and :8080 "
+                          "on each, DynamoDB table")
+
+    def start_standin(self):
+        self.world = standin.World(self.moto_url, self.client("elbv2", self.moto_url, "STANDIN"))
+        for tg in self.tgs.values():
+            lb = self.lbs["public"] if "/pub-" in tg else self.lbs["private"]
+            self.world.tg_lb[tg] = lb
+        for key, arn in self.listeners.items():
+            self.world.track_route(arn, self.lbs[key.split("-")[0]])
+        self.server = standin.serve(self.world)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        # The rehearsal's own ECS and CodeDeploy act through the stand-in, so their changes are seen and timed.
+        self.elb = self.client("elbv2", self.endpoint, "CODEDEPLOY")
+        self.log("setup", f"emulated AWS endpoint {self.endpoint} (health checks, CodeDeploy, moto behind)")
+
+    # --- ECS, played ---------------------------------------------------------------------------------------
+    def start_tasks(self, color):
+        octet = 1 if color == "blue" else 2
+        task = os.path.join(os.path.dirname(__file__), "task.py")
+        ips = []
+        for i in range(1, self.tasks + 1):
+            ip = f"127.0.{octet}.{i}"
+            self.task_procs[color].append(procs.spawn([sys.executable, task, ip, str(TASK_PORT), color],
+                                                      stdout=procs.subprocess.DEVNULL,
+                                                      stderr=procs.subprocess.DEVNULL))
+            ips.append(ip)
+        deadline = time.monotonic() + 20
+        for ip in ips:
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://{ip}:{TASK_PORT}/health", timeout=0.5).read()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"task {ip} did not start")
+                    time.sleep(0.05)
+        return ips
+
+    def stop_tasks(self, color):
+        for p in self.task_procs[color]:
+            procs.kill(p)
+        self.task_procs[color] = []
+
+    def register(self, tg, ips):
+        self.elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": ip, "Port": TASK_PORT} for ip in ips])
+
+    def deregister(self, tg, ips):
+        if ips:
+            self.elb.deregister_targets(TargetGroupArn=tg, Targets=[{"Id": ip, "Port": TASK_PORT} for ip in ips])
+
+    def wait_healthy(self, tg, ips, timeout_s=15):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            states = {ip: st for ip, _, st, _ in self.world.target_states(tg)}
+            if all(states.get(ip) == "healthy" for ip in ips):
+                return True
+            time.sleep(0.05)
+        return False
+
+    # --- CodeDeploy, played --------------------------------------------------------------------------------
+    def set_public(self, listener_key, green_weight):
+        blue, green = self.tgs["pub-blue"], self.tgs["pub-green"]
+        self.elb.modify_listener(ListenerArn=self.listeners[listener_key], DefaultActions=[
+            {"Type": "forward", "ForwardConfig": {"TargetGroups": [
+                {"TargetGroupArn": blue, "Weight": 100 - green_weight},
+                {"TargetGroupArn": green, "Weight": green_weight}]}}])
+        self.log("AllowTraffic" if listener_key == "public-prod" else "AllowTestTraffic",
+                 f"public {listener_key.split('-')[1]} route -> {fmt_route(self.world.route(self.listeners[listener_key]))}")
+
+    def run_hook(self, hook, function):
+        d = self.deployment
+        exec_id = d.new_execution(hook)
+        event = {"DeploymentId": d.id, "LifecycleEventHookExecutionId": exec_id}
+        key = "AKID" + function.upper().replace("-", "")
+        t = time.monotonic()
+        self.log(hook, f"invoking {function}")
+        invs = [self.host.invoke_async(function, event, key)]
+        if self.spec.get("hook_retry"):
+            invs.append(self.host.invoke_async(function, event, key))
+        status = d.wait_report(exec_id, HOOK_TIMEOUT_S + 5)
+        for inv in invs:
+            inv.done.wait(HOOK_TIMEOUT_S + 5)
+        if self.spec.get("hook_retry"):
+            again = self.host.invoke_async(function, event, key)
+            again.done.wait(HOOK_TIMEOUT_S + 5)
+            invs.append(again)
+        calls = [c for c in self.world.calls if c[1] == key and c[0] >= t]
+        message = None
+        for inv in invs:
+            if isinstance(inv.response, dict) and inv.response.get("message"):
+                message = inv.response["message"]
+            if inv.error and not message:
+                message = inv.error
+        e = d.executions[exec_id]
+        self.hook_reports[hook] = {
+            "function": function,
+            "verdict": status or "NoReport",
+            "invocations": len(invs),
+            "reports_received": e["reports"],
+            "reports_rejected_as_already_completed": e["rejected"],
+            "duration_ms": round(max((inv.duration_ms or 0) for inv in invs)),
+            "cold_start_ms": round(min((inv.cold_start_ms or 0) for inv in invs), 1),
+            "aws_calls": len(calls),
+            "message": message,
+        }
+        self.log(hook, f"{function} reported {status or 'nothing (timed out)'} in "
+                       f"{self.hook_reports[hook]['duration_ms']} ms, {len(calls)} AWS calls"
+                 + (f", {len(invs)} invocations" if len(invs) > 1 else "")
+                 + (f": {message}" if message and status != "Succeeded" else ""))
+        return status == "Succeeded"
+
+    def rollback(self, why, green_ips, traffic_moved):
+        self.log("Rollback", why)
+        if traffic_moved:
+            self.set_public("public-prod", 0)
+        self.deregister(self.tgs["pub-green"], green_ips)
+        self.log("Rollback", f"ECS deregistered {len(green_ips)} replacement tasks from pub-green")
+        time.sleep(standin.DEREGISTRATION_DELAY_S)
+        self.stop_tasks("green")
+        self.log("Rollback", "replacement task set removed")
+        self.outcome = "rolled_back"
+
+    def play(self):
+        group = self.spec.get("group", "web-bg")
+        self.deployment = standin.Deployment(
+            "d-REHEARSAL1", "web", group, ["pub-blue", "pub-green"],
+            (self.listeners["public-prod"], self.listeners["public-test"]), ("rehearsal", "web"))
+        self.world.deployments[self.deployment.id] = self.deployment
+        d = self.deployment
+        with d.cond:
+            d.task_sets = [{"label": "Blue", "tg": "pub-blue", "desired": self.tasks, "running": self.tasks,
+                            "weight": 100.0}]
+        self.log("BeforeInstall", f"deployment {d.id} of {d.application}/{d.group}, config {self.config}")
+
+        green_ips = self.start_tasks("green")
+        if self.spec.get("block_private_green"):
+            for ip in green_ips:
+                self.world.blocked.add((self.lbs["private"], ip))
+            self.log("Install", "scenario: the private load balancer cannot reach the replacement tasks")
+        with d.cond:
+            d.task_sets.append({"label": "Green", "tg": "pub-green", "desired": self.tasks, "running": self.tasks,
+                                "weight": 0.0})
+        for ip in green_ips:
+            time.sleep(0.1)
+            self.register(self.tgs["pub-green"], [ip])
+        self.log("Install", f"replacement task set: {len(green_ips)} tasks registered into pub-green")
+
+        if not self.run_hook("AfterInstall", "after-install"):
+            return self.rollback("AfterInstall failed", green_ips, False)
+        self.wait_healthy(self.tgs["pub-green"], green_ips)
+        self.set_public("public-test", 100)
+        self.log("AfterAllowTestTraffic", "(no hook of ours)")
+        if not self.run_hook("BeforeAllowTraffic", "before-allow-traffic"):
+            return self.rollback("BeforeAllowTraffic failed", green_ips, False)
+
+        first, step, pause = CONFIGS[self.config]
+        share = first
+        while True:
+            self.set_public("public-prod", share)
+            with d.cond:
+                d.task_sets[0]["weight"], d.task_sets[1]["weight"] = 100.0 - share, float(share)
+            if share >= 100:
+                break
+            time.sleep(pause)
+            share = min(100, share + step)
+        if not self.run_hook("AfterAllowTraffic", "after-allow-traffic"):
+            return self.rollback("AfterAllowTraffic failed", green_ips, True)
+        if self.spec.get("alarm"):
+            time.sleep(0.5)
+            return self.rollback("CloudWatch alarm fired after AllowTraffic", green_ips, True)
+
+        self.log("Termination", f"waiting {TERMINATION_WAIT_S:.0f} s before removing the original task set")
+        time.sleep(TERMINATION_WAIT_S)
+        blue_ips = [f"127.0.1.{i}" for i in range(1, self.tasks + 1)]
+        self.deregister(self.tgs["pub-blue"], blue_ips)
+        time.sleep(standin.DEREGISTRATION_DELAY_S)
+        self.stop_tasks("blue")
+        d.status = "Succeeded"
+        self.log("Termination", "original task set removed; deployment succeeded")
+        self.outcome = "succeeded"
+
+    # --- evidence ------------------------------------------------------------------------------------------
+    def members(self, tg):
+        return sorted(f"{ip}:{port}" for ip, port, st, _ in self.world.target_states(tg) if st != "draining")
+
+    def evaluate(self):
+        tg = self.tgs
+        w = self.world
+        pairs = [(tg["pub-blue"], tg["prv-blue"]), (tg["pub-green"], tg["prv-green"])]
+        mirror = dict(pairs)
+
+        def mirrored(route):
+            return [(mirror.get(t, t), wt) for t, wt in route]
+
+        private_prod = w.route(self.listeners["private-prod"])
+        live = set(shares(private_prod))
+        i1, stale = True, []
+        for pub, prv in pairs:
+            if prv in live:
+                i1 &= self.members(pub) == self.members(prv)
+            else:
+                extra = sorted(set(self.members(prv)) - set(self.members(pub)))
+                if extra:
+                    stale.append(f"{short(prv)} (idle) still holds {len(extra)} targets its mirror no longer has")
+        i2 = same_traffic(private_prod, mirrored(w.route(self.listeners["public-prod"])))
+        i3 = same_traffic(w.route(self.listeners["private-test"]), mirrored(w.route(self.listeners["public-test"])))
+        pub_stats = self.probe.stats("public", "private")
+        prv_stats = self.probe.stats("private", "public")
+        i4 = prv_stats["dark_while_other_side_served_ms"] == 0
+        return {"I1_membership": i1, "I2_production_route": i2, "I3_test_route": i3, "I4_never_dark": i4}, \
+            stale, pub_stats, prv_stats
+
+    def flip_skew_ms(self):
+        pub_green, prv_green = self.tgs["pub-green"], self.tgs["prv-green"]
+
+        def first_full(arn, green):
+            for t, a, route in self.world.route_events:
+                if a == arn and shares(route).get(green) == 1.0:
+                    return t
+            return None
+
+        p = first_full(self.listeners["public-prod"], pub_green)
+        q = first_full(self.listeners["private-prod"], prv_green)
+        return None if p is None or q is None else round((q - p) * 1000, 1)
+
+    def private_writes(self):
+        ops = ("RegisterTargets", "DeregisterTargets", "ModifyListener", "ModifyRule")
+        return sum(1 for _, who, _, op in self.world.calls if who.startswith("AKID") and op in ops)
+
+    def run(self):
+        self.log("setup", f"scenario {self.name}: {self.spec['about']}")
+        self.start_moto()
+        self.provision()
+        self.start_standin()
+        bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
+        functions = {f: os.path.join(bin_dir, f) for _, f in HOOKS}
+        for f, path in functions.items():
+            if not os.access(path, os.X_OK):
+                raise RuntimeError(f"{path} is missing: build the hooks with cargo build --release")
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION, "AWS_SECRET_ACCESS_KEY": "rehearsal",
+            "AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "3",
+            "BLUEGREEN_MIRROR_TABLE": self.table, "BLUEGREEN_MIRROR_BINDINGS": json.dumps(self.bindings),
+            "BLUEGREEN_MIRROR_POLL_MS": "200", "AWS_LAMBDA_LOG_LEVEL": "info",
+        }
+        self.host = LambdaHost(functions, env, self.run_dir, timeout_s=HOOK_TIMEOUT_S)
+
+        blue_ips = self.start_tasks("blue")
+        self.register(self.tgs["pub-blue"], blue_ips)
+        self.register(self.tgs["prv-blue"], blue_ips)
+        ok = self.wait_healthy(self.tgs["pub-blue"], blue_ips) and self.wait_healthy(self.tgs["prv-blue"], blue_ips)
+        if not ok:
+            raise RuntimeError("blue tasks did not become healthy")
+        self.log("setup", f"{len(blue_ips)} blue tasks serving on both load balancers")
+
+        self.probe = Probe(self.world, {
+            "public": (self.listeners["public-prod"], self.lbs["public"]),
+            "private": (self.listeners["private-prod"], self.lbs["private"]),
+        })
+        self.probe.start()
+        time.sleep(0.5)
+        writes_before = self.private_writes()
+        try:
+            self.play()
+        except Exception as e:
+            self.outcome = "failed"
+            self.messages.append(f"the rehearsal itself failed: {e!r}")
+        time.sleep(1.0)
+        self.probe.finish()
+        self.world.stop.set()
+
+        invariants, stale, pub, prv = self.evaluate()
+        for hook in self.hook_reports.values():
+            if hook.get("message") and hook["verdict"] != "Succeeded":
+                self.messages.append(f"{hook['function']}: {hook['message']}")
+        expected = self.spec["expected"]
+        expected_inv = self.spec.get("expected_invariants", True)
+        held = all(invariants.values())
+        if self.name == "missing-binding":
+            untouched = self.private_writes() == writes_before
+            invariants["private_side_untouched"] = untouched
+            held = held and untouched
+        report = {
+            "scenario": self.name,
+            "config": self.config,
+            "tasks": self.tasks,
+            "outcome": self.outcome,
+            "expected_outcome": expected,
+            "invariants_held": held,
+            "expected_invariants_held": expected_inv,
+            "invariants": invariants,
+            "notes": stale,
+            "private_dark_ms": prv["dark_ms"],
+            "public_dark_ms": pub["dark_ms"],
+            "flip_skew_ms": self.flip_skew_ms(),
+            "requests": {"public": pub["requests"], "private": prv["requests"]},
+            "failed_requests": {"public": pub["failed_requests"], "private": prv["failed_requests"]},
+            "served_by_version": {"public": pub["served_by_version"], "private": prv["served_by_version"]},
+            "hooks": self.hook_reports,
+            "route_changes": [
+                {"t_ms": self.log.at(t), "route": ("public " if a.startswith(self.lbs["public"].replace(
+                    ":loadbalancer/", ":listener/")) else "private ") + ("prod" if a in (
+                        self.listeners["public-prod"], self.listeners["private-prod"]) else "test"),
+                 "to": fmt_route(r)}
+                for t, a, r in self.world.route_events if t >= self.log.t0
+            ],
+            "messages": self.messages,
+            "timeline": self.log.events,
+            "logs": os.path.relpath(self.run_dir, ROOT),
+        }
+        report["passed"] = (self.outcome == expected and held == expected_inv)
+        return report
+
+
+def print_report(r, out):
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p("")
+    p(f"== rehearsal: {r['scenario']} ({r['config']}, {r['tasks']} tasks per task set)")
+    p(f"   outcome: {r['outcome']} (expected {r['expected_outcome']})")
+    for h, v in r["hooks"].items():
+        p(f"   {h:<20} {v['verdict']:<10} {v['duration_ms']:>6} ms  cold start {v['cold_start_ms']:>6} ms  "
+          f"{v['aws_calls']:>3} AWS calls  {v['invocations']} invocation(s)")
+    p(f"   requests         public {r['requests']['public']:>6} ({r['failed_requests']['public']} failed)   "
+      f"private {r['requests']['private']:>6} ({r['failed_requests']['private']} failed)")
+    p(f"   served           public {r['served_by_version']['public']}   private {r['served_by_version']['private']}")
+    p(f"   dark time        public {r['public_dark_ms']} ms   private {r['private_dark_ms']} ms")
+    p(f"   flip skew        {r['flip_skew_ms']} ms (private flip after public flip)")
+    p("   invariants:")
+    for k, v in r["invariants"].items():
+        p(f"     {'held  ' if v else 'BROKEN'} {k}")
+    for n in r["notes"]:
+        p(f"     note: {n}")
+    for m in r["messages"]:
+        p(f"   message: {m}")
+    if not r["expected_invariants_held"]:
+        p("   expected: invariants do not all hold in this scenario yet (see the scenario's description)")
+    p(f"   logs: {r['logs']}")
+    p(f"   RESULT: {'PASS' if r['passed'] else 'FAIL'}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Rehearse a CodeDeploy ECS blue/green deployment on loopback.")
+    ap.add_argument("--scenario", default="happy", choices=sorted(SCENARIOS))
+    ap.add_argument("--tasks", type=int, default=3)
+    ap.add_argument("--config", choices=sorted(CONFIGS))
+    ap.add_argument("--json", action="store_true", help="print one JSON object (the timeline goes to stderr)")
+    ap.add_argument("--list", action="store_true", help="list the scenarios")
+    args = ap.parse_args()
+    if args.list:
+        for name, spec in SCENARIOS.items():
+            print(f"{name:<16} {spec['about']}")
+        return 0
+    if not 1 <= args.tasks <= 250:
+        ap.error("--tasks must be between 1 and 250")
+    procs.install_cleanup()
+    random.seed(7)
+    out = sys.stderr if args.json else sys.stdout
+    try:
+        report = Rehearsal(args.scenario, args.tasks, args.config, out).run()
+    finally:
+        procs.kill_all()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report, out)
+    return 0 if report["passed"] and report["invariants_held"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

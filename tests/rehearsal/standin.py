@@ -1,0 +1,417 @@
+"""The emulated AWS the hooks talk to. One HTTP endpoint on 127.0.0.1 (every `AWS_ENDPOINT_URL*` points here):
+
+* CodeDeploy (JSON protocol) is answered here, from the deployment the rehearsal is playing: GetDeployment,
+  GetDeploymentGroup, ListDeploymentTargets, GetDeploymentTarget, PutLifecycleEventHookExecutionStatus.
+* ELBv2 `DescribeTargetHealth` is answered here from real HTTP health checks of the task processes, per load
+  balancer, the way an ALB does it: `initial` until the healthy threshold, `healthy`, `unhealthy`, `draining`
+  for the deregistration delay after a deregistration, `unused` where no listener or rule routes to the group.
+* Everything else (ELBv2, DynamoDB, EC2) passes through to moto unchanged.
+
+Every call is counted per caller (the access key id of the signing credentials names the function) and per
+operation, and every listener or rule change is recorded with its time, so that the report can show the flip
+skew between the public and the private side."""
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+import xml.etree.ElementTree as ET
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class QuietServer(ThreadingHTTPServer):
+    """A client that goes away mid-request (a killed function, a finished probe) is not an error here."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass
+
+ELB_NS = "http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/"
+
+HEALTH_INTERVAL_S = 0.25
+HEALTHY_THRESHOLD = 2
+UNHEALTHY_THRESHOLD = 2
+DEREGISTRATION_DELAY_S = 1.0
+
+
+class Deployment:
+    """What the CodeDeploy stand-in knows of the deployment being played."""
+
+    def __init__(self, deployment_id, application, group, pair, listeners, service):
+        self.id = deployment_id
+        self.application = application
+        self.group = group
+        self.pair = pair  # [blue TG name, green TG name]
+        self.prod_listener, self.test_listener = listeners
+        self.service = service  # (cluster, service)
+        self.status = "InProgress"
+        self.task_sets = []  # dicts: label, tg, desired, running, weight
+        self.executions = {}  # execution id -> {"hook": name, "status": None|str, "at": t, "reports": int}
+        self.cond = threading.Condition()
+
+    def new_execution(self, hook):
+        exec_id = f"{hook}-{uuid.uuid4().hex[:12]}"
+        with self.cond:
+            self.executions[exec_id] = {"hook": hook, "status": None, "at": None, "reports": 0, "rejected": 0}
+        return exec_id
+
+    def wait_report(self, exec_id, timeout_s):
+        with self.cond:
+            self.cond.wait_for(lambda: self.executions[exec_id]["status"] is not None, timeout=timeout_s)
+            return self.executions[exec_id]["status"]
+
+
+class World:
+    """Shared state of the emulated AWS: routes, target health, draining, blocked paths, call counts."""
+
+    def __init__(self, moto_url, elb_client):
+        self.moto_url = moto_url
+        self.elb = elb_client  # a boto3 client straight to moto (not counted)
+        self.lock = threading.RLock()
+        self.routes = {}  # listener/rule ARN -> [(tg, weight)]
+        self.route_owner = {}  # listener/rule ARN -> load balancer ARN
+        self.route_events = []  # (t, arn, route)
+        self.members = {}  # tg -> [(ip, port)] registered in moto
+        self.health = {}  # (tg, ip, port) -> dict(state, ok, fail, reason)
+        self.draining = {}  # (tg, ip, port) -> until (monotonic)
+        self.blocked = set()  # (lb ARN, ip): that load balancer cannot reach that task
+        self.tg_lb = {}  # tg -> lb ARN (from moto)
+        self.calls = []  # (t, caller, service, operation)
+        self.deployments = {}
+        self.stop = threading.Event()
+        self.t0 = time.monotonic()
+
+    # --- routes -------------------------------------------------------------------------------------------
+    def track_route(self, arn, lb_arn):
+        with self.lock:
+            self.route_owner[arn] = lb_arn
+        self.refresh_route(arn)
+
+    def refresh_route(self, arn):
+        if ":listener-rule/" in arn:
+            actions = self.elb.describe_rules(RuleArns=[arn])["Rules"][0]["Actions"]
+        else:
+            actions = self.elb.describe_listeners(ListenerArns=[arn])["Listeners"][0]["DefaultActions"]
+        route = []
+        for a in actions:
+            if a.get("Type") != "forward":
+                continue
+            fc = a.get("ForwardConfig", {}).get("TargetGroups")
+            if fc:
+                route = [(t["TargetGroupArn"], int(t.get("Weight", 1))) for t in fc]
+            elif a.get("TargetGroupArn"):
+                route = [(a["TargetGroupArn"], 1)]
+        with self.lock:
+            if self.routes.get(arn) != route:
+                self.routes[arn] = route
+                self.route_events.append((time.monotonic(), arn, route))
+
+    def route(self, arn):
+        with self.lock:
+            return list(self.routes.get(arn, []))
+
+    def attached(self, tg):
+        """Load balancers that route to `tg` (any weight): only those health-check it."""
+        with self.lock:
+            return {self.route_owner[a] for a, r in self.routes.items() if any(t == tg for t, _ in r)}
+
+    # --- targets and health -------------------------------------------------------------------------------
+    def refresh_members(self):
+        with self.lock:
+            tgs = set(self.tg_lb)
+        for tg in tgs:
+            desc = self.elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
+            current = [(d["Target"]["Id"], int(d["Target"]["Port"])) for d in desc]
+            with self.lock:
+                self.members[tg] = current
+
+    def on_register(self, tg, targets):
+        with self.lock:
+            for ip, port in targets:
+                self.draining.pop((tg, ip, port), None)
+                h = self.health.get((tg, ip, port))
+                if h is None or h["state"] in ("draining", "unused"):
+                    self.health[(tg, ip, port)] = {"state": "initial", "ok": 0, "fail": 0,
+                                                   "reason": "Elb.RegistrationInProgress"}
+
+    def on_deregister(self, tg, targets):
+        with self.lock:
+            for ip, port in targets:
+                if (ip, port) in self.members.get(tg, []):
+                    self.draining[(tg, ip, port)] = time.monotonic() + DEREGISTRATION_DELAY_S
+                self.health.pop((tg, ip, port), None)
+
+    def check_once(self):
+        self.refresh_members()
+        now = time.monotonic()
+        with self.lock:
+            for k, until in list(self.draining.items()):
+                if until <= now:
+                    del self.draining[k]
+            work = []
+            for tg, members in self.members.items():
+                lbs = self.attached(tg)
+                for ip, port in members:
+                    key = (tg, ip, port)
+                    h = self.health.setdefault(key, {"state": "initial", "ok": 0, "fail": 0,
+                                                     "reason": "Elb.RegistrationInProgress"})
+                    if not lbs:
+                        h.update(state="unused", ok=0, fail=0, reason="Target.NotInUse")
+                        continue
+                    if h["state"] == "unused":
+                        h.update(state="initial", reason="Elb.RegistrationInProgress")
+                    work.append((key, any((lb, ip) in self.blocked for lb in lbs)))
+        results = []
+        for (tg, ip, port), blocked in work:
+            ok = False
+            if not blocked:
+                try:
+                    with urllib.request.urlopen(f"http://{ip}:{port}/health", timeout=0.2) as r:
+                        ok = r.status == 200
+                except (OSError, urllib.error.URLError):
+                    ok = False
+            results.append(((tg, ip, port), ok, blocked))
+        with self.lock:
+            for key, ok, blocked in results:
+                h = self.health.get(key)
+                if h is None:
+                    continue
+                if ok:
+                    h["ok"], h["fail"] = h["ok"] + 1, 0
+                    if h["ok"] >= HEALTHY_THRESHOLD:
+                        h.update(state="healthy", reason=None)
+                else:
+                    h["fail"], h["ok"] = h["fail"] + 1, 0
+                    if h["fail"] >= UNHEALTHY_THRESHOLD:
+                        h.update(state="unhealthy",
+                                 reason="Target.Timeout" if blocked else "Target.FailedHealthChecks")
+
+    def health_loop(self):
+        while not self.stop.is_set():
+            try:
+                self.check_once()
+            except Exception as e:  # a failed round is retried; moto may be busy
+                self.last_health_error = repr(e)
+            self.stop.wait(HEALTH_INTERVAL_S)
+
+    def target_states(self, tg):
+        """What DescribeTargetHealth answers: registered targets with their state, plus draining ones."""
+        with self.lock:
+            out = []
+            for ip, port in self.members.get(tg, []):
+                h = self.health.get((tg, ip, port), {"state": "initial", "reason": "Elb.RegistrationInProgress"})
+                out.append((ip, port, h["state"], h.get("reason")))
+            for (t, ip, port), _until in self.draining.items():
+                if t == tg and (ip, port) not in self.members.get(tg, []):
+                    out.append((ip, port, "draining", "Target.DeregistrationInProgress"))
+            return out
+
+    def routable(self, tg):
+        """The targets a load balancer would send a new request to: healthy ones, or all registered (fail
+        open) when none is healthy. Empty means no target at all."""
+        states = [s for s in self.target_states(tg) if s[2] != "draining"]
+        healthy = [(ip, port) for ip, port, st, _ in states if st == "healthy"]
+        return healthy or [(ip, port) for ip, port, _, _ in states]
+
+    def count(self, caller, service, op):
+        with self.lock:
+            self.calls.append((time.monotonic(), caller, service, op))
+
+
+def _caller(headers):
+    auth = headers.get("Authorization") or ""
+    marker = "Credential="
+    if marker in auth:
+        return auth.split(marker, 1)[1].split("/", 1)[0]
+    return "anonymous"
+
+
+def _targets_from_form(form):
+    out, i = [], 1
+    while f"Targets.member.{i}.Id" in form:
+        port = form.get(f"Targets.member.{i}.Port", ["0"])[0]
+        out.append((form[f"Targets.member.{i}.Id"][0], int(port)))
+        i += 1
+    return out
+
+
+def _xml_text(s):
+    return (str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+
+
+def make_handler(world: World):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *_args):
+            pass
+
+        def _send(self, status, body, content_type, extra=None):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (extra or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _forward(self, body):
+            req = urllib.request.Request(world.moto_url + self.path, data=body, method=self.command)
+            for k, v in self.headers.items():
+                if k.lower() not in ("host", "content-length", "connection", "accept-encoding"):
+                    req.add_header(k, v)
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return r.status, r.read(), r.headers.get("Content-Type", "text/xml")
+            except urllib.error.HTTPError as e:
+                return e.code, e.read(), e.headers.get("Content-Type", "text/xml")
+
+        def do_GET(self):  # noqa: N802
+            status, data, ctype = self._forward(None)
+            self._send(status, data, ctype)
+
+        def do_POST(self):  # noqa: N802
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            caller = _caller(self.headers)
+            target = self.headers.get("X-Amz-Target") or ""
+            if target.startswith("CodeDeploy_"):
+                op = target.split(".", 1)[1]
+                world.count(caller, "codedeploy", op)
+                return self._codedeploy(op, json.loads(body or b"{}"))
+            if target.startswith("DynamoDB_"):
+                world.count(caller, "dynamodb", target.split(".", 1)[1])
+                status, data, ctype = self._forward(body)
+                return self._send(status, data, ctype)
+            form = urllib.parse.parse_qs(body.decode(), keep_blank_values=True)
+            action = form.get("Action", [""])[0]
+            service = "elbv2" if form.get("Version", [""])[0] == "2015-12-01" else "ec2"
+            world.count(caller, service, action)
+            if service == "elbv2" and action == "DescribeTargetHealth":
+                return self._describe_target_health(body, form)
+            status, data, ctype = self._forward(body)
+            if service == "elbv2" and status == 200:
+                self._observe(action, form)
+            self._send(status, data, ctype)
+
+        def _observe(self, action, form):
+            if action in ("ModifyListener", "ModifyRule"):
+                arn = form.get("ListenerArn", form.get("RuleArn", [""]))[0]
+                world.refresh_route(arn)
+            elif action in ("RegisterTargets", "DeregisterTargets"):
+                tg = form.get("TargetGroupArn", [""])[0]
+                targets = _targets_from_form(form)
+                if action == "RegisterTargets":
+                    world.on_register(tg, targets)
+                else:
+                    world.on_deregister(tg, targets)
+                try:
+                    world.refresh_members()
+                except Exception:
+                    pass
+
+        def _describe_target_health(self, body, form):
+            # moto answers whether the group exists (and its error shape when it does not); the states are ours.
+            status, data, ctype = self._forward(body)
+            if status != 200:
+                return self._send(status, data, ctype)
+            tg = form.get("TargetGroupArn", [""])[0]
+            world.refresh_members()
+            members = []
+            for ip, port, state, reason in world.target_states(tg):
+                th = f"<State>{state}</State>"
+                if reason:
+                    th += f"<Reason>{_xml_text(reason)}</Reason><Description>{_xml_text(reason)}</Description>"
+                members.append(
+                    f"<member><Target><Id>{ip}</Id><Port>{port}</Port></Target>"
+                    f"<HealthCheckPort>{port}</HealthCheckPort><TargetHealth>{th}</TargetHealth></member>"
+                )
+            xml = (
+                f'<DescribeTargetHealthResponse xmlns="{ELB_NS}"><DescribeTargetHealthResult>'
+                f"<TargetHealthDescriptions>{''.join(members)}</TargetHealthDescriptions>"
+                f"</DescribeTargetHealthResult><ResponseMetadata><RequestId>{uuid.uuid4()}</RequestId>"
+                f"</ResponseMetadata></DescribeTargetHealthResponse>"
+            )
+            self._send(200, xml.encode(), "text/xml")
+
+        # --- CodeDeploy ---------------------------------------------------------------------------------------
+        def _json(self, status, obj, error_type=None):
+            extra = {"x-amzn-RequestId": str(uuid.uuid4())}
+            if error_type:
+                extra["X-Amzn-ErrorType"] = error_type
+            self._send(status, json.dumps(obj).encode(), "application/x-amz-json-1.1", extra)
+
+        def _error(self, error_type, message):
+            self._json(400, {"__type": error_type, "message": message}, error_type)
+
+        def _codedeploy(self, op, req):
+            d = None
+            if "deploymentId" in req:
+                d = world.deployments.get(req["deploymentId"])
+                if d is None:
+                    return self._error("DeploymentDoesNotExistException", f"Deployment {req['deploymentId']} does not exist")
+            if op == "GetDeployment":
+                return self._json(200, {"deploymentInfo": {
+                    "applicationName": d.application, "deploymentGroupName": d.group, "deploymentId": d.id,
+                    "status": d.status, "computePlatform": "ECS", "creator": "user",
+                    "deploymentStyle": {"deploymentType": "BLUE_GREEN", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
+                }})
+            if op == "GetDeploymentGroup":
+                match = [x for x in world.deployments.values()
+                         if x.application == req.get("applicationName") and x.group == req.get("deploymentGroupName")]
+                if not match:
+                    return self._error("DeploymentGroupDoesNotExistException", "No such deployment group")
+                x = match[0]
+                return self._json(200, {"deploymentGroupInfo": {
+                    "applicationName": x.application, "deploymentGroupName": x.group, "computePlatform": "ECS",
+                    "deploymentStyle": {"deploymentType": "BLUE_GREEN", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
+                    "ecsServices": [{"clusterName": x.service[0], "serviceName": x.service[1]}],
+                    "loadBalancerInfo": {"targetGroupPairInfoList": [{
+                        "targetGroups": [{"name": n} for n in x.pair],
+                        "prodTrafficRoute": {"listenerArns": [x.prod_listener]},
+                        "testTrafficRoute": {"listenerArns": [x.test_listener]},
+                    }]},
+                }})
+            if op == "ListDeploymentTargets":
+                return self._json(200, {"targetIds": [f"{d.service[0]}:{d.service[1]}"]})
+            if op == "GetDeploymentTarget":
+                with d.cond:
+                    sets = [{
+                        "identifer": f"ecs-svc/{i}", "desiredCount": s["desired"], "pendingCount": 0,
+                        "runningCount": s["running"], "status": "PRIMARY" if s["label"] == "Blue" else "ACTIVE",
+                        "trafficWeight": s["weight"], "targetGroup": {"name": s["tg"]}, "taskSetLabel": s["label"],
+                    } for i, s in enumerate(d.task_sets)]
+                return self._json(200, {"deploymentTarget": {"deploymentTargetType": "ECSTarget", "ecsTarget": {
+                    "deploymentId": d.id, "targetId": req.get("targetId"), "status": "InProgress",
+                    "taskSetsInfo": sets,
+                }}})
+            if op == "PutLifecycleEventHookExecutionStatus":
+                exec_id = req.get("lifecycleEventHookExecutionId")
+                with d.cond:
+                    e = d.executions.get(exec_id)
+                    if e is None:
+                        return self._error("InvalidLifecycleEventHookExecutionIdException", f"Unknown execution {exec_id}")
+                    e["reports"] += 1
+                    if e["status"] is not None:
+                        e["rejected"] += 1
+                        return self._error("LifecycleEventAlreadyCompletedException",
+                                           f"The lifecycle event {exec_id} is already completed")
+                    e["status"] = req.get("status")
+                    e["at"] = time.monotonic()
+                    d.cond.notify_all()
+                return self._json(200, {"lifecycleEventHookExecutionId": exec_id})
+            return self._error("UnsupportedOperation", f"the rehearsal's CodeDeploy does not implement {op}")
+
+    return Handler
+
+
+def serve(world: World) -> ThreadingHTTPServer:
+    server = QuietServer(("127.0.0.1", 0), make_handler(world))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=world.health_loop, daemon=True).start()
+    return server

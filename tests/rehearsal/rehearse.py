@@ -462,6 +462,10 @@ class Rehearsal:
         expected = self.spec["expected"]
         expected_inv = self.spec.get("expected_invariants", True)
         held = all(invariants.values())
+        # The harness's promise, seen from CodeDeploy: every invocation reported exactly once.
+        invariants["every_invocation_reported_once"] = all(
+            h["reports_received"] == h["invocations"] for h in self.hook_reports.values())
+        held = held and invariants["every_invocation_reported_once"]
         if self.name == "missing-binding":
             untouched = self.private_writes() == writes_before
             invariants["private_side_untouched"] = untouched

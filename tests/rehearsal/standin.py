@@ -38,6 +38,16 @@ UNHEALTHY_THRESHOLD = 2
 DEREGISTRATION_DELAY_S = 1.0
 
 
+# What ELB says alongside each reason code.
+DESCRIPTIONS = {
+    "Elb.RegistrationInProgress": "Target registration is in progress",
+    "Target.Timeout": "Request timed out",
+    "Target.FailedHealthChecks": "Health checks failed",
+    "Target.NotInUse": "Target group is not configured to receive traffic from the load balancer",
+    "Target.DeregistrationInProgress": "Target deregistration is in progress",
+}
+
+
 class Deployment:
     """What the CodeDeploy stand-in knows of the deployment being played."""
 
@@ -325,7 +335,8 @@ def make_handler(world: World):
             for ip, port, state, reason in world.target_states(tg):
                 th = f"<State>{state}</State>"
                 if reason:
-                    th += f"<Reason>{_xml_text(reason)}</Reason><Description>{_xml_text(reason)}</Description>"
+                    th += (f"<Reason>{_xml_text(reason)}</Reason>"
+                           f"<Description>{_xml_text(DESCRIPTIONS.get(reason, reason))}</Description>")
                 members.append(
                     f"<member><Target><Id>{ip}</Id><Port>{port}</Port></Target>"
                     f"<HealthCheckPort>{port}</HealthCheckPort><TargetHealth>{th}</TargetHealth></member>"

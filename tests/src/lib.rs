@@ -560,6 +560,14 @@ impl World {
         self.elb.add_targets(&self.arns.pub_green, &keys(101..104), HealthState::Healthy);
     }
 
+    /// CodeDeploy's AllowTestTraffic: the public test listener moves to green.
+    pub fn allow_test_traffic(&self) {
+        self.elb.put_route(
+            &self.arns.pub_test,
+            Route::all_to(&self.arns.pub_green, &[&self.arns.pub_blue], RouteStyle::Weighted),
+        );
+    }
+
     /// CodeDeploy's AllowTraffic, all at once.
     pub fn allow_traffic(&self) {
         self.elb.put_route(

@@ -19,6 +19,7 @@ fn strings(keys: &[bluegreen_mirror::domain::TargetKey]) -> Vec<String> {
 async fn deploy(w: &World) -> [bluegreen_mirror::harness::Outcome; 3] {
     w.install_green();
     let a = w.invoke(Phase::AfterInstall, "exec-ai").await;
+    w.allow_test_traffic();
     let b = w.invoke(Phase::BeforeAllowTraffic, "exec-bat").await;
     w.allow_traffic();
     let c = w.invoke(Phase::AfterAllowTraffic, "exec-aat").await;
@@ -42,6 +43,7 @@ async fn happy_path_all_at_once() {
     assert_eq!(rec.green_private_target_group.as_deref(), Some(a.prv_green.as_str()));
     assert_eq!(rec.targets_mirrored, 3);
 
+    w.allow_test_traffic();
     let bat = w.invoke(Phase::BeforeAllowTraffic, "exec-bat").await;
     assert_eq!(bat.status, HookStatus::Succeeded, "{:?}", bat.message);
     let rec = w.state.record(DEPLOYMENT).expect("record");
@@ -55,6 +57,7 @@ async fn happy_path_all_at_once() {
     let aat = w.invoke(Phase::AfterAllowTraffic, "exec-aat").await;
     assert_eq!(aat.status, HookStatus::Succeeded, "{:?}", aat.message);
     assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_green, &[&a.prv_blue], RouteStyle::Weighted));
+    assert_eq!(w.elb.route_of(&a.prv_test), Route::all_to(&a.prv_green, &[&a.prv_blue], RouteStyle::Weighted));
     // The critical path: one read (the planned flip) and one write.
     let log = w.calls.log();
     let flip = log.iter().position(|c| c == "elb:ModifyListener").expect("a ModifyListener");
@@ -140,8 +143,7 @@ async fn nlb_private_side_flips_production_and_keeps_idle_on_the_test_listener()
         assert_eq!(o.status, HookStatus::Succeeded, "{:?}", o.message);
     }
     assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_green, &[], RouteStyle::Single));
-    // The public test listener still forwards to blue: the private test listener mirrors it, keeping the
-    // now-idle blue group attached and health-checked.
+    // The test listener takes the now-idle blue group, keeping it attached and health-checked.
     assert_eq!(w.elb.route_of(&a.prv_test), Route::all_to(&a.prv_blue, &[], RouteStyle::Single));
     assert!(w.elb.dark_moments().is_empty());
 }

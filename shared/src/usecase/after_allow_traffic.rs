@@ -6,7 +6,7 @@
 
 use super::{name, now_ms, Hooks, Tracker};
 use crate::config::{Binding, RouteRef};
-use crate::domain::{mirror_route, HealthState, Phase, Route};
+use crate::domain::{mirror_route, HealthState, Phase, Route, RouteStyle};
 use crate::harness::Budget;
 use crate::ports::{Deployments, LoadBalancers, StateStore};
 use crate::{Error, Result};
@@ -94,7 +94,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
         for (public, private) in b.pair_arns() {
             self.mirror_pair(&public, &private, t).await?;
         }
-        self.mirror_test_route(b, flip.public_test_listener.as_deref(), t).await?;
+        self.converge_test_route(b, flip.public_test_listener.as_deref(), &desired, t).await?;
 
         let live = desired.live().first().map(|s| s.to_string());
         self.record(b, deployment_id, t, |rec| {
@@ -163,16 +163,34 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
         Ok(desired)
     }
 
-    /// Makes the private test route mirror the public test listener, when both exist.
-    async fn mirror_test_route(&self, b: &Binding, public_test_listener: Option<&str>, t: &Tracker) -> Result<()> {
-        let (Some(which), Some(public_listener)) = (&b.private_test_route, public_test_listener) else {
+    /// Makes the private test route mirror the public test listener (I3). On an NLB, whose listeners forward to
+    /// one group each, the test listener instead takes the group production no longer uses, so that both stay
+    /// attached and health-checked.
+    async fn converge_test_route(
+        &self,
+        b: &Binding,
+        public_test_listener: Option<&str>,
+        production: &Route,
+        t: &Tracker,
+    ) -> Result<()> {
+        let Some(which) = &b.private_test_route else {
             return Ok(());
         };
-        let public_ref = RouteRef::Listener(public_listener.to_string());
-        let (public, current) = tokio::join!(self.lb.route(&public_ref), self.lb.route(which));
-        let (public, current) = (public?, current?);
-        let desired = mirror_route(&public, &b.pair_arns(), b.style(), Some(&current))
-            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
+        let current = self.lb.route(which).await?;
+        let desired = if b.style() == RouteStyle::Single {
+            let live = production.live();
+            match b.private_target_groups().into_iter().find(|tg| !live.contains(tg)) {
+                Some(idle) => Route::all_to(idle, &[], RouteStyle::Single),
+                None => return Ok(()),
+            }
+        } else {
+            let Some(public_listener) = public_test_listener else {
+                return Ok(());
+            };
+            let public = self.lb.route(&RouteRef::Listener(public_listener.to_string())).await?;
+            mirror_route(&public, &b.pair_arns(), b.style(), Some(&current))
+                .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?
+        };
         if !current.same_action(&desired) {
             self.lb.set_route(which, &desired).await?;
             t.note(format!("{which}: {current} -> {desired}"));

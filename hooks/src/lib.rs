@@ -1,15 +1,18 @@
 //! The Lambda side of the hooks: cold-start wiring (configuration, clients), event parsing, and the handler
-//! that hands each invocation to the harness. Each binary's `main` is one call to [`serve`].
+//! that hands each invocation to the harness. Each hook binary's `main` is one call to [`serve`]; the reconciler's
+//! is one call to [`serve_reconciler`].
 
 use bluegreen_mirror::aws::Aws;
+use bluegreen_mirror::aws::FOLLOW_KEY;
 use bluegreen_mirror::config::Config;
 use bluegreen_mirror::domain::Phase;
-use bluegreen_mirror::harness::{self, Invocation, Outcome, Tracker};
-use bluegreen_mirror::ports::{Deployments, HookReporter, LoadBalancers, StateStore};
-use bluegreen_mirror::usecase::Hooks;
+use bluegreen_mirror::harness::{self, Budget, Invocation, Outcome, Tracker};
+use bluegreen_mirror::ports::{Deployments, FollowRequest, Followers, HookReporter, LoadBalancers, StateStore};
+use bluegreen_mirror::usecase::{Engine, Trigger};
 use bluegreen_mirror::Error;
 
 use aws_lambda_events::event::codedeploy::CodeDeployLifecycleEvent;
+use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use lambda_runtime::{service_fn, LambdaEvent};
 use serde_json::Value;
 
@@ -47,7 +50,7 @@ pub async fn serve(phase: Phase) -> Result<(), lambda_runtime::Error> {
     let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let aws = Aws::load(&config).await;
     let reporter = aws.codedeploy.clone();
-    let hooks = Hooks::new(aws.elb, aws.codedeploy, aws.state, config);
+    let hooks = Engine::new(aws.elb, aws.codedeploy, aws.state, aws.followers, config);
     let (hooks, reporter) = (&hooks, &reporter);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         handle(phase, hooks, reporter, event).await.map_err(lambda_runtime::Error::from)
@@ -55,9 +58,9 @@ pub async fn serve(phase: Phase) -> Result<(), lambda_runtime::Error> {
     .await
 }
 
-async fn handle<L, D, S, R>(
+async fn handle<L, D, S, F, R>(
     phase: Phase,
-    hooks: &Hooks<L, D, S>,
+    hooks: &Engine<L, D, S, F>,
     reporter: &R,
     event: LambdaEvent<Value>,
 ) -> Result<Value, Error>
@@ -65,6 +68,7 @@ where
     L: LoadBalancers,
     D: Deployments,
     S: StateStore,
+    F: Followers,
     R: HookReporter,
 {
     // Without both ids there is nothing CodeDeploy would accept a report for: the error goes to the log.
@@ -85,6 +89,128 @@ where
     })
     .await;
     response(outcome)
+}
+
+/// Reads what woke the reconciler: a follow request, or an EventBridge event (CodeDeploy deployment state change,
+/// ECS task state change, the schedule). `Ok(None)` for an event of another kind, which is ignored.
+pub fn parse_trigger(payload: Value) -> Result<Option<Trigger>, Error> {
+    if let Some(follow) = payload.get(FOLLOW_KEY) {
+        let req: FollowRequest = serde_json::from_value(follow.clone())
+            .map_err(|e| Error::Event(format!("malformed follow request: {e}")))?;
+        return Ok(Some(Trigger::Follow(req)));
+    }
+    let event: EventBridgeEvent<Value> = serde_json::from_value(payload)
+        .map_err(|e| Error::Event(format!("expected an EventBridge event or a follow request: {e}")))?;
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let trigger = match (event.source.as_str(), event.detail_type.as_str()) {
+        ("aws.codedeploy", "CodeDeploy Deployment State-change Notification") => {
+            let d = &event.detail;
+            match (text(d, "application"), text(d, "deploymentGroup"), text(d, "deploymentId"), text(d, "state")) {
+                (Some(application), Some(deployment_group), Some(deployment_id), Some(state)) => {
+                    Some(Trigger::Deployment { application, deployment_group, deployment_id, state })
+                }
+                _ => {
+                    return Err(Error::Event(
+                        "CodeDeploy state change without application, deploymentGroup, deploymentId or state".into(),
+                    ))
+                }
+            }
+        }
+        ("aws.ecs", "ECS Task State Change") => {
+            let d = &event.detail;
+            let cluster = text(d, "clusterArn").and_then(|a| a.rsplit('/').next().map(str::to_string));
+            let service = text(d, "group").and_then(|g| g.strip_prefix("service:").map(str::to_string));
+            match (cluster, service) {
+                (Some(cluster), Some(service)) => Some(Trigger::Task { cluster, service }),
+                // A standalone task (no service) is nobody's deployment group.
+                _ => None,
+            }
+        }
+        ("aws.events", "Scheduled Event") => Some(Trigger::Schedule),
+        _ => None,
+    };
+    if trigger.is_none() {
+        tracing::info!(source = %event.source, detail_type = %event.detail_type, "event ignored");
+    }
+    Ok(trigger)
+}
+
+/// Starts the reconciler function: like [`serve`], one engine for the process, one trigger per invocation.
+pub async fn serve_reconciler() -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
+    let aws = Aws::load(&config).await;
+    let engine = Engine::new(aws.elb, aws.codedeploy, aws.state, aws.followers, config);
+    let engine = &engine;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        reconcile_event(engine, event).await.map_err(lambda_runtime::Error::from)
+    }))
+    .await
+}
+
+async fn reconcile_event<L, D, S, F>(engine: &Engine<L, D, S, F>, event: LambdaEvent<Value>) -> Result<Value, Error>
+where
+    L: LoadBalancers,
+    D: Deployments,
+    S: StateStore,
+    F: Followers,
+{
+    let started = std::time::Instant::now();
+    let Some(trigger) = parse_trigger(event.payload).inspect_err(|e| tracing::error!(error = %e, "event rejected"))?
+    else {
+        return Ok(serde_json::json!({"ignored": true}));
+    };
+    let total = event.context.deadline().duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    let budget = Budget::after(total.saturating_sub(harness::REPORT_RESERVE.min(total / 4)));
+    let tracker = Tracker::default();
+    let work: std::pin::Pin<Box<dyn std::future::Future<Output = bluegreen_mirror::Result<Value>> + Send + '_>> =
+        Box::pin(run_trigger(engine, &trigger, &event.context.request_id, budget, &tracker));
+    let result = harness::guard(budget, "reconciler", work).await;
+    let summary = tracker.snapshot();
+    let duration_ms = started.elapsed().as_millis();
+    match &result {
+        Ok(out) => tracing::info!(target: "bluegreen_mirror::summary", trigger = ?trigger, duration_ms, result = %out,
+            notes = ?summary.notes, "reconciler finished"),
+        Err(e) => tracing::error!(target: "bluegreen_mirror::summary", trigger = ?trigger, duration_ms,
+            error = %harness::error_chain(e), notes = ?summary.notes, "reconciler failed"),
+    }
+    result
+}
+
+async fn run_trigger<L, D, S, F>(
+    engine: &Engine<L, D, S, F>,
+    trigger: &Trigger,
+    owner: &str,
+    budget: Budget,
+    t: &Tracker,
+) -> bluegreen_mirror::Result<Value>
+where
+    L: LoadBalancers,
+    D: Deployments,
+    S: StateStore,
+    F: Followers,
+{
+    if let Trigger::Follow(req) = trigger {
+        engine.follow(req, owner, budget, t).await?;
+        return Ok(serde_json::json!({"followed": req.deployment_id}));
+    }
+    let mut done = Vec::new();
+    let mut failures = Vec::new();
+    for (b, group) in engine.bindings_for(trigger).await {
+        match group {
+            Ok(group) => match engine.reconcile(b, &group, t).await {
+                Ok(r) => done.push(r),
+                Err(e) => failures.push(format!("{}: {}", b.label(), harness::error_chain(&e))),
+            },
+            Err(e) => failures.push(format!("{}: {}", b.label(), harness::error_chain(&e))),
+        }
+    }
+    if failures.is_empty() {
+        Ok(serde_json::to_value(&done).unwrap_or(Value::Null))
+    } else {
+        // An error makes Lambda retry the asynchronous event; reconciling again is harmless.
+        Err(Error::Misconfigured(format!("reconcile failed for {}", failures.join("; "))))
+    }
 }
 
 #[cfg(test)]

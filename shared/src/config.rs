@@ -13,6 +13,7 @@ use crate::{Error, Result};
 pub const ENV_TABLE: &str = "BLUEGREEN_MIRROR_TABLE";
 pub const ENV_BINDINGS: &str = "BLUEGREEN_MIRROR_BINDINGS";
 pub const ENV_POLL_MS: &str = "BLUEGREEN_MIRROR_POLL_MS";
+pub const ENV_FOLLOWER: &str = "BLUEGREEN_MIRROR_FOLLOWER";
 
 const DEFAULT_HEALTH_TIMEOUT_SECS: u64 = 300;
 const DEFAULT_POLL: Duration = Duration::from_secs(2);
@@ -184,6 +185,8 @@ pub struct Config {
     pub bindings: Vec<Binding>,
     /// How often waits re-read ELB.
     pub poll_interval: Duration,
+    /// The reconciler function BeforeAllowTraffic starts in follow mode (name or ARN); no follow mode without.
+    pub follower_function: Option<String>,
 }
 
 impl Config {
@@ -197,6 +200,7 @@ impl Config {
             })?;
             cfg.poll_interval = Duration::from_millis(ms);
         }
+        cfg.follower_function = std::env::var(ENV_FOLLOWER).ok().filter(|f| !f.trim().is_empty());
         Ok(cfg)
     }
 
@@ -233,7 +237,12 @@ impl Config {
         if !problems.is_empty() {
             return Err(Error::Config(problems.join("; ")));
         }
-        Ok(Self { table: table.to_string(), bindings: doc.bindings, poll_interval: DEFAULT_POLL })
+        Ok(Self {
+            table: table.to_string(),
+            bindings: doc.bindings,
+            poll_interval: DEFAULT_POLL,
+            follower_function: None,
+        })
     }
 
     /// The binding for a CodeDeploy application and deployment group.

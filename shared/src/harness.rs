@@ -151,6 +151,18 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic payload".to_string())
 }
 
+/// Runs `work` until the budget's deadline, turning a panic or running out of time into an error. Used by every
+/// function, with or without a CodeDeploy report.
+pub async fn guard<T>(budget: Budget, what: &str, work: impl Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(budget.remaining(), AssertUnwindSafe(work).catch_unwind()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(p)) => Err(Error::Panic(panic_message(p.as_ref()))),
+        Err(_) => Err(Error::Timeout(format!(
+            "{what} ran out of its time budget; raise the function timeout or lower health_timeout_seconds"
+        ))),
+    }
+}
+
 /// Runs `body` under the invocation's budget and reports its verdict exactly once.
 pub async fn run<R, F, Fut>(reporter: &R, inv: &Invocation, tracker: &Tracker, body: F) -> Outcome
 where

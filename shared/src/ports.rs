@@ -7,7 +7,7 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RouteRef;
-use crate::domain::{BindingRecord, DeploymentRecord, ObservedTarget, Route, Target, TargetKey};
+use crate::domain::{BindingRecord, DeploymentRecord, FollowerLease, ObservedTarget, Route, Target, TargetKey};
 use crate::Result;
 
 /// A target group's configuration, as far as the preflight checks need it.
@@ -68,14 +68,39 @@ pub struct DeploymentFacts {
     pub deployment_type: String,
     /// `user`, `autoscaling`, `codeDeployRollback`, ...
     pub creator: Option<String>,
+    /// `Created`, `InProgress`, `Succeeded`, `Failed`, `Stopped`, ...
+    pub status: String,
     /// Target group names of the group's target group pair.
     pub target_group_names: Vec<String>,
     pub production_listeners: Vec<String>,
     pub test_listeners: Vec<String>,
 }
 
+impl DeploymentFacts {
+    /// Whether CodeDeploy is done with the deployment, one way or the other.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status.as_str(), "Succeeded" | "Failed" | "Stopped")
+    }
+}
+
+/// A deployment group's load balancer and service setup (what the reconciler needs between deployments).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeploymentGroupFacts {
+    pub target_group_names: Vec<String>,
+    pub production_listeners: Vec<String>,
+    pub test_listeners: Vec<String>,
+    /// `(cluster, service)` names of the ECS services the group deploys.
+    pub ecs_services: Vec<(String, String)>,
+}
+
 /// CodeDeploy, read side.
 pub trait Deployments: Send + Sync {
+    /// The deployment group's setup. An unknown group is an `AwsErrorKind::NotFound` error.
+    fn deployment_group(
+        &self,
+        application: &str,
+        group: &str,
+    ) -> impl Future<Output = Result<DeploymentGroupFacts>> + Send;
     /// The deployment and its deployment group. An unknown id is an `AwsErrorKind::NotFound` error.
     fn deployment(&self, deployment_id: &str) -> impl Future<Output = Result<DeploymentFacts>> + Send;
     /// The deployment's ECS task sets (empty when CodeDeploy does not list them yet).
@@ -131,4 +156,21 @@ pub trait StateStore: Send + Sync {
     fn put_deployment(&self, record: &DeploymentRecord) -> impl Future<Output = Result<Saved>> + Send;
     fn binding(&self, application: &str, group: &str) -> impl Future<Output = Result<Option<BindingRecord>>> + Send;
     fn put_binding(&self, record: &BindingRecord) -> impl Future<Output = Result<Saved>> + Send;
+    fn follower(&self, application: &str, group: &str) -> impl Future<Output = Result<Option<FollowerLease>>> + Send;
+    fn put_follower(&self, lease: &FollowerLease) -> impl Future<Output = Result<Saved>> + Send;
+}
+
+/// Asks for a follower of a deployment (the reconciler in follow mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowRequest {
+    pub deployment_id: String,
+    pub application: String,
+    pub deployment_group: String,
+}
+
+/// Lambda, to start a follower asynchronously.
+pub trait Followers: Send + Sync {
+    /// Starts a follower for the request, without waiting for it. `Ok(false)` when no follower function is
+    /// configured.
+    fn start(&self, request: &FollowRequest) -> impl Future<Output = Result<bool>> + Send;
 }

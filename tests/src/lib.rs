@@ -12,14 +12,15 @@ use std::time::{Duration, SystemTime};
 
 use bluegreen_mirror::config::{Config, RouteRef};
 use bluegreen_mirror::domain::{
-    BindingRecord, DeploymentRecord, HealthState, ObservedTarget, Phase, Route, RouteStyle, Target, TargetKey,
+    BindingRecord, DeploymentRecord, FollowerLease, HealthState, ObservedTarget, Phase, Route, RouteStyle, Target,
+    TargetKey,
 };
 use bluegreen_mirror::harness::{self, Invocation, Outcome, Tracker};
 use bluegreen_mirror::ports::{
-    DeploymentFacts, Deployments, HookReporter, HookStatus, LoadBalancers, Reported, Saved, StateStore,
-    TargetGroupFacts, TaskSet, TaskSetLabel,
+    DeploymentFacts, DeploymentGroupFacts, Deployments, FollowRequest, Followers, HookReporter, HookStatus,
+    LoadBalancers, Reported, Saved, StateStore, TargetGroupFacts, TaskSet, TaskSetLabel,
 };
-use bluegreen_mirror::usecase::Hooks;
+use bluegreen_mirror::usecase::Engine;
 use bluegreen_mirror::{AwsErrorKind, Error, Result};
 
 /// What an injected fault does.
@@ -289,6 +290,27 @@ impl FakeCodeDeploy {
 }
 
 impl Deployments for FakeCodeDeploy {
+    async fn deployment_group(&self, application: &str, group: &str) -> Result<DeploymentGroupFacts> {
+        self.calls.enter("codedeploy:GetDeploymentGroup")?;
+        let deployments = self.deployments.lock().unwrap();
+        let found =
+            deployments.values().map(|d| &d.0).find(|f| f.application == application && f.deployment_group == group);
+        found
+            .map(|f| DeploymentGroupFacts {
+                target_group_names: f.target_group_names.clone(),
+                production_listeners: f.production_listeners.clone(),
+                test_listeners: f.test_listeners.clone(),
+                ecs_services: vec![("prod".into(), "web".into())],
+            })
+            .ok_or_else(|| Error::Aws {
+                service: "codedeploy",
+                operation: "GetDeploymentGroup",
+                kind: AwsErrorKind::NotFound,
+                message: format!("DeploymentGroupDoesNotExistException: {application}/{group}"),
+                source: None,
+            })
+    }
+
     async fn deployment(&self, deployment_id: &str) -> Result<DeploymentFacts> {
         self.calls.enter("codedeploy:GetDeployment")?;
         self.calls.enter("codedeploy:GetDeploymentGroup")?;
@@ -331,6 +353,7 @@ impl HookReporter for FakeCodeDeploy {
 pub struct FakeState {
     deployments: Arc<Mutex<BTreeMap<String, DeploymentRecord>>>,
     bindings: Arc<Mutex<BTreeMap<String, BindingRecord>>>,
+    followers: Arc<Mutex<BTreeMap<String, FollowerLease>>>,
     calls: Arc<Calls>,
 }
 
@@ -341,6 +364,10 @@ impl FakeState {
 
     pub fn binding_record(&self, app: &str, group: &str) -> Option<BindingRecord> {
         self.bindings.lock().unwrap().get(&BindingRecord::key(app, group)).cloned()
+    }
+
+    pub fn lease(&self, app: &str, group: &str) -> Option<FollowerLease> {
+        self.followers.lock().unwrap().get(&FollowerLease::key(app, group)).cloned()
     }
 
     pub fn forget(&self, id: &str) {
@@ -384,6 +411,36 @@ impl StateStore for FakeState {
         self.calls.enter("dynamodb:PutItem")?;
         let key = BindingRecord::key(&record.application, &record.deployment_group);
         Ok(versioned_put(&self.bindings, key, record.version, |r| r.version, record))
+    }
+
+    async fn follower(&self, application: &str, group: &str) -> Result<Option<FollowerLease>> {
+        self.calls.enter("dynamodb:GetItem")?;
+        Ok(self.lease(application, group))
+    }
+
+    async fn put_follower(&self, lease: &FollowerLease) -> Result<Saved> {
+        self.calls.enter("dynamodb:PutItem")?;
+        let key = FollowerLease::key(&lease.application, &lease.deployment_group);
+        Ok(versioned_put(&self.followers, key, lease.version, |r| r.version, lease))
+    }
+}
+
+/// Lambda's asynchronous invoke of the follower, recorded.
+#[derive(Clone, Default)]
+pub struct FakeFollowers {
+    started: Arc<Mutex<Vec<FollowRequest>>>,
+}
+
+impl FakeFollowers {
+    pub fn started(&self) -> Vec<FollowRequest> {
+        self.started.lock().unwrap().clone()
+    }
+}
+
+impl Followers for FakeFollowers {
+    async fn start(&self, request: &FollowRequest) -> Result<bool> {
+        self.started.lock().unwrap().push(request.clone());
+        Ok(true)
     }
 }
 
@@ -443,6 +500,7 @@ pub struct World {
     pub elb: FakeElb,
     pub codedeploy: FakeCodeDeploy,
     pub state: FakeState,
+    pub followers: FakeFollowers,
     pub calls: Arc<Calls>,
     pub config: Config,
 }
@@ -532,6 +590,7 @@ impl World {
                 compute_platform: "ECS".into(),
                 deployment_type: "BLUE_GREEN".into(),
                 creator: Some("user".into()),
+                status: "InProgress".into(),
                 target_group_names: vec!["pub-blue".into(), "pub-green".into()],
                 production_listeners: vec![a.pub_prod.clone()],
                 test_listeners: vec![a.pub_test.clone()],
@@ -552,7 +611,7 @@ impl World {
             ],
         );
         let state = FakeState { calls: calls.clone(), ..Default::default() };
-        Self { arns: a, elb, codedeploy, state, calls, config }
+        Self { arns: a, elb, codedeploy, state, followers: FakeFollowers::default(), calls, config }
     }
 
     /// ECS starts the replacement task set and registers it into the green public target group.
@@ -576,8 +635,14 @@ impl World {
         );
     }
 
-    pub fn hooks(&self) -> Hooks<FakeElb, FakeCodeDeploy, FakeState> {
-        Hooks::new(self.elb.clone(), self.codedeploy.clone(), self.state.clone(), self.config.clone())
+    pub fn hooks(&self) -> Engine<FakeElb, FakeCodeDeploy, FakeState, FakeFollowers> {
+        Engine::new(
+            self.elb.clone(),
+            self.codedeploy.clone(),
+            self.state.clone(),
+            self.followers.clone(),
+            self.config.clone(),
+        )
     }
 
     /// Runs one hook invocation through the harness, as the Lambda handler does.

@@ -1,11 +1,14 @@
 //! CodeDeploy adapter: the deployment and its group (read), the ECS task sets of a deployment, and the hook
 //! status report.
 
-use aws_sdk_codedeploy::types::{LifecycleEventStatus, TargetLabel};
+use aws_sdk_codedeploy::operation::get_deployment_group::GetDeploymentGroupOutput;
+use aws_sdk_codedeploy::types::{DeploymentGroupInfo, LifecycleEventStatus, TargetLabel};
 use aws_sdk_codedeploy::Client;
 
 use super::errors::aws_error;
-use crate::ports::{DeploymentFacts, Deployments, HookReporter, HookStatus, Reported, TaskSet, TaskSetLabel};
+use crate::ports::{
+    DeploymentFacts, DeploymentGroupFacts, Deployments, HookReporter, HookStatus, Reported, TaskSet, TaskSetLabel,
+};
 use crate::{Error, Result};
 
 const SERVICE: &str = "codedeploy";
@@ -19,6 +22,41 @@ pub struct CodeDeploy {
 impl CodeDeploy {
     pub fn new(client: Client) -> Self {
         Self { client }
+    }
+}
+
+impl CodeDeploy {
+    async fn group_info(&self, application: &str, group: &str) -> Result<GetDeploymentGroupOutput> {
+        self.client
+            .get_deployment_group()
+            .application_name(application)
+            .deployment_group_name(group)
+            .send()
+            .await
+            .map_err(|e| aws_error(SERVICE, "GetDeploymentGroup", e))
+    }
+}
+
+/// The load balancer and service setup of a deployment group.
+fn group_facts(info: Option<&DeploymentGroupInfo>) -> DeploymentGroupFacts {
+    let pair = info.and_then(|gi| gi.load_balancer_info()).and_then(|lb| lb.target_group_pair_info_list().first());
+    let listeners = |route: Option<&aws_sdk_codedeploy::types::TrafficRoute>| -> Vec<String> {
+        route.map(|r| r.listener_arns().to_vec()).unwrap_or_default()
+    };
+    DeploymentGroupFacts {
+        target_group_names: pair
+            .map(|p| p.target_groups().iter().filter_map(|t| t.name().map(str::to_string)).collect())
+            .unwrap_or_default(),
+        production_listeners: listeners(pair.and_then(|p| p.prod_traffic_route())),
+        test_listeners: listeners(pair.and_then(|p| p.test_traffic_route())),
+        ecs_services: info
+            .map(|gi| {
+                gi.ecs_services()
+                    .iter()
+                    .filter_map(|s| Some((s.cluster_name()?.to_string(), s.service_name()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -36,21 +74,10 @@ impl Deployments for CodeDeploy {
         })?;
         let application = info.application_name().unwrap_or_default().to_string();
         let group = info.deployment_group_name().unwrap_or_default().to_string();
-        let g = self
-            .client
-            .get_deployment_group()
-            .application_name(&application)
-            .deployment_group_name(&group)
-            .send()
-            .await
-            .map_err(|e| aws_error(SERVICE, "GetDeploymentGroup", e))?;
+        let g = self.group_info(&application, &group).await?;
         let group_info = g.deployment_group_info();
         let style = info.deployment_style().or_else(|| group_info.and_then(|gi| gi.deployment_style()));
-        let pair =
-            group_info.and_then(|gi| gi.load_balancer_info()).and_then(|lb| lb.target_group_pair_info_list().first());
-        let listeners = |route: Option<&aws_sdk_codedeploy::types::TrafficRoute>| -> Vec<String> {
-            route.map(|r| r.listener_arns().to_vec()).unwrap_or_default()
-        };
+        let facts = group_facts(group_info);
         Ok(DeploymentFacts {
             deployment_id: deployment_id.to_string(),
             application,
@@ -62,12 +89,16 @@ impl Deployments for CodeDeploy {
                 .to_string(),
             deployment_type: style.and_then(|s| s.deployment_type()).map_or("IN_PLACE", |t| t.as_str()).to_string(),
             creator: info.creator().map(|c| c.as_str().to_string()),
-            target_group_names: pair
-                .map(|p| p.target_groups().iter().filter_map(|t| t.name().map(str::to_string)).collect())
-                .unwrap_or_default(),
-            production_listeners: listeners(pair.and_then(|p| p.prod_traffic_route())),
-            test_listeners: listeners(pair.and_then(|p| p.test_traffic_route())),
+            status: info.status().map_or("Unknown", |s| s.as_str()).to_string(),
+            target_group_names: facts.target_group_names,
+            production_listeners: facts.production_listeners,
+            test_listeners: facts.test_listeners,
         })
+    }
+
+    async fn deployment_group(&self, application: &str, group: &str) -> Result<DeploymentGroupFacts> {
+        let g = self.group_info(application, group).await?;
+        Ok(group_facts(g.deployment_group_info()))
     }
 
     async fn task_sets(&self, deployment_id: &str) -> Result<Vec<TaskSet>> {

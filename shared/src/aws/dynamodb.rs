@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::errors::aws_error;
-use crate::domain::{BindingRecord, DeploymentRecord};
+use crate::domain::{BindingRecord, DeploymentRecord, FollowerLease};
 use crate::ports::{Saved, StateStore};
 use crate::{Error, Result};
 
@@ -117,6 +117,15 @@ impl StateStore for DynamoState {
             record,
         )
         .await
+    }
+
+    async fn follower(&self, application: &str, group: &str) -> Result<Option<FollowerLease>> {
+        self.get(FollowerLease::key(application, group)).await
+    }
+
+    async fn put_follower(&self, lease: &FollowerLease) -> Result<Saved> {
+        let key = FollowerLease::key(&lease.application, &lease.deployment_group);
+        self.put(key, "follower", lease.version, None, lease).await
     }
 }
 

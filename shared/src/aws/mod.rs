@@ -7,6 +7,7 @@ mod codedeploy;
 mod dynamodb;
 mod elbv2;
 mod errors;
+mod lambda;
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ pub use codedeploy::CodeDeploy;
 pub use dynamodb::DynamoState;
 pub use elbv2::Elb;
 pub use errors::classify_code;
+pub use lambda::{LambdaFollowers, FOLLOW_KEY};
 
 use crate::config::Config;
 
@@ -26,6 +28,7 @@ pub struct Aws {
     pub elb: Elb,
     pub codedeploy: CodeDeploy,
     pub state: DynamoState,
+    pub followers: LambdaFollowers,
 }
 
 impl Aws {
@@ -43,6 +46,7 @@ impl Aws {
             elb: Elb::new(aws_sdk_elasticloadbalancingv2::Client::new(&sdk)),
             codedeploy: CodeDeploy::new(aws_sdk_codedeploy::Client::new(&sdk)),
             state: DynamoState::new(aws_sdk_dynamodb::Client::new(&sdk), config.table.clone()),
+            followers: LambdaFollowers::new(aws_sdk_lambda::Client::new(&sdk), config.follower_function.clone()),
         }
     }
 }

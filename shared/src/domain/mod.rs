@@ -3,11 +3,13 @@
 
 pub mod arn;
 pub mod mirror;
+pub mod reconcile;
 pub mod record;
 pub mod route;
 pub mod target;
 
 pub use mirror::{plan_mirror, MirrorPlan, DEFAULT_BATCH};
-pub use record::{BindingRecord, DeploymentRecord, Phase};
+pub use reconcile::{plan_reconcile, Observed, ReconcilePlan};
+pub use record::{BindingRecord, DeploymentRecord, FollowerLease, Phase};
 pub use route::{mirror_route, Route, RouteStyle, WeightedTargetGroup};
 pub use target::{HealthState, ObservedTarget, Target, TargetKey};

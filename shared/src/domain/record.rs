@@ -100,6 +100,39 @@ impl BindingRecord {
     }
 }
 
+/// The lease that makes one reconciler invocation *the* follower of a binding's deployment. A follower renews it
+/// (a version-checked write) about once a second; another invocation may take it when it is stale or when its
+/// holder asked to hand over (before its Lambda deadline).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FollowerLease {
+    pub application: String,
+    pub deployment_group: String,
+    pub deployment_id: String,
+    pub owner: String,
+    pub heartbeat_ms: u64,
+    pub handover_requested: bool,
+    pub version: u64,
+}
+
+impl FollowerLease {
+    /// How long a lease holds without a heartbeat.
+    pub const STALE_AFTER_MS: u64 = 5_000;
+
+    pub fn key(application: &str, deployment_group: &str) -> String {
+        format!("follower#{application}#{deployment_group}")
+    }
+
+    /// Whether `owner`, following `deployment_id`, may take this lease at `now_ms`.
+    pub fn can_be_taken_by(&self, owner: &str, deployment_id: &str, now_ms: u64) -> bool {
+        self.owner == owner
+            || self.owner.is_empty()
+            || self.handover_requested
+            || self.deployment_id != deployment_id
+            || now_ms.saturating_sub(self.heartbeat_ms) > Self::STALE_AFTER_MS
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +144,22 @@ mod tests {
         let rec = rec.ok();
         assert_eq!(rec.as_ref().map(|r| r.version), Some(3));
         assert_eq!(rec.and_then(|r| r.phases.get("AfterInstall").copied()), Some(5));
+    }
+
+    #[test]
+    fn a_live_lease_is_taken_only_when_stale_handed_over_or_for_another_deployment() {
+        let lease = FollowerLease {
+            deployment_id: "d-1".into(),
+            owner: "a".into(),
+            heartbeat_ms: 10_000,
+            ..Default::default()
+        };
+        assert!(lease.can_be_taken_by("a", "d-1", 10_500));
+        assert!(!lease.can_be_taken_by("b", "d-1", 10_500));
+        assert!(lease.can_be_taken_by("b", "d-1", 10_000 + FollowerLease::STALE_AFTER_MS + 1));
+        assert!(lease.can_be_taken_by("b", "d-2", 10_500));
+        let handing_over = FollowerLease { handover_requested: true, ..lease };
+        assert!(handing_over.can_be_taken_by("b", "d-1", 10_500));
     }
 
     #[test]

@@ -4,11 +4,11 @@
 //! route is not dark, converge membership and the test route, record. If the private side cannot be made right,
 //! it is put back where it was (by `Hooks::run`, which also covers panics and timeouts) and the hook fails (CodeDeploy then reroutes the public side back too).
 
-use super::{name, now_ms, Hooks, Tracker};
+use super::{name, now_ms, Engine, Tracker};
 use crate::config::{Binding, RouteRef};
 use crate::domain::{mirror_route, HealthState, Phase, Route, RouteStyle};
 use crate::harness::Budget;
-use crate::ports::{Deployments, LoadBalancers, StateStore};
+use crate::ports::{Deployments, Followers, LoadBalancers, StateStore};
 use crate::{Error, Result};
 
 /// What the flip started from.
@@ -19,7 +19,7 @@ struct Flip<'a> {
     public_test_listener: Option<String>,
 }
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     pub async fn after_allow_traffic(&self, deployment_id: &str, _budget: Budget, t: &Tracker) -> Result<()> {
         let record = match self.state.deployment(deployment_id).await {
             Ok(r) => r,

@@ -2,13 +2,13 @@
 //! Mirror it into the green private target group (full diff: stale IPs of an earlier deployment go), keep the
 //! private production route on blue's mirror, point the private test route at green's mirror, record.
 
-use super::{now_ms, Hooks, Tracker};
+use super::{now_ms, Engine, Tracker};
 use crate::domain::Phase;
 use crate::harness::Budget;
-use crate::ports::{Deployments, LoadBalancers, StateStore};
+use crate::ports::{Deployments, Followers, LoadBalancers, StateStore};
 use crate::Result;
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     pub async fn after_install(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
         let r = self.resolve(deployment_id, t).await?;
         let b = r.binding;

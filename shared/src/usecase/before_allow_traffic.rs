@@ -2,13 +2,13 @@
 //! target group*. If they are not by the deadline, report `Failed`: CodeDeploy rolls back before any
 //! production traffic moves, and nothing is lost. On success, plan the flip for AfterAllowTraffic.
 
-use super::{health_budget, live_keys, name, now_ms, Hooks, Tracker};
+use super::{health_budget, live_keys, name, now_ms, Engine, Tracker};
 use crate::domain::{plan_mirror, HealthState, Phase, Route, DEFAULT_BATCH};
 use crate::harness::Budget;
-use crate::ports::{Deployments, LoadBalancers, StateStore};
+use crate::ports::{Deployments, FollowRequest, Followers, LoadBalancers, StateStore};
 use crate::{Error, Result};
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     pub async fn before_allow_traffic(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
         let r = self.resolve(deployment_id, t).await?;
         let b = r.binding;
@@ -96,6 +96,20 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
             rec.planned_private_route = Some(planned.clone());
         })
         .await;
+        // Traffic may now move in steps (canary, linear): a follower mirrors each step. Without one, the private
+        // side flips at AfterAllowTraffic, which is still correct, only coarser.
+        let request = FollowRequest {
+            deployment_id: deployment_id.to_string(),
+            application: b.application.clone(),
+            deployment_group: b.deployment_group.clone(),
+        };
+        match self.followers.start(&request).await {
+            Ok(true) => t.note("follower started".to_string()),
+            Ok(false) => {}
+            Err(e) => {
+                t.note(format!("warning: follower not started ({e}); the private side flips at AfterAllowTraffic"))
+            }
+        }
         Ok(())
     }
 }

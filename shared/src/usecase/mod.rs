@@ -5,12 +5,12 @@
 mod after_allow_traffic;
 mod after_install;
 mod before_allow_traffic;
+mod reconcile;
+
+pub use reconcile::{Reconciled, Trigger};
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
-
-use futures_util::FutureExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Binding, Config, RouteRef};
@@ -18,15 +18,16 @@ use crate::domain::{
     arn, plan_mirror, DeploymentRecord, MirrorPlan, ObservedTarget, Phase, Route, TargetKey, DEFAULT_BATCH,
 };
 use crate::harness::{Budget, Tracker};
-use crate::ports::{DeploymentFacts, Deployments, LoadBalancers, Saved, StateStore, TaskSetLabel};
+use crate::ports::{DeploymentFacts, Deployments, Followers, LoadBalancers, Saved, StateStore, TaskSetLabel};
 use crate::{AwsErrorKind, Error, Result};
 
-/// The hooks' use cases over a set of ports.
+/// The engine: every function's use cases (the three hooks, the reconciler) over one set of ports.
 #[derive(Debug)]
-pub struct Hooks<L, D, S> {
+pub struct Engine<L, D, S, F> {
     pub lb: L,
     pub deployments: D,
     pub state: S,
+    pub followers: F,
     pub config: Config,
 }
 
@@ -70,9 +71,9 @@ fn missing(what: String) -> impl FnOnce(Error) -> Error {
     }
 }
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
-    pub fn new(lb: L, deployments: D, state: S, config: Config) -> Self {
-        Self { lb, deployments, state, config }
+impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+    pub fn new(lb: L, deployments: D, state: S, followers: F, config: Config) -> Self {
+        Self { lb, deployments, state, followers, config }
     }
 
     /// Runs the use case of `phase` within its budget. On failure — an error, a panic, the budget running out —
@@ -86,13 +87,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
                 Phase::AfterAllowTraffic => self.after_allow_traffic(deployment_id, budget, t).await,
             }
         };
-        let result = match tokio::time::timeout(budget.remaining(), AssertUnwindSafe(work).catch_unwind()).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(p)) => Err(Error::Panic(crate::harness::panic_message(p.as_ref()))),
-            Err(_) => Err(Error::Timeout(format!(
-                "{phase} ran out of its time budget; raise the function timeout or lower health_timeout_seconds"
-            ))),
-        };
+        let result = crate::harness::guard(budget, phase.as_str(), work).await;
         if result.is_err() {
             if let Some((which, before)) = t.take_undo() {
                 match self.lb.set_route(&which, &before).await {
@@ -305,9 +300,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
 
     /// Polls `check` every poll interval until it yields a value or the budget runs out; transient AWS errors
     /// count as "not yet". `waiting_for` describes the latest state for the timeout message.
-    async fn poll<T, F, Fut>(&self, budget: Budget, mut check: F) -> Result<T>
+    async fn poll<T, C, Fut>(&self, budget: Budget, mut check: C) -> Result<T>
     where
-        F: FnMut() -> Fut,
+        C: FnMut() -> Fut,
         Fut: Future<Output = Result<std::result::Result<T, String>>>,
     {
         loop {
@@ -376,9 +371,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
 
     /// Read-modify-write of the deployment record with the version check, retried on conflict. State is a
     /// record, not the truth: a failure here is noted and never fails the hook.
-    async fn record<F>(&self, b: &Binding, deployment_id: &str, t: &Tracker, update: F)
+    async fn record<U>(&self, b: &Binding, deployment_id: &str, t: &Tracker, update: U)
     where
-        F: Fn(&mut DeploymentRecord) + Send + Sync,
+        U: Fn(&mut DeploymentRecord) + Send + Sync,
     {
         let id = deployment_id.to_string();
         let (app, group) = (b.application.clone(), b.deployment_group.clone());
@@ -390,23 +385,23 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
     }
 
     /// Like [`Self::record`] but only when a record exists (no binding known to create one).
-    async fn record_existing<F>(&self, deployment_id: &str, t: &Tracker, update: F)
+    async fn record_existing<U>(&self, deployment_id: &str, t: &Tracker, update: U)
     where
-        F: Fn(&mut DeploymentRecord) + Send + Sync,
+        U: Fn(&mut DeploymentRecord) + Send + Sync,
     {
         if let Err(e) = self.update_record(deployment_id, &update, || None).await {
             t.note(format!("warning: deployment state not recorded: {e}"));
         }
     }
 
-    async fn update_record<F>(
+    async fn update_record<U>(
         &self,
         deployment_id: &str,
-        update: &F,
+        update: &U,
         fresh: impl Fn() -> Option<DeploymentRecord>,
     ) -> Result<()>
     where
-        F: Fn(&mut DeploymentRecord) + Send + Sync,
+        U: Fn(&mut DeploymentRecord) + Send + Sync,
     {
         for _ in 0..5 {
             let Some(mut rec) = self.state.deployment(deployment_id).await?.or_else(&fresh) else {
@@ -461,7 +456,7 @@ fn health_budget(budget: Budget, b: &Binding) -> Budget {
     budget.capped(Duration::from_secs(b.health_timeout_seconds))
 }
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore> Hooks<L, D, S> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     /// Makes the private production route mirror the public one (I2) and keeps every private target group of
     /// the binding attached. Returns the private route now in place.
     async fn converge_production(&self, r: &Resolved<'_>, current: &Route, t: &Tracker) -> Result<Route> {

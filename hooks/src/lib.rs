@@ -218,6 +218,57 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn eventbridge(source: &str, detail_type: &str, detail: Value) -> Value {
+        json!({"version": "0", "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718", "detail-type": detail_type,
+               "source": source, "account": "111122223333", "time": "2026-11-26T12:00:00Z",
+               "region": "eu-west-1", "resources": [], "detail": detail})
+    }
+
+    #[test]
+    fn triggers_are_read_from_eventbridge_and_follow_requests() {
+        let deployment = eventbridge(
+            "aws.codedeploy",
+            "CodeDeploy Deployment State-change Notification",
+            json!({"region": "eu-west-1", "deploymentId": "d-1", "instanceGroupId": "x", "deploymentGroup": "web-bg",
+                   "application": "web", "state": "FAILURE"}),
+        );
+        assert_eq!(
+            parse_trigger(deployment).ok().flatten(),
+            Some(Trigger::Deployment {
+                application: "web".into(),
+                deployment_group: "web-bg".into(),
+                deployment_id: "d-1".into(),
+                state: "FAILURE".into()
+            })
+        );
+        let task = eventbridge(
+            "aws.ecs",
+            "ECS Task State Change",
+            json!({"clusterArn": "arn:aws:ecs:eu-west-1:111122223333:cluster/prod", "group": "service:web",
+                   "lastStatus": "RUNNING", "desiredStatus": "RUNNING"}),
+        );
+        assert_eq!(
+            parse_trigger(task).ok().flatten(),
+            Some(Trigger::Task { cluster: "prod".into(), service: "web".into() })
+        );
+        let standalone =
+            eventbridge("aws.ecs", "ECS Task State Change", json!({"clusterArn": "c/prod", "group": "family:x"}));
+        assert_eq!(parse_trigger(standalone).ok().flatten(), None);
+        let schedule = eventbridge("aws.events", "Scheduled Event", json!({}));
+        assert_eq!(parse_trigger(schedule).ok().flatten(), Some(Trigger::Schedule));
+        let other = eventbridge("aws.s3", "Object Created", json!({}));
+        assert_eq!(parse_trigger(other).ok().flatten(), None);
+        let follow = json!({FOLLOW_KEY: {"deployment_id": "d-1", "application": "web", "deployment_group": "web-bg"}});
+        assert!(matches!(parse_trigger(follow), Ok(Some(Trigger::Follow(r))) if r.deployment_id == "d-1"));
+        for bad in [
+            json!({"nothing": 1}),
+            json!({FOLLOW_KEY: {"deployment_id": 1}}),
+            eventbridge("aws.codedeploy", "CodeDeploy Deployment State-change Notification", json!({"state": "X"})),
+        ] {
+            assert!(matches!(parse_trigger(bad.clone()), Err(Error::Event(_))), "{bad}");
+        }
+    }
+
     #[test]
     fn accepts_codedeploy_payloads_and_rejects_the_rest() {
         let ok = parse_event(json!({"DeploymentId": "d-ABC", "LifecycleEventHookExecutionId": "eyJ"}));

@@ -86,8 +86,8 @@ pub struct FakeGroup {
 struct ElbState {
     groups: BTreeMap<String, FakeGroup>,
     routes: BTreeMap<String, Route>,
-    /// Every change of a route: (route ARN, new route).
-    route_log: Vec<(String, Route)>,
+    /// Every change of a route: (route ARN, new route, when).
+    route_log: Vec<(String, Route, tokio::time::Instant)>,
     /// Target groups whose load balancer cannot reach the tasks: targets registered there stay unhealthy.
     unreachable: BTreeSet<String>,
     /// Route changes that left a private route forwarding only to groups with no healthy target.
@@ -116,11 +116,27 @@ impl FakeElb {
         self.s().routes[arn].clone()
     }
 
+    /// Changes a route from outside (what CodeDeploy does to the public side), logged like any change.
     pub fn put_route(&self, arn: &str, route: Route) {
-        self.s().routes.insert(arn.to_string(), route);
+        let mut s = self.s();
+        s.route_log.push((arn.to_string(), route.clone(), tokio::time::Instant::now()));
+        s.routes.insert(arn.to_string(), route);
+    }
+
+    pub fn remove_targets(&self, tg: &str, keys: &[TargetKey]) {
+        self.group_mut(tg, |g| {
+            keys.iter().for_each(|k| {
+                g.targets.remove(k);
+            })
+        });
     }
 
     pub fn route_log(&self) -> Vec<(String, Route)> {
+        self.s().route_log.iter().map(|(a, r, _)| (a.clone(), r.clone())).collect()
+    }
+
+    /// Route changes with the (tokio) time they happened.
+    pub fn timed_route_log(&self) -> Vec<(String, Route, tokio::time::Instant)> {
         self.s().route_log.clone()
     }
 
@@ -243,7 +259,7 @@ impl LoadBalancers for FakeElb {
             }
         }
         s.routes.insert(route.arn().to_string(), to.clone());
-        s.route_log.push((route.arn().to_string(), to.clone()));
+        s.route_log.push((route.arn().to_string(), to.clone(), tokio::time::Instant::now()));
         Ok(())
     }
 }

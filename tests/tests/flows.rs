@@ -2,6 +2,8 @@
 //! the DynamoDB record, for the happy paths, repeated and concurrent invocations, a failure or panic injected
 //! at every step, and every kind of bad input.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use bluegreen_mirror::domain::{HealthState, Phase, Route, RouteStyle};

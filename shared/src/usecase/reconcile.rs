@@ -199,13 +199,20 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 }
             }
             if !handing_over && Instant::now() >= handover_at {
+                // The flag goes out before the successor is started, so that it finds the lease open to take.
                 handing_over = true;
+                lease.handover_requested = true;
+                lease.heartbeat_ms = now_ms();
+                lease.version += 1;
+                if self.state.put_follower(&lease).await? == Saved::Conflict {
+                    return Ok(());
+                }
+                last_beat = Instant::now();
                 match self.followers.start(req).await {
                     Ok(true) => t.note("handing over to a fresh follower before the deadline".to_string()),
                     Ok(false) => t.note("no follower function configured to hand over to".to_string()),
                     Err(e) => t.note(format!("could not start the next follower: {e}")),
                 }
-                last_beat = Instant::now() - HEARTBEAT_EVERY;
             }
             if budget.remaining() <= FOLLOW_TICK {
                 return Ok(());

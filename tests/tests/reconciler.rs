@@ -1,0 +1,261 @@
+//! The reconciler against in-memory fakes: rollback after the flip (no hook runs), scaling and replaced tasks
+//! between deployments, a reconcile racing a hook, and the follower mirroring canary/linear steps, handing over
+//! before its deadline, and stopping when the deployment is over.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use bluegreen_mirror::domain::{HealthState, Phase, Route, RouteStyle, WeightedTargetGroup};
+use bluegreen_mirror::harness::{Budget, Tracker};
+use bluegreen_mirror::ports::{FollowRequest, HookStatus};
+use bluegreen_mirror::usecase::Trigger;
+use bluegreen_mirror_tests::{ip, keys, World, APP, DEPLOYMENT, GROUP};
+
+fn strings(keys: &[bluegreen_mirror::domain::TargetKey]) -> Vec<String> {
+    let mut v: Vec<String> = keys.iter().map(ToString::to_string).collect();
+    v.sort();
+    v
+}
+
+fn weighted(blue: &str, green: &str, green_weight: u32) -> Route {
+    Route {
+        target_groups: vec![
+            WeightedTargetGroup { target_group: blue.into(), weight: 100 - green_weight },
+            WeightedTargetGroup { target_group: green.into(), weight: green_weight },
+        ],
+        stickiness_seconds: None,
+    }
+}
+
+async fn reconcile(w: &World, trigger: Trigger) -> Vec<bluegreen_mirror::usecase::Reconciled> {
+    let engine = w.hooks();
+    let mut out = Vec::new();
+    for (b, group) in engine.bindings_for(&trigger).await {
+        out.push(engine.reconcile(b, &group.expect("group"), &Tracker::default()).await.expect("reconcile"));
+    }
+    out
+}
+
+async fn deployed(w: &World) {
+    w.install_green();
+    for (phase, exec) in [(Phase::AfterInstall, "e1"), (Phase::BeforeAllowTraffic, "e2")] {
+        assert_eq!(w.invoke(phase, exec).await.status, HookStatus::Succeeded);
+    }
+    w.allow_traffic();
+    assert_eq!(w.invoke(Phase::AfterAllowTraffic, "e3").await.status, HookStatus::Succeeded);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_after_the_flip_is_followed_back_before_green_goes() {
+    let w = World::new();
+    let a = &w.arns;
+    deployed(&w).await;
+    // CodeDeploy reroutes the public side back to blue; the replacement tasks are still registered.
+    w.elb.put_route(&a.pub_prod, Route::all_to(&a.pub_blue, &[&a.pub_green], RouteStyle::Weighted));
+    let trigger = Trigger::Deployment {
+        application: APP.into(),
+        deployment_group: GROUP.into(),
+        deployment_id: DEPLOYMENT.into(),
+        state: "FAILURE".into(),
+    };
+    let out = reconcile(&w, trigger.clone()).await;
+    assert_eq!(out.len(), 1);
+    assert!(out[0].production.is_some());
+    assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_blue, &[&a.prv_green], RouteStyle::Weighted));
+    // Then ECS removes the replacement task set: the private mirror drains with it.
+    w.elb.remove_targets(&a.pub_green, &keys(101..104));
+    reconcile(&w, trigger).await;
+    assert!(w.elb.members(&a.prv_green).is_empty());
+    assert!(w.elb.dark_moments().is_empty(), "{:?}", w.elb.dark_moments());
+}
+
+#[tokio::test(start_paused = true)]
+async fn scaling_and_replaced_tasks_are_mirrored_by_one_reconcile() {
+    let w = World::new();
+    let a = &w.arns;
+    let task = Trigger::Task { cluster: "prod".into(), service: "web".into() };
+    // Scale out by two.
+    w.elb.add_targets(&a.pub_blue, &[ip(4), ip(5)], HealthState::Healthy);
+    let out = reconcile(&w, task.clone()).await;
+    assert_eq!(out[0].registered, 2);
+    assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..6)));
+    // One task replaced: ECS deregisters the old one and registers the new one.
+    w.elb.remove_targets(&a.pub_blue, &[ip(2)]);
+    w.elb.add_targets(&a.pub_blue, &[ip(9)], HealthState::Initial);
+    let out = reconcile(&w, task).await;
+    assert_eq!((out[0].registered, out[0].deregistered), (1, 1));
+    assert_eq!(w.elb.members(&a.prv_blue), w.elb.members(&a.pub_blue));
+    // Nothing to do: a second reconcile changes nothing.
+    let again = reconcile(&w, Trigger::Schedule).await;
+    assert!(!again[0].changed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_for_other_groups_or_services_are_ignored() {
+    let w = World::new();
+    let other_group = Trigger::Deployment {
+        application: APP.into(),
+        deployment_group: "someone-else".into(),
+        deployment_id: "d-X".into(),
+        state: "SUCCESS".into(),
+    };
+    assert!(reconcile(&w, other_group).await.is_empty());
+    assert!(reconcile(&w, Trigger::Task { cluster: "prod".into(), service: "api".into() }).await.is_empty());
+    assert!(w.private_writes().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reconcile_racing_the_flip_leaves_the_private_side_mirroring_the_public_one() {
+    let w = World::new();
+    let a = &w.arns;
+    w.install_green();
+    w.invoke(Phase::AfterInstall, "e1").await;
+    w.invoke(Phase::BeforeAllowTraffic, "e2").await;
+    w.allow_traffic();
+    let (hook, _) = tokio::join!(w.invoke(Phase::AfterAllowTraffic, "e3"), reconcile(&w, Trigger::Schedule));
+    assert_eq!(hook.status, HookStatus::Succeeded);
+    assert_eq!(w.elb.route_of(&a.prv_prod).live(), vec![a.prv_green.as_str()]);
+    assert_eq!(w.elb.members(&a.prv_green), strings(&keys(101..104)));
+    assert!(w.elb.dark_moments().is_empty());
+}
+
+fn follow_request() -> FollowRequest {
+    FollowRequest { deployment_id: DEPLOYMENT.into(), application: APP.into(), deployment_group: GROUP.into() }
+}
+
+/// The longest time the private production route's shares differed from the mirror of the public one.
+fn max_weight_lag(w: &World) -> Duration {
+    let a = &w.arns;
+    let mirror = |r: &Route| Route {
+        target_groups: r
+            .target_groups
+            .iter()
+            .map(|t| WeightedTargetGroup {
+                target_group: if t.target_group == a.pub_blue { a.prv_blue.clone() } else { a.prv_green.clone() },
+                weight: t.weight,
+            })
+            .collect(),
+        stickiness_seconds: None,
+    };
+    let mut public = Route::all_to(&a.pub_blue, &[&a.pub_green], RouteStyle::Weighted);
+    let mut private = Route::all_to(&a.prv_blue, &[&a.prv_green], RouteStyle::Weighted);
+    let (mut since, mut worst) = (None, Duration::ZERO);
+    for (arn, route, at) in w.elb.timed_route_log() {
+        if arn == a.pub_prod {
+            public = route;
+        } else if arn == a.prv_prod {
+            private = route;
+        } else {
+            continue;
+        }
+        match (private.same_traffic(&mirror(&public)), since) {
+            (false, None) => since = Some(at),
+            (true, Some(s)) => {
+                worst = worst.max(at - s);
+                since = None;
+            }
+            _ => {}
+        }
+    }
+    worst
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_follower_mirrors_every_linear_step_within_a_tick() {
+    let w = World::new();
+    let a = &w.arns;
+    w.install_green();
+    w.invoke(Phase::AfterInstall, "e1").await;
+    let bat = w.invoke(Phase::BeforeAllowTraffic, "e2").await;
+    assert_eq!(bat.status, HookStatus::Succeeded);
+    assert_eq!(w.followers.started(), vec![follow_request()], "BeforeAllowTraffic starts the follower");
+
+    let engine = w.hooks();
+    let (req, t1) = (follow_request(), Tracker::default());
+    let follower = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(600)), &t1);
+    let codedeploy = async {
+        for step in 1..=10u32 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, step * 10));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(w.invoke(Phase::AfterAllowTraffic, "e3").await.status, HookStatus::Succeeded);
+    };
+    let (followed, ()) = tokio::join!(follower, codedeploy);
+    followed.expect("follower");
+    let lag = max_weight_lag(&w);
+    assert!(lag <= Duration::from_millis(500), "max weight lag {lag:?}");
+    // Every intermediate step showed up on the private side.
+    let private_steps: Vec<u32> = w
+        .elb
+        .route_log()
+        .into_iter()
+        .filter(|(arn, _)| arn == &a.prv_prod)
+        .filter_map(|(_, r)| r.weight(&a.prv_green))
+        .collect();
+    for step in 1..=10u32 {
+        assert!(private_steps.contains(&(step * 10)), "step {step}0% missing from {private_steps:?}");
+    }
+    assert!(w.elb.dark_moments().is_empty());
+    // The follower released its lease when the deployment was over.
+    assert_eq!(w.state.lease(APP, GROUP).map(|l| l.owner), Some(String::new()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_hands_over_before_its_deadline_and_exactly_one_follows() {
+    let w = World::new();
+    let a = &w.arns;
+    w.install_green();
+    w.invoke(Phase::AfterInstall, "e1").await;
+    w.invoke(Phase::BeforeAllowTraffic, "e2").await;
+    let engine = w.hooks();
+    // The first follower has 8 s; it asks for a successor about 2 s before the end.
+    let (req, t1) = (follow_request(), Tracker::default());
+    let first = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(8)), &t1);
+    let second = async {
+        // The successor Lambda starts once asked (the fake records the request).
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if w.followers.started().len() >= 2 {
+                break;
+            }
+        }
+        // A twin started by mistake while the lease is live is turned away.
+        let t = Tracker::default();
+        engine.follow(&req, "req-2", Budget::after(Duration::from_secs(60)), &t).await.expect("second");
+        t
+    };
+    let codedeploy = async {
+        for step in 1..=10u32 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, step * 10));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        w.invoke(Phase::AfterAllowTraffic, "e3").await;
+    };
+    let (first, second, ()) = tokio::join!(first, second, codedeploy);
+    first.expect("first follower");
+    let notes = second.snapshot().notes.join("\n");
+    assert!(notes.contains("following deployment"), "the successor took the lease: {notes}");
+    assert!(max_weight_lag(&w) <= Duration::from_millis(500), "lag {:?}", max_weight_lag(&w));
+    assert_eq!(w.elb.route_of(&a.prv_prod).weight(&a.prv_green), Some(100));
+
+    let twin = Tracker::default();
+    let live = engine.follow(&req, "req-3", Budget::after(Duration::from_secs(5)), &twin);
+    let lease_holder = async {
+        // Simulate a live holder: heartbeat just now, not handing over.
+        let mut l = w.state.lease(APP, GROUP).expect("lease");
+        l.owner = "req-live".into();
+        l.heartbeat_ms = now_ms();
+        l.version += 1;
+        let _ = bluegreen_mirror::ports::StateStore::put_follower(&w.state, &l).await;
+    };
+    lease_holder.await;
+    live.await.expect("twin");
+    assert!(twin.snapshot().notes.iter().any(|n| n.contains("already followed")), "{:?}", twin.snapshot().notes);
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

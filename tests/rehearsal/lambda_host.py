@@ -109,17 +109,19 @@ class LambdaHost:
     """Runs functions on demand. `env` is the environment every function gets (the deployment's
     configuration); `functions` maps a function name to its binary."""
 
-    def __init__(self, functions: dict, env: dict, log_dir: str, timeout_s: float = 60.0):
+    def __init__(self, functions: dict, env: dict, log_dir: str, timeouts: dict):
         self.functions = functions
         self.env = env
         self.log_dir = log_dir
-        self.timeout_s = timeout_s
+        self.timeouts = timeouts  # function -> timeout in seconds
         self.invocations: list[Invocation] = []
         self._lock = threading.Lock()
 
     def invoke_async(self, function: str, event: dict, access_key: str) -> Invocation:
         """Starts an invocation in the background (CodeDeploy invokes hooks asynchronously)."""
-        inv = Invocation(function, event, self.timeout_s)
+        if function not in self.functions:
+            raise KeyError(function)
+        inv = Invocation(function, event, self.timeouts[function])
         with self._lock:
             self.invocations.append(inv)
         threading.Thread(target=self._run, args=(inv, access_key), daemon=True).start()

@@ -28,6 +28,13 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TASK_PORT = 18080
 TERMINATION_WAIT_S = 2.0
 HOOK_TIMEOUT_S = 60.0
+# Short enough that a linear deployment outlives one follower: hand-over is part of every linear rehearsal.
+RECONCILER_TIMEOUT_S = 10.0
+# The reconciler's schedule (every minute on AWS), played every few seconds.
+SCHEDULE_EVERY_S = 10.0
+# CodeDeploy removes the replacement task set a little after rerouting traffic back.
+ROLLBACK_REMOVAL_DELAY_S = 2.0
+RECONCILER_KEY = "AKIDRECONCILER"
 
 HOOKS = [("AfterInstall", "after-install"), ("BeforeAllowTraffic", "before-allow-traffic"),
          ("AfterAllowTraffic", "after-allow-traffic")]
@@ -45,10 +52,15 @@ SCENARIOS = {
     "hook-retry": {"config": "AllAtOnce", "expected": "succeeded", "hook_retry": True,
                    "about": "every hook invoked twice at once, and once more after it reported"},
     "alarm-rollback": {"config": "AllAtOnce", "expected": "rolled_back", "alarm": True,
-                       "expected_invariants": False,
                        "about": "an alarm after AllowTraffic reroutes the public side back to blue; no hook runs "
-                                "then, so the private side stays on green until a reconciler exists (a known gap, "
-                                "shown here honestly)"},
+                                "then: the reconciler, woken by CodeDeploy's FAILURE event, follows the public side "
+                                "back before the replacement tasks go"},
+    "scale-out": {"expected": "converged", "between": "scale-out",
+                  "about": "between deployments ECS starts two more tasks; the reconciler, woken by ECS task "
+                           "events, mirrors them"},
+    "task-replaced": {"expected": "converged", "between": "task-replaced",
+                      "about": "between deployments ECS replaces a task; the private mirror drains the old one "
+                               "with the public side and takes the new one"},
     "missing-binding": {"config": "AllAtOnce", "expected": "rolled_back", "group": "web-bg-unbound",
                         "about": "a deployment group with no binding: AfterInstall fails with a clear message, "
                                  "nothing on the private side changes"},
@@ -76,7 +88,7 @@ class Timeline:
         t = time.monotonic()
         with self.lock:
             self.events.append({"t_ms": self.at(t), "phase": phase, "event": text})
-        print(f"[{(t - self.t0):8.3f}s] {phase:<22} {text}", file=self.out, flush=True)
+            print(f"[{(t - self.t0):8.3f}s] {phase:<22} {text}", file=self.out, flush=True)
 
 
 def short(arn):
@@ -104,7 +116,7 @@ class Rehearsal:
     def __init__(self, scenario, tasks, config, out):
         self.name = scenario
         self.spec = dict(SCENARIOS[scenario])
-        self.config = config or self.spec["config"]
+        self.config = config or self.spec.get("config", "AllAtOnce")
         self.tasks = tasks
         self.log = Timeline(out)
         self.run_dir = os.path.join(ROOT, "target", "rehearsal", f"{scenario}-{int(time.time())}")
@@ -192,22 +204,60 @@ class Rehearsal:
             self.world.tg_lb[tg] = lb
         for key, arn in self.listeners.items():
             self.world.track_route(arn, self.lbs[key.split("-")[0]])
+        for group, service in (("web-bg", "web"), ("web-bg-unbound", "web-unbound")):
+            self.world.groups[("web", group)] = standin.DeploymentGroup(
+                "web", group, ["pub-blue", "pub-green"],
+                (self.listeners["public-prod"], self.listeners["public-test"]), ("rehearsal", service))
+        self.service = "web"
         self.server = standin.serve(self.world)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         # The rehearsal's own ECS and CodeDeploy act through the stand-in, so their changes are seen and timed.
         self.elb = self.client("elbv2", self.endpoint, "CODEDEPLOY")
         self.log("setup", f"emulated AWS endpoint {self.endpoint} (health checks, CodeDeploy, moto behind)")
 
+    # --- EventBridge, played ---------------------------------------------------------------------------------
+    def emit(self, source, detail_type, detail, delay_s=0.0, note=""):
+        event = {"version": "0", "id": str(random.getrandbits(64)), "detail-type": detail_type, "source": source,
+                 "account": "123456789012", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "region": REGION, "resources": [], "detail": detail}
+
+        def fire():
+            if self.stopping.is_set():
+                return
+            self.log("EventBridge", f"{detail_type} {note}-> reconciler")
+            self.host.invoke_async("reconciler", event, RECONCILER_KEY)
+
+        threading.Timer(delay_s, fire).start()
+
+    def deployment_event(self, state, delay_s=0.0):
+        d = self.deployment
+        self.emit("aws.codedeploy", "CodeDeploy Deployment State-change Notification",
+                  {"region": REGION, "deploymentId": d.id, "instanceGroupId": "ig-1", "deploymentGroup": d.group,
+                   "application": d.application, "state": state}, delay_s, f"({state}) ")
+
+    def task_event(self, ip, desired, delay_s):
+        self.emit("aws.ecs", "ECS Task State Change",
+                  {"clusterArn": f"arn:aws:ecs:{REGION}:123456789012:cluster/rehearsal",
+                   "group": f"service:{self.service}",
+                   "lastStatus": "RUNNING", "desiredStatus": desired,
+                   "attachments": [{"type": "eni", "details": [{"name": "privateIPv4Address", "value": ip}]}]},
+                  delay_s, f"({ip} {desired}) ")
+
+    def schedule(self):
+        while not self.stopping.wait(SCHEDULE_EVERY_S):
+            self.emit("aws.events", "Scheduled Event", {}, 0.0)
+
     # --- ECS, played ---------------------------------------------------------------------------------------
-    def start_tasks(self, color):
+    def start_tasks(self, color, first=1, count=None):
         octet = 1 if color == "blue" else 2
         task = os.path.join(os.path.dirname(__file__), "task.py")
         ips = []
-        for i in range(1, self.tasks + 1):
+        for i in range(first, first + (count or self.tasks)):
             ip = f"127.0.{octet}.{i}"
-            self.task_procs[color].append(procs.spawn([sys.executable, task, ip, str(TASK_PORT), color],
-                                                      stdout=procs.subprocess.DEVNULL,
-                                                      stderr=procs.subprocess.DEVNULL))
+            p = procs.spawn([sys.executable, task, ip, str(TASK_PORT), color],
+                            stdout=procs.subprocess.DEVNULL, stderr=procs.subprocess.DEVNULL)
+            p.task_ip = ip
+            self.task_procs[color].append(p)
             ips.append(ip)
         deadline = time.monotonic() + 20
         for ip in ips:
@@ -221,17 +271,27 @@ class Rehearsal:
                     time.sleep(0.05)
         return ips
 
+    def stop_task(self, color, ip):
+        for p in [p for p in self.task_procs[color] if p.task_ip == ip]:
+            procs.kill(p)
+            self.task_procs[color].remove(p)
+
     def stop_tasks(self, color):
         for p in self.task_procs[color]:
             procs.kill(p)
         self.task_procs[color] = []
 
-    def register(self, tg, ips):
+    def register(self, tg, ips, events=True):
         self.elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": ip, "Port": TASK_PORT} for ip in ips])
+        if events:
+            for ip in ips:
+                self.task_event(ip, "RUNNING", 0.2)
 
     def deregister(self, tg, ips):
         if ips:
             self.elb.deregister_targets(TargetGroupArn=tg, Targets=[{"Id": ip, "Port": TASK_PORT} for ip in ips])
+            for ip in ips:
+                self.task_event(ip, "STOPPED", 0.1)
 
     def wait_healthy(self, tg, ips, timeout_s=15):
         deadline = time.monotonic() + timeout_s
@@ -296,8 +356,12 @@ class Rehearsal:
 
     def rollback(self, why, green_ips, traffic_moved):
         self.log("Rollback", why)
+        self.deployment.status = "Failed"
         if traffic_moved:
             self.set_public("public-prod", 0)
+        self.deployment_event("FAILURE", 0.3)
+        if traffic_moved:
+            time.sleep(ROLLBACK_REMOVAL_DELAY_S)
         self.deregister(self.tgs["pub-green"], green_ips)
         self.log("Rollback", f"ECS deregistered {len(green_ips)} replacement tasks from pub-green")
         time.sleep(standin.DEREGISTRATION_DELAY_S)
@@ -306,16 +370,16 @@ class Rehearsal:
         self.outcome = "rolled_back"
 
     def play(self):
-        group = self.spec.get("group", "web-bg")
-        self.deployment = standin.Deployment(
-            "d-REHEARSAL1", "web", group, ["pub-blue", "pub-green"],
-            (self.listeners["public-prod"], self.listeners["public-test"]), ("rehearsal", "web"))
+        group = self.world.groups[("web", self.spec.get("group", "web-bg"))]
+        self.service = group.service[1]
+        self.deployment = standin.Deployment("d-REHEARSAL1", group)
         self.world.deployments[self.deployment.id] = self.deployment
         d = self.deployment
         with d.cond:
             d.task_sets = [{"label": "Blue", "tg": "pub-blue", "desired": self.tasks, "running": self.tasks,
                             "weight": 100.0}]
         self.log("BeforeInstall", f"deployment {d.id} of {d.application}/{d.group}, config {self.config}")
+        self.deployment_event("START")
 
         green_ips = self.start_tasks("green")
         if self.spec.get("block_private_green"):
@@ -361,8 +425,33 @@ class Rehearsal:
         time.sleep(standin.DEREGISTRATION_DELAY_S)
         self.stop_tasks("blue")
         d.status = "Succeeded"
+        self.deployment_event("SUCCESS")
         self.log("Termination", "original task set removed; deployment succeeded")
         self.outcome = "succeeded"
+
+    def play_between(self):
+        """ECS changes the service between deployments; only the reconciler can keep the private side right."""
+        blue = self.tgs["pub-blue"]
+        if self.spec["between"] == "scale-out":
+            ips = self.start_tasks("blue", first=self.tasks + 1, count=2)
+            self.log("ECS", f"scale out: {len(ips)} more tasks")
+            for ip in ips:
+                self.register(blue, [ip])
+            self.wait_healthy(blue, ips)
+        else:
+            old = "127.0.1.1"
+            self.log("ECS", f"replacing task {old}")
+            self.deregister(blue, [old])
+            time.sleep(standin.DEREGISTRATION_DELAY_S)
+            self.stop_task("blue", old)
+            new = self.start_tasks("blue", first=self.tasks + 1, count=1)
+            self.register(blue, new)
+            self.wait_healthy(blue, new)
+            self.log("ECS", f"task {old} replaced by {new[0]}")
+        # Give the reconciler the time one event takes to arrive and be handled.
+        time.sleep(1.5)
+        self.outcome = "converged" if self.members(blue) == self.members(self.tgs["prv-blue"]) else "diverged"
+        self.log("ECS", f"public {len(self.members(blue))} targets, private {len(self.members(self.tgs['prv-blue']))}")
 
     # --- evidence ------------------------------------------------------------------------------------------
     def members(self, tg):
@@ -408,9 +497,42 @@ class Rehearsal:
         q = first_full(self.listeners["private-prod"], prv_green)
         return None if p is None or q is None else round((q - p) * 1000, 1)
 
+    def count_in_logs(self, prefix, needle):
+        n = 0
+        for name in os.listdir(self.run_dir):
+            if name.startswith(prefix):
+                with open(os.path.join(self.run_dir, name), errors="replace") as f:
+                    n += f.read().count(needle)
+        return n
+
+    def max_weight_lag_ms(self):
+        """The longest time the private production route's shares differed from the mirror of the public one."""
+        mirror = {self.tgs["pub-blue"]: self.tgs["prv-blue"], self.tgs["pub-green"]: self.tgs["prv-green"]}
+        pub_arn, prv_arn = self.listeners["public-prod"], self.listeners["private-prod"]
+        public = private = None
+        since, worst = None, 0.0
+        for t, arn, route in self.world.route_events:
+            if arn == pub_arn:
+                public = [(mirror.get(tg, tg), w) for tg, w in route]
+            elif arn == prv_arn:
+                private = route
+            else:
+                continue
+            if public is None or private is None:
+                continue
+            if not same_traffic(public, private):
+                since = since if since is not None else t
+            elif since is not None:
+                worst, since = max(worst, t - since), None
+        if since is not None:
+            worst = max(worst, time.monotonic() - since)
+        return round(worst * 1000, 1)
+
     def private_writes(self):
+        """ELB writes made by the hooks (the reconciler is counted apart)."""
         ops = ("RegisterTargets", "DeregisterTargets", "ModifyListener", "ModifyRule")
-        return sum(1 for _, who, _, op in self.world.calls if who.startswith("AKID") and op in ops)
+        return sum(1 for _, who, _, op in self.world.calls
+                   if who.startswith("AKID") and who != RECONCILER_KEY and op in ops)
 
     def run(self):
         self.log("setup", f"scenario {self.name}: {self.spec['about']}")
@@ -419,6 +541,7 @@ class Rehearsal:
         self.start_standin()
         bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
         functions = {f: os.path.join(bin_dir, f) for _, f in HOOKS}
+        functions["reconciler"] = os.path.join(bin_dir, "reconciler")
         for f, path in functions.items():
             if not os.access(path, os.X_OK):
                 raise RuntimeError(f"{path} is missing: build the hooks with cargo build --release")
@@ -428,12 +551,17 @@ class Rehearsal:
             "AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "3",
             "BLUEGREEN_MIRROR_TABLE": self.table, "BLUEGREEN_MIRROR_BINDINGS": json.dumps(self.bindings),
             "BLUEGREEN_MIRROR_POLL_MS": "200", "AWS_LAMBDA_LOG_LEVEL": "info",
+            "BLUEGREEN_MIRROR_FOLLOWER": "reconciler",
         }
-        self.host = LambdaHost(functions, env, self.run_dir, timeout_s=HOOK_TIMEOUT_S)
+        timeouts = {f: HOOK_TIMEOUT_S for f in functions}
+        timeouts["reconciler"] = RECONCILER_TIMEOUT_S
+        self.host = LambdaHost(functions, env, self.run_dir, timeouts)
+        self.world.invoke = lambda name, payload: self.host.invoke_async(name, payload, RECONCILER_KEY)
+        self.stopping = threading.Event()
 
         blue_ips = self.start_tasks("blue")
-        self.register(self.tgs["pub-blue"], blue_ips)
-        self.register(self.tgs["prv-blue"], blue_ips)
+        self.register(self.tgs["pub-blue"], blue_ips, events=False)
+        self.register(self.tgs["prv-blue"], blue_ips, events=False)
         ok = self.wait_healthy(self.tgs["pub-blue"], blue_ips) and self.wait_healthy(self.tgs["prv-blue"], blue_ips)
         if not ok:
             raise RuntimeError("blue tasks did not become healthy")
@@ -446,12 +574,14 @@ class Rehearsal:
         self.probe.start()
         time.sleep(0.5)
         writes_before = self.private_writes()
+        threading.Thread(target=self.schedule, daemon=True).start()
         try:
-            self.play()
+            self.play_between() if self.spec.get("between") else self.play()
         except Exception as e:
             self.outcome = "failed"
             self.messages.append(f"the rehearsal itself failed: {e!r}")
         time.sleep(1.0)
+        self.stopping.set()
         self.probe.finish()
         self.world.stop.set()
 
@@ -486,7 +616,13 @@ class Rehearsal:
             "requests": {"public": pub["requests"], "private": prv["requests"]},
             "failed_requests": {"public": pub["failed_requests"], "private": prv["failed_requests"]},
             "served_by_version": {"public": pub["served_by_version"], "private": prv["served_by_version"]},
+            "max_weight_lag_ms": self.max_weight_lag_ms(),
             "hooks": self.hook_reports,
+            "reconciler": {
+                "invocations": sum(1 for i in self.host.invocations if i.function == "reconciler"),
+                "aws_calls": sum(1 for c in self.world.calls if c[1] == RECONCILER_KEY),
+                "follower_handovers": self.count_in_logs("reconciler-", "handing over to a fresh follower"),
+            },
             "route_changes": [
                 {"t_ms": self.log.at(t), "route": ("public " if a.startswith(self.lbs["public"].replace(
                     ":loadbalancer/", ":listener/")) else "private ") + ("prod" if a in (
@@ -515,6 +651,9 @@ def print_report(r, out):
     p(f"   served           public {r['served_by_version']['public']}   private {r['served_by_version']['private']}")
     p(f"   dark time        public {r['public_dark_ms']} ms   private {r['private_dark_ms']} ms")
     p(f"   flip skew        {r['flip_skew_ms']} ms (private flip after public flip)")
+    p(f"   max weight lag   {r['max_weight_lag_ms']} ms (longest time the private weights differed from the public)")
+    p(f"   reconciler       {r['reconciler']['invocations']} invocations, {r['reconciler']['aws_calls']} AWS calls, "
+      f"{r['reconciler']['follower_handovers']} follower hand-over(s)")
     p("   invariants:")
     for k, v in r["invariants"].items():
         p(f"     {'held  ' if v else 'BROKEN'} {k}")

@@ -48,16 +48,25 @@ DESCRIPTIONS = {
 }
 
 
-class Deployment:
-    """What the CodeDeploy stand-in knows of the deployment being played."""
+class DeploymentGroup:
+    """A CodeDeploy deployment group: its target group pair, listeners and ECS service."""
 
-    def __init__(self, deployment_id, application, group, pair, listeners, service):
-        self.id = deployment_id
+    def __init__(self, application, group, pair, listeners, service):
         self.application = application
         self.group = group
         self.pair = pair  # [blue TG name, green TG name]
         self.prod_listener, self.test_listener = listeners
         self.service = service  # (cluster, service)
+
+
+class Deployment:
+    """What the CodeDeploy stand-in knows of the deployment being played."""
+
+    def __init__(self, deployment_id, group: DeploymentGroup):
+        self.id = deployment_id
+        self.application = group.application
+        self.group = group.group
+        self.service = group.service
         self.status = "InProgress"
         self.task_sets = []  # dicts: label, tg, desired, running, weight
         self.executions = {}  # execution id -> {"hook": name, "status": None|str, "at": t, "reports": int}
@@ -92,6 +101,8 @@ class World:
         self.tg_lb = {}  # tg -> lb ARN (from moto)
         self.calls = []  # (t, caller, service, operation)
         self.deployments = {}
+        self.groups = {}  # (application, group) -> DeploymentGroup
+        self.invoke = None  # callable(function, payload, access_key): Lambda's asynchronous Invoke
         self.stop = threading.Event()
         self.t0 = time.monotonic()
 
@@ -288,6 +299,9 @@ def make_handler(world: World):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             caller = _caller(self.headers)
+            if self.path.startswith("/2015-03-31/functions/") and self.path.endswith("/invocations"):
+                world.count(caller, "lambda", "Invoke")
+                return self._invoke(body)
             target = self.headers.get("X-Amz-Target") or ""
             if target.startswith("CodeDeploy_"):
                 op = target.split(".", 1)[1]
@@ -349,6 +363,17 @@ def make_handler(world: World):
             )
             self._send(200, xml.encode(), "text/xml")
 
+        def _invoke(self, body):
+            name = urllib.parse.unquote(self.path.split("/")[3]).rsplit(":", 1)[-1]
+            if self.headers.get("X-Amz-Invocation-Type") != "Event" or world.invoke is None:
+                return self._json(400, {"message": "the rehearsal's Lambda takes asynchronous invocations only"},
+                                  "InvalidParameterValueException")
+            try:
+                world.invoke(name, json.loads(body or b"{}"))
+            except KeyError:
+                return self._json(404, {"message": f"Function not found: {name}"}, "ResourceNotFoundException")
+            self._send(202, b"", "application/json")
+
         # --- CodeDeploy ---------------------------------------------------------------------------------------
         def _json(self, status, obj, error_type=None):
             extra = {"x-amzn-RequestId": str(uuid.uuid4())}
@@ -372,11 +397,9 @@ def make_handler(world: World):
                     "deploymentStyle": {"deploymentType": "BLUE_GREEN", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
                 }})
             if op == "GetDeploymentGroup":
-                match = [x for x in world.deployments.values()
-                         if x.application == req.get("applicationName") and x.group == req.get("deploymentGroupName")]
-                if not match:
+                x = world.groups.get((req.get("applicationName"), req.get("deploymentGroupName")))
+                if x is None:
                     return self._error("DeploymentGroupDoesNotExistException", "No such deployment group")
-                x = match[0]
                 return self._json(200, {"deploymentGroupInfo": {
                     "applicationName": x.application, "deploymentGroupName": x.group, "computePlatform": "ECS",
                     "deploymentStyle": {"deploymentType": "BLUE_GREEN", "deploymentOption": "WITH_TRAFFIC_CONTROL"},

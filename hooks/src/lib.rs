@@ -11,7 +11,7 @@ use bluegreen_mirror::ports::{Deployments, FollowRequest, Followers, HookReporte
 use bluegreen_mirror::usecase::{Engine, Trigger};
 use bluegreen_mirror::Error;
 
-use aws_lambda_events::event::codedeploy::CodeDeployLifecycleEvent;
+use aws_lambda_events::event::codedeploy::{CodeDeployEventDetail, CodeDeployLifecycleEvent};
 use aws_lambda_events::event::eventbridge::EventBridgeEvent;
 use lambda_runtime::{service_fn, LambdaEvent};
 use serde_json::Value;
@@ -102,16 +102,18 @@ pub fn parse_trigger(payload: Value) -> Result<Option<Trigger>, Error> {
     let event: EventBridgeEvent<Value> = serde_json::from_value(payload)
         .map_err(|e| Error::Event(format!("expected an EventBridge event or a follow request: {e}")))?;
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    // aws_lambda_events has no type for ECS task state changes: its two fields are read from the detail.
     let trigger = match (event.source.as_str(), event.detail_type.as_str()) {
         ("aws.codedeploy", "CodeDeploy Deployment State-change Notification") => {
-            let d = &event.detail;
-            match (text(d, "application"), text(d, "deploymentGroup"), text(d, "deploymentId"), text(d, "state")) {
-                (Some(application), Some(deployment_group), Some(deployment_id), Some(state)) => {
-                    Some(Trigger::Deployment { application, deployment_group, deployment_id, state })
+            let d: CodeDeployEventDetail = serde_json::from_value(event.detail)
+                .map_err(|e| Error::Event(format!("malformed CodeDeploy state change: {e}")))?;
+            match (d.application, d.deployment_group, d.deployment_id) {
+                (Some(application), Some(deployment_group), Some(deployment_id)) => {
+                    Some(Trigger::Deployment { application, deployment_group, deployment_id, state: d.state })
                 }
                 _ => {
                     return Err(Error::Event(
-                        "CodeDeploy state change without application, deploymentGroup, deploymentId or state".into(),
+                        "CodeDeploy state change without application, deploymentGroup or deploymentId".into(),
                     ))
                 }
             }

@@ -1,0 +1,163 @@
+"""Keeps infra/ from drifting away from the code: the template's functions are the workspace's binaries, built for
+Lambda the way the README says; the environment it sets is the one the code reads; the bindings JSON it renders is
+accepted by the real binary's cold-start configuration check (and a broken one is refused, so this check can
+fail); the appspec example parses and names the template's hooks.
+
+    python check_infra.py BIN_DIR      (BIN_DIR: the release binaries, e.g. target/release)
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+problems = []
+
+
+def check(cond, message):
+    if not cond:
+        problems.append(message)
+
+
+class CfnLoader(yaml.SafeLoader):
+    """Reads CloudFormation's short-form intrinsics (!Sub, !Ref, ...) as {"Fn::X": value}."""
+
+
+def _intrinsic(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    return {name: value}
+
+
+CfnLoader.add_multi_constructor("!", _intrinsic)
+
+
+def load(path):
+    with open(os.path.join(ROOT, path)) as f:
+        return yaml.load(f, Loader=CfnLoader)
+
+
+def cargo_bins():
+    with open(os.path.join(ROOT, "hooks", "Cargo.toml")) as f:
+        return set(re.findall(r'\[\[bin\]\]\s*name\s*=\s*"([^"]+)"', f.read()))
+
+
+def env_constants():
+    with open(os.path.join(ROOT, "shared", "src", "config.rs")) as f:
+        return dict(re.findall(r'pub const (ENV_\w+): &str = "([^"]+)";', f.read()))
+
+
+def render_sub(sub, params):
+    """Renders a Fn::Sub of the bindings (with its variable map) for the given parameter values."""
+    template, variables = (sub, {}) if isinstance(sub, str) else sub
+    values = dict(params)
+    for name, expr in variables.items():
+        cond, yes, no = expr["Fn::If"]
+        chosen = yes if params["PrivateTestListenerArn"] else no
+        values[name] = render_sub(chosen["Fn::Sub"], params) if isinstance(chosen, dict) else chosen
+    return re.sub(r"\$\{([\w:]+)\}", lambda m: str(values[m.group(1)]), template)
+
+
+def cold_start(bin_dir, bindings):
+    """Starts the real after-install binary with this configuration; returns what it printed before failing to
+    reach a Lambda Runtime API (none runs here)."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "BLUEGREEN_MIRROR_TABLE": "state",
+        "BLUEGREEN_MIRROR_BINDINGS": bindings,
+        "AWS_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9",
+        "AWS_LAMBDA_FUNCTION_NAME": "after-install",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+    }
+    p = subprocess.run([os.path.join(bin_dir, "after-install")], env=env, capture_output=True, timeout=30)
+    return (p.stdout + p.stderr).decode(errors="replace")
+
+
+def main():
+    bin_dir = sys.argv[1]
+    t = load("infra/template.yaml")
+    resources = t["Resources"]
+    functions = {k: v for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
+    globals_fn = t["Globals"]["Function"]
+
+    # Functions ↔ binaries, built with cargo lambda for arm64 on provided.al2023.
+    uris = {f["Properties"]["CodeUri"].rstrip("/").split("/")[-1]: name for name, f in functions.items()}
+    check(set(uris) == cargo_bins(), f"template functions {sorted(uris)} != binaries {sorted(cargo_bins())}")
+    for name, f in functions.items():
+        check(f["Properties"]["CodeUri"].startswith("../target/lambda/"), f"{name}: CodeUri is not a cargo lambda output")
+    check(globals_fn["Runtime"] == "provided.al2023", "runtime is not provided.al2023")
+    check(globals_fn["Handler"] == "bootstrap", "handler is not bootstrap")
+    check(globals_fn["Architectures"] == ["arm64"], "architecture is not arm64")
+    check(all(f["Properties"]["Timeout"] <= 900 for f in functions.values()), "a timeout exceeds Lambda's 15 minutes")
+
+    # The environment is the one the code reads.
+    consts = env_constants()
+    env = globals_fn["Environment"]["Variables"]
+    check(set(env) <= set(consts.values()), f"template sets {sorted(set(env) - set(consts.values()))}, unknown to config.rs")
+    for required in ("ENV_TABLE", "ENV_BINDINGS", "ENV_FOLLOWER"):
+        check(consts.get(required) in env, f"template does not set {consts.get(required)}")
+    reconciler = functions.get("ReconcilerFunction", {}).get("Properties", {})
+    check(env.get(consts["ENV_FOLLOWER"]) == reconciler.get("FunctionName"), "the follower variable does not name the reconciler")
+
+    # The rendered bindings are accepted by the real binary; a broken one is refused.
+    acct = "arn:aws:elasticloadbalancing:eu-west-1:111122223333"
+    params = {
+        "CodeDeployApplication": "web", "CodeDeployDeploymentGroup": "web-bg",
+        "PublicBlueTargetGroupArn": f"{acct}:targetgroup/pub-blue/1", "PublicGreenTargetGroupArn": f"{acct}:targetgroup/pub-green/2",
+        "PrivateBlueTargetGroupArn": f"{acct}:targetgroup/prv-blue/3", "PrivateGreenTargetGroupArn": f"{acct}:targetgroup/prv-green/4",
+        "PrivateProductionListenerArn": f"{acct}:listener/app/private/9/80", "HealthTimeoutSeconds": 300,
+    }
+    sub = env[consts["ENV_BINDINGS"]]["Fn::Sub"]
+    for test_listener in ("", f"{acct}:listener/app/private/9/8080"):
+        rendered = render_sub(sub, dict(params, PrivateTestListenerArn=test_listener))
+        try:
+            doc = json.loads(rendered)
+        except ValueError as e:
+            check(False, f"rendered bindings are not JSON ({e}): {rendered}")
+            continue
+        check(("private_test_route" in doc["bindings"][0]) == bool(test_listener), "test route rendering is off")
+        out = cold_start(bin_dir, rendered)
+        check("configuration error" not in out, f"the binary refuses the template's bindings: {out[-600:]}")
+    broken = json.dumps({"bindings": [{"application": "web", "deployment_group": "web-bg", "pairs": []}]})
+    check("configuration error" in cold_start(bin_dir, broken), "the cold-start check did not refuse a broken binding")
+
+    # The appspec example parses and references the template's hooks.
+    appspec = load("infra/appspec.yaml")
+    hooks = {k: v for h in appspec["Hooks"] for k, v in h.items()}
+    check(set(hooks) == {"AfterInstall", "BeforeAllowTraffic", "AfterAllowTraffic"}, f"appspec hooks: {sorted(hooks)}")
+    for event, arn in hooks.items():
+        suffix = re.sub(r"(?<!^)(?=[A-Z])", "-", event).lower()
+        check(arn.endswith(f"-{suffix}"), f"appspec {event} does not name the {suffix} function")
+    check(appspec["Resources"][0]["TargetService"]["Type"] == "AWS::ECS::Service", "appspec target is not an ECS service")
+
+    # The private side's outputs are exactly what template.yaml takes.
+    private = load("infra/private-side.yaml")
+    for out in private["Outputs"]:
+        if out.startswith("Private"):
+            check(out in t["Parameters"], f"private-side output {out} is not a parameter of template.yaml")
+
+    if problems:
+        for p in problems:
+            print(f"infra: {p}")
+        print(f"infra: 0 passed, {len(problems)} failed")
+        return 1
+    print("infra: template, environment, bindings and appspec match the code")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""Benchmarks: our hooks against the same AfterAllowTraffic hook written the usual way (Python + boto3, Node.js +
+AWS SDK v3), on this machine, in one run, against the rehearsal's emulated AWS (moto behind the stand-in) and its
+Lambda Runtime API. Prints one table (medians with min–max over the repeats), or with --json one object.
+
+    python bench.py [--quick] [--json]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import zipfile
+from http.server import BaseHTTPRequestHandler
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "rehearsal"))
+
+import procs  # noqa: E402
+import rehearse  # noqa: E402
+import standin  # noqa: E402
+from lambda_host import QuietServer  # noqa: E402
+
+BINARIES = ["after-install", "before-allow-traffic", "after-allow-traffic", "reconciler"]
+
+
+class WarmRun:
+    """One function process serving several events in a row through its own Runtime API: the first is the cold
+    invocation, the rest are warm. Records process start, each `next` and each response, and the peak RSS."""
+
+    def __init__(self, cmd, env, events, timeout_s=60):
+        self.cmd, self.env, self.events, self.timeout_s = cmd, env, list(events), timeout_s
+        self.total = len(self.events)
+        self.nexts, self.responses = [], []
+        self.done = threading.Event()
+        self.error = None
+
+    def _handler(self):
+        run = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_a):
+                pass
+
+            def do_GET(self):  # noqa: N802
+                if not run.events:
+                    run.done.wait(run.timeout_s)
+                    return
+                event = run.events.pop(0)
+                run.nexts.append(time.monotonic())
+                body = json.dumps(event).encode()
+                self.send_response(200)
+                for k, v in {"Content-Type": "application/json", "Lambda-Runtime-Aws-Request-Id": str(uuid.uuid4()),
+                             "Lambda-Runtime-Deadline-Ms": str(int((time.time() + run.timeout_s) * 1000)),
+                             "Lambda-Runtime-Invoked-Function-Arn": "arn:aws:lambda:eu-west-1:1:function:bench",
+                             "Content-Length": str(len(body))}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):  # noqa: N802
+                n = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(n) if n else b""
+                run.responses.append(time.monotonic())
+                if self.path.endswith("/error"):
+                    run.error = raw.decode(errors="replace")
+                if len(run.responses) == run.total:
+                    run.done.set()
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        return Handler
+
+    def run(self, log):
+        server = QuietServer(("127.0.0.1", 0), self._handler())
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        env = dict(self.env, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{server.server_address[1]}")
+        started = time.monotonic()
+        p = procs.spawn(self.cmd, env=env, stdout=log, stderr=log)
+        finished = self.done.wait(self.timeout_s)
+        rss_kib = None
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        rss_kib = int(line.split()[1])
+        except OSError:
+            pass
+        procs.kill(p)
+        server.shutdown()
+        server.server_close()
+        if not finished or len(self.responses) < len(self.nexts) or not self.nexts:
+            raise RuntimeError(f"{self.cmd[0]} answered {len(self.responses)} of {len(self.nexts) + len(self.events)} events "
+                               f"(exit status {p.returncode}; see target/bench/bench.log)")
+        invokes = [(r - n) * 1000 for n, r in zip(self.nexts, self.responses)]
+        return {"cold_start_ms": (self.nexts[0] - started) * 1000, "first_invoke_ms": invokes[0],
+                "warm_invoke_ms": statistics.median(invokes[1:]) if len(invokes) > 1 else None,
+                "peak_rss_mib": rss_kib / 1024 if rss_kib else None, "first_next": self.nexts[0],
+                "nexts": list(self.nexts)}
+
+
+def dist(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
+            "max": round(max(values), 2), "n": len(values)}
+
+
+class Bench:
+    def __init__(self, quick, out):
+        self.quick = quick
+        self.out = out
+        self.r = rehearse.Rehearsal("happy", 3, None, out)
+        self.r.run_dir = os.path.join(ROOT, "target", "bench")
+        os.makedirs(self.r.run_dir, exist_ok=True)
+        self.log = open(os.path.join(self.r.run_dir, "bench.log"), "wb")
+
+    def say(self, text):
+        print(text, file=self.out, flush=True)
+
+    def setup(self):
+        r = self.r
+        r.start_moto()
+        r.provision()
+        r.start_standin()
+        r.world.active_checks = False
+        group = r.world.groups[("web", "web-bg")]
+        self.deployment = standin.Deployment("d-BENCH0001", group)
+        r.world.deployments[self.deployment.id] = self.deployment
+        tg, ls = r.tgs, r.listeners
+        # The public side after AllowTraffic, and the flip BeforeAllowTraffic planned, as our hooks record it.
+        r.elb.modify_listener(ListenerArn=ls["public-prod"], DefaultActions=[{"Type": "forward", "ForwardConfig": {
+            "TargetGroups": [{"TargetGroupArn": tg["pub-green"], "Weight": 100},
+                             {"TargetGroupArn": tg["pub-blue"], "Weight": 0}]}}])
+        route = lambda live, idle: {"target_groups": [{"target_group": live, "weight": 100},  # noqa: E731
+                                                      {"target_group": idle, "weight": 0}]}
+        self.record = {"deployment_id": self.deployment.id, "application": "web", "deployment_group": "web-bg",
+                       "version": 1, "public_production_listener": ls["public-prod"],
+                       "public_test_listener": ls["public-test"],
+                       "planned_private_route": route(tg["prv-green"], tg["prv-blue"]),
+                       "private_route_before": route(tg["prv-blue"], tg["prv-green"]),
+                       "expires_at": int(time.time()) + 86400}
+        self.env = {
+            "PATH": os.environ.get("PATH", ""), "AWS_REGION": rehearse.REGION, "AWS_DEFAULT_REGION": rehearse.REGION,
+            "AWS_SECRET_ACCESS_KEY": "bench", "AWS_ENDPOINT_URL": r.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
+            "BLUEGREEN_MIRROR_TABLE": r.table, "BLUEGREEN_MIRROR_BINDINGS": json.dumps(r.bindings),
+            "AWS_LAMBDA_FUNCTION_NAME": "after-allow-traffic", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+            "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_LAMBDA_LOG_LEVEL": "warn",
+        }
+
+    def reset_record(self):
+        doc = dict(self.record)
+        self.r.ddb.put_item(TableName=self.r.table, Item={
+            "pk": {"S": f"deployment#{self.deployment.id}"}, "kind": {"S": "deployment"},
+            "version": {"N": "1"}, "doc": {"S": json.dumps(doc)}, "expires_at": {"N": str(doc["expires_at"])}})
+
+    def hooks(self, repeats, warm):
+        bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
+        impls = {
+            "ours": [os.path.join(bin_dir, "after-allow-traffic")],
+            "python": [os.path.join(ROOT, ".venv", "bin", "python"), os.path.join(ROOT, "benches", "baselines", "python", "bootstrap.py")],
+            "node": ["node", os.path.join(ROOT, "benches", "baselines", "node", "bootstrap.mjs")],
+        }
+        results = {}
+        for name, cmd in impls.items():
+            runs = []
+            key = f"AKIDBENCH{name.upper()}"
+            for _ in range(repeats):
+                self.reset_record()
+                events = [{"DeploymentId": self.deployment.id,
+                           "LifecycleEventHookExecutionId": self.deployment.new_execution("AfterAllowTraffic")}
+                          for _ in range(1 + warm)]
+                run = WarmRun(cmd, dict(self.env, AWS_ACCESS_KEY_ID=key), events).run(self.log)
+                calls = [c for c in self.r.world.calls if c[1] == key and c[0] >= run["first_next"]]
+                flip = next((i for i, c in enumerate(calls) if c[3] == "ModifyListener"), None)
+                run["critical_path_calls"] = None if flip is None else flip + 1
+                # Event received → the private listener change reaching the (emulated) API.
+                flips = [next((c[0] for c in calls if c[0] >= t and c[3] == "ModifyListener"), None) for t in run["nexts"]]
+                lat = [(f - t) * 1000 for f, t in zip(flips, run["nexts"]) if f is not None]
+                run["flip_ms_cold"] = lat[0] if lat else None
+                run["flip_ms_warm"] = statistics.median(lat[1:]) if len(lat) > 1 else None
+                runs.append(run)
+            statuses = [e["status"] for e in self.deployment.executions.values() if e["status"]]
+            if "Failed" in statuses:
+                raise RuntimeError(f"{name}: a benchmark invocation reported Failed (see target/bench/bench.log)")
+            results[name] = {k: dist([r[k] for r in runs]) for k in
+                             ("cold_start_ms", "first_invoke_ms", "warm_invoke_ms", "peak_rss_mib", "critical_path_calls",
+                              "flip_ms_cold", "flip_ms_warm")}
+            self.say(f"  {name:<7} cold start {results[name]['cold_start_ms']['median']:>8} ms   "
+                     f"peak RSS {results[name]['peak_rss_mib']['median']:>6} MiB")
+        return results
+
+    def binaries(self):
+        bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
+        out = {}
+        for b in BINARIES:
+            path = os.path.join(bin_dir, b)
+            zpath = os.path.join(self.r.run_dir, f"{b}.zip")
+            with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+                z.write(path, "bootstrap")
+            out[b] = {"binary_bytes": os.path.getsize(path), "zip_bytes": os.path.getsize(zpath)}
+        return out
+
+    def mirror(self):
+        """Mirroring N targets into an empty private group (and a 10% change of 1,000), done by the reconciler."""
+        r, tg = self.r, self.r.tgs
+        direct = r.client("elbv2", r.moto_url, "PROVISION")
+        bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
+        # The flip above left production on green; the pair mirrored here is blue.
+        ips = lambda n, base=10: [f"10.{base + i // 250}.{i // 250}.{i % 250 + 1}" for i in range(n)]  # noqa: E731
+
+        def setgroup(arn, wanted):
+            have = [d["Target"]["Id"] for d in direct.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]]
+            gone = [i for i in have if i not in set(wanted)]
+            new = [i for i in wanted if i not in set(have)]
+            for i in range(0, len(gone), 200):
+                direct.deregister_targets(TargetGroupArn=arn, Targets=[{"Id": x, "Port": 18080} for x in gone[i:i + 200]])
+            for i in range(0, len(new), 200):
+                direct.register_targets(TargetGroupArn=arn, Targets=[{"Id": x, "Port": 18080} for x in new[i:i + 200]])
+            r.world.refresh_members()
+
+        def reconcile(label):
+            key = f"AKIDBENCHMIRROR{label}"
+            event = {"version": "0", "id": "bench", "detail-type": "Scheduled Event", "source": "aws.events",
+                     "account": "1", "time": "2026-01-01T00:00:00Z", "region": rehearse.REGION, "resources": [], "detail": {}}
+            env = dict(self.env, AWS_ACCESS_KEY_ID=key, AWS_LAMBDA_FUNCTION_NAME="reconciler")
+            run = WarmRun([os.path.join(bin_dir, "reconciler")], env, [event]).run(self.log)
+            calls = [c for c in r.world.calls if c[1] == key]
+            writes = sum(1 for c in calls if c[3] in ("RegisterTargets", "DeregisterTargets"))
+            return {"mirror_calls": writes, "all_calls": len(calls), "mirror_ms": round(run["first_invoke_ms"], 1)}
+
+        out = {}
+        for n in (1, 10, 100, 1000):
+            setgroup(tg["prv-blue"], [])
+            setgroup(tg["pub-blue"], ips(n))
+            out[str(n)] = reconcile(str(n))
+            self.say(f"  mirror {n:>5} targets: {out[str(n)]['mirror_calls']} ELB writes, {out[str(n)]['mirror_ms']} ms")
+        changed = ips(900) + ips(100, base=200)
+        setgroup(tg["pub-blue"], changed)
+        out["1000_10pct_change"] = reconcile("CHANGE")
+        self.say(f"  10% change of 1,000: {out['1000_10pct_change']['mirror_calls']} ELB writes")
+        setgroup(tg["pub-blue"], [])
+        setgroup(tg["prv-blue"], [])
+        return out
+
+    def rehearsals(self, n):
+        out = {}
+        for scenario, key in (("happy", "flip_skew_ms"), ("linear", "max_weight_lag_ms")):
+            values = []
+            for _ in range(n):
+                p = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "rehearsal", "rehearse.py"),
+                                    "--scenario", scenario, "--json"], capture_output=True, timeout=600)
+                report = json.loads(p.stdout)
+                values.append(report[key])
+            out[key] = dist(values)
+            self.say(f"  {scenario}: {key} {out[key]}")
+        return out
+
+
+TARGETS = [
+    ("cold start ≥ 15× shorter than Python", lambda j: j["ratios"]["cold_start"]["python"] >= 15),
+    ("cold start ≥ 10× shorter than Node.js", lambda j: j["ratios"]["cold_start"]["node"] >= 10),
+    ("peak memory ≤ 1/3 of either baseline", lambda j: min(j["ratios"]["memory"].values()) >= 3),
+    ("AfterAllowTraffic critical path ≤ 2 AWS calls", lambda j: j["critical_path_calls"]["ours"]["max"] <= 2),
+    ("mirroring 1,000 targets in ≤ 10 ELB calls", lambda j: j["mirror"]["1000"]["mirror_calls"] <= 10),
+    ("each hook's zip ≤ 3 MB", lambda j: max(b["zip_bytes"] for b in j["binary_bytes"].values()) <= 3_000_000),
+]
+
+
+def table(j):
+    lines = []
+    impls = ("ours", "python", "node")
+    m = lambda d: "-" if d is None else (f"{d['median']}" if d['min'] == d['max'] else f"{d['median']} ({d['min']}–{d['max']})")  # noqa: E731
+    lines.append(f"{'AfterAllowTraffic':<22}" + "".join(f"{i:>26}" for i in impls))
+    for k in ("cold_start_ms", "first_invoke_ms", "warm_invoke_ms", "flip_ms_cold", "flip_ms_warm", "peak_rss_mib",
+              "critical_path_calls"):
+        lines.append(f"{k:<22}" + "".join(f"{m(j[k][i]):>26}" for i in impls))
+    lines.append("")
+    lines.append("ratios baseline/ours     " + "   ".join(
+        f"{k}: python {v['python']}×, node {v['node']}×" for k, v in j["ratios"].items()))
+    lines.append("")
+    lines.append(f"{'binary':<22}{'binary_bytes':>14}{'zip_bytes':>12}")
+    for b, v in j["binary_bytes"].items():
+        lines.append(f"{b:<22}{v['binary_bytes']:>14}{v['zip_bytes']:>12}")
+    lines.append("")
+    lines.append(f"{'mirror (reconciler)':<22}{'ELB writes':>12}{'all calls':>12}{'ms':>10}")
+    for n, v in j["mirror"].items():
+        lines.append(f"{n:<22}{v['mirror_calls']:>12}{v['all_calls']:>12}{v['mirror_ms']:>10}")
+    lines.append("")
+    for k in ("flip_skew_ms", "max_weight_lag_ms"):
+        lines.append(f"{k:<22}{m(j[k])}")
+    lines.append("")
+    for name, ok in j["targets"].items():
+        lines.append(f"{'met   ' if ok else 'MISSED'} {name}")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="a handful of iterations (what CI runs)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    procs.install_cleanup()
+    out = sys.stderr
+    b = Bench(args.quick, out)
+    repeats, warm, rehearsals = (2, 2, 1) if args.quick else (10, 5, 3)
+    try:
+        b.setup()
+        b.say("hooks (cold start, invoke, memory, critical path):")
+        hooks = b.hooks(repeats, warm)
+        b.say("binaries:")
+        binaries = b.binaries()
+        b.say("mirror:")
+        mirror = b.mirror()
+    finally:
+        procs.kill_all()
+    b.say("rehearsals:")
+    rehearsal = b.rehearsals(rehearsals)
+    j = {k: {i: hooks[i][k] for i in hooks} for k in
+         ("cold_start_ms", "first_invoke_ms", "warm_invoke_ms", "flip_ms_cold", "flip_ms_warm", "peak_rss_mib",
+          "critical_path_calls")}
+    j["binary_bytes"] = binaries
+    j["mirror"] = mirror
+    j.update(rehearsal)
+    ratio = lambda k, base: round(j[k][base]["median"] / j[k]["ours"]["median"], 1)  # noqa: E731
+    j["ratios"] = {"cold_start": {b_: ratio("cold_start_ms", b_) for b_ in ("python", "node")},
+                   "warm_invoke": {b_: ratio("warm_invoke_ms", b_) for b_ in ("python", "node")},
+                   "memory": {b_: ratio("peak_rss_mib", b_) for b_ in ("python", "node")}}
+    j["targets"] = {name: bool(check(j)) for name, check in TARGETS}
+    j["mode"] = "quick" if args.quick else "full"
+    j["machine"] = {"cpus": os.cpu_count(), "arch": os.uname().machine}
+    if args.json:
+        print(json.dumps(j, indent=2))
+    else:
+        print(table(j))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

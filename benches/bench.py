@@ -44,6 +44,8 @@ class WarmRun:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            wbufsize = -1
+            disable_nagle_algorithm = True
 
             def log_message(self, *_a):
                 pass

@@ -50,6 +50,10 @@ class Invocation:
 def _handler_for(inv: Invocation):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body in one segment, sent at once: otherwise a keep-alive client's delayed ACK stalls every
+        # response by ~40 ms, which would be the emulator's latency, not the function's.
+        wbufsize = -1
+        disable_nagle_algorithm = True
 
         def _reply(self, status, body=b"", headers=None):
             self.send_response(status)

@@ -270,6 +270,10 @@ def _xml_text(s):
 def make_handler(world: World):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body in one segment, sent at once: otherwise a keep-alive client's delayed ACK stalls every
+        # response by ~40 ms, which would be the emulator's latency, not the function's.
+        wbufsize = -1
+        disable_nagle_algorithm = True
 
         def log_message(self, *_args):
             pass

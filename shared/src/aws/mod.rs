@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
+use aws_smithy_http_client::tls;
 
 pub use codedeploy::CodeDeploy;
 pub use dynamodb::DynamoState;
@@ -41,7 +42,11 @@ impl Aws {
             .operation_attempt_timeout(Duration::from_secs(10))
             .operation_timeout(Duration::from_secs(30))
             .build();
-        let sdk = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts).load().await;
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+            .build_https();
+        let sdk =
+            aws_config::defaults(BehaviorVersion::latest()).http_client(http).timeout_config(timeouts).load().await;
         Self {
             elb: Elb::new(aws_sdk_elasticloadbalancingv2::Client::new(&sdk)),
             codedeploy: CodeDeploy::new(aws_sdk_codedeploy::Client::new(&sdk)),

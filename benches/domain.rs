@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use bluegreen_mirror::domain::{
-    mirror_route, plan_mirror, plan_reconcile, HealthState, ObservedTarget, Observed, Route, RouteStyle, Target,
+    mirror_route, plan_mirror, plan_reconcile, HealthState, Observed, ObservedTarget, Route, RouteStyle, Target,
     TargetKey, WeightedTargetGroup, DEFAULT_BATCH,
 };
 use criterion::{criterion_group, criterion_main, Criterion};

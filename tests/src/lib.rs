@@ -510,6 +510,13 @@ pub fn keys(range: std::ops::Range<u32>) -> Vec<TargetKey> {
     range.map(ip).collect()
 }
 
+/// Target keys as sorted `ip:port` strings, the form `FakeElb::members` returns.
+pub fn strings(keys: &[TargetKey]) -> Vec<String> {
+    let mut v: Vec<String> = keys.iter().map(ToString::to_string).collect();
+    v.sort();
+    v
+}
+
 /// One binding, both load balancers, a deployment in progress: the fixture every flow test starts from.
 pub struct World {
     pub arns: Arns,
@@ -633,6 +640,15 @@ impl World {
     /// ECS starts the replacement task set and registers it into the green public target group.
     pub fn install_green(&self) {
         self.elb.add_targets(&self.arns.pub_green, &keys(101..104), HealthState::Healthy);
+    }
+
+    /// The deployment up to the gate: green installed, AfterInstall and BeforeAllowTraffic succeeded.
+    pub async fn through_the_gate(&self) {
+        self.install_green();
+        for (phase, exec) in [(Phase::AfterInstall, "gate-ai"), (Phase::BeforeAllowTraffic, "gate-bat")] {
+            let out = self.invoke(phase, exec).await;
+            assert_eq!(out.status, HookStatus::Succeeded, "{phase}: {:?}", out.message);
+        }
     }
 
     /// CodeDeploy's AllowTestTraffic: the public test listener moves to green.

@@ -9,13 +9,7 @@ use std::time::Duration;
 use bluegreen_mirror::domain::{HealthState, Phase, Route, RouteStyle};
 use bluegreen_mirror::ports::{HookStatus, Reported};
 use bluegreen_mirror::AwsErrorKind;
-use bluegreen_mirror_tests::{ip, keys, Fault, World, APP, DEPLOYMENT, GROUP};
-
-fn strings(keys: &[bluegreen_mirror::domain::TargetKey]) -> Vec<String> {
-    let mut v: Vec<String> = keys.iter().map(ToString::to_string).collect();
-    v.sort();
-    v
-}
+use bluegreen_mirror_tests::{ip, keys, strings, Fault, World, APP, DEPLOYMENT, GROUP};
 
 /// Runs the whole deployment: AfterInstall, BeforeAllowTraffic, AllowTraffic (public), AfterAllowTraffic.
 async fn deploy(w: &World) -> [bluegreen_mirror::harness::Outcome; 3] {
@@ -91,9 +85,7 @@ async fn stale_targets_from_an_earlier_deployment_are_removed() {
 async fn weighted_public_route_is_mirrored_with_its_weights() {
     let w = World::new();
     let a = &w.arns;
-    w.install_green();
-    assert_eq!(w.invoke(Phase::AfterInstall, "e1").await.status, HookStatus::Succeeded);
-    assert_eq!(w.invoke(Phase::BeforeAllowTraffic, "e2").await.status, HookStatus::Succeeded);
+    w.through_the_gate().await;
     // A public route part-way through a shift, and no planned flip: the slow path copies the weights.
     let weighted = Route {
         target_groups: vec![
@@ -115,9 +107,7 @@ async fn weighted_public_route_is_mirrored_with_its_weights() {
 async fn a_stale_plan_is_corrected_against_the_public_truth() {
     let w = World::new();
     let a = &w.arns;
-    w.install_green();
-    w.invoke(Phase::AfterInstall, "e1").await;
-    w.invoke(Phase::BeforeAllowTraffic, "e2").await;
+    w.through_the_gate().await;
     // The public side did not move (e.g. it was rolled back meanwhile): the private side must follow it.
     let out = w.invoke(Phase::AfterAllowTraffic, "e3").await;
     assert_eq!(out.status, HookStatus::Succeeded, "{:?}", out.message);
@@ -299,9 +289,7 @@ async fn private_side_that_cannot_reach_green_fails_the_gate_before_traffic_move
 async fn a_dark_flip_is_undone_and_reported_failed() {
     let w = World::new();
     let a = &w.arns;
-    w.install_green();
-    w.invoke(Phase::AfterInstall, "e1").await;
-    w.invoke(Phase::BeforeAllowTraffic, "e2").await;
+    w.through_the_gate().await;
     w.allow_traffic();
     // Between the gate and the flip the private side lost green (e.g. a security group change).
     w.elb.set_health(&a.prv_green, HealthState::Unhealthy);

@@ -10,13 +10,7 @@ use bluegreen_mirror::domain::{HealthState, Phase, Route, RouteStyle, WeightedTa
 use bluegreen_mirror::harness::{Budget, Tracker};
 use bluegreen_mirror::ports::{FollowRequest, HookStatus};
 use bluegreen_mirror::usecase::Trigger;
-use bluegreen_mirror_tests::{ip, keys, World, APP, DEPLOYMENT, GROUP};
-
-fn strings(keys: &[bluegreen_mirror::domain::TargetKey]) -> Vec<String> {
-    let mut v: Vec<String> = keys.iter().map(ToString::to_string).collect();
-    v.sort();
-    v
-}
+use bluegreen_mirror_tests::{ip, keys, strings, World, APP, DEPLOYMENT, GROUP};
 
 fn weighted(blue: &str, green: &str, green_weight: u32) -> Route {
     Route {
@@ -38,10 +32,7 @@ async fn reconcile(w: &World, trigger: Trigger) -> Vec<bluegreen_mirror::usecase
 }
 
 async fn deployed(w: &World) {
-    w.install_green();
-    for (phase, exec) in [(Phase::AfterInstall, "e1"), (Phase::BeforeAllowTraffic, "e2")] {
-        assert_eq!(w.invoke(phase, exec).await.status, HookStatus::Succeeded);
-    }
+    w.through_the_gate().await;
     w.allow_traffic();
     assert_eq!(w.invoke(Phase::AfterAllowTraffic, "e3").await.status, HookStatus::Succeeded);
 }
@@ -109,9 +100,7 @@ async fn events_for_other_groups_or_services_are_ignored() {
 async fn a_reconcile_racing_the_flip_leaves_the_private_side_mirroring_the_public_one() {
     let w = World::new();
     let a = &w.arns;
-    w.install_green();
-    w.invoke(Phase::AfterInstall, "e1").await;
-    w.invoke(Phase::BeforeAllowTraffic, "e2").await;
+    w.through_the_gate().await;
     w.allow_traffic();
     let (hook, _) = tokio::join!(w.invoke(Phase::AfterAllowTraffic, "e3"), reconcile(&w, Trigger::Schedule));
     assert_eq!(hook.status, HookStatus::Succeeded);
@@ -206,9 +195,7 @@ async fn the_follower_mirrors_every_linear_step_within_a_tick() {
 async fn a_follower_hands_over_before_its_deadline_and_exactly_one_follows() {
     let w = World::new();
     let a = &w.arns;
-    w.install_green();
-    w.invoke(Phase::AfterInstall, "e1").await;
-    w.invoke(Phase::BeforeAllowTraffic, "e2").await;
+    w.through_the_gate().await;
     let engine = w.hooks();
     // The first follower has 8 s; it asks for a successor about 2 s before the end.
     let (req, t1) = (follow_request(), Tracker::default());

@@ -331,6 +331,8 @@ def main():
           "critical_path_calls")}
     j["binary_bytes"] = binaries
     j["mirror"] = mirror
+    j["mirror_calls"] = {n: v["mirror_calls"] for n, v in mirror.items()}
+    j["mirror_ms"] = {n: v["mirror_ms"] for n, v in mirror.items()}
     j.update(rehearsal)
     ratio = lambda k, base: round(j[k][base]["median"] / j[k]["ours"]["median"], 1)  # noqa: E731
     j["ratios"] = {"cold_start": {b_: ratio("cold_start_ms", b_) for b_ in ("python", "node")},

@@ -11,6 +11,7 @@ mod lambda;
 
 use std::time::Duration;
 
+use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use aws_smithy_http_client::tls;
@@ -23,6 +24,9 @@ pub use lambda::{LambdaFollowers, FOLLOW_KEY};
 
 use crate::config::Config;
 
+/// Attempts per AWS call (the first and five retries).
+pub const MAX_ATTEMPTS: u32 = 6;
+
 /// The adapters of one function, built from one shared SDK configuration.
 #[derive(Debug, Clone)]
 pub struct Aws {
@@ -34,8 +38,8 @@ pub struct Aws {
 
 impl Aws {
     /// Loads the standard credential/region chain and builds the clients. Per-attempt timeouts keep one slow
-    /// call from eating a hook's whole budget; the SDK's standard retry (3 attempts, `AWS_MAX_ATTEMPTS`
-    /// overrides) absorbs throttling.
+    /// call from eating a hook's whole budget; the SDK's standard retry ([`MAX_ATTEMPTS`] attempts,
+    /// `AWS_MAX_ATTEMPTS` overrides) absorbs throttling, 5xx and dropped connections.
     pub async fn load(config: &Config) -> Self {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
@@ -45,8 +49,15 @@ impl Aws {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
             .build_https();
-        let sdk =
-            aws_config::defaults(BehaviorVersion::latest()).http_client(http).timeout_config(timeouts).load().await;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http).timeout_config(timeouts);
+        // A hook that gives up on a throttled call fails a deployment: retry harder than the SDK's default of 3
+        // attempts (unless the operator chose with AWS_MAX_ATTEMPTS), with backoff capped well inside the budget.
+        if std::env::var_os("AWS_MAX_ATTEMPTS").is_none() {
+            loader = loader.retry_config(
+                RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS).with_max_backoff(Duration::from_secs(5)),
+            );
+        }
+        let sdk = loader.load().await;
         Self {
             elb: Elb::new(aws_sdk_elasticloadbalancingv2::Client::new(&sdk)),
             codedeploy: CodeDeploy::new(aws_sdk_codedeploy::Client::new(&sdk)),

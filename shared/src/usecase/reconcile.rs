@@ -167,18 +167,32 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             (None::<Route>, None, Instant::now(), Instant::now());
         let mut handing_over = false;
         loop {
-            let public = self.lb.route(&public_ref).await?;
-            let moved = last_public.as_ref().is_none_or(|p| !p.same_action(&public));
-            let full_due = last_full.is_none_or(|at: Instant| at.elapsed() >= FULL_RECONCILE_EVERY);
-            if moved || full_due {
-                let r = self.reconcile(b, &group, t).await?;
-                if !r.held_back.is_empty() && !moved {
-                    t.note(r.held_back.join("; "));
+            // A transient failure (throttling that outlasted the SDK's retries, a 5xx) costs one tick, not the
+            // follower: the next tick reads again.
+            let tick = async {
+                let public = self.lb.route(&public_ref).await?;
+                let moved = last_public.as_ref().is_none_or(|p| !p.same_action(&public));
+                let full_due = last_full.is_none_or(|at: Instant| at.elapsed() >= FULL_RECONCILE_EVERY);
+                if moved || full_due {
+                    let r = self.reconcile(b, &group, t).await?;
+                    if !r.held_back.is_empty() && !moved {
+                        t.note(r.held_back.join("; "));
+                    }
+                    // A held-back move is retried at the next tick, not when the public side moves again.
+                    last_public = if r.held_back.is_empty() { Some(public.clone()) } else { None };
+                    last_full = Some(Instant::now());
                 }
-                // A held-back move must be retried at the next tick, not when the public side moves again.
-                last_public = if r.held_back.is_empty() { Some(public.clone()) } else { None };
-                last_full = Some(Instant::now());
-            }
+                Ok::<_, Error>(public)
+            };
+            let public = match tick.await {
+                Ok(public) => public,
+                Err(e) if e.is_transient() => {
+                    t.note(format!("follower tick failed, retrying: {e}"));
+                    tokio::time::sleep(FOLLOW_TICK).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if last_status.elapsed() >= STATUS_EVERY {
                 last_status = Instant::now();
                 if self.deployment_over(req, &public).await {
@@ -190,10 +204,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             }
             if last_beat.elapsed() >= HEARTBEAT_EVERY {
                 last_beat = Instant::now();
-                lease.heartbeat_ms = now_ms();
-                lease.handover_requested = handing_over;
-                lease.version += 1;
-                if self.state.put_follower(&lease).await? == Saved::Conflict {
+                if !self.renew(&mut lease, handing_over, t).await? {
                     t.note("follower lease taken over; stopping".to_string());
                     return Ok(());
                 }
@@ -201,10 +212,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             if !handing_over && Instant::now() >= handover_at {
                 // The flag goes out before the successor is started, so that it finds the lease open to take.
                 handing_over = true;
-                lease.handover_requested = true;
-                lease.heartbeat_ms = now_ms();
-                lease.version += 1;
-                if self.state.put_follower(&lease).await? == Saved::Conflict {
+                if !self.renew(&mut lease, true, t).await? {
                     return Ok(());
                 }
                 last_beat = Instant::now();
@@ -255,6 +263,35 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             }
         }
         Ok(None)
+    }
+
+    /// Renews the lease (heartbeat, hand-over flag). `Ok(false)` when another follower holds it now. A write that
+    /// failed transiently is checked against what is stored, since it may have gone through.
+    async fn renew(&self, lease: &mut FollowerLease, handover: bool, t: &Tracker) -> Result<bool> {
+        let mut next = lease.clone();
+        next.heartbeat_ms = now_ms();
+        next.handover_requested = handover;
+        next.version += 1;
+        match self.state.put_follower(&next).await {
+            Ok(Saved::Written) => {
+                *lease = next;
+                Ok(true)
+            }
+            Ok(Saved::Conflict) => Ok(false),
+            Err(e) if e.is_transient() => {
+                t.note(format!("lease renewal failed, checking: {e}"));
+                match self.state.follower(&lease.application, &lease.deployment_group).await {
+                    Ok(Some(stored)) if stored.owner == lease.owner => {
+                        *lease = stored;
+                        Ok(true)
+                    }
+                    Ok(_) => Ok(false),
+                    // Still unreadable: keep following; the lease only goes stale after several seconds.
+                    Err(_) => Ok(true),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn release_lease(&self, lease: &mut FollowerLease) {

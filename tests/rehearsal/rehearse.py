@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import random
+import subprocess
 import sys
 import threading
 import time
@@ -113,8 +114,9 @@ def same_traffic(a, b):
 
 
 class Rehearsal:
-    def __init__(self, scenario, tasks, config, out):
+    def __init__(self, scenario, tasks, config, out, faults=""):
         self.name = scenario
+        self.faults = faults
         self.spec = dict(SCENARIOS[scenario])
         self.config = config or self.spec.get("config", "AllAtOnce")
         self.tasks = tasks
@@ -209,6 +211,7 @@ class Rehearsal:
                 "web", group, ["pub-blue", "pub-green"],
                 (self.listeners["public-prod"], self.listeners["public-test"]), ("rehearsal", service))
         self.service = "web"
+        self.world.faults = standin.Faults(self.faults)
         self.server = standin.serve(self.world)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         # The rehearsal's own ECS and CodeDeploy act through the stand-in, so their changes are seen and timed.
@@ -548,7 +551,7 @@ class Rehearsal:
         env = {
             "PATH": os.environ.get("PATH", ""),
             "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION, "AWS_SECRET_ACCESS_KEY": "rehearsal",
-            "AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "3",
+            "AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
             "BLUEGREEN_MIRROR_TABLE": self.table, "BLUEGREEN_MIRROR_BINDINGS": json.dumps(self.bindings),
             "BLUEGREEN_MIRROR_POLL_MS": "200", "AWS_LAMBDA_LOG_LEVEL": "info",
             "BLUEGREEN_MIRROR_FOLLOWER": "reconciler",
@@ -592,6 +595,13 @@ class Rehearsal:
         expected = self.spec["expected"]
         expected_inv = self.spec.get("expected_invariants", True)
         held = all(invariants.values())
+        # DynamoDB agrees with ELB: the binding record names the private group that carries production traffic.
+        item = self.ddb.get_item(TableName=self.table, Key={"pk": {"S": "binding#web#web-bg"}}, ConsistentRead=True)
+        if "Item" in item:
+            live = [tg for tg, share in shares(self.world.route(self.listeners["private-prod"])).items() if share]
+            recorded = json.loads(item["Item"]["doc"]["S"]).get("live_private_target_group")
+            invariants["state_consistent_with_elb"] = len(live) != 1 or recorded == live[0]
+            held = held and invariants["state_consistent_with_elb"]
         # The harness's promise, seen from CodeDeploy: every invocation reported exactly once.
         invariants["every_invocation_reported_once"] = all(
             h["reports_received"] == h["invocations"] for h in self.hook_reports.values())
@@ -603,6 +613,8 @@ class Rehearsal:
         report = {
             "scenario": self.name,
             "config": self.config,
+            "faults": self.faults or None,
+            "faults_injected": self.world.faults.injected,
             "tasks": self.tasks,
             "outcome": self.outcome,
             "expected_outcome": expected,
@@ -643,6 +655,8 @@ def print_report(r, out):
     p("")
     p(f"== rehearsal: {r['scenario']} ({r['config']}, {r['tasks']} tasks per task set)")
     p(f"   outcome: {r['outcome']} (expected {r['expected_outcome']})")
+    if r["faults"]:
+        p(f"   faults           {r['faults']}: injected {r['faults_injected']}")
     for h, v in r["hooks"].items():
         p(f"   {h:<20} {v['verdict']:<10} {v['duration_ms']:>6} ms  cold start {v['cold_start_ms']:>6} ms  "
           f"{v['aws_calls']:>3} AWS calls  {v['invocations']} invocation(s)")
@@ -667,6 +681,49 @@ def print_report(r, out):
     p(f"   RESULT: {'PASS' if r['passed'] else 'FAIL'}")
 
 
+PROFILES = {"none": "", "throttle-30%": "*=throttle:0.3", "5xx-10%": "*=5xx:0.1", "resets-5%": "*=reset:0.05"}
+QUICK_MATRIX = [("happy", "throttle-30%"), ("unhealthy-green", "throttle-30%"), ("alarm-rollback", "5xx-10%"),
+                ("linear", "resets-5%")]
+
+
+def matrix(args):
+    """Runs scenarios under fault profiles, each in its own process, and checks every cell: the outcome it would
+    have had without faults, private dark time 0, no private request failed where no public one did, every
+    invariant held (state in DynamoDB consistent with ELB included)."""
+    cells = QUICK_MATRIX if args.quick else [(s, p) for s in SCENARIOS for p in PROFILES]
+    rows = []
+    for scenario, profile in cells:
+        p = subprocess.run([sys.executable, os.path.abspath(__file__), "--scenario", scenario, "--json",
+                            "--faults", PROFILES[profile], "--tasks", str(args.tasks)],
+                           capture_output=True, timeout=900)
+        try:
+            r = json.loads(p.stdout)
+        except ValueError:
+            r = {"outcome": "failed", "expected_outcome": SCENARIOS[scenario]["expected"], "invariants_held": False,
+                 "private_dark_ms": None, "failed_requests": {}, "faults_injected": {},
+                 "messages": [p.stderr.decode(errors="replace")[-500:]]}
+        fr = r.get("failed_requests", {})
+        ok = (r["outcome"] == r["expected_outcome"] and r["invariants_held"] and r["private_dark_ms"] == 0
+              and not (fr.get("private", 0) and not fr.get("public", 0)))
+        row = {"scenario": scenario, "faults": profile, "outcome": r["outcome"], "expected": r["expected_outcome"],
+               "invariants_held": r["invariants_held"], "private_dark_ms": r["private_dark_ms"],
+               "failed_requests": fr, "faults_injected": sum(r.get("faults_injected", {}).values()),
+               "passed": ok, "messages": r.get("messages", [])}
+        rows.append(row)
+        print(f"{scenario:<16} {profile:<13} {row['outcome']:<12} injected {row['faults_injected']:>4}  "
+              f"{'PASS' if ok else 'FAIL'}", file=sys.stderr, flush=True)
+    failed = sum(1 for r in rows if not r["passed"])
+    if args.json:
+        print(json.dumps({"matrix": rows}, indent=2))
+    else:
+        for r in rows:
+            if not r["passed"]:
+                print(f"FAIL {r['scenario']} under {r['faults']}: {r['outcome']} (expected {r['expected']}); "
+                      f"{'; '.join(r['messages'])[:400]}")
+        print(f"matrix: {len(rows) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
 def main():
     ap = argparse.ArgumentParser(description="Rehearse a CodeDeploy ECS blue/green deployment on loopback.")
     ap.add_argument("--scenario", default="happy", choices=sorted(SCENARIOS))
@@ -674,7 +731,17 @@ def main():
     ap.add_argument("--config", choices=sorted(CONFIGS))
     ap.add_argument("--json", action="store_true", help="print one JSON object (the timeline goes to stderr)")
     ap.add_argument("--list", action="store_true", help="list the scenarios")
+    ap.add_argument("--faults", default="", help="inject faults into the functions' AWS calls, e.g. "
+                    "'elbv2=throttle:0.3,dynamodb=5xx:0.1,codedeploy=reset:0.05' ('*' for every service)")
+    ap.add_argument("--matrix", action="store_true", help="every scenario under every fault profile")
+    ap.add_argument("--quick", action="store_true", help="with --matrix: a few cells (what CI runs)")
     args = ap.parse_args()
+    if args.matrix:
+        return matrix(args)
+    try:
+        standin.Faults(args.faults)
+    except ValueError as e:
+        ap.error(str(e))
     if args.list:
         for name, spec in SCENARIOS.items():
             print(f"{name:<16} {spec['about']}")
@@ -685,7 +752,7 @@ def main():
     random.seed(7)
     out = sys.stderr if args.json else sys.stdout
     try:
-        report = Rehearsal(args.scenario, args.tasks, args.config, out).run()
+        report = Rehearsal(args.scenario, args.tasks, args.config, out, args.faults).run()
     finally:
         procs.kill_all()
     if args.json:

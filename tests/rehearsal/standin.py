@@ -48,6 +48,58 @@ DESCRIPTIONS = {
 }
 
 
+class Faults:
+    """Faults injected into the functions' calls (never into the rehearsal's own): per service, one kind with a
+    rate. `elbv2=throttle:0.3,dynamodb=5xx:0.1,codedeploy=reset:0.05,lambda=latency:200`; `*` is every service.
+    Kinds: `throttle` (the service's real throttling error), `5xx` (a server error), `reset` (the connection is
+    dropped without an answer), `latency` (milliseconds added to every call)."""
+
+    KINDS = ("throttle", "5xx", "reset", "latency")
+    SERVICES = ("elbv2", "dynamodb", "codedeploy", "lambda", "*")
+
+    def __init__(self, spec=""):
+        self.rules = {}
+        self.injected = {}
+        self.lock = threading.Lock()
+        self.random = __import__("random").Random(11)
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            service, _, rest = part.partition("=")
+            kind, _, value = rest.partition(":")
+            if service not in self.SERVICES or kind not in self.KINDS or not value:
+                raise ValueError(f"bad fault {part!r}: expected SERVICE=KIND:RATE with SERVICE in {self.SERVICES} "
+                                 f"and KIND in {self.KINDS}")
+            self.rules.setdefault(service, []).append((kind, float(value)))
+
+    def pick(self, caller, service):
+        """The faults to apply to this call: a list of (kind, value)."""
+        if not caller.startswith("AKID"):
+            return []
+        out = []
+        with self.lock:
+            for kind, value in self.rules.get(service, []) + self.rules.get("*", []):
+                if kind == "latency" or self.random.random() < value:
+                    out.append((kind, value))
+                    self.injected[f"{service}:{kind}"] = self.injected.get(f"{service}:{kind}", 0) + 1
+        return out
+
+
+def fault_response(service, kind):
+    """(status, body, content type, extra headers) of an injected error, in the service's own error shape."""
+    if service in ("elbv2", "ec2"):
+        code, status = ("Throttling", 400) if kind == "throttle" else ("ServiceUnavailable", 503)
+        body = (f'<ErrorResponse xmlns="{ELB_NS}"><Error><Type>{"Sender" if status == 400 else "Receiver"}</Type>'
+                f"<Code>{code}</Code><Message>Rate exceeded</Message></Error>"
+                f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>")
+        return status, body.encode(), "text/xml", {}
+    if service == "lambda":
+        code, status = ("TooManyRequestsException", 429) if kind == "throttle" else ("ServiceException", 500)
+        return status, json.dumps({"message": "Rate exceeded"}).encode(), "application/json", {"X-Amzn-ErrorType": code}
+    prefix = "com.amazonaws.dynamodb.v20120810#" if service == "dynamodb" else ""
+    code, status = ("ThrottlingException", 400) if kind == "throttle" else ("InternalServerError", 500)
+    body = json.dumps({"__type": prefix + code, "message": "Rate exceeded" if status == 400 else "Internal error"})
+    return status, body.encode(), "application/x-amz-json-1.1", {"X-Amzn-ErrorType": code}
+
+
 class DeploymentGroup:
     """A CodeDeploy deployment group: its target group pair, listeners and ECS service."""
 
@@ -103,6 +155,7 @@ class World:
         self.deployments = {}
         self.groups = {}  # (application, group) -> DeploymentGroup
         self.invoke = None  # callable(function, payload, access_key): Lambda's asynchronous Invoke
+        self.faults = Faults()
         self.stop = threading.Event()
         self.t0 = time.monotonic()
         # Benchmarks with thousands of targets and no task processes switch real health checks off: every
@@ -306,22 +359,40 @@ def make_handler(world: World):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             caller = _caller(self.headers)
-            if self.path.startswith("/2015-03-31/functions/") and self.path.endswith("/invocations"):
-                world.count(caller, "lambda", "Invoke")
-                return self._invoke(body)
             target = self.headers.get("X-Amz-Target") or ""
-            if target.startswith("CodeDeploy_"):
-                op = target.split(".", 1)[1]
-                world.count(caller, "codedeploy", op)
+            form = {}
+            if self.path.startswith("/2015-03-31/functions/") and self.path.endswith("/invocations"):
+                service, op = "lambda", "Invoke"
+            elif target.startswith("CodeDeploy_"):
+                service, op = "codedeploy", target.split(".", 1)[1]
+            elif target.startswith("DynamoDB_"):
+                service, op = "dynamodb", target.split(".", 1)[1]
+            else:
+                form = urllib.parse.parse_qs(body.decode(), keep_blank_values=True)
+                op = form.get("Action", [""])[0]
+                service = "elbv2" if form.get("Version", [""])[0] == "2015-12-01" else "ec2"
+            world.count(caller, service, op)
+            for kind, value in world.faults.pick(caller, service):
+                if kind == "latency":
+                    time.sleep(value / 1000)
+                    continue
+                if kind == "reset":
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(__import__("socket").SHUT_RDWR)
+                    except OSError:
+                        pass
+                    return
+                status, data, ctype, extra = fault_response(service, kind)
+                return self._send(status, data, ctype, extra)
+            if service == "lambda":
+                return self._invoke(body)
+            if service == "codedeploy":
                 return self._codedeploy(op, json.loads(body or b"{}"))
-            if target.startswith("DynamoDB_"):
-                world.count(caller, "dynamodb", target.split(".", 1)[1])
+            if service == "dynamodb":
                 status, data, ctype = self._forward(body)
                 return self._send(status, data, ctype)
-            form = urllib.parse.parse_qs(body.decode(), keep_blank_values=True)
-            action = form.get("Action", [""])[0]
-            service = "elbv2" if form.get("Version", [""])[0] == "2015-12-01" else "ec2"
-            world.count(caller, service, action)
+            action = op
             if service == "elbv2" and action == "DescribeTargetHealth":
                 return self._describe_target_health(body, form)
             status, data, ctype = self._forward(body)

@@ -54,6 +54,8 @@ async fn a_rollback_after_the_flip_is_followed_back_before_green_goes() {
     assert_eq!(out.len(), 1);
     assert!(out[0].production.is_some());
     assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_blue, &[&a.prv_green], RouteStyle::Weighted));
+    let binding = w.state.binding_record(APP, GROUP).expect("binding record");
+    assert_eq!(binding.live_private_target_group.as_deref(), Some(a.prv_blue.as_str()), "the record follows the route");
     // Then ECS removes the replacement task set: the private mirror drains with it.
     w.elb.remove_targets(&a.pub_green, &keys(101..104));
     reconcile(&w, trigger).await;

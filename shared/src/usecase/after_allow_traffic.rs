@@ -105,7 +105,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         })
         .await;
         if let Some(live) = live {
-            self.record_binding_live(b, &live, deployment_id, t).await;
+            self.record_binding_live(b, &live, Some(deployment_id), t).await;
         }
         t.take_undo();
         Ok(())

@@ -419,7 +419,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     }
 
     /// The binding record's view after a completed flip (best effort, version-checked).
-    async fn record_binding_live(&self, b: &Binding, live: &str, deployment_id: &str, t: &Tracker) {
+    /// `deployment_id` is `None` when the reconciler moved the route outside a deployment's hooks.
+    async fn record_binding_live(&self, b: &Binding, live: &str, deployment_id: Option<&str>, t: &Tracker) {
         let result: Result<()> = async {
             for _ in 0..5 {
                 let mut rec = self.state.binding(&b.application, &b.deployment_group).await?.unwrap_or_else(|| {
@@ -429,8 +430,13 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                         ..Default::default()
                     }
                 });
+                if rec.live_private_target_group.as_deref() == Some(live) {
+                    return Ok(());
+                }
                 rec.live_private_target_group = Some(live.to_string());
-                rec.last_deployment = Some(deployment_id.to_string());
+                if let Some(id) = deployment_id {
+                    rec.last_deployment = Some(id.to_string());
+                }
                 rec.updated_at_ms = now_ms();
                 rec.version += 1;
                 if self.state.put_binding(&rec).await? == Saved::Written {

@@ -82,6 +82,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 self.lb.set_route(&b.private_production_route, to).await?;
                 t.route_change(current.to_string(), to.to_string());
                 out.production = Some(format!("{current} -> {to}"));
+                if let [live] = to.live().as_slice() {
+                    self.record_binding_live(b, live, None, t).await;
+                }
             }
             if let (Some(to), Some(which), Some(current)) = (&plan.test, &b.private_test_route, &seen.private_test) {
                 self.lb.set_route(which, to).await?;

@@ -299,7 +299,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     }
 
     /// Polls `check` every poll interval until it yields a value or the budget runs out; transient AWS errors
-    /// count as "not yet". `waiting_for` describes the latest state for the timeout message.
+    /// count as "not yet". `check` yields `Err(state)` while waiting; the last state is the timeout's message.
     async fn poll<T, C, Fut>(&self, budget: Budget, mut check: C) -> Result<T>
     where
         C: FnMut() -> Fut,

@@ -2,6 +2,8 @@
 //! that hands each invocation to the harness. Each hook binary's `main` is one call to [`serve`]; the reconciler's
 //! is one call to [`serve_reconciler`].
 
+pub mod cli;
+
 use bluegreen_mirror::aws::Aws;
 use bluegreen_mirror::aws::FOLLOW_KEY;
 use bluegreen_mirror::config::Config;

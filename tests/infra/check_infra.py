@@ -46,9 +46,13 @@ def load(path):
         return yaml.load(f, Loader=CfnLoader)
 
 
+# The hooks crate's binaries that are not Lambda functions.
+NOT_FUNCTIONS = {"bluegreen-mirror"}
+
+
 def cargo_bins():
     with open(os.path.join(ROOT, "hooks", "Cargo.toml")) as f:
-        return set(re.findall(r'\[\[bin\]\]\s*name\s*=\s*"([^"]+)"', f.read()))
+        return set(re.findall(r'\[\[bin\]\]\s*name\s*=\s*"([^"]+)"', f.read())) - NOT_FUNCTIONS
 
 
 def env_constants():

@@ -7,7 +7,7 @@ mod after_install;
 mod before_allow_traffic;
 mod reconcile;
 
-pub use reconcile::{Reconciled, Trigger};
+pub use reconcile::{BindingStatus, PlanSummary, Reconciled, Trigger};
 
 use std::collections::BTreeSet;
 use std::future::Future;

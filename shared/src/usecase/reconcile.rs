@@ -8,6 +8,7 @@
 //! route it read, then re-reads it after writing and goes round again if it moved meanwhile, so the last write
 //! always mirrors a public state read after it.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -343,5 +344,110 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             }
         }
         out
+    }
+}
+
+/// What a reconcile would change, in words (for operators and `--dry-run`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PlanSummary {
+    /// Private target group name → targets to register / deregister.
+    pub register: BTreeMap<String, Vec<String>>,
+    pub deregister: BTreeMap<String, Vec<String>>,
+    pub production: Option<String>,
+    pub test: Option<String>,
+    pub held_back: Vec<String>,
+}
+
+impl PlanSummary {
+    pub fn is_empty(&self) -> bool {
+        self.register.is_empty() && self.deregister.is_empty() && self.production.is_none() && self.test.is_none()
+    }
+}
+
+/// One binding as an operator sees it: both sides, and what a reconcile would change.
+#[derive(Debug, Clone, Serialize)]
+pub struct BindingStatus {
+    pub binding: String,
+    pub public_production: Option<String>,
+    pub public_test: Option<String>,
+    pub private_production: Option<String>,
+    pub private_test: Option<String>,
+    /// Target group name → `ip:port health` of each target.
+    pub targets: BTreeMap<String, Vec<String>>,
+    /// I1–I3 hold when a reconcile would change nothing.
+    pub in_sync: bool,
+    pub pending: PlanSummary,
+    pub warnings: Vec<String>,
+}
+
+impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+    /// Checks a binding against the live account without changing anything: its deployment group uses the
+    /// binding's public target groups, every resource passes the preflight, the state table answers. Returns
+    /// the warnings.
+    pub async fn check(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Vec<String>> {
+        for name in &group.target_group_names {
+            if b.public_named(name).is_none() {
+                return Err(Error::Misconfigured(format!(
+                    "deployment group {} uses target group {name}, which binding {} does not name as a public target group",
+                    b.deployment_group,
+                    b.label()
+                )));
+            }
+        }
+        if group.production_listeners.is_empty() {
+            return Err(Error::Misconfigured(format!(
+                "deployment group {} has no production listener (is it an ECS blue/green group with a load balancer?)",
+                b.deployment_group
+            )));
+        }
+        self.preflight(b, t).await?;
+        self.state.binding(&b.application, &b.deployment_group).await.map_err(|e| match e.aws_kind() {
+            Some(crate::AwsErrorKind::NotFound) => {
+                Error::Misconfigured(format!("the state table {} does not exist ({e})", self.config.table))
+            }
+            _ => e,
+        })?;
+        Ok(t.snapshot().notes.into_iter().filter(|n| n.starts_with("warning")).collect())
+    }
+
+    /// Both sides of a binding and what a reconcile would change, without changing anything.
+    pub async fn status(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<BindingStatus> {
+        let pre = self.preflight(b, t).await?;
+        let public_prod = group.production_listeners.first().map(|l| RouteRef::Listener(l.clone()));
+        let public_test = group.test_listeners.first().map(|l| RouteRef::Listener(l.clone()));
+        let seen = self.observe(b, public_prod.as_ref(), public_test.as_ref(), pre.production, pre.test).await?;
+        let plan = plan_reconcile(&b.pair_arns(), b.style(), &seen, DEFAULT_BATCH)
+            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
+        let name = |tg: &str| crate::domain::arn::target_group_name(tg).unwrap_or(tg).to_string();
+        let mut pending = PlanSummary { held_back: plan.held_back.clone(), ..Default::default() };
+        for (tg, m) in &plan.mirrors {
+            if m.registered() > 0 {
+                pending.register.insert(name(tg), m.register.iter().flatten().map(|t| t.key.to_string()).collect());
+            }
+            if m.deregistered() > 0 {
+                pending.deregister.insert(name(tg), m.deregister.iter().flatten().map(ToString::to_string).collect());
+            }
+        }
+        let show = |r: &Option<Route>| r.as_ref().map(Route::to_string);
+        pending.production = plan
+            .production
+            .as_ref()
+            .map(|to| format!("{} -> {to}", show(&seen.private_production).unwrap_or_default()));
+        pending.test = plan.test.as_ref().map(|to| format!("{} -> {to}", show(&seen.private_test).unwrap_or_default()));
+        Ok(BindingStatus {
+            binding: b.label(),
+            public_production: show(&seen.public_production),
+            public_test: show(&seen.public_test),
+            private_production: show(&seen.private_production),
+            private_test: show(&seen.private_test),
+            targets: seen
+                .targets
+                .iter()
+                .map(|(tg, ts)| (name(tg), ts.iter().map(|t| format!("{} {}", t.key(), t.health.as_str())).collect()))
+                .collect(),
+            in_sync: plan.is_empty(),
+            pending,
+            warnings: t.snapshot().notes.into_iter().filter(|n| n.starts_with("warning")).collect(),
+        })
     }
 }

@@ -1,0 +1,89 @@
+"""The operator CLI against moto (behind the rehearsal's emulated AWS): `status` sees the private side out of
+sync, `reconcile --dry-run` shows the change without making it, `reconcile` makes it, `status` then sees I1–I3
+hold, `check` passes; and `check` names what to fix for a missing target group and a port mismatch.
+
+    python test_cli.py BIN_DIR
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import procs
+import rehearse
+
+results = []
+
+
+def expect(name, cond, detail=""):
+    results.append(cond)
+    print(f"{'ok  ' if cond else 'FAIL'} {name}" + (f": {detail}" if detail and not cond else ""))
+
+
+def main():
+    bin_dir = sys.argv[1]
+    procs.install_cleanup()
+    r = rehearse.Rehearsal("happy", 3, None, open(os.devnull, "w"))
+    try:
+        r.start_moto()
+        r.provision()
+        r.start_standin()
+        r.world.active_checks = False
+        ips = ["127.0.1.1", "127.0.1.2", "127.0.1.3"]
+        r.register(r.tgs["pub-blue"], ips, events=False)
+
+        def cli(*args, bindings=None):
+            env = {"PATH": os.environ.get("PATH", ""), "AWS_REGION": rehearse.REGION, "AWS_ACCESS_KEY_ID": "AKIDCLI",
+                   "AWS_SECRET_ACCESS_KEY": "x", "AWS_ENDPOINT_URL": r.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
+                   "BLUEGREEN_MIRROR_TABLE": r.table, "BLUEGREEN_MIRROR_BINDINGS": json.dumps(bindings or r.bindings)}
+            p = subprocess.run([os.path.join(bin_dir, "bluegreen-mirror"), *args], env=env, capture_output=True,
+                               timeout=60)
+            return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+        def members(tg):
+            return sorted(t for t, *_ in r.world.target_states(r.tgs[tg]))
+
+        code, out, _ = cli("status", "--json")
+        s = json.loads(out)["bindings"][0]
+        expect("status exits 1 when out of sync", code == 1, out)
+        expect("status shows the pending registrations", len(s["pending"]["register"].get("prv-blue", [])) == 3, out)
+
+        code, out, _ = cli("reconcile", "--dry-run", "--json")
+        expect("reconcile --dry-run changes nothing", code == 0 and members("prv-blue") == [], out)
+
+        code, out, _ = cli("reconcile")
+        expect("reconcile mirrors the public group", code == 0 and members("prv-blue") == ips, out)
+        expect("reconcile reports what it did", "registered 3" in out, out)
+
+        code, out, _ = cli("status")
+        expect("status exits 0 in sync", code == 0 and "in sync" in out, out)
+
+        code, out, _ = cli("check")
+        expect("check passes a good binding", code == 0 and "ok:" in out, out)
+
+        missing = json.loads(json.dumps(r.bindings))
+        missing["bindings"][0]["pairs"][1]["private_target_group"] = r.tgs["prv-green"].replace("/prv-green/", "/gone/")
+        code, out, _ = cli("check", bindings=missing)
+        expect("check names a missing target group", code == 1 and "does not exist" in out, out)
+
+        elb = r.client("elbv2", r.moto_url, "PROVISION")
+        vpc = elb.describe_target_groups(TargetGroupArns=[r.tgs["prv-green"]])["TargetGroups"][0]["VpcId"]
+        other = elb.create_target_group(Name="prv-other-port", Protocol="HTTP", Port=9999, VpcId=vpc, TargetType="ip")
+        mismatch = json.loads(json.dumps(r.bindings))
+        mismatch["bindings"][0]["pairs"][1]["private_target_group"] = other["TargetGroups"][0]["TargetGroupArn"]
+        code, out, _ = cli("check", "--json", bindings=mismatch)
+        row = json.loads(out)["bindings"][0]
+        expect("check names a port mismatch", code == 1 and "same protocol and port" in row.get("error", ""), out)
+
+        code, _, err = cli("frobnicate")
+        expect("a usage error exits 2", code == 2 and "usage" in err, err)
+    finally:
+        procs.kill_all()
+    failed = results.count(False)
+    print(f"cli: {len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

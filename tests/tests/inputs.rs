@@ -6,7 +6,7 @@
 //! `BLUEGREEN_MIRROR_FUZZ_SECONDS=600 cargo test -p bluegreen-mirror-tests --test inputs --release` keeps
 //! generating for that long (the default is one round per test).
 
-#![allow(clippy::expect_used, clippy::unwrap_used)]
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::time::{Duration, Instant};
 

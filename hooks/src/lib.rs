@@ -45,14 +45,28 @@ pub fn response(outcome: Outcome) -> Result<Value, Error> {
     }
 }
 
-/// Starts the function: configuration and clients once at cold start (a bad configuration stops it here,
-/// before any invocation), then one harness run per invocation.
-pub async fn serve(phase: Phase) -> Result<(), lambda_runtime::Error> {
+/// The engine every function runs on, over the AWS adapters, and CodeDeploy as the hook reporter.
+type AwsEngine = Engine<
+    bluegreen_mirror::aws::Elb,
+    bluegreen_mirror::aws::CodeDeploy,
+    bluegreen_mirror::aws::DynamoState,
+    bluegreen_mirror::aws::LambdaFollowers,
+>;
+
+/// Cold start, shared by every function: logging, the configuration (a bad one stops the function here), the
+/// clients.
+async fn cold_start() -> Result<(AwsEngine, bluegreen_mirror::aws::CodeDeploy), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let aws = Aws::load(&config).await;
     let reporter = aws.codedeploy.clone();
-    let hooks = Engine::new(aws.elb, aws.codedeploy, aws.state, aws.followers, config);
+    Ok((Engine::new(aws.elb, aws.codedeploy, aws.state, aws.followers, config), reporter))
+}
+
+/// Starts the function: configuration and clients once at cold start (a bad configuration stops it here,
+/// before any invocation), then one harness run per invocation.
+pub async fn serve(phase: Phase) -> Result<(), lambda_runtime::Error> {
+    let (hooks, reporter) = cold_start().await?;
     let (hooks, reporter) = (&hooks, &reporter);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         handle(phase, hooks, reporter, event).await.map_err(lambda_runtime::Error::from)
@@ -141,10 +155,7 @@ pub fn parse_trigger(payload: Value) -> Result<Option<Trigger>, Error> {
 
 /// Starts the reconciler function: like [`serve`], one engine for the process, one trigger per invocation.
 pub async fn serve_reconciler() -> Result<(), lambda_runtime::Error> {
-    lambda_runtime::tracing::init_default_subscriber();
-    let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
-    let aws = Aws::load(&config).await;
-    let engine = Engine::new(aws.elb, aws.codedeploy, aws.state, aws.followers, config);
+    let (engine, _) = cold_start().await?;
     let engine = &engine;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         reconcile_event(engine, event).await.map_err(lambda_runtime::Error::from)

@@ -11,5 +11,5 @@ pub mod target;
 pub use mirror::{plan_mirror, MirrorPlan, DEFAULT_BATCH};
 pub use reconcile::{plan_reconcile, Observed, ReconcilePlan};
 pub use record::{BindingRecord, DeploymentRecord, FollowerLease, Phase};
-pub use route::{mirror_route, Route, RouteStyle, WeightedTargetGroup};
+pub use route::{mirror_route, test_route, Route, RouteStyle, WeightedTargetGroup};
 pub use target::{HealthState, ObservedTarget, Target, TargetKey};

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::mirror::{plan_mirror, MirrorPlan};
-use super::route::{mirror_route, Route, RouteStyle};
+use super::route::{mirror_route, test_route, Route, RouteStyle};
 use super::target::{HealthState, ObservedTarget};
 
 /// The live state of one binding.
@@ -84,22 +84,8 @@ pub fn plan_reconcile(
         }
     }
     let production_after = plan.production.as_ref().or(seen.private_production.as_ref());
-    if let Some(current) = &seen.private_test {
-        let desired = match style {
-            // An NLB listener forwards to one group: the test listener keeps the idle one attached.
-            RouteStyle::Single => production_after.and_then(|prod| {
-                let live = prod.live();
-                pairs
-                    .iter()
-                    .map(|(_, p)| p)
-                    .find(|p| !live.contains(&p.as_str()))
-                    .map(|idle| Route::all_to(idle, &[], style))
-            }),
-            RouteStyle::Weighted => match &seen.public_test {
-                Some(public) => Some(mirror_route(public, pairs, style, Some(current))?),
-                None => None,
-            },
-        };
+    if let (Some(current), Some(production)) = (&seen.private_test, production_after) {
+        let desired = test_route(pairs, style, production, seen.public_test.as_ref(), current)?;
         if let Some(desired) = desired.filter(|d| !d.same_action(current)) {
             plan.test = Some(desired);
         }

@@ -197,6 +197,29 @@ pub fn mirror_route(
     }
 }
 
+/// The private test route (I3), given the private production route it goes with. Weighted (ALB): the mirror of the
+/// public test route, when there is one. Single (NLB): the private group production does not use, so that both
+/// stay attached and health-checked. `None` when there is nothing to decide from.
+pub fn test_route(
+    pairs: &[(String, String)],
+    style: RouteStyle,
+    production: &Route,
+    public_test: Option<&Route>,
+    current: &Route,
+) -> Result<Option<Route>, String> {
+    match style {
+        RouteStyle::Single => {
+            let live = production.live();
+            Ok(pairs
+                .iter()
+                .map(|(_, p)| p)
+                .find(|p| !live.contains(&p.as_str()))
+                .map(|idle| Route::all_to(idle, &[], style)))
+        }
+        RouteStyle::Weighted => public_test.map(|public| mirror_route(public, pairs, style, Some(current))).transpose(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

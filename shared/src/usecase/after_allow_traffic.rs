@@ -6,7 +6,7 @@
 
 use super::{name, now_ms, Engine, Tracker};
 use crate::config::{Binding, RouteRef};
-use crate::domain::{mirror_route, HealthState, Phase, Route, RouteStyle};
+use crate::domain::{mirror_route, test_route, HealthState, Phase, Route, RouteStyle};
 use crate::harness::Budget;
 use crate::ports::{Deployments, Followers, LoadBalancers, StateStore};
 use crate::{Error, Result};
@@ -177,19 +177,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             return Ok(());
         };
         let current = self.lb.route(which).await?;
-        let desired = if b.style() == RouteStyle::Single {
-            let live = production.live();
-            match b.private_target_groups().into_iter().find(|tg| !live.contains(tg)) {
-                Some(idle) => Route::all_to(idle, &[], RouteStyle::Single),
-                None => return Ok(()),
-            }
-        } else {
-            let Some(public_listener) = public_test_listener else {
-                return Ok(());
-            };
-            let public = self.lb.route(&RouteRef::Listener(public_listener.to_string())).await?;
-            mirror_route(&public, &b.pair_arns(), b.style(), Some(&current))
-                .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?
+        let public = match (b.style(), public_test_listener) {
+            (RouteStyle::Weighted, Some(l)) => Some(self.lb.route(&RouteRef::Listener(l.to_string())).await?),
+            _ => None,
+        };
+        let Some(desired) = test_route(&b.pair_arns(), b.style(), production, public.as_ref(), &current)
+            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?
+        else {
+            return Ok(());
         };
         if !current.same_action(&desired) {
             self.lb.set_route(which, &desired).await?;

@@ -138,16 +138,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             ))
         })?;
         t.binding(binding.label());
-        for tg in &facts.target_group_names {
-            if binding.public_named(tg).is_none() {
-                return Err(Error::Misconfigured(format!(
-                    "deployment group {} uses target group {tg}, which binding {} does not name as a public target group: \
-                     fix the binding's pairs",
-                    facts.deployment_group,
-                    binding.label()
-                )));
-            }
-        }
+        uses_only_bound_groups(binding, &facts.target_group_names)?;
         for tg in binding.public_target_groups() {
             if !facts.target_group_names.is_empty()
                 && !facts.target_group_names.iter().any(|n| Some(n.as_str()) == arn::target_group_name(tg))
@@ -449,6 +440,19 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         if let Err(e) = result {
             t.note(format!("warning: binding state not recorded: {e}"));
         }
+    }
+}
+
+/// Refuses a deployment group whose target groups the binding does not name as public ones.
+fn uses_only_bound_groups(b: &Binding, target_group_names: &[String]) -> Result<()> {
+    match target_group_names.iter().find(|n| b.public_named(n).is_none()) {
+        Some(tg) => Err(Error::Misconfigured(format!(
+            "deployment group {} uses target group {tg}, which binding {} does not name as a public target group: \
+             fix the binding's pairs",
+            b.deployment_group,
+            b.label()
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -385,15 +385,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// binding's public target groups, every resource passes the preflight, the state table answers. Returns
     /// the warnings.
     pub async fn check(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Vec<String>> {
-        for name in &group.target_group_names {
-            if b.public_named(name).is_none() {
-                return Err(Error::Misconfigured(format!(
-                    "deployment group {} uses target group {name}, which binding {} does not name as a public target group",
-                    b.deployment_group,
-                    b.label()
-                )));
-            }
-        }
+        super::uses_only_bound_groups(b, &group.target_group_names)?;
         if group.production_listeners.is_empty() {
             return Err(Error::Misconfigured(format!(
                 "deployment group {} has no production listener (is it an ECS blue/green group with a load balancer?)",

@@ -27,6 +27,9 @@ use crate::config::Config;
 /// Attempts per AWS call (the first and five retries).
 pub const MAX_ATTEMPTS: u32 = 6;
 
+/// The first retry's backoff ceiling; it doubles per attempt up to 5 s (100, 200, 400, 800, 1600 ms).
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+
 /// The adapters of one function, built from one shared SDK configuration.
 #[derive(Debug, Clone)]
 pub struct Aws {
@@ -52,9 +55,15 @@ impl Aws {
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http).timeout_config(timeouts);
         // A hook that gives up on a throttled call fails a deployment: retry harder than the SDK's default of 3
         // attempts (unless the operator chose with AWS_MAX_ATTEMPTS), with backoff capped well inside the budget.
+        // The first backoff is short ([`INITIAL_BACKOFF`], jittered, doubling): the SDK's default of about 1 s let
+        // a throttled reconcile fall behind a target group's deregistration delay, so a replaced task could stop
+        // while its private mirror still received traffic.
         if std::env::var_os("AWS_MAX_ATTEMPTS").is_none() {
             loader = loader.retry_config(
-                RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS).with_max_backoff(Duration::from_secs(5)),
+                RetryConfig::standard()
+                    .with_max_attempts(MAX_ATTEMPTS)
+                    .with_initial_backoff(INITIAL_BACKOFF)
+                    .with_max_backoff(Duration::from_secs(5)),
             );
         }
         let sdk = loader.load().await;

@@ -244,6 +244,10 @@ pub fn error_chain(e: &Error) -> String {
     let mut src = std::error::Error::source(e);
     while let Some(cause) = src {
         let c = cause.to_string();
+        // The SDK's service error: its code and message are already in ours; below it is only their Debug form.
+        if c == "service error" {
+            break;
+        }
         if !s.contains(&c) {
             s.push_str(": ");
             s.push_str(&c);

@@ -1,10 +1,17 @@
 """A local implementation of the Lambda Runtime API. Each invocation starts the function's release binary as a
 fresh process (a cold start, as Lambda does after idle time), serves it exactly one event through
 `/2018-06-01/runtime/invocation/next`, collects its response or error, enforces the function timeout by killing
-the process, and records the cold start (process start → first `next`) and the invocation duration."""
+the process, and records the cold start (process start → first `next`) and the invocation duration.
+
+Invocations are asynchronous, as CodeDeploy's and EventBridge's are, and so is their retry: an attempt that ends
+in an error, a timeout or a crash is run again, twice at most, with the same event and request id. Lambda waits
+one and then two minutes; here the waits are played at the scale of the rehearsal's deregistration delay (300 s
+on AWS, 1 s here), so a retry arrives as early, relative to a draining target, as it would on AWS. Each attempt
+gets its own session token, so the emulated endpoint can tell one attempt's calls from another's."""
 
 import json
 import os
+import signal
 import threading
 import time
 import uuid
@@ -22,12 +29,21 @@ class QuietServer(ThreadingHTTPServer):
 import procs
 
 
+# Lambda's waits before the second and the third attempt of an asynchronous invocation (1 and 2 minutes on AWS).
+RETRY_DELAYS_S = (0.2, 0.4)
+
+
 class Invocation:
-    def __init__(self, function: str, event: dict, timeout_s: float):
+    def __init__(self, function: str, event: dict, timeout_s: float, request_id=None, attempt=1):
         self.function = function
         self.event = event
         self.timeout_s = timeout_s
-        self.request_id = str(uuid.uuid4())
+        self.request_id = request_id or str(uuid.uuid4())
+        self.attempt = attempt
+        self.token = f"{self.request_id}.{attempt}"  # AWS_SESSION_TOKEN of this attempt
+        self.proc = None
+        self.crashed = False  # SIGKILLed by the rehearsal's crash injection
+        self.retry = None  # the next attempt, set before `done` when there is one
         self.started = None  # process start
         self.first_next = None  # runtime asked for its first event
         self.finished = None
@@ -122,7 +138,8 @@ class LambdaHost:
         self._lock = threading.Lock()
 
     def invoke_async(self, function: str, event: dict, access_key: str) -> Invocation:
-        """Starts an invocation in the background (CodeDeploy invokes hooks asynchronously)."""
+        """Starts an invocation in the background (CodeDeploy invokes hooks asynchronously). The returned first
+        attempt links to its retries (`retry`); `attempts` lists them."""
         if function not in self.functions:
             raise KeyError(function)
         inv = Invocation(function, event, self.timeouts[function])
@@ -130,6 +147,49 @@ class LambdaHost:
             self.invocations.append(inv)
         threading.Thread(target=self._run, args=(inv, access_key), daemon=True).start()
         return inv
+
+    @staticmethod
+    def attempts(inv: Invocation, timeout_s: float) -> list:
+        """Waits for an invocation's last attempt to end and returns every attempt, first to last."""
+        deadline = time.monotonic() + timeout_s
+        out = [inv]
+        while True:
+            if not out[-1].done.wait(max(0.0, deadline - time.monotonic())):
+                return out
+            if out[-1].retry is None:
+                return out
+            out.append(out[-1].retry)
+
+    def kill(self, token: str) -> bool:
+        """SIGKILLs the attempt whose session token is `token`, as a crash would (no answer, no clean-up)."""
+        with self._lock:
+            inv = next((i for i in self.invocations if i.token == token), None)
+        if inv is None or inv.proc is None:
+            return False
+        inv.crashed = True
+        try:
+            os.killpg(inv.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return False
+        inv.proc.wait()
+        return True
+
+    def _retry(self, inv: Invocation, access_key: str):
+        """Lambda's retry of a failed asynchronous attempt: same event and request id, after a wait."""
+        nxt = Invocation(inv.function, inv.event, inv.timeout_s, inv.request_id, inv.attempt + 1)
+        with self._lock:
+            self.invocations.append(nxt)
+        inv.retry = nxt
+
+        def later():
+            time.sleep(RETRY_DELAYS_S[inv.attempt - 1])
+            try:
+                self._run(nxt, access_key)
+            except procs.ShuttingDown:
+                nxt.error = "not run: the rehearsal ended"
+                nxt.done.set()
+
+        threading.Thread(target=later, daemon=True).start()
 
     def _run(self, inv: Invocation, access_key: str):
         server = QuietServer(("127.0.0.1", 0), _handler_for(inv))
@@ -146,12 +206,14 @@ class LambdaHost:
                 "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{inv.function}",
                 "AWS_LAMBDA_LOG_STREAM_NAME": inv.request_id,
                 "AWS_ACCESS_KEY_ID": access_key,
+                "AWS_SESSION_TOKEN": inv.token,
             }
         )
         log_path = os.path.join(self.log_dir, f"{inv.function}-{inv.request_id[:8]}.log")
         with open(log_path, "wb") as log:
             inv.started = time.monotonic()
             p = procs.spawn([self.functions[inv.function]], env=env, stdout=log, stderr=log)
+            inv.proc = p
             deadline = inv.started + inv.timeout_s
             while not inv.done.is_set():
                 if p.poll() is not None:
@@ -165,6 +227,8 @@ class LambdaHost:
                 inv.finished = time.monotonic()
             procs.kill(p)
         inv.log_path = log_path
+        if inv.response is None and inv.attempt <= len(RETRY_DELAYS_S):
+            self._retry(inv, access_key)
         inv.done.set()
         server.shutdown()
         server.server_close()

@@ -10,13 +10,20 @@ import threading
 
 _lock = threading.Lock()
 _live: list[subprocess.Popen] = []
+_closed = False
+
+
+class ShuttingDown(RuntimeError):
+    """A process was asked for after kill_all: a late retry must not outlive the rehearsal."""
 
 
 def spawn(args, **kwargs) -> subprocess.Popen:
     kwargs.setdefault("start_new_session", True)
     kwargs.setdefault("stdin", subprocess.DEVNULL)
-    p = subprocess.Popen(args, **kwargs)
     with _lock:
+        if _closed:
+            raise ShuttingDown(args[0])
+        p = subprocess.Popen(args, **kwargs)
         _live.append(p)
     return p
 
@@ -37,7 +44,9 @@ def kill(p: subprocess.Popen) -> None:
 
 
 def kill_all() -> None:
+    global _closed
     with _lock:
+        _closed = True
         procs = list(_live)
     for p in procs:
         kill(p)

@@ -63,8 +63,18 @@ SCENARIOS = {
                       "about": "between deployments ECS replaces a task; the private mirror drains the old one "
                                "with the public side and takes the new one"},
     "missing-binding": {"config": "AllAtOnce", "expected": "rolled_back", "group": "web-bg-unbound",
+                        "untouched": True,
+                        "expected_message": 'no binding for application "web", deployment group "web-bg-unbound"',
                         "about": "a deployment group with no binding: AfterInstall fails with a clear message, "
                                  "nothing on the private side changes"},
+    "access-denied": {"config": "AllAtOnce", "expected": "rolled_back", "faults": "elbv2.RegisterTargets=denied:1",
+                      "expected_message": "grant elasticloadbalancing:RegisterTargets on arn:aws:elasticloadbalancing:",
+                      "about": "the functions' role lacks elasticloadbalancing:RegisterTargets: AfterInstall fails "
+                               "naming the permission to grant, before any traffic moves"},
+    "missing-table": {"config": "AllAtOnce", "expected": "rolled_back", "table": "bluegreen-mirror-gone",
+                      "expected_message": "the state table bluegreen-mirror-gone does not exist",
+                      "about": "the functions are configured with a DynamoDB table that does not exist: AfterInstall "
+                               "fails naming the table, before any traffic moves"},
 }
 
 CONFIGS = {
@@ -113,15 +123,35 @@ def same_traffic(a, b):
     return sa.keys() == sb.keys() and all(abs(sa[k] - sb[k]) < 1e-9 for k in sa)
 
 
+def access_key(function):
+    """The access key a function signs with: the emulated endpoint tells the functions' calls apart by it."""
+    return "AKID" + function.upper().replace("-", "")
+
+
+def parse_crash(spec):
+    """`FUNCTION:N`: SIGKILL the first attempt of FUNCTION's first invocation right after its N-th AWS call."""
+    function, _, n = (spec or "").partition(":")
+    functions = [f for _, f in HOOKS] + ["reconciler"]
+    if function not in functions or not n.isdigit() or int(n) < 1:
+        raise ValueError(f"bad crash {spec!r}: expected FUNCTION:N with FUNCTION in {functions} and N ≥ 1")
+    return function, int(n)
+
+
 class Rehearsal:
-    def __init__(self, scenario, tasks, config, out, faults=""):
+    def __init__(self, scenario, tasks, config, out, faults="", crash=None, lane=0):
         self.name = scenario
-        self.faults = faults
+        self.lane = lane
+        self.faults = ",".join(filter(None, (SCENARIOS[scenario].get("faults"), faults)))
+        self.crash = None
+        if crash:
+            function, n = parse_crash(crash)
+            self.crash = {"function": function, "after_call": n, "fired": False, "call": None, "token": None,
+                          "seen": 0}
         self.spec = dict(SCENARIOS[scenario])
         self.config = config or self.spec.get("config", "AllAtOnce")
         self.tasks = tasks
         self.log = Timeline(out)
-        self.run_dir = os.path.join(ROOT, "target", "rehearsal", f"{scenario}-{int(time.time())}")
+        self.run_dir = os.path.join(ROOT, "target", "rehearsal", f"{scenario}-{int(time.time())}-{os.getpid()}")
         os.makedirs(self.run_dir, exist_ok=True)
         self.task_procs = {"blue": [], "green": []}
         self.hook_reports = {}
@@ -212,11 +242,34 @@ class Rehearsal:
                 (self.listeners["public-prod"], self.listeners["public-test"]), ("rehearsal", service))
         self.service = "web"
         self.world.faults = standin.Faults(self.faults)
+        self.world.on_call = self.on_call
         self.server = standin.serve(self.world)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         # The rehearsal's own ECS and CodeDeploy act through the stand-in, so their changes are seen and timed.
         self.elb = self.client("elbv2", self.endpoint, "CODEDEPLOY")
         self.log("setup", f"emulated AWS endpoint {self.endpoint} (health checks, CodeDeploy, moto behind)")
+
+    def on_call(self, caller, token, service, op):
+        """Crash injection: the n-th AWS call of the chosen function's first attempt takes effect, then the process
+        is SIGKILLed before it reads the answer. Lambda's retry (lambda_host) and the idempotent functions must
+        then bring everything where it would have been."""
+        c = self.crash
+        if c is None or c["fired"] or caller != access_key(c["function"]) or not token:
+            return None
+        if c["token"] is None:
+            c["token"] = token
+        if token != c["token"]:
+            return None
+        c["seen"] += 1
+        if c["seen"] < c["after_call"]:
+            return None
+        c["fired"], c["call"] = True, f"{service} {op}"
+
+        def crash():
+            self.host.kill(token)
+            self.log("Crash", f"{c['function']} SIGKILLed right after its AWS call #{c['after_call']} ({service} {op} "
+                              f"took effect, its answer never read); Lambda retries the invocation")
+        return crash
 
     # --- EventBridge, played ---------------------------------------------------------------------------------
     def emit(self, source, detail_type, detail, delay_s=0.0, note=""):
@@ -251,12 +304,15 @@ class Rehearsal:
             self.emit("aws.events", "Scheduled Event", {}, 0.0)
 
     # --- ECS, played ---------------------------------------------------------------------------------------
+    def task_ip(self, color, i):
+        """Blue tasks on 127.L.1.i, green ones on 127.L.2.i; L is the lane, so that rehearsals can run side by side."""
+        return f"127.{self.lane}.{1 if color == 'blue' else 2}.{i}"
+
     def start_tasks(self, color, first=1, count=None):
-        octet = 1 if color == "blue" else 2
         task = os.path.join(os.path.dirname(__file__), "task.py")
         ips = []
         for i in range(first, first + (count or self.tasks)):
-            ip = f"127.0.{octet}.{i}"
+            ip = self.task_ip(color, i)
             p = procs.spawn([sys.executable, task, ip, str(TASK_PORT), color],
                             stdout=procs.subprocess.DEVNULL, stderr=procs.subprocess.DEVNULL)
             p.task_ip = ip
@@ -319,41 +375,53 @@ class Rehearsal:
         d = self.deployment
         exec_id = d.new_execution(hook)
         event = {"DeploymentId": d.id, "LifecycleEventHookExecutionId": exec_id}
-        key = "AKID" + function.upper().replace("-", "")
+        key = access_key(function)
         t = time.monotonic()
         self.log(hook, f"invoking {function}")
         invs = [self.host.invoke_async(function, event, key)]
         if self.spec.get("hook_retry"):
             invs.append(self.host.invoke_async(function, event, key))
         status = d.wait_report(exec_id, HOOK_TIMEOUT_S + 5)
-        for inv in invs:
-            inv.done.wait(HOOK_TIMEOUT_S + 5)
+        # Every attempt, Lambda's retries of a crashed or failed one included (at most three per invocation).
+        wait_s = 3 * (HOOK_TIMEOUT_S + 5)
+        attempts = [a for inv in invs for a in self.host.attempts(inv, wait_s)]
         if self.spec.get("hook_retry"):
             again = self.host.invoke_async(function, event, key)
-            again.done.wait(HOOK_TIMEOUT_S + 5)
+            attempts += self.host.attempts(again, wait_s)
             invs.append(again)
         calls = [c for c in self.world.calls if c[1] == key and c[0] >= t]
         message = None
-        for inv in invs:
-            if isinstance(inv.response, dict) and inv.response.get("message"):
-                message = inv.response["message"]
-            if inv.error and not message:
-                message = inv.error
+        for a in attempts:
+            if isinstance(a.response, dict) and a.response.get("message"):
+                message = a.response["message"]
+            if a.error and not message and not a.crashed:
+                message = a.error
         e = d.executions[exec_id]
+        by = e["reports_by"]
+        # The harness's promise, seen from CodeDeploy: a verdict, and every attempt that ran to its end reported
+        # exactly once (a crashed attempt may have reported before it died, never twice).
+        reported_once = status is not None and all(
+            by.get(a.token, 0) == 1 if (a.response is not None and not a.crashed) else by.get(a.token, 0) <= 1
+            for a in attempts)
         self.hook_reports[hook] = {
             "function": function,
             "verdict": status or "NoReport",
             "invocations": len(invs),
+            "attempts": len(attempts),
+            "crashed_attempts": sum(1 for a in attempts if a.crashed),
             "reports_received": e["reports"],
             "reports_rejected_as_already_completed": e["rejected"],
-            "duration_ms": round(max((inv.duration_ms or 0) for inv in invs)),
-            "cold_start_ms": round(min((inv.cold_start_ms or 0) for inv in invs), 1),
+            "every_attempt_reported_once": reported_once,
+            "duration_ms": round(max((a.duration_ms or 0) for a in attempts)),
+            "cold_start_ms": round(min((a.cold_start_ms or 0) for a in attempts), 1),
             "aws_calls": len(calls),
+            "first_attempt_calls": self.world.calls_by_token.get(invs[0].token, 0),
             "message": message,
         }
         self.log(hook, f"{function} reported {status or 'nothing (timed out)'} in "
                        f"{self.hook_reports[hook]['duration_ms']} ms, {len(calls)} AWS calls"
                  + (f", {len(invs)} invocations" if len(invs) > 1 else "")
+                 + (f", {len(attempts)} attempts" if len(attempts) > len(invs) else "")
                  + (f": {message}" if message and status != "Succeeded" else ""))
         return status == "Succeeded"
 
@@ -423,7 +491,7 @@ class Rehearsal:
 
         self.log("Termination", f"waiting {TERMINATION_WAIT_S:.0f} s before removing the original task set")
         time.sleep(TERMINATION_WAIT_S)
-        blue_ips = [f"127.0.1.{i}" for i in range(1, self.tasks + 1)]
+        blue_ips = [self.task_ip("blue", i) for i in range(1, self.tasks + 1)]
         self.deregister(self.tgs["pub-blue"], blue_ips)
         time.sleep(standin.DEREGISTRATION_DELAY_S)
         self.stop_tasks("blue")
@@ -442,7 +510,7 @@ class Rehearsal:
                 self.register(blue, [ip])
             self.wait_healthy(blue, ips)
         else:
-            old = "127.0.1.1"
+            old = self.task_ip("blue", 1)
             self.log("ECS", f"replacing task {old}")
             self.deregister(blue, [old])
             time.sleep(standin.DEREGISTRATION_DELAY_S)
@@ -552,7 +620,8 @@ class Rehearsal:
             "PATH": os.environ.get("PATH", ""),
             "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION, "AWS_SECRET_ACCESS_KEY": "rehearsal",
             "AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
-            "BLUEGREEN_MIRROR_TABLE": self.table, "BLUEGREEN_MIRROR_BINDINGS": json.dumps(self.bindings),
+            "BLUEGREEN_MIRROR_TABLE": self.spec.get("table", self.table),
+            "BLUEGREEN_MIRROR_BINDINGS": json.dumps(self.bindings),
             "BLUEGREEN_MIRROR_POLL_MS": "200", "AWS_LAMBDA_LOG_LEVEL": "info",
             "BLUEGREEN_MIRROR_FOLLOWER": "reconciler",
         }
@@ -604,16 +673,26 @@ class Rehearsal:
             held = held and invariants["state_consistent_with_elb"]
         # The harness's promise, seen from CodeDeploy: every invocation reported exactly once.
         invariants["every_invocation_reported_once"] = all(
-            h["reports_received"] == h["invocations"] for h in self.hook_reports.values())
+            h["every_attempt_reported_once"] for h in self.hook_reports.values())
         held = held and invariants["every_invocation_reported_once"]
-        if self.name == "missing-binding":
+        if self.spec.get("untouched"):
             untouched = self.private_writes() == writes_before
             invariants["private_side_untouched"] = untouched
             held = held and untouched
+        if self.spec.get("expected_message"):
+            # Bad configuration must be reported with a message that says what to fix.
+            named = any(self.spec["expected_message"] in (h.get("message") or "") for h in self.hook_reports.values())
+            invariants["failure_message_names_the_fix"] = named
+            held = held and named
+        first_reconcile = next((i for i in self.host.invocations if i.function == "reconciler"), None)
+        crash = None
+        if self.crash:
+            crash = {k: self.crash[k] for k in ("function", "after_call", "fired", "call")}
         report = {
             "scenario": self.name,
             "config": self.config,
             "faults": self.faults or None,
+            "crash": crash,
             "faults_injected": self.world.faults.injected,
             "tasks": self.tasks,
             "outcome": self.outcome,
@@ -633,6 +712,9 @@ class Rehearsal:
             "reconciler": {
                 "invocations": sum(1 for i in self.host.invocations if i.function == "reconciler"),
                 "aws_calls": sum(1 for c in self.world.calls if c[1] == RECONCILER_KEY),
+                "first_attempt_calls": self.world.calls_by_token.get(first_reconcile.token, 0)
+                if first_reconcile else 0,
+                "attempts_retried": sum(1 for i in self.host.invocations if i.function == "reconciler" and i.attempt > 1),
                 "follower_handovers": self.count_in_logs("reconciler-", "handing over to a fresh follower"),
             },
             "route_changes": [
@@ -657,9 +739,14 @@ def print_report(r, out):
     p(f"   outcome: {r['outcome']} (expected {r['expected_outcome']})")
     if r["faults"]:
         p(f"   faults           {r['faults']}: injected {r['faults_injected']}")
+    if r["crash"]:
+        c = r["crash"]
+        p(f"   crash            {c['function']} after AWS call #{c['after_call']}: "
+          + (f"SIGKILLed after {c['call']}" if c["fired"] else "not reached (fewer calls)"))
     for h, v in r["hooks"].items():
         p(f"   {h:<20} {v['verdict']:<10} {v['duration_ms']:>6} ms  cold start {v['cold_start_ms']:>6} ms  "
-          f"{v['aws_calls']:>3} AWS calls  {v['invocations']} invocation(s)")
+          f"{v['aws_calls']:>3} AWS calls  {v['invocations']} invocation(s)"
+          + (f", {v['attempts']} attempts ({v['crashed_attempts']} crashed)" if v["attempts"] > v["invocations"] else ""))
     p(f"   requests         public {r['requests']['public']:>6} ({r['failed_requests']['public']} failed)   "
       f"private {r['requests']['private']:>6} ({r['failed_requests']['private']} failed)")
     p(f"   served           public {r['served_by_version']['public']}   private {r['served_by_version']['private']}")
@@ -681,45 +768,124 @@ def print_report(r, out):
     p(f"   RESULT: {'PASS' if r['passed'] else 'FAIL'}")
 
 
-PROFILES = {"none": "", "throttle-30%": "*=throttle:0.3", "5xx-10%": "*=5xx:0.1", "resets-5%": "*=reset:0.05"}
-QUICK_MATRIX = [("happy", "throttle-30%"), ("unhealthy-green", "throttle-30%"), ("alarm-rollback", "5xx-10%"),
-                ("linear", "resets-5%")]
+CRASH = "crash-every-step"
+PROFILES = {"none": "", "throttle-30%": "*=throttle:0.3", "5xx-10%": "*=5xx:0.1", "resets-5%": "*=reset:0.05",
+            CRASH: None}
+# (scenario, profile, functions to crash: None for every function the scenario runs)
+QUICK_MATRIX = [("happy", "throttle-30%", None), ("unhealthy-green", "throttle-30%", None),
+                ("alarm-rollback", "5xx-10%", None), ("linear", "resets-5%", None),
+                ("happy", CRASH, ["after-allow-traffic"])]
+
+
+def run_one(scenario, tasks, faults="", crash=None, lane=0):
+    """One rehearsal in its own process; its JSON report, or a failed one that carries the process's stderr."""
+    args = [sys.executable, os.path.abspath(__file__), "--scenario", scenario, "--json", "--faults", faults,
+            "--tasks", str(tasks), "--lane", str(lane)]
+    if crash:
+        args += ["--crash", crash]
+    p = subprocess.run(args, capture_output=True, timeout=900)
+    try:
+        return json.loads(p.stdout)
+    except ValueError:
+        return {"outcome": "failed", "expected_outcome": SCENARIOS[scenario]["expected"], "invariants_held": False,
+                "private_dark_ms": None, "failed_requests": {}, "faults_injected": {}, "hooks": {},
+                "reconciler": {}, "messages": [p.stderr.decode(errors="replace")[-500:]]}
+
+
+def cell_problems(r):
+    """Why a cell's run fails the matrix: the outcome it would have had without faults, private dark time 0, no
+    private request failed where no public one did, every invariant held (DynamoDB consistent with ELB too)."""
+    fr = r.get("failed_requests", {})
+    out = []
+    if r["outcome"] != r["expected_outcome"]:
+        out.append(f"outcome {r['outcome']} (expected {r['expected_outcome']})")
+    if not r["invariants_held"]:
+        out.append("broken: " + ", ".join(k for k, v in r.get("invariants", {}).items() if not v))
+    if r["private_dark_ms"] != 0:
+        out.append(f"private dark {r['private_dark_ms']} ms")
+    if fr.get("private", 0) and not fr.get("public", 0):
+        out.append(f"{fr['private']} private requests failed")
+    return out + [m for m in r.get("messages", []) if out]
+
+
+class Lanes:
+    """Loopback lanes (127.L.x.x) for rehearsals that run side by side."""
+
+    def __init__(self, n):
+        self.free = list(range(n))
+        self.cond = threading.Condition()
+
+    def run(self, *args, **kwargs):
+        with self.cond:
+            self.cond.wait_for(lambda: self.free)
+            lane = self.free.pop()
+        try:
+            return run_one(*args, **kwargs, lane=lane)
+        finally:
+            with self.cond:
+                self.free.append(lane)
+                self.cond.notify()
+
+
+def crash_cell(scenario, tasks, functions, lanes, pool):
+    """Crash at every step: a clean run counts the AWS calls each function's first attempt makes; then one
+    rehearsal per function and per n kills that attempt right after its n-th call (n = 1 … count). The cell passes
+    when every one of those rehearsals does."""
+    clean = run_one(scenario, tasks)
+    if SCENARIOS[scenario].get("between"):
+        plan = [("reconciler", clean.get("reconciler", {}).get("first_attempt_calls", 0))]
+    else:
+        plan = [(h["function"], h["first_attempt_calls"]) for h in clean.get("hooks", {}).values()]
+    plan = [(f, n) for f, n in plan if functions is None or f in functions]
+    points = [f"{f}:{n}" for f, count in plan for n in range(1, count + 1)]
+    reports = list(pool.map(lambda point: lanes.run(scenario, tasks, crash=point), points))
+    failures, fired, broke = [], 0, False
+    for point, r in zip(points, reports):
+        fired += bool((r.get("crash") or {}).get("fired"))
+        problems = cell_problems(r)
+        if problems:
+            failures.append(f"{point} ({(r.get('crash') or {}).get('call')}): {'; '.join(problems)[:300]}")
+            broke = broke or not r["invariants_held"]
+    clean_problems = cell_problems(clean)
+    if clean_problems:
+        failures.insert(0, "without a crash: " + "; ".join(clean_problems)[:300])
+    return {"scenario": scenario, "faults": CRASH, "outcome": clean["outcome"], "expected": clean["expected_outcome"],
+            "invariants_held": not broke and clean["invariants_held"], "crash_points": len(points),
+            "crashes_fired": fired, "crash_plan": dict(plan), "passed": not failures, "messages": failures}
 
 
 def matrix(args):
-    """Runs scenarios under fault profiles, each in its own process, and checks every cell: the outcome it would
-    have had without faults, private dark time 0, no private request failed where no public one did, every
-    invariant held (state in DynamoDB consistent with ELB included)."""
-    cells = QUICK_MATRIX if args.quick else [(s, p) for s in SCENARIOS for p in PROFILES]
+    """Runs scenarios under fault profiles, each rehearsal in its own process, and checks every cell (see
+    cell_problems). `--jobs` runs that many rehearsals side by side, each on its own loopback lane."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cells = QUICK_MATRIX if args.quick else [(s, p, None) for s in SCENARIOS for p in PROFILES]
+    lanes = Lanes(args.jobs)
     rows = []
-    for scenario, profile in cells:
-        p = subprocess.run([sys.executable, os.path.abspath(__file__), "--scenario", scenario, "--json",
-                            "--faults", PROFILES[profile], "--tasks", str(args.tasks)],
-                           capture_output=True, timeout=900)
-        try:
-            r = json.loads(p.stdout)
-        except ValueError:
-            r = {"outcome": "failed", "expected_outcome": SCENARIOS[scenario]["expected"], "invariants_held": False,
-                 "private_dark_ms": None, "failed_requests": {}, "faults_injected": {},
-                 "messages": [p.stderr.decode(errors="replace")[-500:]]}
-        fr = r.get("failed_requests", {})
-        ok = (r["outcome"] == r["expected_outcome"] and r["invariants_held"] and r["private_dark_ms"] == 0
-              and not (fr.get("private", 0) and not fr.get("public", 0)))
-        row = {"scenario": scenario, "faults": profile, "outcome": r["outcome"], "expected": r["expected_outcome"],
-               "invariants_held": r["invariants_held"], "private_dark_ms": r["private_dark_ms"],
-               "failed_requests": fr, "faults_injected": sum(r.get("faults_injected", {}).values()),
-               "passed": ok, "messages": r.get("messages", [])}
-        rows.append(row)
-        print(f"{scenario:<16} {profile:<13} {row['outcome']:<12} injected {row['faults_injected']:>4}  "
-              f"{'PASS' if ok else 'FAIL'}", file=sys.stderr, flush=True)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for scenario, profile, functions in cells:
+            if profile == CRASH:
+                row = crash_cell(scenario, args.tasks, functions, lanes, pool)
+            else:
+                r = lanes.run(scenario, args.tasks, PROFILES[profile])
+                problems = cell_problems(r)
+                row = {"scenario": scenario, "faults": profile, "outcome": r["outcome"],
+                       "expected": r["expected_outcome"], "invariants_held": r["invariants_held"],
+                       "private_dark_ms": r["private_dark_ms"], "failed_requests": r.get("failed_requests", {}),
+                       "faults_injected": sum(r.get("faults_injected", {}).values()), "passed": not problems,
+                       "messages": problems}
+            rows.append(row)
+            detail = (f"{row['crashes_fired']}/{row['crash_points']} crash points" if profile == CRASH
+                      else f"injected {row['faults_injected']:>4}")
+            print(f"{scenario:<16} {profile:<17} {row['outcome']:<12} {detail:<22} {'PASS' if row['passed'] else 'FAIL'}",
+                  file=sys.stderr, flush=True)
     failed = sum(1 for r in rows if not r["passed"])
     if args.json:
         print(json.dumps({"matrix": rows}, indent=2))
     else:
         for r in rows:
             if not r["passed"]:
-                print(f"FAIL {r['scenario']} under {r['faults']}: {r['outcome']} (expected {r['expected']}); "
-                      f"{'; '.join(r['messages'])[:400]}")
+                print(f"FAIL {r['scenario']} under {r['faults']}: {' | '.join(r['messages'])[:1500]}")
         print(f"matrix: {len(rows) - failed} passed, {failed} failed")
     return 1 if failed else 0
 
@@ -733,13 +899,22 @@ def main():
     ap.add_argument("--list", action="store_true", help="list the scenarios")
     ap.add_argument("--faults", default="", help="inject faults into the functions' AWS calls, e.g. "
                     "'elbv2=throttle:0.3,dynamodb=5xx:0.1,codedeploy=reset:0.05' ('*' for every service)")
-    ap.add_argument("--matrix", action="store_true", help="every scenario under every fault profile")
+    ap.add_argument("--crash", metavar="FUNCTION:N", help="SIGKILL the first attempt of FUNCTION's first invocation "
+                    "right after its N-th AWS call, e.g. after-allow-traffic:3; Lambda's retry runs it again")
+    ap.add_argument("--matrix", action="store_true", help="every scenario under every fault profile, and under a "
+                    "crash at every step")
     ap.add_argument("--quick", action="store_true", help="with --matrix: a few cells (what CI runs)")
+    ap.add_argument("--jobs", type=int, default=1, help="with --matrix: rehearsals run side by side")
+    ap.add_argument("--lane", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if not 0 <= args.lane <= 254 or args.jobs < 1:
+        ap.error("--lane must be in 0..254 and --jobs at least 1")
     if args.matrix:
         return matrix(args)
     try:
         standin.Faults(args.faults)
+        if args.crash:
+            parse_crash(args.crash)
     except ValueError as e:
         ap.error(str(e))
     if args.list:
@@ -752,7 +927,7 @@ def main():
     random.seed(7)
     out = sys.stderr if args.json else sys.stdout
     try:
-        report = Rehearsal(args.scenario, args.tasks, args.config, out, args.faults).run()
+        report = Rehearsal(args.scenario, args.tasks, args.config, out, args.faults, args.crash, args.lane).run()
     finally:
         procs.kill_all()
     if args.json:

@@ -49,54 +49,75 @@ DESCRIPTIONS = {
 
 
 class Faults:
-    """Faults injected into the functions' calls (never into the rehearsal's own): per service, one kind with a
-    rate. `elbv2=throttle:0.3,dynamodb=5xx:0.1,codedeploy=reset:0.05,lambda=latency:200`; `*` is every service.
+    """Faults injected into the functions' calls (never into the rehearsal's own): per service, or per service and
+    operation, one kind with a rate. `elbv2=throttle:0.3,dynamodb=5xx:0.1,codedeploy=reset:0.05,lambda=latency:200`,
+    `elbv2.RegisterTargets=denied:1`; `*` is every service.
     Kinds: `throttle` (the service's real throttling error), `5xx` (a server error), `reset` (the connection is
-    dropped without an answer), `latency` (milliseconds added to every call)."""
+    dropped without an answer), `latency` (milliseconds added to every call), `denied` (the service's
+    AccessDenied: a permission missing from the function's role)."""
 
-    KINDS = ("throttle", "5xx", "reset", "latency")
+    KINDS = ("throttle", "5xx", "reset", "latency", "denied")
     SERVICES = ("elbv2", "dynamodb", "codedeploy", "lambda", "*")
 
     def __init__(self, spec=""):
-        self.rules = {}
+        self.rules = {}  # service or "service.Operation" -> [(kind, value)]
         self.injected = {}
         self.lock = threading.Lock()
         self.random = __import__("random").Random(11)
         for part in filter(None, (p.strip() for p in spec.split(","))):
-            service, _, rest = part.partition("=")
+            where, _, rest = part.partition("=")
+            service, _, operation = where.partition(".")
             kind, _, value = rest.partition(":")
-            if service not in self.SERVICES or kind not in self.KINDS or not value:
-                raise ValueError(f"bad fault {part!r}: expected SERVICE=KIND:RATE with SERVICE in {self.SERVICES} "
-                                 f"and KIND in {self.KINDS}")
-            self.rules.setdefault(service, []).append((kind, float(value)))
+            try:
+                number = float(value)
+            except ValueError:
+                number = -1.0
+            if (service not in self.SERVICES or kind not in self.KINDS or number < 0
+                    or (kind != "latency" and number > 1) or (operation and not operation.isalnum())):
+                raise ValueError(f"bad fault {part!r}: expected SERVICE[.Operation]=KIND:RATE with SERVICE in "
+                                 f"{self.SERVICES}, KIND in {self.KINDS}, RATE in 0..1 (milliseconds for latency)")
+            self.rules.setdefault(where, []).append((kind, number))
 
-    def pick(self, caller, service):
+    def pick(self, caller, service, op=""):
         """The faults to apply to this call: a list of (kind, value)."""
         if not caller.startswith("AKID"):
             return []
         out = []
         with self.lock:
-            for kind, value in self.rules.get(service, []) + self.rules.get("*", []):
+            rules = self.rules.get(service, []) + self.rules.get(f"{service}.{op}", []) + self.rules.get("*", [])
+            for kind, value in rules:
                 if kind == "latency" or self.random.random() < value:
                     out.append((kind, value))
                     self.injected[f"{service}:{kind}"] = self.injected.get(f"{service}:{kind}", 0) + 1
         return out
 
 
-def fault_response(service, kind):
+def fault_response(service, kind, op=""):
     """(status, body, content type, extra headers) of an injected error, in the service's own error shape."""
     if service in ("elbv2", "ec2"):
-        code, status = ("Throttling", 400) if kind == "throttle" else ("ServiceUnavailable", 503)
-        body = (f'<ErrorResponse xmlns="{ELB_NS}"><Error><Type>{"Sender" if status == 400 else "Receiver"}</Type>'
-                f"<Code>{code}</Code><Message>Rate exceeded</Message></Error>"
+        code, status, message = {
+            "throttle": ("Throttling", 400, "Rate exceeded"),
+            "denied": ("AccessDenied", 403, f"User: arn:aws:sts::123456789012:assumed-role/fn/fn is not authorized "
+                                            f"to perform: elasticloadbalancing:{op} because no identity-based policy "
+                                            f"allows the elasticloadbalancing:{op} action"),
+        }.get(kind, ("ServiceUnavailable", 503, "Service unavailable"))
+        body = (f'<ErrorResponse xmlns="{ELB_NS}"><Error><Type>{"Receiver" if status >= 500 else "Sender"}</Type>'
+                f"<Code>{code}</Code><Message>{message}</Message></Error>"
                 f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>")
         return status, body.encode(), "text/xml", {}
+    denied = (f"User: arn:aws:sts::123456789012:assumed-role/fn/fn is not authorized to perform: {service}:{op} "
+              f"because no identity-based policy allows the {service}:{op} action")
     if service == "lambda":
-        code, status = ("TooManyRequestsException", 429) if kind == "throttle" else ("ServiceException", 500)
-        return status, json.dumps({"message": "Rate exceeded"}).encode(), "application/json", {"X-Amzn-ErrorType": code}
+        code, status, message = {"throttle": ("TooManyRequestsException", 429, "Rate exceeded"),
+                                 "denied": ("AccessDeniedException", 403, denied.replace("lambda:Invoke",
+                                                                                           "lambda:InvokeFunction"))
+                                 }.get(kind, ("ServiceException", 500, "Internal error"))
+        return status, json.dumps({"message": message}).encode(), "application/json", {"X-Amzn-ErrorType": code}
     prefix = "com.amazonaws.dynamodb.v20120810#" if service == "dynamodb" else ""
-    code, status = ("ThrottlingException", 400) if kind == "throttle" else ("InternalServerError", 500)
-    body = json.dumps({"__type": prefix + code, "message": "Rate exceeded" if status == 400 else "Internal error"})
+    code, status, message = {"throttle": ("ThrottlingException", 400, "Rate exceeded"),
+                             "denied": ("AccessDeniedException", 400, denied)
+                             }.get(kind, ("InternalServerError", 500, "Internal error"))
+    body = json.dumps({"__type": prefix + code, "message": message})
     return status, body.encode(), "application/x-amz-json-1.1", {"X-Amzn-ErrorType": code}
 
 
@@ -127,7 +148,8 @@ class Deployment:
     def new_execution(self, hook):
         exec_id = f"{hook}-{uuid.uuid4().hex[:12]}"
         with self.cond:
-            self.executions[exec_id] = {"hook": hook, "status": None, "at": None, "reports": 0, "rejected": 0}
+            self.executions[exec_id] = {"hook": hook, "status": None, "at": None, "reports": 0, "rejected": 0,
+                                        "reports_by": {}}
         return exec_id
 
     def wait_report(self, exec_id, timeout_s):
@@ -155,6 +177,10 @@ class World:
         self.deployments = {}
         self.groups = {}  # (application, group) -> DeploymentGroup
         self.invoke = None  # callable(function, payload, access_key): Lambda's asynchronous Invoke
+        # callable(caller, token, service, op) -> None, or a callable that crashes the caller: it runs once the
+        # call has taken effect, and its answer is never sent (crash injection).
+        self.on_call = None
+        self.calls_by_token = {}  # session token (one per Lambda attempt) -> number of calls
         self.faults = Faults()
         self.stop = threading.Event()
         self.t0 = time.monotonic()
@@ -294,9 +320,11 @@ class World:
         healthy = [(ip, port) for ip, port, st, _ in states if st == "healthy"]
         return healthy or [(ip, port) for ip, port, _, _ in states]
 
-    def count(self, caller, service, op):
+    def count(self, caller, service, op, token=None):
         with self.lock:
             self.calls.append((time.monotonic(), caller, service, op))
+            if token:
+                self.calls_by_token[token] = self.calls_by_token.get(token, 0) + 1
 
 
 def _caller(headers):
@@ -328,10 +356,18 @@ def make_handler(world: World):
         wbufsize = -1
         disable_nagle_algorithm = True
 
+        crash = None  # set per request by World.on_call
+
         def log_message(self, *_args):
             pass
 
         def _send(self, status, body, content_type, extra=None):
+            if self.crash is not None:
+                # The call took effect; the caller dies before it reads the answer.
+                crash, self.crash = self.crash, None
+                crash()
+                self.close_connection = True
+                return
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
@@ -359,6 +395,7 @@ def make_handler(world: World):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             caller = _caller(self.headers)
+            token = self.headers.get("X-Amz-Security-Token")
             target = self.headers.get("X-Amz-Target") or ""
             form = {}
             if self.path.startswith("/2015-03-31/functions/") and self.path.endswith("/invocations"):
@@ -371,8 +408,9 @@ def make_handler(world: World):
                 form = urllib.parse.parse_qs(body.decode(), keep_blank_values=True)
                 op = form.get("Action", [""])[0]
                 service = "elbv2" if form.get("Version", [""])[0] == "2015-12-01" else "ec2"
-            world.count(caller, service, op)
-            for kind, value in world.faults.pick(caller, service):
+            world.count(caller, service, op, token)
+            self.crash = world.on_call(caller, token, service, op) if world.on_call else None
+            for kind, value in world.faults.pick(caller, service, op):
                 if kind == "latency":
                     time.sleep(value / 1000)
                     continue
@@ -383,7 +421,7 @@ def make_handler(world: World):
                     except OSError:
                         pass
                     return
-                status, data, ctype, extra = fault_response(service, kind)
+                status, data, ctype, extra = fault_response(service, kind, op)
                 return self._send(status, data, ctype, extra)
             if service == "lambda":
                 return self._invoke(body)
@@ -508,6 +546,8 @@ def make_handler(world: World):
                     if e is None:
                         return self._error("InvalidLifecycleEventHookExecutionIdException", f"Unknown execution {exec_id}")
                     e["reports"] += 1
+                    token = self.headers.get("X-Amz-Security-Token") or "?"
+                    e["reports_by"][token] = e["reports_by"].get(token, 0) + 1
                     if e["status"] is not None:
                         e["rejected"] += 1
                         return self._error("LifecycleEventAlreadyCompletedException",

@@ -33,10 +33,11 @@ def main():
         ips = ["127.0.1.1", "127.0.1.2", "127.0.1.3"]
         r.register(r.tgs["pub-blue"], ips, events=False)
 
-        def cli(*args, bindings=None):
+        def cli(*args, bindings=None, table=None):
             env = {"PATH": os.environ.get("PATH", ""), "AWS_REGION": rehearse.REGION, "AWS_ACCESS_KEY_ID": "AKIDCLI",
                    "AWS_SECRET_ACCESS_KEY": "x", "AWS_ENDPOINT_URL": r.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
-                   "BLUEGREEN_MIRROR_TABLE": r.table, "BLUEGREEN_MIRROR_BINDINGS": json.dumps(bindings or r.bindings)}
+                   "BLUEGREEN_MIRROR_TABLE": table or r.table,
+                   "BLUEGREEN_MIRROR_BINDINGS": json.dumps(bindings or r.bindings)}
             p = subprocess.run([os.path.join(bin_dir, "bluegreen-mirror"), *args], env=env, capture_output=True,
                                timeout=60)
             return p.returncode, p.stdout.decode(), p.stderr.decode()
@@ -75,6 +76,17 @@ def main():
         code, out, _ = cli("check", "--json", bindings=mismatch)
         row = json.loads(out)["bindings"][0]
         expect("check names a port mismatch", code == 1 and "same protocol and port" in row.get("error", ""), out)
+
+        code, out, _ = cli("check", table="bluegreen-mirror-gone")
+        expect("check names a missing state table", code == 1 and "state table bluegreen-mirror-gone does not exist" in out,
+               out)
+
+        elsewhere = json.loads(json.dumps(r.bindings))
+        elsewhere["bindings"][0]["private_production_route"] = {"listener": r.listeners["public-prod"]}
+        elsewhere["bindings"][0]["private_test_route"] = {"listener": r.listeners["public-test"]}
+        code, out, _ = cli("check", bindings=elsewhere)
+        expect("check names a private listener on another load balancer",
+               code == 1 and "not (only) to the binding's private load balancer" in out, out)
 
         code, _, err = cli("frobnicate")
         expect("a usage error exits 2", code == 2 and "usage" in err, err)

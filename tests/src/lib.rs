@@ -35,6 +35,8 @@ pub enum Fault {
 pub struct Calls {
     log: Mutex<Vec<String>>,
     fault_at: Mutex<Option<(usize, Fault)>>,
+    /// Every call whose operation starts with the prefix fails with the kind (a missing resource or permission).
+    fail_every: Mutex<Vec<(String, AwsErrorKind)>>,
 }
 
 impl Calls {
@@ -44,6 +46,15 @@ impl Calls {
             log.push(op.to_string());
             log.len() - 1
         };
+        if let Some((_, kind)) = self.fail_every.lock().unwrap().iter().find(|(p, _)| op.starts_with(p.as_str())) {
+            return Err(Error::Aws {
+                service: "fake",
+                operation: "injected",
+                kind: *kind,
+                message: format!("injected {kind:?} on every {op}"),
+                source: None,
+            });
+        }
         let plan = *self.fault_at.lock().unwrap();
         match plan {
             Some((at, Fault::Fail(kind))) if at == n => Err(Error::Aws {
@@ -72,6 +83,12 @@ impl Calls {
 
     pub fn no_faults(&self) {
         *self.fault_at.lock().unwrap() = None;
+        self.fail_every.lock().unwrap().clear();
+    }
+
+    /// Fails every call whose operation starts with `prefix` (e.g. `dynamodb:`) until [`Self::no_faults`].
+    pub fn fail_every(&self, prefix: &str, kind: AwsErrorKind) {
+        self.fail_every.lock().unwrap().push((prefix.to_string(), kind));
     }
 }
 

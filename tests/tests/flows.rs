@@ -361,6 +361,16 @@ async fn bad_input_is_refused_with_a_clear_message_and_nothing_changed() {
         ("private listener missing", "private production route", Box::new(|w| w.elb.remove_route(&w.arns.prv_prod))),
         ("private test rule missing", "private test route", Box::new(|w| w.elb.remove_route(&w.arns.prv_test))),
         (
+            "state table missing",
+            "the state table bluegreen-mirror does not exist",
+            Box::new(|w| w.calls.fail_every("dynamodb:", AwsErrorKind::NotFound)),
+        ),
+        (
+            "state table not readable",
+            "injected AccessDenied on every dynamodb:GetItem",
+            Box::new(|w| w.calls.fail_every("dynamodb:", AwsErrorKind::AccessDenied)),
+        ),
+        (
             "private route forwards elsewhere",
             "which binding web/web-bg does not name",
             Box::new(|w| w.elb.put_route(&w.arns.prv_prod, Route::all_to(&w.arns.pub_blue, &[], RouteStyle::Weighted))),

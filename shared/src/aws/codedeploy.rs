@@ -33,7 +33,9 @@ impl CodeDeploy {
             .deployment_group_name(group)
             .send()
             .await
-            .map_err(|e| aws_error(SERVICE, "GetDeploymentGroup", e))
+            .map_err(|e| {
+                aws_error(SERVICE, "GetDeploymentGroup", &format!("deployment group {application}/{group}"), e)
+            })
     }
 }
 
@@ -62,13 +64,9 @@ fn group_facts(info: Option<&DeploymentGroupInfo>) -> DeploymentGroupFacts {
 
 impl Deployments for CodeDeploy {
     async fn deployment(&self, deployment_id: &str) -> Result<DeploymentFacts> {
-        let out = self
-            .client
-            .get_deployment()
-            .deployment_id(deployment_id)
-            .send()
-            .await
-            .map_err(|e| aws_error(SERVICE, "GetDeployment", e))?;
+        let out = self.client.get_deployment().deployment_id(deployment_id).send().await.map_err(|e| {
+            aws_error(SERVICE, "GetDeployment", &format!("the deployment group of deployment {deployment_id}"), e)
+        })?;
         let info = out.deployment_info().ok_or_else(|| {
             Error::Misconfigured(format!("CodeDeploy returned no information for deployment {deployment_id}"))
         })?;
@@ -112,7 +110,14 @@ impl Deployments for CodeDeploy {
                 .set_next_token(next.take())
                 .send()
                 .await
-                .map_err(|e| aws_error(SERVICE, "ListDeploymentTargets", e))?;
+                .map_err(|e| {
+                    aws_error(
+                        SERVICE,
+                        "ListDeploymentTargets",
+                        &format!("the deployment group of deployment {deployment_id}"),
+                        e,
+                    )
+                })?;
             target_ids.extend(page.target_ids().iter().cloned());
             match page.next_token() {
                 Some(t) if !t.is_empty() => next = Some(t.to_string()),
@@ -129,7 +134,14 @@ impl Deployments for CodeDeploy {
                 .target_id(target_id)
                 .send()
                 .await
-                .map_err(|e| aws_error(SERVICE, "GetDeploymentTarget", e))?;
+                .map_err(|e| {
+                    aws_error(
+                        SERVICE,
+                        "GetDeploymentTarget",
+                        &format!("the deployment group of deployment {deployment_id}"),
+                        e,
+                    )
+                })?;
             let Some(ecs) = out.deployment_target().and_then(|t| t.ecs_target()) else {
                 continue;
             };
@@ -170,7 +182,12 @@ impl HookReporter for CodeDeploy {
             Err(e) if e.as_service_error().is_some_and(|se| se.is_lifecycle_event_already_completed_exception()) => {
                 Ok(Reported::AlreadyCompleted)
             }
-            Err(e) => Err(aws_error(SERVICE, "PutLifecycleEventHookExecutionStatus", e)),
+            Err(e) => Err(aws_error(
+                SERVICE,
+                "PutLifecycleEventHookExecutionStatus",
+                &format!("the deployment group of deployment {deployment_id}"),
+                e,
+            )),
         }
     }
 }

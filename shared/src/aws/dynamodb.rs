@@ -39,7 +39,7 @@ impl DynamoState {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| aws_error(SERVICE, "GetItem", e))?;
+            .map_err(|e| aws_error(SERVICE, "GetItem", &format!("table {}", self.table), e))?;
         let Some(item) = out.item() else {
             return Ok(None);
         };
@@ -83,7 +83,7 @@ impl DynamoState {
             Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
                 Ok(Saved::Conflict)
             }
-            Err(e) => Err(aws_error(SERVICE, "PutItem", e)),
+            Err(e) => Err(aws_error(SERVICE, "PutItem", &format!("table {}", self.table), e)),
         }
     }
 }

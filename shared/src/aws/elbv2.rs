@@ -34,7 +34,7 @@ impl Elb {
                     .listener_arns(arn)
                     .send()
                     .await
-                    .map_err(|e| aws_error(SERVICE, "DescribeListeners", e))?;
+                    .map_err(|e| aws_error(SERVICE, "DescribeListeners", "*", e))?;
                 let l = out
                     .listeners()
                     .first()
@@ -48,7 +48,7 @@ impl Elb {
                     .rule_arns(arn)
                     .send()
                     .await
-                    .map_err(|e| aws_error(SERVICE, "DescribeRules", e))?;
+                    .map_err(|e| aws_error(SERVICE, "DescribeRules", "*", e))?;
                 let r = out
                     .rules()
                     .first()
@@ -155,7 +155,7 @@ impl LoadBalancers for Elb {
             .set_target_group_arns(Some(arns.iter().map(|a| (*a).to_string()).collect()))
             .send()
             .await
-            .map_err(|e| aws_error(SERVICE, "DescribeTargetGroups", e))?;
+            .map_err(|e| aws_error(SERVICE, "DescribeTargetGroups", "*", e))?;
         Ok(out
             .target_groups()
             .iter()
@@ -178,7 +178,7 @@ impl LoadBalancers for Elb {
             .target_group_arn(target_group)
             .send()
             .await
-            .map_err(|e| aws_error(SERVICE, "DescribeTargetHealth", e))?;
+            .map_err(|e| aws_error(SERVICE, "DescribeTargetHealth", "*", e))?;
         out.target_health_descriptions()
             .iter()
             .filter_map(|d| {
@@ -210,7 +210,7 @@ impl LoadBalancers for Elb {
             .set_targets(Some(descriptions))
             .send()
             .await
-            .map_err(|e| aws_error(SERVICE, "RegisterTargets", e))?;
+            .map_err(|e| aws_error(SERVICE, "RegisterTargets", target_group, e))?;
         Ok(())
     }
 
@@ -222,7 +222,7 @@ impl LoadBalancers for Elb {
             .set_targets(Some(descriptions))
             .send()
             .await
-            .map_err(|e| aws_error(SERVICE, "DeregisterTargets", e))?;
+            .map_err(|e| aws_error(SERVICE, "DeregisterTargets", target_group, e))?;
         Ok(())
     }
 
@@ -241,7 +241,7 @@ impl LoadBalancers for Elb {
                     .default_actions(action)
                     .send()
                     .await
-                    .map_err(|e| aws_error(SERVICE, "ModifyListener", e))?;
+                    .map_err(|e| aws_error(SERVICE, "ModifyListener", arn, e))?;
             }
             RouteRef::Rule(arn) => {
                 self.client
@@ -250,7 +250,7 @@ impl LoadBalancers for Elb {
                     .actions(action)
                     .send()
                     .await
-                    .map_err(|e| aws_error(SERVICE, "ModifyRule", e))?;
+                    .map_err(|e| aws_error(SERVICE, "ModifyRule", arn, e))?;
             }
         }
         Ok(())
@@ -266,7 +266,7 @@ mod tests {
     };
     use aws_sdk_elasticloadbalancingv2::operation::modify_listener::ModifyListenerOutput;
     use aws_sdk_elasticloadbalancingv2::operation::modify_rule::ModifyRuleOutput;
-    use aws_sdk_elasticloadbalancingv2::operation::register_targets::RegisterTargetsOutput;
+    use aws_sdk_elasticloadbalancingv2::operation::register_targets::{RegisterTargetsError, RegisterTargetsOutput};
     use aws_sdk_elasticloadbalancingv2::types::error::TargetGroupNotFoundException;
     use aws_sdk_elasticloadbalancingv2::types::{
         Listener, TargetHealth, TargetHealthDescription, TargetHealthReasonEnum, TargetHealthStateEnum,
@@ -450,6 +450,9 @@ mod tests {
         let denied = mock!(Client::describe_target_health).then_error(|| {
             DescribeTargetHealthError::generic(ErrorMetadata::builder().code("AccessDenied").message("no").build())
         });
+        let register_denied = mock!(Client::register_targets).then_error(|| {
+            RegisterTargetsError::generic(ErrorMetadata::builder().code("AccessDenied").message("no").build())
+        });
         let throttled = mock!(Client::describe_target_health).then_error(|| {
             DescribeTargetHealthError::generic(
                 ErrorMetadata::builder().code("Throttling").message("Rate exceeded").build(),
@@ -458,13 +461,17 @@ mod tests {
         let elb = Elb::new(mock_client!(
             aws_sdk_elasticloadbalancingv2,
             RuleMode::Sequential,
-            [&missing, &denied, &throttled]
+            [&missing, &denied, &register_denied, &throttled]
         ));
         let e = elb.targets(TG_A).await.unwrap_err();
         assert_eq!(e.aws_kind(), Some(AwsErrorKind::NotFound));
         let e = elb.targets(TG_A).await.unwrap_err();
         assert_eq!(e.aws_kind(), Some(AwsErrorKind::AccessDenied));
-        assert!(e.to_string().contains("grant elasticloadbalancing:DescribeTargetHealth"), "{e}");
+        assert!(e.to_string().contains("grant elasticloadbalancing:DescribeTargetHealth on *"), "{e}");
+        let e = elb.register(TG_A, &[target("10.0.0.1")]).await.unwrap_err();
+        let chain = crate::harness::error_chain(&e);
+        assert!(chain.contains(&format!("grant elasticloadbalancing:RegisterTargets on {TG_A} to")), "{chain}");
+        assert!(!chain.contains("Error {"), "the SDK's Debug form stays out of the message: {chain}");
         let e = elb.targets(TG_A).await.unwrap_err();
         assert_eq!(e.aws_kind(), Some(AwsErrorKind::Throttled));
         assert!(e.is_transient());

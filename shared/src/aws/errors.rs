@@ -39,8 +39,14 @@ pub fn classify_code(code: &str) -> AwsErrorKind {
     }
 }
 
-/// Maps an SDK error of `service`'s `operation`, keeping it as the source.
-pub(crate) fn aws_error<E, R>(service: &'static str, operation: &'static str, err: SdkError<E, R>) -> Error
+/// Maps an SDK error of `service`'s `operation` on `resource` (an ARN, or a description where IAM scopes by
+/// something the adapter does not know; `*` for actions IAM cannot scope), keeping it as the source.
+pub(crate) fn aws_error<E, R>(
+    service: &'static str,
+    operation: &'static str,
+    resource: &str,
+    err: SdkError<E, R>,
+) -> Error
 where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
     R: Debug + Send + Sync + 'static,
@@ -59,7 +65,7 @@ where
     };
     let message = match kind {
         AwsErrorKind::AccessDenied => {
-            format!("{message} — grant {service}:{operation} to the function's role")
+            format!("{message} — grant {service}:{operation} on {resource} to the function's role")
         }
         _ => message,
     };

@@ -36,7 +36,7 @@ impl Followers for LambdaFollowers {
             .payload(Blob::new(payload))
             .send()
             .await
-            .map_err(|e| aws_error("lambda", "InvokeFunction", e))?;
+            .map_err(|e| aws_error("lambda", "InvokeFunction", &format!("function {function}"), e))?;
         Ok(true)
     }
 }

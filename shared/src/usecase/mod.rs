@@ -174,9 +174,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             };
             Ok::<_, Error>((production, test))
         };
-        let (groups, routes) = tokio::join!(self.lb.target_groups(&arns), route_reads);
+        let (groups, routes, state) = tokio::join!(
+            self.lb.target_groups(&arns),
+            route_reads,
+            self.state.binding(&b.application, &b.deployment_group)
+        );
         let groups = groups.map_err(missing(format!("one of the target groups of binding {}", b.label())))?;
         let (production, test) = routes?;
+        self.state_usable(state.map(|_| ()), t)?;
         let lb_arn = b.private_load_balancer().unwrap_or_default();
         let find = |a: &str| {
             groups.iter().find(|g| g.arn == a).ok_or_else(|| {
@@ -439,6 +444,29 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         .await;
         if let Err(e) = result {
             t.note(format!("warning: binding state not recorded: {e}"));
+        }
+    }
+}
+
+impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+    /// The state table must exist and be readable before anything changes: records, the planned flip and the
+    /// follower's lease live there. A missing table or a missing permission is configuration and fails; anything
+    /// else (throttling that outlasted the retries, a 5xx) is noted, because a record is never the truth.
+    fn state_usable(&self, read: Result<()>, t: &Tracker) -> Result<()> {
+        match read {
+            Ok(()) => Ok(()),
+            Err(e) => match e.aws_kind() {
+                Some(AwsErrorKind::NotFound) => Err(Error::Misconfigured(format!(
+                    "the state table {} does not exist: create it (infra/template.yaml does) or set \
+                     BLUEGREEN_MIRROR_TABLE to the table's name ({e})",
+                    self.config.table
+                ))),
+                Some(AwsErrorKind::AccessDenied) => Err(e),
+                _ => {
+                    t.note(format!("warning: state table {} not readable now: {e}", self.config.table));
+                    Ok(())
+                }
+            },
         }
     }
 }

@@ -393,12 +393,6 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             )));
         }
         self.preflight(b, t).await?;
-        self.state.binding(&b.application, &b.deployment_group).await.map_err(|e| match e.aws_kind() {
-            Some(crate::AwsErrorKind::NotFound) => {
-                Error::Misconfigured(format!("the state table {} does not exist ({e})", self.config.table))
-            }
-            _ => e,
-        })?;
         Ok(t.snapshot().notes.into_iter().filter(|n| n.starts_with("warning")).collect())
     }
 

@@ -36,6 +36,8 @@ HEALTH_INTERVAL_S = 0.25
 HEALTHY_THRESHOLD = 2
 UNHEALTHY_THRESHOLD = 2
 DEREGISTRATION_DELAY_S = 1.0
+# How long a `timeout` fault holds a request unanswered when the caller does not give up first.
+TIMEOUT_FAULT_HOLD_S = 60.0
 
 
 # What ELB says alongside each reason code.
@@ -53,10 +55,11 @@ class Faults:
     operation, one kind with a rate. `elbv2=throttle:0.3,dynamodb=5xx:0.1,codedeploy=reset:0.05,lambda=latency:200`,
     `elbv2.RegisterTargets=denied:1`; `*` is every service.
     Kinds: `throttle` (the service's real throttling error), `5xx` (a server error), `reset` (the connection is
-    dropped without an answer), `latency` (milliseconds added to every call), `denied` (the service's
-    AccessDenied: a permission missing from the function's role)."""
+    dropped without an answer), `timeout` (the call is never answered: the caller's own timeout must fire),
+    `latency` (milliseconds added to every call), `denied` (the service's AccessDenied: a permission missing from
+    the function's role)."""
 
-    KINDS = ("throttle", "5xx", "reset", "latency", "denied")
+    KINDS = ("throttle", "5xx", "reset", "timeout", "latency", "denied")
     SERVICES = ("elbv2", "dynamodb", "codedeploy", "lambda", "*")
 
     def __init__(self, spec=""):
@@ -414,6 +417,16 @@ def make_handler(world: World):
                 if kind == "latency":
                     time.sleep(value / 1000)
                     continue
+                if kind == "timeout":
+                    # Hold the request unanswered until the caller gives up (its socket closes) or long past any
+                    # sane client timeout.
+                    self.connection.settimeout(TIMEOUT_FAULT_HOLD_S)
+                    try:
+                        self.connection.recv(1)
+                    except OSError:
+                        pass
+                    self.close_connection = True
+                    return
                 if kind == "reset":
                     self.close_connection = True
                     try:

@@ -37,6 +37,8 @@ pub struct Calls {
     fault_at: Mutex<Option<(usize, Fault)>>,
     /// Every call whose operation starts with the prefix fails with the kind (a missing resource or permission).
     fail_every: Mutex<Vec<(String, AwsErrorKind)>>,
+    /// Every call whose operation starts with the prefix first hangs this long (a call that times out).
+    stall_every: Mutex<Vec<(String, Duration)>>,
 }
 
 impl Calls {
@@ -84,6 +86,19 @@ impl Calls {
     pub fn no_faults(&self) {
         *self.fault_at.lock().unwrap() = None;
         self.fail_every.lock().unwrap().clear();
+        self.stall_every.lock().unwrap().clear();
+    }
+
+    /// Makes every call whose operation starts with `prefix` hang for `d` (virtual time) before it answers.
+    pub fn stall_every(&self, prefix: &str, d: Duration) {
+        self.stall_every.lock().unwrap().push((prefix.to_string(), d));
+    }
+
+    async fn stall(&self, op: &str) {
+        let d = self.stall_every.lock().unwrap().iter().find(|(p, _)| op.starts_with(p.as_str())).map(|(_, d)| *d);
+        if let Some(d) = d {
+            tokio::time::sleep(d).await;
+        }
     }
 
     /// Fails every call whose operation starts with `prefix` (e.g. `dynamodb:`) until [`Self::no_faults`].
@@ -427,6 +442,7 @@ fn versioned_put<T: Clone>(
 impl StateStore for FakeState {
     async fn deployment(&self, deployment_id: &str) -> Result<Option<DeploymentRecord>> {
         self.calls.enter("dynamodb:GetItem")?;
+        self.calls.stall("dynamodb:GetItem").await;
         Ok(self.record(deployment_id))
     }
 
@@ -437,6 +453,7 @@ impl StateStore for FakeState {
 
     async fn binding(&self, application: &str, group: &str) -> Result<Option<BindingRecord>> {
         self.calls.enter("dynamodb:GetItem")?;
+        self.calls.stall("dynamodb:GetItem").await;
         Ok(self.binding_record(application, group))
     }
 

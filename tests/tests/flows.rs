@@ -72,6 +72,25 @@ async fn happy_path_all_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hanging_state_read_does_not_hold_the_flip() {
+    let w = prepared(Phase::AfterAllowTraffic).await;
+    let a = &w.arns;
+    w.calls.stall_every("dynamodb:GetItem", Duration::from_secs(10));
+    let started = tokio::time::Instant::now();
+    let aat = w.invoke(Phase::AfterAllowTraffic, "exec-aat").await;
+    assert_eq!(aat.status, HookStatus::Succeeded, "{:?}", aat.message);
+    let flip = w
+        .elb
+        .timed_route_log()
+        .into_iter()
+        .find(|(arn, r, _)| arn == &a.prv_prod && r.live() == vec![a.prv_green.as_str()]);
+    let (_, _, at) = flip.expect("the private production route flipped to green");
+    // The planned flip is given a second; the slow path then derives it from ELB without waiting for the read.
+    assert!(at - started < Duration::from_secs(2), "flipped {:?} after the event", at - started);
+    assert!(w.elb.dark_moments().is_empty(), "{:?}", w.elb.dark_moments());
+}
+
+#[tokio::test(start_paused = true)]
 async fn stale_targets_from_an_earlier_deployment_are_removed() {
     let w = World::new();
     let a = &w.arns;
@@ -384,6 +403,13 @@ async fn bad_input_is_refused_with_a_clear_message_and_nothing_changed() {
             let deployment = if name == "unknown deployment" { "d-NOSUCH" } else { DEPLOYMENT };
             let exec = format!("{name}-{phase}");
             let out = w.invoke_for(phase, deployment, &exec, Duration::from_secs(120)).await;
+            if name.starts_with("state table") && phase == Phase::AfterAllowTraffic {
+                // Production has moved already and the two hooks before checked the table: failing now would
+                // only roll back a good flip. The flip goes on without its record.
+                assert_eq!(out.status, HookStatus::Succeeded, "{exec}: {:?}", out.message);
+                assert!(w.elb.dark_moments().is_empty(), "{exec}");
+                continue;
+            }
             assert_eq!(out.status, HookStatus::Failed, "{exec}");
             let msg = out.message.unwrap_or_default();
             assert!(msg.contains(want), "{exec}: {msg:?} lacks {want:?}");

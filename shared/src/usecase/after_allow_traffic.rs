@@ -4,7 +4,7 @@
 //! route is not dark, converge membership and the test route, record. If the private side cannot be made right,
 //! it is put back where it was (by `Hooks::run`, which also covers panics and timeouts) and the hook fails (CodeDeploy then reroutes the public side back too).
 
-use super::{name, now_ms, Engine, Tracker};
+use super::{name, now_ms, Engine, Tracker, STATE_READ_BOUND};
 use crate::config::{Binding, RouteRef};
 use crate::domain::{mirror_route, test_route, HealthState, Phase, Route, RouteStyle};
 use crate::harness::Budget;
@@ -21,10 +21,17 @@ struct Flip<'a> {
 
 impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     pub async fn after_allow_traffic(&self, deployment_id: &str, _budget: Budget, t: &Tracker) -> Result<()> {
-        let record = match self.state.deployment(deployment_id).await {
-            Ok(r) => r,
-            Err(e) => {
+        let record = match tokio::time::timeout(STATE_READ_BOUND, self.state.deployment(deployment_id)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
                 t.note(format!("deployment record unreadable ({e}); taking the slow path"));
+                None
+            }
+            Err(_) => {
+                t.note(format!(
+                    "deployment record not read within {} ms; taking the slow path",
+                    STATE_READ_BOUND.as_millis()
+                ));
                 None
             }
         };
@@ -57,7 +64,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             None => {
                 let r = self.resolve(deployment_id, t).await?;
                 let b = r.binding;
-                let pre = self.preflight(b, t).await?;
+                let pre = self.preflight_with(b, t, false).await?;
                 let listener = r.facts.production_listeners.first().cloned().ok_or_else(|| {
                     Error::Misconfigured(format!(
                         "deployment group {} has no production listener",

@@ -55,6 +55,11 @@ struct Preflight {
     test: Option<Route>,
 }
 
+/// How long a hook waits for a DynamoDB read that stands between it and a route change. A read that hangs until
+/// the SDK's 10 s attempt timeout would otherwise hold the private side back while production moves; a missing
+/// table or permission answers at once, and everything read there can be derived from ELB instead.
+pub(crate) const STATE_READ_BOUND: Duration = Duration::from_secs(1);
+
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
@@ -158,8 +163,15 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// Checks every resource the binding names before anything is changed: the four target groups exist, are
     /// of type `ip`, mirror each other's port and protocol, and the private ones belong to the private load
     /// balancer only; the private routes exist, are plain forwards, and forward only to the binding's private
-    /// target groups.
+    /// target groups; and the state table exists and is readable.
     async fn preflight(&self, b: &Binding, t: &Tracker) -> Result<Preflight> {
+        self.preflight_with(b, t, true).await
+    }
+
+    /// [`Self::preflight`], with the state table check only when `check_state`: the flip's slow path leaves it
+    /// out, because its DynamoDB read was just given its bound and did not answer, and AfterInstall and
+    /// BeforeAllowTraffic have checked the table for this deployment already.
+    async fn preflight_with(&self, b: &Binding, t: &Tracker, check_state: bool) -> Result<Preflight> {
         let mut arns = b.public_target_groups();
         arns.extend(b.private_target_groups());
         let route_reads = async {
@@ -174,14 +186,23 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             };
             Ok::<_, Error>((production, test))
         };
-        let (groups, routes, state) = tokio::join!(
-            self.lb.target_groups(&arns),
-            route_reads,
-            self.state.binding(&b.application, &b.deployment_group)
-        );
+        let (groups, routes, state) = tokio::join!(self.lb.target_groups(&arns), route_reads, async {
+            if !check_state {
+                return None;
+            }
+            Some(tokio::time::timeout(STATE_READ_BOUND, self.state.binding(&b.application, &b.deployment_group)).await)
+        });
         let groups = groups.map_err(missing(format!("one of the target groups of binding {}", b.label())))?;
         let (production, test) = routes?;
-        self.state_usable(state.map(|_| ()), t)?;
+        match state {
+            None => {}
+            Some(Ok(read)) => self.state_usable(read.map(|_| ()), t)?,
+            Some(Err(_)) => t.note(format!(
+                "warning: state table {} did not answer within {} ms",
+                self.config.table,
+                STATE_READ_BOUND.as_millis()
+            )),
+        }
         let lb_arn = b.private_load_balancer().unwrap_or_default();
         let find = |a: &str| {
             groups.iter().find(|g| g.arn == a).ok_or_else(|| {

@@ -831,7 +831,7 @@ def crash_cell(scenario, tasks, functions, lanes, pool):
     """Crash at every step: a clean run counts the AWS calls each function's first attempt makes; then one
     rehearsal per function and per n kills that attempt right after its n-th call (n = 1 … count). The cell passes
     when every one of those rehearsals does."""
-    clean = run_one(scenario, tasks)
+    clean = lanes.run(scenario, tasks)
     if SCENARIOS[scenario].get("between"):
         plan = [("reconciler", clean.get("reconciler", {}).get("first_attempt_calls", 0))]
     else:
@@ -861,24 +861,35 @@ def matrix(args):
 
     cells = QUICK_MATRIX if args.quick else [(s, p, None) for s in SCENARIOS for p in PROFILES]
     lanes = Lanes(args.jobs)
-    rows = []
+    def fault_cell(scenario, profile):
+        r = lanes.run(scenario, args.tasks, PROFILES[profile])
+        problems = cell_problems(r)
+        return {"scenario": scenario, "faults": profile, "outcome": r["outcome"], "expected": r["expected_outcome"],
+                "invariants_held": r["invariants_held"], "private_dark_ms": r["private_dark_ms"],
+                "failed_requests": r.get("failed_requests", {}),
+                "faults_injected": sum(r.get("faults_injected", {}).values()), "passed": not problems,
+                "messages": problems}
+
+    def show(row):
+        detail = (f"{row['crashes_fired']}/{row['crash_points']} crash points" if row["faults"] == CRASH
+                  else f"injected {row['faults_injected']:>4}")
+        print(f"{row['scenario']:<16} {row['faults']:<17} {row['outcome']:<12} {detail:<22} "
+              f"{'PASS' if row['passed'] else 'FAIL'}", file=sys.stderr, flush=True)
+
+    rows = [None] * len(cells)
     with ThreadPoolExecutor(args.jobs) as pool:
-        for scenario, profile, functions in cells:
+        # Fault cells are single rehearsals: queue them all. Crash cells fan out into the same pool from here.
+        pending = {}
+        for i, (scenario, profile, _) in enumerate(cells):
+            if profile != CRASH:
+                pending[i] = pool.submit(fault_cell, scenario, profile)
+                pending[i].add_done_callback(lambda f: show(f.result()))
+        for i, (scenario, profile, functions) in enumerate(cells):
             if profile == CRASH:
-                row = crash_cell(scenario, args.tasks, functions, lanes, pool)
-            else:
-                r = lanes.run(scenario, args.tasks, PROFILES[profile])
-                problems = cell_problems(r)
-                row = {"scenario": scenario, "faults": profile, "outcome": r["outcome"],
-                       "expected": r["expected_outcome"], "invariants_held": r["invariants_held"],
-                       "private_dark_ms": r["private_dark_ms"], "failed_requests": r.get("failed_requests", {}),
-                       "faults_injected": sum(r.get("faults_injected", {}).values()), "passed": not problems,
-                       "messages": problems}
-            rows.append(row)
-            detail = (f"{row['crashes_fired']}/{row['crash_points']} crash points" if profile == CRASH
-                      else f"injected {row['faults_injected']:>4}")
-            print(f"{scenario:<16} {profile:<17} {row['outcome']:<12} {detail:<22} {'PASS' if row['passed'] else 'FAIL'}",
-                  file=sys.stderr, flush=True)
+                rows[i] = crash_cell(scenario, args.tasks, functions, lanes, pool)
+                show(rows[i])
+        for i, f in pending.items():
+            rows[i] = f.result()
     failed = sum(1 for r in rows if not r["passed"])
     if args.json:
         print(json.dumps({"matrix": rows}, indent=2))

@@ -209,7 +209,7 @@ class LambdaHost:
                 "AWS_SESSION_TOKEN": inv.token,
             }
         )
-        log_path = os.path.join(self.log_dir, f"{inv.function}-{inv.request_id[:8]}.log")
+        log_path = os.path.join(self.log_dir, f"{inv.function}-{inv.request_id[:8]}-{inv.attempt}.log")
         with open(log_path, "wb") as log:
             inv.started = time.monotonic()
             p = procs.spawn([self.functions[inv.function]], env=env, stdout=log, stderr=log)

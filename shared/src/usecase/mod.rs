@@ -467,9 +467,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             t.note(format!("warning: binding state not recorded: {e}"));
         }
     }
-}
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     /// The state table must exist and be readable before anything changes: records, the planned flip and the
     /// follower's lease live there. A missing table or a missing permission is configuration and fails; anything
     /// else (throttling that outlasted the retries, a 5xx) is noted, because a record is never the truth.

@@ -160,6 +160,11 @@ class LambdaHost:
                 return out
             out.append(out[-1].retry)
 
+    def attempt(self, token: str):
+        """The attempt whose session token is `token`, if any."""
+        with self._lock:
+            return next((i for i in self.invocations if i.token == token), None)
+
     def kill(self, token: str) -> bool:
         """SIGKILLs the attempt whose session token is `token`, as a crash would (no answer, no clean-up)."""
         with self._lock:

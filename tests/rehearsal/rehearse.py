@@ -45,7 +45,7 @@ SCENARIOS = {
               "about": "all-at-once deployment; the private side flips with the public one"},
     "canary": {"config": "Canary10Percent", "expected": "succeeded",
                "about": "10% of production traffic, then the rest; the private side flips at AfterAllowTraffic"},
-    "linear": {"config": "Linear10Percent", "expected": "succeeded",
+    "linear": {"config": "Linear10Percent", "expected": "succeeded", "crash_follower": True,
                "about": "production traffic in 10% steps; the private side flips at AfterAllowTraffic"},
     "unhealthy-green": {"config": "AllAtOnce", "expected": "rolled_back", "block_private_green": True,
                         "about": "the private load balancer cannot reach the replacement tasks: the gate fails "
@@ -128,10 +128,15 @@ def access_key(function):
     return "AKID" + function.upper().replace("-", "")
 
 
+# The reconciler started in follow mode by BeforeAllowTraffic (a Lambda Invoke whose payload carries this key).
+FOLLOW_KEY = "bluegreen_mirror_follow"
+
+
 def parse_crash(spec):
-    """`FUNCTION:N`: SIGKILL the first attempt of FUNCTION's first invocation right after its N-th AWS call."""
+    """`FUNCTION:N`: SIGKILL the first attempt of FUNCTION's first invocation right after its N-th AWS call.
+    `follower` is the reconciler's first invocation in follow mode."""
     function, _, n = (spec or "").partition(":")
-    functions = [f for _, f in HOOKS] + ["reconciler"]
+    functions = [f for _, f in HOOKS] + ["reconciler", "follower"]
     if function not in functions or not n.isdigit() or int(n) < 1:
         raise ValueError(f"bad crash {spec!r}: expected FUNCTION:N with FUNCTION in {functions} and N ≥ 1")
     return function, int(n)
@@ -254,9 +259,12 @@ class Rehearsal:
         is SIGKILLed before it reads the answer. Lambda's retry (lambda_host) and the idempotent functions must
         then bring everything where it would have been."""
         c = self.crash
-        if c is None or c["fired"] or caller != access_key(c["function"]) or not token:
+        function = "reconciler" if c and c["function"] == "follower" else (c or {}).get("function")
+        if c is None or c["fired"] or caller != access_key(function) or not token:
             return None
         if c["token"] is None:
+            if c["function"] == "follower" and not self.is_follower(token):
+                return None
             c["token"] = token
         if token != c["token"]:
             return None
@@ -304,6 +312,10 @@ class Rehearsal:
             self.emit("aws.events", "Scheduled Event", {}, 0.0)
 
     # --- ECS, played ---------------------------------------------------------------------------------------
+    def is_follower(self, token):
+        inv = self.host.attempt(token)
+        return inv is not None and isinstance(inv.event, dict) and FOLLOW_KEY in inv.event
+
     def task_ip(self, color, i):
         """Blue tasks on 127.L.1.i, green ones on 127.L.2.i; L is the lane, so that rehearsals can run side by side."""
         return f"127.{self.lane}.{1 if color == 'blue' else 2}.{i}"
@@ -685,6 +697,8 @@ class Rehearsal:
             invariants["failure_message_names_the_fix"] = named
             held = held and named
         first_reconcile = next((i for i in self.host.invocations if i.function == "reconciler"), None)
+        first_follower = next((i for i in self.host.invocations if i.function == "reconciler"
+                               and isinstance(i.event, dict) and FOLLOW_KEY in i.event), None)
         crash = None
         if self.crash:
             crash = {k: self.crash[k] for k in ("function", "after_call", "fired", "call")}
@@ -715,6 +729,8 @@ class Rehearsal:
                 "first_attempt_calls": self.world.calls_by_token.get(first_reconcile.token, 0)
                 if first_reconcile else 0,
                 "attempts_retried": sum(1 for i in self.host.invocations if i.function == "reconciler" and i.attempt > 1),
+                "first_follower_attempt_calls": self.world.calls_by_token.get(first_follower.token, 0)
+                if first_follower else 0,
                 "follower_handovers": self.count_in_logs("reconciler-", "handing over to a fresh follower"),
             },
             "route_changes": [
@@ -836,6 +852,8 @@ def crash_cell(scenario, tasks, functions, lanes, pool):
         plan = [("reconciler", clean.get("reconciler", {}).get("first_attempt_calls", 0))]
     else:
         plan = [(h["function"], h["first_attempt_calls"]) for h in clean.get("hooks", {}).values()]
+        if SCENARIOS[scenario].get("crash_follower"):
+            plan.append(("follower", clean.get("reconciler", {}).get("first_follower_attempt_calls", 0)))
     plan = [(f, n) for f, n in plan if functions is None or f in functions]
     points = [f"{f}:{n}" for f, count in plan for n in range(1, count + 1)]
     reports = list(pool.map(lambda point: lanes.run(scenario, tasks, crash=point), points))

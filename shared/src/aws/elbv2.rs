@@ -1,5 +1,8 @@
 //! Elastic Load Balancing v2 adapter: target groups, targets and the forward action of listeners and rules.
 
+use aws_sdk_elasticloadbalancingv2::config::http::HttpResponse;
+use aws_sdk_elasticloadbalancingv2::error::SdkError;
+use aws_sdk_elasticloadbalancingv2::operation::deregister_targets::DeregisterTargetsError;
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, ForwardActionConfig, TargetDescription, TargetGroupStickinessConfig, TargetGroupTuple,
 };
@@ -56,6 +59,16 @@ impl Elb {
                 Ok(r.actions().to_vec())
             }
         }
+    }
+
+    async fn deregister_once(
+        &self,
+        target_group: &str,
+        targets: &[TargetKey],
+    ) -> std::result::Result<(), SdkError<DeregisterTargetsError, HttpResponse>> {
+        let descriptions = targets.iter().map(|k| description(&Target { key: *k, availability_zone: None })).collect();
+        self.client.deregister_targets().target_group_arn(target_group).set_targets(Some(descriptions)).send().await?;
+        Ok(())
     }
 }
 
@@ -215,15 +228,28 @@ impl LoadBalancers for Elb {
     }
 
     async fn deregister(&self, target_group: &str, targets: &[TargetKey]) -> Result<()> {
-        let descriptions = targets.iter().map(|k| description(&Target { key: *k, availability_zone: None })).collect();
-        self.client
-            .deregister_targets()
-            .target_group_arn(target_group)
-            .set_targets(Some(descriptions))
-            .send()
-            .await
-            .map_err(|e| aws_error(SERVICE, "DeregisterTargets", target_group, e))?;
-        Ok(())
+        match self.deregister_once(target_group, targets).await {
+            Ok(()) => Ok(()),
+            // Another writer (a concurrent reconcile, a retried hook) deregistered some of these first, and ELB
+            // refuses the whole batch for one target it no longer has. What the caller wants, those targets
+            // gone, may already hold: deregister what is still registered, once.
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_invalid_target_exception()) => {
+                let still: Vec<TargetKey> = self
+                    .targets(target_group)
+                    .await?
+                    .into_iter()
+                    .filter(|t| t.health != HealthState::Draining && targets.contains(&t.target.key))
+                    .map(|t| t.target.key)
+                    .collect();
+                if still.is_empty() {
+                    return Ok(());
+                }
+                self.deregister_once(target_group, &still)
+                    .await
+                    .map_err(|e| aws_error(SERVICE, "DeregisterTargets", target_group, e))
+            }
+            Err(e) => Err(aws_error(SERVICE, "DeregisterTargets", target_group, e)),
+        }
     }
 
     async fn route(&self, route: &RouteRef) -> Result<Route> {
@@ -260,6 +286,7 @@ impl LoadBalancers for Elb {
 #[cfg(test)]
 mod tests {
     use aws_sdk_elasticloadbalancingv2::error::ErrorMetadata;
+    use aws_sdk_elasticloadbalancingv2::operation::deregister_targets::DeregisterTargetsOutput;
     use aws_sdk_elasticloadbalancingv2::operation::describe_listeners::DescribeListenersOutput;
     use aws_sdk_elasticloadbalancingv2::operation::describe_target_health::{
         DescribeTargetHealthError, DescribeTargetHealthOutput,
@@ -267,7 +294,7 @@ mod tests {
     use aws_sdk_elasticloadbalancingv2::operation::modify_listener::ModifyListenerOutput;
     use aws_sdk_elasticloadbalancingv2::operation::modify_rule::ModifyRuleOutput;
     use aws_sdk_elasticloadbalancingv2::operation::register_targets::{RegisterTargetsError, RegisterTargetsOutput};
-    use aws_sdk_elasticloadbalancingv2::types::error::TargetGroupNotFoundException;
+    use aws_sdk_elasticloadbalancingv2::types::error::{InvalidTargetException, TargetGroupNotFoundException};
     use aws_sdk_elasticloadbalancingv2::types::{
         Listener, TargetHealth, TargetHealthDescription, TargetHealthReasonEnum, TargetHealthStateEnum,
     };
@@ -302,6 +329,40 @@ mod tests {
         outside.availability_zone = Some("all".into());
         elb.register(TG_A, &[target("10.0.0.1"), outside]).await.unwrap();
         assert_eq!(rule.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn deregistering_targets_another_writer_removed_first_is_not_an_error() {
+        let refused = mock!(Client::deregister_targets).match_requests(|r| r.targets().len() == 3).then_error(|| {
+            DeregisterTargetsError::InvalidTargetException(
+                InvalidTargetException::builder()
+                    .message("The specified target does not exist")
+                    .meta(ErrorMetadata::builder().code("InvalidTarget").build())
+                    .build(),
+            )
+        });
+        let health = mock!(Client::describe_target_health).then_output(|| {
+            let d = |id: &str, state| {
+                TargetHealthDescription::builder()
+                    .target(TargetDescription::builder().id(id).port(8080).build())
+                    .target_health(TargetHealth::builder().state(state).build())
+                    .build()
+            };
+            DescribeTargetHealthOutput::builder()
+                .target_health_descriptions(d("10.0.0.1", TargetHealthStateEnum::Healthy))
+                .target_health_descriptions(d("10.0.0.2", TargetHealthStateEnum::Draining))
+                .target_health_descriptions(d("10.0.0.9", TargetHealthStateEnum::Healthy))
+                .build()
+        });
+        let rest = mock!(Client::deregister_targets)
+            .match_requests(|r| r.targets().len() == 1 && r.targets()[0].id() == Some("10.0.0.1"))
+            .then_output(|| DeregisterTargetsOutput::builder().build());
+        let elb =
+            Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, RuleMode::MatchAny, [&refused, &health, &rest]));
+        let gone = [target("10.0.0.1").key, target("10.0.0.2").key, target("10.0.0.3").key];
+        elb.deregister(TG_A, &gone).await.unwrap();
+        // Only the one still registered (not draining, and asked for) is deregistered again.
+        assert_eq!((refused.num_calls(), health.num_calls(), rest.num_calls()), (1, 1, 1));
     }
 
     #[tokio::test]

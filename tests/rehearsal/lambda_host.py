@@ -167,8 +167,7 @@ class LambdaHost:
 
     def kill(self, token: str) -> bool:
         """SIGKILLs the attempt whose session token is `token`, as a crash would (no answer, no clean-up)."""
-        with self._lock:
-            inv = next((i for i in self.invocations if i.token == token), None)
+        inv = self.attempt(token)
         if inv is None or inv.proc is None:
             return False
         inv.crashed = True

@@ -132,6 +132,11 @@ def access_key(function):
 FOLLOW_KEY = "bluegreen_mirror_follow"
 
 
+def is_follow(inv):
+    """Whether a Lambda attempt is the reconciler in follow mode."""
+    return inv is not None and inv.function == "reconciler" and isinstance(inv.event, dict) and FOLLOW_KEY in inv.event
+
+
 def parse_crash(spec):
     """`FUNCTION:N`: SIGKILL the first attempt of FUNCTION's first invocation right after its N-th AWS call.
     `follower` is the reconciler's first invocation in follow mode."""
@@ -263,7 +268,7 @@ class Rehearsal:
         if c is None or c["fired"] or caller != access_key(function) or not token:
             return None
         if c["token"] is None:
-            if c["function"] == "follower" and not self.is_follower(token):
+            if c["function"] == "follower" and not is_follow(self.host.attempt(token)):
                 return None
             c["token"] = token
         if token != c["token"]:
@@ -312,10 +317,6 @@ class Rehearsal:
             self.emit("aws.events", "Scheduled Event", {}, 0.0)
 
     # --- ECS, played ---------------------------------------------------------------------------------------
-    def is_follower(self, token):
-        inv = self.host.attempt(token)
-        return inv is not None and isinstance(inv.event, dict) and FOLLOW_KEY in inv.event
-
     def task_ip(self, color, i):
         """Blue tasks on 127.L.1.i, green ones on 127.L.2.i; L is the lane, so that rehearsals can run side by side."""
         return f"127.{self.lane}.{1 if color == 'blue' else 2}.{i}"
@@ -421,7 +422,7 @@ class Rehearsal:
             "invocations": len(invs),
             "attempts": len(attempts),
             "crashed_attempts": sum(1 for a in attempts if a.crashed),
-            "reports_received": e["reports"],
+            "reports_received": sum(by.values()),
             "reports_rejected_as_already_completed": e["rejected"],
             "every_attempt_reported_once": reported_once,
             "duration_ms": round(max((a.duration_ms or 0) for a in attempts)),
@@ -697,8 +698,7 @@ class Rehearsal:
             invariants["failure_message_names_the_fix"] = named
             held = held and named
         first_reconcile = next((i for i in self.host.invocations if i.function == "reconciler"), None)
-        first_follower = next((i for i in self.host.invocations if i.function == "reconciler"
-                               and isinstance(i.event, dict) and FOLLOW_KEY in i.event), None)
+        first_follower = next((i for i in self.host.invocations if is_follow(i)), None)
         crash = None
         if self.crash:
             crash = {k: self.crash[k] for k in ("function", "after_call", "fired", "call")}

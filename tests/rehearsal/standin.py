@@ -97,24 +97,23 @@ class Faults:
 
 def fault_response(service, kind, op=""):
     """(status, body, content type, extra headers) of an injected error, in the service's own error shape."""
+    # IAM's name of the action: the ELB API is `elasticloadbalancing`, Lambda's Invoke is `InvokeFunction`.
+    action = {"elbv2": "elasticloadbalancing", "ec2": "ec2"}.get(service, service) + ":" + (
+        "InvokeFunction" if service == "lambda" else op)
+    denied = (f"User: arn:aws:sts::123456789012:assumed-role/fn/fn is not authorized to perform: {action} "
+              f"because no identity-based policy allows the {action} action")
     if service in ("elbv2", "ec2"):
         code, status, message = {
             "throttle": ("Throttling", 400, "Rate exceeded"),
-            "denied": ("AccessDenied", 403, f"User: arn:aws:sts::123456789012:assumed-role/fn/fn is not authorized "
-                                            f"to perform: elasticloadbalancing:{op} because no identity-based policy "
-                                            f"allows the elasticloadbalancing:{op} action"),
+            "denied": ("AccessDenied", 403, denied),
         }.get(kind, ("ServiceUnavailable", 503, "Service unavailable"))
         body = (f'<ErrorResponse xmlns="{ELB_NS}"><Error><Type>{"Receiver" if status >= 500 else "Sender"}</Type>'
                 f"<Code>{code}</Code><Message>{message}</Message></Error>"
                 f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>")
         return status, body.encode(), "text/xml", {}
-    denied = (f"User: arn:aws:sts::123456789012:assumed-role/fn/fn is not authorized to perform: {service}:{op} "
-              f"because no identity-based policy allows the {service}:{op} action")
     if service == "lambda":
         code, status, message = {"throttle": ("TooManyRequestsException", 429, "Rate exceeded"),
-                                 "denied": ("AccessDeniedException", 403, denied.replace("lambda:Invoke",
-                                                                                           "lambda:InvokeFunction"))
-                                 }.get(kind, ("ServiceException", 500, "Internal error"))
+                                 "denied": ("AccessDeniedException", 403, denied)}.get(kind, ("ServiceException", 500, "Internal error"))
         return status, json.dumps({"message": message}).encode(), "application/json", {"X-Amzn-ErrorType": code}
     prefix = "com.amazonaws.dynamodb.v20120810#" if service == "dynamodb" else ""
     code, status, message = {"throttle": ("ThrottlingException", 400, "Rate exceeded"),
@@ -145,14 +144,15 @@ class Deployment:
         self.service = group.service
         self.status = "InProgress"
         self.task_sets = []  # dicts: label, tg, desired, running, weight
-        self.executions = {}  # execution id -> {"hook": name, "status": None|str, "at": t, "reports": int}
+        # execution id -> {"hook": name, "status": None|str, "at": t, "reports_by": {session token: reports},
+        # "rejected": reports refused as already completed}
+        self.executions = {}
         self.cond = threading.Condition()
 
     def new_execution(self, hook):
         exec_id = f"{hook}-{uuid.uuid4().hex[:12]}"
         with self.cond:
-            self.executions[exec_id] = {"hook": hook, "status": None, "at": None, "reports": 0, "rejected": 0,
-                                        "reports_by": {}}
+            self.executions[exec_id] = {"hook": hook, "status": None, "at": None, "rejected": 0, "reports_by": {}}
         return exec_id
 
     def wait_report(self, exec_id, timeout_s):
@@ -360,6 +360,7 @@ def make_handler(world: World):
         disable_nagle_algorithm = True
 
         crash = None  # set per request by World.on_call
+        token = None  # the caller's session token (one per Lambda attempt), set per request
 
         def log_message(self, *_args):
             pass
@@ -398,7 +399,7 @@ def make_handler(world: World):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             caller = _caller(self.headers)
-            token = self.headers.get("X-Amz-Security-Token")
+            token = self.token = self.headers.get("X-Amz-Security-Token")
             target = self.headers.get("X-Amz-Target") or ""
             form = {}
             if self.path.startswith("/2015-03-31/functions/") and self.path.endswith("/invocations"):
@@ -558,8 +559,7 @@ def make_handler(world: World):
                     e = d.executions.get(exec_id)
                     if e is None:
                         return self._error("InvalidLifecycleEventHookExecutionIdException", f"Unknown execution {exec_id}")
-                    e["reports"] += 1
-                    token = self.headers.get("X-Amz-Security-Token") or "?"
+                    token = self.token or "?"
                     e["reports_by"][token] = e["reports_by"].get(token, 0) + 1
                     if e["status"] is not None:
                         e["rejected"] += 1

@@ -62,11 +62,20 @@ fn group_facts(info: Option<&DeploymentGroupInfo>) -> DeploymentGroupFacts {
     }
 }
 
+/// What IAM scopes a call about one deployment by, for the "grant … on …" of an AccessDenied.
+fn of_deployment(deployment_id: &str) -> String {
+    format!("the deployment group of deployment {deployment_id}")
+}
+
 impl Deployments for CodeDeploy {
     async fn deployment(&self, deployment_id: &str) -> Result<DeploymentFacts> {
-        let out = self.client.get_deployment().deployment_id(deployment_id).send().await.map_err(|e| {
-            aws_error(SERVICE, "GetDeployment", &format!("the deployment group of deployment {deployment_id}"), e)
-        })?;
+        let out = self
+            .client
+            .get_deployment()
+            .deployment_id(deployment_id)
+            .send()
+            .await
+            .map_err(|e| aws_error(SERVICE, "GetDeployment", &of_deployment(deployment_id), e))?;
         let info = out.deployment_info().ok_or_else(|| {
             Error::Misconfigured(format!("CodeDeploy returned no information for deployment {deployment_id}"))
         })?;
@@ -110,14 +119,7 @@ impl Deployments for CodeDeploy {
                 .set_next_token(next.take())
                 .send()
                 .await
-                .map_err(|e| {
-                    aws_error(
-                        SERVICE,
-                        "ListDeploymentTargets",
-                        &format!("the deployment group of deployment {deployment_id}"),
-                        e,
-                    )
-                })?;
+                .map_err(|e| aws_error(SERVICE, "ListDeploymentTargets", &of_deployment(deployment_id), e))?;
             target_ids.extend(page.target_ids().iter().cloned());
             match page.next_token() {
                 Some(t) if !t.is_empty() => next = Some(t.to_string()),
@@ -134,14 +136,7 @@ impl Deployments for CodeDeploy {
                 .target_id(target_id)
                 .send()
                 .await
-                .map_err(|e| {
-                    aws_error(
-                        SERVICE,
-                        "GetDeploymentTarget",
-                        &format!("the deployment group of deployment {deployment_id}"),
-                        e,
-                    )
-                })?;
+                .map_err(|e| aws_error(SERVICE, "GetDeploymentTarget", &of_deployment(deployment_id), e))?;
             let Some(ecs) = out.deployment_target().and_then(|t| t.ecs_target()) else {
                 continue;
             };
@@ -182,12 +177,7 @@ impl HookReporter for CodeDeploy {
             Err(e) if e.as_service_error().is_some_and(|se| se.is_lifecycle_event_already_completed_exception()) => {
                 Ok(Reported::AlreadyCompleted)
             }
-            Err(e) => Err(aws_error(
-                SERVICE,
-                "PutLifecycleEventHookExecutionStatus",
-                &format!("the deployment group of deployment {deployment_id}"),
-                e,
-            )),
+            Err(e) => Err(aws_error(SERVICE, "PutLifecycleEventHookExecutionStatus", &of_deployment(deployment_id), e)),
         }
     }
 }

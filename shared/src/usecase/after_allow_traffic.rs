@@ -64,7 +64,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             None => {
                 let r = self.resolve(deployment_id, t).await?;
                 let b = r.binding;
-                let pre = self.preflight_with(b, t, false).await?;
+                let pre = self.preflight(b, t).await?;
                 let listener = r.facts.production_listeners.first().cloned().ok_or_else(|| {
                     Error::Misconfigured(format!(
                         "deployment group {} has no production listener",

@@ -12,7 +12,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     pub async fn before_allow_traffic(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
         let r = self.resolve(deployment_id, t).await?;
         let b = r.binding;
-        let pre = self.preflight(b, t).await?;
+        let pre = self.preflight_and_state(b, t).await?;
         let g = self.green(&r, t).await?;
 
         self.mirror_pair(&g.blue_public, &g.blue_private, t).await?;

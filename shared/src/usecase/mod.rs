@@ -163,15 +163,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// Checks every resource the binding names before anything is changed: the four target groups exist, are
     /// of type `ip`, mirror each other's port and protocol, and the private ones belong to the private load
     /// balancer only; the private routes exist, are plain forwards, and forward only to the binding's private
-    /// target groups; and the state table exists and is readable.
+    /// target groups.
     async fn preflight(&self, b: &Binding, t: &Tracker) -> Result<Preflight> {
-        self.preflight_with(b, t, true).await
-    }
-
-    /// [`Self::preflight`], with the state table check only when `check_state`: the flip's slow path leaves it
-    /// out, because its DynamoDB read was just given its bound and did not answer, and AfterInstall and
-    /// BeforeAllowTraffic have checked the table for this deployment already.
-    async fn preflight_with(&self, b: &Binding, t: &Tracker, check_state: bool) -> Result<Preflight> {
         let mut arns = b.public_target_groups();
         arns.extend(b.private_target_groups());
         let route_reads = async {
@@ -186,23 +179,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             };
             Ok::<_, Error>((production, test))
         };
-        let (groups, routes, state) = tokio::join!(self.lb.target_groups(&arns), route_reads, async {
-            if !check_state {
-                return None;
-            }
-            Some(tokio::time::timeout(STATE_READ_BOUND, self.state.binding(&b.application, &b.deployment_group)).await)
-        });
+        let (groups, routes) = tokio::join!(self.lb.target_groups(&arns), route_reads);
         let groups = groups.map_err(missing(format!("one of the target groups of binding {}", b.label())))?;
         let (production, test) = routes?;
-        match state {
-            None => {}
-            Some(Ok(read)) => self.state_usable(read.map(|_| ()), t)?,
-            Some(Err(_)) => t.note(format!(
-                "warning: state table {} did not answer within {} ms",
-                self.config.table,
-                STATE_READ_BOUND.as_millis()
-            )),
-        }
         let lb_arn = b.private_load_balancer().unwrap_or_default();
         let find = |a: &str| {
             groups.iter().find(|g| g.arn == a).ok_or_else(|| {
@@ -468,24 +447,45 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         }
     }
 
-    /// The state table must exist and be readable before anything changes: records, the planned flip and the
-    /// follower's lease live there. A missing table or a missing permission is configuration and fails; anything
-    /// else (throttling that outlasted the retries, a 5xx) is noted, because a record is never the truth.
-    fn state_usable(&self, read: Result<()>, t: &Tracker) -> Result<()> {
-        match read {
-            Ok(()) => Ok(()),
-            Err(e) => match e.aws_kind() {
-                Some(AwsErrorKind::NotFound) => Err(Error::Misconfigured(format!(
-                    "the state table {} does not exist: create it (infra/template.yaml does) or set \
-                     BLUEGREEN_MIRROR_TABLE to the table's name ({e})",
-                    self.config.table
-                ))),
-                Some(AwsErrorKind::AccessDenied) => Err(e),
-                _ => {
-                    t.note(format!("warning: state table {} not readable now: {e}", self.config.table));
-                    Ok(())
-                }
-            },
+    /// [`Self::preflight`] and, alongside it, the state table check: what a hook runs before it changes
+    /// anything. The reconciler and the flip's slow path use the preflight alone: keeping the private side in
+    /// lockstep never waits on a record, and the two hooks before the flip have checked the table already.
+    async fn preflight_and_state(&self, b: &Binding, t: &Tracker) -> Result<Preflight> {
+        let (pre, state) = tokio::join!(self.preflight(b, t), self.state_table_usable(b, t));
+        let pre = pre?;
+        state?;
+        Ok(pre)
+    }
+
+    /// The state table must exist and be readable: records, the planned flip and the follower's lease live
+    /// there. A missing table or a missing permission is configuration and fails; anything else (throttling
+    /// that outlasted the retries, a 5xx, no answer within [`STATE_READ_BOUND`]) is noted, because a record is
+    /// never the truth.
+    async fn state_table_usable(&self, b: &Binding, t: &Tracker) -> Result<()> {
+        let read = tokio::time::timeout(STATE_READ_BOUND, self.state.binding(&b.application, &b.deployment_group));
+        let e = match read.await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => {
+                t.note(format!(
+                    "warning: state table {} did not answer within {} ms",
+                    self.config.table,
+                    STATE_READ_BOUND.as_millis()
+                ));
+                return Ok(());
+            }
+        };
+        match e.aws_kind() {
+            Some(AwsErrorKind::NotFound) => Err(Error::Misconfigured(format!(
+                "the state table {} does not exist: create it (infra/template.yaml does) or set \
+                 BLUEGREEN_MIRROR_TABLE to the table's name ({e})",
+                self.config.table
+            ))),
+            Some(AwsErrorKind::AccessDenied) => Err(e),
+            _ => {
+                t.note(format!("warning: state table {} not readable now: {e}", self.config.table));
+                Ok(())
+            }
         }
     }
 }

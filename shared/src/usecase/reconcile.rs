@@ -392,7 +392,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 b.deployment_group
             )));
         }
-        self.preflight(b, t).await?;
+        self.preflight_and_state(b, t).await?;
         Ok(t.snapshot().notes.into_iter().filter(|n| n.starts_with("warning")).collect())
     }
 

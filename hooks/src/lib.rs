@@ -144,7 +144,14 @@ pub fn parse_trigger(payload: Value) -> Result<Option<Trigger>, Error> {
                 _ => None,
             }
         }
-        ("aws.events", "Scheduled Event") => Some(Trigger::Schedule),
+        ("aws.events", "Scheduled Event") => {
+            // The event's own time names the run, so that a retried run checks the same slice of bindings.
+            let at = event.time.map(|t| t.timestamp()).map_or_else(
+                || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                |s| u64::try_from(s).unwrap_or(0),
+            );
+            Some(Trigger::Schedule { at })
+        }
         _ => None,
     };
     if trigger.is_none() {
@@ -270,7 +277,7 @@ mod tests {
             eventbridge("aws.ecs", "ECS Task State Change", json!({"clusterArn": "c/prod", "group": "family:x"}));
         assert_eq!(parse_trigger(standalone).ok().flatten(), None);
         let schedule = eventbridge("aws.events", "Scheduled Event", json!({}));
-        assert_eq!(parse_trigger(schedule).ok().flatten(), Some(Trigger::Schedule));
+        assert_eq!(parse_trigger(schedule).ok().flatten(), Some(Trigger::Schedule { at: 1_795_694_400 }));
         let other = eventbridge("aws.s3", "Object Created", json!({}));
         assert_eq!(parse_trigger(other).ok().flatten(), None);
         let follow = json!({FOLLOW_KEY: {"deployment_id": "d-1", "application": "web", "deployment_group": "web-bg"}});

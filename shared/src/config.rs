@@ -14,6 +14,15 @@ pub const ENV_TABLE: &str = "BLUEGREEN_MIRROR_TABLE";
 pub const ENV_BINDINGS: &str = "BLUEGREEN_MIRROR_BINDINGS";
 pub const ENV_POLL_MS: &str = "BLUEGREEN_MIRROR_POLL_MS";
 pub const ENV_FOLLOWER: &str = "BLUEGREEN_MIRROR_FOLLOWER";
+pub const ENV_ELB_READS_PER_S: &str = "BLUEGREEN_MIRROR_ELB_READS_PER_S";
+pub const ENV_SCHEDULE_S: &str = "BLUEGREEN_MIRROR_SCHEDULE_S";
+pub const ENV_MINUTE_MS: &str = "BLUEGREEN_MIRROR_MINUTE_MS";
+
+/// The installation's share of the account's ELB `Describe*` budget (10 per second refilled, for everything in
+/// the account), averaged over all functions.
+const DEFAULT_ELB_READS_PER_S: f64 = 2.0;
+/// How often the schedule wakes the reconciler (the template's `rate(1 minute)`).
+const DEFAULT_SCHEDULE: Duration = Duration::from_secs(60);
 
 const DEFAULT_HEALTH_TIMEOUT_SECS: u64 = 300;
 const DEFAULT_POLL: Duration = Duration::from_secs(2);
@@ -187,6 +196,12 @@ pub struct Config {
     pub poll_interval: Duration,
     /// The reconciler function BeforeAllowTraffic starts in follow mode (name or ARN); no follow mode without.
     pub follower_function: Option<String>,
+    /// The installation's ELB `Describe*` budget, reads per second averaged over all functions.
+    pub elb_reads_per_s: f64,
+    /// How often the schedule wakes the reconciler: the sweep spreads every binding's check over such periods.
+    pub schedule: Duration,
+    /// How long one of CodeDeploy's minutes lasts: 60 s on AWS; the rehearsal plays minutes faster.
+    pub minute: Duration,
 }
 
 impl Config {
@@ -201,6 +216,25 @@ impl Config {
             cfg.poll_interval = Duration::from_millis(ms);
         }
         cfg.follower_function = std::env::var(ENV_FOLLOWER).ok().filter(|f| !f.trim().is_empty());
+        if let Ok(v) = std::env::var(ENV_ELB_READS_PER_S) {
+            cfg.elb_reads_per_s = v.parse().ok().filter(|r: &f64| (0.1..=40.0).contains(r)).ok_or_else(|| {
+                Error::Config(format!("{ENV_ELB_READS_PER_S} must be a number of reads per second in 0.1..=40"))
+            })?;
+        }
+        let whole = |name: &str, range: std::ops::RangeInclusive<u64>| -> Result<Option<u64>> {
+            match std::env::var(name) {
+                Err(_) => Ok(None),
+                Ok(v) => v.parse().ok().filter(|n| range.contains(n)).map(Some).ok_or_else(|| {
+                    Error::Config(format!("{name} must be a whole number in {}..={}", range.start(), range.end()))
+                }),
+            }
+        };
+        if let Some(s) = whole(ENV_SCHEDULE_S, 1..=3600)? {
+            cfg.schedule = Duration::from_secs(s);
+        }
+        if let Some(ms) = whole(ENV_MINUTE_MS, 100..=60_000)? {
+            cfg.minute = Duration::from_millis(ms);
+        }
         Ok(cfg)
     }
 
@@ -242,6 +276,9 @@ impl Config {
             bindings: doc.bindings,
             poll_interval: DEFAULT_POLL,
             follower_function: None,
+            elb_reads_per_s: DEFAULT_ELB_READS_PER_S,
+            schedule: DEFAULT_SCHEDULE,
+            minute: Duration::from_secs(60),
         })
     }
 

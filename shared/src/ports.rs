@@ -7,7 +7,9 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RouteRef;
-use crate::domain::{BindingRecord, DeploymentRecord, FollowerLease, ObservedTarget, Route, Target, TargetKey};
+use crate::domain::{
+    BindingRecord, DeploymentRecord, FollowerLease, ObservedTarget, Route, Target, TargetKey, TrafficShift,
+};
 use crate::Result;
 
 /// A target group's configuration, as far as the preflight checks need it.
@@ -70,6 +72,8 @@ pub struct DeploymentFacts {
     pub creator: Option<String>,
     /// `Created`, `InProgress`, `Succeeded`, `Failed`, `Stopped`, ...
     pub status: String,
+    /// The deployment configuration (`CodeDeployDefault.ECSCanary10Percent5Minutes`, ...), when CodeDeploy says.
+    pub config_name: Option<String>,
     /// Target group names of the group's target group pair.
     pub target_group_names: Vec<String>,
     pub production_listeners: Vec<String>,
@@ -103,6 +107,8 @@ pub trait Deployments: Send + Sync {
     ) -> impl Future<Output = Result<DeploymentGroupFacts>> + Send;
     /// The deployment and its deployment group. An unknown id is an `AwsErrorKind::NotFound` error.
     fn deployment(&self, deployment_id: &str) -> impl Future<Output = Result<DeploymentFacts>> + Send;
+    /// How a deployment configuration shifts traffic (`GetDeploymentConfig`), intervals in real minutes.
+    fn traffic_shift(&self, config_name: &str) -> impl Future<Output = Result<TrafficShift>> + Send;
     /// The deployment's ECS task sets (empty when CodeDeploy does not list them yet).
     fn task_sets(&self, deployment_id: &str) -> impl Future<Output = Result<Vec<TaskSet>>> + Send;
 }

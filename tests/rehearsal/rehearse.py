@@ -21,6 +21,7 @@ from botocore.config import Config as BotoConfig
 
 import procs
 import standin
+from budget import elb_report
 from lambda_host import LambdaHost
 from probe import Probe
 
@@ -78,11 +79,14 @@ SCENARIOS = {
 }
 
 CONFIGS = {
-    # (first green share, step, seconds between steps)
-    "AllAtOnce": (100, 100, 0.0),
-    "Canary10Percent": (10, 90, 5.0),
-    "Linear10Percent": (10, 10, 1.0),
+    # (first green share, step, minutes between steps, CodeDeploy's name of the configuration)
+    "AllAtOnce": (100, 100, 0, "CodeDeployDefault.ECSAllAtOnce"),
+    "Canary10Percent": (10, 90, 5, "CodeDeployDefault.ECSCanary10Percent5Minutes"),
+    "Linear10Percent": (10, 10, 1, "CodeDeployDefault.ECSLinear10PercentEvery1Minutes"),
 }
+# CodeDeploy's minutes, played as seconds; the functions are told (BLUEGREEN_MIRROR_MINUTE_MS) so that the
+# follower paces its reads on the same clock.
+MINUTE_S = 1.0
 
 
 class Timeline:
@@ -167,6 +171,12 @@ class Rehearsal:
         self.hook_reports = {}
         self.outcome = None
         self.messages = []
+        self.minute_s = MINUTE_S
+        self.schedule_s = SCHEDULE_EVERY_S
+        self.poll_ms = 200
+        self.neighbour = None
+        self.neighbour_per_s = 0.0
+        self.deployment_id = "d-REHEARSAL1"
 
     # --- the emulated account --------------------------------------------------------------------------------
     def start_moto(self):
@@ -284,6 +294,29 @@ class Rehearsal:
                               f"took effect, its answer never read); Lambda retries the invocation")
         return crash
 
+    def name_of(self, caller, token):
+        """The function behind an ELB call (`follower` for the reconciler in follow mode), `neighbour`, or None for
+        the calls the rehearsal's ECS and CodeDeploy make on the customer's behalf."""
+        if caller == standin.Neighbour.KEY:
+            return "neighbour"
+        if not caller.startswith("AKID"):
+            return None
+        if caller == RECONCILER_KEY:
+            return "follower" if is_follow(self.host.attempt(token)) else "reconciler"
+        return next((f for _, f in HOOKS if access_key(f) == caller), caller)
+
+    def start_neighbour(self, per_s, target_groups):
+        if per_s > 0:
+            self.neighbour = standin.Neighbour(self.endpoint, REGION, target_groups, per_s).start()
+            self.log("setup", f"a neighbour in the account reads ELB {per_s:g} times a second")
+
+    def budget_report(self, t0):
+        r = elb_report(self.world, t0, time.monotonic(), self.name_of)
+        if self.neighbour:
+            r["neighbour"] = {"per_s": self.neighbour.per_s, "calls": self.neighbour.calls,
+                              "throttles": self.neighbour.throttles, "errors": self.neighbour.errors}
+        return r
+
     # --- EventBridge, played ---------------------------------------------------------------------------------
     def emit(self, source, detail_type, detail, delay_s=0.0, note=""):
         event = {"version": "0", "id": str(random.getrandbits(64)), "detail-type": detail_type, "source": source,
@@ -313,7 +346,7 @@ class Rehearsal:
                   delay_s, f"({ip} {desired}) ")
 
     def schedule(self):
-        while not self.stopping.wait(SCHEDULE_EVERY_S):
+        while not self.stopping.wait(self.schedule_s):
             self.emit("aws.events", "Scheduled Event", {}, 0.0)
 
     # --- ECS, played ---------------------------------------------------------------------------------------
@@ -456,7 +489,8 @@ class Rehearsal:
     def play(self):
         group = self.world.groups[("web", self.spec.get("group", "web-bg"))]
         self.service = group.service[1]
-        self.deployment = standin.Deployment("d-REHEARSAL1", group)
+        self.deployment = standin.Deployment(self.deployment_id, group)
+        self.deployment.config_name = CONFIGS[self.config][3]
         self.world.deployments[self.deployment.id] = self.deployment
         d = self.deployment
         with d.cond:
@@ -486,7 +520,8 @@ class Rehearsal:
         if not self.run_hook("BeforeAllowTraffic", "before-allow-traffic"):
             return self.rollback("BeforeAllowTraffic failed", green_ips, False)
 
-        first, step, pause = CONFIGS[self.config]
+        first, step, minutes, _ = CONFIGS[self.config]
+        pause = minutes * self.minute_s
         share = first
         while True:
             self.set_public("public-prod", share)
@@ -635,7 +670,9 @@ class Rehearsal:
             "AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
             "BLUEGREEN_MIRROR_TABLE": self.spec.get("table", self.table),
             "BLUEGREEN_MIRROR_BINDINGS": json.dumps(self.bindings),
-            "BLUEGREEN_MIRROR_POLL_MS": "200", "AWS_LAMBDA_LOG_LEVEL": "info",
+            "BLUEGREEN_MIRROR_POLL_MS": str(self.poll_ms), "AWS_LAMBDA_LOG_LEVEL": "info",
+            "BLUEGREEN_MIRROR_MINUTE_MS": str(round(self.minute_s * 1000)),
+            "BLUEGREEN_MIRROR_SCHEDULE_S": str(round(self.schedule_s)),
             "BLUEGREEN_MIRROR_FOLLOWER": "reconciler",
         }
         timeouts = {f: HOOK_TIMEOUT_S for f in functions}
@@ -657,7 +694,9 @@ class Rehearsal:
             "private": (self.listeners["private-prod"], self.lbs["private"]),
         })
         self.probe.start()
+        self.start_neighbour(self.neighbour_per_s, list(self.tgs.values()))
         time.sleep(0.5)
+        budget_t0 = time.monotonic()
         writes_before = self.private_writes()
         threading.Thread(target=self.schedule, daemon=True).start()
         try:
@@ -668,6 +707,9 @@ class Rehearsal:
         time.sleep(1.0)
         self.stopping.set()
         self.probe.finish()
+        if self.neighbour:
+            self.neighbour.stop.set()
+        elb = self.budget_report(budget_t0)
         self.world.stop.set()
 
         invariants, stale, pub, prv = self.evaluate()
@@ -733,6 +775,7 @@ class Rehearsal:
                 if first_follower else 0,
                 "follower_handovers": self.count_in_logs("reconciler-", "handing over to a fresh follower"),
             },
+            "elb": elb,
             "route_changes": [
                 {"t_ms": self.log.at(t), "route": ("public " if a.startswith(self.lbs["public"].replace(
                     ":loadbalancer/", ":listener/")) else "private ") + ("prod" if a in (
@@ -769,6 +812,11 @@ def print_report(r, out):
     p(f"   dark time        public {r['public_dark_ms']} ms   private {r['private_dark_ms']} ms")
     p(f"   flip skew        {r['flip_skew_ms']} ms (private flip after public flip)")
     p(f"   max weight lag   {r['max_weight_lag_ms']} ms (longest time the private weights differed from the public)")
+    e = r["elb"]
+    p(f"   ELB budget       our Describe calls {e['total']['describe_per_s']}/s on average, peak "
+      f"{e['total']['describe_peak_1s']} in 1 s, {e['total']['throttled']} throttled; "
+      + ", ".join(f"{n} {v['describe_calls']}" for n, v in e["functions"].items())
+      + (f"; neighbour {e['neighbour']['throttles']} throttled of {e['neighbour']['calls']}" if "neighbour" in e else ""))
     p(f"   reconciler       {r['reconciler']['invocations']} invocations, {r['reconciler']['aws_calls']} AWS calls, "
       f"{r['reconciler']['follower_handovers']} follower hand-over(s)")
     p("   invariants:")
@@ -944,6 +992,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="with --matrix: a few cells (what CI runs)")
     ap.add_argument("--jobs", type=int, default=1, help="with --matrix: rehearsals run side by side")
     ap.add_argument("--only", metavar="SCENARIO,...", help="with --matrix: only these scenarios' cells")
+    ap.add_argument("--neighbour", type=float, default=0.0, metavar="PER_S",
+                    help="another client in the account reads ELB this many times a second (0: none)")
     ap.add_argument("--lane", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not 0 <= args.lane <= 254 or args.jobs < 1:
@@ -966,7 +1016,9 @@ def main():
     random.seed(7)
     out = sys.stderr if args.json else sys.stdout
     try:
-        report = Rehearsal(args.scenario, args.tasks, args.config, out, args.faults, args.crash, args.lane).run()
+        r = Rehearsal(args.scenario, args.tasks, args.config, out, args.faults, args.crash, args.lane)
+        r.neighbour_per_s = args.neighbour
+        report = r.run()
     finally:
         procs.kill_all()
     if args.json:

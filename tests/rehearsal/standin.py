@@ -5,6 +5,9 @@
 * ELBv2 `DescribeTargetHealth` is answered here from real HTTP health checks of the task processes, per load
   balancer, the way an ALB does it: `initial` until the healthy threshold, `healthy`, `unhealthy`, `draining`
   for the deregistration delay after a deregistration, `unused` where no listener or rule routes to the group.
+* ELBv2 throttles as ELB does (`ElbBuckets`): token buckets per account and region, shared by every caller in the
+  account (our functions, a neighbour, the console), except the AWS services that call ELB on the customer's behalf
+  (ECS, CodeDeploy), which have buckets of their own. moto throttles nothing.
 * Everything else (ELBv2, DynamoDB, EC2) passes through to moto unchanged.
 
 Every call is counted per caller (the access key id of the signing credentials names the function) and per
@@ -123,6 +126,116 @@ def fault_response(service, kind, op=""):
     return status, body.encode(), "application/x-amz-json-1.1", {"X-Amzn-ErrorType": code}
 
 
+# ELB's request-rate buckets, per account and region (ELB user guide, "Request throttling for the ELB API",
+# https://docs.aws.amazon.com/elasticloadbalancing/latest/userguide/elb-api-throttling.html): (capacity, refill
+# per second). The non-mutating `Describe*` bucket, 40 tokens refilled at 10 per second, is the page's own
+# example. RegisterTargets and DeregisterTargets share the registration bucket, 20 refilled at 4 per second (the
+# figures the AWS Load Balancer Controller's default client-side limits are set to, from that page). Every other
+# mutating action (ModifyListener, ModifyRule here) draws on the mutating bucket; its figures are not quoted
+# above, so the emulator uses a bucket smaller than the registration one, 10 refilled at 2 per second: a design
+# that holds under it holds under the real one.
+ELB_BUCKETS = {"describe": (40.0, 10.0), "registration": (20.0, 4.0), "mutating": (10.0, 2.0)}
+# Callers whose ELB calls are made on the customer's behalf by an AWS service (the rehearsal's ECS and CodeDeploy):
+# "services such as ECS ... have their own account-level buckets and do not consume tokens from your buckets".
+ON_BEHALF = ("CODEDEPLOY", "STANDIN", "PROVISION")
+
+
+def elb_bucket(op):
+    """Which of ELB's buckets an action draws on."""
+    if op.startswith("Describe"):
+        return "describe"
+    if op in ("RegisterTargets", "DeregisterTargets"):
+        return "registration"
+    return "mutating"
+
+
+class ElbBuckets:
+    """ELB's token buckets for one account: every request takes one token from its action's bucket, or is refused
+    with `Throttling` (HTTP 400, "Rate exceeded") when the bucket is empty. A throttled request costs no token.
+    Counts what each caller was granted and refused, per bucket."""
+
+    def __init__(self, figures=None, clock=time.monotonic):
+        self.figures = dict(figures or ELB_BUCKETS)
+        self.clock = clock
+        self.tokens = {k: cap for k, (cap, _) in self.figures.items()}
+        self.at = {k: clock() for k in self.figures}
+        self.throttled = {}  # caller -> {bucket: n}
+        self.lock = threading.Lock()
+        self.enabled = True
+
+    def take(self, caller, op):
+        """True when the call may proceed; False when ELB would throttle it."""
+        if not self.enabled or caller in ON_BEHALF:
+            return True
+        bucket = elb_bucket(op)
+        cap, rate = self.figures[bucket]
+        with self.lock:
+            now = self.clock()
+            self.tokens[bucket] = min(cap, self.tokens[bucket] + (now - self.at[bucket]) * rate)
+            self.at[bucket] = now
+            if self.tokens[bucket] >= 1.0:
+                self.tokens[bucket] -= 1.0
+                return True
+            per = self.throttled.setdefault(caller, {})
+            per[bucket] = per.get(bucket, 0) + 1
+            return False
+
+
+class Neighbour:
+    """Another client in the same account reading ELB at a steady rate (the console, Terraform, monitoring): it
+    spends the account's `Describe*` budget like our functions do, and counts the throttles it suffers. It calls
+    through the emulated endpoint with its own access key and never retries."""
+
+    KEY = "NEIGHBOUR"
+
+    def __init__(self, endpoint, region, target_groups, per_s=4.0):
+        import boto3
+        from botocore.config import Config as BotoConfig
+        self.client = boto3.client("elbv2", endpoint_url=endpoint, region_name=region, aws_access_key_id=self.KEY,
+                                   aws_secret_access_key="rehearsal",
+                                   config=BotoConfig(retries={"max_attempts": 1, "mode": "standard"}))
+        self.target_groups = list(target_groups)
+        self.per_s = per_s
+        self.calls = 0
+        self.throttles = 0
+        self.errors = 0
+        self.stop = threading.Event()
+
+    def run(self):
+        period = 1.0 / self.per_s
+        nxt = time.monotonic()
+        i = 0
+        while not self.stop.is_set():
+            tg = self.target_groups[i % len(self.target_groups)]
+            i += 1
+            try:
+                self.client.describe_target_health(TargetGroupArn=tg)
+            except Exception as e:  # noqa: BLE001 - a neighbour only counts what it suffers
+                code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+                if code in ("Throttling", "ThrottlingException"):
+                    self.throttles += 1
+                else:
+                    self.errors += 1
+            self.calls += 1
+            nxt += period
+            self.stop.wait(max(0.0, nxt - time.monotonic()))
+
+    def start(self):
+        threading.Thread(target=self.run, daemon=True).start()
+        return self
+
+
+# CodeDeploy's predefined ECS deployment configurations the rehearsal plays (GetDeploymentConfig's
+# `trafficRoutingConfig`; intervals in minutes, as the API gives them).
+DEPLOYMENT_CONFIGS = {
+    "CodeDeployDefault.ECSAllAtOnce": {"type": "AllAtOnce"},
+    "CodeDeployDefault.ECSCanary10Percent5Minutes": {
+        "type": "TimeBasedCanary", "timeBasedCanary": {"canaryPercentage": 10, "canaryInterval": 5}},
+    "CodeDeployDefault.ECSLinear10PercentEvery1Minutes": {
+        "type": "TimeBasedLinear", "timeBasedLinear": {"linearPercentage": 10, "linearInterval": 1}},
+}
+
+
 class DeploymentGroup:
     """A CodeDeploy deployment group: its target group pair, listeners and ECS service."""
 
@@ -143,6 +256,7 @@ class Deployment:
         self.group = group.group
         self.service = group.service
         self.status = "InProgress"
+        self.config_name = "CodeDeployDefault.ECSAllAtOnce"
         self.task_sets = []  # dicts: label, tg, desired, running, weight
         # execution id -> {"hook": name, "status": None|str, "at": t, "reports_by": {session token: reports},
         # "rejected": reports refused as already completed}
@@ -184,7 +298,9 @@ class World:
         # call has taken effect, and its answer is never sent (crash injection).
         self.on_call = None
         self.calls_by_token = {}  # session token (one per Lambda attempt) -> number of calls
+        self.elb_calls = []  # (t, caller, operation, session token, throttled)
         self.faults = Faults()
+        self.buckets = ElbBuckets()
         self.stop = threading.Event()
         self.t0 = time.monotonic()
         # Benchmarks with thousands of targets and no task processes switch real health checks off: every
@@ -323,6 +439,13 @@ class World:
         healthy = [(ip, port) for ip, port, st, _ in states if st == "healthy"]
         return healthy or [(ip, port) for ip, port, _, _ in states]
 
+    def take_elb(self, caller, op, token):
+        """Draws an ELB call from the account's buckets and records it (with whether it was throttled)."""
+        ok = self.buckets.take(caller, op)
+        with self.lock:
+            self.elb_calls.append((time.monotonic(), caller, op, token, not ok))
+        return ok
+
     def count(self, caller, service, op, token=None):
         with self.lock:
             self.calls.append((time.monotonic(), caller, service, op))
@@ -413,6 +536,10 @@ def make_handler(world: World):
                 op = form.get("Action", [""])[0]
                 service = "elbv2" if form.get("Version", [""])[0] == "2015-12-01" else "ec2"
             world.count(caller, service, op, token)
+            if service == "elbv2" and not world.take_elb(caller, op, token):
+                # Refused before it takes effect: a throttled call changes nothing, so no crash point either.
+                status, data, ctype, extra = fault_response("elbv2", "throttle", op)
+                return self._send(status, data, ctype, extra)
             self.crash = world.on_call(caller, token, service, op) if world.on_call else None
             for kind, value in world.faults.pick(caller, service, op):
                 if kind == "latency":
@@ -524,6 +651,7 @@ def make_handler(world: World):
                 return self._json(200, {"deploymentInfo": {
                     "applicationName": d.application, "deploymentGroupName": d.group, "deploymentId": d.id,
                     "status": d.status, "computePlatform": "ECS", "creator": "user",
+                    "deploymentConfigName": d.config_name,
                     "deploymentStyle": {"deploymentType": "BLUE_GREEN", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
                 }})
             if op == "GetDeploymentGroup":
@@ -540,6 +668,15 @@ def make_handler(world: World):
                         "testTrafficRoute": {"listenerArns": [x.test_listener]},
                     }]},
                 }})
+            if op == "GetDeploymentConfig":
+                info = DEPLOYMENT_CONFIGS.get(req.get("deploymentConfigName"))
+                if info is None:
+                    return self._error("DeploymentConfigDoesNotExistException",
+                                       f"No deployment configuration named {req.get('deploymentConfigName')}")
+                return self._json(200, {"deploymentConfigInfo": {
+                    "deploymentConfigId": str(uuid.uuid5(uuid.NAMESPACE_URL, req["deploymentConfigName"])),
+                    "deploymentConfigName": req["deploymentConfigName"], "computePlatform": "ECS",
+                    "trafficRoutingConfig": info}})
             if op == "ListDeploymentTargets":
                 return self._json(200, {"targetIds": [f"{d.service[0]}:{d.service[1]}"]})
             if op == "GetDeploymentTarget":

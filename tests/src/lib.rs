@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use bluegreen_mirror::config::{Config, RouteRef};
 use bluegreen_mirror::domain::{
     BindingRecord, DeploymentRecord, FollowerLease, HealthState, ObservedTarget, Phase, Route, RouteStyle, Target,
-    TargetKey,
+    TargetKey, TrafficShift,
 };
 use bluegreen_mirror::harness::{self, Invocation, Outcome, Tracker};
 use bluegreen_mirror::ports::{
@@ -371,6 +371,28 @@ impl Deployments for FakeCodeDeploy {
         })
     }
 
+    async fn traffic_shift(&self, config_name: &str) -> Result<TrafficShift> {
+        self.calls.enter("codedeploy:GetDeploymentConfig")?;
+        Ok(match config_name {
+            "CodeDeployDefault.ECSAllAtOnce" => TrafficShift::AllAtOnce,
+            "CodeDeployDefault.ECSCanary10Percent5Minutes" => {
+                TrafficShift::Canary { percentage: 10, interval: Duration::from_secs(300) }
+            }
+            "CodeDeployDefault.ECSLinear10PercentEvery1Minutes" => {
+                TrafficShift::Linear { percentage: 10, interval: Duration::from_secs(60) }
+            }
+            other => {
+                return Err(Error::Aws {
+                    service: "codedeploy",
+                    operation: "GetDeploymentConfig",
+                    kind: AwsErrorKind::NotFound,
+                    message: format!("DeploymentConfigDoesNotExistException: {other}"),
+                    source: None,
+                })
+            }
+        })
+    }
+
     async fn task_sets(&self, deployment_id: &str) -> Result<Vec<TaskSet>> {
         self.calls.enter("codedeploy:GetDeploymentTarget")?;
         if *self.task_sets_fail.lock().unwrap() {
@@ -594,6 +616,8 @@ impl World {
         );
         let mut config = Config::parse("bluegreen-mirror", &bindings).unwrap();
         config.poll_interval = Duration::from_secs(1);
+        // CodeDeploy's minutes played as seconds, as in the rehearsal: a linear step every second.
+        config.minute = Duration::from_secs(1);
 
         let elb = FakeElb { state: Arc::default(), calls: calls.clone() };
         {
@@ -648,6 +672,7 @@ impl World {
                 deployment_type: "BLUE_GREEN".into(),
                 creator: Some("user".into()),
                 status: "InProgress".into(),
+                config_name: Some("CodeDeployDefault.ECSLinear10PercentEvery1Minutes".into()),
                 target_group_names: vec!["pub-blue".into(), "pub-green".into()],
                 production_listeners: vec![a.pub_prod.clone()],
                 test_listeners: vec![a.pub_test.clone()],

@@ -80,7 +80,7 @@ async fn scaling_and_replaced_tasks_are_mirrored_by_one_reconcile() {
     assert_eq!((out[0].registered, out[0].deregistered), (1, 1));
     assert_eq!(w.elb.members(&a.prv_blue), w.elb.members(&a.pub_blue));
     // Nothing to do: a second reconcile changes nothing.
-    let again = reconcile(&w, Trigger::Schedule).await;
+    let again = reconcile(&w, Trigger::Schedule { at: 0 }).await;
     assert!(!again[0].changed());
 }
 
@@ -104,7 +104,7 @@ async fn a_reconcile_racing_the_flip_leaves_the_private_side_mirroring_the_publi
     let a = &w.arns;
     w.through_the_gate().await;
     w.allow_traffic();
-    let (hook, _) = tokio::join!(w.invoke(Phase::AfterAllowTraffic, "e3"), reconcile(&w, Trigger::Schedule));
+    let (hook, _) = tokio::join!(w.invoke(Phase::AfterAllowTraffic, "e3"), reconcile(&w, Trigger::Schedule { at: 0 }));
     assert_eq!(hook.status, HookStatus::Succeeded);
     assert_eq!(w.elb.route_of(&a.prv_prod).live(), vec![a.prv_green.as_str()]);
     assert_eq!(w.elb.members(&a.prv_green), strings(&keys(101..104)));
@@ -243,6 +243,41 @@ async fn a_follower_hands_over_before_its_deadline_and_exactly_one_follows() {
     lease_holder.await;
     live.await.expect("twin");
     assert!(twin.snapshot().notes.iter().any(|n| n.contains("already followed")), "{:?}", twin.snapshot().notes);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_follower_reads_fast_only_around_the_moves_of_a_real_canary() {
+    let w = World::new();
+    let a = &w.arns;
+    w.codedeploy.edit(DEPLOYMENT, |d| d.config_name = Some("CodeDeployDefault.ECSCanary10Percent5Minutes".into()));
+    w.through_the_gate().await;
+    let mut engine = w.hooks();
+    // A real minute: 10 % now, the rest five minutes later.
+    engine.config.minute = Duration::from_secs(60);
+    w.calls.clear();
+    let (req, t1) = (follow_request(), Tracker::default());
+    let follower = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(900)), &t1);
+    let started = tokio::time::Instant::now();
+    let codedeploy = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, 10));
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, 100));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(w.invoke(Phase::AfterAllowTraffic, "e3").await.status, HookStatus::Succeeded);
+    };
+    let (followed, ()) = tokio::join!(follower, codedeploy);
+    followed.expect("follower");
+    let elapsed = started.elapsed().as_secs_f64();
+    let lag = max_weight_lag(&w);
+    assert!(lag <= Duration::from_millis(500), "max weight lag {lag:?}");
+    let describes = w.calls.log().iter().filter(|c| c.starts_with("elb:Describe")).count();
+    // The hook's own reads are in the log too; the follower's alone would be fewer.
+    assert!(
+        (describes as f64) / elapsed < 1.0,
+        "{describes} ELB Describe calls in {elapsed:.0} s: the follower must average under one a second"
+    );
+    assert_eq!(w.elb.route_of(&a.prv_prod).weight(&a.prv_green), Some(100));
 }
 
 fn now_ms() -> u64 {

@@ -2,10 +2,15 @@
 //! status report.
 
 use aws_sdk_codedeploy::operation::get_deployment_group::GetDeploymentGroupOutput;
-use aws_sdk_codedeploy::types::{DeploymentGroupInfo, LifecycleEventStatus, TargetLabel};
+use std::time::Duration;
+
+use aws_sdk_codedeploy::types::{
+    DeploymentGroupInfo, LifecycleEventStatus, TargetLabel, TrafficRoutingConfig, TrafficRoutingType,
+};
 use aws_sdk_codedeploy::Client;
 
 use super::errors::aws_error;
+use crate::domain::TrafficShift;
 use crate::ports::{
     DeploymentFacts, DeploymentGroupFacts, Deployments, HookReporter, HookStatus, Reported, TaskSet, TaskSetLabel,
 };
@@ -62,6 +67,30 @@ fn group_facts(info: Option<&DeploymentGroupInfo>) -> DeploymentGroupFacts {
     }
 }
 
+/// CodeDeploy's traffic routing, in the domain's terms. Intervals are whole minutes in the API.
+fn shift_of(routing: Option<&TrafficRoutingConfig>) -> TrafficShift {
+    let minutes = |m: i32| Duration::from_secs(u64::try_from(m).unwrap_or(0) * 60);
+    let percent = |p: i32| u32::try_from(p).unwrap_or(0);
+    match routing.and_then(|r| r.r#type()) {
+        Some(TrafficRoutingType::AllAtOnce) => TrafficShift::AllAtOnce,
+        Some(TrafficRoutingType::TimeBasedCanary) => match routing.and_then(|r| r.time_based_canary()) {
+            Some(c) => TrafficShift::Canary {
+                percentage: percent(c.canary_percentage()),
+                interval: minutes(c.canary_interval()),
+            },
+            None => TrafficShift::Unknown,
+        },
+        Some(TrafficRoutingType::TimeBasedLinear) => match routing.and_then(|r| r.time_based_linear()) {
+            Some(l) => TrafficShift::Linear {
+                percentage: percent(l.linear_percentage()),
+                interval: minutes(l.linear_interval()),
+            },
+            None => TrafficShift::Unknown,
+        },
+        _ => TrafficShift::Unknown,
+    }
+}
+
 /// What IAM scopes a call about one deployment by, for the "grant … on …" of an AccessDenied.
 fn of_deployment(deployment_id: &str) -> String {
     format!("the deployment group of deployment {deployment_id}")
@@ -97,6 +126,7 @@ impl Deployments for CodeDeploy {
             deployment_type: style.and_then(|s| s.deployment_type()).map_or("IN_PLACE", |t| t.as_str()).to_string(),
             creator: info.creator().map(|c| c.as_str().to_string()),
             status: info.status().map_or("Unknown", |s| s.as_str()).to_string(),
+            config_name: info.deployment_config_name().map(str::to_string),
             target_group_names: facts.target_group_names,
             production_listeners: facts.production_listeners,
             test_listeners: facts.test_listeners,
@@ -106,6 +136,14 @@ impl Deployments for CodeDeploy {
     async fn deployment_group(&self, application: &str, group: &str) -> Result<DeploymentGroupFacts> {
         let g = self.group_info(application, group).await?;
         Ok(group_facts(g.deployment_group_info()))
+    }
+
+    async fn traffic_shift(&self, config_name: &str) -> Result<TrafficShift> {
+        let out =
+            self.client.get_deployment_config().deployment_config_name(config_name).send().await.map_err(|e| {
+                aws_error(SERVICE, "GetDeploymentConfig", &format!("deployment config {config_name}"), e)
+            })?;
+        Ok(shift_of(out.deployment_config_info().and_then(|i| i.traffic_routing_config())))
     }
 
     async fn task_sets(&self, deployment_id: &str) -> Result<Vec<TaskSet>> {
@@ -251,6 +289,36 @@ mod tests {
         assert_eq!((f.compute_platform.as_str(), f.deployment_type.as_str()), ("ECS", "BLUE_GREEN"));
         assert_eq!(f.target_group_names, vec!["pub-blue", "pub-green"]);
         assert_eq!((f.production_listeners, f.test_listeners), (vec!["prod".to_string()], vec!["test".to_string()]));
+    }
+
+    #[tokio::test]
+    async fn traffic_shifts_come_from_the_deployment_config() {
+        use aws_sdk_codedeploy::operation::get_deployment_config::GetDeploymentConfigOutput;
+        use aws_sdk_codedeploy::types::{DeploymentConfigInfo, TimeBasedCanary, TimeBasedLinear};
+        let config = mock!(Client::get_deployment_config).then_compute_output(|r| {
+            let routing = match r.deployment_config_name() {
+                Some("canary") => TrafficRoutingConfig::builder()
+                    .r#type(TrafficRoutingType::TimeBasedCanary)
+                    .time_based_canary(TimeBasedCanary::builder().canary_percentage(10).canary_interval(5).build()),
+                Some("linear") => TrafficRoutingConfig::builder()
+                    .r#type(TrafficRoutingType::TimeBasedLinear)
+                    .time_based_linear(TimeBasedLinear::builder().linear_percentage(20).linear_interval(2).build()),
+                _ => TrafficRoutingConfig::builder().r#type(TrafficRoutingType::AllAtOnce),
+            };
+            GetDeploymentConfigOutput::builder()
+                .deployment_config_info(DeploymentConfigInfo::builder().traffic_routing_config(routing.build()).build())
+                .build()
+        });
+        let cd = CodeDeploy::new(mock_client!(aws_sdk_codedeploy, RuleMode::MatchAny, [&config]));
+        assert_eq!(
+            cd.traffic_shift("canary").await.unwrap(),
+            TrafficShift::Canary { percentage: 10, interval: Duration::from_secs(300) }
+        );
+        assert_eq!(
+            cd.traffic_shift("linear").await.unwrap(),
+            TrafficShift::Linear { percentage: 20, interval: Duration::from_secs(120) }
+        );
+        assert_eq!(cd.traffic_shift("all").await.unwrap(), TrafficShift::AllAtOnce);
     }
 
     #[tokio::test]

@@ -16,7 +16,10 @@ use tokio::time::Instant;
 
 use super::{now_ms, Engine, Tracker};
 use crate::config::{Binding, RouteRef};
-use crate::domain::{plan_reconcile, FollowerLease, Observed, Phase, Route, DEFAULT_BATCH};
+use crate::domain::{
+    next_read as next_read_in, plan_reconcile, FollowerLease, Observed, Pacing, Phase, Progress, Route, TrafficShift,
+    DEFAULT_BATCH,
+};
 use crate::harness::Budget;
 use crate::ports::{DeploymentGroupFacts, Deployments, FollowRequest, Followers, LoadBalancers, Saved, StateStore};
 use crate::{Error, Result};
@@ -39,11 +42,24 @@ impl Reconciled {
     }
 }
 
-/// How the follower paces itself.
-const FOLLOW_TICK: Duration = Duration::from_millis(150);
-const FULL_RECONCILE_EVERY: Duration = Duration::from_secs(5);
-const STATUS_EVERY: Duration = Duration::from_secs(2);
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// How the follower paces what is not a read of the public listener: a full reconcile (membership, test route)
+/// now and then, a look at whether the deployment is over, the lease's heartbeat (stale after 5 s).
+const FULL_RECONCILE_EVERY: Duration = Duration::from_secs(60);
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+
+/// What one follower read found.
+#[derive(Debug, Clone, Copy)]
+struct FollowStep {
+    /// The public route differs from what the private side last mirrored.
+    moved: bool,
+    /// There was a previous mirror to differ from (the first read is not a move).
+    seen_before: bool,
+    /// A full reconcile ran.
+    full: bool,
+    /// The public route sends everything to one target group.
+    settled: bool,
+}
 
 impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     /// The deployment group's setup (listeners, services).
@@ -67,43 +83,12 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             out.rounds = round;
             let pre = self.preflight(b, t).await?;
             let seen = self.observe(b, public_prod.as_ref(), public_test.as_ref(), pre.production, pre.test).await?;
-            let plan = plan_reconcile(&b.pair_arns(), b.style(), &seen, DEFAULT_BATCH)
-                .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
-            out.held_back = plan.held_back.clone();
-            if plan.is_empty() {
+            if !self.apply(b, &seen, &mut out, t).await? {
                 break;
             }
-            for (tg, m) in &plan.mirrors {
-                for batch in &m.register {
-                    self.lb.register(tg, batch).await?;
-                }
-                out.registered += m.registered();
-            }
-            if let (Some(to), Some(current)) = (&plan.production, &seen.private_production) {
-                self.lb.set_route(&b.private_production_route, to).await?;
-                t.route_change(current.to_string(), to.to_string());
-                out.production = Some(format!("{current} -> {to}"));
-                if let [live] = to.live().as_slice() {
-                    self.record_binding_live(b, live, None, t).await;
-                }
-            }
-            if let (Some(to), Some(which), Some(current)) = (&plan.test, &b.private_test_route, &seen.private_test) {
-                self.lb.set_route(which, to).await?;
-                out.test = Some(format!("{current} -> {to}"));
-            }
-            for (tg, m) in &plan.mirrors {
-                for batch in &m.deregister {
-                    self.lb.deregister(tg, batch).await?;
-                }
-                out.deregistered += m.deregistered();
-            }
-            t.mirrored(
-                plan.mirrors.iter().map(|(_, m)| m.registered()).sum(),
-                plan.mirrors.iter().map(|(_, m)| m.deregistered()).sum(),
-            );
             // Read-after-write: if the public route moved while we wrote, go round again.
             let (Some(public_ref), Some(mirrored)) = (&public_prod, &seen.public_production) else { break };
-            if plan.production.is_none() || self.lb.route(public_ref).await?.same_traffic(mirrored) {
+            if out.production.is_none() || self.lb.route(public_ref).await?.same_traffic(mirrored) {
                 break;
             }
         }
@@ -117,6 +102,80 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 out.test.as_deref().unwrap_or("unchanged")
             ));
         }
+        Ok(out)
+    }
+
+    /// Plans from what was observed and applies it in the order that keeps I4: registrations, route changes,
+    /// deregistrations. `Ok(false)` when there was nothing to change.
+    async fn apply(&self, b: &Binding, seen: &Observed, out: &mut Reconciled, t: &Tracker) -> Result<bool> {
+        let plan = plan_reconcile(&b.pair_arns(), b.style(), seen, DEFAULT_BATCH)
+            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
+        out.held_back = plan.held_back.clone();
+        if plan.is_empty() {
+            return Ok(false);
+        }
+        for (tg, m) in &plan.mirrors {
+            for batch in &m.register {
+                self.lb.register(tg, batch).await?;
+            }
+            out.registered += m.registered();
+        }
+        if let (Some(to), Some(current)) = (&plan.production, &seen.private_production) {
+            self.lb.set_route(&b.private_production_route, to).await?;
+            t.route_change(current.to_string(), to.to_string());
+            out.production = Some(format!("{current} -> {to}"));
+            if let [live] = to.live().as_slice() {
+                self.record_binding_live(b, live, None, t).await;
+            }
+        }
+        if let (Some(to), Some(which), Some(current)) = (&plan.test, &b.private_test_route, &seen.private_test) {
+            self.lb.set_route(which, to).await?;
+            out.test = Some(format!("{current} -> {to}"));
+        }
+        for (tg, m) in &plan.mirrors {
+            for batch in &m.deregister {
+                self.lb.deregister(tg, batch).await?;
+            }
+            out.deregistered += m.deregistered();
+        }
+        t.mirrored(
+            plan.mirrors.iter().map(|(_, m)| m.registered()).sum(),
+            plan.mirrors.iter().map(|(_, m)| m.deregistered()).sum(),
+        );
+        Ok(true)
+    }
+
+    /// The follower's step: mirrors a public production route it has just read onto the private route. One read
+    /// of the private route; the targets of the pairs involved only when a private group is about to start
+    /// taking traffic (the I4 guard needs their health, and the current groups' to know whether the route serves
+    /// now); then the write. Membership and the test route are left to the full reconcile.
+    async fn mirror_production(&self, b: &Binding, public: &Route, t: &Tracker) -> Result<Reconciled> {
+        let mut out = Reconciled { binding: b.label(), rounds: 1, ..Default::default() };
+        let current = self.lb.route(&b.private_production_route).await?;
+        let pairs = b.pair_arns();
+        let desired = crate::domain::mirror_route(public, &pairs, b.style(), Some(&current))
+            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
+        if desired.same_action(&current) {
+            return Ok(out);
+        }
+        let joining = desired.live().iter().any(|tg| !current.live().contains(tg));
+        let involved: Vec<&str> = if joining {
+            pairs
+                .iter()
+                .filter(|(_, private)| desired.contains(private) || current.contains(private))
+                .flat_map(|(public, private)| [public.as_str(), private.as_str()])
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let targets = futures_util::future::try_join_all(involved.iter().map(|tg| self.lb.targets(tg))).await?;
+        let seen = Observed {
+            public_production: Some(public.clone()),
+            private_production: Some(current),
+            targets: involved.iter().map(|s| s.to_string()).zip(targets).collect(),
+            ..Default::default()
+        };
+        self.apply(b, &seen, &mut out, t).await?;
         Ok(out)
     }
 
@@ -151,7 +210,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     }
 
     /// Follows a deployment's public weights onto the private side until the deployment is over, the lease is
-    /// lost, or the budget nears its end (then a fresh follower is started and takes the lease over).
+    /// lost, or the budget nears its end (then a fresh follower is started and takes the lease over). The public
+    /// listener is read at the pace the deployment's configuration calls for ([`crate::domain::pacing`]): fast
+    /// around the moments CodeDeploy will move the weights, slowly between them.
     pub async fn follow(&self, req: &FollowRequest, owner: &str, budget: Budget, t: &Tracker) -> Result<()> {
         let b = self.config.binding(&req.application, &req.deployment_group).ok_or_else(|| {
             Error::Misconfigured(format!("no binding for {}/{}", req.application, req.deployment_group))
@@ -161,53 +222,65 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             t.note(format!("{} is already followed by a live follower", b.label()));
             return Ok(());
         };
-        t.note(format!("following deployment {} of {}", req.deployment_id, b.label()));
         let public_ref =
             group.production_listeners.first().map(|l| RouteRef::Listener(l.clone())).ok_or_else(|| {
                 Error::Misconfigured(format!("deployment group {} has no production listener", b.deployment_group))
             })?;
+        let shift = self.traffic_shift(req, t).await;
+        t.note(format!("following deployment {} of {} ({shift:?})", req.deployment_id, b.label()));
+        let pacing = Pacing::default();
+        let started = Instant::now();
         let handover_at = budget.deadline() - (budget.remaining() / 4).min(Duration::from_secs(30));
-        let (mut last_public, mut last_full, mut last_status, mut last_beat) =
-            (None::<Route>, None, Instant::now(), Instant::now());
+        // What the private side was last made to mirror, and when the public weights were last seen to move.
+        let (mut mirrored, mut last_move) = (None::<Route>, None::<Instant>);
+        let (mut next_read, mut next_full, mut next_status, mut next_beat) =
+            (started, started, started + STATUS_EVERY, started + HEARTBEAT_EVERY);
         let mut handing_over = false;
         loop {
-            // A transient failure (throttling that outlasted the SDK's retries, a 5xx) costs one tick, not the
-            // follower: the next tick reads again.
-            let tick = async {
-                let public = self.lb.route(&public_ref).await?;
-                let moved = last_public.as_ref().is_none_or(|p| !p.same_action(&public));
-                let full_due = last_full.is_none_or(|at: Instant| at.elapsed() >= FULL_RECONCILE_EVERY);
-                if moved || full_due {
-                    let r = self.reconcile(b, &group, t).await?;
-                    if !r.held_back.is_empty() && !moved {
-                        t.note(r.held_back.join("; "));
+            let now = Instant::now();
+            if now >= next_read {
+                // A transient failure (throttling that outlasted the SDK's retries, a 5xx) costs one read, not
+                // the follower: the next read comes at the unsure pace.
+                let step = self.follow_step(b, &group, &public_ref, &mut mirrored, now >= next_full, t).await;
+                let after = Instant::now();
+                match step {
+                    Ok(step) => {
+                        if step.moved && step.seen_before {
+                            last_move = Some(after);
+                        }
+                        if step.full {
+                            next_full = after + FULL_RECONCILE_EVERY;
+                        }
+                        let progress = Progress {
+                            since_start: after - started,
+                            since_last_move: last_move.map(|m| after - m),
+                            settled: step.settled,
+                        };
+                        // A held-back move is retried at the next fast read, not when the public side moves again.
+                        let wait =
+                            if mirrored.is_none() { pacing.fast } else { next_read_in(&shift, &progress, &pacing) };
+                        next_read = after + wait;
                     }
-                    // A held-back move is retried at the next tick, not when the public side moves again.
-                    last_public = if r.held_back.is_empty() { Some(public.clone()) } else { None };
-                    last_full = Some(Instant::now());
-                }
-                Ok::<_, Error>(public)
-            };
-            let public = match tick.await {
-                Ok(public) => public,
-                Err(e) if e.is_transient() => {
-                    t.note(format!("follower tick failed, retrying: {e}"));
-                    tokio::time::sleep(FOLLOW_TICK).await;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            if last_status.elapsed() >= STATUS_EVERY {
-                last_status = Instant::now();
-                if self.deployment_over(req, &public).await {
-                    self.reconcile(b, &group, t).await?;
-                    self.release_lease(&mut lease).await;
-                    t.note(format!("deployment {} is over; follower done", req.deployment_id));
-                    return Ok(());
+                    Err(e) if e.is_transient() => {
+                        t.note(format!("follower read failed, retrying: {e}"));
+                        next_read = after + pacing.unsure;
+                    }
+                    Err(e) => return Err(e),
                 }
             }
-            if last_beat.elapsed() >= HEARTBEAT_EVERY {
-                last_beat = Instant::now();
+            if Instant::now() >= next_status {
+                next_status = Instant::now() + STATUS_EVERY;
+                if let Some(public) = &mirrored {
+                    if self.deployment_over(req, public).await {
+                        self.reconcile(b, &group, t).await?;
+                        self.release_lease(&mut lease).await;
+                        t.note(format!("deployment {} is over; follower done", req.deployment_id));
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() >= next_beat {
+                next_beat = Instant::now() + HEARTBEAT_EVERY;
                 if !self.renew(&mut lease, handing_over, t).await? {
                     t.note("follower lease taken over; stopping".to_string());
                     return Ok(());
@@ -219,17 +292,71 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 if !self.renew(&mut lease, true, t).await? {
                     return Ok(());
                 }
-                last_beat = Instant::now();
+                next_beat = Instant::now() + HEARTBEAT_EVERY;
                 match self.followers.start(req).await {
                     Ok(true) => t.note("handing over to a fresh follower before the deadline".to_string()),
                     Ok(false) => t.note("no follower function configured to hand over to".to_string()),
                     Err(e) => t.note(format!("could not start the next follower: {e}")),
                 }
             }
-            if budget.remaining() <= FOLLOW_TICK {
+            let wake = [next_read, next_status, next_beat, if handing_over { next_beat } else { handover_at }]
+                .into_iter()
+                .min()
+                .unwrap_or(next_read);
+            if budget.remaining() <= wake.saturating_duration_since(Instant::now()) + pacing.fast {
                 return Ok(());
             }
-            tokio::time::sleep(FOLLOW_TICK).await;
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+
+    /// One read of the public production listener and, when it moved since the last mirror (or a full reconcile
+    /// is due), the private side made to mirror it.
+    async fn follow_step(
+        &self,
+        b: &Binding,
+        group: &DeploymentGroupFacts,
+        public_ref: &RouteRef,
+        mirrored: &mut Option<Route>,
+        full_due: bool,
+        t: &Tracker,
+    ) -> Result<FollowStep> {
+        let public = self.lb.route(public_ref).await?;
+        let seen_before = mirrored.is_some();
+        let moved = mirrored.as_ref().is_none_or(|m| !m.same_action(&public));
+        let r = if full_due {
+            Some(self.reconcile(b, group, t).await?)
+        } else if moved {
+            Some(self.mirror_production(b, &public, t).await?)
+        } else {
+            None
+        };
+        if let Some(r) = &r {
+            if !r.held_back.is_empty() {
+                t.note(r.held_back.join("; "));
+            }
+            *mirrored = if r.held_back.is_empty() { Some(public.clone()) } else { None };
+        }
+        Ok(FollowStep { moved, seen_before, full: full_due, settled: public.live().len() == 1 })
+    }
+
+    /// How the deployment shifts traffic, from its configuration; `Unknown` (read at the unsure pace) when
+    /// CodeDeploy does not say.
+    async fn traffic_shift(&self, req: &FollowRequest, t: &Tracker) -> TrafficShift {
+        let name = match self.deployments.deployment(&req.deployment_id).await {
+            Ok(d) => d.config_name,
+            Err(e) => {
+                t.note(format!("deployment {} not readable ({e}); following at the unsure pace", req.deployment_id));
+                None
+            }
+        };
+        let Some(name) = name else { return TrafficShift::Unknown };
+        match self.deployments.traffic_shift(&name).await {
+            Ok(shift) => shift.with_minute(self.config.minute),
+            Err(e) => {
+                t.note(format!("deployment config {name} not readable ({e}); following at the unsure pace"));
+                TrafficShift::Unknown
+            }
         }
     }
 
@@ -316,8 +443,8 @@ pub enum Trigger {
     Deployment { application: String, deployment_group: String, deployment_id: String, state: String },
     /// An ECS task of `service` in `cluster` changed state.
     Task { cluster: String, service: String },
-    /// The schedule: every binding.
-    Schedule,
+    /// The schedule, fired at `at` (seconds since the epoch): the slice of bindings whose turn it is.
+    Schedule { at: u64 },
 }
 
 impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
@@ -328,7 +455,13 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             Trigger::Deployment { application, deployment_group, .. } => {
                 self.config.binding(application, deployment_group).into_iter().collect()
             }
-            Trigger::Task { .. } | Trigger::Schedule => self.config.bindings.iter().collect(),
+            Trigger::Task { .. } => self.config.bindings.iter().collect(),
+            Trigger::Schedule { at } => {
+                let per_run = crate::domain::sweep_per_run(self.config.elb_reads_per_s, self.config.schedule);
+                let slot = at / self.config.schedule.as_secs().max(1);
+                let slice = crate::domain::sweep_slice(self.config.bindings.len(), per_run, slot);
+                self.config.bindings[slice].iter().collect()
+            }
         };
         let mut out = Vec::new();
         for b in candidates {

@@ -1,0 +1,302 @@
+//! Pacing: when the follower reads the public production listener next. ELB's `Describe*` budget is one bucket
+//! per account and region (40 tokens, 10 per second), shared with everything else the customer runs, so the
+//! follower cannot poll at a fixed fast rate. CodeDeploy's deployment configuration says when the public weights
+//! will move (canary: once more after its interval; linear: every interval until green has everything): the
+//! follower reads fast only around those moments and slowly otherwise. Moves no schedule predicts (a stop, a
+//! rollback) are covered by the slow read and by CodeDeploy's state-change events, which wake the reconciler.
+//!
+//! Pure: durations in, a duration out; the follower owns the clock.
+
+use std::time::Duration;
+
+/// How CodeDeploy shifts production traffic in a deployment (its configuration's `trafficRoutingConfig`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficShift {
+    /// Everything at once: one move, at the start of AllowTraffic.
+    AllAtOnce,
+    /// `percentage` first, then the rest after `interval`.
+    Canary { percentage: u32, interval: Duration },
+    /// `percentage` more every `interval` until green has everything.
+    Linear { percentage: u32, interval: Duration },
+    /// The configuration could not be read: no move can be predicted.
+    Unknown,
+}
+
+impl TrafficShift {
+    /// The time between two moves, when the configuration has one.
+    pub fn interval(&self) -> Option<Duration> {
+        match self {
+            Self::Canary { interval, .. } | Self::Linear { interval, .. } => Some(*interval),
+            Self::AllAtOnce | Self::Unknown => None,
+        }
+    }
+
+    /// The same shift with CodeDeploy's minutes played as `minute` (a minute is 60 s on AWS; the rehearsal plays
+    /// it faster).
+    pub fn with_minute(self, minute: Duration) -> Self {
+        let scale = |d: Duration| minute.mul_f64(d.as_secs_f64() / 60.0);
+        match self {
+            Self::Canary { percentage, interval } => Self::Canary { percentage, interval: scale(interval) },
+            Self::Linear { percentage, interval } => Self::Linear { percentage, interval: scale(interval) },
+            other => other,
+        }
+    }
+}
+
+/// The follower's reading rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    /// Around a predicted move: a move is seen at most this long after it happens.
+    pub fast: Duration,
+    /// Between predicted moves, and once the shift is complete.
+    pub slow: Duration,
+    /// When a move is due but late, or cannot be predicted: still inside the one-second lag target.
+    pub unsure: Duration,
+    /// How long before a predicted move the fast reads start (CodeDeploy's clock is not ours).
+    pub lead: Duration,
+    /// How long after a predicted move the fast reads go on before the move counts as late.
+    pub grace: Duration,
+    /// How long after the follower starts the first move (AllowTraffic's start) is awaited with fast reads.
+    pub first_move_window: Duration,
+}
+
+impl Default for Pacing {
+    fn default() -> Self {
+        Self {
+            fast: Duration::from_millis(250),
+            slow: Duration::from_secs(5),
+            unsure: Duration::from_millis(750),
+            lead: Duration::from_secs(1),
+            grace: Duration::from_secs(5),
+            first_move_window: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What the follower has seen so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Since the follower started (or took the lease over).
+    pub since_start: Duration,
+    /// Since the public weights last moved, when they have moved.
+    pub since_last_move: Option<Duration>,
+    /// The public route sends everything to one target group now.
+    pub settled: bool,
+}
+
+/// How long to wait before the next read of the public production listener.
+pub fn next_read(shift: &TrafficShift, progress: &Progress, pacing: &Pacing) -> Duration {
+    let Some(since_move) = progress.since_last_move else {
+        // AllowTraffic starts right after the gate that started the follower: its first move is imminent.
+        return if progress.since_start < pacing.first_move_window { pacing.fast } else { pacing.unsure };
+    };
+    if progress.settled {
+        // The shift is complete (or was reversed): no move is scheduled any more.
+        return pacing.slow;
+    }
+    let Some(interval) = shift.interval() else {
+        return pacing.unsure;
+    };
+    let fast_from = interval.saturating_sub(pacing.lead);
+    if since_move < fast_from {
+        return (fast_from - since_move).min(pacing.slow).max(pacing.fast);
+    }
+    if since_move <= interval + pacing.grace {
+        pacing.fast
+    } else {
+        pacing.unsure
+    }
+}
+
+/// ELB `Describe*` calls one full reconcile of a binding with nothing to change costs: the preflight (target
+/// groups, private production and test routes), the public production and test routes, four target groups'
+/// health.
+pub const READS_PER_RECONCILE: usize = 9;
+
+/// The share of the installation's ELB read budget the scheduled sweep may spend; the rest is for deployments.
+pub const SWEEP_SHARE: f64 = 0.4;
+
+/// How many bindings one scheduled run checks so that the sweep averages its share of `reads_per_s`. At least
+/// one: a safety net that checks nothing is none.
+pub fn sweep_per_run(reads_per_s: f64, schedule: Duration) -> usize {
+    let reads = reads_per_s * SWEEP_SHARE * schedule.as_secs_f64();
+    ((reads / READS_PER_RECONCILE as f64).floor() as usize).max(1)
+}
+
+/// The bindings (indices into the configured list) scheduled run number `slot` checks: consecutive runs take
+/// consecutive slices, so every binding is checked once every `ceil(n / per_run)` runs, and each run costs the
+/// same whatever the fleet's size.
+pub fn sweep_slice(n: usize, per_run: usize, slot: u64) -> std::ops::Range<usize> {
+    if n == 0 {
+        return 0..0;
+    }
+    let per_run = per_run.clamp(1, n);
+    let runs = n.div_ceil(per_run) as u64;
+    let start = (slot % runs) as usize * per_run;
+    start..(start + per_run).min(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    /// Plays a whole shift on a simulated clock: the public weights move at `moves` (offsets from the follower's
+    /// start); returns the read times and, per move, how long after it the first read saw it.
+    fn play(
+        shift: &TrafficShift,
+        moves: &[Duration],
+        settled_after: usize,
+        end: Duration,
+    ) -> (Vec<Duration>, Vec<Duration>) {
+        let pacing = Pacing::default();
+        let (mut now, mut reads, mut lags) = (Duration::ZERO, Vec::new(), Vec::new());
+        let mut seen = 0usize;
+        let mut last_seen_at = None;
+        while now < end {
+            reads.push(now);
+            let happened = moves.iter().filter(|m| **m <= now).count();
+            if happened > seen {
+                lags.push(now - moves[happened - 1]);
+                seen = happened;
+                last_seen_at = Some(now);
+            }
+            let progress = Progress {
+                since_start: now,
+                since_last_move: last_seen_at.map(|t| now - t),
+                settled: seen >= settled_after,
+            };
+            now += next_read(shift, &progress, &pacing);
+        }
+        (reads, lags)
+    }
+
+    fn per_second(reads: &[Duration], over: Duration) -> f64 {
+        reads.len() as f64 / over.as_secs_f64()
+    }
+
+    #[test]
+    fn a_real_canary_costs_well_under_one_read_per_second_and_is_seen_within_a_fast_tick() {
+        let shift = TrafficShift::Canary { percentage: 10, interval: 5 * MIN };
+        let moves = [Duration::from_secs(3), Duration::from_secs(3) + 5 * MIN];
+        let end = moves[1] + 2 * MIN;
+        let (reads, lags) = play(&shift, &moves, 2, end);
+        assert_eq!(lags.len(), 2);
+        assert!(lags.iter().all(|l| *l <= Pacing::default().fast), "{lags:?}");
+        assert!(per_second(&reads, end) < 0.35, "{} reads/s", per_second(&reads, end));
+    }
+
+    #[test]
+    fn a_real_linear_shift_is_followed_step_by_step() {
+        let shift = TrafficShift::Linear { percentage: 10, interval: MIN };
+        let moves: Vec<Duration> = (0..10).map(|k| Duration::from_secs(2) + MIN * k).collect();
+        let end = moves[9] + MIN;
+        let (reads, lags) = play(&shift, &moves, 10, end);
+        assert_eq!(lags.len(), 10);
+        assert!(lags.iter().all(|l| *l <= Pacing::default().fast), "{lags:?}");
+        assert!(per_second(&reads, end) < 0.5, "{} reads/s", per_second(&reads, end));
+    }
+
+    #[test]
+    fn a_late_or_unpredictable_move_is_still_seen_within_the_lag_target() {
+        let p = Pacing::default();
+        let linear = TrafficShift::Linear { percentage: 10, interval: MIN };
+        let late = Progress { since_start: 10 * MIN, since_last_move: Some(MIN + p.grace * 2), settled: false };
+        assert_eq!(next_read(&linear, &late, &p), p.unsure);
+        let unknown = Progress { since_start: 10 * MIN, since_last_move: Some(MIN), settled: false };
+        assert_eq!(next_read(&TrafficShift::Unknown, &unknown, &p), p.unsure);
+        assert!(p.unsure < Duration::from_secs(1));
+        let waiting = Progress { since_start: p.first_move_window * 2, since_last_move: None, settled: false };
+        assert_eq!(next_read(&TrafficShift::AllAtOnce, &waiting, &p), p.unsure);
+        let done = Progress { since_start: MIN, since_last_move: Some(Duration::from_secs(1)), settled: true };
+        assert_eq!(next_read(&linear, &done, &p), p.slow);
+    }
+
+    #[test]
+    fn the_sweep_fits_its_share_of_the_budget() {
+        // Defaults: 2 reads/s, a schedule every minute: 48 reads a run, 5 bindings.
+        assert_eq!(sweep_per_run(2.0, MIN), 5);
+        assert_eq!(sweep_per_run(0.1, Duration::from_secs(10)), 1);
+        let idle_reads_per_s = (sweep_per_run(2.0, MIN) * READS_PER_RECONCILE) as f64 / 60.0;
+        assert!(idle_reads_per_s <= 2.0 * SWEEP_SHARE, "{idle_reads_per_s}");
+    }
+
+    proptest! {
+        /// Consecutive runs cover every binding exactly once per cycle, and no run takes more than its share.
+        #[test]
+        fn consecutive_runs_cover_every_binding(n in 0usize..300, per_run in 1usize..20, first in 0u64..1000) {
+            let runs = if n == 0 { 1 } else { n.div_ceil(per_run.min(n)) } as u64;
+            let mut seen = vec![0u32; n];
+            for slot in first..first + runs {
+                let r = sweep_slice(n, per_run, slot);
+                prop_assert!(r.len() <= per_run);
+                for i in r {
+                    seen[i] += 1;
+                }
+            }
+            prop_assert!(seen.iter().all(|c| *c == 1), "{seen:?}");
+        }
+    }
+
+    fn shifts() -> impl Strategy<Value = TrafficShift> {
+        prop_oneof![
+            Just(TrafficShift::AllAtOnce),
+            Just(TrafficShift::Unknown),
+            (1u32..=99, 1u64..=60)
+                .prop_map(|(p, m)| TrafficShift::Canary { percentage: p, interval: Duration::from_secs(m * 60) }),
+            (1u32..=50, 1u64..=60)
+                .prop_map(|(p, m)| TrafficShift::Linear { percentage: p, interval: Duration::from_secs(m * 60) }),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the configuration and whenever the follower is: the next read is never sooner than a fast
+        /// tick (a budget floor) and, unless the shift is complete, never later than a slow one.
+        #[test]
+        fn the_next_read_is_bounded(shift in shifts(), start in 0u64..7200_000, since in proptest::option::of(0u64..7200_000), settled: bool) {
+            let p = Pacing::default();
+            let progress = Progress {
+                since_start: Duration::from_millis(start),
+                since_last_move: since.map(Duration::from_millis),
+                settled,
+            };
+            let d = next_read(&shift, &progress, &p);
+            prop_assert!(d >= p.fast);
+            prop_assert!(d <= p.slow);
+        }
+
+        /// A move that comes on schedule (CodeDeploy's clock up to `lead` early or `grace` late) is seen within
+        /// one fast tick, and a whole shift averages under one read per second.
+        #[test]
+        fn moves_on_schedule_are_seen_within_a_fast_tick(
+            shift in shifts(),
+            first in 0u64..10_000,
+            jitter in proptest::collection::vec(-900i64..4_000, 20),
+        ) {
+            let p = Pacing::default();
+            let (steps, interval) = match shift {
+                TrafficShift::Canary { interval, .. } => (2usize, interval),
+                TrafficShift::Linear { percentage, interval } => (100usize.div_ceil(percentage as usize), interval),
+                TrafficShift::AllAtOnce => (1, MIN),
+                TrafficShift::Unknown => (1, MIN),
+            };
+            // Each move comes one interval after the previous one, give or take CodeDeploy's own jitter.
+            let mut moves = vec![Duration::from_millis(first)];
+            for k in 1..steps {
+                let j = jitter[k % jitter.len()];
+                let at = moves[k - 1] + interval;
+                moves.push(if j < 0 { at - Duration::from_millis(j.unsigned_abs()) } else { at + Duration::from_millis(j as u64) });
+            }
+            let end = *moves.last().unwrap_or(&Duration::ZERO) + MIN;
+            let (reads, lags) = play(&shift, &moves, steps, end);
+            prop_assert_eq!(lags.len(), steps);
+            for lag in &lags {
+                prop_assert!(*lag <= p.fast, "lag {lag:?} over {:?}", p.fast);
+            }
+            prop_assert!(per_second(&reads, end) <= 1.0, "{} reads/s", per_second(&reads, end));
+        }
+    }
+}

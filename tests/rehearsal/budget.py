@@ -1,0 +1,53 @@
+"""The account's ELB budget, seen from the emulated endpoint: every ELB call of every caller with its time and
+whether ELB's buckets refused it. Reports, per function (the reconciler's follow-mode attempts apart, as
+`follower`), per mutating or reading kind, and for the neighbour: calls per second averaged over the run and in
+the busiest one-second window, and throttles suffered."""
+
+import standin
+
+
+def peak_1s(times):
+    """The most calls in any one-second window (a sliding window over sorted call times)."""
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while times[lo] < t - 1.0:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def elb_report(world, t0, t1, name_of):
+    """`name_of(caller, token)` names the function behind a call, or None for calls made on the customer's behalf
+    (ECS, CodeDeploy), which ELB does not charge to the account's buckets."""
+    span = max(t1 - t0, 1e-9)
+    by = {}
+    for t, caller, op, token, throttled in world.elb_calls:
+        if not t0 <= t <= t1:
+            continue
+        name = name_of(caller, token)
+        if name is None:
+            continue
+        kind = standin.elb_bucket(op)
+        row = by.setdefault(name, {"describe": [], "other": [], "throttled": 0})
+        row["describe" if kind == "describe" else "other"].append(t)
+        row["throttled"] += throttled
+    out = {}
+    for name, row in sorted(by.items()):
+        out[name] = {
+            "describe_calls": len(row["describe"]),
+            "describe_per_s": round(len(row["describe"]) / span, 3),
+            "describe_peak_1s": peak_1s(row["describe"]),
+            "mutating_calls": len(row["other"]),
+            "throttled": row["throttled"],
+        }
+    ours = [t for n, row in by.items() if n != "neighbour" for t in row["describe"]]
+    total = {
+        "describe_calls": len(ours),
+        "describe_per_s": round(len(ours) / span, 3),
+        "describe_peak_1s": peak_1s(ours),
+        "throttled": sum(row["throttled"] for n, row in by.items() if n != "neighbour"),
+        "seconds": round(span, 1),
+    }
+    return {"functions": out, "total": total,
+            "buckets": {k: {"capacity": c, "refill_per_s": r} for k, (c, r) in standin.ELB_BUCKETS.items()}}

@@ -220,7 +220,10 @@ where
     let mut failures = Vec::new();
     for (b, group) in engine.bindings_for(trigger).await {
         match group {
-            Ok(group) => match engine.reconcile(b, &group, t).await {
+            Ok(group) => match match trigger {
+                Trigger::Task { .. } => engine.reconcile_membership(b, t).await,
+                _ => engine.reconcile(b, &group, t).await,
+            } {
                 Ok(r) => done.push(r),
                 Err(e) => failures.push(format!("{}: {}", b.label(), harness::error_chain(&e))),
             },

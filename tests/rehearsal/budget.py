@@ -29,8 +29,9 @@ def elb_report(world, t0, t1, name_of):
         if name is None:
             continue
         kind = standin.elb_bucket(op)
-        row = by.setdefault(name, {"describe": [], "other": [], "throttled": 0})
+        row = by.setdefault(name, {"describe": [], "other": [], "throttled": 0, "ops": {}})
         row["describe" if kind == "describe" else "other"].append(t)
+        row["ops"][op] = row["ops"].get(op, 0) + 1
         row["throttled"] += throttled
     out = {}
     for name, row in sorted(by.items()):
@@ -40,6 +41,7 @@ def elb_report(world, t0, t1, name_of):
             "describe_peak_1s": peak_1s(row["describe"]),
             "mutating_calls": len(row["other"]),
             "throttled": row["throttled"],
+            "operations": dict(sorted(row["ops"].items())),
         }
     ours = [t for n, row in by.items() if n != "neighbour" for t in row["describe"]]
     total = {

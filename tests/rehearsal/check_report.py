@@ -1,6 +1,7 @@
 """Checks a rehearsal's JSON report (read from stdin) against what a scenario must show; used by scripts/test.
 
     python check_report.py passes        # the outcome is the expected one and every invariant held
+    python check_report.py measured      # a fleet report came out: print what it measured, judge nothing
 """
 
 # Follow mode: the private weights must equal the public ones within a second of each public change.
@@ -13,6 +14,18 @@ import sys
 def main():
     mode = sys.argv[1]
     r = json.load(sys.stdin)
+    if mode == "measured":
+        e = r["elb"]
+        print(f"fleet: {r['outcome']} ({'passes' if r['passed'] else 'does not pass yet'}); our ELB Describe calls "
+              f"{e['total']['describe_per_s']}/s, peak {e['total']['describe_peak_1s']} in 1 s, "
+              f"{e['total']['throttled']} throttled; neighbour throttled {r['neighbour_throttles']} times; "
+              f"worst weight lag {r['max_weight_lag_ms']} ms")
+        for d in r["deployments_report"]:
+            print(f"  {d['binding']} {d['config']}: {d['outcome']}, lag {d['max_weight_lag_ms']} ms, "
+                  f"dark {d['private_dark_ms']} ms, invariants {'held' if d['invariants_held'] else 'BROKEN'}")
+        for n, v in e["functions"].items():
+            print(f"  {n:<22} {v['describe_per_s']:>6}/s  peak {v['describe_peak_1s']:>3}  throttled {v['throttled']}")
+        return 0
     problems = []
     if r["outcome"] != r["expected_outcome"]:
         problems.append(f"outcome {r['outcome']}, expected {r['expected_outcome']}")
@@ -25,6 +38,8 @@ def main():
             problems.append(f"{r['failed_requests']['private']} private requests failed while no public one did")
         if r["max_weight_lag_ms"] > MAX_WEIGHT_LAG_MS:
             problems.append(f"private weights lagged the public ones by {r['max_weight_lag_ms']} ms")
+        if r.get("neighbour_throttles"):
+            problems.append(f"another client in the account was throttled {r['neighbour_throttles']} times")
     else:
         problems.append(f"unknown mode {mode}")
     name = r["scenario"]
@@ -32,7 +47,8 @@ def main():
         print(f"rehearsal {name}: FAIL: " + "; ".join(problems))
         return 1
     print(f"rehearsal {name}: ok ({mode}; outcome {r['outcome']}, private dark {r['private_dark_ms']} ms, "
-          f"flip skew {r['flip_skew_ms']} ms, max weight lag {r['max_weight_lag_ms']} ms)")
+          f"flip skew {r.get('flip_skew_ms')} ms, max weight lag {r['max_weight_lag_ms']} ms, "
+          f"ELB Describe {r['elb']['total']['describe_per_s']}/s, peak {r['elb']['total']['describe_peak_1s']} in 1 s)")
     return 0
 
 

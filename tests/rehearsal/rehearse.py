@@ -84,6 +84,9 @@ CONFIGS = {
     "Canary10Percent": (10, 90, 5, "CodeDeployDefault.ECSCanary10Percent5Minutes"),
     "Linear10Percent": (10, 10, 1, "CodeDeployDefault.ECSLinear10PercentEvery1Minutes"),
 }
+FLEET_ABOUT = ("one installation, many bindings (--services, default 20), several deployments at once "
+               "(--deployments, default 5; AllAtOnce, Canary10Percent, Linear10Percent mixed), a neighbour reading "
+               "ELB, the schedule running: all inside the account's ELB buckets, the neighbour never throttled")
 # CodeDeploy's minutes, played as seconds; the functions are told (BLUEGREEN_MIRROR_MINUTE_MS) so that the
 # follower paces its reads on the same clock.
 MINUTE_S = 1.0
@@ -177,6 +180,7 @@ class Rehearsal:
         self.neighbour = None
         self.neighbour_per_s = 0.0
         self.deployment_id = "d-REHEARSAL1"
+        self.reconciler_timeout_s = RECONCILER_TIMEOUT_S
 
     # --- the emulated account --------------------------------------------------------------------------------
     def start_moto(self):
@@ -616,6 +620,24 @@ class Rehearsal:
         q = first_full(self.listeners["private-prod"], prv_green)
         return None if p is None or q is None else round((q - p) * 1000, 1)
 
+    def lag_per_step_ms(self):
+        """For each change of the public production route, how long until the private route mirrored it."""
+        mirror = {self.tgs["pub-blue"]: self.tgs["prv-blue"], self.tgs["pub-green"]: self.tgs["prv-green"]}
+        pub_arn, prv_arn = self.listeners["public-prod"], self.listeners["private-prod"]
+        events = [(t, a, r) for t, a, r in self.world.route_events if a in (pub_arn, prv_arn)]
+        private, out = None, []
+        for i, (t, arn, route) in enumerate(events):
+            if arn != pub_arn:
+                private = route
+                continue
+            want = [(mirror.get(tg, tg), w) for tg, w in route]
+            if private is not None and same_traffic(private, want):
+                out.append(0.0)
+                continue
+            later = next((t2 for t2, a2, r2 in events[i + 1:] if a2 == prv_arn and same_traffic(r2, want)), None)
+            out.append(None if later is None else round((later - t) * 1000, 1))
+        return out
+
     def count_in_logs(self, prefix, needle):
         n = 0
         for name in os.listdir(self.run_dir):
@@ -653,11 +675,8 @@ class Rehearsal:
         return sum(1 for _, who, _, op in self.world.calls
                    if who.startswith("AKID") and who != RECONCILER_KEY and op in ops)
 
-    def run(self):
-        self.log("setup", f"scenario {self.name}: {self.spec['about']}")
-        self.start_moto()
-        self.provision()
-        self.start_standin()
+    def start_host(self):
+        """The functions behind the local Lambda Runtime API, configured as the SAM template configures them."""
         bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
         functions = {f: os.path.join(bin_dir, f) for _, f in HOOKS}
         functions["reconciler"] = os.path.join(bin_dir, "reconciler")
@@ -676,10 +695,17 @@ class Rehearsal:
             "BLUEGREEN_MIRROR_FOLLOWER": "reconciler",
         }
         timeouts = {f: HOOK_TIMEOUT_S for f in functions}
-        timeouts["reconciler"] = RECONCILER_TIMEOUT_S
+        timeouts["reconciler"] = self.reconciler_timeout_s
         self.host = LambdaHost(functions, env, self.run_dir, timeouts)
         self.world.invoke = lambda name, payload: self.host.invoke_async(name, payload, RECONCILER_KEY)
         self.stopping = threading.Event()
+
+    def run(self):
+        self.log("setup", f"scenario {self.name}: {self.spec['about']}")
+        self.start_moto()
+        self.provision()
+        self.start_standin()
+        self.start_host()
 
         blue_ips = self.start_tasks("blue")
         self.register(self.tgs["pub-blue"], blue_ips, events=False)
@@ -978,7 +1004,7 @@ def matrix(args):
 
 def main():
     ap = argparse.ArgumentParser(description="Rehearse a CodeDeploy ECS blue/green deployment on loopback.")
-    ap.add_argument("--scenario", default="happy", choices=sorted(SCENARIOS))
+    ap.add_argument("--scenario", default="happy", choices=sorted(SCENARIOS) + ["fleet"])
     ap.add_argument("--tasks", type=int, default=3)
     ap.add_argument("--config", choices=sorted(CONFIGS))
     ap.add_argument("--json", action="store_true", help="print one JSON object (the timeline goes to stderr)")
@@ -992,8 +1018,13 @@ def main():
     ap.add_argument("--quick", action="store_true", help="with --matrix: a few cells (what CI runs)")
     ap.add_argument("--jobs", type=int, default=1, help="with --matrix: rehearsals run side by side")
     ap.add_argument("--only", metavar="SCENARIO,...", help="with --matrix: only these scenarios' cells")
-    ap.add_argument("--neighbour", type=float, default=0.0, metavar="PER_S",
-                    help="another client in the account reads ELB this many times a second (0: none)")
+    ap.add_argument("--neighbour", type=float, metavar="PER_S",
+                    help="another client in the account reads ELB this many times a second (default: none; 4 in "
+                    "the fleet)")
+    ap.add_argument("--services", type=int, default=20, help="fleet: bindings on the one installation")
+    ap.add_argument("--deployments", type=int, default=5, help="fleet: deployments running at once")
+    ap.add_argument("--minute", type=float, default=None, metavar="SECONDS",
+                    help="how many seconds one of CodeDeploy's minutes lasts (default 1; 6 in the fleet)")
     ap.add_argument("--lane", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not 0 <= args.lane <= 254 or args.jobs < 1:
@@ -1009,15 +1040,32 @@ def main():
     if args.list:
         for name, spec in SCENARIOS.items():
             print(f"{name:<16} {spec['about']}")
+        print(f"{'fleet':<16} {FLEET_ABOUT}")
         return 0
     if not 1 <= args.tasks <= 250:
         ap.error("--tasks must be between 1 and 250")
     procs.install_cleanup()
     random.seed(7)
     out = sys.stderr if args.json else sys.stdout
+    if args.scenario == "fleet":
+        import fleet
+        try:
+            f = fleet.Fleet(args.services, args.deployments, min(args.tasks, 2), 4.0 if args.neighbour is None
+                            else args.neighbour, args.minute or 6.0, out, args.lane)
+            report = f.run()
+        except ValueError as e:
+            ap.error(str(e))
+        finally:
+            procs.kill_all()
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            fleet.print_fleet(report, out)
+        return 0 if report["passed"] else 1
     try:
         r = Rehearsal(args.scenario, args.tasks, args.config, out, args.faults, args.crash, args.lane)
-        r.neighbour_per_s = args.neighbour
+        r.neighbour_per_s = args.neighbour or 0.0
+        r.minute_s = args.minute or MINUTE_S
         report = r.run()
     finally:
         procs.kill_all()

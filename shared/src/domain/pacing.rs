@@ -256,7 +256,7 @@ mod tests {
         /// Whatever the configuration and whenever the follower is: the next read is never sooner than a fast
         /// tick (a budget floor) and, unless the shift is complete, never later than a slow one.
         #[test]
-        fn the_next_read_is_bounded(shift in shifts(), start in 0u64..7200_000, since in proptest::option::of(0u64..7200_000), settled: bool) {
+        fn the_next_read_is_bounded(shift in shifts(), start in 0u64..7_200_000, since in proptest::option::of(0u64..7_200_000), settled: bool) {
             let p = Pacing::default();
             let progress = Progress {
                 since_start: Duration::from_millis(start),

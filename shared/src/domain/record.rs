@@ -112,6 +112,9 @@ pub struct FollowerLease {
     pub owner: String,
     pub heartbeat_ms: u64,
     pub handover_requested: bool,
+    /// When the follower last saw the public weights move (ms since the epoch; 0: not yet), so that a successor
+    /// paces its reads by the same schedule instead of starting over.
+    pub last_move_ms: u64,
     pub version: u64,
 }
 

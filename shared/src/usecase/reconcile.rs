@@ -105,6 +105,20 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         Ok(out)
     }
 
+    /// Mirrors the membership of both pairs (I1) and nothing else: what an ECS task event calls for. Four reads
+    /// of target health, no route read: routes are the hooks', the follower's and the full reconcile's.
+    pub async fn reconcile_membership(&self, b: &Binding, t: &Tracker) -> Result<Reconciled> {
+        t.binding(b.label());
+        let mut out = Reconciled { binding: b.label(), rounds: 1, ..Default::default() };
+        let tgs: Vec<&str> = b.public_target_groups().into_iter().chain(b.private_target_groups()).collect();
+        let targets = futures_util::future::try_join_all(tgs.iter().map(|tg| self.lb.targets(tg))).await?;
+        let seen = Observed { targets: tgs.iter().map(|s| s.to_string()).zip(targets).collect(), ..Default::default() };
+        if self.apply(b, &seen, &mut out, t).await? {
+            t.note(format!("mirrored {}: +{} -{}", out.binding, out.registered, out.deregistered));
+        }
+        Ok(out)
+    }
+
     /// Plans from what was observed and applies it in the order that keeps I4: registrations, route changes,
     /// deregistrations. `Ok(false)` when there was nothing to change.
     async fn apply(&self, b: &Binding, seen: &Observed, out: &mut Reconciled, t: &Tracker) -> Result<bool> {
@@ -230,11 +244,16 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         t.note(format!("following deployment {} of {} ({shift:?})", req.deployment_id, b.label()));
         let pacing = Pacing::default();
         let started = Instant::now();
+        // A successor carries on with its predecessor's schedule: when the weights last moved.
+        let inherited = (lease.last_move_ms > 0).then(|| now_ms().saturating_sub(lease.last_move_ms));
         let handover_at = budget.deadline() - (budget.remaining() / 4).min(Duration::from_secs(30));
         // What the private side was last made to mirror, and when the public weights were last seen to move.
-        let (mut mirrored, mut last_move) = (None::<Route>, None::<Instant>);
+        // The gate mirrored everything just before the follower was started: the first read only takes a baseline
+        // (one read of each route), and the first full reconcile comes a period later.
+        let mut mirrored = None::<Route>;
+        let mut last_move = inherited.and_then(|ago| started.checked_sub(Duration::from_millis(ago)));
         let (mut next_read, mut next_full, mut next_status, mut next_beat) =
-            (started, started, started + STATUS_EVERY, started + HEARTBEAT_EVERY);
+            (started, started + FULL_RECONCILE_EVERY, started + STATUS_EVERY, started + HEARTBEAT_EVERY);
         let mut handing_over = false;
         loop {
             let now = Instant::now();
@@ -247,6 +266,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                     Ok(step) => {
                         if step.moved && step.seen_before {
                             last_move = Some(after);
+                            lease.last_move_ms = now_ms();
                         }
                         if step.full {
                             next_full = after + FULL_RECONCILE_EVERY;
@@ -387,6 +407,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 owner: owner.to_string(),
                 heartbeat_ms: now,
                 handover_requested: false,
+                last_move_ms: current
+                    .as_ref()
+                    .filter(|l| l.deployment_id == req.deployment_id)
+                    .map_or(0, |l| l.last_move_ms),
                 version: current.map_or(0, |l| l.version) + 1,
             };
             if self.state.put_follower(&lease).await? == Saved::Written {
@@ -452,6 +476,11 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     pub async fn bindings_for(&self, trigger: &Trigger) -> Vec<(&Binding, Result<DeploymentGroupFacts>)> {
         let candidates: Vec<&Binding> = match trigger {
             Trigger::Follow(_) => Vec::new(),
+            // START and READY change nothing on the public side; the end of a deployment (SUCCESS) and a
+            // rollback (FAILURE, STOP) do.
+            Trigger::Deployment { state, .. } if !matches!(state.as_str(), "SUCCESS" | "FAILURE" | "STOP") => {
+                Vec::new()
+            }
             Trigger::Deployment { application, deployment_group, .. } => {
                 self.config.binding(application, deployment_group).into_iter().collect()
             }

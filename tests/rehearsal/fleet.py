@@ -1,0 +1,242 @@
+"""The fleet scenario: one installation of the functions serving many bindings in one account, several
+deployments at once (AllAtOnce, Canary10Percent and Linear10Percent mixed), a neighbour reading ELB, and the
+schedule running, all inside the account's ELB buckets (standin.ElbBuckets).
+
+Every service has its own public ALB (listeners :80 and :8080, as CodeDeploy's deployment group names them) and
+its own pair of target groups on each side; the private side is one shared internal ALB, each service reached
+through a listener rule (host header) on its production and test listeners. Each deploying service is played by
+the same per-deployment player as the single scenarios (rehearse.Rehearsal.play), sharing moto, the emulated
+endpoint, the Lambda host and the timeline.
+
+It passes when every deployment ends as expected with every invariant held, private dark time 0, private weights
+within a second of the public ones at every step, and the neighbour suffers no throttle."""
+
+import json
+import threading
+import time
+
+import rehearse
+import standin
+from probe import Probe
+
+CONFIG_MIX = ("Linear10Percent", "Canary10Percent", "AllAtOnce")
+
+
+class Fleet:
+    def __init__(self, services, deployments, tasks, neighbour_per_s, minute_s, out, lane=0):
+        if not 1 <= deployments <= services:
+            raise ValueError("--deployments must be between 1 and --services")
+        self.n, self.d, self.tasks = services, deployments, tasks
+        # The shared parts (moto, the endpoint, the Lambda host, the timeline) live on one Rehearsal.
+        self.main = rehearse.Rehearsal("happy", tasks, None, out, lane=lane)
+        self.main.name = "fleet"
+        self.main.minute_s = minute_s
+        self.main.poll_ms = 1000
+        self.neighbour_per_s = neighbour_per_s
+        self.log = self.main.log
+        self.services = []
+
+    def provision(self):
+        m = self.main
+        ec2 = m.client("ec2", m.moto_url, "PROVISION")
+        elb = m.client("elbv2", m.moto_url, "PROVISION")
+        ddb = m.client("dynamodb", m.moto_url, "PROVISION")
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{rehearse.REGION}{az}")
+                   ["Subnet"]["SubnetId"] for i, az in ((1, "a"), (2, "b"))]
+        private = elb.create_load_balancer(Name="private", Subnets=subnets, Scheme="internal",
+                                           Type="application")["LoadBalancers"][0]["LoadBalancerArn"]
+        fixed = [{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "404"}}]
+        private_listeners = {name: elb.create_listener(LoadBalancerArn=private, Protocol="HTTP", Port=port,
+                                                       DefaultActions=fixed)["Listeners"][0]["ListenerArn"]
+                             for name, port in (("prod", 80), ("test", 8080))}
+        m.table = "bluegreen-mirror"
+        ddb.create_table(TableName=m.table, BillingMode="PAY_PER_REQUEST",
+                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+        m.ddb = ddb
+        bindings = []
+        for k in range(1, self.n + 1):
+            svc = rehearse.Rehearsal("happy", self.tasks, None, m.log.out, lane=m.lane)
+            name = f"svc{k:02d}"
+            public = elb.create_load_balancer(Name=f"pub-{name}", Subnets=subnets, Scheme="internet-facing",
+                                              Type="application")["LoadBalancers"][0]["LoadBalancerArn"]
+            tgs = {}
+            for side in ("pub", "prv"):
+                for color in ("blue", "green"):
+                    tgs[f"{side}-{color}"] = elb.create_target_group(
+                        Name=f"{side}-{color}-{name}", Protocol="HTTP", Port=rehearse.TASK_PORT, VpcId=vpc,
+                        TargetType="ip", HealthCheckPath="/health")["TargetGroups"][0]["TargetGroupArn"]
+            forward = [{"Type": "forward", "ForwardConfig": {"TargetGroups": [
+                {"TargetGroupArn": tgs["pub-blue"], "Weight": 100},
+                {"TargetGroupArn": tgs["pub-green"], "Weight": 0}]}}]
+            listeners = {f"public-{n}": elb.create_listener(LoadBalancerArn=public, Protocol="HTTP", Port=port,
+                                                            DefaultActions=forward)["Listeners"][0]["ListenerArn"]
+                         for n, port in (("prod", 80), ("test", 8080))}
+            for n in ("prod", "test"):
+                listeners[f"private-{n}"] = elb.create_rule(
+                    ListenerArn=private_listeners[n], Priority=k,
+                    Conditions=[{"Field": "host-header", "HostHeaderConfig": {"Values": [f"{name}.internal"]}}],
+                    Actions=[{"Type": "forward", "ForwardConfig": {"TargetGroups": [
+                        {"TargetGroupArn": tgs["prv-blue"], "Weight": 100},
+                        {"TargetGroupArn": tgs["prv-green"], "Weight": 0}]}}])["Rules"][0]["RuleArn"]
+            svc.name, svc.tgs, svc.listeners = name, tgs, listeners
+            svc.lbs = {"public": public, "private": private}
+            svc.group, svc.service = f"{name}-bg", name
+            svc.spec = {**svc.spec, "group": svc.group}
+            svc.deployment_id = f"d-FLEET{k:04d}"
+            svc.minute_s = m.minute_s
+            # Each service's tasks on their own loopback block: blue 127.L.(10+2k).i, green the next one.
+            svc.task_ip = (lambda k_: lambda color, i: f"127.{m.lane}.{8 + 2 * k_ + (color == 'green')}.{i}")(k)
+            self.services.append(svc)
+            bindings.append({
+                "application": "web", "deployment_group": svc.group,
+                "pairs": [{"public_target_group": tgs["pub-blue"], "private_target_group": tgs["prv-blue"]},
+                          {"public_target_group": tgs["pub-green"], "private_target_group": tgs["prv-green"]}],
+                "private_production_route": {"rule": listeners["private-prod"]},
+                "private_test_route": {"rule": listeners["private-test"]},
+                "health_timeout_seconds": 30,
+            })
+        m.bindings = {"bindings": bindings}
+        m.tgs = {k: v for s in self.services for k, v in s.tgs.items()}
+        self.log("setup", f"provisioned {self.n} services: a public ALB and two target groups each, one shared "
+                          f"internal ALB with a production and a test rule per service, the table; "
+                          f"{len(json.dumps(m.bindings))} bytes of bindings")
+
+    def start_standin(self):
+        m = self.main
+        m.world = standin.World(m.moto_url, m.client("elbv2", m.moto_url, "STANDIN"))
+        for svc in self.services:
+            for key, tg in svc.tgs.items():
+                m.world.tg_lb[tg] = svc.lbs["public" if key.startswith("pub") else "private"]
+            for key, arn in svc.listeners.items():
+                m.world.track_route(arn, svc.lbs[key.split("-")[0]])
+            m.world.groups[("web", svc.group)] = standin.DeploymentGroup(
+                "web", svc.group, [f"pub-blue-{svc.name}", f"pub-green-{svc.name}"],
+                (svc.listeners["public-prod"], svc.listeners["public-test"]), ("rehearsal", svc.service))
+        m.world.on_call = None
+        m.server = standin.serve(m.world)
+        m.endpoint = f"http://127.0.0.1:{m.server.server_address[1]}"
+        m.elb = m.client("elbv2", m.endpoint, "CODEDEPLOY")
+        self.log("setup", f"emulated AWS endpoint {m.endpoint}, ELB buckets {standin.ELB_BUCKETS}")
+
+    def share(self, svc):
+        """The shared parts, handed to a service's player."""
+        m = self.main
+        for attr in ("world", "moto_url", "endpoint", "elb", "host", "stopping", "table", "ddb", "log", "run_dir"):
+            setattr(svc, attr, getattr(m, attr))
+
+    def run(self):
+        m = self.main
+        self.log("setup", f"fleet: {self.n} bindings on one installation, {self.d} deployments at once, "
+                          f"a neighbour at {self.neighbour_per_s:g} ELB reads/s, CodeDeploy's minute played as "
+                          f"{m.minute_s:g} s")
+        m.start_moto()
+        self.provision()
+        self.start_standin()
+        m.spec = {**m.spec, "table": m.table}
+        # The template gives the reconciler Lambda's longest timeout; the single scenarios shorten it to force a
+        # follower hand-over, which the fleet does not need to prove again.
+        m.reconciler_timeout_s = 60.0
+        m.start_host()
+        for svc in self.services:
+            self.share(svc)
+            ips = svc.start_tasks("blue")
+            svc.register(svc.tgs["pub-blue"], ips, events=False)
+            svc.register(svc.tgs["prv-blue"], ips, events=False)
+        for svc in self.services:
+            if not (svc.wait_healthy(svc.tgs["pub-blue"], [svc.task_ip("blue", i) for i in range(1, self.tasks + 1)])):
+                raise RuntimeError(f"{svc.name}: blue tasks did not become healthy")
+        self.log("setup", f"{self.n * self.tasks} blue tasks serving on both sides")
+        deploying = self.services[:self.d]
+        for i, svc in enumerate(deploying):
+            svc.config = CONFIG_MIX[i % len(CONFIG_MIX)]
+            svc.probe = Probe(m.world, {"public": (svc.listeners["public-prod"], svc.lbs["public"]),
+                                        "private": (svc.listeners["private-prod"], svc.lbs["private"])},
+                              period_s=0.05)
+            svc.probe.start()
+        m.start_neighbour(self.neighbour_per_s, [tg for s in self.services for tg in s.tgs.values()])
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        threading.Thread(target=m.schedule, daemon=True).start()
+
+        def play(svc):
+            try:
+                svc.play()
+            except Exception as e:  # noqa: BLE001 - the report says what went wrong
+                svc.outcome = "failed"
+                svc.messages.append(f"the rehearsal itself failed: {e!r}")
+
+        threads = []
+        for i, svc in enumerate(deploying):
+            # Pipelines start deployments at their own moments, seconds apart, not in the same millisecond.
+            t = threading.Thread(target=play, args=(svc,), daemon=True)
+            t.start()
+            threads.append(t)
+            time.sleep(2.0)
+        for t in threads:
+            t.join()
+        time.sleep(1.0)
+        m.stopping.set()
+        for svc in deploying:
+            svc.probe.finish()
+        if m.neighbour:
+            m.neighbour.stop.set()
+        elb = m.budget_report(t0)
+        m.world.stop.set()
+        rows = []
+        for svc in deploying:
+            invariants, stale, pub, prv = svc.evaluate()
+            invariants["every_invocation_reported_once"] = all(
+                h["every_attempt_reported_once"] for h in svc.hook_reports.values())
+            messages = svc.messages + [f"{h['function']}: {h['message']}" for h in svc.hook_reports.values()
+                                       if h.get("message") and h["verdict"] != "Succeeded"]
+            rows.append({
+                "binding": f"web/{svc.group}", "config": svc.config, "outcome": svc.outcome,
+                "expected_outcome": "succeeded", "invariants": invariants, "invariants_held": all(invariants.values()),
+                "private_dark_ms": prv["dark_ms"], "failed_requests": {"public": pub["failed_requests"],
+                                                                      "private": prv["failed_requests"]},
+                "max_weight_lag_ms": svc.max_weight_lag_ms(), "lag_per_step_ms": svc.lag_per_step_ms(),
+                "hooks": {h: {"verdict": v["verdict"], "aws_calls": v["aws_calls"], "duration_ms": v["duration_ms"]}
+                          for h, v in svc.hook_reports.items()},
+                "notes": stale, "messages": messages,
+            })
+        neighbour_throttles = (elb.get("neighbour") or {}).get("throttles", 0)
+        worst_lag = max((r["max_weight_lag_ms"] for r in rows), default=0)
+        passed = (all(r["outcome"] == r["expected_outcome"] and r["invariants_held"] and r["private_dark_ms"] == 0
+                      for r in rows)
+                  and worst_lag <= 1000 and neighbour_throttles == 0)
+        return {
+            "scenario": "fleet", "services": self.n, "deployments": self.d, "tasks": self.tasks,
+            "minute_s": m.minute_s, "outcome": "succeeded" if passed else "failed", "expected_outcome": "succeeded",
+            "passed": passed, "invariants_held": all(r["invariants_held"] for r in rows),
+            "private_dark_ms": max((r["private_dark_ms"] for r in rows), default=0),
+            "failed_requests": {side: sum(r["failed_requests"][side] for r in rows) for side in ("public", "private")},
+            "max_weight_lag_ms": worst_lag, "neighbour_throttles": neighbour_throttles,
+            "elb": elb, "deployments_report": rows,
+            "reconciler": {"invocations": sum(1 for i in m.host.invocations if i.function == "reconciler"),
+                           "follower_handovers": m.count_in_logs("reconciler-", "handing over to a fresh follower")},
+            "timeline": self.log.events, "logs": rehearse.os.path.relpath(m.run_dir, rehearse.ROOT),
+        }
+
+
+def print_fleet(r, out):
+    p = lambda *a: print(*a, file=out)  # noqa: E731
+    p("")
+    p(f"== rehearsal: fleet ({r['services']} bindings, {r['deployments']} deployments at once, "
+      f"CodeDeploy minute = {r['minute_s']:g} s)")
+    for d in r["deployments_report"]:
+        broken = [k for k, v in d["invariants"].items() if not v]
+        p(f"   {d['binding']:<16} {d['config']:<16} {d['outcome']:<10} dark {d['private_dark_ms']} ms  "
+          f"max lag {d['max_weight_lag_ms']} ms  " + (f"BROKEN {broken}" if broken else "invariants held"))
+        for m in d["messages"]:
+            p(f"      message: {m}")
+    e = r["elb"]
+    p("   ELB Describe calls per function (average per s, peak in 1 s, throttled):")
+    for n, v in e["functions"].items():
+        p(f"     {n:<22} {v['describe_per_s']:>6}/s  peak {v['describe_peak_1s']:>3}  throttled {v['throttled']}")
+    p(f"     {'all our functions':<22} {e['total']['describe_per_s']:>6}/s  peak {e['total']['describe_peak_1s']:>3}  "
+      f"throttled {e['total']['throttled']}  over {e['total']['seconds']} s")
+    p(f"   neighbour        {r['neighbour_throttles']} throttled")
+    p(f"   logs: {r['logs']}")
+    p(f"   RESULT: {'PASS' if r['passed'] else 'FAIL'}")

@@ -218,7 +218,21 @@ where
     }
     let mut done = Vec::new();
     let mut failures = Vec::new();
-    for (b, group) in engine.bindings_for(trigger).await {
+    let bindings = engine.bindings_for(trigger).await;
+    // The schedule's slice is spread over the run, not burst at its start: the account's `Describe*` bucket is
+    // shared with everything else the customer runs.
+    let spacing = match trigger {
+        Trigger::Schedule { .. } => {
+            let ideal = bluegreen_mirror::domain::pacing::sweep_spacing(engine.config.elb_reads_per_s);
+            let room = budget.remaining().saturating_sub(std::time::Duration::from_secs(5));
+            ideal.min(room / u32::try_from(bindings.len().max(1)).unwrap_or(u32::MAX))
+        }
+        _ => std::time::Duration::ZERO,
+    };
+    for (i, (b, group)) in bindings.into_iter().enumerate() {
+        if i > 0 && !spacing.is_zero() {
+            tokio::time::sleep(spacing).await;
+        }
         match group {
             Ok(group) => match match trigger {
                 Trigger::Task { .. } => engine.reconcile_membership(b, t).await,

@@ -33,6 +33,11 @@ def elb_report(world, t0, t1, name_of):
         row["describe" if kind == "describe" else "other"].append(t)
         row["ops"][op] = row["ops"].get(op, 0) + 1
         row["throttled"] += throttled
+    attempts = {}
+    for t, caller, op, token, throttled in world.elb_calls:
+        if t0 <= t <= t1 and name_of(caller, token) == "follower" and op.startswith("Describe"):
+            a = attempts.setdefault(token, [t, t, 0])
+            a[1], a[2] = t, a[2] + 1
     out = {}
     for name, row in sorted(by.items()):
         out[name] = {
@@ -44,12 +49,20 @@ def elb_report(world, t0, t1, name_of):
             "operations": dict(sorted(row["ops"].items())),
         }
     ours = [t for n, row in by.items() if n != "neighbour" for t in row["describe"]]
+    # Which seconds of the run ELB throttled someone in, and how often: where the budget ran out.
+    throttled_in = {}
+    for t, caller, op, token, throttled in world.elb_calls:
+        if throttled and t0 <= t <= t1 and name_of(caller, token) is not None:
+            second = int(t - t0)
+            throttled_in[second] = throttled_in.get(second, 0) + 1
     total = {
         "describe_calls": len(ours),
         "describe_per_s": round(len(ours) / span, 3),
         "describe_peak_1s": peak_1s(ours),
         "throttled": sum(row["throttled"] for n, row in by.items() if n != "neighbour"),
         "seconds": round(span, 1),
+        "throttled_in_second": {str(k): v for k, v in sorted(throttled_in.items())},
     }
     return {"functions": out, "total": total,
+            "follower_attempts": [{"describe_calls": n, "seconds": round(b - a, 1)} for a, b, n in attempts.values()],
             "buckets": {k: {"capacity": c, "refill_per_s": r} for k, (c, r) in standin.ELB_BUCKETS.items()}}

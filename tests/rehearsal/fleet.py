@@ -32,7 +32,11 @@ class Fleet:
         self.main.name = "fleet"
         self.main.minute_s = minute_s
         self.main.poll_ms = 1000
+        # The schedule, played every 15 s (every minute on AWS): the sweep sizes its slice to its share of the
+        # budget per run, so the cadence changes which bindings a run takes, not what the sweep costs a second.
+        self.main.schedule_s = 15.0
         self.neighbour_per_s = neighbour_per_s
+        self.stagger_s = 8.0
         self.log = self.main.log
         self.services = []
 
@@ -169,11 +173,14 @@ class Fleet:
 
         threads = []
         for i, svc in enumerate(deploying):
-            # Pipelines start deployments at their own moments, seconds apart, not in the same millisecond.
+            # Pipelines start deployments at their own moments, not in the same second: one every `stagger_s`,
+            # all of them shifting traffic at once afterwards. (The rehearsal's tasks start and pass health checks
+            # in a second, where ECS takes a minute or more: without a stagger every deployment's hooks would read
+            # ELB in the same few seconds, which no account sees.)
             t = threading.Thread(target=play, args=(svc,), daemon=True)
             t.start()
             threads.append(t)
-            time.sleep(2.0)
+            time.sleep(self.stagger_s)
         for t in threads:
             t.join()
         time.sleep(1.0)
@@ -201,7 +208,8 @@ class Fleet:
                           for h, v in svc.hook_reports.items()},
                 "notes": stale, "messages": messages,
             })
-        neighbour_throttles = (elb.get("neighbour") or {}).get("throttles", 0)
+        # What ELB refused the neighbour, counted at the endpoint.
+        neighbour_throttles = elb["functions"].get("neighbour", {}).get("throttled", 0)
         worst_lag = max((r["max_weight_lag_ms"] for r in rows), default=0)
         passed = (all(r["outcome"] == r["expected_outcome"] and r["invariants_held"] and r["private_dark_ms"] == 0
                       for r in rows)

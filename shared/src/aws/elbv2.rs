@@ -8,27 +8,51 @@ use aws_sdk_elasticloadbalancingv2::types::{
 };
 use aws_sdk_elasticloadbalancingv2::Client;
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use super::errors::aws_error;
 use crate::config::RouteRef;
-use crate::domain::{HealthState, ObservedTarget, Route, Target, TargetKey, WeightedTargetGroup};
+use crate::domain::{HealthState, ObservedTarget, Route, Target, TargetKey, TokenBucket, WeightedTargetGroup};
 use crate::ports::{LoadBalancers, TargetGroupFacts};
 use crate::{Error, Result};
 
 const SERVICE: &str = "elasticloadbalancing";
 
+/// What one process lets itself read from ELB: a burst of 6 `Describe*` calls, then 3 a second. The account's
+/// bucket (40 tokens, 10 a second) is shared with every other tool the customer runs and with the other
+/// functions: no single process takes more than 30 % of its refill, and a burst of concurrent reads waits here
+/// instead of draining it and being retried into it.
+const READ_BURST: f64 = 6.0;
+const READS_PER_S: f64 = 3.0;
+
 /// [`LoadBalancers`] over the ELBv2 API.
 #[derive(Debug, Clone)]
 pub struct Elb {
     client: Client,
+    reads: Arc<Mutex<TokenBucket>>,
+    origin: Instant,
 }
 
 impl Elb {
     pub fn new(client: Client) -> Self {
-        Self { client }
+        let origin = Instant::now();
+        Self { client, reads: Arc::new(Mutex::new(TokenBucket::new(READ_BURST, READS_PER_S, Duration::ZERO))), origin }
+    }
+
+    /// Waits for this process's turn to read.
+    async fn paced(&self) {
+        let now = self.origin.elapsed();
+        // A poisoned lock (a panic elsewhere while holding it) only loses the pacing, never the call.
+        let wait = self.reads.lock().map(|mut b| b.take(now)).unwrap_or(None);
+        if let Some(wait) = wait {
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// The actions of a listener's default action or of a rule.
     async fn actions(&self, route: &RouteRef) -> Result<Vec<Action>> {
+        self.paced().await;
         match route {
             RouteRef::Listener(arn) => {
                 let out = self
@@ -162,6 +186,7 @@ fn description(t: &Target) -> TargetDescription {
 
 impl LoadBalancers for Elb {
     async fn target_groups(&self, arns: &[&str]) -> Result<Vec<TargetGroupFacts>> {
+        self.paced().await;
         let out = self
             .client
             .describe_target_groups()
@@ -185,6 +210,7 @@ impl LoadBalancers for Elb {
     }
 
     async fn targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
+        self.paced().await;
         let out = self
             .client
             .describe_target_health()

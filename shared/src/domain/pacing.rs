@@ -123,6 +123,12 @@ pub fn sweep_per_run(reads_per_s: f64, schedule: Duration) -> usize {
     ((reads / READS_PER_RECONCILE as f64).floor() as usize).max(1)
 }
 
+/// How long the sweep waits between two bindings of a run, so that its reads come at its share of the budget
+/// rather than in one burst.
+pub fn sweep_spacing(reads_per_s: f64) -> Duration {
+    Duration::from_secs_f64(READS_PER_RECONCILE as f64 / (reads_per_s * SWEEP_SHARE).max(0.01))
+}
+
 /// The bindings (indices into the configured list) scheduled run number `slot` checks: consecutive runs take
 /// consecutive slices, so every binding is checked once every `ceil(n / per_run)` runs, and each run costs the
 /// same whatever the fleet's size.
@@ -134,6 +140,34 @@ pub fn sweep_slice(n: usize, per_run: usize, slot: u64) -> std::ops::Range<usize
     let runs = n.div_ceil(per_run) as u64;
     let start = (slot % runs) as usize * per_run;
     start..(start + per_run).min(n)
+}
+
+/// A client-side token bucket: what one process lets itself send to ELB's `Describe*` actions, so that a burst
+/// of concurrent reads (a reconcile reads six at once) waits its turn here instead of draining the account's
+/// bucket, which every other tool in the account shares, and being retried into it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenBucket {
+    capacity: f64,
+    per_s: f64,
+    tokens: f64,
+    at: Duration,
+}
+
+impl TokenBucket {
+    /// A full bucket of `capacity` tokens refilled at `per_s`, as of `now` (any monotonic origin).
+    pub fn new(capacity: f64, per_s: f64, now: Duration) -> Self {
+        Self { capacity: capacity.max(1.0), per_s: per_s.max(0.01), tokens: capacity.max(1.0), at: now }
+    }
+
+    /// Takes one token at `now`: `None` when it may go at once, else how long to wait before it may. A caller
+    /// told to wait has its token reserved (the bucket goes negative), so that waiters are served in order.
+    pub fn take(&mut self, now: Duration) -> Option<Duration> {
+        let elapsed = now.saturating_sub(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_s).min(self.capacity);
+        self.at = self.at.max(now);
+        self.tokens -= 1.0;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.per_s))
+    }
 }
 
 #[cfg(test)]
@@ -222,6 +256,9 @@ mod tests {
         assert_eq!(sweep_per_run(0.1, Duration::from_secs(10)), 1);
         let idle_reads_per_s = (sweep_per_run(2.0, MIN) * READS_PER_RECONCILE) as f64 / 60.0;
         assert!(idle_reads_per_s <= 2.0 * SWEEP_SHARE, "{idle_reads_per_s}");
+        // Five bindings spread over the minute: one every 11.25 s.
+        assert_eq!(sweep_spacing(2.0), Duration::from_millis(11_250));
+        assert!(sweep_spacing(2.0) * 5 <= MIN);
     }
 
     proptest! {
@@ -238,6 +275,44 @@ mod tests {
                 }
             }
             prop_assert!(seen.iter().all(|c| *c == 1), "{seen:?}");
+        }
+    }
+
+    #[test]
+    fn a_burst_beyond_the_bucket_waits_its_turn() {
+        let mut b = TokenBucket::new(6.0, 3.0, Duration::ZERO);
+        let waits: Vec<Option<Duration>> = (0..9).map(|_| b.take(Duration::ZERO)).collect();
+        assert!(waits[..6].iter().all(Option::is_none), "{waits:?}");
+        // The 7th, 8th and 9th go one third of a second apart.
+        let ms: Vec<u128> = waits[6..].iter().map(|w| w.map_or(0, |d| d.as_millis())).collect();
+        assert_eq!(ms, vec![333, 666, 1000]);
+        // After a quiet second and a half the bucket has refilled (capped at its capacity).
+        let mut b = TokenBucket::new(6.0, 3.0, Duration::ZERO);
+        for _ in 0..6 {
+            b.take(Duration::ZERO);
+        }
+        assert_eq!(b.take(Duration::from_millis(1500)), None);
+    }
+
+    proptest! {
+        /// Over any stretch of time, what goes through is at most the capacity plus the refill.
+        #[test]
+        fn a_bucket_never_lets_more_through_than_it_refills(gaps in proptest::collection::vec(0u64..500, 1..200)) {
+            let mut b = TokenBucket::new(6.0, 3.0, Duration::ZERO);
+            let mut now = Duration::ZERO;
+            let mut sent = Vec::new();
+            for g in gaps {
+                now += Duration::from_millis(g);
+                let at = now + b.take(now).unwrap_or_default();
+                sent.push(at);
+            }
+            sent.sort();
+            for (i, start) in sent.iter().enumerate() {
+                for (j, end) in sent.iter().enumerate().skip(i) {
+                    let window = (*end - *start).as_secs_f64();
+                    prop_assert!((j - i + 1) as f64 <= 6.0 + 3.0 * window + 1e-6);
+                }
+            }
         }
     }
 

@@ -48,12 +48,21 @@ const FULL_RECONCILE_EVERY: Duration = Duration::from_secs(60);
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
+/// What the follower has read of the public route and made the private side mirror.
+#[derive(Debug, Default)]
+struct Followed {
+    /// What the private side was last made to mirror (`None` until then, and after a held-back move).
+    mirrored: Option<Route>,
+    /// The public route as last read.
+    last_read: Option<Route>,
+}
+
 /// What one follower read found.
 #[derive(Debug, Clone, Copy)]
 struct FollowStep {
-    /// The public route differs from what the private side last mirrored.
+    /// The public route differs from the previous read.
     moved: bool,
-    /// There was a previous mirror to differ from (the first read is not a move).
+    /// There was a previous read to differ from (the first read is not a move).
     seen_before: bool,
     /// A full reconcile ran.
     full: bool,
@@ -241,6 +250,15 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 Error::Misconfigured(format!("deployment group {} has no production listener", b.deployment_group))
             })?;
         let shift = self.traffic_shift(req, t).await;
+        if shift == TrafficShift::AllAtOnce {
+            // One move, and AfterAllowTraffic runs right after it and flips the private side: nothing to follow.
+            self.release_lease(&mut lease).await;
+            t.note(format!(
+                "deployment {} shifts all at once: AfterAllowTraffic flips the private side",
+                req.deployment_id
+            ));
+            return Ok(());
+        }
         t.note(format!("following deployment {} of {} ({shift:?})", req.deployment_id, b.label()));
         let pacing = Pacing::default();
         let started = Instant::now();
@@ -250,7 +268,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         // What the private side was last made to mirror, and when the public weights were last seen to move.
         // The gate mirrored everything just before the follower was started: the first read only takes a baseline
         // (one read of each route), and the first full reconcile comes a period later.
-        let mut mirrored = None::<Route>;
+        let mut seen = Followed::default();
         let mut last_move = inherited.and_then(|ago| started.checked_sub(Duration::from_millis(ago)));
         let (mut next_read, mut next_full, mut next_status, mut next_beat) =
             (started, started + FULL_RECONCILE_EVERY, started + STATUS_EVERY, started + HEARTBEAT_EVERY);
@@ -260,11 +278,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             if now >= next_read {
                 // A transient failure (throttling that outlasted the SDK's retries, a 5xx) costs one read, not
                 // the follower: the next read comes at the unsure pace.
-                let step = self.follow_step(b, &group, &public_ref, &mut mirrored, now >= next_full, t).await;
+                let step = self.follow_step(b, &group, &public_ref, &mut seen, now >= next_full, t).await;
                 let after = Instant::now();
                 match step {
                     Ok(step) => {
-                        if step.moved && step.seen_before {
+                        // A route already split at the first read means the shift began before this follower could
+                        // see it (AllowTraffic starts right after the gate): it counts as a move seen now.
+                        let first_split = !step.seen_before && last_move.is_none() && !step.settled;
+                        if (step.moved && step.seen_before) || first_split {
                             last_move = Some(after);
                             lease.last_move_ms = now_ms();
                         }
@@ -277,8 +298,11 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                             settled: step.settled,
                         };
                         // A held-back move is retried at the next fast read, not when the public side moves again.
-                        let wait =
-                            if mirrored.is_none() { pacing.fast } else { next_read_in(&shift, &progress, &pacing) };
+                        let wait = if seen.mirrored.is_none() {
+                            pacing.fast
+                        } else {
+                            next_read_in(&shift, &progress, &pacing)
+                        };
                         next_read = after + wait;
                     }
                     Err(e) if e.is_transient() => {
@@ -290,7 +314,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             }
             if Instant::now() >= next_status {
                 next_status = Instant::now() + STATUS_EVERY;
-                if let Some(public) = &mirrored {
+                if let Some(public) = &seen.mirrored {
                     if self.deployment_over(req, public).await {
                         self.reconcile(b, &group, t).await?;
                         self.release_lease(&mut lease).await;
@@ -337,13 +361,17 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         b: &Binding,
         group: &DeploymentGroupFacts,
         public_ref: &RouteRef,
-        mirrored: &mut Option<Route>,
+        seen: &mut Followed,
         full_due: bool,
         t: &Tracker,
     ) -> Result<FollowStep> {
         let public = self.lb.route(public_ref).await?;
-        let seen_before = mirrored.is_some();
-        let moved = mirrored.as_ref().is_none_or(|m| !m.same_action(&public));
+        let seen_before = seen.last_read.is_some();
+        // A move is a change from the last read, whether or not it could be mirrored then (a held-back move is
+        // not seen again as a move, or the schedule would lose its anchor).
+        let public_moved = seen.last_read.as_ref().is_some_and(|r| !r.same_action(&public));
+        seen.last_read = Some(public.clone());
+        let moved = seen.mirrored.as_ref().is_none_or(|m| !m.same_action(&public));
         let r = if full_due {
             Some(self.reconcile(b, group, t).await?)
         } else if moved {
@@ -355,9 +383,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             if !r.held_back.is_empty() {
                 t.note(r.held_back.join("; "));
             }
-            *mirrored = if r.held_back.is_empty() { Some(public.clone()) } else { None };
+            seen.mirrored = if r.held_back.is_empty() { Some(public.clone()) } else { None };
         }
-        Ok(FollowStep { moved, seen_before, full: full_due, settled: public.live().len() == 1 })
+        Ok(FollowStep { moved: public_moved, seen_before, full: full_due, settled: public.live().len() <= 1 })
     }
 
     /// How the deployment shifts traffic, from its configuration; `Unknown` (read at the unsure pace) when
@@ -382,9 +410,15 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
 
     /// The deployment is over when CodeDeploy says so, or when AfterAllowTraffic is done and the public route
     /// rests on one target group.
+    /// While the public route is split between the two groups, traffic is still shifting: nothing to ask. A
+    /// stop or a rollback puts it back on one group first, and only then is CodeDeploy asked (its API budget is
+    /// the account's too).
     async fn deployment_over(&self, req: &FollowRequest, public: &Route) -> bool {
+        if public.live().len() != 1 {
+            return false;
+        }
         if let Ok(Some(rec)) = self.state.deployment(&req.deployment_id).await {
-            if rec.phases.contains_key(Phase::AfterAllowTraffic.as_str()) && public.live().len() == 1 {
+            if rec.phases.contains_key(Phase::AfterAllowTraffic.as_str()) {
                 return true;
             }
         }

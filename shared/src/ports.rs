@@ -172,6 +172,12 @@ pub struct FollowRequest {
     pub deployment_id: String,
     pub application: String,
     pub deployment_group: String,
+    /// The public production listener, when the starter knows it (saves the follower a CodeDeploy read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub production_listener: Option<String>,
+    /// The deployment configuration's name, when the starter knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_name: Option<String>,
 }
 
 /// Lambda, to start a follower asynchronously.

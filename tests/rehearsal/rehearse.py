@@ -1024,7 +1024,7 @@ def main():
     ap.add_argument("--services", type=int, default=20, help="fleet: bindings on the one installation")
     ap.add_argument("--deployments", type=int, default=5, help="fleet: deployments running at once")
     ap.add_argument("--minute", type=float, default=None, metavar="SECONDS",
-                    help="how many seconds one of CodeDeploy's minutes lasts (default 1; 6 in the fleet)")
+                    help="how many seconds one of CodeDeploy's minutes lasts (default 1; 10 in the fleet)")
     ap.add_argument("--lane", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not 0 <= args.lane <= 254 or args.jobs < 1:
@@ -1051,7 +1051,7 @@ def main():
         import fleet
         try:
             f = fleet.Fleet(args.services, args.deployments, min(args.tasks, 2), 4.0 if args.neighbour is None
-                            else args.neighbour, args.minute or 6.0, out, args.lane)
+                            else args.neighbour, args.minute or 10.0, out, args.lane)
             report = f.run()
         except ValueError as e:
             ap.error(str(e))

@@ -112,7 +112,14 @@ async fn a_reconcile_racing_the_flip_leaves_the_private_side_mirroring_the_publi
 }
 
 fn follow_request() -> FollowRequest {
-    FollowRequest { deployment_id: DEPLOYMENT.into(), application: APP.into(), deployment_group: GROUP.into() }
+    let w = World::new();
+    FollowRequest {
+        deployment_id: DEPLOYMENT.into(),
+        application: APP.into(),
+        deployment_group: GROUP.into(),
+        production_listener: Some(w.arns.pub_prod.clone()),
+        config_name: Some("CodeDeployDefault.ECSLinear10PercentEvery1Minutes".into()),
+    }
 }
 
 /// The longest time the private production route's shares differed from the mirror of the public one.
@@ -255,7 +262,9 @@ async fn the_follower_reads_fast_only_around_the_moves_of_a_real_canary() {
     // A real minute: 10 % now, the rest five minutes later.
     engine.config.minute = Duration::from_secs(60);
     w.calls.clear();
-    let (req, t1) = (follow_request(), Tracker::default());
+    let req =
+        FollowRequest { config_name: Some("CodeDeployDefault.ECSCanary10Percent5Minutes".into()), ..follow_request() };
+    let t1 = Tracker::default();
     let follower = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(900)), &t1);
     let started = tokio::time::Instant::now();
     let codedeploy = async {

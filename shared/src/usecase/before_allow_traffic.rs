@@ -102,6 +102,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             deployment_id: deployment_id.to_string(),
             application: b.application.clone(),
             deployment_group: b.deployment_group.clone(),
+            production_listener: facts.production_listeners.first().cloned(),
+            config_name: facts.config_name.clone(),
         };
         match self.followers.start(&request).await {
             Ok(true) => t.note("follower started".to_string()),

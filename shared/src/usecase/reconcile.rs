@@ -240,15 +240,24 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let b = self.config.binding(&req.application, &req.deployment_group).ok_or_else(|| {
             Error::Misconfigured(format!("no binding for {}/{}", req.application, req.deployment_group))
         })?;
-        let group = self.group(b).await?;
         let Some(mut lease) = self.take_lease(req, owner).await? else {
             t.note(format!("{} is already followed by a live follower", b.label()));
             return Ok(());
         };
-        let public_ref =
-            group.production_listeners.first().map(|l| RouteRef::Listener(l.clone())).ok_or_else(|| {
-                Error::Misconfigured(format!("deployment group {} has no production listener", b.deployment_group))
-            })?;
+        // BeforeAllowTraffic hands over what it knows, so that the first read comes before the first move; the
+        // deployment group is read only when a full reconcile needs it.
+        let mut group = None::<DeploymentGroupFacts>;
+        let public_ref = match &req.production_listener {
+            Some(l) => RouteRef::Listener(l.clone()),
+            None => {
+                let g = self.group(b).await?;
+                let l = g.production_listeners.first().cloned().ok_or_else(|| {
+                    Error::Misconfigured(format!("deployment group {} has no production listener", b.deployment_group))
+                })?;
+                group = Some(g);
+                RouteRef::Listener(l)
+            }
+        };
         let shift = self.traffic_shift(req, t).await;
         if shift == TrafficShift::AllAtOnce {
             // One move, and AfterAllowTraffic runs right after it and flips the private side: nothing to follow.
@@ -278,7 +287,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             if now >= next_read {
                 // A transient failure (throttling that outlasted the SDK's retries, a 5xx) costs one read, not
                 // the follower: the next read comes at the unsure pace.
-                let step = self.follow_step(b, &group, &public_ref, &mut seen, now >= next_full, t).await;
+                let step = self.follow_step(b, &mut group, &public_ref, &mut seen, now >= next_full, t).await;
                 let after = Instant::now();
                 match step {
                     Ok(step) => {
@@ -316,7 +325,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 next_status = Instant::now() + STATUS_EVERY;
                 if let Some(public) = &seen.mirrored {
                     if self.deployment_over(req, public).await {
-                        self.reconcile(b, &group, t).await?;
+                        let g = self.group_once(b, &mut group).await?;
+                        self.reconcile(b, g, t).await?;
                         self.release_lease(&mut lease).await;
                         t.note(format!("deployment {} is over; follower done", req.deployment_id));
                         return Ok(());
@@ -359,7 +369,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     async fn follow_step(
         &self,
         b: &Binding,
-        group: &DeploymentGroupFacts,
+        group: &mut Option<DeploymentGroupFacts>,
         public_ref: &RouteRef,
         seen: &mut Followed,
         full_due: bool,
@@ -373,7 +383,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         seen.last_read = Some(public.clone());
         let moved = seen.mirrored.as_ref().is_none_or(|m| !m.same_action(&public));
         let r = if full_due {
-            Some(self.reconcile(b, group, t).await?)
+            let g = self.group_once(b, group).await?;
+            Some(self.reconcile(b, g, t).await?)
         } else if moved {
             Some(self.mirror_production(b, &public, t).await?)
         } else {
@@ -388,15 +399,33 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         Ok(FollowStep { moved: public_moved, seen_before, full: full_due, settled: public.live().len() <= 1 })
     }
 
+    /// The deployment group's setup, read once.
+    async fn group_once<'g>(
+        &self,
+        b: &Binding,
+        group: &'g mut Option<DeploymentGroupFacts>,
+    ) -> Result<&'g DeploymentGroupFacts> {
+        if group.is_none() {
+            *group = Some(self.group(b).await?);
+        }
+        group.as_ref().ok_or_else(|| Error::Invariant("deployment group read but not kept".to_string()))
+    }
+
     /// How the deployment shifts traffic, from its configuration; `Unknown` (read at the unsure pace) when
     /// CodeDeploy does not say.
     async fn traffic_shift(&self, req: &FollowRequest, t: &Tracker) -> TrafficShift {
-        let name = match self.deployments.deployment(&req.deployment_id).await {
-            Ok(d) => d.config_name,
-            Err(e) => {
-                t.note(format!("deployment {} not readable ({e}); following at the unsure pace", req.deployment_id));
-                None
-            }
+        let name = match &req.config_name {
+            Some(name) => Some(name.clone()),
+            None => match self.deployments.deployment(&req.deployment_id).await {
+                Ok(d) => d.config_name,
+                Err(e) => {
+                    t.note(format!(
+                        "deployment {} not readable ({e}); following at the unsure pace",
+                        req.deployment_id
+                    ));
+                    None
+                }
+            },
         };
         let Some(name) = name else { return TrafficShift::Unknown };
         match self.deployments.traffic_shift(&name).await {

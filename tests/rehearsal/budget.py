@@ -64,5 +64,6 @@ def elb_report(world, t0, t1, name_of):
         "throttled_in_second": {str(k): v for k, v in sorted(throttled_in.items())},
     }
     return {"functions": out, "total": total,
-            "follower_attempts": [{"describe_calls": n, "seconds": round(b - a, 1)} for a, b, n in attempts.values()],
+            "follower_attempts": [{"describe_calls": n, "seconds": round(b - a, 1), "first_call_s": round(a - t0, 2)}
+                                  for a, b, n in attempts.values()],
             "buckets": {k: {"capacity": c, "refill_per_s": r} for k, (c, r) in standin.ELB_BUCKETS.items()}}

@@ -1,7 +1,7 @@
 """Checks a rehearsal's JSON report (read from stdin) against what a scenario must show; used by scripts/test.
 
     python check_report.py passes        # the outcome is the expected one and every invariant held
-    python check_report.py measured      # a fleet report came out: print what it measured, judge nothing
+    python check_report.py measured      # a fleet report: print what it measured per deployment and function
 """
 
 # Follow mode: the private weights must equal the public ones within a second of each public change.
@@ -16,7 +16,7 @@ def main():
     r = json.load(sys.stdin)
     if mode == "measured":
         e = r["elb"]
-        print(f"fleet: {r['outcome']} ({'passes' if r['passed'] else 'does not pass yet'}); our ELB Describe calls "
+        print(f"fleet: {r['outcome']} ({'passes' if r['passed'] else 'does not pass'}); our ELB Describe calls "
               f"{e['total']['describe_per_s']}/s, peak {e['total']['describe_peak_1s']} in 1 s, "
               f"{e['total']['throttled']} throttled; neighbour throttled {r['neighbour_throttles']} times; "
               f"worst weight lag {r['max_weight_lag_ms']} ms")

@@ -119,6 +119,8 @@ class Fleet:
                 "web", svc.group, [f"pub-blue-{svc.name}", f"pub-green-{svc.name}"],
                 (svc.listeners["public-prod"], svc.listeners["public-test"]), ("rehearsal", svc.service))
         m.world.on_call = None
+        # Dozens of target groups on two cores: health checks every half second (an ALB's are every 5 to 30 s).
+        m.world.health_interval_s = 0.5
         m.server = standin.serve(m.world)
         m.endpoint = f"http://127.0.0.1:{m.server.server_address[1]}"
         m.elb = m.client("elbv2", m.endpoint, "CODEDEPLOY")
@@ -143,21 +145,24 @@ class Fleet:
         # follower hand-over, which the fleet does not need to prove again.
         m.reconciler_timeout_s = 60.0
         m.start_host()
+        deploying = self.services[:self.d]
         for svc in self.services:
             self.share(svc)
+            # The services that stay idle run one task each: they cost the sweep the same reads, and the two
+            # cores less.
+            svc.tasks = self.tasks if svc in deploying else 1
             ips = svc.start_tasks("blue")
             svc.register(svc.tgs["pub-blue"], ips, events=False)
             svc.register(svc.tgs["prv-blue"], ips, events=False)
         for svc in self.services:
-            if not (svc.wait_healthy(svc.tgs["pub-blue"], [svc.task_ip("blue", i) for i in range(1, self.tasks + 1)])):
+            if not svc.wait_healthy(svc.tgs["pub-blue"], [svc.task_ip("blue", i) for i in range(1, svc.tasks + 1)]):
                 raise RuntimeError(f"{svc.name}: blue tasks did not become healthy")
-        self.log("setup", f"{self.n * self.tasks} blue tasks serving on both sides")
-        deploying = self.services[:self.d]
+        self.log("setup", f"{sum(s.tasks for s in self.services)} blue tasks serving on both sides")
         for i, svc in enumerate(deploying):
             svc.config = CONFIG_MIX[i % len(CONFIG_MIX)]
             svc.probe = Probe(m.world, {"public": (svc.listeners["public-prod"], svc.lbs["public"]),
                                         "private": (svc.listeners["private-prod"], svc.lbs["private"])},
-                              period_s=0.05)
+                              period_s=0.1)
             svc.probe.start()
         m.start_neighbour(self.neighbour_per_s, [tg for s in self.services for tg in s.tgs.values()])
         time.sleep(0.5)
@@ -221,7 +226,7 @@ class Fleet:
             "private_dark_ms": max((r["private_dark_ms"] for r in rows), default=0),
             "failed_requests": {side: sum(r["failed_requests"][side] for r in rows) for side in ("public", "private")},
             "max_weight_lag_ms": worst_lag, "neighbour_throttles": neighbour_throttles,
-            "elb": elb, "deployments_report": rows,
+            "elb": elb, "deployments_report": rows, "budget_t0_ms": m.log.at(t0),
             "reconciler": {"invocations": sum(1 for i in m.host.invocations if i.function == "reconciler"),
                            "follower_handovers": m.count_in_logs("reconciler-", "handing over to a fresh follower")},
             "timeline": self.log.events, "logs": rehearse.os.path.relpath(m.run_dir, rehearse.ROOT),

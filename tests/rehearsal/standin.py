@@ -301,6 +301,7 @@ class World:
         self.elb_calls = []  # (t, caller, operation, session token, throttled)
         self.faults = Faults()
         self.buckets = ElbBuckets()
+        self.health_interval_s = HEALTH_INTERVAL_S
         self.stop = threading.Event()
         self.t0 = time.monotonic()
         # Benchmarks with thousands of targets and no task processes switch real health checks off: every
@@ -342,9 +343,11 @@ class World:
             return {self.route_owner[a] for a, r in self.routes.items() if any(t == tg for t, _ in r)}
 
     # --- targets and health -------------------------------------------------------------------------------
-    def refresh_members(self):
+    def refresh_members(self, only=None):
+        """Re-reads registered targets from moto: of `only` (the groups a call just changed or asks about), or of
+        every group (the health loop's occasional safety net; every write passes through here and is seen)."""
         with self.lock:
-            tgs = set(self.tg_lb)
+            tgs = set(self.tg_lb) if only is None else set(only) & set(self.tg_lb)
         for tg in tgs:
             desc = self.elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
             current = [(d["Target"]["Id"], int(d["Target"]["Port"])) for d in desc]
@@ -368,7 +371,9 @@ class World:
                 self.health.pop((tg, ip, port), None)
 
     def check_once(self):
-        self.refresh_members()
+        self.rounds = getattr(self, "rounds", 0) + 1
+        if self.rounds % 10 == 1:
+            self.refresh_members()
         now = time.monotonic()
         with self.lock:
             for k, until in list(self.draining.items()):
@@ -418,7 +423,7 @@ class World:
                 self.check_once()
             except Exception as e:  # a failed round is retried; moto may be busy
                 self.last_health_error = repr(e)
-            self.stop.wait(HEALTH_INTERVAL_S)
+            self.stop.wait(self.health_interval_s)
 
     def target_states(self, tg):
         """What DescribeTargetHealth answers: registered targets with their state, plus draining ones."""
@@ -591,7 +596,7 @@ def make_handler(world: World):
                 else:
                     world.on_deregister(tg, targets)
                 try:
-                    world.refresh_members()
+                    world.refresh_members([tg])
                 except Exception:
                     pass
 
@@ -601,7 +606,7 @@ def make_handler(world: World):
             if status != 200:
                 return self._send(status, data, ctype)
             tg = form.get("TargetGroupArn", [""])[0]
-            world.refresh_members()
+            world.refresh_members([tg])
             members = []
             for ip, port, state, reason in world.target_states(tg):
                 th = f"<State>{state}</State>"

@@ -63,8 +63,10 @@ pub struct Pacing {
 impl Default for Pacing {
     fn default() -> Self {
         Self {
-            fast: Duration::from_millis(250),
-            slow: Duration::from_secs(5),
+            fast: Duration::from_millis(300),
+            // Moves no schedule predicts (a stop, a rollback) also wake the reconciler through CodeDeploy's
+            // state-change events: the slow read is a safety net, not the way they are seen.
+            slow: Duration::from_secs(10),
             unsure: Duration::from_millis(750),
             lead: Duration::from_secs(1),
             grace: Duration::from_secs(5),

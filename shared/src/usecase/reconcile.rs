@@ -55,6 +55,8 @@ struct Followed {
     mirrored: Option<Route>,
     /// The public route as last read.
     last_read: Option<Route>,
+    /// A read made before the loop began (alongside taking the lease), for the first step to use.
+    prefetched: Option<Route>,
 }
 
 /// What one follower read found.
@@ -172,10 +174,21 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// of the private route; the targets of the pairs involved only when a private group is about to start
     /// taking traffic (the I4 guard needs their health, and the current groups' to know whether the route serves
     /// now); then the write. Membership and the test route are left to the full reconcile.
-    async fn mirror_production(&self, b: &Binding, public: &Route, t: &Tracker) -> Result<Reconciled> {
+    ///
+    /// `speculate`: a group has just started taking public traffic, so the private route is about to gain one
+    /// too: the targets are read alongside the private route instead of after it, one round trip less.
+    async fn mirror_production(&self, b: &Binding, public: &Route, speculate: bool, t: &Tracker) -> Result<Reconciled> {
         let mut out = Reconciled { binding: b.label(), rounds: 1, ..Default::default() };
-        let current = self.lb.route(&b.private_production_route).await?;
         let pairs = b.pair_arns();
+        let all: Vec<&str> = pairs.iter().flat_map(|(public, private)| [public.as_str(), private.as_str()]).collect();
+        let early = async {
+            match speculate {
+                true => futures_util::future::try_join_all(all.iter().map(|tg| self.lb.targets(tg))).await.map(Some),
+                false => Ok(None),
+            }
+        };
+        let (current, early) = tokio::join!(self.lb.route(&b.private_production_route), early);
+        let (current, early) = (current?, early?);
         let desired = crate::domain::mirror_route(public, &pairs, b.style(), Some(&current))
             .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
         if desired.same_action(&current) {
@@ -191,11 +204,18 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         } else {
             Vec::new()
         };
-        let targets = futures_util::future::try_join_all(involved.iter().map(|tg| self.lb.targets(tg))).await?;
+        let targets: Vec<(String, Vec<crate::domain::ObservedTarget>)> = match early {
+            // Every pair's targets are at hand: the plan mirrors their membership too.
+            Some(read) => all.iter().map(|s| s.to_string()).zip(read).collect(),
+            None => {
+                let read = futures_util::future::try_join_all(involved.iter().map(|tg| self.lb.targets(tg))).await?;
+                involved.iter().map(|s| s.to_string()).zip(read).collect()
+            }
+        };
         let seen = Observed {
             public_production: Some(public.clone()),
             private_production: Some(current),
-            targets: involved.iter().map(|s| s.to_string()).zip(targets).collect(),
+            targets: targets.into_iter().collect(),
             ..Default::default()
         };
         self.apply(b, &seen, &mut out, t).await?;
@@ -240,10 +260,6 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let b = self.config.binding(&req.application, &req.deployment_group).ok_or_else(|| {
             Error::Misconfigured(format!("no binding for {}/{}", req.application, req.deployment_group))
         })?;
-        let Some(mut lease) = self.take_lease(req, owner).await? else {
-            t.note(format!("{} is already followed by a live follower", b.label()));
-            return Ok(());
-        };
         // BeforeAllowTraffic hands over what it knows, so that the first read comes before the first move; the
         // deployment group is read only when a full reconcile needs it.
         let mut group = None::<DeploymentGroupFacts>;
@@ -258,7 +274,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 RouteRef::Listener(l)
             }
         };
-        let shift = self.traffic_shift(req, t).await;
+        // The lease, the deployment's configuration and the first read of the public route are independent: all
+        // at once, so that the first step is mirrored as soon as it can be.
+        let (lease, shift, first) =
+            tokio::join!(self.take_lease(req, owner), self.traffic_shift(req, t), self.lb.route(&public_ref));
+        let Some(mut lease) = lease? else {
+            t.note(format!("{} is already followed by a live follower", b.label()));
+            return Ok(());
+        };
         if shift == TrafficShift::AllAtOnce {
             // One move, and AfterAllowTraffic runs right after it and flips the private side: nothing to follow.
             self.release_lease(&mut lease).await;
@@ -277,8 +300,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         // What the private side was last made to mirror, and when the public weights were last seen to move.
         // The gate mirrored everything just before the follower was started: the first read only takes a baseline
         // (one read of each route), and the first full reconcile comes a period later.
-        let mut seen = Followed::default();
+        let mut seen = Followed { prefetched: first.ok(), ..Default::default() };
         let mut last_move = inherited.and_then(|ago| started.checked_sub(Duration::from_millis(ago)));
+        let mut last_read_at = None::<Instant>;
         let (mut next_read, mut next_full, mut next_status, mut next_beat) =
             (started, started + FULL_RECONCILE_EVERY, started + STATUS_EVERY, started + HEARTBEAT_EVERY);
         let mut handing_over = false;
@@ -291,13 +315,17 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 let after = Instant::now();
                 match step {
                     Ok(step) => {
-                        // A route already split at the first read means the shift began before this follower could
-                        // see it (AllowTraffic starts right after the gate): it counts as a move seen now.
+                        // The schedule is anchored on the earliest moment the move can have happened, so that a
+                        // move seen late never delays the fast reads around the next one: the read before (the
+                        // move came after it), or, for a route already split at the first read, the follower's
+                        // start (the gate that started it reported just before AllowTraffic began).
                         let first_split = !step.seen_before && last_move.is_none() && !step.settled;
                         if (step.moved && step.seen_before) || first_split {
-                            last_move = Some(after);
-                            lease.last_move_ms = now_ms();
+                            let anchor = if first_split { started } else { last_read_at.unwrap_or(now) };
+                            last_move = Some(anchor);
+                            lease.last_move_ms = now_ms().saturating_sub(anchor.elapsed().as_millis() as u64);
                         }
+                        last_read_at = Some(now);
                         if step.full {
                             next_full = after + FULL_RECONCILE_EVERY;
                         }
@@ -375,8 +403,16 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         full_due: bool,
         t: &Tracker,
     ) -> Result<FollowStep> {
-        let public = self.lb.route(public_ref).await?;
+        let public = match seen.prefetched.take() {
+            Some(public) => public,
+            None => self.lb.route(public_ref).await?,
+        };
         let seen_before = seen.last_read.is_some();
+        // A group that has just started taking public traffic (the shift's first step, a rollback).
+        let public_joining = match &seen.last_read {
+            Some(prev) => public.live().iter().any(|g| !prev.live().contains(g)),
+            None => public.live().len() > 1,
+        };
         // A move is a change from the last read, whether or not it could be mirrored then (a held-back move is
         // not seen again as a move, or the schedule would lose its anchor).
         let public_moved = seen.last_read.as_ref().is_some_and(|r| !r.same_action(&public));
@@ -386,7 +422,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             let g = self.group_once(b, group).await?;
             Some(self.reconcile(b, g, t).await?)
         } else if moved {
-            Some(self.mirror_production(b, &public, t).await?)
+            Some(self.mirror_production(b, &public, public_joining, t).await?)
         } else {
             None
         };

@@ -252,41 +252,53 @@ async fn a_follower_hands_over_before_its_deadline_and_exactly_one_follows() {
     assert!(twin.snapshot().notes.iter().any(|n| n.contains("already followed")), "{:?}", twin.snapshot().notes);
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_follower_reads_fast_only_around_the_moves_of_a_real_canary() {
+/// Plays a deployment on AWS's clock (a minute is 60 s) with the follower running: CodeDeploy moves green's
+/// share to each of `steps` after each wait. Returns the follower's ELB `Describe*` calls per second.
+async fn follow_on_real_time(config: &str, steps: &[(u64, u32)]) -> f64 {
     let w = World::new();
     let a = &w.arns;
-    w.codedeploy.edit(DEPLOYMENT, |d| d.config_name = Some("CodeDeployDefault.ECSCanary10Percent5Minutes".into()));
+    w.codedeploy.edit(DEPLOYMENT, |d| d.config_name = Some(config.into()));
     w.through_the_gate().await;
     let mut engine = w.hooks();
-    // A real minute: 10 % now, the rest five minutes later.
     engine.config.minute = Duration::from_secs(60);
     w.calls.clear();
-    let req =
-        FollowRequest { config_name: Some("CodeDeployDefault.ECSCanary10Percent5Minutes".into()), ..follow_request() };
+    let req = FollowRequest { config_name: Some(config.into()), ..follow_request() };
     let t1 = Tracker::default();
     let follower = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(900)), &t1);
     let started = tokio::time::Instant::now();
     let codedeploy = async {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, 10));
-        tokio::time::sleep(Duration::from_secs(300)).await;
-        w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, 100));
+        for (wait_s, share) in steps {
+            tokio::time::sleep(Duration::from_secs(*wait_s)).await;
+            w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, *share));
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
+        // The follower's reads so far: the hook's come after.
+        let describes = w.calls.log().iter().filter(|c| c.starts_with("elb:Describe")).count();
+        let elapsed = started.elapsed().as_secs_f64();
         assert_eq!(w.invoke(Phase::AfterAllowTraffic, "e3").await.status, HookStatus::Succeeded);
+        (describes, elapsed)
     };
-    let (followed, ()) = tokio::join!(follower, codedeploy);
+    let (followed, (describes, elapsed)) = tokio::join!(follower, codedeploy);
     followed.expect("follower");
-    let elapsed = started.elapsed().as_secs_f64();
     let lag = max_weight_lag(&w);
-    assert!(lag <= Duration::from_millis(500), "max weight lag {lag:?}");
-    let describes = w.calls.log().iter().filter(|c| c.starts_with("elb:Describe")).count();
-    // The hook's own reads are in the log too; the follower's alone would be fewer.
-    assert!(
-        (describes as f64) / elapsed < 1.0,
-        "{describes} ELB Describe calls in {elapsed:.0} s: the follower must average under one a second"
-    );
+    assert!(lag <= Duration::from_millis(500), "{config}: max weight lag {lag:?}");
     assert_eq!(w.elb.route_of(&a.prv_prod).weight(&a.prv_green), Some(100));
+    let per_s = describes as f64 / elapsed;
+    eprintln!("follower over {config}: {describes} ELB Describe calls in {elapsed:.0} s ({per_s:.2}/s)");
+    per_s
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_follower_reads_fast_only_around_the_moves_of_a_real_canary() {
+    let per_s = follow_on_real_time("CodeDeployDefault.ECSCanary10Percent5Minutes", &[(2, 10), (300, 100)]).await;
+    assert!(per_s < 0.5, "{per_s:.2} ELB Describe calls a second: the follower must stay well under one");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_follower_reads_fast_only_around_the_moves_of_a_real_linear_shift() {
+    let steps: Vec<(u64, u32)> = (1..=10).map(|k| (if k == 1 { 2 } else { 60 }, k * 10)).collect();
+    let per_s = follow_on_real_time("CodeDeployDefault.ECSLinear10PercentEvery1Minutes", &steps).await;
+    assert!(per_s < 0.5, "{per_s:.2} ELB Describe calls a second: the follower must stay well under one");
 }
 
 fn now_ms() -> u64 {

@@ -55,18 +55,21 @@ type AwsEngine = Engine<
 
 /// Cold start, shared by every function: logging, the configuration (a bad one stops the function here), the
 /// clients.
-async fn cold_start() -> Result<(AwsEngine, bluegreen_mirror::aws::CodeDeploy), Error> {
+/// `paced_reads`: the function's ELB reads go through a per-process bucket (see `Elb::with_paced_reads`); every
+/// function paces them (the operator CLI does not).
+async fn cold_start(paced_reads: bool) -> Result<(AwsEngine, bluegreen_mirror::aws::CodeDeploy), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let aws = Aws::load(&config).await;
     let reporter = aws.codedeploy.clone();
-    Ok((Engine::new(aws.elb, aws.codedeploy, aws.state, aws.followers, config), reporter))
+    let elb = if paced_reads { aws.elb.with_paced_reads() } else { aws.elb };
+    Ok((Engine::new(elb, aws.codedeploy, aws.state, aws.followers, config), reporter))
 }
 
 /// Starts the function: configuration and clients once at cold start (a bad configuration stops it here,
 /// before any invocation), then one harness run per invocation.
 pub async fn serve(phase: Phase) -> Result<(), lambda_runtime::Error> {
-    let (hooks, reporter) = cold_start().await?;
+    let (hooks, reporter) = cold_start(true).await?;
     let (hooks, reporter) = (&hooks, &reporter);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         handle(phase, hooks, reporter, event).await.map_err(lambda_runtime::Error::from)
@@ -162,7 +165,7 @@ pub fn parse_trigger(payload: Value) -> Result<Option<Trigger>, Error> {
 
 /// Starts the reconciler function: like [`serve`], one engine for the process, one trigger per invocation.
 pub async fn serve_reconciler() -> Result<(), lambda_runtime::Error> {
-    let (engine, _) = cold_start().await?;
+    let (engine, _) = cold_start(true).await?;
     let engine = &engine;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         reconcile_event(engine, event).await.map_err(lambda_runtime::Error::from)

@@ -19,32 +19,40 @@ use crate::{Error, Result};
 
 const SERVICE: &str = "elasticloadbalancing";
 
-/// What one process lets itself read from ELB: a burst of 6 `Describe*` calls, then 3 a second. The account's
-/// bucket (40 tokens, 10 a second) is shared with every other tool the customer runs and with the other
-/// functions: no single process takes more than 30 % of its refill, and a burst of concurrent reads waits here
-/// instead of draining it and being retried into it.
-const READ_BURST: f64 = 6.0;
+/// What a function's process lets itself read from ELB: a burst of 9 `Describe*` calls (one full reconcile, so
+/// that following a rollback never waits here), then 3 a second. The account's bucket (40 tokens, 10 a second) is
+/// shared with every other tool the customer runs and with the other functions: a follower that keeps reading,
+/// hooks of deployments started together, a storm of events wait here instead of draining it and being retried
+/// into it. No read stands before the flip on AfterAllowTraffic's critical path.
+const READ_BURST: f64 = 9.0;
 const READS_PER_S: f64 = 3.0;
 
 /// [`LoadBalancers`] over the ELBv2 API.
 #[derive(Debug, Clone)]
 pub struct Elb {
     client: Client,
-    reads: Arc<Mutex<TokenBucket>>,
+    /// The process's read bucket, when its reads are paced.
+    reads: Option<Arc<Mutex<TokenBucket>>>,
     origin: Instant,
 }
 
 impl Elb {
     pub fn new(client: Client) -> Self {
-        let origin = Instant::now();
-        Self { client, reads: Arc::new(Mutex::new(TokenBucket::new(READ_BURST, READS_PER_S, Duration::ZERO))), origin }
+        Self { client, reads: None, origin: Instant::now() }
+    }
+
+    /// Paces this process's `Describe*` calls (see [`READ_BURST`]).
+    pub fn with_paced_reads(mut self) -> Self {
+        self.reads = Some(Arc::new(Mutex::new(TokenBucket::new(READ_BURST, READS_PER_S, Duration::ZERO))));
+        self
     }
 
     /// Waits for this process's turn to read.
     async fn paced(&self) {
+        let Some(reads) = &self.reads else { return };
         let now = self.origin.elapsed();
         // A poisoned lock (a panic elsewhere while holding it) only loses the pacing, never the call.
-        let wait = self.reads.lock().map(|mut b| b.take(now)).unwrap_or(None);
+        let wait = reads.lock().map(|mut b| b.take(now)).unwrap_or(None);
         if let Some(wait) = wait {
             tokio::time::sleep(wait).await;
         }

@@ -42,23 +42,13 @@ class Fleet:
 
     def provision(self):
         m = self.main
-        ec2 = m.client("ec2", m.moto_url, "PROVISION")
-        elb = m.client("elbv2", m.moto_url, "PROVISION")
-        ddb = m.client("dynamodb", m.moto_url, "PROVISION")
-        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-        subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{rehearse.REGION}{az}")
-                   ["Subnet"]["SubnetId"] for i, az in ((1, "a"), (2, "b"))]
+        elb, vpc, subnets = m.account()
         private = elb.create_load_balancer(Name="private", Subnets=subnets, Scheme="internal",
                                            Type="application")["LoadBalancers"][0]["LoadBalancerArn"]
         fixed = [{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "404"}}]
         private_listeners = {name: elb.create_listener(LoadBalancerArn=private, Protocol="HTTP", Port=port,
                                                        DefaultActions=fixed)["Listeners"][0]["ListenerArn"]
                              for name, port in (("prod", 80), ("test", 8080))}
-        m.table = "bluegreen-mirror"
-        ddb.create_table(TableName=m.table, BillingMode="PAY_PER_REQUEST",
-                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
-        m.ddb = ddb
         bindings = []
         for k in range(1, self.n + 1):
             svc = rehearse.Rehearsal("happy", self.tasks, None, m.log.out, lane=m.lane)

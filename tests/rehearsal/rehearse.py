@@ -205,13 +205,24 @@ class Rehearsal:
                             aws_secret_access_key="rehearsal",
                             config=BotoConfig(retries={"max_attempts": 2, "mode": "standard"}))
 
-    def provision(self):
+    def account(self):
+        """The account every scenario starts from: a VPC with two subnets and the state table (with TTL). Returns
+        the ELB client, the VPC and the subnets."""
         ec2 = self.client("ec2", self.moto_url, "PROVISION")
-        elb = self.client("elbv2", self.moto_url, "PROVISION")
-        ddb = self.client("dynamodb", self.moto_url, "PROVISION")
+        self.ddb = self.client("dynamodb", self.moto_url, "PROVISION")
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{REGION}{az}")
                    ["Subnet"]["SubnetId"] for i, az in ((1, "a"), (2, "b"))]
+        self.table = "bluegreen-mirror"
+        self.ddb.create_table(TableName=self.table, BillingMode="PAY_PER_REQUEST",
+                              AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                              KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
+        self.ddb.update_time_to_live(TableName=self.table,
+                                     TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
+        return self.client("elbv2", self.moto_url, "PROVISION"), vpc, subnets
+
+    def provision(self):
+        elb, vpc, subnets = self.account()
         lbs = {}
         for side, scheme in (("public", "internet-facing"), ("private", "internal")):
             lbs[side] = elb.create_load_balancer(Name=side, Subnets=subnets, Scheme=scheme,
@@ -235,13 +246,7 @@ class Rehearsal:
                     LoadBalancerArn=lbs[side], Protocol="HTTP", Port=port,
                     DefaultActions=forward(tgs[f"{p}-blue"], tgs[f"{p}-green"]),
                 )["Listeners"][0]["ListenerArn"]
-        self.table = "bluegreen-mirror"
-        ddb.create_table(TableName=self.table, BillingMode="PAY_PER_REQUEST",
-                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}])
-        ddb.update_time_to_live(TableName=self.table,
-                                TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
-        self.lbs, self.tgs, self.listeners, self.ddb = lbs, tgs, listeners, ddb
+        self.lbs, self.tgs, self.listeners = lbs, tgs, listeners
         self.bindings = {"bindings": [{
             "application": "web", "deployment_group": "web-bg",
             "pairs": [{"public_target_group": tgs["pub-blue"], "private_target_group": tgs["prv-blue"]},

@@ -62,7 +62,7 @@ async fn cold_start(paced_reads: bool) -> Result<(AwsEngine, bluegreen_mirror::a
     let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let aws = Aws::load(&config).await;
     let reporter = aws.codedeploy.clone();
-    let elb = if paced_reads { aws.elb.with_paced_reads() } else { aws.elb };
+    let elb = if paced_reads { aws.elb.with_paced_reads(config.elb_reads_per_s) } else { aws.elb };
     Ok((Engine::new(elb, aws.codedeploy, aws.state, aws.followers, config), reporter))
 }
 

@@ -85,6 +85,26 @@ async fn scaling_and_replaced_tasks_are_mirrored_by_one_reconcile() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn task_events_read_each_deployment_group_once_in_five_minutes() {
+    let w = World::new();
+    let engine = w.hooks();
+    let task = Trigger::Task { cluster: "prod".into(), service: "web".into() };
+    let group_reads = || w.calls.log().iter().filter(|c| *c == "codedeploy:GetDeploymentGroup").count();
+    w.calls.clear();
+    for _ in 0..3 {
+        let found = engine.bindings_for(&task).await;
+        assert_eq!(found.len(), 1, "the event's service is bound once");
+    }
+    assert_eq!(group_reads(), 1, "a deployment that replaces ten tasks must not read every bound group per event");
+    // Another service's event is routed from the same cache.
+    assert!(engine.bindings_for(&Trigger::Task { cluster: "prod".into(), service: "api".into() }).await.is_empty());
+    assert_eq!(group_reads(), 1);
+    tokio::time::advance(Duration::from_secs(301)).await;
+    assert_eq!(engine.bindings_for(&task).await.len(), 1);
+    assert_eq!(group_reads(), 2, "after five minutes the group is read afresh");
+}
+
+#[tokio::test(start_paused = true)]
 async fn events_for_other_groups_or_services_are_ignored() {
     let w = World::new();
     let other_group = Trigger::Deployment {

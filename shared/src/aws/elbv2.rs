@@ -19,13 +19,15 @@ use crate::{Error, Result};
 
 const SERVICE: &str = "elasticloadbalancing";
 
-/// What a function's process lets itself read from ELB: a burst of 9 `Describe*` calls (one full reconcile, so
-/// that following a rollback never waits here), then 3 a second. The account's bucket (40 tokens, 10 a second) is
-/// shared with every other tool the customer runs and with the other functions: a follower that keeps reading,
-/// hooks of deployments started together, a storm of events wait here instead of draining it and being retried
-/// into it. No read stands before the flip on AfterAllowTraffic's critical path.
+/// What a function's process lets itself read from ELB, from the installation's budget `B`
+/// (`BLUEGREEN_MIRROR_ELB_READS_PER_S`, default 2): a burst of at least 9 `Describe*` calls (one full reconcile,
+/// so that following a rollback never waits here), then `1.5 B` a second (3 with the default). One process may
+/// read above the installation's average because the others are idle most of the time; the account's bucket (40
+/// tokens, 10 a second) is shared with every other tool the customer runs and with the other functions: a
+/// follower that keeps reading, hooks of deployments started together, a storm of events wait here instead of
+/// draining it and being retried into it. No read stands before the flip on AfterAllowTraffic's critical path.
 const READ_BURST: f64 = 9.0;
-const READS_PER_S: f64 = 3.0;
+const PROCESS_SHARE: f64 = 1.5;
 
 /// [`LoadBalancers`] over the ELBv2 API.
 #[derive(Debug, Clone)]
@@ -41,9 +43,11 @@ impl Elb {
         Self { client, reads: None, origin: Instant::now() }
     }
 
-    /// Paces this process's `Describe*` calls (see [`READ_BURST`]).
-    pub fn with_paced_reads(mut self) -> Self {
-        self.reads = Some(Arc::new(Mutex::new(TokenBucket::new(READ_BURST, READS_PER_S, Duration::ZERO))));
+    /// Paces this process's `Describe*` calls within the installation's budget of `reads_per_s` (see
+    /// [`READ_BURST`]).
+    pub fn with_paced_reads(mut self, reads_per_s: f64) -> Self {
+        let per_s = reads_per_s * PROCESS_SHARE;
+        self.reads = Some(Arc::new(Mutex::new(TokenBucket::new(READ_BURST.max(per_s), per_s, Duration::ZERO))));
         self
     }
 

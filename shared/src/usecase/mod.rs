@@ -29,6 +29,8 @@ pub struct Engine<L, D, S, F> {
     pub state: S,
     pub followers: F,
     pub config: Config,
+    /// Deployment groups' setup as last read, for routing ECS task events (see `Engine::group_for_task`).
+    groups: reconcile::GroupCache,
 }
 
 /// A deployment resolved to its binding.
@@ -78,7 +80,7 @@ fn missing(what: String) -> impl FnOnce(Error) -> Error {
 
 impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     pub fn new(lb: L, deployments: D, state: S, followers: F, config: Config) -> Self {
-        Self { lb, deployments, state, followers, config }
+        Self { lb, deployments, state, followers, config, groups: reconcile::GroupCache::default() }
     }
 
     /// Runs the use case of `phase` within its budget. On failure — an error, a panic, the budget running out —

@@ -24,6 +24,33 @@ use crate::harness::Budget;
 use crate::ports::{DeploymentGroupFacts, Deployments, FollowRequest, Followers, LoadBalancers, Saved, StateStore};
 use crate::{Error, Result};
 
+/// How long a deployment group's setup read for an ECS task event is trusted. Every task event concerns one
+/// service, but only the deployment groups say which binding that is: without the cache, each event of a
+/// deployment that replaces ten tasks would read every bound group again (`GetDeploymentGroup` per binding, from
+/// the account's CodeDeploy budget). A group's ECS service does not change under a binding; the schedule and the
+/// deployment events read the group afresh.
+const GROUP_CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// Deployment groups' setup as last read, per `(application, group)`.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCache(
+    std::sync::Mutex<std::collections::HashMap<(String, String), (Instant, DeploymentGroupFacts)>>,
+);
+
+impl GroupCache {
+    fn get(&self, b: &Binding) -> Option<DeploymentGroupFacts> {
+        let map = self.0.lock().ok()?;
+        let (at, facts) = map.get(&(b.application.clone(), b.deployment_group.clone()))?;
+        (at.elapsed() < GROUP_CACHE_TTL).then(|| facts.clone())
+    }
+
+    fn put(&self, b: &Binding, facts: &DeploymentGroupFacts) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert((b.application.clone(), b.deployment_group.clone()), (Instant::now(), facts.clone()));
+        }
+    }
+}
+
 /// What one reconcile of one binding changed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Reconciled {
@@ -82,6 +109,17 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             )),
             _ => e,
         })
+    }
+
+    /// The group's setup for routing a task event: cached for [`GROUP_CACHE_TTL`]; a group that cannot be read
+    /// is not cached, so the next event tries again.
+    async fn group_for_task(&self, b: &Binding) -> Result<DeploymentGroupFacts> {
+        if let Some(facts) = self.groups.get(b) {
+            return Ok(facts);
+        }
+        let facts = self.group(b).await?;
+        self.groups.put(b, &facts);
+        Ok(facts)
     }
 
     /// Re-establishes I1–I3 for `b` from the live public state.
@@ -593,7 +631,16 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         };
         let mut out = Vec::new();
         for b in candidates {
-            let group = self.group(b).await;
+            let group = match trigger {
+                Trigger::Task { .. } => self.group_for_task(b).await,
+                _ => {
+                    let fresh = self.group(b).await;
+                    if let Ok(facts) = &fresh {
+                        self.groups.put(b, facts);
+                    }
+                    fresh
+                }
+            };
             let wanted = match (trigger, &group) {
                 (Trigger::Task { cluster, service }, Ok(g)) => {
                     g.ecs_services.iter().any(|(c, s)| c == cluster && s == service)

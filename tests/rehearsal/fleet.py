@@ -9,7 +9,13 @@ the same per-deployment player as the single scenarios (rehearse.Rehearsal.play)
 endpoint, the Lambda host and the timeline.
 
 It passes when every deployment ends as expected with every invariant held, private dark time 0, private weights
-within a second of the public ones at every step, and the neighbour suffers no throttle."""
+within a second of the public ones at every step, and the neighbour suffers no throttle.
+
+With no deployment (`--deployments 0 --idle MINUTES`) it watches the idle fleet instead: only the schedule runs,
+for that many of CodeDeploy's minutes, everything on the rehearsal's clock (one minute lasts `--minute` seconds,
+default 12: the schedule fires once a minute as on AWS, and the functions' ELB budget is scaled by the same
+factor, so calls per emulated second are the figure AWS would see). It passes when nothing was throttled and
+every binding the sweep checked was found in sync."""
 
 import json
 import threading
@@ -23,9 +29,11 @@ CONFIG_MIX = ("Linear10Percent", "Canary10Percent", "AllAtOnce")
 
 
 class Fleet:
-    def __init__(self, services, deployments, tasks, neighbour_per_s, minute_s, out, lane=0):
-        if not 1 <= deployments <= services:
-            raise ValueError("--deployments must be between 1 and --services")
+    def __init__(self, services, deployments, tasks, neighbour_per_s, minute_s, out, lane=0, idle_minutes=None):
+        if not 0 <= deployments <= services or not 1 <= services <= 120:
+            raise ValueError("--services must be in 1..=120 and --deployments between 0 and --services")
+        if (deployments == 0) != (idle_minutes is not None):
+            raise ValueError("--idle MINUTES goes with --deployments 0, and only with it")
         self.n, self.d, self.tasks = services, deployments, tasks
         # The shared parts (moto, the endpoint, the Lambda host, the timeline) live on one Rehearsal.
         self.main = rehearse.Rehearsal("happy", tasks, None, out, lane=lane)
@@ -35,6 +43,11 @@ class Fleet:
         # The schedule, played every 15 s (every minute on AWS): the sweep sizes its slice to its share of the
         # budget per run, so the cadence changes which bindings a run takes, not what the sweep costs a second.
         self.main.schedule_s = 15.0
+        self.idle_minutes = idle_minutes
+        if idle_minutes is not None:
+            # Everything on the rehearsal's clock: the schedule once a minute, the budget scaled to match.
+            self.main.schedule_s = minute_s
+            self.main.elb_reads_per_s = 2.0 * 60.0 / minute_s
         self.neighbour_per_s = neighbour_per_s
         self.stagger_s = 8.0
         self.log = self.main.log
@@ -110,7 +123,7 @@ class Fleet:
                 (svc.listeners["public-prod"], svc.listeners["public-test"]), ("rehearsal", svc.service))
         m.world.on_call = None
         # Dozens of target groups on two cores: health checks every half second (an ALB's are every 5 to 30 s).
-        m.world.health_interval_s = 0.5
+        m.world.health_interval_s = 0.5 if self.d else 2.0
         m.server = standin.serve(m.world)
         m.endpoint = f"http://127.0.0.1:{m.server.server_address[1]}"
         m.elb = m.client("elbv2", m.endpoint, "CODEDEPLOY")
@@ -166,6 +179,8 @@ class Fleet:
                 svc.outcome = "failed"
                 svc.messages.append(f"the rehearsal itself failed: {e!r}")
 
+        if self.idle_minutes is not None:
+            return self.watch_idle(t0)
         threads = []
         for i, svc in enumerate(deploying):
             # Pipelines start deployments at their own moments, not in the same second: one every `stagger_s`,
@@ -222,10 +237,56 @@ class Fleet:
             "timeline": self.log.events, "logs": rehearse.os.path.relpath(m.run_dir, rehearse.ROOT),
         }
 
+    def watch_idle(self, t0):
+        m = self.main
+        # The schedule's first run comes a minute in: the window holds exactly `idle_minutes` runs.
+        t0 += m.minute_s - 0.5
+        time.sleep(max(0.0, t0 + self.idle_minutes * m.minute_s - time.monotonic()))
+        m.stopping.set()
+        if m.neighbour:
+            m.neighbour.stop.set()
+        elb = m.budget_report(t0)
+        m.world.stop.set()
+        scale = 60.0 / m.minute_s
+        runs = [i for i in m.host.invocations if i.function == "reconciler" and i.started and i.started >= t0]
+        checked, changed, failed = set(), [], []
+        for inv in runs:
+            for done in inv.response if isinstance(inv.response, list) else []:
+                checked.add(done.get("binding"))
+                if done.get("registered") or done.get("deregistered") or done.get("production") or done.get("test"):
+                    changed.append(done.get("binding"))
+            if inv.error:
+                failed.append(inv.error[:200])
+        emulated_s = elb["total"]["seconds"] * scale
+        per_s = round(elb["total"]["describe_calls"] / emulated_s, 3)
+        throttled = elb["total"]["throttled"] + elb["functions"].get("neighbour", {}).get("throttled", 0)
+        passed = throttled == 0 and not changed and not failed and bool(checked)
+        return {
+            "scenario": "fleet-idle", "services": self.n, "deployments": 0, "minute_s": m.minute_s,
+            "idle_minutes": self.idle_minutes, "outcome": "converged" if passed else "failed",
+            "expected_outcome": "converged", "passed": passed, "invariants_held": not changed,
+            "describe_per_emulated_s": per_s, "scheduled_runs": len(runs), "bindings_checked": len(checked),
+            "bindings_changed": changed, "failures": failed, "throttled": throttled,
+            "neighbour_throttles": elb["functions"].get("neighbour", {}).get("throttled", 0),
+            "elb": elb, "timeline": self.log.events, "logs": rehearse.os.path.relpath(m.run_dir, rehearse.ROOT),
+        }
+
 
 def print_fleet(r, out):
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p("")
+    if r["scenario"] == "fleet-idle":
+        p(f"== rehearsal: idle fleet ({r['services']} bindings, no deployment, {r['idle_minutes']:g} of CodeDeploy's "
+          f"minutes, one played as {r['minute_s']:g} s)")
+        p(f"   {r['scheduled_runs']} scheduled runs checked {r['bindings_checked']} bindings, changed "
+          f"{len(r['bindings_changed'])}, {len(r['failures'])} failed")
+        p(f"   ELB Describe calls: {r['describe_per_emulated_s']} per emulated second "
+          f"({r['elb']['total']['describe_calls']} in all), throttled {r['throttled']}")
+        for f in r["failures"]:
+            p(f"      failure: {f}")
+        p(f"   logs: {r['logs']}")
+        p(f"   RESULT: {'PASS' if r['passed'] else 'FAIL'}")
+        return
     p(f"== rehearsal: fleet ({r['services']} bindings, {r['deployments']} deployments at once, "
       f"CodeDeploy minute = {r['minute_s']:g} s)")
     for d in r["deployments_report"]:

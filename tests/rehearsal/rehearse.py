@@ -181,6 +181,8 @@ class Rehearsal:
         self.neighbour_per_s = 0.0
         self.deployment_id = "d-REHEARSAL1"
         self.reconciler_timeout_s = RECONCILER_TIMEOUT_S
+        # The installation's ELB read budget the functions are told (None: their default, 2 a second).
+        self.elb_reads_per_s = None
 
     # --- the emulated account --------------------------------------------------------------------------------
     def start_moto(self):
@@ -699,6 +701,8 @@ class Rehearsal:
             "BLUEGREEN_MIRROR_SCHEDULE_S": str(round(self.schedule_s)),
             "BLUEGREEN_MIRROR_FOLLOWER": "reconciler",
         }
+        if self.elb_reads_per_s is not None:
+            env["BLUEGREEN_MIRROR_ELB_READS_PER_S"] = f"{self.elb_reads_per_s:g}"
         timeouts = {f: HOOK_TIMEOUT_S for f in functions}
         timeouts["reconciler"] = self.reconciler_timeout_s
         self.host = LambdaHost(functions, env, self.run_dir, timeouts)
@@ -1027,9 +1031,15 @@ def main():
                     help="another client in the account reads ELB this many times a second (default: none; 4 in "
                     "the fleet)")
     ap.add_argument("--services", type=int, default=20, help="fleet: bindings on the one installation")
-    ap.add_argument("--deployments", type=int, default=5, help="fleet: deployments running at once")
+    ap.add_argument("--deployments", type=int, default=5, help="fleet: deployments running at once (0: an idle "
+                                                                "fleet, with --idle)")
+    ap.add_argument("--idle", type=float, default=None, metavar="MINUTES",
+                    help="fleet with --deployments 0: how many of CodeDeploy's minutes to watch the idle fleet")
     ap.add_argument("--minute", type=float, default=None, metavar="SECONDS",
                     help="how many seconds one of CodeDeploy's minutes lasts (default 1; 10 in the fleet)")
+    ap.add_argument("--reconciler-timeout", type=float, default=None, metavar="SECONDS",
+                    help="the reconciler's Lambda timeout (default 10, which forces follower hand-overs; 60 in the "
+                         "fleet; the template's is 900)")
     ap.add_argument("--lane", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not 0 <= args.lane <= 254 or args.jobs < 1:
@@ -1055,8 +1065,10 @@ def main():
     if args.scenario == "fleet":
         import fleet
         try:
+            idle = args.deployments == 0
             f = fleet.Fleet(args.services, args.deployments, min(args.tasks, 2), 4.0 if args.neighbour is None
-                            else args.neighbour, args.minute or 10.0, out, args.lane)
+                            else args.neighbour, args.minute or (12.0 if idle else 10.0), out, args.lane,
+                            args.idle)
             report = f.run()
         except ValueError as e:
             ap.error(str(e))
@@ -1071,6 +1083,8 @@ def main():
         r = Rehearsal(args.scenario, args.tasks, args.config, out, args.faults, args.crash, args.lane)
         r.neighbour_per_s = args.neighbour or 0.0
         r.minute_s = args.minute or MINUTE_S
+        if args.reconciler_timeout:
+            r.reconciler_timeout_s = args.reconciler_timeout
         report = r.run()
     finally:
         procs.kill_all()

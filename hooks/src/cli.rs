@@ -1,7 +1,8 @@
 //! `bluegreen-mirror`, the operator CLI: `check` (every binding against the live account, before any deployment),
 //! `status` (both sides of each binding, and whether I1–I3 hold), `reconcile [--dry-run]` (show or apply what the
-//! reconciler would change). It reads the same environment as the functions (`BLUEGREEN_MIRROR_TABLE`,
-//! `BLUEGREEN_MIRROR_BINDINGS`) and the standard AWS credential and region chain.
+//! reconciler would change), `bindings apply|list|remove` (the bindings stored in the state table; see
+//! `cli_bindings`). It reads the same environment as the functions (`BLUEGREEN_MIRROR_TABLE`,
+//! `BLUEGREEN_MIRROR_BINDINGS` when the bindings are not stored) and the standard AWS credential and region chain.
 //!
 //! Exit codes: 0 all good; 1 a binding is misconfigured (`check`), out of sync (`status`) or could not be
 //! reconciled; 2 usage or configuration error.
@@ -14,18 +15,23 @@ use bluegreen_mirror::harness::{error_chain, Tracker};
 use bluegreen_mirror::usecase::Engine;
 use serde_json::{json, Value};
 
-pub const USAGE: &str = "usage: bluegreen-mirror <check|status|reconcile [--dry-run]> [--json]";
+pub const USAGE: &str = "usage: bluegreen-mirror <check|status|reconcile [--dry-run]> [--json]\n       \
+bluegreen-mirror bindings <apply FILE [--dry-run]|list|remove APPLICATION GROUP> [--json]";
 
 /// A parsed command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Check,
     Status,
     Reconcile { dry_run: bool },
+    Bindings(crate::cli_bindings::BindingsCommand),
 }
 
 /// Parses the arguments after the program name into a command and the `--json` flag.
 pub fn parse_args(args: &[String]) -> Result<(Command, bool), String> {
+    if args.first().map(String::as_str) == Some("bindings") {
+        return crate::cli_bindings::parse_args(&args[1..]).map(|(c, json)| (Command::Bindings(c), json));
+    }
     let mut json = false;
     let mut dry_run = false;
     let mut command = None;
@@ -68,12 +74,27 @@ pub async fn main(args: Vec<String>) -> i32 {
     };
     let aws = Aws::load(&config).await;
     let engine = Engine::new(aws.elb, aws.codedeploy, aws.state, aws.followers, config);
+    if let Command::Bindings(c) = &command {
+        return crate::cli_bindings::run(&engine, c, as_json).await;
+    }
+    let bindings = match engine.every_binding().await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("cannot read the stored bindings: {}", error_chain(&e));
+            return 1;
+        }
+    };
+    if bindings.is_empty() {
+        eprintln!("no binding: store some with `bluegreen-mirror bindings apply FILE`");
+        return 1;
+    }
     let mut rows = Vec::new();
     let mut text = String::new();
     let mut ok = true;
-    for b in &engine.config.bindings {
+    for (label, b) in &bindings {
         let t = Tracker::default();
         let result: bluegreen_mirror::Result<Value> = async {
+            let b: &bluegreen_mirror::config::Binding = b.as_ref().map_err(clone_error)?;
             let group = engine.group(b).await?;
             match command {
                 Command::Check => {
@@ -88,17 +109,19 @@ pub async fn main(args: Vec<String>) -> i32 {
                     let r = engine.reconcile(b, &group, &t).await?;
                     Ok(serde_json::to_value(&r).unwrap_or(Value::Null))
                 }
+                // Handled before the loop.
+                Command::Bindings(_) => Ok(Value::Null),
             }
         }
         .await;
         let row = match result {
             Ok(v) => v,
-            Err(e) => json!({"binding": b.label(), "ok": false, "error": error_chain(&e)}),
+            Err(e) => json!({"binding": label, "ok": false, "error": error_chain(&e)}),
         };
         let good = row.get("error").is_none()
-            && (command != Command::Status || row.get("in_sync").and_then(Value::as_bool) == Some(true));
+            && (!matches!(command, Command::Status) || row.get("in_sync").and_then(Value::as_bool) == Some(true));
         ok &= good;
-        describe(&mut text, command, &row);
+        describe(&mut text, &command, &row);
         rows.push(row);
     }
     if as_json {
@@ -113,7 +136,12 @@ pub async fn main(args: Vec<String>) -> i32 {
     i32::from(!ok)
 }
 
-fn describe(out: &mut String, command: Command, row: &Value) {
+/// A stored binding's problem, for its row.
+fn clone_error(e: &bluegreen_mirror::Error) -> bluegreen_mirror::Error {
+    bluegreen_mirror::Error::Misconfigured(error_chain(e))
+}
+
+fn describe(out: &mut String, command: &Command, row: &Value) {
     let s = |k: &str| row.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
     let _ = writeln!(out, "{}", s("binding"));
     if let Some(e) = row.get("error").and_then(Value::as_str) {
@@ -127,6 +155,7 @@ fn describe(out: &mut String, command: Command, row: &Value) {
             .unwrap_or_default()
     };
     match command {
+        Command::Bindings(_) => {}
         Command::Check => {
             let _ = writeln!(
                 out,
@@ -198,6 +227,7 @@ mod tests {
         assert_eq!(parse_args(&args(&["check"])), Ok((Command::Check, false)));
         assert_eq!(parse_args(&args(&["status", "--json"])), Ok((Command::Status, true)));
         assert_eq!(parse_args(&args(&["--dry-run", "reconcile"])), Ok((Command::Reconcile { dry_run: true }, false)));
+        assert!(matches!(parse_args(&args(&["bindings", "list"])), Ok((Command::Bindings(_), false))));
         for bad in [&[][..], &["status", "--dry-run"], &["frobnicate"], &["check", "status"], &["--help"]] {
             assert!(parse_args(&args(bad)).is_err(), "{bad:?}");
         }

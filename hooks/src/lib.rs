@@ -3,6 +3,7 @@
 //! is one call to [`serve_reconciler`].
 
 pub mod cli;
+pub mod cli_bindings;
 
 use bluegreen_mirror::aws::Aws;
 use bluegreen_mirror::aws::FOLLOW_KEY;
@@ -221,7 +222,7 @@ where
     }
     let mut done = Vec::new();
     let mut failures = Vec::new();
-    let bindings = engine.bindings_for(trigger).await;
+    let bindings = engine.bindings_for(trigger).await?;
     // The schedule's slice is spread over the run, not burst at its start: the account's `Describe*` bucket is
     // shared with everything else the customer runs.
     let spacing = match trigger {
@@ -232,19 +233,19 @@ where
         }
         _ => std::time::Duration::ZERO,
     };
-    for (i, (b, group)) in bindings.into_iter().enumerate() {
+    for (i, (label, found)) in bindings.into_iter().enumerate() {
         if i > 0 && !spacing.is_zero() {
             tokio::time::sleep(spacing).await;
         }
-        match group {
-            Ok(group) => match match trigger {
-                Trigger::Task { .. } => engine.reconcile_membership(b, t).await,
-                _ => engine.reconcile(b, &group, t).await,
+        match found {
+            Ok((b, group)) => match match trigger {
+                Trigger::Task { .. } => engine.reconcile_membership(&b, t).await,
+                _ => engine.reconcile(&b, &group, t).await,
             } {
                 Ok(r) => done.push(r),
-                Err(e) => failures.push(format!("{}: {}", b.label(), harness::error_chain(&e))),
+                Err(e) => failures.push(format!("{label}: {}", harness::error_chain(&e))),
             },
-            Err(e) => failures.push(format!("{}: {}", b.label(), harness::error_chain(&e))),
+            Err(e) => failures.push(format!("{label}: {}", harness::error_chain(&e))),
         }
     }
     if failures.is_empty() {

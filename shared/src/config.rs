@@ -125,6 +125,29 @@ impl Binding {
         format!("{}/{}", self.application, self.deployment_group)
     }
 
+    /// The binding a stored item holds, checked as the environment form is: a bad item fails only its own
+    /// binding, with what to fix.
+    pub fn from_stored(stored: &crate::domain::StoredBinding) -> Result<Self> {
+        let bad = |why: String| {
+            Error::Misconfigured(format!(
+                "the stored binding {} is not valid: {why}; fix it and apply it again with `bluegreen-mirror bindings \
+                 apply`",
+                stored.label()
+            ))
+        };
+        let b: Binding = serde_json::from_value(stored.binding.clone()).map_err(|e| bad(e.to_string()))?;
+        if (b.application.as_str(), b.deployment_group.as_str())
+            != (stored.application.as_str(), stored.deployment_group.as_str())
+        {
+            return Err(bad(format!("it is stored under {} but names {}", stored.label(), b.label())));
+        }
+        let problems = b.problems();
+        if !problems.is_empty() {
+            return Err(bad(problems.join("; ")));
+        }
+        Ok(b)
+    }
+
     fn problems(&self) -> Vec<String> {
         let me = self.label();
         let mut out = Vec::new();
@@ -191,7 +214,11 @@ struct BindingsDoc {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub table: String,
+    /// The bindings of the environment form (`BLUEGREEN_MIRROR_BINDINGS`); empty when they are stored.
     pub bindings: Vec<Binding>,
+    /// The bindings live in the state table (`bluegreen-mirror bindings apply`): `BLUEGREEN_MIRROR_BINDINGS` is
+    /// unset. Lambda caps a function's environment at 4 KB, about three bindings.
+    pub stored: bool,
     /// How often waits re-read ELB.
     pub poll_interval: Duration,
     /// The reconciler function BeforeAllowTraffic starts in follow mode (name or ARN); no follow mode without.
@@ -208,7 +235,10 @@ impl Config {
     /// Reads the environment. Call once at cold start; an error here should stop the function from starting.
     pub fn from_env() -> Result<Self> {
         let var = |name: &str| std::env::var(name).map_err(|_| Error::Config(format!("{name} is not set")));
-        let mut cfg = Self::parse(&var(ENV_TABLE)?, &var(ENV_BINDINGS)?)?;
+        let mut cfg = match std::env::var(ENV_BINDINGS) {
+            Ok(json) => Self::parse(&var(ENV_TABLE)?, &json)?,
+            Err(_) => Self::stored(&var(ENV_TABLE)?)?,
+        };
         if let Ok(ms) = std::env::var(ENV_POLL_MS) {
             let ms: u64 = ms.parse().ok().filter(|ms| (50..=60_000).contains(ms)).ok_or_else(|| {
                 Error::Config(format!("{ENV_POLL_MS} must be a number of milliseconds in 50..=60000"))
@@ -236,6 +266,27 @@ impl Config {
             cfg.minute = Duration::from_millis(ms);
         }
         Ok(cfg)
+    }
+
+    /// An installation whose bindings are stored in its table.
+    pub fn stored(table: &str) -> Result<Self> {
+        if table.trim().is_empty() {
+            return Err(Error::Config(format!("{ENV_TABLE} is empty")));
+        }
+        Ok(Self { stored: true, bindings: Vec::new(), ..Self::defaults(table) })
+    }
+
+    fn defaults(table: &str) -> Self {
+        Self {
+            table: table.to_string(),
+            bindings: Vec::new(),
+            stored: false,
+            poll_interval: DEFAULT_POLL,
+            follower_function: None,
+            elb_reads_per_s: DEFAULT_ELB_READS_PER_S,
+            schedule: DEFAULT_SCHEDULE,
+            minute: Duration::from_secs(60),
+        }
     }
 
     /// Parses and validates the table name and the bindings JSON, reporting every problem at once.
@@ -271,14 +322,15 @@ impl Config {
         if !problems.is_empty() {
             return Err(Error::Config(problems.join("; ")));
         }
-        Ok(Self {
-            table: table.to_string(),
-            bindings: doc.bindings,
-            poll_interval: DEFAULT_POLL,
-            follower_function: None,
-            elb_reads_per_s: DEFAULT_ELB_READS_PER_S,
-            schedule: DEFAULT_SCHEDULE,
-            minute: Duration::from_secs(60),
+        Ok(Self { bindings: doc.bindings, ..Self::defaults(table) })
+    }
+
+    /// Parses a bindings document (`{"bindings": [...]}`, the environment form's JSON) as `bindings apply`
+    /// reads it: every binding checked alone and against the others, every problem reported at once.
+    pub fn parse_bindings(json: &str) -> Result<Vec<Binding>> {
+        Self::parse("-", json).map(|c| c.bindings).map_err(|e| match e {
+            Error::Config(m) => Error::Config(m.replace(ENV_BINDINGS, "the bindings file")),
+            e => e,
         })
     }
 

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RouteRef;
 use crate::domain::{
-    BindingRecord, DeploymentRecord, FollowerLease, ObservedTarget, Route, Target, TargetKey, TrafficShift,
+    BindingRecord, DeploymentRecord, FollowerLease, ObservedTarget, Route, StoredBinding, Target, TargetKey,
+    TrafficShift,
 };
 use crate::Result;
 
@@ -164,6 +165,24 @@ pub trait StateStore: Send + Sync {
     fn put_binding(&self, record: &BindingRecord) -> impl Future<Output = Result<Saved>> + Send;
     fn follower(&self, application: &str, group: &str) -> impl Future<Output = Result<Option<FollowerLease>>> + Send;
     fn put_follower(&self, lease: &FollowerLease) -> impl Future<Output = Result<Saved>> + Send;
+    /// One stored binding (one read).
+    fn stored_binding(
+        &self,
+        application: &str,
+        group: &str,
+    ) -> impl Future<Output = Result<Option<StoredBinding>>> + Send;
+    /// Every stored binding, read page by page. An item that cannot be decoded is an error of its own, so that
+    /// it fails only its binding.
+    fn stored_bindings(&self) -> impl Future<Output = Result<Vec<Result<StoredBinding>>>> + Send;
+    /// Writes a stored binding under the version check of every record.
+    fn put_stored_binding(&self, stored: &StoredBinding) -> impl Future<Output = Result<Saved>> + Send;
+    /// Removes a stored binding if its stored version is still `version`.
+    fn remove_stored_binding(
+        &self,
+        application: &str,
+        group: &str,
+        version: u64,
+    ) -> impl Future<Output = Result<Saved>> + Send;
 }
 
 /// Asks for a follower of a deployment (the reconciler in follow mode).

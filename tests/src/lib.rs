@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use bluegreen_mirror::config::{Config, RouteRef};
 use bluegreen_mirror::domain::{
-    BindingRecord, DeploymentRecord, FollowerLease, HealthState, ObservedTarget, Phase, Route, RouteStyle, Target,
-    TargetKey, TrafficShift,
+    BindingRecord, DeploymentRecord, FollowerLease, HealthState, ObservedTarget, Phase, Route, RouteStyle,
+    StoredBinding, Target, TargetKey, TrafficShift,
 };
 use bluegreen_mirror::harness::{self, Invocation, Outcome, Tracker};
 use bluegreen_mirror::ports::{
@@ -424,12 +424,40 @@ pub struct FakeState {
     deployments: Arc<Mutex<BTreeMap<String, DeploymentRecord>>>,
     bindings: Arc<Mutex<BTreeMap<String, BindingRecord>>>,
     followers: Arc<Mutex<BTreeMap<String, FollowerLease>>>,
+    /// Stored bindings by key; a `String` is an item that does not decode.
+    stored: Arc<Mutex<BTreeMap<String, std::result::Result<StoredBinding, String>>>>,
     calls: Arc<Calls>,
 }
 
 impl FakeState {
     pub fn record(&self, id: &str) -> Option<DeploymentRecord> {
         self.deployments.lock().unwrap().get(id).cloned()
+    }
+
+    /// Stores a binding as `bluegreen-mirror bindings apply` would.
+    pub fn store_binding(&self, binding: &bluegreen_mirror::config::Binding) {
+        let key = StoredBinding::key(&binding.application, &binding.deployment_group);
+        let mut m = self.stored.lock().unwrap();
+        let version = m.get(&key).and_then(|s| s.as_ref().ok()).map_or(0, |s| s.version) + 1;
+        m.insert(
+            key,
+            Ok(StoredBinding {
+                application: binding.application.clone(),
+                deployment_group: binding.deployment_group.clone(),
+                version,
+                binding: serde_json::to_value(binding).unwrap(),
+                ..Default::default()
+            }),
+        );
+    }
+
+    pub fn stored_binding_of(&self, app: &str, group: &str) -> Option<StoredBinding> {
+        self.stored.lock().unwrap().get(&StoredBinding::key(app, group)).and_then(|s| s.clone().ok())
+    }
+
+    /// Stores an item under `key` as it is, usable or not.
+    pub fn store_raw(&self, key: &str, item: std::result::Result<StoredBinding, String>) {
+        self.stored.lock().unwrap().insert(key.to_string(), item);
     }
 
     pub fn binding_record(&self, app: &str, group: &str) -> Option<BindingRecord> {
@@ -494,6 +522,43 @@ impl StateStore for FakeState {
         self.calls.enter("dynamodb:PutItem")?;
         let key = FollowerLease::key(&lease.application, &lease.deployment_group);
         Ok(versioned_put(&self.followers, key, lease.version, |r| r.version, lease))
+    }
+
+    async fn stored_binding(&self, application: &str, group: &str) -> Result<Option<StoredBinding>> {
+        self.calls.enter("dynamodb:GetItem")?;
+        match self.stored.lock().unwrap().get(&StoredBinding::key(application, group)) {
+            None => Ok(None),
+            Some(Ok(s)) => Ok(Some(s.clone())),
+            Some(Err(why)) => Err(Error::Misconfigured(why.clone())),
+        }
+    }
+
+    async fn stored_bindings(&self) -> Result<Vec<Result<StoredBinding>>> {
+        self.calls.enter("dynamodb:Scan")?;
+        Ok(self.stored.lock().unwrap().values().map(|s| s.clone().map_err(Error::Misconfigured)).collect())
+    }
+
+    async fn put_stored_binding(&self, stored: &StoredBinding) -> Result<Saved> {
+        self.calls.enter("dynamodb:PutItem")?;
+        let key = StoredBinding::key(&stored.application, &stored.deployment_group);
+        let mut m = self.stored.lock().unwrap();
+        let current = m.get(&key).and_then(|s| s.as_ref().ok()).map_or(0, |s| s.version);
+        if current + 1 != stored.version {
+            return Ok(Saved::Conflict);
+        }
+        m.insert(key, Ok(stored.clone()));
+        Ok(Saved::Written)
+    }
+
+    async fn remove_stored_binding(&self, application: &str, group: &str, version: u64) -> Result<Saved> {
+        self.calls.enter("dynamodb:DeleteItem")?;
+        let key = StoredBinding::key(application, group);
+        let mut m = self.stored.lock().unwrap();
+        if m.get(&key).and_then(|s| s.as_ref().ok()).map(|s| s.version) != Some(version) {
+            return Ok(Saved::Conflict);
+        }
+        m.remove(&key);
+        Ok(Saved::Written)
     }
 }
 
@@ -594,6 +659,17 @@ impl World {
     /// The same with an NLB on the private side (single-target-group listeners, test listener required).
     pub fn nlb() -> Self {
         Self::build("net")
+    }
+
+    /// The same, the binding stored in the state table (`bluegreen-mirror bindings apply`) instead of the
+    /// environment.
+    pub fn stored() -> Self {
+        let mut w = Self::build("app");
+        for b in std::mem::take(&mut w.config.bindings) {
+            w.state.store_binding(&b);
+        }
+        w.config.stored = true;
+        w
     }
 
     fn build(private_kind: &str) -> Self {

@@ -25,8 +25,9 @@ fn weighted(blue: &str, green: &str, green_weight: u32) -> Route {
 async fn reconcile(w: &World, trigger: Trigger) -> Vec<bluegreen_mirror::usecase::Reconciled> {
     let engine = w.hooks();
     let mut out = Vec::new();
-    for (b, group) in engine.bindings_for(&trigger).await {
-        out.push(engine.reconcile(b, &group.expect("group"), &Tracker::default()).await.expect("reconcile"));
+    for (_, found) in engine.bindings_for(&trigger).await.expect("bindings") {
+        let (b, group) = found.expect("group");
+        out.push(engine.reconcile(&b, &group, &Tracker::default()).await.expect("reconcile"));
     }
     out
 }
@@ -92,15 +93,19 @@ async fn task_events_read_each_deployment_group_once_in_five_minutes() {
     let group_reads = || w.calls.log().iter().filter(|c| *c == "codedeploy:GetDeploymentGroup").count();
     w.calls.clear();
     for _ in 0..3 {
-        let found = engine.bindings_for(&task).await;
+        let found = engine.bindings_for(&task).await.expect("bindings");
         assert_eq!(found.len(), 1, "the event's service is bound once");
     }
     assert_eq!(group_reads(), 1, "a deployment that replaces ten tasks must not read every bound group per event");
     // Another service's event is routed from the same cache.
-    assert!(engine.bindings_for(&Trigger::Task { cluster: "prod".into(), service: "api".into() }).await.is_empty());
+    assert!(engine
+        .bindings_for(&Trigger::Task { cluster: "prod".into(), service: "api".into() })
+        .await
+        .expect("bindings")
+        .is_empty());
     assert_eq!(group_reads(), 1);
     tokio::time::advance(Duration::from_secs(301)).await;
-    assert_eq!(engine.bindings_for(&task).await.len(), 1);
+    assert_eq!(engine.bindings_for(&task).await.expect("bindings").len(), 1);
     assert_eq!(group_reads(), 2, "after five minutes the group is read afresh");
 }
 

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::errors::aws_error;
-use crate::domain::{BindingRecord, DeploymentRecord, FollowerLease};
+use crate::domain::{BindingRecord, DeploymentRecord, FollowerLease, StoredBinding};
 use crate::ports::{Saved, StateStore};
 use crate::{Error, Result};
 
@@ -43,12 +43,14 @@ impl DynamoState {
         let Some(item) = out.item() else {
             return Ok(None);
         };
+        self.decode(&key, item).map(Some)
+    }
+
+    fn decode<T: DeserializeOwned>(&self, key: &str, item: &HashMap<String, AttributeValue>) -> Result<T> {
         let doc = item.get("doc").and_then(|v| v.as_s().ok()).ok_or_else(|| {
             Error::Misconfigured(format!("state item {key} in table {} has no `doc` attribute", self.table))
         })?;
-        serde_json::from_str(doc)
-            .map(Some)
-            .map_err(|source| Error::Decode { what: format!("state item {key}"), source })
+        serde_json::from_str(doc).map_err(|source| Error::Decode { what: format!("state item {key}"), source })
     }
 
     async fn put<T: Serialize>(
@@ -126,6 +128,65 @@ impl StateStore for DynamoState {
     async fn put_follower(&self, lease: &FollowerLease) -> Result<Saved> {
         let key = FollowerLease::key(&lease.application, &lease.deployment_group);
         self.put(key, "follower", lease.version, None, lease).await
+    }
+
+    async fn stored_binding(&self, application: &str, group: &str) -> Result<Option<StoredBinding>> {
+        self.get(StoredBinding::key(application, group)).await
+    }
+
+    /// A Scan filtered on the item kind: the table has no sort key, and holds few items besides deployment
+    /// records (which expire). Read page by page; each page is one read of the table's capacity.
+    async fn stored_bindings(&self) -> Result<Vec<Result<StoredBinding>>> {
+        let mut out = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("#k = :kind")
+                .expression_attribute_names("#k", "kind")
+                .expression_attribute_values(":kind", AttributeValue::S(StoredBinding::KIND.to_string()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| aws_error(SERVICE, "Scan", &format!("table {}", self.table), e))?;
+            for item in page.items() {
+                let key = item.get(PARTITION_KEY).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                out.push(self.decode(&key, item));
+            }
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_stored_binding(&self, stored: &StoredBinding) -> Result<Saved> {
+        let key = StoredBinding::key(&stored.application, &stored.deployment_group);
+        self.put(key, StoredBinding::KIND, stored.version, None, stored).await
+    }
+
+    async fn remove_stored_binding(&self, application: &str, group: &str, version: u64) -> Result<Saved> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, AttributeValue::S(StoredBinding::key(application, group)))
+            .condition_expression("#v = :v")
+            .expression_attribute_names("#v", "version")
+            .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(Saved::Written),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
+                Ok(Saved::Conflict)
+            }
+            Err(e) => Err(aws_error(SERVICE, "DeleteItem", &format!("table {}", self.table), e)),
+        }
     }
 }
 

@@ -12,6 +12,6 @@ pub mod target;
 pub use mirror::{plan_mirror, MirrorPlan, DEFAULT_BATCH};
 pub use pacing::{next_read, sweep_per_run, sweep_slice, Pacing, Progress, TokenBucket, TrafficShift};
 pub use reconcile::{plan_reconcile, Observed, ReconcilePlan};
-pub use record::{BindingRecord, DeploymentRecord, FollowerLease, Phase};
+pub use record::{BindingRecord, DeploymentRecord, FollowerLease, Phase, StoredBinding};
 pub use route::{mirror_route, test_route, Route, RouteStyle, WeightedTargetGroup};
 pub use target::{HealthState, ObservedTarget, Target, TargetKey};

@@ -63,6 +63,10 @@ pub struct DeploymentRecord {
     pub last_message: Option<String>,
     /// DynamoDB TTL (seconds since the epoch).
     pub expires_at: u64,
+    /// The binding this deployment was resolved to, as BeforeAllowTraffic read it: AfterAllowTraffic takes it
+    /// from here so that a stored binding costs its critical path no read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binding: Option<serde_json::Value>,
 }
 
 impl DeploymentRecord {
@@ -97,6 +101,33 @@ pub struct BindingRecord {
 impl BindingRecord {
     pub fn key(application: &str, deployment_group: &str) -> String {
         format!("binding#{application}#{deployment_group}")
+    }
+}
+
+/// A binding kept in the state table, managed with `bluegreen-mirror bindings`: the binding's JSON as applied,
+/// parsed and validated by whoever reads it, so that one bad item fails only its own binding's deployments.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoredBinding {
+    pub application: String,
+    pub deployment_group: String,
+    pub version: u64,
+    pub binding: serde_json::Value,
+    pub updated_at_ms: u64,
+    /// Who applied it (the caller's identity, as the CLI knows it), for the operator reading `bindings list`.
+    pub updated_by: Option<String>,
+}
+
+impl StoredBinding {
+    /// The item kind, and the prefix of every stored binding's key.
+    pub const KIND: &'static str = "config";
+
+    pub fn key(application: &str, deployment_group: &str) -> String {
+        format!("config#{application}#{deployment_group}")
+    }
+
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.application, self.deployment_group)
     }
 }
 

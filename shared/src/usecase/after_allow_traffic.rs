@@ -4,6 +4,8 @@
 //! route is not dark, converge membership and the test route, record. If the private side cannot be made right,
 //! it is put back where it was (by `Hooks::run`, which also covers panics and timeouts) and the hook fails (CodeDeploy then reroutes the public side back too).
 
+use std::borrow::Cow;
+
 use super::{name, now_ms, Engine, Tracker, STATE_READ_BOUND};
 use crate::config::{Binding, RouteRef};
 use crate::domain::{mirror_route, test_route, HealthState, Phase, Route, RouteStyle};
@@ -13,7 +15,7 @@ use crate::{Error, Result};
 
 /// What the flip started from.
 struct Flip<'a> {
-    binding: &'a Binding,
+    binding: Cow<'a, Binding>,
     before: Option<Route>,
     public_production_listener: Option<String>,
     public_test_listener: Option<String>,
@@ -36,7 +38,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             }
         };
         let fast = record.and_then(|rec| {
-            let b = self.config.binding(&rec.application, &rec.deployment_group)?;
+            // The environment form's binding, or the stored one BeforeAllowTraffic carried in the record: no read.
+            let b = if self.config.stored {
+                let b: Binding = serde_json::from_value(rec.binding.clone()?).ok()?;
+                (b.application == rec.application && b.deployment_group == rec.deployment_group)
+                    .then_some(Cow::Owned(b))?
+            } else {
+                Cow::Borrowed(self.config.binding(&rec.application, &rec.deployment_group)?)
+            };
             let planned = rec.planned_private_route.clone()?;
             let privates = b.private_target_groups();
             planned
@@ -56,15 +65,15 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                     public_test_listener: rec.public_test_listener.clone(),
                 };
                 if let Some(before) = &flip.before {
-                    t.undo_with(b.private_production_route.clone(), before.clone());
+                    t.undo_with(flip.binding.private_production_route.clone(), before.clone());
                 }
-                let set = self.lb.set_route(&b.private_production_route, &planned).await;
+                let set = self.lb.set_route(&flip.binding.private_production_route, &planned).await;
                 (flip, set.map(|()| planned))
             }
             None => {
                 let r = self.resolve(deployment_id, t).await?;
                 let b = r.binding;
-                let pre = self.preflight(b, t).await?;
+                let pre = self.preflight(&b, t).await?;
                 let listener = r.facts.production_listeners.first().cloned().ok_or_else(|| {
                     Error::Misconfigured(format!(
                         "deployment group {} has no production listener",
@@ -80,17 +89,17 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                     public_production_listener: Some(listener),
                     public_test_listener: r.facts.test_listeners.first().cloned(),
                 };
-                t.undo_with(b.private_production_route.clone(), pre.production.clone());
+                t.undo_with(flip.binding.private_production_route.clone(), pre.production.clone());
                 let set = if pre.production.same_action(&desired) {
                     Ok(desired)
                 } else {
-                    self.lb.set_route(&b.private_production_route, &desired).await.map(|()| desired)
+                    self.lb.set_route(&flip.binding.private_production_route, &desired).await.map(|()| desired)
                 };
                 (flip, set)
             }
         };
         let flip_at = now_ms();
-        let b = flip.binding;
+        let b: &Binding = &flip.binding;
 
         // From here on a failure (error, panic, timeout) puts the private route back (see `Hooks::run`).
         let flipped = flipped?;
@@ -121,7 +130,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// After the flip: compare with the public truth, correct, read back, and check that no live private target
     /// group is dark while its public mirror is not (I4). Returns the route in place.
     async fn settle(&self, deployment_id: &str, flip: &Flip<'_>, flipped: Route, t: &Tracker) -> Result<Route> {
-        let b = flip.binding;
+        let b: &Binding = &flip.binding;
         let listener = match &flip.public_production_listener {
             Some(l) => l.clone(),
             None => {

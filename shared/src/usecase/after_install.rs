@@ -11,7 +11,7 @@ use crate::Result;
 impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     pub async fn after_install(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
         let r = self.resolve(deployment_id, t).await?;
-        let b = r.binding;
+        let b: &crate::config::Binding = &r.binding;
         let pre = self.preflight_and_state(b, t).await?;
         let g = self.green(&r, t).await?;
 

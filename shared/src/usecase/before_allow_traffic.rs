@@ -11,7 +11,7 @@ use crate::{Error, Result};
 impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     pub async fn before_allow_traffic(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
         let r = self.resolve(deployment_id, t).await?;
-        let b = r.binding;
+        let b: &crate::config::Binding = &r.binding;
         let pre = self.preflight_and_state(b, t).await?;
         let g = self.green(&r, t).await?;
 
@@ -94,6 +94,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             rec.targets_mirrored = healthy;
             rec.private_route_before = Some(production.clone());
             rec.planned_private_route = Some(planned.clone());
+            // A stored binding travels with the deployment, so that AfterAllowTraffic flips without reading it.
+            if self.config.stored {
+                rec.binding = serde_json::to_value(b).ok();
+            }
         })
         .await;
         // Traffic may now move in steps (canary, linear): a follower mirrors each step. Without one, the private

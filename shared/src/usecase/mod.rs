@@ -5,9 +5,11 @@
 mod after_allow_traffic;
 mod after_install;
 mod before_allow_traffic;
+mod bindings;
 mod reconcile;
 
-pub use reconcile::{BindingStatus, PlanSummary, Reconciled, Trigger};
+pub use bindings::BINDING_CACHE_TTL;
+pub use reconcile::{BindingStatus, Concerned, PlanSummary, Reconciled, Trigger};
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -31,13 +33,15 @@ pub struct Engine<L, D, S, F> {
     pub config: Config,
     /// Deployment groups' setup as last read, for routing ECS task events (see `Engine::group_for_task`).
     groups: reconcile::GroupCache,
+    /// Stored bindings as last read (see `Engine::binding_of`).
+    bindings: bindings::BindingCache,
 }
 
 /// A deployment resolved to its binding.
 #[derive(Debug)]
 struct Resolved<'a> {
     facts: DeploymentFacts,
-    binding: &'a Binding,
+    binding: std::borrow::Cow<'a, Binding>,
 }
 
 /// Which pair is green in this deployment.
@@ -80,7 +84,15 @@ fn missing(what: String) -> impl FnOnce(Error) -> Error {
 
 impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     pub fn new(lb: L, deployments: D, state: S, followers: F, config: Config) -> Self {
-        Self { lb, deployments, state, followers, config, groups: reconcile::GroupCache::default() }
+        Self {
+            lb,
+            deployments,
+            state,
+            followers,
+            config,
+            groups: reconcile::GroupCache::default(),
+            bindings: bindings::BindingCache::default(),
+        }
     }
 
     /// Runs the use case of `phase` within its budget. On failure — an error, a panic, the budget running out —
@@ -134,18 +146,12 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 facts.deployment_type
             )));
         }
-        let binding = self.config.binding(&facts.application, &facts.deployment_group).ok_or_else(|| {
-            let known: Vec<String> = self.config.bindings.iter().map(Binding::label).collect();
-            Error::Misconfigured(format!(
-                "no binding for application {:?}, deployment group {:?}: add one to BLUEGREEN_MIRROR_BINDINGS \
-                 (bindings configured: {})",
-                facts.application,
-                facts.deployment_group,
-                known.join(", ")
-            ))
-        })?;
+        let binding = self
+            .binding_of(&facts.application, &facts.deployment_group)
+            .await?
+            .ok_or_else(|| self.no_binding(&facts.application, &facts.deployment_group))?;
         t.binding(binding.label());
-        uses_only_bound_groups(binding, &facts.target_group_names)?;
+        uses_only_bound_groups(&binding, &facts.target_group_names)?;
         for tg in binding.public_target_groups() {
             if !facts.target_group_names.is_empty()
                 && !facts.target_group_names.iter().any(|n| Some(n.as_str()) == arn::target_group_name(tg))
@@ -249,7 +255,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// Which pair is green: CodeDeploy's task-set labels when it lists them, else the public production
     /// listener (the live public target group is blue; the other one is green).
     async fn green(&self, r: &Resolved<'_>, t: &Tracker) -> Result<Green> {
-        let b = r.binding;
+        let b: &Binding = &r.binding;
         let by_task_set = match self.deployments.task_sets(&r.facts.deployment_id).await {
             Ok(sets) => sets.into_iter().find(|s| s.label == TaskSetLabel::Green).and_then(|s| {
                 let public = s.target_group_name.as_deref().and_then(|n| b.public_named(n))?.to_string();
@@ -519,7 +525,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// Makes the private production route mirror the public one (I2) and keeps every private target group of
     /// the binding attached. Returns the private route now in place.
     async fn converge_production(&self, r: &Resolved<'_>, current: &Route, t: &Tracker) -> Result<Route> {
-        let b = r.binding;
+        let b: &Binding = &r.binding;
         let Some(listener) = r.facts.production_listeners.first() else {
             return Ok(current.clone());
         };

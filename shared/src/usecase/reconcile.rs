@@ -8,6 +8,7 @@
 //! route it read, then re-reads it after writing and goes round again if it moved meanwhile, so the last write
 //! always mirrors a public state read after it.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -295,9 +296,11 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// listener is read at the pace the deployment's configuration calls for ([`crate::domain::pacing`]): fast
     /// around the moments CodeDeploy will move the weights, slowly between them.
     pub async fn follow(&self, req: &FollowRequest, owner: &str, budget: Budget, t: &Tracker) -> Result<()> {
-        let b = self.config.binding(&req.application, &req.deployment_group).ok_or_else(|| {
-            Error::Misconfigured(format!("no binding for {}/{}", req.application, req.deployment_group))
-        })?;
+        let b = self
+            .binding_of(&req.application, &req.deployment_group)
+            .await?
+            .ok_or_else(|| self.no_binding(&req.application, &req.deployment_group))?;
+        let b: &Binding = &b;
         // BeforeAllowTraffic hands over what it knows, so that the first read comes before the first move; the
         // deployment group is read only when a full reconcile needs it.
         let mut group = None::<DeploymentGroupFacts>;
@@ -609,9 +612,11 @@ pub enum Trigger {
 }
 
 impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
-    /// The bindings a trigger concerns. Bindings whose deployment group cannot be read are returned as errors.
-    pub async fn bindings_for(&self, trigger: &Trigger) -> Vec<(&Binding, Result<DeploymentGroupFacts>)> {
-        let candidates: Vec<&Binding> = match trigger {
+    /// The bindings a trigger concerns, each labelled `application/group`, with its deployment group's setup; a
+    /// binding that cannot be used (a stored one that does not validate, a deployment group that cannot be read)
+    /// is returned as its error, so that it fails alone. The error outside is the stored list being unreadable.
+    pub async fn bindings_for(&self, trigger: &Trigger) -> Result<Vec<Concerned<'_>>> {
+        let candidates: Vec<(String, Result<Cow<'_, Binding>>)> = match trigger {
             Trigger::Follow(_) => Vec::new(),
             // START and READY change nothing on the public side; the end of a deployment (SUCCESS) and a
             // rollback (FAILURE, STOP) do.
@@ -619,24 +624,38 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 Vec::new()
             }
             Trigger::Deployment { application, deployment_group, .. } => {
-                self.config.binding(application, deployment_group).into_iter().collect()
+                match self.binding_of(application, deployment_group).await {
+                    Ok(found) => found.map(|b| (b.label(), Ok(b))).into_iter().collect(),
+                    Err(e) => vec![(format!("{application}/{deployment_group}"), Err(e))],
+                }
             }
-            Trigger::Task { .. } => self.config.bindings.iter().collect(),
+            Trigger::Task { .. } => self.every_binding().await?,
             Trigger::Schedule { at } => {
+                let all = self.every_binding().await?;
                 let per_run = crate::domain::sweep_per_run(self.config.elb_reads_per_s, self.config.schedule);
                 let slot = at / self.config.schedule.as_secs().max(1);
-                let slice = crate::domain::sweep_slice(self.config.bindings.len(), per_run, slot);
-                self.config.bindings[slice].iter().collect()
+                let slice = crate::domain::sweep_slice(all.len(), per_run, slot);
+                all.into_iter().skip(slice.start).take(slice.len()).collect()
             }
         };
         let mut out = Vec::new();
-        for b in candidates {
+        for (label, b) in candidates {
+            let b = match b {
+                Ok(b) => b,
+                Err(e) => {
+                    // An ECS task event concerns one service: a broken binding elsewhere is the schedule's to report.
+                    if !matches!(trigger, Trigger::Task { .. }) {
+                        out.push((label, Err(e)));
+                    }
+                    continue;
+                }
+            };
             let group = match trigger {
-                Trigger::Task { .. } => self.group_for_task(b).await,
+                Trigger::Task { .. } => self.group_for_task(&b).await,
                 _ => {
-                    let fresh = self.group(b).await;
+                    let fresh = self.group(&b).await;
                     if let Ok(facts) = &fresh {
-                        self.groups.put(b, facts);
+                        self.groups.put(&b, facts);
                     }
                     fresh
                 }
@@ -648,12 +667,15 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 _ => true,
             };
             if wanted {
-                out.push((b, group));
+                out.push((label, group.map(|g| (b, g))));
             }
         }
-        out
+        Ok(out)
     }
 }
+
+/// A binding a trigger concerns: its label, and the binding with its deployment group's setup or why not.
+pub type Concerned<'a> = (String, Result<(Cow<'a, Binding>, DeploymentGroupFacts)>);
 
 /// What a reconcile would change, in words (for operators and `--dry-run`).
 #[derive(Debug, Clone, Default, Serialize)]

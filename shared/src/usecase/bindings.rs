@@ -1,0 +1,110 @@
+//! Where the engine finds bindings: the environment form (`BLUEGREEN_MIRROR_BINDINGS`, read at cold start) or the
+//! state table (`bluegreen-mirror bindings apply`). A function reads only what it needs: a hook the one binding
+//! of its deployment group (one GetItem, kept for [`BINDING_CACHE_TTL`]), the schedule and ECS task events the
+//! whole list. A stored binding that does not parse or validate fails its own binding, never the others.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Engine;
+use crate::config::Binding;
+use crate::ports::{Deployments, Followers, LoadBalancers, StateStore};
+use crate::{Error, Result};
+
+/// How long a stored binding read by a function is trusted. An operator's `bindings apply` reaches every warm
+/// function within this time; a deployment's hooks, minutes apart, mostly read it afresh.
+pub const BINDING_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// A binding as read at a moment; `None` remembers that there is none.
+type Read = (Instant, Option<Binding>);
+
+/// Stored bindings as last read, per `(application, group)`.
+#[derive(Debug, Default)]
+pub(crate) struct BindingCache(std::sync::Mutex<HashMap<(String, String), Read>>);
+
+impl BindingCache {
+    fn get(&self, application: &str, group: &str) -> Option<Option<Binding>> {
+        let map = self.0.lock().ok()?;
+        let (at, b) = map.get(&(application.to_string(), group.to_string()))?;
+        (at.elapsed() < BINDING_CACHE_TTL).then(|| b.clone())
+    }
+
+    fn put(&self, application: &str, group: &str, b: Option<&Binding>) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert((application.to_string(), group.to_string()), (Instant::now(), b.cloned()));
+        }
+    }
+}
+
+impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+    /// The binding of a deployment group, or `None` when there is none. A stored binding that cannot be used is
+    /// an error that says what to fix.
+    pub async fn binding_of(&self, application: &str, group: &str) -> Result<Option<Cow<'_, Binding>>> {
+        if !self.config.stored {
+            if let Some(b) = self.config.binding(application, group) {
+                return Ok(Some(Cow::Borrowed(b)));
+            }
+            // Not in the environment: say so if the operator stored it instead (a miss costs one read).
+            return match self.state.stored_binding(application, group).await {
+                Ok(Some(_)) => Err(Error::Misconfigured(format!(
+                    "binding {application}/{group} is stored in the table {}, but this installation reads its \
+                     bindings from BLUEGREEN_MIRROR_BINDINGS: use one form, not both (remove the variable from \
+                     the functions to use the stored bindings, or `bluegreen-mirror bindings remove` the stored one)",
+                    self.config.table
+                ))),
+                _ => Ok(None),
+            };
+        }
+        if let Some(cached) = self.bindings.get(application, group) {
+            return Ok(cached.map(Cow::Owned));
+        }
+        let stored = self.state.stored_binding(application, group).await?;
+        let b = stored.as_ref().map(Binding::from_stored).transpose()?;
+        self.bindings.put(application, group, b.as_ref());
+        Ok(b.map(Cow::Owned))
+    }
+
+    /// Every binding, each one usable or the reason it is not (labelled `application/group`).
+    pub async fn every_binding(&self) -> Result<Vec<(String, Result<Cow<'_, Binding>>)>> {
+        if !self.config.stored {
+            return Ok(self.config.bindings.iter().map(|b| (b.label(), Ok(Cow::Borrowed(b)))).collect());
+        }
+        let mut out: Vec<(String, Result<Cow<'_, Binding>>)> = Vec::new();
+        for item in self.state.stored_bindings().await? {
+            match item {
+                Ok(stored) => {
+                    let b = Binding::from_stored(&stored);
+                    if let Ok(b) = &b {
+                        self.bindings.put(&stored.application, &stored.deployment_group, Some(b));
+                    }
+                    out.push((stored.label(), b.map(Cow::Owned)));
+                }
+                Err(e) => out.push(("(undecodable item)".to_string(), Err(e))),
+            }
+        }
+        // The order the sweep slices by: stable whatever order the table's pages come in.
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// What to tell an operator whose deployment group has no binding.
+    pub(crate) fn no_binding(&self, application: &str, group: &str) -> Error {
+        if self.config.stored {
+            Error::Misconfigured(format!(
+                "no binding for application {application:?}, deployment group {group:?}: store one with \
+                 `bluegreen-mirror bindings apply FILE` (table {})",
+                self.config.table
+            ))
+        } else {
+            let known: Vec<String> = self.config.bindings.iter().map(Binding::label).collect();
+            Error::Misconfigured(format!(
+                "no binding for application {application:?}, deployment group {group:?}: add one to \
+                 BLUEGREEN_MIRROR_BINDINGS (bindings configured: {})",
+                known.join(", ")
+            ))
+        }
+    }
+}

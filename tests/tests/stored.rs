@@ -1,0 +1,90 @@
+//! Bindings stored in the state table: a deployment served from them with the flip's critical path unchanged,
+//! a bad stored binding failing only its own binding with what to fix, and the two forms never mixed.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use bluegreen_mirror::domain::{Phase, Route, RouteStyle, StoredBinding};
+use bluegreen_mirror::ports::HookStatus;
+use bluegreen_mirror::usecase::Trigger;
+use bluegreen_mirror_tests::{World, APP, DEPLOYMENT, GROUP};
+
+#[tokio::test(start_paused = true)]
+async fn a_stored_binding_serves_a_whole_deployment_and_costs_the_flip_no_read() {
+    let w = World::stored();
+    let a = &w.arns;
+    assert!(w.config.bindings.is_empty(), "nothing in the environment");
+    w.install_green();
+    let ai = w.invoke(Phase::AfterInstall, "exec-ai").await;
+    assert_eq!(ai.status, HookStatus::Succeeded, "{:?}", ai.message);
+    w.allow_test_traffic();
+    let bat = w.invoke(Phase::BeforeAllowTraffic, "exec-bat").await;
+    assert_eq!(bat.status, HookStatus::Succeeded, "{:?}", bat.message);
+    let carried = w.state.record(DEPLOYMENT).and_then(|r| r.binding).expect("the binding travels with the record");
+    assert_eq!(carried["deployment_group"], GROUP);
+    w.allow_traffic();
+    w.calls.clear();
+    let aat = w.invoke(Phase::AfterAllowTraffic, "exec-aat").await;
+    assert_eq!(aat.status, HookStatus::Succeeded, "{:?}", aat.message);
+    assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_green, &[&a.prv_blue], RouteStyle::Weighted));
+    let log = w.calls.log();
+    let flip = log.iter().position(|c| c == "elb:ModifyListener").expect("a ModifyListener");
+    assert_eq!(&log[..=flip], ["dynamodb:GetItem", "elb:ModifyListener"], "one read, then the flip");
+    assert!(w.elb.dark_moments().is_empty(), "{:?}", w.elb.dark_moments());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_stored_binding_fails_its_deployment_with_the_fix_and_changes_nothing() {
+    let w = World::stored();
+    let a = &w.arns;
+    let mut bad = w.state.stored_binding_of(APP, GROUP).expect("stored");
+    bad.binding["pairs"] = serde_json::json!([]);
+    bad.binding["colour"] = serde_json::json!("blue");
+    w.state.store_raw(&StoredBinding::key(APP, GROUP), Ok(bad));
+    w.install_green();
+    let before = w.elb.route_of(&a.prv_prod);
+    let ai = w.invoke(Phase::AfterInstall, "exec-ai").await;
+    assert_eq!(ai.status, HookStatus::Failed);
+    let message = ai.message.unwrap_or_default();
+    assert!(message.contains("the stored binding web/web-bg is not valid"), "{message}");
+    assert!(message.contains("bluegreen-mirror bindings apply"), "{message}");
+    assert!(w.elb.members(&a.prv_green).is_empty(), "nothing registered");
+    assert_eq!(w.elb.route_of(&a.prv_prod), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_schedule_checks_the_good_stored_bindings_and_reports_the_bad_ones_alone() {
+    let w = World::stored();
+    let mut broken = w.state.stored_binding_of(APP, GROUP).expect("stored");
+    broken.deployment_group = "api-bg".into();
+    // Stored under api-bg but naming web-bg: refused, as a copy-paste slip would be.
+    w.state.store_raw(&StoredBinding::key(APP, "api-bg"), Ok(broken));
+    w.state.store_raw(&StoredBinding::key(APP, "zz-bg"), Err("state item config#web#zz-bg has no `doc`".into()));
+    let engine = w.hooks();
+    let found = engine.bindings_for(&Trigger::Schedule { at: 0 }).await.expect("the list is readable");
+    let good: Vec<&str> = found.iter().filter(|(_, f)| f.is_ok()).map(|(l, _)| l.as_str()).collect();
+    assert_eq!(good, ["web/web-bg"]);
+    let bad: Vec<String> = found.iter().filter_map(|(l, f)| f.as_ref().err().map(|e| format!("{l}: {e}"))).collect();
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert!(
+        bad.iter().any(|m| m.contains("web/api-bg") && m.contains("it is stored under web/api-bg but names")),
+        "{bad:?}"
+    );
+    // An ECS task event concerns one service: the broken ones are the schedule's to report.
+    let task = engine.bindings_for(&Trigger::Task { cluster: "prod".into(), service: "web".into() }).await.unwrap();
+    assert_eq!(task.len(), 1);
+    assert!(task[0].1.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_binding_stored_beside_the_environment_form_is_refused_with_what_to_do() {
+    let w = World::new();
+    let mut other = w.config.bindings[0].clone();
+    other.deployment_group = "other".into();
+    w.state.store_binding(&other);
+    w.codedeploy.edit(DEPLOYMENT, |f| f.deployment_group = "other".into());
+    w.install_green();
+    let ai = w.invoke(Phase::AfterInstall, "exec-ai").await;
+    assert_eq!(ai.status, HookStatus::Failed);
+    let message = ai.message.unwrap_or_default();
+    assert!(message.contains("is stored in the table") && message.contains("use one form, not both"), "{message}");
+}

@@ -57,7 +57,7 @@ type AwsEngine = Engine<
 /// Cold start, shared by every function: logging, the configuration (a bad one stops the function here), the
 /// clients.
 /// `paced_reads`: the function's ELB reads go through a per-process bucket (see `Elb::with_paced_reads`); every
-/// function paces them (the operator CLI does not).
+/// function paces them, and so does the operator CLI.
 async fn cold_start(paced_reads: bool) -> Result<(AwsEngine, bluegreen_mirror::aws::CodeDeploy), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;

@@ -147,6 +147,8 @@ class Fleet:
         # The template gives the reconciler Lambda's longest timeout; the single scenarios shorten it to force a
         # follower hand-over, which the fleet does not need to prove again.
         m.reconciler_timeout_s = 60.0
+        # One installation for the whole fleet: its bindings would not fit in Lambda's 4 KB environment.
+        m.apply_bindings()
         m.start_host()
         deploying = self.services[:self.d]
         for svc in self.services:

@@ -29,6 +29,31 @@ class QuietServer(ThreadingHTTPServer):
 import procs
 
 
+# Lambda caps the environment variables a function is configured with at 4 KB in aggregate ("Lambda quotas":
+# "Environment variables: 4 KB, for all environment variables associated with the function, in aggregate"),
+# measured on the variables as a JSON object; the runtime's own (AWS_*, PATH, LAMBDA_*) do not count.
+ENV_LIMIT_BYTES = 4096
+
+
+class EnvironmentTooLarge(ValueError):
+    """What Lambda answers CreateFunction/UpdateFunctionConfiguration with when the environment is too large."""
+
+
+def configured_env_bytes(env: dict) -> int:
+    """The size Lambda measures: the variables the function's configuration sets, as a JSON object."""
+    mine = {k: v for k, v in env.items() if not k.startswith(("AWS_", "LAMBDA_", "_")) and k not in ("PATH", "TZ")}
+    return len(json.dumps(mine, separators=(",", ":")).encode())
+
+
+def check_env(function: str, env: dict):
+    size = configured_env_bytes(env)
+    if size > ENV_LIMIT_BYTES:
+        raise EnvironmentTooLarge(
+            f"InvalidParameterValueException: Lambda was unable to configure your environment variables because the "
+            f"environment variables you have provided exceeded the 4KB limit (function {function}: {size} bytes "
+            f"measured)")
+
+
 # Lambda's waits before the second and the third attempt of an asynchronous invocation (1 and 2 minutes on AWS).
 RETRY_DELAYS_S = (0.2, 0.4)
 
@@ -130,6 +155,9 @@ class LambdaHost:
     configuration); `functions` maps a function name to its binary."""
 
     def __init__(self, functions: dict, env: dict, log_dir: str, timeouts: dict):
+        # Refused as Lambda refuses to configure such a function: before anything runs.
+        for f in functions:
+            check_env(f, env)
         self.functions = functions
         self.env = env
         self.log_dir = log_dir

@@ -183,6 +183,8 @@ class Rehearsal:
         self.reconciler_timeout_s = RECONCILER_TIMEOUT_S
         # The installation's ELB read budget the functions are told (None: their default, 2 a second).
         self.elb_reads_per_s = None
+        # The bindings in the state table (`bluegreen-mirror bindings apply`) rather than the environment.
+        self.stored_bindings = False
 
     # --- the emulated account --------------------------------------------------------------------------------
     def start_moto(self):
@@ -682,6 +684,31 @@ class Rehearsal:
         return sum(1 for _, who, _, op in self.world.calls
                    if who.startswith("AKID") and who != RECONCILER_KEY and op in ops)
 
+    def apply_bindings(self):
+        """Stores the bindings as an operator would: `bluegreen-mirror bindings apply`, which checks each one
+        against the account first. Its ELB reads are paced (6 a second here, set for the run) so that applying a
+        fleet's bindings does not drain the account's bucket."""
+        bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
+        path = os.path.join(self.run_dir, "bindings.json")
+        with open(path, "w") as f:
+            json.dump(self.bindings, f, indent=2)
+        env = {"PATH": os.environ.get("PATH", ""), "AWS_REGION": REGION, "AWS_ACCESS_KEY_ID": "AKIDOPERATOR",
+               "AWS_SECRET_ACCESS_KEY": "operator", "AWS_ENDPOINT_URL": self.endpoint,
+               "AWS_EC2_METADATA_DISABLED": "true", "BLUEGREEN_MIRROR_TABLE": self.table,
+               "BLUEGREEN_MIRROR_ELB_READS_PER_S": "6", "USER": "rehearsal"}
+        p = procs.subprocess.run([os.path.join(bin_dir, "bluegreen-mirror"), "bindings", "apply", path, "--json"],
+                                 env=env, capture_output=True, timeout=600)
+        try:
+            out = json.loads(p.stdout)
+        except ValueError:
+            out = {}
+        if p.returncode != 0 or not out.get("ok"):
+            raise RuntimeError(f"bluegreen-mirror bindings apply failed ({p.returncode}): "
+                               f"{p.stdout.decode()[-2000:]} {p.stderr.decode()[-2000:]}")
+        self.stored_bindings = True
+        self.log("operator", f"bluegreen-mirror bindings apply: {out.get('written')} bindings checked and stored "
+                             f"in {self.table}")
+
     def start_host(self):
         """The functions behind the local Lambda Runtime API, configured as the SAM template configures them."""
         bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
@@ -695,7 +722,6 @@ class Rehearsal:
             "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION, "AWS_SECRET_ACCESS_KEY": "rehearsal",
             "AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
             "BLUEGREEN_MIRROR_TABLE": self.spec.get("table", self.table),
-            "BLUEGREEN_MIRROR_BINDINGS": json.dumps(self.bindings),
             "BLUEGREEN_MIRROR_POLL_MS": str(self.poll_ms), "AWS_LAMBDA_LOG_LEVEL": "info",
             "BLUEGREEN_MIRROR_MINUTE_MS": str(round(self.minute_s * 1000)),
             "BLUEGREEN_MIRROR_SCHEDULE_S": str(round(self.schedule_s)),
@@ -703,6 +729,8 @@ class Rehearsal:
         }
         if self.elb_reads_per_s is not None:
             env["BLUEGREEN_MIRROR_ELB_READS_PER_S"] = f"{self.elb_reads_per_s:g}"
+        if not self.stored_bindings:
+            env["BLUEGREEN_MIRROR_BINDINGS"] = json.dumps(self.bindings)
         timeouts = {f: HOOK_TIMEOUT_S for f in functions}
         timeouts["reconciler"] = self.reconciler_timeout_s
         self.host = LambdaHost(functions, env, self.run_dir, timeouts)

@@ -1,6 +1,8 @@
 """The operator CLI against moto (behind the rehearsal's emulated AWS): `status` sees the private side out of
 sync, `reconcile --dry-run` shows the change without making it, `reconcile` makes it, `status` then sees I1–I3
-hold, `check` passes; and `check` names what to fix for a missing target group and a port mismatch.
+hold, `check` passes; and `check` names what to fix for a missing target group and a port mismatch. Then the
+stored bindings: `bindings apply` (dry run, first write, no change, a change, a refused binding, a conflict with
+another), `bindings list`, `status` reading them, `bindings remove`.
 
     python test_cli.py BIN_DIR
 """
@@ -33,11 +35,12 @@ def main():
         ips = ["127.0.1.1", "127.0.1.2", "127.0.1.3"]
         r.register(r.tgs["pub-blue"], ips, events=False)
 
-        def cli(*args, bindings=None, table=None):
+        def cli(*args, bindings=None, table=None, stored=False):
             env = {"PATH": os.environ.get("PATH", ""), "AWS_REGION": rehearse.REGION, "AWS_ACCESS_KEY_ID": "AKIDCLI",
                    "AWS_SECRET_ACCESS_KEY": "x", "AWS_ENDPOINT_URL": r.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
-                   "BLUEGREEN_MIRROR_TABLE": table or r.table,
-                   "BLUEGREEN_MIRROR_BINDINGS": json.dumps(bindings or r.bindings)}
+                   "BLUEGREEN_MIRROR_TABLE": table or r.table, "USER": "operator"}
+            if not stored:
+                env["BLUEGREEN_MIRROR_BINDINGS"] = json.dumps(bindings or r.bindings)
             p = subprocess.run([os.path.join(bin_dir, "bluegreen-mirror"), *args], env=env, capture_output=True,
                                timeout=60)
             return p.returncode, p.stdout.decode(), p.stderr.decode()
@@ -90,11 +93,66 @@ def main():
 
         code, _, err = cli("frobnicate")
         expect("a usage error exits 2", code == 2 and "usage" in err, err)
+
+        stored_bindings(r, cli, expect)
     finally:
         procs.kill_all()
     failed = results.count(False)
     print(f"cli: {len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def stored_bindings(r, cli, expect):
+    """`bindings apply|list|remove` against the state table, and the functions' commands reading from it."""
+    def write(name, doc):
+        path = os.path.join(r.run_dir, name)
+        with open(path, "w") as f:
+            json.dump(doc, f)
+        return path
+
+    def listed():
+        code, out, _ = cli("bindings", "list", "--json", stored=True)
+        return {b["binding"]: b for b in json.loads(out)["bindings"]} if code == 0 else None
+
+    good = write("bindings.json", r.bindings)
+    code, _, err = cli("bindings", "list")
+    expect("bindings refuses an installation configured by environment", code == 2
+           and "reads its bindings from BLUEGREEN_MIRROR_BINDINGS" in err, err)
+
+    code, out, _ = cli("bindings", "apply", good, "--dry-run", stored=True)
+    expect("apply --dry-run shows the addition and writes nothing", code == 0 and "add" in out and listed() == {}, out)
+    code, out, _ = cli("bindings", "apply", good, stored=True)
+    rows = listed()
+    expect("apply checks and stores the binding", code == 0 and "1 written" in out
+           and rows.get("web/web-bg", {}).get("version") == 1 and rows["web/web-bg"]["usable"], out)
+    code, out, _ = cli("bindings", "apply", good, stored=True)
+    expect("applying the same file again changes nothing", code == 0 and "unchanged" in out and "0 written" in out, out)
+
+    changed = json.loads(json.dumps(r.bindings))
+    changed["bindings"][0]["health_timeout_seconds"] = 120
+    code, out, _ = cli("bindings", "apply", write("changed.json", changed), stored=True)
+    expect("a changed binding is written under the next version", code == 0 and "change" in out
+           and listed()["web/web-bg"]["version"] == 2, out)
+
+    broken = json.loads(json.dumps(r.bindings))
+    broken["bindings"][0]["pairs"][1]["private_target_group"] = r.tgs["prv-green"].replace("/prv-green/", "/gone/")
+    code, out, _ = cli("bindings", "apply", write("broken.json", broken), stored=True)
+    expect("a binding that fails its check is refused and nothing is written",
+           code == 1 and "REFUSED" in out and "does not exist" in out and listed()["web/web-bg"]["version"] == 2, out)
+
+    twin = json.loads(json.dumps(r.bindings))
+    twin["bindings"][0]["deployment_group"] = "web-bg-twin"
+    code, out, _ = cli("bindings", "apply", write("twin.json", twin), stored=True)
+    expect("a binding that claims another's private target groups is refused",
+           code == 1 and "conflicts with the stored bindings" in out and "web/web-bg-twin" not in listed(), out)
+
+    code, out, _ = cli("status", stored=True)
+    expect("status reads the stored bindings", code == 0 and "web/web-bg" in out and "in sync" in out, out)
+
+    code, out, _ = cli("bindings", "remove", "web", "web-bg", stored=True)
+    expect("remove removes the stored binding", code == 0 and listed() == {}, out)
+    code, out, _ = cli("bindings", "remove", "web", "web-bg", stored=True)
+    expect("removing it again says there is none", code == 1 and "no stored binding web/web-bg" in out, out)
 
 
 if __name__ == "__main__":

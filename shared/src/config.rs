@@ -18,6 +18,10 @@ pub const ENV_ELB_READS_PER_S: &str = "BLUEGREEN_MIRROR_ELB_READS_PER_S";
 pub const ENV_SCHEDULE_S: &str = "BLUEGREEN_MIRROR_SCHEDULE_S";
 pub const ENV_MINUTE_MS: &str = "BLUEGREEN_MIRROR_MINUTE_MS";
 
+/// The tag (value `true`) the fleet installation's roles require on every private target group, listener and
+/// rule they change (`infra/fleet.yaml`); `check` and `bindings apply` verify it on stored bindings.
+pub const MANAGED_TAG: &str = "bluegreen-mirror:managed";
+
 /// The installation's share of the account's ELB `Describe*` budget (10 per second refilled, for everything in
 /// the account), averaged over all functions.
 const DEFAULT_ELB_READS_PER_S: f64 = 2.0;

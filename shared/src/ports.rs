@@ -41,6 +41,11 @@ pub trait LoadBalancers: Send + Sync {
     fn route(&self, route: &RouteRef) -> impl Future<Output = Result<Route>> + Send;
     /// Replaces the forward action of a listener's default action or of a rule.
     fn set_route(&self, route: &RouteRef, to: &Route) -> impl Future<Output = Result<()>> + Send;
+    /// The tags of target groups, listeners and rules, by ARN (`DescribeTags`, 20 ARNs a call).
+    fn tags(
+        &self,
+        arns: &[&str],
+    ) -> impl Future<Output = Result<std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>>> + Send;
 }
 
 /// Blue or green, as CodeDeploy labels an ECS task set.

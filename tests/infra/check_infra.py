@@ -148,6 +148,8 @@ def main():
         check(arn.endswith(f"-{suffix}"), f"appspec {event} does not name the {suffix} function")
     check(appspec["Resources"][0]["TargetService"]["Type"] == "AWS::ECS::Service", "appspec target is not an ECS service")
 
+    check_fleet(consts)
+
     # The private side's outputs are exactly what template.yaml takes.
     private = load("infra/private-side.yaml")
     for out in private["Outputs"]:
@@ -161,6 +163,37 @@ def main():
         return 1
     print("infra: template, environment, bindings and appspec match the code")
     return 0
+
+
+# The tag the fleet stack's roles require on every private resource they change; `check` and `bindings apply`
+# verify it (MANAGED_TAG in the code).
+MANAGED_TAG = "bluegreen-mirror:managed"
+
+
+def check_fleet(consts):
+    """fleet.yaml: the same functions and binaries, no bindings in the environment (they are stored), every
+    mutating ELB action allowed only on resources carrying the managed tag, and the tag the code checks."""
+    t = load("infra/fleet.yaml")
+    functions = {k: v for k, v in t["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
+    uris = {f["Properties"]["CodeUri"].rstrip("/").split("/")[-1] for f in functions.values()}
+    check(uris == cargo_bins(), f"fleet.yaml functions {sorted(uris)} != binaries {sorted(cargo_bins())}")
+    env = t["Globals"]["Function"]["Environment"]["Variables"]
+    check(set(env) <= set(consts.values()), f"fleet.yaml sets {sorted(set(env) - set(consts.values()))}, unknown to config.rs")
+    check(consts["ENV_BINDINGS"] not in env, "fleet.yaml must not set the bindings: they are stored in the table")
+    with open(os.path.join(ROOT, "shared", "src", "config.rs")) as f:
+        check(f'MANAGED_TAG: &str = "{MANAGED_TAG}"' in f.read(), f"config.rs does not name the tag {MANAGED_TAG}")
+    for name, f in functions.items():
+        for st in f["Properties"]["Policies"][0]["Statement"]:
+            actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+            mutating = [a for a in actions if a.startswith("elasticloadbalancing:") and not a.split(":")[1].startswith("Describe")]
+            if mutating:
+                cond = st.get("Condition", {}).get("StringEquals", {})
+                check(cond.get(f"aws:ResourceTag/{MANAGED_TAG}") == "true",
+                      f"fleet.yaml {name} {st['Sid']}: {mutating} not limited to resources tagged {MANAGED_TAG}=true")
+        if name == "ReconcilerFunction":
+            actions = {a for st in f["Properties"]["Policies"][0]["Statement"] for a in st["Action"]}
+            check("dynamodb:Scan" in actions, "fleet.yaml: the reconciler cannot list the stored bindings (dynamodb:Scan)")
+            check("codedeploy:GetDeploymentConfig" in actions, "fleet.yaml: the follower cannot read deployment configs")
 
 
 if __name__ == "__main__":

@@ -105,6 +105,9 @@ class Fleet:
                 "health_timeout_seconds": 30,
             })
         m.bindings = {"bindings": bindings}
+        # The fleet installation may change only private resources carrying its tag.
+        m.tag_managed([tg for svc in self.services for k, tg in svc.tgs.items() if k.startswith("prv")]
+                      + [svc.listeners[k] for svc in self.services for k in ("private-prod", "private-test")])
         m.tgs = {k: v for s in self.services for k, v in s.tgs.items()}
         self.log("setup", f"provisioned {self.n} services: a public ALB and two target groups each, one shared "
                           f"internal ALB with a production and a test rule per service, the table; "

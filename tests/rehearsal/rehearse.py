@@ -684,6 +684,12 @@ class Rehearsal:
         return sum(1 for _, who, _, op in self.world.calls
                    if who.startswith("AKID") and who != RECONCILER_KEY and op in ops)
 
+    def tag_managed(self, arns):
+        """Tags private resources bluegreen-mirror:managed=true, as the fleet installation's roles require."""
+        elb = self.client("elbv2", self.moto_url, "PROVISION")
+        for arn in arns:
+            elb.add_tags(ResourceArns=[arn], Tags=[{"Key": "bluegreen-mirror:managed", "Value": "true"}])
+
     def apply_bindings(self):
         """Stores the bindings as an operator would: `bluegreen-mirror bindings apply`, which checks each one
         against the account first. Its ELB reads are paced (6 a second here, set for the run) so that applying a

@@ -119,6 +119,14 @@ def stored_bindings(r, cli, expect):
     expect("bindings refuses an installation configured by environment", code == 2
            and "reads its bindings from BLUEGREEN_MIRROR_BINDINGS" in err, err)
 
+    code, out, _ = cli("bindings", "apply", good, stored=True)
+    expect("apply refuses private resources without the managed tag, naming the command that tags them",
+           code == 1 and "not tagged bluegreen-mirror:managed=true" in out and "aws elbv2 add-tags" in out
+           and listed() == {}, out)
+    b = r.bindings["bindings"][0]
+    r.tag_managed([p["private_target_group"] for p in b["pairs"]] + list(b["private_production_route"].values())
+                  + list(b.get("private_test_route", {}).values()))
+
     code, out, _ = cli("bindings", "apply", good, "--dry-run", stored=True)
     expect("apply --dry-run shows the addition and writes nothing", code == 0 and "add" in out and listed() == {}, out)
     code, out, _ = cli("bindings", "apply", good, stored=True)

@@ -125,6 +125,8 @@ struct ElbState {
     /// Route changes that left a private route forwarding only to groups with no healthy target.
     dark: Vec<String>,
     private_routes: BTreeSet<String>,
+    /// Resource ARN → tags.
+    tags: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// ELB held in memory. Registration makes a target healthy at once (or unhealthy where unreachable);
@@ -138,6 +140,10 @@ pub struct FakeElb {
 impl FakeElb {
     fn s(&self) -> MutexGuard<'_, ElbState> {
         self.state.lock().unwrap()
+    }
+
+    pub fn tag(&self, arn: &str, key: &str, value: &str) {
+        self.s().tags.entry(arn.to_string()).or_default().insert(key.to_string(), value.to_string());
     }
 
     pub fn members(&self, tg: &str) -> Vec<String> {
@@ -293,6 +299,12 @@ impl LoadBalancers for FakeElb {
         s.routes.insert(route.arn().to_string(), to.clone());
         s.route_log.push((route.arn().to_string(), to.clone(), tokio::time::Instant::now()));
         Ok(())
+    }
+
+    async fn tags(&self, arns: &[&str]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+        self.calls.enter("elb:DescribeTags")?;
+        let s = self.s();
+        Ok(arns.iter().map(|a| (a.to_string(), s.tags.get(*a).cloned().unwrap_or_default())).collect())
     }
 }
 

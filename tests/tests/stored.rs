@@ -88,3 +88,31 @@ async fn a_binding_stored_beside_the_environment_form_is_refused_with_what_to_do
     let message = ai.message.unwrap_or_default();
     assert!(message.contains("is stored in the table") && message.contains("use one form, not both"), "{message}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn check_requires_the_managed_tag_on_every_private_resource_of_a_stored_binding() {
+    let w = World::stored();
+    let a = &w.arns;
+    let engine = w.hooks();
+    let b = engine.binding_of(APP, GROUP).await.unwrap().expect("stored").into_owned();
+    let group = engine.group(&b).await.unwrap();
+    let t = bluegreen_mirror::harness::Tracker::default();
+    let err = engine.check(&b, &group, &t).await.expect_err("untagged resources are refused").to_string();
+    for arn in [&a.prv_blue, &a.prv_green, &a.prv_prod, &a.prv_test] {
+        assert!(err.contains(arn.as_str()), "{arn} not named in: {err}");
+    }
+    assert!(err.contains("aws elbv2 add-tags") && err.contains("bluegreen-mirror:managed"), "{err}");
+    for arn in [&a.prv_blue, &a.prv_green, &a.prv_prod] {
+        w.elb.tag(arn, "bluegreen-mirror:managed", "true");
+    }
+    let err = engine.check(&b, &group, &t).await.expect_err("one left").to_string();
+    assert!(err.contains(a.prv_test.as_str()) && !err.contains(a.prv_blue.as_str()), "{err}");
+    w.elb.tag(&a.prv_test, "bluegreen-mirror:managed", "true");
+    engine.check(&b, &group, &t).await.expect("all tagged");
+    // The environment form's installation names every ARN in its role instead: no tag required.
+    let env = World::new();
+    let engine = env.hooks();
+    let b = env.config.bindings[0].clone();
+    let group = engine.group(&b).await.unwrap();
+    engine.check(&b, &group, &t).await.expect("no tag needed");
+}

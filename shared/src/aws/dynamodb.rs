@@ -192,8 +192,10 @@ impl StateStore for DynamoState {
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_dynamodb::operation::delete_item::{DeleteItemError, DeleteItemOutput};
     use aws_sdk_dynamodb::operation::get_item::GetItemOutput;
     use aws_sdk_dynamodb::operation::put_item::{PutItemError, PutItemOutput};
+    use aws_sdk_dynamodb::operation::scan::ScanOutput;
     use aws_sdk_dynamodb::types::error::ConditionalCheckFailedException;
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
 
@@ -256,5 +258,65 @@ mod tests {
         assert_eq!(db.deployment("d-1").await.unwrap(), Some(record(2)));
         assert_eq!(db.deployment("d-1").await.unwrap(), None);
         assert!(matches!(db.deployment("d-1").await, Err(Error::Decode { .. })));
+    }
+
+    fn stored_item(group: &str, version: u64) -> HashMap<String, AttributeValue> {
+        let doc = serde_json::json!({"application": "web", "deployment_group": group, "version": version,
+                                     "binding": {"application": "web", "deployment_group": group}});
+        HashMap::from([
+            ("pk".to_string(), AttributeValue::S(StoredBinding::key("web", group))),
+            ("doc".to_string(), AttributeValue::S(doc.to_string())),
+        ])
+    }
+
+    #[tokio::test]
+    async fn stored_bindings_are_read_page_by_page_and_a_bad_item_fails_alone() {
+        let first = mock!(Client::scan)
+            .match_requests(|r| {
+                r.filter_expression() == Some("#k = :kind")
+                    && r.expression_attribute_values().and_then(|v| v.get(":kind")).and_then(|v| v.as_s().ok())
+                        == Some(&"config".to_string())
+                    && r.exclusive_start_key().is_none()
+            })
+            .then_output(|| {
+                ScanOutput::builder()
+                    .items(stored_item("a-bg", 1))
+                    .items(HashMap::from([("pk".to_string(), AttributeValue::S("config#web#bad".into()))]))
+                    .last_evaluated_key("pk", AttributeValue::S("config#web#bad".into()))
+                    .build()
+            });
+        let second = mock!(Client::scan)
+            .match_requests(|r| {
+                r.exclusive_start_key().and_then(|k| k.get("pk")).and_then(|v| v.as_s().ok())
+                    == Some(&"config#web#bad".to_string())
+            })
+            .then_output(|| ScanOutput::builder().items(stored_item("b-bg", 3)).build());
+        let db =
+            DynamoState::new(mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&first, &second]), "state".into());
+        let items = db.stored_bindings().await.unwrap();
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[0].as_ref().map(|s| s.deployment_group.as_str()).ok(), Some("a-bg"));
+        assert!(items[1].as_ref().is_err_and(|e| e.to_string().contains("config#web#bad")));
+        assert_eq!(items[2].as_ref().map(|s| s.version).ok(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_stored_binding_is_removed_only_at_the_version_read() {
+        let removed = mock!(Client::delete_item)
+            .match_requests(|r| {
+                r.condition_expression() == Some("#v = :v")
+                    && r.expression_attribute_values().and_then(|v| v.get(":v")).and_then(|v| v.as_n().ok())
+                        == Some(&"2".to_string())
+                    && r.key().and_then(|k| k.get("pk")).and_then(|v| v.as_s().ok())
+                        == Some(&"config#web#web-bg".to_string())
+            })
+            .then_output(|| DeleteItemOutput::builder().build());
+        let lost = mock!(Client::delete_item).then_error(|| {
+            DeleteItemError::ConditionalCheckFailedException(ConditionalCheckFailedException::builder().build())
+        });
+        let db =
+            DynamoState::new(mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&removed, &lost]), "state".into());
+        assert_eq!(db.remove_stored_binding("web", "web-bg", 2).await.unwrap(), Saved::Written);
+        assert_eq!(db.remove_stored_binding("web", "web-bg", 2).await.unwrap(), Saved::Conflict);
     }
 }

@@ -8,6 +8,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
 };
 use aws_sdk_elasticloadbalancingv2::Client;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -318,6 +319,27 @@ impl LoadBalancers for Elb {
             }
         }
         Ok(())
+    }
+
+    async fn tags(&self, arns: &[&str]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+        let mut out = BTreeMap::new();
+        // DescribeTags takes at most 20 resources a call.
+        for chunk in arns.chunks(20) {
+            self.paced().await;
+            let resp = self
+                .client
+                .describe_tags()
+                .set_resource_arns(Some(chunk.iter().map(|a| (*a).to_string()).collect()))
+                .send()
+                .await
+                .map_err(|e| aws_error(SERVICE, "DescribeTags", &chunk.join(", "), e))?;
+            for d in resp.tag_descriptions() {
+                let tags =
+                    d.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string()))).collect();
+                out.insert(d.resource_arn().unwrap_or_default().to_string(), tags);
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::{now_ms, Engine, Tracker};
-use crate::config::{Binding, RouteRef};
+use crate::config::{Binding, RouteRef, MANAGED_TAG};
 use crate::domain::{
     next_read as next_read_in, plan_reconcile, FollowerLease, Observed, Pacing, Phase, Progress, Route, TrafficShift,
     DEFAULT_BATCH,
@@ -723,7 +723,36 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             )));
         }
         self.preflight_and_state(b, t).await?;
+        if self.config.stored {
+            self.check_managed_tag(b).await?;
+        }
         Ok(t.snapshot().notes.into_iter().filter(|n| n.starts_with("warning")).collect())
+    }
+
+    /// A stored binding is served by the fleet installation, whose roles may change only private resources
+    /// tagged [`MANAGED_TAG`]`=true`: an untagged one would fail its first deployment with AccessDenied.
+    async fn check_managed_tag(&self, b: &Binding) -> Result<()> {
+        let mut arns = b.private_target_groups();
+        arns.push(b.private_production_route.arn());
+        if let Some(test) = &b.private_test_route {
+            arns.push(test.arn());
+        }
+        let tags = self.lb.tags(&arns).await?;
+        let untagged: Vec<&str> = arns
+            .iter()
+            .copied()
+            .filter(|a| tags.get(*a).and_then(|t| t.get(MANAGED_TAG)).map(String::as_str) != Some("true"))
+            .collect();
+        if untagged.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Misconfigured(format!(
+            "binding {}: {} not tagged {MANAGED_TAG}=true, which the fleet installation's roles require before they \
+             change anything; tag them: aws elbv2 add-tags --resource-arns {} --tags Key={MANAGED_TAG},Value=true",
+            b.label(),
+            untagged.join(", "),
+            untagged.join(" ")
+        )))
     }
 
     /// Both sides of a binding and what a reconcile would change, without changing anything.

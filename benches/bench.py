@@ -165,8 +165,10 @@ class Bench:
             "BLUEGREEN_MIRROR_ELB_READS_PER_S": "40",
         }
 
-    def reset_record(self):
+    def reset_record(self, binding=None):
         doc = dict(self.record)
+        if binding is not None:
+            doc["binding"] = binding
         self.r.ddb.put_item(TableName=self.r.table, Item={
             "pk": {"S": f"deployment#{self.deployment.id}"}, "kind": {"S": "deployment"},
             "version": {"N": "1"}, "doc": {"S": json.dumps(doc)}, "expires_at": {"N": str(doc["expires_at"])}})
@@ -206,6 +208,48 @@ class Bench:
             self.say(f"  {name:<7} cold start {results[name]['cold_start_ms']['median']:>8} ms   "
                      f"peak RSS {results[name]['peak_rss_mib']['median']:>6} MiB")
         return results
+
+    def stored(self, repeats):
+        """AfterAllowTraffic on an installation whose bindings are stored in the table, with 1 and with 200 of
+        them: its cold start and its AWS calls before the flip must not grow with the number of bindings."""
+        r = self.r
+        b = r.bindings["bindings"][0]
+        bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
+        env = {k: v for k, v in self.env.items() if k != "BLUEGREEN_MIRROR_BINDINGS"}
+
+        def store(binding):
+            doc = {"application": binding["application"], "deployment_group": binding["deployment_group"],
+                   "version": 1, "binding": binding, "updated_at_ms": 0}
+            r.ddb.put_item(TableName=r.table, Item={
+                "pk": {"S": f"config#{binding['application']}#{binding['deployment_group']}"}, "kind": {"S": "config"},
+                "version": {"N": "1"}, "doc": {"S": json.dumps(doc)}})
+
+        out = {}
+        stored = 0
+        for n in (1, 200):
+            while stored < n:
+                store(b if stored == 0 else dict(b, deployment_group=f"svc{stored:03d}-bg"))
+                stored += 1
+            runs = []
+            key = f"AKIDBENCHSTORED{n}"
+            for _ in range(repeats):
+                self.reset_record(binding=b)
+                event = {"DeploymentId": self.deployment.id,
+                         "LifecycleEventHookExecutionId": self.deployment.new_execution("AfterAllowTraffic")}
+                run = WarmRun([os.path.join(bin_dir, "after-allow-traffic")], dict(env, AWS_ACCESS_KEY_ID=key),
+                              [event]).run(self.log)
+                calls = [c for c in r.world.calls if c[1] == key and c[0] >= run["first_next"]]
+                flip = next((i for i, c in enumerate(calls) if c[3] == "ModifyListener"), None)
+                run["critical_path_calls"] = None if flip is None else flip + 1
+                runs.append(run)
+            out[str(n)] = {k: dist([x[k] for x in runs]) for k in ("cold_start_ms", "first_invoke_ms",
+                                                                    "critical_path_calls")}
+            self.say(f"  {n:>3} stored bindings: cold start {out[str(n)]['cold_start_ms']['median']} ms, "
+                     f"{out[str(n)]['critical_path_calls']['max']} AWS calls before the flip")
+        for k in range(stored):
+            group = b["deployment_group"] if k == 0 else f"svc{k:03d}-bg"
+            r.ddb.delete_item(TableName=r.table, Key={"pk": {"S": f"config#web#{group}"}})
+        return out
 
     def binaries(self):
         bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
@@ -328,6 +372,9 @@ TARGETS = [
     ("cold start ≥ 10× shorter than Node.js", lambda j: j["ratios"]["cold_start"]["node"] >= 10),
     ("peak memory ≤ 1/3 of either baseline", lambda j: min(j["ratios"]["memory"].values()) >= 3),
     ("AfterAllowTraffic critical path ≤ 2 AWS calls", lambda j: j["critical_path_calls"]["ours"]["max"] <= 2),
+    ("AfterAllowTraffic with 200 stored bindings: ≤ 2 AWS calls before the flip, as with 1",
+     lambda j: j["stored_bindings"]["200"]["critical_path_calls"]["max"] <= 2
+     and j["stored_bindings"]["1"]["critical_path_calls"]["max"] <= 2),
     ("mirroring 1,000 targets in ≤ 10 ELB calls", lambda j: j["mirror"]["1000"]["mirror_calls"] <= 10),
     ("each hook's zip ≤ 3 MB", lambda j: max(b["zip_bytes"] for b in j["binary_bytes"].values()) <= 3_000_000),
     ("follower ≤ 1 ELB Describe/s over a canary and a linear deployment, lag ≤ 1 s (on AWS's clock: not in quick mode)",
@@ -350,6 +397,10 @@ def table(j):
     lines.append("")
     lines.append("ratios baseline/ours     " + "   ".join(
         f"{k}: python {v['python']}×, node {v['node']}×" for k, v in j["ratios"].items()))
+    lines.append("")
+    lines.append(f"{'stored bindings':<22}{'cold start ms':>16}{'first invoke ms':>18}{'calls before flip':>19}")
+    for n, v in j["stored_bindings"].items():
+        lines.append(f"{n:<22}{m(v['cold_start_ms']):>16}{m(v['first_invoke_ms']):>18}{m(v['critical_path_calls']):>19}")
     lines.append("")
     lines.append(f"{'binary':<22}{'binary_bytes':>14}{'zip_bytes':>12}")
     for b, v in j["binary_bytes"].items():
@@ -395,6 +446,8 @@ def main():
         b.setup()
         b.say("hooks (cold start, invoke, memory, critical path):")
         hooks = b.hooks(repeats, warm)
+        b.say("stored bindings (AfterAllowTraffic):")
+        stored = b.stored(repeats)
         b.say("binaries:")
         binaries = b.binaries()
         b.say("mirror:")
@@ -408,6 +461,7 @@ def main():
     j = {k: {i: hooks[i][k] for i in hooks} for k in
          ("cold_start_ms", "first_invoke_ms", "warm_invoke_ms", "flip_ms_cold", "flip_ms_warm", "peak_rss_mib",
           "critical_path_calls")}
+    j["stored_bindings"] = stored
     j["binary_bytes"] = binaries
     j["mirror"] = mirror
     j["mirror_calls"] = {n: v["mirror_calls"] for n, v in mirror.items()}

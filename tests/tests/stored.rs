@@ -116,3 +116,19 @@ async fn check_requires_the_managed_tag_on_every_private_resource_of_a_stored_bi
     let group = engine.group(&b).await.unwrap();
     engine.check(&b, &group, &t).await.expect("no tag needed");
 }
+
+#[tokio::test(start_paused = true)]
+async fn task_events_read_the_stored_list_once_a_minute() {
+    let w = World::stored();
+    let engine = w.hooks();
+    let task = Trigger::Task { cluster: "prod".into(), service: "web".into() };
+    let scans = || w.calls.log().iter().filter(|c| *c == "dynamodb:Scan").count();
+    w.calls.clear();
+    for _ in 0..5 {
+        assert_eq!(engine.bindings_for(&task).await.unwrap().len(), 1);
+    }
+    assert_eq!(scans(), 1, "a deployment's task events must not scan the table each");
+    tokio::time::advance(bluegreen_mirror::usecase::BINDING_CACHE_TTL).await;
+    assert_eq!(engine.bindings_for(&task).await.unwrap().len(), 1);
+    assert_eq!(scans(), 2, "then the list is read afresh");
+}

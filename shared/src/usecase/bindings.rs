@@ -21,11 +21,26 @@ pub const BINDING_CACHE_TTL: Duration = Duration::from_secs(60);
 /// A binding as read at a moment; `None` remembers that there is none.
 type Read = (Instant, Option<Binding>);
 
-/// Stored bindings as last read, per `(application, group)`.
+/// The whole stored list as last read: each binding, or why it cannot be used.
+type List = (Instant, Vec<(String, std::result::Result<Binding, String>)>);
+
+/// Stored bindings as last read, one by one per `(application, group)`, and the whole list.
 #[derive(Debug, Default)]
-pub(crate) struct BindingCache(std::sync::Mutex<HashMap<(String, String), Read>>);
+pub(crate) struct BindingCache(std::sync::Mutex<HashMap<(String, String), Read>>, std::sync::Mutex<Option<List>>);
 
 impl BindingCache {
+    fn list(&self) -> Option<Vec<(String, std::result::Result<Binding, String>)>> {
+        let list = self.1.lock().ok()?;
+        let (at, items) = list.as_ref()?;
+        (at.elapsed() < BINDING_CACHE_TTL).then(|| items.clone())
+    }
+
+    fn put_list(&self, items: Vec<(String, std::result::Result<Binding, String>)>) {
+        if let Ok(mut list) = self.1.lock() {
+            *list = Some((Instant::now(), items));
+        }
+    }
+
     fn get(&self, application: &str, group: &str) -> Option<Option<Binding>> {
         let map = self.0.lock().ok()?;
         let (at, b) = map.get(&(application.to_string(), group.to_string()))?;
@@ -87,7 +102,23 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         }
         // The order the sweep slices by: stable whatever order the table's pages come in.
         out.sort_by(|a, b| a.0.cmp(&b.0));
+        self.bindings.put_list(
+            out.iter()
+                .map(|(l, b)| (l.clone(), b.as_ref().map(|b| b.clone().into_owned()).map_err(ToString::to_string)))
+                .collect(),
+        );
         Ok(out)
+    }
+
+    /// The whole list, as read within [`BINDING_CACHE_TTL`] (by the schedule, or an earlier event), else read
+    /// afresh: an ECS task event concerns one service, and a deployment that replaces ten tasks sends twenty.
+    pub async fn every_binding_cached(&self) -> Result<Vec<(String, Result<Cow<'_, Binding>>)>> {
+        match self.bindings.list() {
+            Some(items) if self.config.stored => {
+                Ok(items.into_iter().map(|(l, b)| (l, b.map(Cow::Owned).map_err(Error::Misconfigured))).collect())
+            }
+            _ => self.every_binding().await,
+        }
     }
 
     /// What to tell an operator whose deployment group has no binding.

@@ -629,7 +629,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                     Err(e) => vec![(format!("{application}/{deployment_group}"), Err(e))],
                 }
             }
-            Trigger::Task { .. } => self.every_binding().await?,
+            Trigger::Task { .. } => self.every_binding_cached().await?,
             Trigger::Schedule { at } => {
                 let all = self.every_binding().await?;
                 let per_run = crate::domain::sweep_per_run(self.config.elb_reads_per_s, self.config.schedule);

@@ -1,5 +1,7 @@
 """Every process the rehearsal starts (moto, tasks, hook binaries) is registered here and killed, with its whole
-process group, when the rehearsal ends: normally, on an exception, or on SIGINT/SIGTERM."""
+process group, when the rehearsal ends: normally, on an exception, or on SIGINT/SIGTERM. With REHEARSAL_PID_LOG
+set, each one's pid and program are appended to that file, so that a check can look at exactly what this run
+started (and not at other programs' processes of the same name)."""
 
 import atexit
 import os
@@ -25,6 +27,10 @@ def spawn(args, **kwargs) -> subprocess.Popen:
             raise ShuttingDown(args[0])
         p = subprocess.Popen(args, **kwargs)
         _live.append(p)
+        log = os.environ.get("REHEARSAL_PID_LOG")
+        if log:
+            with open(log, "a") as f:
+                f.write(f"{p.pid} {' '.join(args)}\n")
     return p
 
 

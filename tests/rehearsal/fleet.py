@@ -152,6 +152,9 @@ class Fleet:
         m.reconciler_timeout_s = 60.0
         # One installation for the whole fleet: its bindings would not fit in Lambda's 4 KB environment.
         m.apply_bindings()
+        # An operator applies bindings long before deployments start: let the account's bucket refill (4 s from
+        # empty) after the apply's paced reads.
+        time.sleep(4.0)
         m.start_host()
         deploying = self.services[:self.d]
         for svc in self.services:

@@ -56,21 +56,23 @@ type AwsEngine = Engine<
 
 /// Cold start, shared by every function: logging, the configuration (a bad one stops the function here), the
 /// clients.
-/// `paced_reads`: the function's ELB reads go through a per-process bucket (see `Elb::with_paced_reads`); every
-/// function paces them, and so does the operator CLI.
-async fn cold_start(paced_reads: bool) -> Result<(AwsEngine, bluegreen_mirror::aws::CodeDeploy), Error> {
+/// Every function's ELB reads go through a per-process bucket (see `Elb::with_paced_reads`), the hooks' with a
+/// smaller burst than the reconciler's; the operator CLI paces its reads too.
+async fn cold_start(
+    burst: bluegreen_mirror::aws::ReadBurst,
+) -> Result<(AwsEngine, bluegreen_mirror::aws::CodeDeploy), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let aws = Aws::load(&config).await;
     let reporter = aws.codedeploy.clone();
-    let elb = if paced_reads { aws.elb.with_paced_reads(config.elb_reads_per_s) } else { aws.elb };
+    let elb = aws.elb.with_paced_reads(config.elb_reads_per_s, burst);
     Ok((Engine::new(elb, aws.codedeploy, aws.state, aws.followers, config), reporter))
 }
 
 /// Starts the function: configuration and clients once at cold start (a bad configuration stops it here,
 /// before any invocation), then one harness run per invocation.
 pub async fn serve(phase: Phase) -> Result<(), lambda_runtime::Error> {
-    let (hooks, reporter) = cold_start(true).await?;
+    let (hooks, reporter) = cold_start(bluegreen_mirror::aws::ReadBurst::Hook).await?;
     let (hooks, reporter) = (&hooks, &reporter);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         handle(phase, hooks, reporter, event).await.map_err(lambda_runtime::Error::from)
@@ -166,7 +168,7 @@ pub fn parse_trigger(payload: Value) -> Result<Option<Trigger>, Error> {
 
 /// Starts the reconciler function: like [`serve`], one engine for the process, one trigger per invocation.
 pub async fn serve_reconciler() -> Result<(), lambda_runtime::Error> {
-    let (engine, _) = cold_start(true).await?;
+    let (engine, _) = cold_start(bluegreen_mirror::aws::ReadBurst::Reconcile).await?;
     let engine = &engine;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         reconcile_event(engine, event).await.map_err(lambda_runtime::Error::from)

@@ -55,6 +55,22 @@ def elb_report(world, t0, t1, name_of):
         if throttled and t0 <= t <= t1 and name_of(caller, token) is not None:
             second = int(t - t0)
             throttled_in[second] = throttled_in.get(second, 0) + 1
+    # Around each throttled second: every caller's Describe calls per second, to see who drained the bucket.
+    around = {}
+    for sec in throttled_in:
+        for k in range(max(0, sec - 4), sec + 1):
+            around.setdefault(str(k), {})
+    for t, caller, op, token, throttled in world.elb_calls:
+        name = name_of(caller, token)
+        if name is None or not t0 <= t <= t1 or not op.startswith("Describe"):
+            continue
+        row = around.get(str(int(t - t0)))
+        if row is not None:
+            # Follower attempts apart: which deployment's follower it was.
+            key = f"{name}:{(token or '')[:8]}" if name == "follower" else name
+            row[key] = row.get(key, 0) + 1
+            ops = row.setdefault("ops", {})
+            ops[f"{key}:{op}"] = ops.get(f"{key}:{op}", 0) + 1
     total = {
         "describe_calls": len(ours),
         "describe_per_s": round(len(ours) / span, 3),
@@ -62,6 +78,7 @@ def elb_report(world, t0, t1, name_of):
         "throttled": sum(row["throttled"] for n, row in by.items() if n != "neighbour"),
         "seconds": round(span, 1),
         "throttled_in_second": {str(k): v for k, v in sorted(throttled_in.items())},
+        "describes_before_throttles": dict(sorted(around.items(), key=lambda kv: int(kv[0]))),
     }
     return {"functions": out, "total": total,
             "follower_attempts": [{"describe_calls": n, "seconds": round(b - a, 1), "first_call_s": round(a - t0, 2)}

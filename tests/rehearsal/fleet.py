@@ -44,6 +44,7 @@ class Fleet:
         # budget per run, so the cadence changes which bindings a run takes, not what the sweep costs a second.
         self.main.schedule_s = 15.0
         self.idle_minutes = idle_minutes
+        self.reconciler_timeout_s = None
         if idle_minutes is not None:
             # Everything on the rehearsal's clock: the schedule once a minute, the budget scaled to match.
             self.main.schedule_s = minute_s
@@ -149,7 +150,7 @@ class Fleet:
         m.spec = {**m.spec, "table": m.table}
         # The template gives the reconciler Lambda's longest timeout; the single scenarios shorten it to force a
         # follower hand-over, which the fleet does not need to prove again.
-        m.reconciler_timeout_s = 60.0
+        m.reconciler_timeout_s = self.reconciler_timeout_s or 60.0
         # One installation for the whole fleet: its bindings would not fit in Lambda's 4 KB environment.
         m.apply_bindings()
         # An operator applies bindings long before deployments start: let the account's bucket refill (4 s from

@@ -1103,6 +1103,7 @@ def main():
             f = fleet.Fleet(args.services, args.deployments, min(args.tasks, 2), 4.0 if args.neighbour is None
                             else args.neighbour, args.minute or (12.0 if idle else 10.0), out, args.lane,
                             args.idle)
+            f.reconciler_timeout_s = args.reconciler_timeout
             report = f.run()
         except ValueError as e:
             ap.error(str(e))

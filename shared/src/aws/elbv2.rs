@@ -21,14 +21,33 @@ use crate::{Error, Result};
 const SERVICE: &str = "elasticloadbalancing";
 
 /// What a function's process lets itself read from ELB, from the installation's budget `B`
-/// (`BLUEGREEN_MIRROR_ELB_READS_PER_S`, default 2): a burst of at least 9 `Describe*` calls (one full reconcile,
-/// so that following a rollback never waits here), then `1.5 B` a second (3 with the default). One process may
-/// read above the installation's average because the others are idle most of the time; the account's bucket (40
-/// tokens, 10 a second) is shared with every other tool the customer runs and with the other functions: a
-/// follower that keeps reading, hooks of deployments started together, a storm of events wait here instead of
-/// draining it and being retried into it. No read stands before the flip on AfterAllowTraffic's critical path.
-const READ_BURST: f64 = 9.0;
+/// (`BLUEGREEN_MIRROR_ELB_READS_PER_S`, default 2): a burst (see [`ReadBurst`]), then `1.5 B` a second (3 with the
+/// default). One process may read above the installation's average because the others are idle most of the time;
+/// the account's bucket (40 tokens, 10 a second) is shared with every other tool the customer runs and with the
+/// other functions: a follower that keeps reading, hooks of deployments started together, a storm of events wait
+/// here instead of draining it and being retried into it. No read stands before the flip on AfterAllowTraffic's
+/// critical path.
 const PROCESS_SHARE: f64 = 1.5;
+
+/// How many `Describe*` calls a process may make at once before its pace applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadBurst {
+    /// The hooks: 5, one mirrored step (a route and four target groups). Their reads are not on the flip's path,
+    /// and a deployment's start (AfterInstall, the ECS task events, BeforeAllowTraffic and the follower within
+    /// two seconds) otherwise asked the account's bucket for 40 reads at once.
+    Hook,
+    /// The reconciler and the CLI: 9, one full reconcile, so that following a rollback never waits here.
+    Reconcile,
+}
+
+impl ReadBurst {
+    fn tokens(self) -> f64 {
+        match self {
+            ReadBurst::Hook => 5.0,
+            ReadBurst::Reconcile => 9.0,
+        }
+    }
+}
 
 /// [`LoadBalancers`] over the ELBv2 API.
 #[derive(Debug, Clone)]
@@ -45,10 +64,10 @@ impl Elb {
     }
 
     /// Paces this process's `Describe*` calls within the installation's budget of `reads_per_s` (see
-    /// [`READ_BURST`]).
-    pub fn with_paced_reads(mut self, reads_per_s: f64) -> Self {
+    /// [`PROCESS_SHARE`]).
+    pub fn with_paced_reads(mut self, reads_per_s: f64, burst: ReadBurst) -> Self {
         let per_s = reads_per_s * PROCESS_SHARE;
-        self.reads = Some(Arc::new(Mutex::new(TokenBucket::new(READ_BURST.max(per_s), per_s, Duration::ZERO))));
+        self.reads = Some(Arc::new(Mutex::new(TokenBucket::new(burst.tokens().max(per_s), per_s, Duration::ZERO))));
         self
     }
 

@@ -116,7 +116,7 @@ pub fn next_read(shift: &TrafficShift, progress: &Progress, pacing: &Pacing) -> 
 pub const READS_PER_RECONCILE: usize = 9;
 
 /// The share of the installation's ELB read budget the scheduled sweep may spend; the rest is for deployments.
-pub const SWEEP_SHARE: f64 = 0.25;
+pub const SWEEP_SHARE: f64 = 0.4;
 
 /// How many bindings one scheduled run checks so that the sweep averages its share of `reads_per_s`. At least
 /// one: a safety net that checks nothing is none.
@@ -253,14 +253,14 @@ mod tests {
 
     #[test]
     fn the_sweep_fits_its_share_of_the_budget() {
-        // Defaults: 2 reads/s, a schedule every minute: 30 reads a run, 3 bindings.
-        assert_eq!(sweep_per_run(2.0, MIN), 3);
+        // Defaults: 2 reads/s, a schedule every minute: 48 reads a run, 5 bindings.
+        assert_eq!(sweep_per_run(2.0, MIN), 5);
         assert_eq!(sweep_per_run(0.1, Duration::from_secs(10)), 1);
         let idle_reads_per_s = (sweep_per_run(2.0, MIN) * READS_PER_RECONCILE) as f64 / 60.0;
         assert!(idle_reads_per_s <= 2.0 * SWEEP_SHARE, "{idle_reads_per_s}");
-        // Three bindings spread over the minute: one every 18 s.
-        assert_eq!(sweep_spacing(2.0), Duration::from_millis(18_000));
-        assert!(sweep_spacing(2.0) * 3 <= MIN);
+        // Five bindings spread over the minute: one every 11.25 s.
+        assert_eq!(sweep_spacing(2.0), Duration::from_millis(11_250));
+        assert!(sweep_spacing(2.0) * 5 <= MIN);
     }
 
     proptest! {

@@ -8,6 +8,7 @@ three or four; the fleet stores its bindings in the table instead.
 
 import json
 import sys
+import tempfile
 
 from lambda_host import ENV_LIMIT_BYTES, EnvironmentTooLarge, LambdaHost, configured_env_bytes
 
@@ -45,12 +46,12 @@ def main():
     expect("the runtime's own variables do not count", configured_env_bytes(env(1)) < 1400,
            configured_env_bytes(env(1)))
     try:
-        LambdaHost({"reconciler": "/bin/false"}, env(fits), "/tmp", {"reconciler": 1})
+        LambdaHost({"reconciler": "/bin/false"}, env(fits), tempfile.gettempdir(), {"reconciler": 1})
         expect(f"{fits} bindings are accepted", True)
     except EnvironmentTooLarge as e:
         expect(f"{fits} bindings are accepted", False, e)
     try:
-        LambdaHost({"reconciler": "/bin/false"}, env(fits + 1), "/tmp", {"reconciler": 1})
+        LambdaHost({"reconciler": "/bin/false"}, env(fits + 1), tempfile.gettempdir(), {"reconciler": 1})
         expect(f"{fits + 1} bindings are refused", False, "accepted")
     except EnvironmentTooLarge as e:
         expect(f"{fits + 1} bindings are refused, as Lambda refuses them", "exceeded the 4KB limit" in str(e), e)

@@ -1,6 +1,8 @@
 """Benchmarks: our hooks against the same AfterAllowTraffic hook written the usual way (Python + boto3, Node.js +
 AWS SDK v3), on this machine, in one run, against the rehearsal's emulated AWS (moto behind the stand-in) and its
-Lambda Runtime API. Prints one table (medians with min–max over the repeats), or with --json one object.
+Lambda Runtime API. Prints one table (medians with min–max over the repeats), or with --json one object. Then
+the account's ELB budget: deployments played on AWS's clock (real minutes), an idle fleet and fleets of
+concurrent deployments, so the full run takes about an hour; --quick plays them compressed in a few minutes.
 
     python bench.py [--quick] [--json]
 """

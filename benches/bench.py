@@ -403,9 +403,9 @@ def table(j):
     lines.append("ratios baseline/ours     " + "   ".join(
         f"{k}: python {v['python']}×, node {v['node']}×" for k, v in j["ratios"].items()))
     lines.append("")
-    lines.append(f"{'stored bindings':<22}{'cold start ms':>16}{'first invoke ms':>18}{'calls before flip':>19}")
+    lines.append(f"{'stored bindings':<22}{'cold start ms':>24}{'first invoke ms':>24}{'calls before flip':>20}")
     for n, v in j["stored_bindings"].items():
-        lines.append(f"{n:<22}{m(v['cold_start_ms']):>16}{m(v['first_invoke_ms']):>18}{m(v['critical_path_calls']):>19}")
+        lines.append(f"{n:<22}{m(v['cold_start_ms']):>24}{m(v['first_invoke_ms']):>24}{m(v['critical_path_calls']):>20}")
     lines.append("")
     lines.append(f"{'binary':<22}{'binary_bytes':>14}{'zip_bytes':>12}")
     for b, v in j["binary_bytes"].items():

@@ -202,6 +202,10 @@ pub struct FollowRequest {
     /// The deployment configuration's name, when the starter knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_name: Option<String>,
+    /// The stored binding as the starter read it, so that the follower's first read is of the public route, not
+    /// of the table (the environment form has it at hand and leaves this out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<crate::config::Binding>,
 }
 
 /// Lambda, to start a follower asynchronously.

@@ -144,6 +144,7 @@ fn follow_request() -> FollowRequest {
         deployment_group: GROUP.into(),
         production_listener: Some(w.arns.pub_prod.clone()),
         config_name: Some("CodeDeployDefault.ECSLinear10PercentEvery1Minutes".into()),
+        binding: None,
     }
 }
 

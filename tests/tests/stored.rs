@@ -3,7 +3,10 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use bluegreen_mirror::domain::{Phase, Route, RouteStyle, StoredBinding};
+use std::time::Duration;
+
+use bluegreen_mirror::domain::{Phase, Route, RouteStyle, StoredBinding, WeightedTargetGroup};
+use bluegreen_mirror::harness::{Budget, Tracker};
 use bluegreen_mirror::ports::HookStatus;
 use bluegreen_mirror::usecase::Trigger;
 use bluegreen_mirror_tests::{World, APP, DEPLOYMENT, GROUP};
@@ -21,6 +24,8 @@ async fn a_stored_binding_serves_a_whole_deployment_and_costs_the_flip_no_read()
     assert_eq!(bat.status, HookStatus::Succeeded, "{:?}", bat.message);
     let carried = w.state.record(DEPLOYMENT).and_then(|r| r.binding).expect("the binding travels with the record");
     assert_eq!(carried["deployment_group"], GROUP);
+    let follow = w.followers.started().pop().expect("a follower started");
+    assert_eq!(follow.binding.as_ref().map(|b| b.deployment_group.as_str()), Some(GROUP), "and with the follower");
     w.allow_traffic();
     w.calls.clear();
     let aat = w.invoke(Phase::AfterAllowTraffic, "exec-aat").await;
@@ -131,4 +136,39 @@ async fn task_events_read_the_stored_list_once_a_minute() {
     tokio::time::advance(bluegreen_mirror::usecase::BINDING_CACHE_TTL).await;
     assert_eq!(engine.bindings_for(&task).await.unwrap().len(), 1);
     assert_eq!(scans(), 2, "then the list is read afresh");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_started_with_its_binding_reads_the_public_route_before_the_table() {
+    let w = World::stored();
+    w.install_green();
+    assert_eq!(w.invoke(Phase::AfterInstall, "exec-ai").await.status, HookStatus::Succeeded);
+    w.allow_test_traffic();
+    assert_eq!(w.invoke(Phase::BeforeAllowTraffic, "exec-bat").await.status, HookStatus::Succeeded);
+    let req = w.followers.started().pop().expect("a follower started");
+    let a = &w.arns;
+    // CodeDeploy's first canary step.
+    w.elb.put_route(
+        &a.pub_prod,
+        Route {
+            target_groups: vec![
+                WeightedTargetGroup { target_group: a.pub_blue.clone(), weight: 90 },
+                WeightedTargetGroup { target_group: a.pub_green.clone(), weight: 10 },
+            ],
+            stickiness_seconds: None,
+        },
+    );
+    w.calls.clear();
+    let engine = w.hooks();
+    let t = Tracker::default();
+    engine.follow(&req, "req-1", Budget::after(Duration::from_secs(3)), &t).await.expect("follows");
+    let log = w.calls.log();
+    let first_elb = log.iter().position(|c| c.starts_with("elb:")).expect("an ELB read");
+    // The lease is read alongside the public route; the stored binding is not read at all.
+    assert_eq!(
+        log[..first_elb].iter().filter(|c| *c == "dynamodb:GetItem").count(),
+        1,
+        "the lease's read only, no stored binding read before the first public read: {log:?}"
+    );
+    assert_eq!(w.elb.route_of(&a.prv_prod).weight(&a.prv_green), Some(10), "and the step is mirrored");
 }

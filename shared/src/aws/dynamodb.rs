@@ -4,6 +4,9 @@
 
 use std::collections::HashMap;
 
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use serde::de::DeserializeOwned;
@@ -80,13 +83,25 @@ impl DynamoState {
                 .expression_attribute_names("#v", "version")
                 .expression_attribute_values(":prev", AttributeValue::N((version - 1).to_string()))
         };
-        match req.send().await {
-            Ok(_) => Ok(Saved::Written),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
-                Ok(Saved::Conflict)
-            }
-            Err(e) => Err(aws_error(SERVICE, "PutItem", &format!("table {}", self.table), e)),
-        }
+        conditional(req.send().await, "PutItem", &self.table, PutItemError::is_conditional_check_failed_exception)
+    }
+}
+
+/// A conditional write's outcome: written, lost to another writer (`lost`: its condition failed), or an error.
+fn conditional<O, E, R>(
+    out: std::result::Result<O, SdkError<E, R>>,
+    operation: &'static str,
+    table: &str,
+    lost: impl Fn(&E) -> bool,
+) -> Result<Saved>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match out {
+        Ok(_) => Ok(Saved::Written),
+        Err(e) if e.as_service_error().is_some_and(&lost) => Ok(Saved::Conflict),
+        Err(e) => Err(aws_error(SERVICE, operation, &format!("table {table}"), e)),
     }
 }
 
@@ -180,13 +195,7 @@ impl StateStore for DynamoState {
             .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
             .send()
             .await;
-        match out {
-            Ok(_) => Ok(Saved::Written),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => {
-                Ok(Saved::Conflict)
-            }
-            Err(e) => Err(aws_error(SERVICE, "DeleteItem", &format!("table {}", self.table), e)),
-        }
+        conditional(out, "DeleteItem", &self.table, DeleteItemError::is_conditional_check_failed_exception)
     }
 }
 

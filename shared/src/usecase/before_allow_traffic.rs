@@ -108,6 +108,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             deployment_group: b.deployment_group.clone(),
             production_listener: facts.production_listeners.first().cloned(),
             config_name: facts.config_name.clone(),
+            binding: self.config.stored.then(|| b.clone()),
         };
         match self.followers.start(&request).await {
             Ok(true) => t.note("follower started".to_string()),

@@ -296,10 +296,18 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// listener is read at the pace the deployment's configuration calls for ([`crate::domain::pacing`]): fast
     /// around the moments CodeDeploy will move the weights, slowly between them.
     pub async fn follow(&self, req: &FollowRequest, owner: &str, budget: Budget, t: &Tracker) -> Result<()> {
-        let b = self
-            .binding_of(&req.application, &req.deployment_group)
-            .await?
-            .ok_or_else(|| self.no_binding(&req.application, &req.deployment_group))?;
+        // A stored binding comes with the request (BeforeAllowTraffic read and checked it); the environment form
+        // is at hand. Only a request without one (an older starter) reads the table first.
+        let carried = req.binding.as_ref().filter(|b| {
+            self.config.stored && b.application == req.application && b.deployment_group == req.deployment_group
+        });
+        let b = match carried {
+            Some(b) => Cow::Borrowed(b),
+            None => self
+                .binding_of(&req.application, &req.deployment_group)
+                .await?
+                .ok_or_else(|| self.no_binding(&req.application, &req.deployment_group))?,
+        };
         let b: &Binding = &b;
         // BeforeAllowTraffic hands over what it knows, so that the first read comes before the first move; the
         // deployment group is read only when a full reconcile needs it.

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RouteRef;
 use crate::domain::{
-    BindingRecord, DeploymentRecord, FollowerLease, ObservedTarget, Route, StoredBinding, Target, TargetKey,
-    TrafficShift,
+    BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, ObservedTarget, Route, StoredBinding, Target,
+    TargetKey, TrafficShift,
 };
 use crate::Result;
 
@@ -46,6 +46,9 @@ pub trait LoadBalancers: Send + Sync {
         &self,
         arns: &[&str],
     ) -> impl Future<Output = Result<std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>>> + Send;
+    /// Paces this process's reads at `per_s` from now on (its share of the installation's budget). An adapter
+    /// that does not pace its reads ignores it.
+    fn pace_reads(&self, _per_s: f64) {}
 }
 
 /// Blue or green, as CodeDeploy labels an ECS task set.
@@ -170,6 +173,9 @@ pub trait StateStore: Send + Sync {
     fn put_binding(&self, record: &BindingRecord) -> impl Future<Output = Result<Saved>> + Send;
     fn follower(&self, application: &str, group: &str) -> impl Future<Output = Result<Option<FollowerLease>>> + Send;
     fn put_follower(&self, lease: &FollowerLease) -> impl Future<Output = Result<Saved>> + Send;
+    /// Writes one follower's entry of the installation's census (its heartbeat or its leaving, dropping the
+    /// entries named to forget) and returns the census as it stands after the write, in one call.
+    fn census(&self, entry: &CensusEntry) -> impl Future<Output = Result<Census>> + Send;
     /// One stored binding (one read).
     fn stored_binding(
         &self,

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use bluegreen_mirror::config::{Config, RouteRef};
 use bluegreen_mirror::domain::{
-    BindingRecord, DeploymentRecord, FollowerLease, HealthState, ObservedTarget, Phase, Route, RouteStyle,
-    StoredBinding, Target, TargetKey, TrafficShift,
+    BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, HealthState, ObservedTarget, Phase, Route,
+    RouteStyle, StoredBinding, Target, TargetKey, TrafficShift,
 };
 use bluegreen_mirror::harness::{self, Invocation, Outcome, Tracker};
 use bluegreen_mirror::ports::{
@@ -127,6 +127,8 @@ struct ElbState {
     private_routes: BTreeSet<String>,
     /// Resource ARN → tags.
     tags: BTreeMap<String, BTreeMap<String, String>>,
+    /// Every read pace the engine asked for, in order.
+    paces: Vec<f64>,
 }
 
 /// ELB held in memory. Registration makes a target healthy at once (or unhealthy where unreachable);
@@ -140,6 +142,11 @@ pub struct FakeElb {
 impl FakeElb {
     fn s(&self) -> MutexGuard<'_, ElbState> {
         self.state.lock().unwrap()
+    }
+
+    /// Every read pace the engine asked for (reads a second), in order.
+    pub fn paces(&self) -> Vec<f64> {
+        self.s().paces.clone()
     }
 
     pub fn tag(&self, arn: &str, key: &str, value: &str) {
@@ -217,6 +224,10 @@ fn observed(key: TargetKey, health: HealthState) -> ObservedTarget {
 }
 
 impl LoadBalancers for FakeElb {
+    fn pace_reads(&self, per_s: f64) {
+        self.s().paces.push(per_s);
+    }
+
     async fn target_groups(&self, arns: &[&str]) -> Result<Vec<TargetGroupFacts>> {
         self.calls.enter("elb:DescribeTargetGroups")?;
         let s = self.s();
@@ -438,10 +449,21 @@ pub struct FakeState {
     followers: Arc<Mutex<BTreeMap<String, FollowerLease>>>,
     /// Stored bindings by key; a `String` is an item that does not decode.
     stored: Arc<Mutex<BTreeMap<String, std::result::Result<StoredBinding, String>>>>,
+    census: Arc<Mutex<Census>>,
     calls: Arc<Calls>,
 }
 
 impl FakeState {
+    /// The followers' census as it stands.
+    pub fn census_now(&self) -> Census {
+        self.census.lock().unwrap().clone()
+    }
+
+    /// Another follower's heartbeat in the census (a deployment of another service being followed).
+    pub fn count_in(&self, owner: &str, at_ms: u64) {
+        self.census.lock().unwrap().heartbeats.insert(owner.to_string(), at_ms);
+    }
+
     pub fn record(&self, id: &str) -> Option<DeploymentRecord> {
         self.deployments.lock().unwrap().get(id).cloned()
     }
@@ -534,6 +556,19 @@ impl StateStore for FakeState {
         self.calls.enter("dynamodb:PutItem")?;
         let key = FollowerLease::key(&lease.application, &lease.deployment_group);
         Ok(versioned_put(&self.followers, key, lease.version, |r| r.version, lease))
+    }
+
+    async fn census(&self, entry: &CensusEntry) -> Result<Census> {
+        self.calls.enter("dynamodb:UpdateItem")?;
+        let mut census = self.census.lock().unwrap();
+        match entry.heartbeat_ms {
+            Some(at) => census.heartbeats.insert(entry.owner.clone(), at),
+            None => census.heartbeats.remove(&entry.owner),
+        };
+        for gone in entry.forget.iter().filter(|g| **g != entry.owner) {
+            census.heartbeats.remove(gone);
+        }
+        Ok(census.clone())
     }
 
     async fn stored_binding(&self, application: &str, group: &str) -> Result<Option<StoredBinding>> {

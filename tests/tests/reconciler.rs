@@ -10,6 +10,7 @@ use bluegreen_mirror::domain::{HealthState, Phase, Route, RouteStyle, WeightedTa
 use bluegreen_mirror::harness::{Budget, Tracker};
 use bluegreen_mirror::ports::{FollowRequest, HookStatus};
 use bluegreen_mirror::usecase::Trigger;
+use bluegreen_mirror::AwsErrorKind;
 use bluegreen_mirror_tests::{ip, keys, strings, World, APP, DEPLOYMENT, GROUP};
 
 fn weighted(blue: &str, green: &str, green_weight: u32) -> Route {
@@ -329,4 +330,67 @@ async fn the_follower_reads_fast_only_around_the_moves_of_a_real_linear_shift() 
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_reads_at_its_share_of_the_installations_budget_and_leaves_it_when_done() {
+    let w = World::new();
+    let a = &w.arns;
+    w.through_the_gate().await;
+    // Nineteen other deployments are being followed, and one follower ended long ago without leaving.
+    let now = now_ms();
+    for k in 1..=19 {
+        w.state.count_in(&format!("other-{k}"), now);
+    }
+    w.state.count_in("gone", now - 10 * 60_000);
+    let engine = w.hooks();
+    let (req, t) = (follow_request(), Tracker::default());
+    let follower = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(600)), &t);
+    let codedeploy = async {
+        for step in 1..=10u32 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, step * 10));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(w.invoke(Phase::AfterAllowTraffic, "e3").await.status, HookStatus::Succeeded);
+    };
+    let (followed, ()) = tokio::join!(follower, codedeploy);
+    followed.expect("follower");
+    // With the default budget of 2 reads a second, the twenty followers share 3 a second; then the process has
+    // its own pace back.
+    assert_eq!(w.elb.paces(), vec![0.15, 3.0], "{:?}", t.snapshot().notes);
+    let census = w.state.census_now();
+    assert!(!census.heartbeats.contains_key("req-1"), "the follower left the census: {census:?}");
+    assert!(!census.heartbeats.contains_key("gone"), "and dropped the long-gone entry: {census:?}");
+    assert_eq!(census.heartbeats.len(), 19);
+    assert_eq!(w.elb.route_of(&a.prv_prod).weight(&a.prv_green), Some(100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_follower_reads_less_often_and_catches_up_when_the_throttling_stops() {
+    let w = World::new();
+    let a = &w.arns;
+    w.through_the_gate().await;
+    let engine = w.hooks();
+    let (req, t) = (follow_request(), Tracker::default());
+    w.calls.clear();
+    w.calls.fail_every("elb:DescribeListeners", AwsErrorKind::Throttled);
+    let follower = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(600)), &t);
+    let codedeploy = async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let throttled = w.calls.log().iter().filter(|c| *c == "elb:DescribeListeners").count();
+        w.calls.no_faults();
+        w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, 10));
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let mirrored = w.elb.route_of(&a.prv_prod).weight(&a.prv_green);
+        w.allow_traffic();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(w.invoke(Phase::AfterAllowTraffic, "e3").await.status, HookStatus::Succeeded);
+        (throttled, mirrored)
+    };
+    let (followed, (throttled, mirrored)) = tokio::join!(follower, codedeploy);
+    followed.expect("the follower outlives the throttling");
+    // Reading at the unsure pace throughout would have been 80 reads in the minute; backing off, about a dozen.
+    assert!(throttled <= 12, "{throttled} reads while throttled");
+    assert_eq!(mirrored, Some(10), "the step after the throttling is mirrored");
 }

@@ -7,19 +7,21 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::errors::aws_error;
-use crate::domain::{BindingRecord, DeploymentRecord, FollowerLease, StoredBinding};
+use crate::domain::{BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, StoredBinding};
 use crate::ports::{Saved, StateStore};
 use crate::{Error, Result};
 
 const SERVICE: &str = "dynamodb";
 pub const PARTITION_KEY: &str = "pk";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
+/// The census item's attribute of one follower: this prefix and its owner.
+const CENSUS_PREFIX: &str = "follower:";
 
 /// [`StateStore`] over one DynamoDB table.
 #[derive(Debug, Clone)]
@@ -143,6 +145,54 @@ impl StateStore for DynamoState {
     async fn put_follower(&self, lease: &FollowerLease) -> Result<Saved> {
         let key = FollowerLease::key(&lease.application, &lease.deployment_group);
         self.put(key, "follower", lease.version, None, lease).await
+    }
+
+    /// One UpdateItem on the census item: the follower's own attribute (`follower:<owner>`, its heartbeat in ms)
+    /// set or removed, long-gone ones removed, the whole item returned. Each follower writes only its own
+    /// attribute, so no write is conditional and none is lost to another's.
+    async fn census(&self, entry: &CensusEntry) -> Result<Census> {
+        let mut names = HashMap::from([("#kind".to_string(), "kind".to_string())]);
+        let mut values = HashMap::from([(":kind".to_string(), AttributeValue::S("census".into()))]);
+        let mut set = vec!["#kind = :kind".to_string()];
+        let mut remove = Vec::new();
+        names.insert("#me".into(), format!("{CENSUS_PREFIX}{}", entry.owner));
+        match entry.heartbeat_ms {
+            Some(at) => {
+                set.push("#me = :at".into());
+                values.insert(":at".into(), AttributeValue::N(at.to_string()));
+            }
+            None => remove.push("#me".to_string()),
+        }
+        for (i, gone) in entry.forget.iter().filter(|g| **g != entry.owner).enumerate() {
+            names.insert(format!("#gone{i}"), format!("{CENSUS_PREFIX}{gone}"));
+            remove.push(format!("#gone{i}"));
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, AttributeValue::S(Census::KEY.into()))
+            .update_expression(expression)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| aws_error(SERVICE, "UpdateItem", &format!("table {}", self.table), e))?;
+        let heartbeats = out
+            .attributes()
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, v)| {
+                let owner = name.strip_prefix(CENSUS_PREFIX)?;
+                Some((owner.to_string(), v.as_n().ok()?.parse().ok()?))
+            })
+            .collect();
+        Ok(Census { heartbeats })
     }
 
     async fn stored_binding(&self, application: &str, group: &str) -> Result<Option<StoredBinding>> {

@@ -14,20 +14,19 @@ use std::time::{Duration, Instant};
 
 use super::errors::aws_error;
 use crate::config::RouteRef;
+use crate::domain::pacing::PROCESS_SHARE;
 use crate::domain::{HealthState, ObservedTarget, Route, Target, TargetKey, TokenBucket, WeightedTargetGroup};
 use crate::ports::{LoadBalancers, TargetGroupFacts};
 use crate::{Error, Result};
 
 const SERVICE: &str = "elasticloadbalancing";
 
-/// What a function's process lets itself read from ELB, from the installation's budget `B`
-/// (`BLUEGREEN_MIRROR_ELB_READS_PER_S`, default 2): a burst (see [`ReadBurst`]), then `1.5 B` a second (3 with the
-/// default). One process may read above the installation's average because the others are idle most of the time;
-/// the account's bucket (40 tokens, 10 a second) is shared with every other tool the customer runs and with the
-/// other functions: a follower that keeps reading, hooks of deployments started together, a storm of events wait
-/// here instead of draining it and being retried into it. No read stands before the flip on AfterAllowTraffic's
-/// critical path.
-const PROCESS_SHARE: f64 = 1.5;
+// What a function's process lets itself read from ELB, from the installation's budget `B`
+// (`BLUEGREEN_MIRROR_ELB_READS_PER_S`, default 2): a burst (see [`ReadBurst`]), then `1.5 B` a second
+// ([`PROCESS_SHARE`]; a follower less, its share of the followers' `1.5 B`). The account's bucket (40 tokens,
+// 10 a second) is shared with every other tool the customer runs and with the other functions: a follower that
+// keeps reading, hooks of deployments started together, a storm of events wait here instead of draining it and
+// being retried into it. No read stands before the flip on AfterAllowTraffic's critical path.
 
 /// How many `Describe*` calls a process may make at once before its pace applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +216,13 @@ fn description(t: &Target) -> TargetDescription {
 }
 
 impl LoadBalancers for Elb {
+    fn pace_reads(&self, per_s: f64) {
+        let Some(reads) = &self.reads else { return };
+        if let Ok(mut bucket) = reads.lock() {
+            bucket.set_rate(per_s, self.origin.elapsed());
+        }
+    }
+
     async fn target_groups(&self, arns: &[&str]) -> Result<Vec<TargetGroupFacts>> {
         self.paced().await;
         let out = self

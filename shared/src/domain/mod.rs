@@ -10,8 +10,10 @@ pub mod route;
 pub mod target;
 
 pub use mirror::{plan_mirror, MirrorPlan, DEFAULT_BATCH};
-pub use pacing::{next_read, sweep_per_run, sweep_slice, Pacing, Progress, TokenBucket, TrafficShift};
+pub use pacing::{
+    follower_reads_per_s, next_read, sweep_per_run, sweep_slice, Pacing, Progress, TokenBucket, TrafficShift,
+};
 pub use reconcile::{plan_reconcile, Observed, ReconcilePlan};
-pub use record::{BindingRecord, DeploymentRecord, FollowerLease, Phase, StoredBinding};
+pub use record::{BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, Phase, StoredBinding};
 pub use route::{mirror_route, test_route, Route, RouteStyle, WeightedTargetGroup};
 pub use target::{HealthState, ObservedTarget, Target, TargetKey};

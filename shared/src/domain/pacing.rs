@@ -75,6 +75,16 @@ impl Default for Pacing {
     }
 }
 
+impl Pacing {
+    /// When to read again after `failures` reads in a row failed (throttled, or a 5xx that outlasted the SDK's
+    /// retries): the unsure pace, doubling up to the slow one. Reading as often as before would only keep the
+    /// account's bucket dry for everyone.
+    pub fn after_failures(&self, failures: u32) -> Duration {
+        let doubled = self.unsure.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+        doubled.min(self.slow).max(self.unsure)
+    }
+}
+
 /// What the follower has seen so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Progress {
@@ -118,6 +128,17 @@ pub const READS_PER_RECONCILE: usize = 9;
 /// The share of the installation's ELB read budget the scheduled sweep may spend; the rest is for deployments.
 pub const SWEEP_SHARE: f64 = 0.4;
 
+/// How far above the installation's average budget `B` a process may read while it works: `1.5 B`. The functions
+/// are idle most of the time, so the average holds while one deployment is followed or one binding reconciled.
+pub const PROCESS_SHARE: f64 = 1.5;
+
+/// The read rate of one follower when `live` followers (itself included) follow at once: together they read at
+/// most `1.5 B` a second, whatever the number of deployments, so that twenty deployments at once cost the
+/// account what one does, and what grows is each follower's lag, not the throttling of everyone else.
+pub fn follower_reads_per_s(installation_per_s: f64, live: usize) -> f64 {
+    installation_per_s * PROCESS_SHARE / live.max(1) as f64
+}
+
 /// How many bindings one scheduled run checks so that the sweep averages its share of `reads_per_s`. At least
 /// one: a safety net that checks nothing is none.
 pub fn sweep_per_run(reads_per_s: f64, schedule: Duration) -> usize {
@@ -159,6 +180,14 @@ impl TokenBucket {
     /// A full bucket of `capacity` tokens refilled at `per_s`, as of `now` (any monotonic origin).
     pub fn new(capacity: f64, per_s: f64, now: Duration) -> Self {
         Self { capacity: capacity.max(1.0), per_s: per_s.max(0.01), tokens: capacity.max(1.0), at: now }
+    }
+
+    /// Changes the refill rate from `now` on (tokens earned so far are kept, up to the capacity).
+    pub fn set_rate(&mut self, per_s: f64, now: Duration) {
+        let elapsed = now.saturating_sub(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_s).min(self.capacity);
+        self.at = self.at.max(now);
+        self.per_s = per_s.max(0.01);
     }
 
     /// Takes one token at `now`: `None` when it may go at once, else how long to wait before it may. A caller
@@ -294,6 +323,33 @@ mod tests {
             b.take(Duration::ZERO);
         }
         assert_eq!(b.take(Duration::from_millis(1500)), None);
+    }
+
+    #[test]
+    fn failed_reads_slow_the_follower_down_to_its_slow_pace() {
+        let p = Pacing::default();
+        let waits: Vec<u128> = (0..=7).map(|n| p.after_failures(n).as_millis()).collect();
+        assert_eq!(waits, vec![750, 750, 1500, 3000, 6000, 10_000, 10_000, 10_000]);
+        assert_eq!(p.after_failures(u32::MAX), p.slow);
+    }
+
+    #[test]
+    fn followers_share_one_rate_however_many_follow() {
+        for live in [0usize, 1, 2, 5, 20, 100] {
+            let each = follower_reads_per_s(2.0, live);
+            assert!((each * live.max(1) as f64 - 3.0).abs() < 1e-9, "{live} followers at {each}/s each");
+        }
+        // A follower told to share keeps what it earned, and earns at the new rate from then on.
+        let mut b = TokenBucket::new(9.0, 3.0, Duration::ZERO);
+        for _ in 0..9 {
+            b.take(Duration::ZERO);
+        }
+        b.set_rate(follower_reads_per_s(2.0, 20), Duration::from_secs(1));
+        assert_eq!(b.take(Duration::from_secs(1)), None, "three tokens earned in the first second");
+        b.take(Duration::from_secs(1));
+        b.take(Duration::from_secs(1));
+        let wait = b.take(Duration::from_secs(1)).map(|d| d.as_millis());
+        assert_eq!(wait, Some(6666), "then one read every 6.7 s");
     }
 
     proptest! {

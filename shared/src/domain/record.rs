@@ -167,6 +167,51 @@ impl FollowerLease {
     }
 }
 
+/// The installation's followers as one item of the table counts them: each live follower's last heartbeat by
+/// owner. Every follower writes its own entry now and then and reads the whole back in the same call, so that it
+/// paces its ELB reads as one of however many follow at once ([`crate::domain::pacing::follower_reads_per_s`]):
+/// the budget is the installation's, not each process's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Census {
+    pub heartbeats: BTreeMap<String, u64>,
+}
+
+/// One follower's change to the census: its heartbeat, or its leaving; and the entries of followers long gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CensusEntry {
+    pub owner: String,
+    /// `None`: the follower is done and leaves the census.
+    pub heartbeat_ms: Option<u64>,
+    /// Entries to drop (a follower that ended without leaving, its process gone).
+    pub forget: Vec<String>,
+}
+
+impl Census {
+    pub const KEY: &'static str = "census#followers";
+    /// How often a follower writes its heartbeat to the census.
+    pub const BEAT_MS: u64 = 10_000;
+    /// An entry counts while its heartbeat is this recent (three beats: one lost write does not drop it).
+    pub const FRESH_MS: u64 = 3 * Self::BEAT_MS;
+    /// An entry this old belongs to a follower that cannot come back (a follower lives 15 minutes at most, and
+    /// beats every ten seconds); the next writer drops it.
+    pub const FORGET_AFTER_MS: u64 = 5 * 60_000;
+
+    /// How many followers are live at `now_ms`: at least one, the one asking.
+    pub fn live(&self, now_ms: u64) -> usize {
+        let fresh = self.heartbeats.values().filter(|at| now_ms.saturating_sub(**at) <= Self::FRESH_MS).count();
+        fresh.max(1)
+    }
+
+    /// The entries the next write may drop.
+    pub fn forgotten(&self, now_ms: u64) -> Vec<String> {
+        self.heartbeats
+            .iter()
+            .filter(|(_, at)| now_ms.saturating_sub(**at) > Self::FORGET_AFTER_MS)
+            .map(|(owner, _)| owner.clone())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +239,22 @@ mod tests {
         assert!(lease.can_be_taken_by("b", "d-2", 10_500));
         let handing_over = FollowerLease { handover_requested: true, ..lease };
         assert!(handing_over.can_be_taken_by("b", "d-1", 10_500));
+    }
+
+    #[test]
+    fn the_census_counts_fresh_followers_and_forgets_long_gone_ones() {
+        let now = 1_000_000_000;
+        let census = Census {
+            heartbeats: BTreeMap::from([
+                ("live".to_string(), now - 1_000),
+                ("one-beat-lost".to_string(), now - Census::FRESH_MS),
+                ("stopped".to_string(), now - Census::FRESH_MS - 1),
+                ("gone".to_string(), now - Census::FORGET_AFTER_MS - 1),
+            ]),
+        };
+        assert_eq!(census.live(now), 2);
+        assert_eq!(census.forgotten(now), vec!["gone".to_string()]);
+        assert_eq!(Census::default().live(now), 1, "the asker counts itself even before its entry is read back");
     }
 
     #[test]

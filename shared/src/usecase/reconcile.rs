@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use super::{now_ms, Engine, Tracker};
 use crate::config::{Binding, RouteRef, MANAGED_TAG};
 use crate::domain::{
-    next_read as next_read_in, plan_reconcile, FollowerLease, Observed, Pacing, Phase, Progress, Route, TrafficShift,
-    DEFAULT_BATCH,
+    follower_reads_per_s, next_read as next_read_in, pacing::PROCESS_SHARE, plan_reconcile, Census, CensusEntry,
+    FollowerLease, Observed, Pacing, Phase, Progress, Route, TrafficShift, DEFAULT_BATCH,
 };
 use crate::harness::Budget;
 use crate::ports::{DeploymentGroupFacts, Deployments, FollowRequest, Followers, LoadBalancers, Saved, StateStore};
@@ -72,7 +72,9 @@ impl Reconciled {
 
 /// How the follower paces what is not a read of the public listener: a full reconcile (membership, test route)
 /// now and then, a look at whether the deployment is over, the lease's heartbeat (stale after 5 s).
-const FULL_RECONCILE_EVERY: Duration = Duration::from_secs(60);
+/// Membership changes while traffic shifts come with ECS task events and the scheduled sweep, so the follower's
+/// own full reconcile is a safety net: once a minute, it had been half of what a follower read.
+const FULL_RECONCILE_EVERY: Duration = Duration::from_secs(300);
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
@@ -85,6 +87,14 @@ struct Followed {
     last_read: Option<Route>,
     /// A read made before the loop began (alongside taking the lease), for the first step to use.
     prefetched: Option<Route>,
+}
+
+/// This follower's place in the installation's census: how many followed at the last count (0: not counted
+/// yet), and the long-gone entries the next write drops.
+#[derive(Debug, Default)]
+struct Share {
+    live: usize,
+    forget: Vec<String>,
 }
 
 /// What one follower read found.
@@ -355,90 +365,146 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let (mut next_read, mut next_full, mut next_status, mut next_beat) =
             (started, started + FULL_RECONCILE_EVERY, started + STATUS_EVERY, started + HEARTBEAT_EVERY);
         let mut handing_over = false;
-        loop {
-            let now = Instant::now();
-            if now >= next_read {
-                // A transient failure (throttling that outlasted the SDK's retries, a 5xx) costs one read, not
-                // the follower: the next read comes at the unsure pace.
-                let step = self.follow_step(b, &mut group, &public_ref, &mut seen, now >= next_full, t).await;
-                let after = Instant::now();
-                match step {
-                    Ok(step) => {
-                        // The schedule is anchored on the earliest moment the move can have happened, so that a
-                        // move seen late never delays the fast reads around the next one: the read before (the
-                        // move came after it), or, for a route already split at the first read, the follower's
-                        // start (the gate that started it reported just before AllowTraffic began).
-                        let first_split = !step.seen_before && last_move.is_none() && !step.settled;
-                        if (step.moved && step.seen_before) || first_split {
-                            let anchor = if first_split { started } else { last_read_at.unwrap_or(now) };
-                            last_move = Some(anchor);
-                            lease.last_move_ms = now_ms().saturating_sub(anchor.elapsed().as_millis() as u64);
+        // Counted in the census right after the first step, so that the first read is not delayed by it.
+        let (mut next_census, mut share) = (started, Share::default());
+        let mut failures = 0u32;
+        let followed: Result<()> = async {
+            loop {
+                let now = Instant::now();
+                if now >= next_read {
+                    // A transient failure (throttling that outlasted the SDK's retries, a 5xx) costs one read, not
+                    // the follower: the next read comes later the more reads failed in a row.
+                    let step = self.follow_step(b, &mut group, &public_ref, &mut seen, now >= next_full, t).await;
+                    let after = Instant::now();
+                    match step {
+                        Ok(step) => {
+                            failures = 0;
+                            // The schedule is anchored on the earliest moment the move can have happened, so that a
+                            // move seen late never delays the fast reads around the next one: the read before (the
+                            // move came after it), or, for a route already split at the first read, the follower's
+                            // start (the gate that started it reported just before AllowTraffic began).
+                            let first_split = !step.seen_before && last_move.is_none() && !step.settled;
+                            if (step.moved && step.seen_before) || first_split {
+                                let anchor = if first_split { started } else { last_read_at.unwrap_or(now) };
+                                last_move = Some(anchor);
+                                lease.last_move_ms = now_ms().saturating_sub(anchor.elapsed().as_millis() as u64);
+                            }
+                            last_read_at = Some(now);
+                            if step.full {
+                                next_full = after + FULL_RECONCILE_EVERY;
+                            }
+                            let progress = Progress {
+                                since_start: after - started,
+                                since_last_move: last_move.map(|m| after - m),
+                                settled: step.settled,
+                            };
+                            // A held-back move is retried at the next fast read, not when the public side moves again.
+                            let wait = if seen.mirrored.is_none() {
+                                pacing.fast
+                            } else {
+                                next_read_in(&shift, &progress, &pacing)
+                            };
+                            next_read = after + wait;
                         }
-                        last_read_at = Some(now);
-                        if step.full {
-                            next_full = after + FULL_RECONCILE_EVERY;
+                        Err(e) if e.is_transient() => {
+                            failures += 1;
+                            let wait = pacing.after_failures(failures);
+                            t.note(format!("follower read failed, reading again in {} ms: {e}", wait.as_millis()));
+                            next_read = after + wait;
                         }
-                        let progress = Progress {
-                            since_start: after - started,
-                            since_last_move: last_move.map(|m| after - m),
-                            settled: step.settled,
-                        };
-                        // A held-back move is retried at the next fast read, not when the public side moves again.
-                        let wait = if seen.mirrored.is_none() {
-                            pacing.fast
-                        } else {
-                            next_read_in(&shift, &progress, &pacing)
-                        };
-                        next_read = after + wait;
+                        Err(e) => return Err(e),
                     }
-                    Err(e) if e.is_transient() => {
-                        t.note(format!("follower read failed, retrying: {e}"));
-                        next_read = after + pacing.unsure;
-                    }
-                    Err(e) => return Err(e),
                 }
-            }
-            if Instant::now() >= next_status {
-                next_status = Instant::now() + STATUS_EVERY;
-                if let Some(public) = &seen.mirrored {
-                    if self.deployment_over(req, public).await {
-                        let g = self.group_once(b, &mut group).await?;
-                        self.reconcile(b, g, t).await?;
-                        self.release_lease(&mut lease).await;
-                        t.note(format!("deployment {} is over; follower done", req.deployment_id));
+                if Instant::now() >= next_census {
+                    next_census = Instant::now() + Duration::from_millis(Census::BEAT_MS);
+                    self.count_in(owner, &mut share, t).await;
+                }
+                if Instant::now() >= next_status {
+                    next_status = Instant::now() + STATUS_EVERY;
+                    if let Some(public) = &seen.mirrored {
+                        if self.deployment_over(req, public).await {
+                            let g = self.group_once(b, &mut group).await?;
+                            self.reconcile(b, g, t).await?;
+                            self.release_lease(&mut lease).await;
+                            t.note(format!("deployment {} is over; follower done", req.deployment_id));
+                            return Ok(());
+                        }
+                    }
+                }
+                if Instant::now() >= next_beat {
+                    next_beat = Instant::now() + HEARTBEAT_EVERY;
+                    if !self.renew(&mut lease, handing_over, t).await? {
+                        t.note("follower lease taken over; stopping".to_string());
                         return Ok(());
                     }
                 }
-            }
-            if Instant::now() >= next_beat {
-                next_beat = Instant::now() + HEARTBEAT_EVERY;
-                if !self.renew(&mut lease, handing_over, t).await? {
-                    t.note("follower lease taken over; stopping".to_string());
-                    return Ok(());
+                if !handing_over && Instant::now() >= handover_at {
+                    // The flag goes out before the successor is started, so that it finds the lease open to take.
+                    handing_over = true;
+                    if !self.renew(&mut lease, true, t).await? {
+                        return Ok(());
+                    }
+                    next_beat = Instant::now() + HEARTBEAT_EVERY;
+                    match self.followers.start(req).await {
+                        Ok(true) => t.note("handing over to a fresh follower before the deadline".to_string()),
+                        Ok(false) => t.note("no follower function configured to hand over to".to_string()),
+                        Err(e) => t.note(format!("could not start the next follower: {e}")),
+                    }
                 }
-            }
-            if !handing_over && Instant::now() >= handover_at {
-                // The flag goes out before the successor is started, so that it finds the lease open to take.
-                handing_over = true;
-                if !self.renew(&mut lease, true, t).await? {
-                    return Ok(());
-                }
-                next_beat = Instant::now() + HEARTBEAT_EVERY;
-                match self.followers.start(req).await {
-                    Ok(true) => t.note("handing over to a fresh follower before the deadline".to_string()),
-                    Ok(false) => t.note("no follower function configured to hand over to".to_string()),
-                    Err(e) => t.note(format!("could not start the next follower: {e}")),
-                }
-            }
-            let wake = [next_read, next_status, next_beat, if handing_over { next_beat } else { handover_at }]
+                let wake = [
+                    next_read,
+                    next_census,
+                    next_status,
+                    next_beat,
+                    if handing_over { next_beat } else { handover_at },
+                ]
                 .into_iter()
                 .min()
                 .unwrap_or(next_read);
-            if budget.remaining() <= wake.saturating_duration_since(Instant::now()) + pacing.fast {
-                return Ok(());
+                if budget.remaining() <= wake.saturating_duration_since(Instant::now()) + pacing.fast {
+                    return Ok(());
+                }
+                tokio::time::sleep_until(wake).await;
             }
-            tokio::time::sleep_until(wake).await;
         }
+        .await;
+        self.count_out(owner, share).await;
+        followed
+    }
+
+    /// Writes this follower's heartbeat to the installation's census and paces its reads as one of the followers
+    /// live now. A census that cannot be written leaves the pace as it was: the per-process bucket still holds.
+    async fn count_in(&self, owner: &str, share: &mut Share, t: &Tracker) {
+        let now = now_ms();
+        let entry = CensusEntry {
+            owner: owner.to_string(),
+            heartbeat_ms: Some(now),
+            forget: std::mem::take(&mut share.forget),
+        };
+        match self.state.census(&entry).await {
+            Ok(census) => {
+                let live = census.live(now);
+                share.forget = census.forgotten(now);
+                if live != share.live {
+                    let per_s = follower_reads_per_s(self.config.elb_reads_per_s, live);
+                    self.lb.pace_reads(per_s);
+                    t.note(format!("{live} follower(s) at once: reading ELB at {per_s:.2} a second"));
+                    share.live = live;
+                }
+            }
+            Err(e) => t.note(format!("follower census not written ({e}); reading at the pace as it was")),
+        }
+    }
+
+    /// Leaves the census (best effort: an entry left behind stops counting within [`Census::FRESH_MS`]) and gives
+    /// the process its own pace back for whatever it runs next.
+    async fn count_out(&self, owner: &str, share: Share) {
+        if share.live == 0 {
+            return;
+        }
+        let entry = CensusEntry { owner: owner.to_string(), heartbeat_ms: None, forget: share.forget };
+        let _ = self.state.census(&entry).await;
+        self.lb.pace_reads(self.config.elb_reads_per_s * PROCESS_SHARE);
     }
 
     /// One read of the public production listener and, when it moved since the last mirror (or a full reconcile

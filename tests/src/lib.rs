@@ -79,6 +79,11 @@ impl Calls {
         self.log.lock().unwrap().clear();
     }
 
+    /// How many calls of `op` (e.g. `dynamodb:Scan`) the log holds.
+    pub fn count(&self, op: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|c| *c == op).count()
+    }
+
     pub fn fault_at(&self, n: usize, fault: Fault) {
         *self.fault_at.lock().unwrap() = Some((n, fault));
     }

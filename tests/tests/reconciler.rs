@@ -91,7 +91,7 @@ async fn task_events_read_each_deployment_group_once_in_five_minutes() {
     let w = World::new();
     let engine = w.hooks();
     let task = Trigger::Task { cluster: "prod".into(), service: "web".into() };
-    let group_reads = || w.calls.log().iter().filter(|c| *c == "codedeploy:GetDeploymentGroup").count();
+    let group_reads = || w.calls.count("codedeploy:GetDeploymentGroup");
     w.calls.clear();
     for _ in 0..3 {
         let found = engine.bindings_for(&task).await.expect("bindings");
@@ -378,7 +378,7 @@ async fn a_throttled_follower_reads_less_often_and_catches_up_when_the_throttlin
     let follower = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(600)), &t);
     let codedeploy = async {
         tokio::time::sleep(Duration::from_secs(60)).await;
-        let throttled = w.calls.log().iter().filter(|c| *c == "elb:DescribeListeners").count();
+        let throttled = w.calls.count("elb:DescribeListeners");
         w.calls.no_faults();
         w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, 10));
         tokio::time::sleep(Duration::from_secs(15)).await;

@@ -1,6 +1,7 @@
 //! Elastic Load Balancing v2 adapter: target groups, targets and the forward action of listeners and rules.
 
 use aws_sdk_elasticloadbalancingv2::config::http::HttpResponse;
+use aws_sdk_elasticloadbalancingv2::config::retry::RetryConfig;
 use aws_sdk_elasticloadbalancingv2::error::SdkError;
 use aws_sdk_elasticloadbalancingv2::operation::deregister_targets::DeregisterTargetsError;
 use aws_sdk_elasticloadbalancingv2::types::{
@@ -10,14 +11,16 @@ use aws_sdk_elasticloadbalancingv2::Client;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::errors::aws_error;
 use crate::config::RouteRef;
 use crate::domain::pacing::PROCESS_SHARE;
 use crate::domain::{HealthState, ObservedTarget, Route, Target, TargetKey, TokenBucket, WeightedTargetGroup};
 use crate::ports::{LoadBalancers, TargetGroupFacts};
-use crate::{Error, Result};
+use crate::{AwsErrorKind, Error, Result};
 
 const SERVICE: &str = "elasticloadbalancing";
 
@@ -27,6 +30,12 @@ const SERVICE: &str = "elasticloadbalancing";
 // 10 a second) is shared with every other tool the customer runs and with the other functions: a follower that
 // keeps reading, hooks of deployments started together, a storm of events wait here instead of draining it and
 // being retried into it. No read stands before the flip on AfterAllowTraffic's critical path.
+
+/// The SDK's attempts at one `Describe*` call: one quick retry, for a dropped connection or a 5xx.
+const READ_ATTEMPTS: u32 = 2;
+
+/// How many times a read throttled beyond the SDK's retry is paused and tried again (about 15 s in all).
+const THROTTLED_READ_PAUSES: u32 = 4;
 
 /// How many `Describe*` calls a process may make at once before its pace applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +61,9 @@ impl ReadBurst {
 #[derive(Debug, Clone)]
 pub struct Elb {
     client: Client,
+    /// The same client for `Describe*` calls, with the SDK's retries cut to [`READ_ATTEMPTS`]: throttled reads
+    /// are paused and tried again by [`Elb::read`], not retried at once.
+    reader: Client,
     /// The process's read bucket, when its reads are paced.
     reads: Option<Arc<Mutex<TokenBucket>>>,
     origin: Instant,
@@ -59,7 +71,10 @@ pub struct Elb {
 
 impl Elb {
     pub fn new(client: Client) -> Self {
-        Self { client, reads: None, origin: Instant::now() }
+        let conf = client.config();
+        let retry = conf.retry_config().cloned().unwrap_or_else(RetryConfig::standard);
+        let reader = Client::from_conf(conf.to_builder().retry_config(retry.with_max_attempts(READ_ATTEMPTS)).build());
+        Self { client, reader, reads: None, origin: Instant::now() }
     }
 
     /// Paces this process's `Describe*` calls within the installation's budget of `reads_per_s` (see
@@ -81,18 +96,51 @@ impl Elb {
         }
     }
 
+    /// One `Describe*` call at this process's pace. Throttling that outlasts the SDK's quick retry
+    /// ([`READ_ATTEMPTS`]) holds every read of the process for a pause that doubles (1, 2, 4, 8 s, jittered)
+    /// before this one is tried again, [`THROTTLED_READ_PAUSES`] times at most: a throttled account recovers only
+    /// if its callers slow down, and a hook has minutes to wait where failing would roll a deployment back.
+    async fn read<T, Fut>(&self, call: impl Fn() -> Fut) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut pauses = 0;
+        loop {
+            self.paced().await;
+            match call().await {
+                Err(e) if e.aws_kind() == Some(AwsErrorKind::Throttled) && pauses < THROTTLED_READ_PAUSES => {
+                    // Jitter from the clock, so that processes throttled together do not come back together.
+                    let jitter = 0.5 + f64::from(self.origin.elapsed().subsec_nanos() % 1000) / 2000.0;
+                    let pause = Duration::from_secs(1 << pauses).mul_f64(jitter);
+                    pauses += 1;
+                    match &self.reads {
+                        Some(reads) => {
+                            if let Ok(mut bucket) = reads.lock() {
+                                bucket.hold(pause, self.origin.elapsed());
+                            }
+                        }
+                        None => tokio::time::sleep(pause).await,
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The actions of a listener's default action or of a rule.
     async fn actions(&self, route: &RouteRef) -> Result<Vec<Action>> {
-        self.paced().await;
         match route {
             RouteRef::Listener(arn) => {
                 let out = self
-                    .client
-                    .describe_listeners()
-                    .listener_arns(arn)
-                    .send()
-                    .await
-                    .map_err(|e| aws_error(SERVICE, "DescribeListeners", "*", e))?;
+                    .read(|| async {
+                        self.reader
+                            .describe_listeners()
+                            .listener_arns(arn)
+                            .send()
+                            .await
+                            .map_err(|e| aws_error(SERVICE, "DescribeListeners", "*", e))
+                    })
+                    .await?;
                 let l = out
                     .listeners()
                     .first()
@@ -101,12 +149,15 @@ impl Elb {
             }
             RouteRef::Rule(arn) => {
                 let out = self
-                    .client
-                    .describe_rules()
-                    .rule_arns(arn)
-                    .send()
-                    .await
-                    .map_err(|e| aws_error(SERVICE, "DescribeRules", "*", e))?;
+                    .read(|| async {
+                        self.reader
+                            .describe_rules()
+                            .rule_arns(arn)
+                            .send()
+                            .await
+                            .map_err(|e| aws_error(SERVICE, "DescribeRules", "*", e))
+                    })
+                    .await?;
                 let r = out
                     .rules()
                     .first()
@@ -224,14 +275,17 @@ impl LoadBalancers for Elb {
     }
 
     async fn target_groups(&self, arns: &[&str]) -> Result<Vec<TargetGroupFacts>> {
-        self.paced().await;
+        let arns: Vec<String> = arns.iter().map(|a| (*a).to_string()).collect();
         let out = self
-            .client
-            .describe_target_groups()
-            .set_target_group_arns(Some(arns.iter().map(|a| (*a).to_string()).collect()))
-            .send()
-            .await
-            .map_err(|e| aws_error(SERVICE, "DescribeTargetGroups", "*", e))?;
+            .read(|| async {
+                self.reader
+                    .describe_target_groups()
+                    .set_target_group_arns(Some(arns.clone()))
+                    .send()
+                    .await
+                    .map_err(|e| aws_error(SERVICE, "DescribeTargetGroups", "*", e))
+            })
+            .await?;
         Ok(out
             .target_groups()
             .iter()
@@ -248,14 +302,16 @@ impl LoadBalancers for Elb {
     }
 
     async fn targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
-        self.paced().await;
         let out = self
-            .client
-            .describe_target_health()
-            .target_group_arn(target_group)
-            .send()
-            .await
-            .map_err(|e| aws_error(SERVICE, "DescribeTargetHealth", "*", e))?;
+            .read(|| async {
+                self.reader
+                    .describe_target_health()
+                    .target_group_arn(target_group)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error(SERVICE, "DescribeTargetHealth", "*", e))
+            })
+            .await?;
         out.target_health_descriptions()
             .iter()
             .filter_map(|d| {
@@ -350,14 +406,17 @@ impl LoadBalancers for Elb {
         let mut out = BTreeMap::new();
         // DescribeTags takes at most 20 resources a call.
         for chunk in arns.chunks(20) {
-            self.paced().await;
+            let resources: Vec<String> = chunk.iter().map(|a| (*a).to_string()).collect();
             let resp = self
-                .client
-                .describe_tags()
-                .set_resource_arns(Some(chunk.iter().map(|a| (*a).to_string()).collect()))
-                .send()
-                .await
-                .map_err(|e| aws_error(SERVICE, "DescribeTags", &chunk.join(", "), e))?;
+                .read(|| async {
+                    self.reader
+                        .describe_tags()
+                        .set_resource_arns(Some(resources.clone()))
+                        .send()
+                        .await
+                        .map_err(|e| aws_error(SERVICE, "DescribeTags", &chunk.join(", "), e))
+                })
+                .await?;
             for d in resp.tag_descriptions() {
                 let tags =
                     d.tags().iter().filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string()))).collect();
@@ -583,7 +642,7 @@ mod tests {
         assert!(matches!(err, Error::Invariant(_)));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn errors_are_classified() {
         let missing = mock!(Client::describe_target_health).then_error(|| {
             DescribeTargetHealthError::TargetGroupNotFoundException(
@@ -599,15 +658,10 @@ mod tests {
         let register_denied = mock!(Client::register_targets).then_error(|| {
             RegisterTargetsError::generic(ErrorMetadata::builder().code("AccessDenied").message("no").build())
         });
-        let throttled = mock!(Client::describe_target_health).then_error(|| {
-            DescribeTargetHealthError::generic(
-                ErrorMetadata::builder().code("Throttling").message("Rate exceeded").build(),
-            )
-        });
         let elb = Elb::new(mock_client!(
             aws_sdk_elasticloadbalancingv2,
             RuleMode::Sequential,
-            [&missing, &denied, &register_denied, &throttled]
+            [&missing, &denied, &register_denied, &throttled()]
         ));
         let e = elb.targets(TG_A).await.unwrap_err();
         assert_eq!(e.aws_kind(), Some(AwsErrorKind::NotFound));
@@ -622,5 +676,54 @@ mod tests {
         assert_eq!(e.aws_kind(), Some(AwsErrorKind::Throttled));
         assert!(e.is_transient());
         assert!(std::error::Error::source(&e).is_some(), "the SDK error is kept as the source");
+    }
+
+    /// Throttling, every time it is asked, as many times as it is asked.
+    fn throttled() -> aws_smithy_mocks::Rule {
+        mock!(Client::describe_target_health)
+            .sequence()
+            .error(|| {
+                DescribeTargetHealthError::generic(
+                    ErrorMetadata::builder().code("Throttling").message("Rate exceeded").build(),
+                )
+            })
+            .repeatedly()
+            .build()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_read_pauses_the_process_and_is_tried_again_a_few_times_then_fails() {
+        let throttled = throttled();
+        let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, RuleMode::Sequential, [&throttled]))
+            .with_paced_reads(2.0, ReadBurst::Reconcile);
+        let started = tokio::time::Instant::now();
+        let e = elb.targets(TG_A).await.unwrap_err();
+        assert_eq!(e.aws_kind(), Some(AwsErrorKind::Throttled));
+        // The SDK's quick retry, then four pauses of 1, 2, 4 and 8 s (each jittered to half or more).
+        let calls = throttled.num_calls();
+        assert_eq!(calls, (THROTTLED_READ_PAUSES as usize + 1) * READ_ATTEMPTS as usize);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(7_500) && waited <= Duration::from_secs(17), "{waited:?}");
+        // The process's next read waits out the last pause too instead of going straight to a throttled account.
+        let next = tokio::time::Instant::now();
+        let _ = elb.targets(TG_A).await;
+        assert!(next.elapsed() >= Duration::from_millis(300), "{:?}", next.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_throttled_once_then_answered_succeeds() {
+        let rule = mock!(Client::describe_target_health)
+            .sequence()
+            .error(|| {
+                DescribeTargetHealthError::generic(
+                    ErrorMetadata::builder().code("Throttling").message("Rate exceeded").build(),
+                )
+            })
+            .times(2)
+            .output(|| DescribeTargetHealthOutput::builder().build())
+            .build();
+        let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, RuleMode::Sequential, [&rule]));
+        assert!(elb.targets(TG_A).await.unwrap().is_empty());
+        assert_eq!(rule.num_calls(), 3, "two throttled attempts, one pause, one answer");
     }
 }

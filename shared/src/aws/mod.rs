@@ -42,7 +42,8 @@ pub struct Aws {
 impl Aws {
     /// Loads the standard credential/region chain and builds the clients. Per-attempt timeouts keep one slow
     /// call from eating a hook's whole budget; the SDK's standard retry ([`MAX_ATTEMPTS`] attempts,
-    /// `AWS_MAX_ATTEMPTS` overrides) absorbs throttling, 5xx and dropped connections.
+    /// `AWS_MAX_ATTEMPTS` overrides) absorbs throttling, 5xx and dropped connections, except for ELB's `Describe*`
+    /// calls, which get one quick retry and then pause the process's reads when throttled ([`Elb`]).
     pub async fn load(config: &Config) -> Self {
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))

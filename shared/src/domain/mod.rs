@@ -11,7 +11,8 @@ pub mod target;
 
 pub use mirror::{plan_mirror, MirrorPlan, DEFAULT_BATCH};
 pub use pacing::{
-    follower_reads_per_s, next_read, sweep_per_run, sweep_slice, Pacing, Progress, TokenBucket, TrafficShift,
+    follower_reads_per_s, full_reconcile_fits, next_read, sweep_per_run, sweep_slice, Pacing, Progress, TokenBucket,
+    TrafficShift,
 };
 pub use reconcile::{plan_reconcile, Observed, ReconcilePlan};
 pub use record::{BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, Phase, StoredBinding};

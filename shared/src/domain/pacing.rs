@@ -76,6 +76,14 @@ impl Default for Pacing {
 }
 
 impl Pacing {
+    /// The same pacing for a follower allowed `per_s` reads a second (its share when many follow at once): the
+    /// slow reads between moves spend at most a third of it, so that the tokens for the fast reads around the next
+    /// move are there when it comes. Alone or among a few, nothing changes.
+    pub fn sharing(self, per_s: f64) -> Self {
+        let slow = Duration::from_secs_f64((3.0 / per_s.max(0.01)).min(60.0));
+        Self { slow: self.slow.max(slow), ..self }
+    }
+
     /// When to read again after `failures` reads in a row failed (throttled, or a 5xx that outlasted the SDK's
     /// retries): the unsure pace, doubling up to the slow one. Reading as often as before would only keep the
     /// account's bucket dry for everyone.
@@ -117,6 +125,19 @@ pub fn next_read(shift: &TrafficShift, progress: &Progress, pacing: &Pacing) -> 
         pacing.fast
     } else {
         pacing.unsure
+    }
+}
+
+/// Whether the follower's periodic full reconcile (nine reads) may run now: only where no move is near, right
+/// after one or once the shift is over, so that it never spends the tokens the reads around a move need.
+pub fn full_reconcile_fits(shift: &TrafficShift, progress: &Progress) -> bool {
+    if progress.settled {
+        return true;
+    }
+    match (shift.interval(), progress.since_last_move) {
+        (Some(interval), Some(since_move)) => since_move < interval / 2,
+        (Some(_), None) => false,
+        (None, _) => true,
     }
 }
 
@@ -331,6 +352,30 @@ mod tests {
             b.take(Duration::ZERO);
         }
         assert_eq!(b.take(Duration::from_millis(1500)), None);
+    }
+
+    #[test]
+    fn a_follower_among_many_reads_slowly_between_moves_and_alone_as_before() {
+        let p = Pacing::default();
+        assert_eq!(p.sharing(3.0), p, "alone");
+        assert_eq!(p.sharing(0.6), p, "one of five");
+        assert_eq!(p.sharing(0.15).slow, Duration::from_secs(20), "one of twenty");
+        assert_eq!(p.sharing(0.15).fast, p.fast, "the reads around a move keep their pace");
+        assert_eq!(p.sharing(0.0).slow, Duration::from_secs(60));
+    }
+
+    proptest! {
+        /// Between two moves of a canary or linear shift, a full reconcile only fits in the first half, never in
+        /// the fast window before the next move.
+        #[test]
+        fn a_full_reconcile_never_lands_near_a_predicted_move(shift in shifts(), since_s in 0u64..7200) {
+            let progress =
+                Progress { since_start: Duration::from_secs(since_s), since_last_move: Some(Duration::from_secs(since_s)), settled: false };
+            if let Some(interval) = shift.interval() {
+                let near = Duration::from_secs(since_s) + Pacing::default().lead >= interval;
+                prop_assert!(!(near && full_reconcile_fits(&shift, &progress)));
+            }
+        }
     }
 
     #[test]

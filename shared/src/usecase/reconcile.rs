@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use super::{now_ms, Engine, Tracker};
 use crate::config::{Binding, RouteRef, MANAGED_TAG};
 use crate::domain::{
-    follower_reads_per_s, next_read as next_read_in, pacing::PROCESS_SHARE, plan_reconcile, Census, CensusEntry,
-    FollowerLease, Observed, Pacing, Phase, Progress, Route, TrafficShift, DEFAULT_BATCH,
+    follower_reads_per_s, full_reconcile_fits, next_read as next_read_in, pacing::PROCESS_SHARE, plan_reconcile,
+    Census, CensusEntry, FollowerLease, Observed, Pacing, Phase, Progress, Route, TrafficShift, DEFAULT_BATCH,
 };
 use crate::harness::Budget;
 use crate::ports::{DeploymentGroupFacts, Deployments, FollowRequest, Followers, LoadBalancers, Saved, StateStore};
@@ -351,7 +351,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             return Ok(());
         }
         t.note(format!("following deployment {} of {} ({shift:?})", req.deployment_id, b.label()));
-        let pacing = Pacing::default();
+        let mut pacing = Pacing::default();
+        // Where the schedule stood at the last read: a full reconcile waits for a moment away from any move.
+        let mut progress = Progress::default();
         let started = Instant::now();
         // A successor carries on with its predecessor's schedule: when the weights last moved.
         let inherited = (lease.last_move_ms > 0).then(|| now_ms().saturating_sub(lease.last_move_ms));
@@ -374,7 +376,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 if now >= next_read {
                     // A transient failure (throttling that outlasted the SDK's retries, a 5xx) costs one read, not
                     // the follower: the next read comes later the more reads failed in a row.
-                    let step = self.follow_step(b, &mut group, &public_ref, &mut seen, now >= next_full, t).await;
+                    let full = now >= next_full && full_reconcile_fits(&shift, &progress);
+                    let step = self.follow_step(b, &mut group, &public_ref, &mut seen, full, t).await;
                     let after = Instant::now();
                     match step {
                         Ok(step) => {
@@ -393,7 +396,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                             if step.full {
                                 next_full = after + FULL_RECONCILE_EVERY;
                             }
-                            let progress = Progress {
+                            progress = Progress {
                                 since_start: after - started,
                                 since_last_move: last_move.map(|m| after - m),
                                 settled: step.settled,
@@ -417,7 +420,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 }
                 if Instant::now() >= next_census {
                     next_census = Instant::now() + Duration::from_millis(Census::BEAT_MS);
-                    self.count_in(owner, &mut share, t).await;
+                    if let Some(per_s) = self.count_in(owner, &mut share, t).await {
+                        pacing = Pacing::default().sharing(per_s);
+                    }
                 }
                 if Instant::now() >= next_status {
                     next_status = Instant::now() + STATUS_EVERY;
@@ -474,7 +479,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
 
     /// Writes this follower's heartbeat to the installation's census and paces its reads as one of the followers
     /// live now. A census that cannot be written leaves the pace as it was: the per-process bucket still holds.
-    async fn count_in(&self, owner: &str, share: &mut Share, t: &Tracker) {
+    async fn count_in(&self, owner: &str, share: &mut Share, t: &Tracker) -> Option<f64> {
         let now = now_ms();
         let entry = CensusEntry {
             owner: owner.to_string(),
@@ -485,14 +490,19 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             Ok(census) => {
                 let live = census.live(now);
                 share.forget = census.forgotten(now);
-                if live != share.live {
-                    let per_s = follower_reads_per_s(self.config.elb_reads_per_s, live);
-                    self.lb.pace_reads(per_s);
-                    t.note(format!("{live} follower(s) at once: reading ELB at {per_s:.2} a second"));
-                    share.live = live;
+                if live == share.live {
+                    return None;
                 }
+                let per_s = follower_reads_per_s(self.config.elb_reads_per_s, live);
+                self.lb.pace_reads(per_s);
+                t.note(format!("{live} follower(s) at once: reading ELB at {per_s:.2} a second"));
+                share.live = live;
+                Some(per_s)
             }
-            Err(e) => t.note(format!("follower census not written ({e}); reading at the pace as it was")),
+            Err(e) => {
+                t.note(format!("follower census not written ({e}); reading at the pace as it was"));
+                None
+            }
         }
     }
 

@@ -261,6 +261,8 @@ async fn a_follower_hands_over_before_its_deadline_and_exactly_one_follows() {
     first.expect("first follower");
     let notes = second.snapshot().notes.join("\n");
     assert!(notes.contains("following deployment"), "the successor took the lease: {notes}");
+    assert!(notes.contains("1 follower(s) at once"), "the predecessor left the census when it handed over: {notes}");
+    assert!(w.state.census_now().heartbeats.is_empty(), "{:?}", w.state.census_now());
     assert!(max_weight_lag(&w) <= Duration::from_millis(500), "lag {:?}", max_weight_lag(&w));
     assert_eq!(w.elb.route_of(&a.prv_prod).weight(&a.prv_green), Some(100));
 

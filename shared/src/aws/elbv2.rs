@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::errors::aws_error;
+use super::INITIAL_BACKOFF;
 use crate::config::RouteRef;
 use crate::domain::pacing::PROCESS_SHARE;
 use crate::domain::{HealthState, ObservedTarget, Route, Target, TargetKey, TokenBucket, WeightedTargetGroup};
@@ -33,6 +34,10 @@ const SERVICE: &str = "elasticloadbalancing";
 
 /// The SDK's attempts at one `Describe*` call: one quick retry, for a dropped connection or a 5xx.
 const READ_ATTEMPTS: u32 = 2;
+
+/// How many more times a read that failed for another transient reason (a dropped connection, a 5xx) is tried,
+/// after a backoff doubling from [`INITIAL_BACKOFF`]: with the SDK's own retry, as many attempts as a write gets.
+const QUICK_RETRIES: u32 = 2;
 
 /// How many times a read throttled beyond the SDK's retry is paused and tried again (about 15 s in all).
 const THROTTLED_READ_PAUSES: u32 = 4;
@@ -104,10 +109,18 @@ impl Elb {
     where
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let mut pauses = 0;
+        let (mut pauses, mut quick) = (0, 0);
         loop {
             self.paced().await;
             match call().await {
+                // A dropped connection, a 5xx, a timed-out attempt: tried again at once, as the SDK would, since
+                // they say nothing about the account's budget.
+                Err(e)
+                    if e.is_transient() && e.aws_kind() != Some(AwsErrorKind::Throttled) && quick < QUICK_RETRIES =>
+                {
+                    tokio::time::sleep(INITIAL_BACKOFF * (1 << quick)).await;
+                    quick += 1;
+                }
                 Err(e) if e.aws_kind() == Some(AwsErrorKind::Throttled) && pauses < THROTTLED_READ_PAUSES => {
                     // Jitter from the clock, so that processes throttled together do not come back together.
                     let jitter = 0.5 + f64::from(self.origin.elapsed().subsec_nanos() % 1000) / 2000.0;
@@ -708,6 +721,22 @@ mod tests {
         let next = tokio::time::Instant::now();
         let _ = elb.targets(TG_A).await;
         assert!(next.elapsed() >= Duration::from_millis(300), "{:?}", next.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_failing_with_5xx_is_tried_again_at_once_as_often_as_a_write() {
+        let rule = mock!(Client::describe_target_health)
+            .sequence()
+            .http_status(503, None)
+            .times(5)
+            .output(|| DescribeTargetHealthOutput::builder().build())
+            .build();
+        let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, RuleMode::Sequential, [&rule]))
+            .with_paced_reads(2.0, ReadBurst::Reconcile);
+        let started = tokio::time::Instant::now();
+        assert!(elb.targets(TG_A).await.unwrap().is_empty());
+        assert_eq!(rule.num_calls(), 6);
+        assert!(started.elapsed() < Duration::from_secs(2), "no throttling pause: {:?}", started.elapsed());
     }
 
     #[tokio::test(start_paused = true)]

@@ -377,7 +377,13 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                     // A transient failure (throttling that outlasted the SDK's retries, a 5xx) costs one read, not
                     // the follower: the next read comes later the more reads failed in a row.
                     let full = now >= next_full && full_reconcile_fits(&shift, &progress);
-                    let step = self.follow_step(b, &mut group, &public_ref, &mut seen, full, t).await;
+                    // A read held by the pace past the budget ends this follower, not the invocation: whatever
+                    // the step left half done, the successor (or the schedule) finds and mirrors.
+                    let step = self.follow_step(b, &mut group, &public_ref, &mut seen, full, t);
+                    let Ok(step) = tokio::time::timeout_at(budget.deadline() - pacing.fast, step).await else {
+                        t.note("the budget ended during a paced read; the successor carries on".to_string());
+                        return Ok(());
+                    };
                     let after = Instant::now();
                     match step {
                         Ok(step) => {
@@ -450,6 +456,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                         return Ok(());
                     }
                     next_beat = Instant::now() + HEARTBEAT_EVERY;
+                    // Out of the census first, so that the successor does not count its predecessor and read at
+                    // half its share.
+                    self.leave_census(owner, &mut share).await;
+                    next_census = budget.deadline() + Duration::from_secs(3600);
                     match self.followers.start(req).await {
                         Ok(true) => t.note("handing over to a fresh follower before the deadline".to_string()),
                         Ok(false) => t.note("no follower function configured to hand over to".to_string()),
@@ -473,7 +483,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             }
         }
         .await;
-        self.count_out(owner, share).await;
+        // Bounded by the budget: an entry left behind stops counting within `Census::FRESH_MS`.
+        let _ = tokio::time::timeout(budget.remaining(), self.leave_census(owner, &mut share)).await;
+        self.lb.pace_reads(self.config.elb_reads_per_s * PROCESS_SHARE);
         followed
     }
 
@@ -506,15 +518,15 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         }
     }
 
-    /// Leaves the census (best effort: an entry left behind stops counting within [`Census::FRESH_MS`]) and gives
-    /// the process its own pace back for whatever it runs next.
-    async fn count_out(&self, owner: &str, share: Share) {
+    /// Leaves the census (best effort: an entry left behind stops counting within [`Census::FRESH_MS`]).
+    async fn leave_census(&self, owner: &str, share: &mut Share) {
         if share.live == 0 {
             return;
         }
-        let entry = CensusEntry { owner: owner.to_string(), heartbeat_ms: None, forget: share.forget };
+        share.live = 0;
+        let entry =
+            CensusEntry { owner: owner.to_string(), heartbeat_ms: None, forget: std::mem::take(&mut share.forget) };
         let _ = self.state.census(&entry).await;
-        self.lb.pace_reads(self.config.elb_reads_per_s * PROCESS_SHARE);
     }
 
     /// One read of the public production listener and, when it moved since the last mirror (or a full reconcile

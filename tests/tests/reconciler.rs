@@ -149,6 +149,17 @@ fn follow_request() -> FollowRequest {
     }
 }
 
+/// CodeDeploy shifting production traffic to green 10 % a second, then AfterAllowTraffic (which must succeed).
+async fn shift_linearly(w: &World) {
+    let a = &w.arns;
+    for step in 1..=10u32 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, step * 10));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.invoke(Phase::AfterAllowTraffic, "e3").await.status, HookStatus::Succeeded);
+}
+
 /// The longest time the private production route's shares differed from the mirror of the public one.
 fn max_weight_lag(w: &World) -> Duration {
     let a = &w.arns;
@@ -199,15 +210,7 @@ async fn the_follower_mirrors_every_linear_step_within_a_tick() {
     let engine = w.hooks();
     let (req, t1) = (follow_request(), Tracker::default());
     let follower = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(600)), &t1);
-    let codedeploy = async {
-        for step in 1..=10u32 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, step * 10));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(w.invoke(Phase::AfterAllowTraffic, "e3").await.status, HookStatus::Succeeded);
-    };
-    let (followed, ()) = tokio::join!(follower, codedeploy);
+    let (followed, ()) = tokio::join!(follower, shift_linearly(&w));
     followed.expect("follower");
     let lag = max_weight_lag(&w);
     assert!(lag <= Duration::from_millis(500), "max weight lag {lag:?}");
@@ -348,15 +351,7 @@ async fn a_follower_reads_at_its_share_of_the_installations_budget_and_leaves_it
     let engine = w.hooks();
     let (req, t) = (follow_request(), Tracker::default());
     let follower = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(600)), &t);
-    let codedeploy = async {
-        for step in 1..=10u32 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, step * 10));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(w.invoke(Phase::AfterAllowTraffic, "e3").await.status, HookStatus::Succeeded);
-    };
-    let (followed, ()) = tokio::join!(follower, codedeploy);
+    let (followed, ()) = tokio::join!(follower, shift_linearly(&w));
     followed.expect("follower");
     // With the default budget of 2 reads a second, the twenty followers share 3 a second; then the process has
     // its own pace back.

@@ -251,6 +251,7 @@ impl LoadBalancers for FakeElb {
 
     async fn targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
         self.calls.enter("elb:DescribeTargetHealth")?;
+        self.calls.stall("elb:DescribeTargetHealth").await;
         let s = self.s();
         let g = s.groups.get(target_group).ok_or_else(|| not_found("DescribeTargetHealth", target_group))?;
         Ok(g.targets.values().cloned().collect())
@@ -278,10 +279,13 @@ impl LoadBalancers for FakeElb {
     }
 
     async fn route(&self, route: &RouteRef) -> Result<Route> {
-        self.calls.enter(match route {
+        let op = match route {
             RouteRef::Listener(_) => "elb:DescribeListeners",
             RouteRef::Rule(_) => "elb:DescribeRules",
-        })?;
+        };
+        self.calls.enter(op)?;
+        // What a read answers is what stood when it was answered, after any wait.
+        self.calls.stall(op).await;
         self.s().routes.get(route.arn()).cloned().ok_or_else(|| not_found("DescribeListeners", route.arn()))
     }
 

@@ -391,3 +391,36 @@ async fn a_throttled_follower_reads_less_often_and_catches_up_when_the_throttlin
     assert!(throttled <= 12, "{throttled} reads while throttled");
     assert_eq!(mirrored, Some(10), "the step after the throttling is mirrored");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_whose_reads_waited_does_not_write_over_a_newer_flip() {
+    let w = World::new();
+    let a = &w.arns;
+    w.through_the_gate().await;
+    // CodeDeploy's first step, then every ELB read waits two seconds (a process's bucket under load).
+    w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, 10));
+    w.calls.stall_every("elb:Describe", Duration::from_secs(2));
+    let engine = w.hooks();
+    let (req, t) = (follow_request(), Tracker::default());
+    let follower = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(30)), &t);
+    let codedeploy = async {
+        // While the follower's reads of the first step wait, the shift completes and AfterAllowTraffic flips.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        w.allow_traffic();
+        w.invoke(Phase::AfterAllowTraffic, "e3").await
+    };
+    let (followed, aat) = tokio::join!(follower, codedeploy);
+    followed.expect("follower");
+    assert_eq!(aat.status, HookStatus::Succeeded, "{:?}", aat.message);
+    let private: Vec<Option<u32>> = w
+        .elb
+        .route_log()
+        .into_iter()
+        .filter(|(arn, _)| arn == &a.prv_prod)
+        .map(|(_, r)| r.weight(&a.prv_green))
+        .collect();
+    assert_eq!(private.last(), Some(&Some(100)), "{private:?}");
+    let flipped = private.iter().position(|w| *w == Some(100)).expect("the flip");
+    assert!(private[flipped..].iter().all(|w| *w == Some(100)), "nothing written over the flip: {private:?}");
+    assert!(w.elb.dark_moments().is_empty(), "{:?}", w.elb.dark_moments());
+}

@@ -76,6 +76,9 @@ impl Reconciled {
 /// own full reconcile is a safety net: once a minute, it had been half of what a follower read.
 const FULL_RECONCILE_EVERY: Duration = Duration::from_secs(300);
 const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// How old a read of the public production route may be when the private route is written from it without a
+/// second look: beyond it, the reads in between waited in the process's bucket and CodeDeploy may have moved on.
+const FRESH_FOR: Duration = Duration::from_millis(500);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
 /// What the follower has read of the public route and made the private side mirror.
@@ -142,7 +145,16 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         for round in 1..=3 {
             out.rounds = round;
             let pre = self.preflight(b, t).await?;
+            let observing = Instant::now();
             let seen = self.observe(b, public_prod.as_ref(), public_test.as_ref(), pre.production, pre.test).await?;
+            // Reads that waited their turn long enough for the public route to move are not written from.
+            if let (Some(public_ref), Some(public), true) =
+                (&public_prod, &seen.public_production, observing.elapsed() > FRESH_FOR)
+            {
+                if round < 3 && !self.lb.route(public_ref).await?.same_action(public) {
+                    continue;
+                }
+            }
             if !self.apply(b, &seen, &mut out, t).await? {
                 break;
             }
@@ -226,7 +238,18 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     ///
     /// `speculate`: a group has just started taking public traffic, so the private route is about to gain one
     /// too: the targets are read alongside the private route instead of after it, one round trip less.
-    async fn mirror_production(&self, b: &Binding, public: &Route, speculate: bool, t: &Tracker) -> Result<Reconciled> {
+    ///
+    /// The private side's reads wait their turn in the process's bucket; when they took long enough for the
+    /// public route to move meanwhile (CodeDeploy's next step, AfterAllowTraffic's flip), the public route is read
+    /// again before the write, and a moved one is not written over: the next read mirrors it.
+    async fn mirror_production(
+        &self,
+        b: &Binding,
+        public: &Route,
+        read: (&RouteRef, Instant),
+        speculate: bool,
+        t: &Tracker,
+    ) -> Result<Reconciled> {
         let mut out = Reconciled { binding: b.label(), rounds: 1, ..Default::default() };
         let pairs = b.pair_arns();
         let all: Vec<&str> = pairs.iter().flat_map(|(public, private)| [public.as_str(), private.as_str()]).collect();
@@ -261,6 +284,17 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 involved.iter().map(|s| s.to_string()).zip(read).collect()
             }
         };
+        let (public_ref, read_at) = read;
+        if read_at.elapsed() > FRESH_FOR {
+            let again = self.lb.route(public_ref).await?;
+            if !again.same_action(public) {
+                out.held_back = vec![format!(
+                    "{}: the public route moved to {again} while the private side was read; mirroring it next",
+                    b.label()
+                )];
+                return Ok(out);
+            }
+        }
         let seen = Observed {
             public_production: Some(public.clone()),
             private_production: Some(current),
@@ -544,6 +578,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             Some(public) => public,
             None => self.lb.route(public_ref).await?,
         };
+        let read_at = Instant::now();
         let seen_before = seen.last_read.is_some();
         // A group that has just started taking public traffic (the shift's first step, a rollback).
         let public_joining = match &seen.last_read {
@@ -559,7 +594,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             let g = self.group_once(b, group).await?;
             Some(self.reconcile(b, g, t).await?)
         } else if moved {
-            Some(self.mirror_production(b, &public, public_joining, t).await?)
+            Some(self.mirror_production(b, &public, (public_ref, read_at), public_joining, t).await?)
         } else {
             None
         };

@@ -147,11 +147,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             let pre = self.preflight(b, t).await?;
             let observing = Instant::now();
             let seen = self.observe(b, public_prod.as_ref(), public_test.as_ref(), pre.production, pre.test).await?;
-            // Reads that waited their turn long enough for the public route to move are not written from.
-            if let (Some(public_ref), Some(public), true) =
-                (&public_prod, &seen.public_production, observing.elapsed() > FRESH_FOR)
-            {
-                if round < 3 && !self.lb.route(public_ref).await?.same_action(public) {
+            if let (Some(public_ref), Some(public)) = (&public_prod, &seen.public_production) {
+                if round < 3 && self.moved_since(public_ref, public, observing).await?.is_some() {
                     continue;
                 }
             }
@@ -231,6 +228,17 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         Ok(true)
     }
 
+    /// Whether the public production route read at `read_at` as `public` has moved since, when the reads after
+    /// it waited their turn long enough ([`FRESH_FOR`]) for CodeDeploy to move on: the route as it stands now, or
+    /// `None` (a fresh read is trusted without a second one). No private route is written from a stale read.
+    async fn moved_since(&self, public_ref: &RouteRef, public: &Route, read_at: Instant) -> Result<Option<Route>> {
+        if read_at.elapsed() <= FRESH_FOR {
+            return Ok(None);
+        }
+        let now = self.lb.route(public_ref).await?;
+        Ok((!now.same_action(public)).then_some(now))
+    }
+
     /// The follower's step: mirrors a public production route it has just read onto the private route. One read
     /// of the private route; the targets of the pairs involved only when a private group is about to start
     /// taking traffic (the I4 guard needs their health, and the current groups' to know whether the route serves
@@ -284,16 +292,12 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 involved.iter().map(|s| s.to_string()).zip(read).collect()
             }
         };
-        let (public_ref, read_at) = read;
-        if read_at.elapsed() > FRESH_FOR {
-            let again = self.lb.route(public_ref).await?;
-            if !again.same_action(public) {
-                out.held_back = vec![format!(
-                    "{}: the public route moved to {again} while the private side was read; mirroring it next",
-                    b.label()
-                )];
-                return Ok(out);
-            }
+        if let Some(again) = self.moved_since(read.0, public, read.1).await? {
+            out.held_back = vec![format!(
+                "{}: the public route moved to {again} while the private side was read; mirroring it next",
+                b.label()
+            )];
+            return Ok(out);
         }
         let seen = Observed {
             public_production: Some(public.clone()),

@@ -691,6 +691,12 @@ mod tests {
         assert!(std::error::Error::source(&e).is_some(), "the SDK error is kept as the source");
     }
 
+    /// A mock client with the production SDK retry, so that the paused clock's figures are the ones the
+    /// functions see: the mocks' default is the SDK's 1 s backoff.
+    fn production_retry(client: Client) -> Client {
+        Client::from_conf(client.config().to_builder().retry_config(super::super::retry_config()).build())
+    }
+
     /// Throttling, every time it is asked, as many times as it is asked.
     fn throttled() -> aws_smithy_mocks::Rule {
         mock!(Client::describe_target_health)
@@ -707,8 +713,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_throttled_read_pauses_the_process_and_is_tried_again_a_few_times_then_fails() {
         let throttled = throttled();
-        let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, RuleMode::Sequential, [&throttled]))
-            .with_paced_reads(2.0, ReadBurst::Reconcile);
+        let elb = Elb::new(production_retry(mock_client!(
+            aws_sdk_elasticloadbalancingv2,
+            RuleMode::Sequential,
+            [&throttled]
+        )))
+        .with_paced_reads(2.0, ReadBurst::Reconcile);
         let started = tokio::time::Instant::now();
         let e = elb.targets(TG_A).await.unwrap_err();
         assert_eq!(e.aws_kind(), Some(AwsErrorKind::Throttled));
@@ -731,12 +741,15 @@ mod tests {
             .times(5)
             .output(|| DescribeTargetHealthOutput::builder().build())
             .build();
-        let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, RuleMode::Sequential, [&rule]))
-            .with_paced_reads(2.0, ReadBurst::Reconcile);
+        let elb =
+            Elb::new(production_retry(mock_client!(aws_sdk_elasticloadbalancingv2, RuleMode::Sequential, [&rule])))
+                .with_paced_reads(2.0, ReadBurst::Reconcile);
         let started = tokio::time::Instant::now();
         assert!(elb.targets(TG_A).await.unwrap().is_empty());
         assert_eq!(rule.num_calls(), 6);
-        assert!(started.elapsed() < Duration::from_secs(2), "no throttling pause: {:?}", started.elapsed());
+        // Three rounds of two attempts: the SDK's backoff (at most 100 ms once per round) and ours (100, 200 ms)
+        // add up to 600 ms at most on the paused clock; a throttling pause alone would be 500 ms more.
+        assert!(started.elapsed() <= Duration::from_millis(600), "no throttling pause: {:?}", started.elapsed());
     }
 
     #[tokio::test(start_paused = true)]

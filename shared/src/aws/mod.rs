@@ -30,6 +30,14 @@ pub const MAX_ATTEMPTS: u32 = 6;
 /// The first retry's backoff ceiling; it doubles per attempt up to 5 s (100, 200, 400, 800, 1600 ms).
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 
+/// The SDK retry every client gets unless `AWS_MAX_ATTEMPTS` says otherwise.
+pub(crate) fn retry_config() -> RetryConfig {
+    RetryConfig::standard()
+        .with_max_attempts(MAX_ATTEMPTS)
+        .with_initial_backoff(INITIAL_BACKOFF)
+        .with_max_backoff(Duration::from_secs(5))
+}
+
 /// The adapters of one function, built from one shared SDK configuration.
 #[derive(Debug, Clone)]
 pub struct Aws {
@@ -60,12 +68,7 @@ impl Aws {
         // a throttled reconcile fall behind a target group's deregistration delay, so a replaced task could stop
         // while its private mirror still received traffic.
         if std::env::var_os("AWS_MAX_ATTEMPTS").is_none() {
-            loader = loader.retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(MAX_ATTEMPTS)
-                    .with_initial_backoff(INITIAL_BACKOFF)
-                    .with_max_backoff(Duration::from_secs(5)),
-            );
+            loader = loader.retry_config(retry_config());
         }
         let sdk = loader.load().await;
         Self {

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RouteRef;
 use crate::domain::{
-    BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, ObservedTarget, Route, StoredBinding, Target,
-    TargetKey, TrafficShift,
+    BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, HealthCheck, ObservedTarget, Route,
+    StoredBinding, Target, TargetKey, TrafficShift,
 };
 use crate::Result;
 
@@ -23,7 +23,7 @@ pub struct TargetGroupFacts {
     pub protocol: Option<String>,
     pub port: Option<u16>,
     pub load_balancers: Vec<String>,
-    pub health_check_path: Option<String>,
+    pub health_check: HealthCheck,
 }
 
 /// Elastic Load Balancing, as the mirror uses it.

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use bluegreen_mirror::config::{Config, RouteRef};
 use bluegreen_mirror::domain::{
-    BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, HealthState, ObservedTarget, Phase, Route,
-    RouteStyle, StoredBinding, Target, TargetKey, TrafficShift,
+    BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, HealthCheck, HealthState, ObservedTarget,
+    Phase, Route, RouteStyle, StoredBinding, Target, TargetKey, TrafficShift,
 };
 use bluegreen_mirror::harness::{self, Invocation, Outcome, Tracker};
 use bluegreen_mirror::ports::{
@@ -772,7 +772,12 @@ impl World {
                             protocol: Some(proto.into()),
                             port: Some(8080),
                             load_balancers: vec![lb.clone()],
-                            health_check_path: Some("/health".into()),
+                            // NLB groups can health-check HTTP on a path, and these do: as strong a gate as the ALB's.
+                            health_check: HealthCheck {
+                                protocol: Some("HTTP".into()),
+                                port: Some("traffic-port".into()),
+                                path: Some("/health".into()),
+                            },
                         },
                         targets: BTreeMap::new(),
                     },
@@ -784,12 +789,6 @@ impl World {
             let test = if style == RouteStyle::Single { &a.prv_green } else { &a.prv_blue };
             s.routes.insert(a.prv_test.clone(), Route::all_to(test, &[&a.prv_green, &a.prv_blue], style));
             s.private_routes.insert(a.prv_prod.clone());
-        }
-        if private_kind == "net" {
-            // Both NLB groups must keep the same protocol as their public mirrors for the preflight.
-            for tg in [&a.pub_blue, &a.pub_green] {
-                elb.group_mut(tg, |g| g.facts.protocol = Some("TCP".into()));
-            }
         }
         elb.add_targets(&a.pub_blue, &keys(1..4), HealthState::Healthy);
         elb.add_targets(&a.prv_blue, &keys(1..4), HealthState::Healthy);

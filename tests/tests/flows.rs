@@ -159,6 +159,36 @@ async fn nlb_private_side_flips_production_and_keeps_idle_on_the_test_listener()
     assert!(w.elb.dark_moments().is_empty());
 }
 
+/// Public ALB groups in HTTP, private NLB groups in TCP (the PrivateLink case): the pair mirrors, and `check`
+/// warns when the NLB's health check is TCP only, naming the command that makes it as strong as the ALB's.
+#[tokio::test(start_paused = true)]
+async fn an_nlb_mirror_in_tcp_of_an_alb_in_http_passes_and_a_tcp_only_health_check_is_warned() {
+    let w = World::nlb();
+    let a = &w.arns;
+    let engine = w.hooks();
+    let b = w.config.bindings[0].clone();
+    let group = engine.group(&b).await.unwrap();
+    let t = bluegreen_mirror::harness::Tracker::default();
+    assert_eq!(engine.check(&b, &group, &t).await.unwrap(), Vec::<String>::new());
+    w.elb.group_mut(&a.prv_green, |g| {
+        g.facts.health_check.protocol = Some("TCP".into());
+        g.facts.health_check.path = None;
+    });
+    let t = bluegreen_mirror::harness::Tracker::default();
+    let warnings = engine.check(&b, &group, &t).await.unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("prv-green health-checks with TCP only")
+            && warnings[0].contains(&format!("--target-group-arn {} --health-check-protocol HTTP", a.prv_green)),
+        "{warnings:?}"
+    );
+    // A warning, not a refusal: the deployment goes through.
+    let [ai, bat, aat] = deploy(&w).await;
+    for o in [&ai, &bat, &aat] {
+        assert_eq!(o.status, HookStatus::Succeeded, "{:?}", o.message);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn every_hook_invoked_twice_converges_to_the_same_state() {
     let w = World::new();
@@ -364,13 +394,18 @@ async fn bad_input_is_refused_with_a_clear_message_and_nothing_changed() {
         ),
         (
             "port mismatch",
-            "same protocol and port",
+            "both must target the task's port; give prv-green port 8080",
             Box::new(|w| w.elb.group_mut(&w.arns.prv_green, |g| g.facts.port = Some(9090))),
         ),
         (
             "protocol mismatch",
-            "same protocol and port",
+            "groups of the same kind (both ALB or both NLB) must use the same protocol",
             Box::new(|w| w.elb.group_mut(&w.arns.prv_blue, |g| g.facts.protocol = Some("HTTPS".into()))),
+        ),
+        (
+            "private TLS group mirroring plain HTTP",
+            "speak TLS to the tasks and the other plain text; a mirror of a HTTP group must use HTTP (ALB) or TCP (NLB)",
+            Box::new(|w| w.elb.group_mut(&w.arns.prv_blue, |g| g.facts.protocol = Some("TLS".into()))),
         ),
         (
             "private target group attached to another load balancer",

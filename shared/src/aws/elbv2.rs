@@ -19,7 +19,9 @@ use super::errors::aws_error;
 use super::INITIAL_BACKOFF;
 use crate::config::RouteRef;
 use crate::domain::pacing::PROCESS_SHARE;
-use crate::domain::{HealthState, ObservedTarget, Route, Target, TargetKey, TokenBucket, WeightedTargetGroup};
+use crate::domain::{
+    HealthCheck, HealthState, ObservedTarget, Route, Target, TargetKey, TokenBucket, WeightedTargetGroup,
+};
 use crate::ports::{LoadBalancers, TargetGroupFacts};
 use crate::{AwsErrorKind, Error, Result};
 
@@ -309,7 +311,11 @@ impl LoadBalancers for Elb {
                 protocol: g.protocol().map(|p| p.as_str().to_string()),
                 port: g.port().and_then(|p| u16::try_from(p).ok()),
                 load_balancers: g.load_balancer_arns().to_vec(),
-                health_check_path: g.health_check_path().map(str::to_string),
+                health_check: HealthCheck {
+                    protocol: g.health_check_protocol().map(|p| p.as_str().to_string()),
+                    port: g.health_check_port().map(str::to_string),
+                    path: g.health_check_path().map(str::to_string),
+                },
             })
             .collect())
     }

@@ -2,6 +2,7 @@
 //! can be tested exhaustively and reused by every function (hooks, reconciler, rehearsal).
 
 pub mod arn;
+pub mod compat;
 pub mod mirror;
 pub mod pacing;
 pub mod reconcile;
@@ -9,6 +10,7 @@ pub mod record;
 pub mod route;
 pub mod target;
 
+pub use compat::{GroupShape, HealthCheck};
 pub use mirror::{plan_mirror, MirrorPlan, DEFAULT_BATCH};
 pub use pacing::{
     follower_reads_per_s, full_reconcile_fits, next_read, sweep_per_run, sweep_slice, Pacing, Progress, TokenBucket,

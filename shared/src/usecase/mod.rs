@@ -17,7 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Binding, Config, RouteRef};
 use crate::domain::{
-    arn, plan_mirror, DeploymentRecord, MirrorPlan, ObservedTarget, Phase, Route, TargetKey, DEFAULT_BATCH,
+    arn, compat, plan_mirror, DeploymentRecord, GroupShape, MirrorPlan, ObservedTarget, Phase, Route, TargetKey,
+    DEFAULT_BATCH,
 };
 use crate::harness::{Budget, Tracker};
 use crate::ports::{DeploymentFacts, Deployments, Followers, LoadBalancers, Saved, StateStore, TaskSetLabel};
@@ -206,16 +207,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                     )));
                 }
             }
-            if public.port != private.port || public.protocol != private.protocol {
-                return Err(Error::Misconfigured(format!(
-                    "private target group {} uses {}:{} but its public mirror {} uses {}:{}: give them the same protocol and port",
-                    private.name,
-                    private.protocol.as_deref().unwrap_or("?"),
-                    private.port.map_or("?".to_string(), |p| p.to_string()),
-                    public.name,
-                    public.protocol.as_deref().unwrap_or("?"),
-                    public.port.map_or("?".to_string(), |p| p.to_string()),
-                )));
+            let (public_shape, private_shape) = (shape(public), shape(private));
+            if let Some(problem) = compat::incompatibility(&public_shape, &private_shape) {
+                return Err(Error::Misconfigured(format!("binding {}: {problem}", b.label())));
             }
             if let Some(other) = private.load_balancers.iter().find(|l| **l != lb_arn) {
                 return Err(Error::Misconfigured(format!(
@@ -224,11 +218,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                     private.name
                 )));
             }
-            if public.health_check_path != private.health_check_path {
-                t.note(format!(
-                    "warning: health check path differs between {} ({:?}) and its mirror {} ({:?})",
-                    public.name, public.health_check_path, private.name, private.health_check_path
-                ));
+            for warning in compat::weaker_health_checks(&public_shape, &private_shape) {
+                t.note(warning);
             }
         }
         let privates = b.private_target_groups();
@@ -496,6 +487,11 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             }
         }
     }
+}
+
+/// What the compatibility rule reads of a target group.
+fn shape(g: &crate::ports::TargetGroupFacts) -> GroupShape<'_> {
+    GroupShape { arn: &g.arn, name: &g.name, protocol: g.protocol.as_deref(), port: g.port, health: &g.health_check }
 }
 
 /// Refuses a deployment group whose target groups the binding does not name as public ones.

@@ -1,0 +1,254 @@
+//! Which target groups may mirror each other. A mirror receives the same task IPs on the same port, so the port
+//! must be the task's port on both sides; the protocols need only agree on what the tasks speak there, which lets
+//! an NLB (TCP, TLS) mirror an ALB (HTTP, HTTPS): the usual reason for a private NLB is PrivateLink, whose endpoint
+//! services sit only behind NLBs. Health checks decide what the gate proves, so a private check weaker than the
+//! public one is worth a warning with its fix.
+
+/// A target group's health check, as ELB describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HealthCheck {
+    /// `HTTP`, `HTTPS`, `TCP`, ...; `None` when unknown.
+    pub protocol: Option<String>,
+    /// `traffic-port` or a port number.
+    pub port: Option<String>,
+    /// The path of an HTTP(S) check.
+    pub path: Option<String>,
+}
+
+/// What the rule needs to know of one target group.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupShape<'a> {
+    pub arn: &'a str,
+    pub name: &'a str,
+    pub protocol: Option<&'a str>,
+    pub port: Option<u16>,
+    pub health: &'a HealthCheck,
+}
+
+/// The protocols a private mirror may use for a public target group of `public`'s protocol.
+fn mirrors_of(public: &str) -> &'static [&'static str] {
+    match public {
+        "HTTP" => &["HTTP (ALB)", "TCP (NLB)"],
+        "HTTPS" => &["HTTPS (ALB)", "TLS (NLB)", "TCP (NLB)"],
+        "TCP" => &["TCP (NLB)", "HTTP (ALB)", "HTTPS (ALB)"],
+        "TLS" => &["TLS (NLB)", "HTTPS (ALB)"],
+        _ => &[],
+    }
+}
+
+/// Whether tasks serving `a` on a port can be reached as `b` on the same port. An ALB group speaks HTTP or
+/// HTTPS to the task; an NLB group in TCP passes the client's bytes through (plain HTTP or TLS alike), in TLS it
+/// speaks TLS to the task. Between groups of the same kind the protocol must be the same.
+fn compatible(a: &str, b: &str) -> bool {
+    a == b || matches!((a, b), ("HTTP", "TCP") | ("TCP", "HTTP") | ("HTTPS", "TLS" | "TCP") | ("TLS" | "TCP", "HTTPS"))
+}
+
+fn why_not(public: &str, private: &str) -> &'static str {
+    let alb = |p: &str| matches!(p, "HTTP" | "HTTPS");
+    let tls = |p: &str| matches!(p, "HTTPS" | "TLS");
+    if alb(public) == alb(private) {
+        "groups of the same kind (both ALB or both NLB) must use the same protocol"
+    } else if tls(public) != tls(private) && !(public == "TCP" || private == "TCP") {
+        "one side would speak TLS to the tasks and the other plain text"
+    } else if matches!(public, "UDP" | "TCP_UDP" | "GENEVE") || matches!(private, "UDP" | "TCP_UDP" | "GENEVE") {
+        "UDP and GENEVE groups carry no HTTP(S) the other side could serve"
+    } else {
+        "the tasks cannot speak both"
+    }
+}
+
+/// Why `private` cannot mirror `public`, naming both groups and the fix; `None` when it can.
+pub fn incompatibility(public: &GroupShape<'_>, private: &GroupShape<'_>) -> Option<String> {
+    let shown = |g: &GroupShape<'_>| {
+        format!("{}:{}", g.protocol.unwrap_or("?"), g.port.map_or_else(|| "?".to_string(), |p| p.to_string()))
+    };
+    if public.port.is_none() || public.port != private.port {
+        return Some(format!(
+            "private target group {} uses {} but its public mirror {} uses {}: a mirror receives the same task IPs, \
+             so both must target the task's port; give {} port {}",
+            private.name,
+            shown(private),
+            public.name,
+            shown(public),
+            private.name,
+            public.port.map_or_else(|| "the task's".to_string(), |p| p.to_string()),
+        ));
+    }
+    let (Some(pp), Some(vp)) = (public.protocol, private.protocol) else {
+        return Some(format!(
+            "target group {} or {} has no protocol: only HTTP, HTTPS, TCP and TLS groups can be mirrored",
+            public.name, private.name
+        ));
+    };
+    if compatible(pp, vp) {
+        return None;
+    }
+    let allowed = mirrors_of(pp);
+    let fix = if allowed.is_empty() {
+        format!("a {pp} group cannot be mirrored; bind HTTP, HTTPS, TCP or TLS groups")
+    } else {
+        format!("a mirror of a {pp} group must use {}", allowed.join(" or "))
+    };
+    Some(format!(
+        "private target group {} uses {} but its public mirror {} uses {}: {}; {fix}",
+        private.name,
+        shown(private),
+        public.name,
+        shown(public),
+        why_not(pp, vp)
+    ))
+}
+
+fn checks_http(h: &HealthCheck) -> bool {
+    matches!(h.protocol.as_deref(), Some("HTTP" | "HTTPS"))
+}
+
+/// The port a health check probes, `traffic-port` resolved.
+fn probed_port(g: &GroupShape<'_>) -> Option<String> {
+    match g.health.port.as_deref() {
+        None | Some("traffic-port") => g.port.map(|p| p.to_string()),
+        Some(p) => Some(p.to_string()),
+    }
+}
+
+/// Warnings when the private group's health check proves less than its public mirror's, each with its fix:
+/// the gate waits for the private side's health, so a weaker check lets a broken task through on that side.
+pub fn weaker_health_checks(public: &GroupShape<'_>, private: &GroupShape<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    let (ph, vh) = (public.health, private.health);
+    if checks_http(ph) && !checks_http(vh) && vh.protocol.is_some() {
+        let protocol = ph.protocol.as_deref().unwrap_or("HTTP");
+        let path = ph.path.as_deref().unwrap_or("/");
+        out.push(format!(
+            "warning: private target group {} health-checks with {} only while its public mirror {} checks {protocol} \
+             {path}: the gate then proves only that the port accepts connections; an NLB group can check HTTP on a \
+             path: aws elbv2 modify-target-group --target-group-arn {} --health-check-protocol {protocol} \
+             --health-check-path {path}",
+            private.name,
+            vh.protocol.as_deref().unwrap_or("?"),
+            public.name,
+            private.arn,
+        ));
+    } else if checks_http(ph) && checks_http(vh) && ph.path != vh.path {
+        out.push(format!(
+            "warning: health check path differs between {} ({}) and its mirror {} ({}): the private gate then proves \
+             something else; aws elbv2 modify-target-group --target-group-arn {} --health-check-path {}",
+            public.name,
+            ph.path.as_deref().unwrap_or("?"),
+            private.name,
+            vh.path.as_deref().unwrap_or("?"),
+            private.arn,
+            ph.path.as_deref().unwrap_or("/"),
+        ));
+    }
+    let (pport, vport) = (probed_port(public), probed_port(private));
+    if pport.is_some() && vport.is_some() && pport != vport {
+        out.push(format!(
+            "warning: private target group {} health-checks port {} while its public mirror {} checks port {}: \
+             aws elbv2 modify-target-group --target-group-arn {} --health-check-port {}",
+            private.name,
+            vport.unwrap_or_default(),
+            public.name,
+            pport.clone().unwrap_or_default(),
+            private.arn,
+            public.health.port.as_deref().unwrap_or("traffic-port"),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PROTOCOLS: [&str; 7] = ["HTTP", "HTTPS", "TCP", "TLS", "UDP", "TCP_UDP", "GENEVE"];
+
+    fn hc(protocol: &str, path: Option<&str>) -> HealthCheck {
+        HealthCheck {
+            protocol: Some(protocol.into()),
+            port: Some("traffic-port".into()),
+            path: path.map(str::to_string),
+        }
+    }
+
+    fn shape<'a>(name: &'a str, protocol: &'a str, port: u16, health: &'a HealthCheck) -> GroupShape<'a> {
+        GroupShape { arn: name, name, protocol: Some(protocol), port: Some(port), health }
+    }
+
+    #[test]
+    fn the_documented_pairs_mirror_and_nothing_else() {
+        let h = hc("HTTP", Some("/health"));
+        let allowed =
+            [("HTTP", "TCP"), ("TCP", "HTTP"), ("HTTPS", "TLS"), ("HTTPS", "TCP"), ("TLS", "HTTPS"), ("TCP", "HTTPS")];
+        for p in PROTOCOLS {
+            for v in PROTOCOLS {
+                let problem = incompatibility(&shape("pub", p, 8080, &h), &shape("prv", v, 8080, &h));
+                let want = p == v || allowed.contains(&(p, v));
+                assert_eq!(problem.is_none(), want, "{p} -> {v}: {problem:?}");
+                if let Some(m) = problem {
+                    assert!(
+                        m.contains(&format!("prv uses {v}:8080")) && m.contains(&format!("pub uses {p}:8080")),
+                        "{m}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn messages_say_why_and_what_to_use() {
+        let h = HealthCheck::default();
+        let m = incompatibility(&shape("pub", "HTTP", 8080, &h), &shape("prv", "TLS", 8080, &h)).unwrap_or_default();
+        assert!(
+            m.contains("TLS to the tasks and the other plain text") && m.contains("HTTP (ALB) or TCP (NLB)"),
+            "{m}"
+        );
+        let m = incompatibility(&shape("pub", "HTTP", 8080, &h), &shape("prv", "HTTPS", 8080, &h)).unwrap_or_default();
+        assert!(m.contains("same kind"), "{m}");
+        let m = incompatibility(&shape("pub", "HTTP", 8080, &h), &shape("prv", "TCP", 9090, &h)).unwrap_or_default();
+        assert!(m.contains("task's port") && m.contains("give prv port 8080"), "{m}");
+        let m = incompatibility(&shape("pub", "GENEVE", 6081, &h), &shape("prv", "TCP", 6081, &h)).unwrap_or_default();
+        assert!(m.contains("cannot be mirrored"), "{m}");
+        let none = GroupShape { protocol: None, ..shape("prv", "TCP", 8080, &h) };
+        assert!(incompatibility(&shape("pub", "HTTP", 8080, &h), &none).is_some());
+    }
+
+    #[test]
+    fn a_weaker_private_health_check_is_warned_with_its_fix() {
+        let (http, tcp) = (hc("HTTP", Some("/health")), hc("TCP", None));
+        let w = weaker_health_checks(&shape("pub", "HTTP", 8080, &http), &shape("prv", "TCP", 8080, &tcp));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("with TCP only") && w[0].contains("--health-check-protocol HTTP --health-check-path /health")
+        );
+        // An NLB group checking HTTP on the same path proves as much: no warning.
+        let w = weaker_health_checks(&shape("pub", "HTTP", 8080, &http), &shape("prv", "TCP", 8080, &http));
+        assert!(w.is_empty(), "{w:?}");
+        let other = hc("HTTP", Some("/"));
+        let w = weaker_health_checks(&shape("pub", "HTTP", 8080, &http), &shape("prv", "HTTP", 8080, &other));
+        assert!(w.len() == 1 && w[0].contains("path differs"), "{w:?}");
+        let port = HealthCheck { port: Some("9000".into()), ..http.clone() };
+        let w = weaker_health_checks(&shape("pub", "HTTP", 8080, &http), &shape("prv", "TCP", 8080, &port));
+        assert!(w.len() == 1 && w[0].contains("health-checks port 9000") && w[0].contains("checks port 8080"), "{w:?}");
+        // A stronger private check (HTTP where the public side checks TCP) is fine.
+        let w = weaker_health_checks(&shape("pub", "TCP", 8080, &tcp), &shape("prv", "HTTP", 8080, &http));
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    proptest! {
+        /// The rule is symmetric and reflexive; and a port mismatch is refused whatever the protocols.
+        #[test]
+        fn symmetric_reflexive_and_port_bound(a in 0..PROTOCOLS.len(), b in 0..PROTOCOLS.len(), p1 in 1u16.., p2 in 1u16..) {
+            let h = HealthCheck::default();
+            let (a, b) = (PROTOCOLS[a], PROTOCOLS[b]);
+            let ab = incompatibility(&shape("x", a, 80, &h), &shape("y", b, 80, &h)).is_none();
+            let ba = incompatibility(&shape("y", b, 80, &h), &shape("x", a, 80, &h)).is_none();
+            prop_assert_eq!(ab, ba);
+            prop_assert!(incompatibility(&shape("x", a, 80, &h), &shape("y", a, 80, &h)).is_none());
+            if p1 != p2 {
+                prop_assert!(incompatibility(&shape("x", a, p1, &h), &shape("y", a, p2, &h)).is_some());
+            }
+        }
+    }
+}

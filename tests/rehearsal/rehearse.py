@@ -48,6 +48,9 @@ SCENARIOS = {
                "about": "10% of production traffic, then the rest; the private side flips at AfterAllowTraffic"},
     "linear": {"config": "Linear10Percent", "expected": "succeeded", "crash_follower": True,
                "about": "production traffic in 10% steps; the private side flips at AfterAllowTraffic"},
+    "alb-to-nlb": {"config": "AllAtOnce", "expected": "succeeded", "private": "nlb",
+                   "about": "public ALB with HTTP target groups, private NLB with TCP target groups (the PrivateLink "
+                            "case): production flips to green, the test listener keeps the idle group attached"},
     "unhealthy-green": {"config": "AllAtOnce", "expected": "rolled_back", "block_private_green": True,
                         "about": "the private load balancer cannot reach the replacement tasks: the gate fails "
                                  "and CodeDeploy rolls back before production traffic moves"},
@@ -185,6 +188,8 @@ class Rehearsal:
         self.elb_reads_per_s = None
         # The bindings in the state table (`bluegreen-mirror bindings apply`) rather than the environment.
         self.stored_bindings = False
+        # How ELB spells the NLBs this scenario creates (moto spells them as ALBs).
+        self.nlb = standin.NlbSpelling()
 
     # --- the emulated account --------------------------------------------------------------------------------
     def start_moto(self):
@@ -227,43 +232,60 @@ class Rehearsal:
 
     def provision(self):
         elb, vpc, subnets = self.account()
+        nlb = self.spec.get("private") == "nlb"
         lbs = {}
         for side, scheme in (("public", "internet-facing"), ("private", "internal")):
+            kind = "network" if nlb and side == "private" else "application"
             lbs[side] = elb.create_load_balancer(Name=side, Subnets=subnets, Scheme=scheme,
-                                                 Type="application")["LoadBalancers"][0]["LoadBalancerArn"]
+                                                 Type=kind)["LoadBalancers"][0]["LoadBalancerArn"]
+        if nlb:
+            self.nlb.add(lbs["private"])
         tgs = {}
         for side in ("pub", "prv"):
             for color in ("blue", "green"):
+                # An NLB group speaks TCP to the task; it health-checks HTTP on the same path, as strong a gate as
+                # the ALB's (`check` warns when it is weaker).
+                protocol = "TCP" if nlb and side == "prv" else "HTTP"
                 tgs[f"{side}-{color}"] = elb.create_target_group(
-                    Name=f"{side}-{color}", Protocol="HTTP", Port=TASK_PORT, VpcId=vpc, TargetType="ip",
-                    HealthCheckPath="/health", HealthCheckIntervalSeconds=5, HealthyThresholdCount=2,
+                    Name=f"{side}-{color}", Protocol=protocol, Port=TASK_PORT, VpcId=vpc, TargetType="ip",
+                    HealthCheckProtocol="HTTP", HealthCheckPath="/health", HealthCheckIntervalSeconds=5,
+                    HealthCheckTimeoutSeconds=2,
+                    HealthyThresholdCount=2,
                 )["TargetGroups"][0]["TargetGroupArn"]
 
-        def forward(live, idle):
+        def forward(live, idle, single):
+            if single:
+                return [{"Type": "forward", "TargetGroupArn": live}]
             return [{"Type": "forward", "ForwardConfig": {"TargetGroups": [
                 {"TargetGroupArn": live, "Weight": 100}, {"TargetGroupArn": idle, "Weight": 0}]}}]
 
         listeners = {}
         for side, p in (("public", "pub"), ("private", "prv")):
+            single = nlb and side == "private"
             for name, port in (("prod", 80), ("test", 8080)):
+                # An NLB listener forwards to one group: blue on production, the idle green on test.
+                live, idle = (f"{p}-green", f"{p}-blue") if single and name == "test" else (f"{p}-blue", f"{p}-green")
                 listeners[f"{side}-{name}"] = elb.create_listener(
-                    LoadBalancerArn=lbs[side], Protocol="HTTP", Port=port,
-                    DefaultActions=forward(tgs[f"{p}-blue"], tgs[f"{p}-green"]),
+                    LoadBalancerArn=lbs[side], Protocol="TCP" if single else "HTTP", Port=port,
+                    DefaultActions=forward(tgs[live], tgs[idle], single),
                 )["Listeners"][0]["ListenerArn"]
         self.lbs, self.tgs, self.listeners = lbs, tgs, listeners
+        # The bindings name the private side as ELB spells it (an NLB's ARNs are `net/`).
         self.bindings = {"bindings": [{
             "application": "web", "deployment_group": "web-bg",
             "pairs": [{"public_target_group": tgs["pub-blue"], "private_target_group": tgs["prv-blue"]},
                       {"public_target_group": tgs["pub-green"], "private_target_group": tgs["prv-green"]}],
-            "private_production_route": {"listener": listeners["private-prod"]},
-            "private_test_route": {"listener": listeners["private-test"]},
+            "private_production_route": {"listener": self.nlb.real(listeners["private-prod"])},
+            "private_test_route": {"listener": self.nlb.real(listeners["private-test"])},
             "health_timeout_seconds": 8,
         }]}
-        self.log("setup", "provisioned VPC, public and private ALB, 4 ip target groups, listeners :80 and :8080 "
-                          "on each, DynamoDB table")
+        private = "an internal NLB with TCP groups" if nlb else "a private ALB"
+        self.log("setup", f"provisioned VPC, public ALB and {private}, 4 ip target groups, listeners :80 and "
+                          ":8080 on each, DynamoDB table")
 
     def start_standin(self):
         self.world = standin.World(self.moto_url, self.client("elbv2", self.moto_url, "STANDIN"))
+        self.world.nlb = self.nlb
         for tg in self.tgs.values():
             lb = self.lbs["public"] if "/pub-" in tg else self.lbs["private"]
             self.world.tg_lb[tg] = lb
@@ -609,7 +631,12 @@ class Rehearsal:
                 if extra:
                     stale.append(f"{short(prv)} (idle) still holds {len(extra)} targets its mirror no longer has")
         i2 = same_traffic(private_prod, mirrored(w.route(self.listeners["public-prod"])))
-        i3 = same_traffic(w.route(self.listeners["private-test"]), mirrored(w.route(self.listeners["public-test"])))
+        private_test = w.route(self.listeners["private-test"])
+        if self.spec.get("private") == "nlb":
+            # An NLB's test listener holds the idle group, so that both stay attached and health-checked.
+            i3 = [t for t, _ in private_test] == [prv for _, prv in pairs if prv not in live] and len(live) == 1
+        else:
+            i3 = same_traffic(private_test, mirrored(w.route(self.listeners["public-test"])))
         pub_stats = self.probe.stats("public", "private")
         prv_stats = self.probe.stats("private", "public")
         i4 = prv_stats["dark_while_other_side_served_ms"] == 0

@@ -8,6 +8,10 @@
 * ELBv2 throttles as ELB does (`ElbBuckets`): token buckets per account and region, shared by every caller in the
   account (our functions, a neighbour, the console), except the AWS services that call ELB on the customer's behalf
   (ECS, CodeDeploy), which have buckets of their own. moto throttles nothing.
+* NLBs are spelled and refused as ELB does (`NlbSpelling`): moto names every load balancer `loadbalancer/app/...`
+  and accepts a forward to several target groups on an NLB listener; ELB names an NLB `loadbalancer/net/...` (its
+  listeners `listener/net/...`) and refuses such a forward with `ValidationError`. An NLB group whose health
+  check is TCP is checked by opening a connection, as an NLB does.
 * Everything else (ELBv2, DynamoDB, EC2) passes through to moto unchanged.
 
 Every call is counted per caller (the access key id of the signing credentials names the function) and per
@@ -15,6 +19,7 @@ operation, and every listener or rule change is recorded with its time, so that 
 skew between the public and the private side."""
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -286,6 +291,59 @@ class Deployment:
             return self.executions[exec_id]["status"]
 
 
+class NlbSpelling:
+    """ELB's spelling of NLB ARNs over moto's. The world and the rehearsal keep moto's spelling (`app/`); callers
+    of the endpoint see and send ELB's (`net/`), translated at the boundary in both directions."""
+
+    KINDS = ("loadbalancer", "listener", "listener-rule")
+
+    def __init__(self):
+        self.ids = set()  # "name/id" of every NLB
+        self.lock = threading.Lock()
+
+    def add(self, moto_lb_arn):
+        with self.lock:
+            self.ids.add(moto_lb_arn.split(":loadbalancer/app/", 1)[1])
+
+    def is_nlb(self, arn):
+        with self.lock:
+            ids = set(self.ids)
+        return any(f"/app/{i}" in arn or f"/net/{i}" in arn for i in ids)
+
+    def _swap(self, text, old, new):
+        with self.lock:
+            ids = set(self.ids)
+        for i in ids:
+            for kind in self.KINDS:
+                text = text.replace(f":{kind}/{old}/{i}", f":{kind}/{new}/{i}")
+        return text
+
+    def real(self, text):
+        """moto's spelling → ELB's."""
+        return self._swap(text, "app", "net")
+
+    def moto(self, text):
+        """ELB's spelling → moto's."""
+        return self._swap(text, "net", "app")
+
+    def refusal(self, op, form):
+        """ELB's answer to a forward to several target groups on an NLB listener, or None. `form` is moto-spelled."""
+        if op not in ("ModifyListener", "CreateListener"):
+            return None
+        owner = form.get("ListenerArn", form.get("LoadBalancerArn", [""]))[0]
+        if not self.is_nlb(owner):
+            return None
+        per_action = {}
+        for key in form:
+            if ".ForwardConfig.TargetGroups.member." in key and key.endswith(".TargetGroupArn"):
+                action = key.split(".ForwardConfig.", 1)[0]
+                per_action[action] = per_action.get(action, 0) + 1
+        if any(n > 1 for n in per_action.values()):
+            return ("You cannot specify multiple target groups in a single action with a load balancer of type "
+                    "'network'")
+        return None
+
+
 class World:
     """Shared state of the emulated AWS: routes, target health, draining, blocked paths, call counts."""
 
@@ -301,6 +359,8 @@ class World:
         self.draining = {}  # (tg, ip, port) -> until (monotonic)
         self.blocked = set()  # (lb ARN, ip): that load balancer cannot reach that task
         self.tg_lb = {}  # tg -> lb ARN (from moto)
+        self.tcp_checked = set()  # target groups whose health check is TCP: a connection, not an HTTP request
+        self.nlb = NlbSpelling()
         self.calls = []  # (t, caller, service, operation)
         self.deployments = {}
         self.groups = {}  # (application, group) -> DeploymentGroup
@@ -406,7 +466,13 @@ class World:
         results = []
         for (tg, ip, port), blocked in work:
             ok = not self.active_checks
-            if self.active_checks and not blocked:
+            if self.active_checks and not blocked and tg in self.tcp_checked:
+                try:
+                    socket.create_connection((ip, port), timeout=0.2).close()
+                    ok = True
+                except OSError:
+                    ok = False
+            elif self.active_checks and not blocked:
                 try:
                     with urllib.request.urlopen(f"http://{ip}:{port}/health", timeout=0.2) as r:
                         ok = r.status == 200
@@ -548,9 +614,15 @@ def make_handler(world: World):
             elif target.startswith("DynamoDB_"):
                 service, op = "dynamodb", target.split(".", 1)[1]
             else:
-                form = urllib.parse.parse_qs(body.decode(), keep_blank_values=True)
-                op = form.get("Action", [""])[0]
-                service = "elbv2" if form.get("Version", [""])[0] == "2015-12-01" else "ec2"
+                pairs = urllib.parse.parse_qsl(body.decode(), keep_blank_values=True)
+                op = dict(pairs).get("Action", "")
+                service = "elbv2" if dict(pairs).get("Version") == "2015-12-01" else "ec2"
+                if service == "elbv2" and world.nlb.ids:
+                    pairs = [(k, world.nlb.moto(v)) for k, v in pairs]
+                    body = urllib.parse.urlencode(pairs).encode()
+                form = {}
+                for k, v in pairs:
+                    form.setdefault(k, []).append(v)
             world.count(caller, service, op, token)
             if service == "elbv2" and not world.take_elb(caller, op, token):
                 # Refused before it takes effect: a throttled call changes nothing, so no crash point either.
@@ -590,7 +662,14 @@ def make_handler(world: World):
             action = op
             if service == "elbv2" and action == "DescribeTargetHealth":
                 return self._describe_target_health(body, form)
+            refusal = world.nlb.refusal(action, form) if service == "elbv2" else None
+            if refusal:
+                body = (f'<ErrorResponse xmlns="{ELB_NS}"><Error><Type>Sender</Type><Code>ValidationError</Code>'
+                        f"<Message>{refusal}</Message></Error><RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>")
+                return self._send(400, body.encode(), "text/xml")
             status, data, ctype = self._forward(body)
+            if service == "elbv2" and world.nlb.ids:
+                data = world.nlb.real(data.decode()).encode()
             if service == "elbv2" and status == 200:
                 self._observe(action, form)
             self._send(status, data, ctype)
@@ -652,7 +731,7 @@ def make_handler(world: World):
             extra = {"x-amzn-RequestId": str(uuid.uuid4())}
             if error_type:
                 extra["X-Amzn-ErrorType"] = error_type
-            self._send(status, json.dumps(obj).encode(), "application/x-amz-json-1.1", extra)
+            self._send(status, world.nlb.real(json.dumps(obj)).encode(), "application/x-amz-json-1.1", extra)
 
         def _error(self, error_type, message):
             self._json(400, {"__type": error_type, "message": message}, error_type)

@@ -1,0 +1,155 @@
+"""The emulated endpoint models what moto gets wrong, each behaviour the functions rely on checked here against
+moto itself: an NLB's ARNs are spelled `net/` (moto: `app/`), a forward to several target groups on an NLB
+listener is refused with `ValidationError` (moto accepts it), a TCP health check is a connection (a target that
+accepts but speaks no HTTP is healthy there, unhealthy under an HTTP check), a group no listener routes to is
+`unused` (moto: `healthy`), and the account's `Describe*` bucket throttles (moto: never).
+
+    python test_standin.py
+"""
+
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
+
+import procs
+import rehearse
+import standin
+
+results = []
+
+
+def expect(name, cond, detail=""):
+    results.append(cond)
+    print(f"{'ok  ' if cond else 'FAIL'} {name}" + (f": {detail}" if detail and not cond else ""))
+
+
+def error_code(call):
+    try:
+        call()
+    except ClientError as e:
+        return e.response["Error"]["Code"], e.response["Error"].get("Message", "")
+    return None, ""
+
+
+def tcp_only_server():
+    """A task that accepts connections and answers nothing: TCP-healthy, not HTTP-healthy."""
+    srv = socket.socket()
+    srv.bind(("127.0.3.1", 0))
+    srv.listen(16)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+                conn.close()
+            except OSError:
+                return
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv.getsockname()[1]
+
+
+def main():
+    procs.install_cleanup()
+    r = rehearse.Rehearsal("happy", 1, None, open("/dev/null", "w"))
+    try:
+        r.start_moto()
+        direct = r.client("elbv2", r.moto_url, "PROVISION")
+        ec2 = r.client("ec2", r.moto_url, "PROVISION")
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{rehearse.REGION}{az}")
+                   ["Subnet"]["SubnetId"] for i, az in ((1, "a"), (2, "b"))]
+        port = tcp_only_server()
+        nlb_arn = direct.create_load_balancer(Name="nlb", Subnets=subnets, Type="network",
+                                              Scheme="internal")["LoadBalancers"][0]["LoadBalancerArn"]
+        alb_arn = direct.create_load_balancer(Name="alb", Subnets=subnets, Type="application",
+                                              Scheme="internal")["LoadBalancers"][0]["LoadBalancerArn"]
+        expect("moto spells an NLB as an ALB (what is modelled here)", ":loadbalancer/app/nlb/" in nlb_arn, nlb_arn)
+        tg = {}
+        for name, protocol in (("tcp-a", "TCP"), ("tcp-b", "TCP"), ("http-a", "HTTP"), ("http-b", "HTTP"),
+                               ("idle", "TCP")):
+            tg[name] = direct.create_target_group(Name=name, Protocol=protocol, Port=port, VpcId=vpc,
+                                                  TargetType="ip")["TargetGroups"][0]["TargetGroupArn"]
+        nlb_listener = direct.create_listener(LoadBalancerArn=nlb_arn, Protocol="TCP", Port=80, DefaultActions=[
+            {"Type": "forward", "TargetGroupArn": tg["tcp-a"]}])["Listeners"][0]["ListenerArn"]
+        alb_listener = direct.create_listener(LoadBalancerArn=alb_arn, Protocol="HTTP", Port=80, DefaultActions=[
+            {"Type": "forward", "TargetGroupArn": tg["http-a"]}])["Listeners"][0]["ListenerArn"]
+
+        world = standin.World(r.moto_url, r.client("elbv2", r.moto_url, "STANDIN"))
+        world.nlb.add(nlb_arn)
+        world.tcp_checked.add(tg["tcp-a"])
+        for name in tg:
+            world.tg_lb[tg[name]] = nlb_arn if name.startswith(("tcp", "idle")) else alb_arn
+        world.track_route(nlb_listener, nlb_arn)
+        world.track_route(alb_listener, alb_arn)
+        server = standin.serve(world)
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        elb = boto3.client("elbv2", endpoint_url=endpoint, region_name=rehearse.REGION, aws_access_key_id="AKIDTEST",
+                           aws_secret_access_key="x", config=BotoConfig(retries={"max_attempts": 1}))
+
+        # ARNs as ELB spells them.
+        lbs = {lb["LoadBalancerName"]: lb for lb in elb.describe_load_balancers()["LoadBalancers"]}
+        real_nlb = lbs["nlb"]["LoadBalancerArn"]
+        expect("an NLB's ARN is loadbalancer/net/", ":loadbalancer/net/nlb/" in real_nlb, real_nlb)
+        expect("an ALB's ARN stays loadbalancer/app/", ":loadbalancer/app/alb/" in lbs["alb"]["LoadBalancerArn"])
+        listeners = elb.describe_listeners(LoadBalancerArn=real_nlb)["Listeners"]
+        real_listener = listeners[0]["ListenerArn"] if listeners else ""
+        expect("an NLB's listener is listener/net/", ":listener/net/nlb/" in real_listener, real_listener)
+        owners = elb.describe_target_groups(TargetGroupArns=[tg["tcp-a"]])["TargetGroups"][0]["LoadBalancerArns"]
+        expect("a target group names its NLB as net/", owners == [real_nlb], str(owners))
+
+        # A single-group forward on the NLB, by its real ARN, takes effect.
+        elb.modify_listener(ListenerArn=real_listener, DefaultActions=[
+            {"Type": "forward", "TargetGroupArn": tg["tcp-b"]}])
+        expect("a single-group forward on an NLB listener is accepted",
+               world.route(nlb_listener) == [(tg["tcp-b"], 1)], str(world.route(nlb_listener)))
+        two = [{"Type": "forward", "ForwardConfig": {"TargetGroups": [
+            {"TargetGroupArn": tg["tcp-a"], "Weight": 100}, {"TargetGroupArn": tg["tcp-b"], "Weight": 0}]}}]
+        code, message = error_code(lambda: elb.modify_listener(ListenerArn=real_listener, DefaultActions=two))
+        expect("a forward to two groups on an NLB listener is refused with ValidationError",
+               code == "ValidationError" and "network" in message, f"{code} {message}")
+        expect("... and changes nothing", world.route(nlb_listener) == [(tg["tcp-b"], 1)])
+        alb_two = [{"Type": "forward", "ForwardConfig": {"TargetGroups": [
+            {"TargetGroupArn": tg["http-a"], "Weight": 100}, {"TargetGroupArn": tg["http-b"], "Weight": 0}]}}]
+        elb.modify_listener(ListenerArn=alb_listener, DefaultActions=alb_two)
+        expect("a weighted forward on an ALB listener is accepted", len(world.route(alb_listener)) == 2)
+        elb.modify_listener(ListenerArn=real_listener, DefaultActions=[
+            {"Type": "forward", "TargetGroupArn": tg["tcp-a"]}])
+
+        # Health: TCP checks connect, HTTP checks need an answer, unattached groups are unused.
+        for name in ("tcp-a", "http-a", "idle"):
+            elb.register_targets(TargetGroupArn=tg[name], Targets=[{"Id": "127.0.3.1", "Port": port}])
+        threading.Thread(target=world.health_loop, daemon=True).start()
+        deadline = time.monotonic() + 10
+
+        def state(name):
+            d = elb.describe_target_health(TargetGroupArn=tg[name])["TargetHealthDescriptions"]
+            return d[0]["TargetHealth"]["State"] if d else None
+
+        while time.monotonic() < deadline and (state("tcp-a") != "healthy" or state("http-a") != "unhealthy"):
+            time.sleep(0.3)
+        expect("a TCP health check passes on a port that accepts", state("tcp-a") == "healthy", state("tcp-a"))
+        expect("an HTTP health check fails where nothing answers HTTP", state("http-a") == "unhealthy",
+               state("http-a"))
+        expect("a group no listener routes to is unused", state("idle") == "unused", state("idle"))
+
+        # The account's Describe* bucket (40, refilled at 10 a second) throttles a burst.
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(lambda _: error_code(lambda: elb.describe_load_balancers())[0], range(120)))
+        expect("a burst of Describe calls is throttled", 0 < codes.count("Throttling") <= 120 - 40,
+               f"{codes.count('Throttling')} of 120 throttled")
+        world.stop.set()
+    finally:
+        procs.kill_all()
+    print(f"{sum(results)} of {len(results)} checks passed")
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -96,36 +96,39 @@ pub async fn main(args: Vec<String>) -> i32 {
     let mut ok = true;
     for (label, b) in &bindings {
         let t = Tracker::default();
-        let result: bluegreen_mirror::Result<Value> = async {
+        // One row per binding; `status` gives one per private side.
+        let result: bluegreen_mirror::Result<Vec<Value>> = async {
             let b: &bluegreen_mirror::config::Binding = b.as_ref().map_err(clone_error)?;
             let group = engine.group(b).await?;
             match command {
                 Command::Check => {
                     let warnings = engine.check(b, &group, &t).await?;
-                    Ok(json!({"binding": b.label(), "ok": true, "warnings": warnings}))
+                    Ok(vec![json!({"binding": b.label(), "ok": true, "warnings": warnings})])
                 }
                 Command::Status | Command::Reconcile { dry_run: true } => {
-                    let s = engine.status(b, &group, &t).await?;
-                    Ok(serde_json::to_value(&s).unwrap_or(Value::Null))
+                    let sides = engine.status(b, &group, &t).await?;
+                    Ok(sides.iter().map(|s| serde_json::to_value(s).unwrap_or(Value::Null)).collect())
                 }
                 Command::Reconcile { dry_run: false } => {
                     let r = engine.reconcile(b, &group, &t).await?;
-                    Ok(serde_json::to_value(&r).unwrap_or(Value::Null))
+                    Ok(vec![serde_json::to_value(&r).unwrap_or(Value::Null)])
                 }
                 // Handled before the loop.
-                Command::Bindings(_) => Ok(Value::Null),
+                Command::Bindings(_) => Ok(Vec::new()),
             }
         }
         .await;
-        let row = match result {
+        let these = match result {
             Ok(v) => v,
-            Err(e) => json!({"binding": label, "ok": false, "error": error_chain(&e)}),
+            Err(e) => vec![json!({"binding": label, "ok": false, "error": error_chain(&e)})],
         };
-        let good = row.get("error").is_none()
-            && (!matches!(command, Command::Status) || row.get("in_sync").and_then(Value::as_bool) == Some(true));
-        ok &= good;
-        describe(&mut text, &command, &row);
-        rows.push(row);
+        for row in these {
+            let good = row.get("error").is_none()
+                && (!matches!(command, Command::Status) || row.get("in_sync").and_then(Value::as_bool) == Some(true));
+            ok &= good;
+            describe(&mut text, &command, &row);
+            rows.push(row);
+        }
     }
     if as_json {
         println!(

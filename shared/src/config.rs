@@ -76,7 +76,19 @@ fn default_health_timeout() -> u64 {
     DEFAULT_HEALTH_TIMEOUT_SECS
 }
 
-/// The configuration for one CodeDeploy deployment group.
+/// One more private side of a binding: another load balancer that mirrors the same public target groups with
+/// target groups of its own (an internal ALB for the VPC and an NLB for PrivateLink, say).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateSide {
+    pub pairs: Vec<Pair>,
+    pub private_production_route: RouteRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_test_route: Option<RouteRef>,
+}
+
+/// The configuration for one CodeDeploy deployment group. Its own `pairs` and routes are its first private side;
+/// `additional_private_sides` lists the others, each gated, flipped, followed and undone with the first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Binding {
@@ -88,9 +100,57 @@ pub struct Binding {
     pub private_test_route: Option<RouteRef>,
     #[serde(default = "default_health_timeout")]
     pub health_timeout_seconds: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_private_sides: Vec<PrivateSide>,
+    /// Which private side this is, in a view from [`Binding::sides`] (0: the binding's own fields).
+    #[serde(skip)]
+    pub side: usize,
 }
 
 impl Binding {
+    /// Every private side as a binding of one side: the use cases act on one side at a time and on all of them
+    /// together. A binding of one side yields itself.
+    pub fn sides(&self) -> Vec<Binding> {
+        let mut first = self.clone();
+        let more = std::mem::take(&mut first.additional_private_sides);
+        let mut out = vec![first.clone()];
+        for (i, side) in more.into_iter().enumerate() {
+            out.push(Binding {
+                pairs: side.pairs,
+                private_production_route: side.private_production_route,
+                private_test_route: side.private_test_route,
+                side: i + 1,
+                ..first.clone()
+            });
+        }
+        out
+    }
+
+    /// The number of private sides.
+    pub fn side_count(&self) -> usize {
+        1 + self.additional_private_sides.len()
+    }
+
+    /// The private target groups of every side.
+    pub fn all_private_target_groups(&self) -> Vec<&str> {
+        let mut out = self.private_target_groups();
+        for side in &self.additional_private_sides {
+            out.extend(side.pairs.iter().map(|p| p.private_target_group.as_str()));
+        }
+        out
+    }
+
+    /// The private routes (production, then test) of every side.
+    pub fn all_private_routes(&self) -> Vec<&RouteRef> {
+        let mut out = vec![&self.private_production_route];
+        out.extend(self.private_test_route.as_ref());
+        for side in &self.additional_private_sides {
+            out.push(&side.private_production_route);
+            out.extend(side.private_test_route.as_ref());
+        }
+        out
+    }
+
     /// `(public, private)` target group ARN pairs.
     pub fn pair_arns(&self) -> Vec<(String, String)> {
         self.pairs.iter().map(|p| (p.public_target_group.clone(), p.private_target_group.clone())).collect()
@@ -129,6 +189,14 @@ impl Binding {
         format!("{}/{}", self.application, self.deployment_group)
     }
 
+    /// The label with the side, when the binding has more than one (`web/web-bg side 2`, counted from 1).
+    pub fn side_label(&self) -> String {
+        match self.side {
+            0 => self.label(),
+            i => format!("{} side {}", self.label(), i + 1),
+        }
+    }
+
     /// The binding a stored item holds, checked as the environment form is: a bad item fails only its own
     /// binding, with what to fix.
     pub fn from_stored(stored: &crate::domain::StoredBinding) -> Result<Self> {
@@ -153,24 +221,65 @@ impl Binding {
     }
 
     fn problems(&self) -> Vec<String> {
-        let me = self.label();
         let mut out = Vec::new();
         if self.application.trim().is_empty() || self.deployment_group.trim().is_empty() {
-            out.push(format!("binding {me:?}: application and deployment_group must not be empty"));
+            out.push(format!("binding {:?}: application and deployment_group must not be empty", self.label()));
         }
+        if !(1..=3600).contains(&self.health_timeout_seconds) {
+            out.push(format!("binding {}: health_timeout_seconds must be between 1 and 3600", self.label()));
+        }
+        let sides = self.sides();
+        let mut seen = HashSet::new();
+        let publics: HashSet<&str> = self.public_target_groups().into_iter().collect();
+        for side in &sides {
+            out.extend(side.side_problems(&mut seen));
+            if side.side > 0 && side.public_target_groups().into_iter().collect::<HashSet<_>>() != publics {
+                out.push(format!(
+                    "binding {}: each side's pairs must name the same two public target groups as the binding's own \
+                     pairs",
+                    side.side_label()
+                ));
+            }
+        }
+        let mut routes = HashSet::new();
+        for side in &sides {
+            if !routes.insert(side.private_production_route.arn()) {
+                out.push(format!(
+                    "binding {}: private_production_route {} is another side's too; each side has its own",
+                    side.side_label(),
+                    side.private_production_route
+                ));
+            }
+        }
+        out
+    }
+
+    /// The problems of one side: its pairs, its routes. `seen` collects target groups across sides.
+    fn side_problems<'a>(&'a self, seen: &mut HashSet<&'a str>) -> Vec<String> {
+        let me = self.side_label();
+        let mut out = Vec::new();
         if self.pairs.len() != 2 {
             out.push(format!(
                 "binding {me}: `pairs` must hold exactly two public→private target group pairs (blue and green), found {}",
                 self.pairs.len()
             ));
         }
-        let mut seen = HashSet::new();
-        for tg in self.pairs.iter().flat_map(|p| [&p.public_target_group, &p.private_target_group]) {
+        let mut own = HashSet::new();
+        for (tg, private) in self
+            .pairs
+            .iter()
+            .flat_map(|p| [(p.public_target_group.as_str(), false), (p.private_target_group.as_str(), true)])
+        {
             if !arn::is_target_group(tg) {
                 out.push(format!("binding {me}: {tg:?} is not a target group ARN"));
             }
-            if !seen.insert(tg) {
-                out.push(format!("binding {me}: target group {tg} appears twice; each of the four must be distinct"));
+            // The public groups repeat on every side; a private group belongs to one side.
+            let fresh = if private || self.side == 0 { seen.insert(tg) } else { true };
+            if !own.insert(tg) || !fresh || (private && self.public_target_groups().contains(&tg)) {
+                out.push(format!(
+                    "binding {me}: target group {tg} appears twice; each side's two private target groups must be \
+                     distinct from each other, from every other side's and from the public ones"
+                ));
             }
         }
         let mut routes = vec![("private_production_route", &self.private_production_route)];
@@ -200,9 +309,6 @@ impl Binding {
                 "binding {me}: the private load balancer is an NLB, whose listener forwards to one target group; \
                  declare private_test_route so that the idle target group stays attached and health-checked"
             ));
-        }
-        if !(1..=3600).contains(&self.health_timeout_seconds) {
-            out.push(format!("binding {me}: health_timeout_seconds must be between 1 and 3600"));
         }
         out
     }
@@ -310,7 +416,7 @@ impl Config {
             if !groups.insert((&b.application, &b.deployment_group)) {
                 problems.push(format!("binding {} is declared twice", b.label()));
             }
-            for tg in b.private_target_groups() {
+            for tg in b.all_private_target_groups() {
                 if let Some(other) = private_owner.insert(tg, b.label()) {
                     problems.push(format!("private target group {tg} is bound by both {other} and {}", b.label()));
                 }

@@ -62,9 +62,9 @@ pub struct Summary {
     pub route_before: Option<String>,
     pub route_after: Option<String>,
     pub notes: Vec<String>,
-    /// The route to put back if the invocation fails after changing it.
+    /// The routes to put back (one per private side) if the invocation fails after changing them.
     #[serde(skip)]
-    pub undo: Option<(RouteRef, Route)>,
+    pub undo: Vec<(RouteRef, Route)>,
 }
 
 /// A handle through which a use case fills in the summary as it goes, so that even a use case that fails or
@@ -103,13 +103,17 @@ impl Tracker {
         self.with(|s| s.notes.push(note));
     }
 
-    /// Remembers how to undo a route change, should the invocation fail from here on.
+    /// Remembers how to undo a route change, should the invocation fail from here on: every route so
+    /// remembered is put back together.
     pub fn undo_with(&self, which: RouteRef, before: Route) {
-        self.with(|s| s.undo = Some((which, before)));
+        self.with(|s| {
+            s.undo.retain(|(w, _)| *w != which);
+            s.undo.push((which, before));
+        });
     }
 
-    pub fn take_undo(&self) -> Option<(RouteRef, Route)> {
-        self.with(|s| s.undo.take())
+    pub fn take_undo(&self) -> Vec<(RouteRef, Route)> {
+        self.with(|s| std::mem::take(&mut s.undo))
     }
 
     pub fn snapshot(&self) -> Summary {

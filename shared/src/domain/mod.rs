@@ -17,6 +17,8 @@ pub use pacing::{
     TrafficShift,
 };
 pub use reconcile::{plan_reconcile, Observed, ReconcilePlan};
-pub use record::{BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, Phase, StoredBinding};
+pub use record::{
+    BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, Phase, SideRecord, StoredBinding,
+};
 pub use route::{mirror_route, test_route, Route, RouteStyle, WeightedTargetGroup};
 pub use target::{HealthState, ObservedTarget, Target, TargetKey};

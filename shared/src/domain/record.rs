@@ -67,6 +67,22 @@ pub struct DeploymentRecord {
     /// from here so that a stored binding costs its critical path no read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub binding: Option<serde_json::Value>,
+    /// The binding's other private sides (its `additional_private_sides`, in order): the fields above that are
+    /// about the private side describe its first one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub additional_sides: Vec<SideRecord>,
+}
+
+/// One private side of a deployment: its groups and its flip.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SideRecord {
+    /// The side's private production route (ARN), to tell sides apart when reading the record.
+    pub private_production_route: Option<String>,
+    pub green_private_target_group: Option<String>,
+    pub blue_private_target_group: Option<String>,
+    pub private_route_before: Option<Route>,
+    pub planned_private_route: Option<Route>,
 }
 
 impl DeploymentRecord {
@@ -82,6 +98,35 @@ impl DeploymentRecord {
 
     pub fn key(deployment_id: &str) -> String {
         format!("deployment#{deployment_id}")
+    }
+
+    /// Side `i` (0: the record's own fields).
+    pub fn side(&self, i: usize) -> Option<SideRecord> {
+        match i {
+            0 => Some(SideRecord {
+                private_production_route: None,
+                green_private_target_group: self.green_private_target_group.clone(),
+                blue_private_target_group: self.blue_private_target_group.clone(),
+                private_route_before: self.private_route_before.clone(),
+                planned_private_route: self.planned_private_route.clone(),
+            }),
+            i => self.additional_sides.get(i - 1).cloned(),
+        }
+    }
+
+    /// Writes side `i` (0: the record's own fields), growing the list of other sides as needed.
+    pub fn set_side(&mut self, i: usize, side: SideRecord) {
+        if i == 0 {
+            self.green_private_target_group = side.green_private_target_group;
+            self.blue_private_target_group = side.blue_private_target_group;
+            self.private_route_before = side.private_route_before;
+            self.planned_private_route = side.planned_private_route;
+            return;
+        }
+        if self.additional_sides.len() < i {
+            self.additional_sides.resize(i, SideRecord::default());
+        }
+        self.additional_sides[i - 1] = side;
     }
 }
 

@@ -1,10 +1,13 @@
-//! AfterAllowTraffic: the public production listener now serves green. Make the private production route its
-//! mirror at once — on the fast path one DynamoDB read (the flip BeforeAllowTraffic planned) and one
-//! ModifyListener/ModifyRule — then verify against the public truth, correct if needed, check that the private
-//! route is not dark, converge membership and the test route, record. If the private side cannot be made right,
-//! it is put back where it was (by `Hooks::run`, which also covers panics and timeouts) and the hook fails (CodeDeploy then reroutes the public side back too).
+//! AfterAllowTraffic: the public production listener now serves green. Make every private side's production
+//! route its mirror at once — on the fast path one DynamoDB read (the flips BeforeAllowTraffic planned) and one
+//! ModifyListener/ModifyRule per side, all issued together — then verify against the public truth, correct if
+//! needed, check that no private route is dark, converge membership and the test routes, record. If any side
+//! cannot be made right, every side is put back where it was (by `Engine::run`, which also covers panics and
+//! timeouts) and the hook fails (CodeDeploy then reroutes the public side back too).
 
 use std::borrow::Cow;
+
+use futures_util::future::{join_all, try_join_all};
 
 use super::{name, now_ms, Engine, Tracker, STATE_READ_BOUND};
 use crate::config::{Binding, RouteRef};
@@ -16,7 +19,10 @@ use crate::{Error, Result};
 /// What the flip started from.
 struct Flip<'a> {
     binding: Cow<'a, Binding>,
-    before: Option<Route>,
+    /// Each private side with its production route as it was before the flip (when known) and as flipped.
+    sides: Vec<(Binding, Option<Route>, Route)>,
+    /// The routes before were read just now (the slow path): a side already in place is not written again.
+    fresh: bool,
     public_production_listener: Option<String>,
     public_test_listener: Option<String>,
 }
@@ -46,34 +52,36 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             } else {
                 Cow::Borrowed(self.config.binding(&rec.application, &rec.deployment_group)?)
             };
-            let planned = rec.planned_private_route.clone()?;
-            let privates = b.private_target_groups();
-            planned
-                .target_groups
-                .iter()
-                .all(|w| privates.contains(&w.target_group.as_str()))
-                .then_some((rec, b, planned))
+            // Every side must have its planned flip, within its own groups; otherwise the slow path plans them all.
+            let sides: Option<Vec<(Binding, Option<Route>, Route)>> = b
+                .sides()
+                .into_iter()
+                .map(|side| {
+                    let planned = rec.side(side.side)?;
+                    let to = planned.planned_private_route?;
+                    let privates = side.private_target_groups();
+                    to.target_groups.iter().all(|w| privates.contains(&w.target_group.as_str())).then_some((
+                        side,
+                        planned.private_route_before,
+                        to,
+                    ))
+                })
+                .collect();
+            Some(Flip {
+                sides: sides?,
+                fresh: false,
+                binding: b,
+                public_production_listener: rec.public_production_listener.clone(),
+                public_test_listener: rec.public_test_listener.clone(),
+            })
         });
 
-        let (flip, flipped) = match fast {
-            Some((rec, b, planned)) => {
-                t.binding(b.label());
-                let flip = Flip {
-                    binding: b,
-                    before: rec.private_route_before.clone(),
-                    public_production_listener: rec.public_production_listener.clone(),
-                    public_test_listener: rec.public_test_listener.clone(),
-                };
-                if let Some(before) = &flip.before {
-                    t.undo_with(flip.binding.private_production_route.clone(), before.clone());
-                }
-                let set = self.lb.set_route(&flip.binding.private_production_route, &planned).await;
-                (flip, set.map(|()| planned))
-            }
+        let flip = match fast {
+            Some(flip) => flip,
             None => {
                 let r = self.resolve(deployment_id, t).await?;
                 let b = r.binding;
-                let pre = self.preflight(&b, t).await?;
+                let pres = self.preflight_sides(&b, t).await?;
                 let listener = r.facts.production_listeners.first().cloned().ok_or_else(|| {
                     Error::Misconfigured(format!(
                         "deployment group {} has no production listener",
@@ -81,38 +89,62 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                     ))
                 })?;
                 let public = self.lb.route(&RouteRef::Listener(listener.clone())).await?;
-                let desired = mirror_route(&public, &b.pair_arns(), b.style(), Some(&pre.production))
-                    .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
-                let flip = Flip {
+                let mut sides = Vec::new();
+                for (side, pre) in pres {
+                    let desired = mirror_route(&public, &side.pair_arns(), side.style(), Some(&pre.production))
+                        .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", side.side_label())))?;
+                    sides.push((side, Some(pre.production), desired));
+                }
+                Flip {
                     binding: b,
-                    before: Some(pre.production.clone()),
+                    sides,
+                    fresh: true,
                     public_production_listener: Some(listener),
                     public_test_listener: r.facts.test_listeners.first().cloned(),
-                };
-                t.undo_with(flip.binding.private_production_route.clone(), pre.production.clone());
-                let set = if pre.production.same_action(&desired) {
-                    Ok(desired)
-                } else {
-                    self.lb.set_route(&flip.binding.private_production_route, &desired).await.map(|()| desired)
-                };
-                (flip, set)
+                }
             }
         };
-        let flip_at = now_ms();
-        let b: &Binding = &flip.binding;
-
-        // From here on a failure (error, panic, timeout) puts the private route back (see `Hooks::run`).
-        let flipped = flipped?;
-        t.route_change(flip.before.as_ref().map_or("?".to_string(), Route::to_string), flipped.to_string());
-        let desired = self.settle(deployment_id, &flip, flipped, t).await?;
-
-        // Off the critical path: membership of both pairs (I1) and the test route (I3).
-        for (public, private) in b.pair_arns() {
-            self.mirror_pair(&public, &private, t).await?;
+        t.binding(flip.binding.label());
+        // Every side's write at once, each with its undo remembered first: from here on a failure (error, panic,
+        // timeout) puts every side back (see `Engine::run`).
+        for (side, before, _) in &flip.sides {
+            if let Some(before) = before {
+                t.undo_with(side.private_production_route.clone(), before.clone());
+            }
         }
-        self.converge_test_route(b, flip.public_test_listener.as_deref(), &desired, t).await?;
+        let writes = flip.sides.iter().map(|(side, before, to)| async move {
+            if flip.fresh && before.as_ref().is_some_and(|b| b.same_action(to)) {
+                return Ok(());
+            }
+            self.lb.set_route(&side.private_production_route, to).await
+        });
+        let written = join_all(writes).await;
+        let flip_at = now_ms();
+        written.into_iter().collect::<Result<Vec<()>>>()?;
+        let shown = |routes: Vec<String>| routes.join(" | ");
+        t.route_change(
+            shown(
+                flip.sides.iter().map(|(_, before, _)| before.as_ref().map_or("?".into(), Route::to_string)).collect(),
+            ),
+            shown(flip.sides.iter().map(|(_, _, to)| to.to_string()).collect()),
+        );
+        let b: &Binding = &flip.binding;
+        let desired = self.settle(deployment_id, &flip, t).await?;
 
-        let live = desired.live().first().map(|s| s.to_string());
+        // Off the critical path and all at once: membership of every pair of every side (I1) and the test routes
+        // (I3).
+        let pairs = flip.sides.iter().flat_map(|(side, _, _)| side.pair_arns());
+        let mirrors = try_join_all(
+            pairs.map(|(public, private)| async move { self.mirror_pair(&public, &private, t).await.map(|_| ()) }),
+        );
+        let tests = try_join_all(flip.sides.iter().zip(&desired).map(|((side, _, _), desired)| {
+            self.converge_test_route(side, flip.public_test_listener.as_deref(), desired, t)
+        }));
+        let (mirrored, tested) = tokio::join!(mirrors, tests);
+        mirrored?;
+        tested?;
+
+        let live = desired.first().and_then(|d| d.live().first().map(|s| s.to_string()));
         self.record(b, deployment_id, t, |rec| {
             rec.phases.insert(Phase::AfterAllowTraffic.to_string(), now_ms());
             rec.private_flip_at_ms.get_or_insert(flip_at);
@@ -127,10 +159,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         Ok(())
     }
 
-    /// After the flip: compare with the public truth, correct, read back, and check that no live private target
-    /// group is dark while its public mirror is not (I4). Returns the route in place.
-    async fn settle(&self, deployment_id: &str, flip: &Flip<'_>, flipped: Route, t: &Tracker) -> Result<Route> {
-        let b: &Binding = &flip.binding;
+    /// After the flip: compare every side with the public truth (one read of the public route), correct, read
+    /// back, and check that no live private target group is dark while its public mirror is not (I4). Returns
+    /// the route in place on each side.
+    async fn settle(&self, deployment_id: &str, flip: &Flip<'_>, t: &Tracker) -> Result<Vec<Route>> {
         let listener = match &flip.public_production_listener {
             Some(l) => l.clone(),
             None => {
@@ -144,8 +176,13 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             }
         };
         let public = self.lb.route(&RouteRef::Listener(listener)).await?;
-        let desired = mirror_route(&public, &b.pair_arns(), b.style(), Some(&flipped))
-            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
+        try_join_all(flip.sides.iter().map(|(side, _, flipped)| self.settle_side(side, &public, flipped.clone(), t)))
+            .await
+    }
+
+    async fn settle_side(&self, b: &Binding, public: &Route, flipped: Route, t: &Tracker) -> Result<Route> {
+        let desired = mirror_route(public, &b.pair_arns(), b.style(), Some(&flipped))
+            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.side_label())))?;
         if !desired.same_traffic(&flipped) {
             t.note(format!("public route is {public}; correcting the planned private route {flipped} to {desired}"));
             self.lb.set_route(&b.private_production_route, &desired).await?;
@@ -154,7 +191,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let now = self.lb.route(&b.private_production_route).await?;
         if !now.same_traffic(&desired) {
             return Err(Error::Invariant(format!(
-                "the private production route reads {now} after it was set to {desired}; something else is changing it"
+                "the private production route {} reads {now} after it was set to {desired}; something else is \
+                 changing it",
+                b.private_production_route
             )));
         }
         for tg in desired.live() {

@@ -1,9 +1,12 @@
 //! AfterInstall: the replacement task set exists and ECS is registering it into the green public target group.
-//! Mirror it into the green private target group (full diff: stale IPs of an earlier deployment go), keep the
-//! private production route on blue's mirror, point the private test route at green's mirror, record.
+//! On every private side: mirror it into the green private target group (full diff: stale IPs of an earlier
+//! deployment go), keep the private production route on blue's mirror, point the private test route at green's
+//! mirror; then record.
+
+use futures_util::future::try_join_all;
 
 use super::{now_ms, Engine, Tracker};
-use crate::domain::Phase;
+use crate::domain::{Phase, SideRecord};
 use crate::harness::Budget;
 use crate::ports::{Deployments, Followers, LoadBalancers, StateStore};
 use crate::Result;
@@ -12,16 +15,27 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     pub async fn after_install(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
         let r = self.resolve(deployment_id, t).await?;
         let b: &crate::config::Binding = &r.binding;
-        let pre = self.preflight_and_state(b, t).await?;
+        let sides = self.preflight_and_state(b, t).await?;
         let g = self.green(&r, t).await?;
 
-        // Blue's mirror first: it is what the private production route serves until AfterAllowTraffic.
-        self.mirror_pair(&g.blue_public, &g.blue_private, t).await?;
-        self.converge_production(&r, &pre.production, t).await?;
+        // Blue's mirror first: it is what each private production route serves until AfterAllowTraffic.
+        try_join_all(sides.iter().map(|(side, pre)| async {
+            let g = g.on(side);
+            self.mirror_pair(&g.blue_public, &g.blue_private, t).await?;
+            self.converge_production(&r, side, &pre.production, t).await
+        }))
+        .await?;
 
         let source = self.wait_for_public_green(&g, budget).await?;
-        let plan = self.mirror_from(&source, &g.private, t).await?;
-        self.test_route_to_green(b, pre.test.as_ref(), &g, t).await?;
+        let plans = try_join_all(sides.iter().map(|(side, pre)| {
+            let (g, source) = (g.on(side), &source);
+            async move {
+                let plan = self.mirror_from(source, &g.private, t).await?;
+                self.test_route_to_green(side, pre.test.as_ref(), &g, t).await?;
+                Ok::<_, crate::Error>(plan)
+            }
+        }))
+        .await?;
 
         let facts = &r.facts;
         self.record(b, deployment_id, t, |rec| {
@@ -29,9 +43,21 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             rec.public_production_listener = facts.production_listeners.first().cloned();
             rec.public_test_listener = facts.test_listeners.first().cloned();
             rec.green_public_target_group = Some(g.public.clone());
-            rec.green_private_target_group = Some(g.private.clone());
-            rec.blue_private_target_group = Some(g.blue_private.clone());
-            rec.targets_mirrored = plan.desired.len();
+            for (side, _) in &sides {
+                let g = g.on(side);
+                let kept = rec.side(side.side).unwrap_or_default();
+                rec.set_side(
+                    side.side,
+                    SideRecord {
+                        private_production_route: (side.side > 0)
+                            .then(|| side.private_production_route.arn().to_string()),
+                        green_private_target_group: Some(g.private.clone()),
+                        blue_private_target_group: Some(g.blue_private.clone()),
+                        ..kept
+                    },
+                );
+            }
+            rec.targets_mirrored = plans.first().map_or(0, |p| p.desired.len());
         })
         .await;
         Ok(())

@@ -1,9 +1,13 @@
 //! BeforeAllowTraffic: the gate. Re-mirror, then wait until every replacement task is healthy *in the private
-//! target group*. If they are not by the deadline, report `Failed`: CodeDeploy rolls back before any
-//! production traffic moves, and nothing is lost. On success, plan the flip for AfterAllowTraffic.
+//! target group of every private side*. If they are not by the deadline, report `Failed`: CodeDeploy rolls back
+//! before any production traffic moves, and nothing is lost. On success, plan each side's flip for
+//! AfterAllowTraffic.
 
-use super::{health_budget, live_keys, name, now_ms, Engine, Tracker};
-use crate::domain::{plan_mirror, HealthState, Phase, Route, DEFAULT_BATCH};
+use futures_util::future::try_join_all;
+
+use super::{health_budget, live_keys, name, now_ms, Engine, Green, Tracker};
+use crate::config::Binding;
+use crate::domain::{plan_mirror, HealthState, Phase, Route, SideRecord, DEFAULT_BATCH};
 use crate::harness::Budget;
 use crate::ports::{Deployments, FollowRequest, Followers, LoadBalancers, StateStore};
 use crate::{Error, Result};
@@ -11,18 +15,82 @@ use crate::{Error, Result};
 impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     pub async fn before_allow_traffic(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
         let r = self.resolve(deployment_id, t).await?;
-        let b: &crate::config::Binding = &r.binding;
-        let pre = self.preflight_and_state(b, t).await?;
+        let b: &Binding = &r.binding;
+        let sides = self.preflight_and_state(b, t).await?;
         let g = self.green(&r, t).await?;
 
-        self.mirror_pair(&g.blue_public, &g.blue_private, t).await?;
-        let production = self.converge_production(&r, &pre.production, t).await?;
+        let productions = try_join_all(sides.iter().map(|(side, pre)| async {
+            let g = g.on(side);
+            self.mirror_pair(&g.blue_public, &g.blue_private, t).await?;
+            self.converge_production(&r, side, &pre.production, t).await
+        }))
+        .await?;
         self.wait_for_public_green(&g, budget).await?;
-        self.test_route_to_green(b, pre.test.as_ref(), &g, t).await?;
+        let greens: Vec<Green> = sides.iter().map(|(side, _)| g.on(side)).collect();
+        try_join_all(
+            sides.iter().zip(&greens).map(|((side, pre), g)| self.test_route_to_green(side, pre.test.as_ref(), g, t)),
+        )
+        .await?;
 
-        // Level-triggered gate: every poll re-reads both sides, re-applies the mirror if ECS changed the public
-        // side meanwhile, and checks health of exactly the public side's live members in the private group.
-        let gate = health_budget(budget, b);
+        // Every side's gate at once: traffic moves only when every side is ready for it.
+        let healthy =
+            try_join_all(sides.iter().zip(&greens).map(|((side, _), g)| self.gate(side, g, budget, t))).await?;
+        let healthy = healthy.into_iter().min().unwrap_or(0);
+
+        let facts = &r.facts;
+        self.record(b, deployment_id, t, |rec| {
+            rec.phases.insert(Phase::BeforeAllowTraffic.to_string(), now_ms());
+            rec.public_production_listener = facts.production_listeners.first().cloned();
+            rec.public_test_listener = facts.test_listeners.first().cloned();
+            rec.green_public_target_group = Some(g.public.clone());
+            for ((side, _), production) in sides.iter().zip(&productions) {
+                let g = g.on(side);
+                let mut planned = Route::all_to(&g.private, &[&g.blue_private], side.style());
+                planned.stickiness_seconds = production.stickiness_seconds;
+                rec.set_side(
+                    side.side,
+                    SideRecord {
+                        private_production_route: (side.side > 0)
+                            .then(|| side.private_production_route.arn().to_string()),
+                        green_private_target_group: Some(g.private.clone()),
+                        blue_private_target_group: Some(g.blue_private.clone()),
+                        private_route_before: Some(production.clone()),
+                        planned_private_route: Some(planned),
+                    },
+                );
+            }
+            rec.targets_mirrored = healthy;
+            // A stored binding travels with the deployment, so that AfterAllowTraffic flips without reading it.
+            if self.config.stored {
+                rec.binding = serde_json::to_value(b).ok();
+            }
+        })
+        .await;
+        // Traffic may now move in steps (canary, linear): a follower mirrors each step. Without one, the private
+        // side flips at AfterAllowTraffic, which is still correct, only coarser.
+        let request = FollowRequest {
+            deployment_id: deployment_id.to_string(),
+            application: b.application.clone(),
+            deployment_group: b.deployment_group.clone(),
+            production_listener: facts.production_listeners.first().cloned(),
+            config_name: facts.config_name.clone(),
+            binding: self.config.stored.then(|| b.clone()),
+        };
+        match self.followers.start(&request).await {
+            Ok(true) => t.note("follower started".to_string()),
+            Ok(false) => {}
+            Err(e) => {
+                t.note(format!("warning: follower not started ({e}); the private side flips at AfterAllowTraffic"))
+            }
+        }
+        Ok(())
+    }
+
+    /// One side's gate, level-triggered: every poll re-reads both groups, re-applies the mirror if ECS changed
+    /// the public side meanwhile, and checks health of exactly the public side's live members in the private
+    /// group. Returns how many are healthy.
+    async fn gate(&self, side: &Binding, g: &Green, budget: Budget, t: &Tracker) -> Result<usize> {
+        let gate = health_budget(budget, side);
         let waited = self
             .poll(gate, || async {
                 let (public, private) = tokio::join!(self.lb.targets(&g.public), self.lb.targets(&g.private));
@@ -71,52 +139,20 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let healthy = match waited {
             Ok(n) => n,
             Err(Error::Timeout(state)) => {
+                let which = if side.side > 0 {
+                    format!("the private load balancer of {}", side.side_label())
+                } else {
+                    "the private load balancer".to_string()
+                };
                 return Err(Error::Unhealthy(format!(
-                    "replacement tasks did not become healthy behind the private load balancer within {} s: {state}. \
+                    "replacement tasks did not become healthy behind {which} within {} s: {state}. \
                      Reporting Failed so that CodeDeploy rolls back; production traffic has not moved",
-                    b.health_timeout_seconds.min(budget.remaining().as_secs().max(1))
-                )))
+                    side.health_timeout_seconds.min(budget.remaining().as_secs().max(1))
+                )));
             }
             Err(e) => return Err(e),
         };
         t.note(format!("{healthy} mirrored targets healthy in {}", name(&g.private)));
-
-        let mut planned = Route::all_to(&g.private, &[&g.blue_private], b.style());
-        planned.stickiness_seconds = production.stickiness_seconds;
-        let facts = &r.facts;
-        self.record(b, deployment_id, t, |rec| {
-            rec.phases.insert(Phase::BeforeAllowTraffic.to_string(), now_ms());
-            rec.public_production_listener = facts.production_listeners.first().cloned();
-            rec.public_test_listener = facts.test_listeners.first().cloned();
-            rec.green_public_target_group = Some(g.public.clone());
-            rec.green_private_target_group = Some(g.private.clone());
-            rec.blue_private_target_group = Some(g.blue_private.clone());
-            rec.targets_mirrored = healthy;
-            rec.private_route_before = Some(production.clone());
-            rec.planned_private_route = Some(planned.clone());
-            // A stored binding travels with the deployment, so that AfterAllowTraffic flips without reading it.
-            if self.config.stored {
-                rec.binding = serde_json::to_value(b).ok();
-            }
-        })
-        .await;
-        // Traffic may now move in steps (canary, linear): a follower mirrors each step. Without one, the private
-        // side flips at AfterAllowTraffic, which is still correct, only coarser.
-        let request = FollowRequest {
-            deployment_id: deployment_id.to_string(),
-            application: b.application.clone(),
-            deployment_group: b.deployment_group.clone(),
-            production_listener: facts.production_listeners.first().cloned(),
-            config_name: facts.config_name.clone(),
-            binding: self.config.stored.then(|| b.clone()),
-        };
-        match self.followers.start(&request).await {
-            Ok(true) => t.note("follower started".to_string()),
-            Ok(false) => {}
-            Err(e) => {
-                t.note(format!("warning: follower not started ({e}); the private side flips at AfterAllowTraffic"))
-            }
-        }
-        Ok(())
+        Ok(healthy)
     }
 }

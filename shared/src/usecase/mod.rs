@@ -55,6 +55,15 @@ struct Green {
     desired_count: Option<u32>,
 }
 
+impl Green {
+    /// The same deployment's groups on private side `side` (the public ones are every side's).
+    fn on(&self, side: &Binding) -> Green {
+        let private = side.private_of(&self.public).unwrap_or_default().to_string();
+        let blue_private = side.private_of(&self.blue_public).unwrap_or_default().to_string();
+        Green { private, blue_private, ..self.clone() }
+    }
+}
+
 /// The private routes as the preflight found them.
 #[derive(Debug)]
 struct Preflight {
@@ -109,12 +118,15 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         };
         let result = crate::harness::guard(budget, phase.as_str(), work).await;
         if result.is_err() {
-            if let Some((which, before)) = t.take_undo() {
-                match self.lb.set_route(&which, &before).await {
+            // Every side is put back together: a binding is never left with some sides flipped and others not.
+            let undo = t.take_undo();
+            let restores = undo.iter().map(|(which, before)| async move {
+                match self.lb.set_route(which, before).await {
                     Ok(()) => t.note(format!("{which} restored to {before}")),
                     Err(e) => t.note(format!("could not restore {which} to {before}: {e}")),
                 }
-            }
+            });
+            futures_util::future::join_all(restores).await;
         }
         if let Err(e) = &result {
             let message = format!("{phase}: {}", crate::harness::error_chain(e));
@@ -189,12 +201,12 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             Ok::<_, Error>((production, test))
         };
         let (groups, routes) = tokio::join!(self.lb.target_groups(&arns), route_reads);
-        let groups = groups.map_err(missing(format!("one of the target groups of binding {}", b.label())))?;
+        let groups = groups.map_err(missing(format!("one of the target groups of binding {}", b.side_label())))?;
         let (production, test) = routes?;
         let lb_arn = b.private_load_balancer().unwrap_or_default();
         let find = |a: &str| {
             groups.iter().find(|g| g.arn == a).ok_or_else(|| {
-                Error::Misconfigured(format!("target group {a} of binding {} does not exist", b.label()))
+                Error::Misconfigured(format!("target group {a} of binding {} does not exist", b.side_label()))
             })
         };
         for p in &b.pairs {
@@ -209,7 +221,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             }
             let (public_shape, private_shape) = (shape(public), shape(private));
             if let Some(problem) = compat::incompatibility(&public_shape, &private_shape) {
-                return Err(Error::Misconfigured(format!("binding {}: {problem}", b.label())));
+                return Err(Error::Misconfigured(format!("binding {}: {problem}", b.side_label())));
             }
             if let Some(other) = private.load_balancers.iter().find(|l| **l != lb_arn) {
                 return Err(Error::Misconfigured(format!(
@@ -230,7 +242,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                         "the {what} forwards to target group {}, which binding {} does not name; \
                          point it at the binding's private target groups",
                         name(&w.target_group),
-                        b.label()
+                        b.side_label()
                     )));
                 }
             }
@@ -446,14 +458,22 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         }
     }
 
-    /// [`Self::preflight`] and, alongside it, the state table check: what a hook runs before it changes
-    /// anything. The reconciler and the flip's slow path use the preflight alone: keeping the private side in
-    /// lockstep never waits on a record, and the two hooks before the flip have checked the table already.
-    async fn preflight_and_state(&self, b: &Binding, t: &Tracker) -> Result<Preflight> {
-        let (pre, state) = tokio::join!(self.preflight(b, t), self.state_table_usable(b, t));
+    /// [`Self::preflight`] of every private side and, alongside, the state table check: what a hook runs
+    /// before it changes anything. The reconciler and the flip's slow path use the preflight alone: keeping the
+    /// private side in lockstep never waits on a record, and the two hooks before the flip have checked the table
+    /// already. Returns each side with its preflight, in order.
+    async fn preflight_and_state(&self, b: &Binding, t: &Tracker) -> Result<Vec<(Binding, Preflight)>> {
+        let (pre, state) = tokio::join!(self.preflight_sides(b, t), self.state_table_usable(b, t));
         let pre = pre?;
         state?;
         Ok(pre)
+    }
+
+    /// [`Self::preflight`] of every private side, concurrently.
+    async fn preflight_sides(&self, b: &Binding, t: &Tracker) -> Result<Vec<(Binding, Preflight)>> {
+        let sides = b.sides();
+        let pres = futures_util::future::try_join_all(sides.iter().map(|side| self.preflight(side, t))).await?;
+        Ok(sides.into_iter().zip(pres).collect())
     }
 
     /// The state table must exist and be readable: records, the planned flip and the follower's lease live
@@ -520,14 +540,13 @@ fn health_budget(budget: Budget, b: &Binding) -> Budget {
 impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     /// Makes the private production route mirror the public one (I2) and keeps every private target group of
     /// the binding attached. Returns the private route now in place.
-    async fn converge_production(&self, r: &Resolved<'_>, current: &Route, t: &Tracker) -> Result<Route> {
-        let b: &Binding = &r.binding;
+    async fn converge_production(&self, r: &Resolved<'_>, b: &Binding, current: &Route, t: &Tracker) -> Result<Route> {
         let Some(listener) = r.facts.production_listeners.first() else {
             return Ok(current.clone());
         };
         let public = self.lb.route(&RouteRef::Listener(listener.clone())).await?;
         let desired = crate::domain::mirror_route(&public, &b.pair_arns(), b.style(), Some(current))
-            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
+            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.side_label())))?;
         if !desired.same_traffic(current) {
             t.note(format!("private production route had drifted from the public one ({public}); converging"));
         }

@@ -136,10 +136,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         Ok(facts)
     }
 
-    /// Re-establishes I1–I3 for `b` from the live public state.
+    /// Re-establishes I1–I3 for `b` from the live public state, on every private side.
     pub async fn reconcile(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Reconciled> {
         t.binding(b.label());
-        let mut out = Reconciled { binding: b.label(), ..Default::default() };
+        on_every_side(b, |side| async move { self.reconcile_side(&side, group, t).await }).await
+    }
+
+    async fn reconcile_side(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Reconciled> {
+        let mut out = Reconciled { binding: b.side_label(), ..Default::default() };
         let public_prod = group.production_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         let public_test = group.test_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         for round in 1..=3 {
@@ -178,7 +182,11 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// of target health, no route read: routes are the hooks', the follower's and the full reconcile's.
     pub async fn reconcile_membership(&self, b: &Binding, t: &Tracker) -> Result<Reconciled> {
         t.binding(b.label());
-        let mut out = Reconciled { binding: b.label(), rounds: 1, ..Default::default() };
+        on_every_side(b, |side| async move { self.membership_side(&side, t).await }).await
+    }
+
+    async fn membership_side(&self, b: &Binding, t: &Tracker) -> Result<Reconciled> {
+        let mut out = Reconciled { binding: b.side_label(), rounds: 1, ..Default::default() };
         let tgs: Vec<&str> = b.public_target_groups().into_iter().chain(b.private_target_groups()).collect();
         let targets = futures_util::future::try_join_all(tgs.iter().map(|tg| self.lb.targets(tg))).await?;
         let seen = Observed { targets: tgs.iter().map(|s| s.to_string()).zip(targets).collect(), ..Default::default() };
@@ -192,7 +200,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// deregistrations. `Ok(false)` when there was nothing to change.
     async fn apply(&self, b: &Binding, seen: &Observed, out: &mut Reconciled, t: &Tracker) -> Result<bool> {
         let plan = plan_reconcile(&b.pair_arns(), b.style(), seen, DEFAULT_BATCH)
-            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
+            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.side_label())))?;
         out.held_back = plan.held_back.clone();
         if plan.is_empty() {
             return Ok(false);
@@ -207,7 +215,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             self.lb.set_route(&b.private_production_route, to).await?;
             t.route_change(current.to_string(), to.to_string());
             out.production = Some(format!("{current} -> {to}"));
-            if let [live] = to.live().as_slice() {
+            // The binding's record names the first side's live group.
+            if let ([live], 0) = (to.live().as_slice(), b.side) {
                 self.record_binding_live(b, live, None, t).await;
             }
         }
@@ -258,7 +267,19 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         speculate: bool,
         t: &Tracker,
     ) -> Result<Reconciled> {
-        let mut out = Reconciled { binding: b.label(), rounds: 1, ..Default::default() };
+        on_every_side(b, |side| async move { self.mirror_production_side(&side, public, read, speculate, t).await })
+            .await
+    }
+
+    async fn mirror_production_side(
+        &self,
+        b: &Binding,
+        public: &Route,
+        read: (&RouteRef, Instant),
+        speculate: bool,
+        t: &Tracker,
+    ) -> Result<Reconciled> {
+        let mut out = Reconciled { binding: b.side_label(), rounds: 1, ..Default::default() };
         let pairs = b.pair_arns();
         let all: Vec<&str> = pairs.iter().flat_map(|(public, private)| [public.as_str(), private.as_str()]).collect();
         let early = async {
@@ -270,7 +291,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let (current, early) = tokio::join!(self.lb.route(&b.private_production_route), early);
         let (current, early) = (current?, early?);
         let desired = crate::domain::mirror_route(public, &pairs, b.style(), Some(&current))
-            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
+            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.side_label())))?;
         if desired.same_action(&current) {
             return Ok(out);
         }
@@ -295,7 +316,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         if let Some(again) = self.moved_since(read.0, public, read.1).await? {
             out.held_back = vec![format!(
                 "{}: the public route moved to {again} while the private side was read; mirroring it next",
-                b.label()
+                b.side_label()
             )];
             return Ok(out);
         }
@@ -867,11 +888,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// A stored binding is served by the fleet installation, whose roles may change only private resources
     /// tagged [`MANAGED_TAG`]`=true`: an untagged one would fail its first deployment with AccessDenied.
     async fn check_managed_tag(&self, b: &Binding) -> Result<()> {
-        let mut arns = b.private_target_groups();
-        arns.push(b.private_production_route.arn());
-        if let Some(test) = &b.private_test_route {
-            arns.push(test.arn());
-        }
+        let mut arns = b.all_private_target_groups();
+        arns.extend(b.all_private_routes().into_iter().map(RouteRef::arn));
         let tags = self.lb.tags(&arns).await?;
         let untagged: Vec<&str> = arns
             .iter()
@@ -890,14 +908,19 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         )))
     }
 
-    /// Both sides of a binding and what a reconcile would change, without changing anything.
-    pub async fn status(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<BindingStatus> {
+    /// The public side and every private side of a binding (one status per private side), and what a reconcile
+    /// would change, without changing anything.
+    pub async fn status(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Vec<BindingStatus>> {
+        futures_util::future::try_join_all(b.sides().iter().map(|side| self.status_side(side, group, t))).await
+    }
+
+    async fn status_side(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<BindingStatus> {
         let pre = self.preflight(b, t).await?;
         let public_prod = group.production_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         let public_test = group.test_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         let seen = self.observe(b, public_prod.as_ref(), public_test.as_ref(), pre.production, pre.test).await?;
         let plan = plan_reconcile(&b.pair_arns(), b.style(), &seen, DEFAULT_BATCH)
-            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?;
+            .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.side_label())))?;
         let name = |tg: &str| crate::domain::arn::target_group_name(tg).unwrap_or(tg).to_string();
         let mut pending = PlanSummary { held_back: plan.held_back.clone(), ..Default::default() };
         for (tg, m) in &plan.mirrors {
@@ -915,7 +938,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             .map(|to| format!("{} -> {to}", show(&seen.private_production).unwrap_or_default()));
         pending.test = plan.test.as_ref().map(|to| format!("{} -> {to}", show(&seen.private_test).unwrap_or_default()));
         Ok(BindingStatus {
-            binding: b.label(),
+            binding: b.side_label(),
             public_production: show(&seen.public_production),
             public_test: show(&seen.public_test),
             private_production: show(&seen.private_production),
@@ -929,5 +952,52 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             pending,
             warnings: t.snapshot().notes.into_iter().filter(|n| n.starts_with("warning")).collect(),
         })
+    }
+}
+
+/// Runs `each` on every private side of `b` at once and merges what they changed. Every side is tried even when
+/// another fails (a side that cannot be read must not keep the others from mirroring the public side); the first
+/// error is then returned.
+async fn on_every_side<F, Fut>(b: &Binding, each: F) -> Result<Reconciled>
+where
+    F: Fn(Binding) -> Fut,
+    Fut: std::future::Future<Output = Result<Reconciled>>,
+{
+    let mut sides = b.sides();
+    if sides.len() == 1 {
+        if let Some(only) = sides.pop() {
+            return each(only).await;
+        }
+    }
+    let results = futures_util::future::join_all(sides.into_iter().map(each)).await;
+    let mut out = Reconciled { binding: b.label(), ..Default::default() };
+    let mut first_error = None;
+    let both = |a: &mut Option<String>, side: &str, b: Option<String>| {
+        if let Some(b) = b {
+            let line = format!("{side}: {b}");
+            *a = Some(match a.take() {
+                Some(a) => format!("{a}; {line}"),
+                None => line,
+            });
+        }
+    };
+    for r in results {
+        match r {
+            Ok(r) => {
+                out.registered += r.registered;
+                out.deregistered += r.deregistered;
+                both(&mut out.production, &r.binding, r.production);
+                both(&mut out.test, &r.binding, r.test);
+                out.held_back.extend(r.held_back);
+                out.rounds = out.rounds.max(r.rounds);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(out),
     }
 }

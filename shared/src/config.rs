@@ -491,6 +491,74 @@ mod tests {
         assert_eq!(defaulted.ok(), Some(300));
     }
 
+    /// A second private side: an NLB with its own pair of groups and routes.
+    fn nlb_side(blue: &str, green: &str, prod: &str) -> String {
+        format!(
+            r#","additional_private_sides":[{{"pairs":[
+                {{"public_target_group":"{A}:targetgroup/pub-blue/1","private_target_group":"{A}:targetgroup/{blue}"}},
+                {{"public_target_group":"{A}:targetgroup/pub-green/2","private_target_group":"{A}:targetgroup/{green}"}}],
+              "private_production_route":{{"listener":"{A}:listener/net/link/7/{prod}"}},
+              "private_test_route":{{"listener":"{A}:listener/net/link/7/8443"}}}}]"#
+        )
+    }
+
+    fn no_test_route() -> String {
+        let with = nlb_side("nlb-blue/5", "nlb-green/6", "443");
+        let cut = with.find(",\n              \"private_test_route\"").unwrap_or(with.len());
+        format!("{}}}]", &with[..cut])
+    }
+
+    #[test]
+    fn a_binding_with_two_private_sides_yields_one_view_per_side() {
+        let cfg =
+            Config::parse("t", &doc(&nlb_side("nlb-blue/5", "nlb-green/6", "443"))).unwrap_or_else(|e| panic!("{e}"));
+        let b = &cfg.bindings[0];
+        assert_eq!(b.side_count(), 2);
+        let sides = b.sides();
+        assert_eq!(sides.len(), 2);
+        assert_eq!((sides[0].side, sides[1].side), (0, 1));
+        assert!(sides.iter().all(|s| s.additional_private_sides.is_empty()));
+        assert_eq!(sides[1].side_label(), "web/web-bg side 2");
+        assert_eq!(sides[1].style(), RouteStyle::Single);
+        assert_eq!(
+            sides[1].private_of(&format!("{A}:targetgroup/pub-green/2")),
+            Some(&*format!("{A}:targetgroup/nlb-green/6"))
+        );
+        assert_eq!(b.all_private_target_groups().len(), 4);
+        assert_eq!(b.all_private_routes().len(), 3);
+        // The single-side form is one side, and serializes as it did.
+        let one = Config::parse("t", &doc("")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(one.bindings[0].sides(), one.bindings.clone());
+        let json = serde_json::to_string(&one.bindings[0]).unwrap_or_default();
+        assert!(!json.contains("additional_private_sides") && !json.contains("\"side\""), "{json}");
+    }
+
+    #[test]
+    fn refuses_sides_that_overlap_or_disagree() {
+        let cases = [
+            (nlb_side("prv-blue/3", "nlb-green/6", "443"), "appears twice"),
+            (
+                nlb_side("nlb-blue/5", "nlb-green/6", "443").replace("pub-green/2", "pub-other/9"),
+                "same two public target groups",
+            ),
+            (
+                nlb_side("nlb-blue/5", "nlb-green/6", "443")
+                    .replace(",\n              \"private_test_route\"", ",\"x_\""),
+                "unknown field `x_",
+            ),
+            (no_test_route(), "side 2: the private load balancer is an NLB"),
+            (
+                nlb_side("nlb-blue/5", "nlb-green/6", "443")
+                    .replace("listener/net/link/7/443", "listener/app/private/9/80"),
+                "is another side's too",
+            ),
+        ];
+        for (extra, want) in cases {
+            let err = Config::parse("t", &doc(&extra)).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(want), "{extra}\n→ {err:?}, wanted {want:?}");
+        }
+    }
+
     #[test]
     fn refuses_what_it_cannot_serve() {
         let cases: Vec<(String, &str)> = vec![

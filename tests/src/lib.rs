@@ -129,6 +129,8 @@ struct ElbState {
     unreachable: BTreeSet<String>,
     /// Route changes that left a private route forwarding only to groups with no healthy target.
     dark: Vec<String>,
+    /// Routes whose writes are refused (AccessDenied), to fail one private side.
+    refused: BTreeSet<String>,
     private_routes: BTreeSet<String>,
     /// Resource ARN → tags.
     tags: BTreeMap<String, BTreeMap<String, String>>,
@@ -192,6 +194,11 @@ impl FakeElb {
 
     pub fn dark_moments(&self) -> Vec<String> {
         self.s().dark.clone()
+    }
+
+    /// Refuses every write of this route with AccessDenied, as a role missing that listener would.
+    pub fn refuse_writes(&self, arn: &str) {
+        self.s().refused.insert(arn.to_string());
     }
 
     pub fn make_unreachable(&self, tg: &str) {
@@ -297,6 +304,15 @@ impl LoadBalancers for FakeElb {
         let mut s = self.s();
         if !s.routes.contains_key(route.arn()) {
             return Err(not_found("ModifyListener", route.arn()));
+        }
+        if s.refused.contains(route.arn()) {
+            return Err(Error::Aws {
+                service: "elasticloadbalancing",
+                operation: "ModifyListener",
+                kind: AwsErrorKind::AccessDenied,
+                message: format!("not authorized to perform elasticloadbalancing:ModifyListener on {}", route.arn()),
+                source: None,
+            });
         }
         if route.style() == RouteStyle::Single && to.target_groups.len() != 1 {
             return Err(Error::Aws {
@@ -654,6 +670,12 @@ pub struct Arns {
     pub pub_test: String,
     pub prv_prod: String,
     pub prv_test: String,
+    /// A second private side, an NLB (used by [`World::two_sides`]).
+    pub nlb_blue: String,
+    pub nlb_green: String,
+    pub nlb_lb: String,
+    pub nlb_prod: String,
+    pub nlb_test: String,
 }
 
 impl Arns {
@@ -674,6 +696,11 @@ impl Arns {
             pub_test: format!("{ACCOUNT}:listener/app/public/1111/8080"),
             prv_prod: format!("{ACCOUNT}:listener/{private_kind}/private/2222/80"),
             prv_test,
+            nlb_blue: format!("{ACCOUNT}:targetgroup/nlb-blue/0005"),
+            nlb_green: format!("{ACCOUNT}:targetgroup/nlb-green/0006"),
+            nlb_lb: format!("{ACCOUNT}:loadbalancer/net/link/3333"),
+            nlb_prod: format!("{ACCOUNT}:listener/net/link/3333/80"),
+            nlb_test: format!("{ACCOUNT}:listener/net/link/3333/8080"),
         }
     }
 }
@@ -715,6 +742,38 @@ impl World {
     /// The same with an NLB on the private side (single-target-group listeners, test listener required).
     pub fn nlb() -> Self {
         Self::build("net")
+    }
+
+    /// A binding with two private sides: the internal ALB of [`World::new`] and an NLB for PrivateLink
+    /// (`nlb-blue`/`nlb-green` in TCP, production listener on blue, test listener on the idle green).
+    pub fn two_sides() -> Self {
+        let mut w = Self::build("app");
+        let a = &w.arns;
+        let side = format!(
+            r#"{{"pairs":[{{"public_target_group":"{}","private_target_group":"{}"}},
+                         {{"public_target_group":"{}","private_target_group":"{}"}}],
+                "private_production_route":{{"listener":"{}"}},
+                "private_test_route":{{"listener":"{}"}}}}"#,
+            a.pub_blue, a.nlb_blue, a.pub_green, a.nlb_green, a.nlb_prod, a.nlb_test
+        );
+        w.config.bindings[0].additional_private_sides = vec![serde_json::from_str(&side).unwrap()];
+        {
+            let mut s = w.elb.s();
+            for (tg, name) in [(&a.nlb_blue, "nlb-blue"), (&a.nlb_green, "nlb-green")] {
+                let mut g = s.groups[&a.prv_blue].clone();
+                g.facts.arn = tg.clone();
+                g.facts.name = name.to_string();
+                g.facts.protocol = Some("TCP".into());
+                g.facts.load_balancers = vec![a.nlb_lb.clone()];
+                g.targets.clear();
+                s.groups.insert(tg.clone(), g);
+            }
+            s.routes.insert(a.nlb_prod.clone(), Route::all_to(&a.nlb_blue, &[], RouteStyle::Single));
+            s.routes.insert(a.nlb_test.clone(), Route::all_to(&a.nlb_green, &[], RouteStyle::Single));
+            s.private_routes.insert(a.nlb_prod.clone());
+        }
+        w.elb.add_targets(&a.nlb_blue, &keys(1..4), HealthState::Healthy);
+        w
     }
 
     /// The same, the binding stored in the state table (`bluegreen-mirror bindings apply`) instead of the

@@ -303,6 +303,25 @@ mod tests {
     }
 
     #[test]
+    fn sides_are_the_own_fields_then_the_list_and_round_trip() {
+        let mut rec = DeploymentRecord::new("d-1", "web", "web-bg", 0);
+        let side = |green: &str| SideRecord { green_private_target_group: Some(green.into()), ..Default::default() };
+        rec.set_side(2, side("third"));
+        rec.set_side(0, side("first"));
+        assert_eq!(rec.green_private_target_group.as_deref(), Some("first"));
+        assert_eq!(rec.additional_sides.len(), 2, "side 1 is held open for its own write");
+        assert_eq!(rec.side(2).and_then(|s| s.green_private_target_group).as_deref(), Some("third"));
+        assert_eq!(rec.side(1), Some(SideRecord::default()));
+        assert_eq!(rec.side(3), None);
+        let back: DeploymentRecord =
+            serde_json::from_str(&serde_json::to_string(&rec).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(back, rec);
+        // A record of one side says nothing of others.
+        let one = DeploymentRecord::new("d-2", "web", "web-bg", 0);
+        assert!(!serde_json::to_string(&one).unwrap_or_default().contains("additional_sides"));
+    }
+
+    #[test]
     fn ttl_is_thirty_days_out() {
         let rec = DeploymentRecord::new("d-1", "web", "web-bg", 1_000_000);
         assert_eq!(rec.expires_at, 1000 + DEPLOYMENT_RECORD_TTL_SECS);

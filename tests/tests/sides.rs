@@ -1,0 +1,183 @@
+//! A binding with two private sides (an internal ALB and an NLB for PrivateLink): every side mirrored and gated,
+//! both flipped at AfterAllowTraffic with the writes issued together after one DynamoDB read, a side that cannot
+//! be flipped undoing both, the follower moving both, a rollback followed on both, status showing both.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use bluegreen_mirror::domain::{Phase, Route, RouteStyle, WeightedTargetGroup};
+use bluegreen_mirror::harness::{Budget, Tracker};
+use bluegreen_mirror::ports::{FollowRequest, HookStatus};
+use bluegreen_mirror_tests::{keys, strings, World, APP, DEPLOYMENT, GROUP};
+
+fn weighted(blue: &str, green: &str, green_weight: u32) -> Route {
+    Route {
+        target_groups: vec![
+            WeightedTargetGroup { target_group: blue.into(), weight: 100 - green_weight },
+            WeightedTargetGroup { target_group: green.into(), weight: green_weight },
+        ],
+        stickiness_seconds: None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn both_sides_are_mirrored_gated_and_flipped_together() {
+    let w = World::two_sides();
+    let a = &w.arns;
+    w.install_green();
+    let ai = w.invoke(Phase::AfterInstall, "e1").await;
+    assert_eq!(ai.status, HookStatus::Succeeded, "{:?}", ai.message);
+    for tg in [&a.prv_green, &a.nlb_green] {
+        assert_eq!(w.elb.members(tg), strings(&keys(101..104)), "{tg}");
+    }
+    // The NLB's test listener holds green (the idle group) until the flip; production stays on blue.
+    assert_eq!(w.elb.route_of(&a.nlb_prod), Route::all_to(&a.nlb_blue, &[], RouteStyle::Single));
+    assert_eq!(w.elb.route_of(&a.nlb_test), Route::all_to(&a.nlb_green, &[], RouteStyle::Single));
+
+    w.allow_test_traffic();
+    let bat = w.invoke(Phase::BeforeAllowTraffic, "e2").await;
+    assert_eq!(bat.status, HookStatus::Succeeded, "{:?}", bat.message);
+    let rec = w.state.record(DEPLOYMENT).expect("record");
+    assert_eq!(rec.planned_private_route, Some(Route::all_to(&a.prv_green, &[&a.prv_blue], RouteStyle::Weighted)));
+    let nlb = &rec.additional_sides[0];
+    assert_eq!(nlb.private_production_route.as_deref(), Some(a.nlb_prod.as_str()));
+    assert_eq!(nlb.planned_private_route, Some(Route::all_to(&a.nlb_green, &[], RouteStyle::Single)));
+    assert_eq!(nlb.private_route_before, Some(Route::all_to(&a.nlb_blue, &[], RouteStyle::Single)));
+
+    w.allow_traffic();
+    w.calls.clear();
+    let aat = w.invoke(Phase::AfterAllowTraffic, "e3").await;
+    assert_eq!(aat.status, HookStatus::Succeeded, "{:?}", aat.message);
+    assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_green, &[&a.prv_blue], RouteStyle::Weighted));
+    assert_eq!(w.elb.route_of(&a.nlb_prod), Route::all_to(&a.nlb_green, &[], RouteStyle::Single));
+    // The idle blue group moves to the NLB's test listener, still attached and health-checked.
+    assert_eq!(w.elb.route_of(&a.nlb_test), Route::all_to(&a.nlb_blue, &[], RouteStyle::Single));
+    // The critical path: one read, then both sides' writes issued together.
+    let log = w.calls.log();
+    assert_eq!(&log[..3], ["dynamodb:GetItem", "elb:ModifyListener", "elb:ModifyListener"], "{log:?}");
+    assert!(w.elb.dark_moments().is_empty(), "{:?}", w.elb.dark_moments());
+    for exec in ["e1", "e2", "e3"] {
+        assert_eq!(w.reports_for(exec), vec![HookStatus::Succeeded], "{exec}");
+    }
+
+    // `status` shows both sides, each in sync.
+    let engine = w.hooks();
+    let b = w.config.bindings[0].clone();
+    let group = engine.group(&b).await.unwrap();
+    let sides = engine.status(&b, &group, &Tracker::default()).await.unwrap();
+    assert_eq!(sides.len(), 2);
+    assert_eq!((sides[0].binding.as_str(), sides[1].binding.as_str()), ("web/web-bg", "web/web-bg side 2"));
+    assert!(sides.iter().all(|s| s.in_sync), "{sides:?}");
+    assert!(sides[1].private_production.as_deref().unwrap_or_default().contains("nlb-green"), "{sides:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_gate_waits_for_every_side_and_fails_before_traffic_moves() {
+    let w = World::two_sides();
+    let a = &w.arns;
+    // The NLB cannot reach the replacement tasks (its security group, say); the internal ALB can.
+    w.elb.make_unreachable(&a.nlb_green);
+    w.install_green();
+    assert_eq!(w.invoke(Phase::AfterInstall, "e1").await.status, HookStatus::Succeeded);
+    let bat = w.invoke(Phase::BeforeAllowTraffic, "e2").await;
+    assert_eq!(bat.status, HookStatus::Failed);
+    let message = bat.message.unwrap_or_default();
+    assert!(
+        message.contains("behind the private load balancer of web/web-bg side 2")
+            && message.contains("nlb-green")
+            && message.contains("production traffic has not moved"),
+        "{message}"
+    );
+    assert_eq!(w.reports_for("e2"), vec![HookStatus::Failed]);
+    // Neither production route moved.
+    assert_eq!(w.elb.route_of(&a.prv_prod).live(), vec![a.prv_blue.as_str()]);
+    assert_eq!(w.elb.route_of(&a.nlb_prod).live(), vec![a.nlb_blue.as_str()]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_side_that_cannot_be_flipped_puts_every_side_back() {
+    let w = World::two_sides();
+    let a = &w.arns;
+    w.through_the_gate().await;
+    w.allow_traffic();
+    // The NLB's listener is missing from the role: its flip is refused while the ALB's goes through.
+    w.elb.refuse_writes(&a.nlb_prod);
+    let aat = w.invoke(Phase::AfterAllowTraffic, "e3").await;
+    assert_eq!(aat.status, HookStatus::Failed);
+    let message = aat.message.unwrap_or_default();
+    assert!(message.contains(&a.nlb_prod), "{message}");
+    assert_eq!(w.reports_for("e3"), vec![HookStatus::Failed]);
+    // The ALB side was flipped, then put back with the NLB side: no side is left flipped alone.
+    let alb_writes: Vec<Route> =
+        w.elb.route_log().into_iter().filter(|(arn, _)| arn == &a.prv_prod).map(|(_, r)| r).collect();
+    assert!(alb_writes.iter().any(|r| r.live() == vec![a.prv_green.as_str()]), "{alb_writes:?}");
+    assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_blue, &[&a.prv_green], RouteStyle::Weighted));
+    assert_eq!(w.elb.route_of(&a.nlb_prod), Route::all_to(&a.nlb_blue, &[], RouteStyle::Single));
+    let rec = w.state.record(DEPLOYMENT).expect("record");
+    assert_eq!(rec.outcome.as_deref(), Some("failed"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_follower_moves_every_side_and_a_rollback_is_followed_on_every_side() {
+    let w = World::two_sides();
+    let a = &w.arns;
+    w.through_the_gate().await;
+    let engine = w.hooks();
+    let req = FollowRequest {
+        deployment_id: DEPLOYMENT.into(),
+        application: APP.into(),
+        deployment_group: GROUP.into(),
+        production_listener: Some(a.pub_prod.clone()),
+        config_name: Some("CodeDeployDefault.ECSLinear10PercentEvery1Minutes".into()),
+        binding: None,
+    };
+    let t = Tracker::default();
+    let follower = engine.follow(&req, "f-1", Budget::after(Duration::from_secs(600)), &t);
+    let shift = async {
+        for step in 1..=4u32 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, step * 20));
+        }
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        // At 80 % green: the ALB side mirrors the weights, the NLB side follows the majority.
+        assert_eq!(w.elb.route_of(&a.prv_prod).weight(&a.prv_green), Some(80));
+        assert_eq!(w.elb.route_of(&a.nlb_prod), Route::all_to(&a.nlb_green, &[], RouteStyle::Single));
+        // An alarm: CodeDeploy puts the public side back on blue and the deployment stops.
+        w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, 0));
+        w.codedeploy.edit(DEPLOYMENT, |f| f.status = "Stopped".into());
+    };
+    let (followed, ()) = tokio::join!(follower, shift);
+    followed.expect("follower");
+    assert_eq!(w.elb.route_of(&a.prv_prod).live(), vec![a.prv_blue.as_str()]);
+    assert_eq!(w.elb.route_of(&a.nlb_prod), Route::all_to(&a.nlb_blue, &[], RouteStyle::Single));
+    // Every step of the NLB side: blue until green held the majority, then green, then blue again.
+    let nlb: Vec<Vec<String>> = w
+        .elb
+        .route_log()
+        .into_iter()
+        .filter(|(arn, _)| arn == &a.nlb_prod)
+        .map(|(_, r)| r.live().iter().map(|s| s.to_string()).collect())
+        .collect();
+    assert_eq!(nlb, vec![vec![a.nlb_green.clone()], vec![a.nlb_blue.clone()]], "{nlb:?}");
+    assert!(w.elb.dark_moments().is_empty(), "{:?}", w.elb.dark_moments());
+}
+
+#[tokio::test(start_paused = true)]
+async fn check_refuses_a_bad_side_naming_it() {
+    let w = World::two_sides();
+    let a = &w.arns;
+    let engine = w.hooks();
+    let b = w.config.bindings[0].clone();
+    let group = engine.group(&b).await.unwrap();
+    assert!(engine.check(&b, &group, &Tracker::default()).await.is_ok());
+    // A side whose NLB group is of another port is refused, naming that side's group.
+    w.elb.group_mut(&a.nlb_green, |g| g.facts.port = Some(9090));
+    let err = engine.check(&b, &group, &Tracker::default()).await.unwrap_err().to_string();
+    assert!(err.contains("binding web/web-bg side 2") && err.contains("nlb-green uses TCP:9090"), "{err}");
+    w.elb.group_mut(&a.nlb_green, |g| g.facts.port = Some(8080));
+    // A side's route that forwards elsewhere is refused too.
+    w.elb.put_route(&a.nlb_test, Route::all_to(&a.prv_green, &[], RouteStyle::Single));
+    let err = engine.check(&b, &group, &Tracker::default()).await.unwrap_err().to_string();
+    assert!(err.contains("private test route") && err.contains("web/web-bg side 2"), "{err}");
+}

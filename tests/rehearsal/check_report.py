@@ -38,6 +38,12 @@ def main():
             problems.append(f"{r['failed_requests']['private']} private requests failed while no public one did")
         if r["max_weight_lag_ms"] > MAX_WEIGHT_LAG_MS:
             problems.append(f"private weights lagged the public ones by {r['max_weight_lag_ms']} ms")
+        side_2 = r.get("side_2")
+        if side_2:
+            if side_2["failed_requests"] and not r["failed_requests"]["public"]:
+                problems.append(f"{side_2['failed_requests']} requests failed on private side 2")
+            if side_2["majority_lag_ms"] > MAX_WEIGHT_LAG_MS:
+                problems.append(f"private side 2 lagged the public majority by {side_2['majority_lag_ms']} ms")
         if r.get("neighbour_throttles"):
             problems.append(f"another client in the account was throttled {r['neighbour_throttles']} times")
     else:

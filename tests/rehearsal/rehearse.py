@@ -20,6 +20,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 
 import procs
+import sides
 import standin
 from budget import elb_report
 from lambda_host import LambdaHost
@@ -51,6 +52,9 @@ SCENARIOS = {
     "alb-to-nlb": {"config": "AllAtOnce", "expected": "succeeded", "private": "nlb",
                    "about": "public ALB with HTTP target groups, private NLB with TCP target groups (the PrivateLink "
                             "case): production flips to green, the test listener keeps the idle group attached"},
+    "two-sides": {"config": "Canary10Percent", "expected": "succeeded", "link": True,
+                  "about": "one deployment group behind an internal ALB and an NLB for PrivateLink: both gated, the "
+                           "follower moves both (the ALB by weight, the NLB at 50 %), both flipped together"},
     "unhealthy-green": {"config": "AllAtOnce", "expected": "rolled_back", "block_private_green": True,
                         "about": "the private load balancer cannot reach the replacement tasks: the gate fails "
                                  "and CodeDeploy rolls back before production traffic moves"},
@@ -282,13 +286,14 @@ class Rehearsal:
         private = "an internal NLB with TCP groups" if nlb else "a private ALB"
         self.log("setup", f"provisioned VPC, public ALB and {private}, 4 ip target groups, listeners :80 and "
                           ":8080 on each, DynamoDB table")
+        if self.spec.get("link"):
+            sides.provision(self, elb, subnets, vpc, TASK_PORT)
 
     def start_standin(self):
         self.world = standin.World(self.moto_url, self.client("elbv2", self.moto_url, "STANDIN"))
         self.world.nlb = self.nlb
         for tg in self.tgs.values():
-            lb = self.lbs["public"] if "/pub-" in tg else self.lbs["private"]
-            self.world.tg_lb[tg] = lb
+            self.world.tg_lb[tg] = sides.load_balancer_of(self, tg)
         for key, arn in self.listeners.items():
             self.world.track_route(arn, self.lbs[key.split("-")[0]])
         for group, service in (("web-bg", "web"), ("web-bg-unbound", "web-unbound")):
@@ -778,16 +783,17 @@ class Rehearsal:
         self.start_host()
 
         blue_ips = self.start_tasks("blue")
-        self.register(self.tgs["pub-blue"], blue_ips, events=False)
-        self.register(self.tgs["prv-blue"], blue_ips, events=False)
-        ok = self.wait_healthy(self.tgs["pub-blue"], blue_ips) and self.wait_healthy(self.tgs["prv-blue"], blue_ips)
-        if not ok:
+        blues = [tg for key, tg in self.tgs.items() if key.endswith("-blue")]
+        for tg in blues:
+            self.register(tg, blue_ips, events=False)
+        if not all(self.wait_healthy(tg, blue_ips) for tg in blues):
             raise RuntimeError("blue tasks did not become healthy")
         self.log("setup", f"{len(blue_ips)} blue tasks serving on both load balancers")
 
         self.probe = Probe(self.world, {
             "public": (self.listeners["public-prod"], self.lbs["public"]),
             "private": (self.listeners["private-prod"], self.lbs["private"]),
+            **({"link": (self.listeners["link-prod"], self.lbs["link"])} if "link" in self.lbs else {}),
         })
         self.probe.start()
         self.start_neighbour(self.neighbour_per_s, list(self.tgs.values()))
@@ -809,6 +815,13 @@ class Rehearsal:
         self.world.stop.set()
 
         invariants, stale, pub, prv = self.evaluate()
+        link = None
+        if "link" in self.lbs:
+            more, link_stats, link_lag = sides.evaluate(self, shares, same_traffic)
+            invariants.update(more)
+            link = {"requests": link_stats["requests"], "failed_requests": link_stats["failed_requests"],
+                    "served_by_version": link_stats["served_by_version"], "dark_ms": link_stats["dark_ms"],
+                    "majority_lag_ms": link_lag}
         for hook in self.hook_reports.values():
             if hook.get("message") and hook["verdict"] != "Succeeded":
                 self.messages.append(f"{hook['function']}: {hook['message']}")
@@ -840,6 +853,7 @@ class Rehearsal:
         crash = None
         if self.crash:
             crash = {k: self.crash[k] for k in ("function", "after_call", "fired", "call")}
+        names = {arn: key for key, arn in self.listeners.items()}
         report = {
             "scenario": self.name,
             "config": self.config,
@@ -860,6 +874,7 @@ class Rehearsal:
             "failed_requests": {"public": pub["failed_requests"], "private": prv["failed_requests"]},
             "served_by_version": {"public": pub["served_by_version"], "private": prv["served_by_version"]},
             "max_weight_lag_ms": self.max_weight_lag_ms(),
+            "side_2": link,
             "hooks": self.hook_reports,
             "reconciler": {
                 "invocations": sum(1 for i in self.host.invocations if i.function == "reconciler"),
@@ -873,10 +888,7 @@ class Rehearsal:
             },
             "elb": elb,
             "route_changes": [
-                {"t_ms": self.log.at(t), "route": ("public " if a.startswith(self.lbs["public"].replace(
-                    ":loadbalancer/", ":listener/")) else "private ") + ("prod" if a in (
-                        self.listeners["public-prod"], self.listeners["private-prod"]) else "test"),
-                 "to": fmt_route(r)}
+                {"t_ms": self.log.at(t), "route": names.get(a, a).replace("-", " "), "to": fmt_route(r)}
                 for t, a, r in self.world.route_events if t >= self.log.t0
             ],
             "messages": self.messages,
@@ -906,6 +918,11 @@ def print_report(r, out):
       f"private {r['requests']['private']:>6} ({r['failed_requests']['private']} failed)")
     p(f"   served           public {r['served_by_version']['public']}   private {r['served_by_version']['private']}")
     p(f"   dark time        public {r['public_dark_ms']} ms   private {r['private_dark_ms']} ms")
+    if r.get("side_2"):
+        s2 = r["side_2"]
+        p(f"   side 2 (NLB)     {s2['requests']} requests ({s2['failed_requests']} failed), served "
+          f"{s2['served_by_version']}, dark {s2['dark_ms']} ms, behind the public majority at most "
+          f"{s2['majority_lag_ms']} ms")
     p(f"   flip skew        {r['flip_skew_ms']} ms (private flip after public flip)")
     p(f"   max weight lag   {r['max_weight_lag_ms']} ms (longest time the private weights differed from the public)")
     e = r["elb"]
@@ -934,7 +951,7 @@ PROFILES = {"none": "", "throttle-30%": "*=throttle:0.3", "5xx-10%": "*=5xx:0.1"
 # (scenario, profile, functions to crash: None for every function the scenario runs)
 QUICK_MATRIX = [("happy", "throttle-30%", None), ("unhealthy-green", "throttle-30%", None),
                 ("alarm-rollback", "5xx-10%", None), ("linear", "resets-5%", None),
-                ("happy", CRASH, ["after-allow-traffic"])]
+                ("two-sides", "throttle-30%", None), ("happy", CRASH, ["after-allow-traffic"])]
 
 
 def run_one(scenario, tasks, faults="", crash=None, lane=0):
@@ -965,6 +982,9 @@ def cell_problems(r):
         out.append(f"private dark {r['private_dark_ms']} ms")
     if fr.get("private", 0) and not fr.get("public", 0):
         out.append(f"{fr['private']} private requests failed")
+    side_2 = r.get("side_2") or {}
+    if side_2.get("failed_requests") and not fr.get("public", 0):
+        out.append(f"{side_2['failed_requests']} requests failed on private side 2")
     return out + [m for m in r.get("messages", []) if out]
 
 

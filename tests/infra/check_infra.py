@@ -60,14 +60,21 @@ def env_constants():
         return dict(re.findall(r'pub const (ENV_\w+): &str = "([^"]+)";', f.read()))
 
 
-def render_sub(sub, params):
-    """Renders a Fn::Sub of the bindings (with its variable map) for the given parameter values."""
+def condition(conditions, name, params):
+    """Evaluates one of the template's conditions, all of the form `!Not [!Equals [!Ref Parameter, ""]]`."""
+    (ref, empty), = [c["Fn::Equals"] for c in conditions[name]["Fn::Not"]]
+    return params.get(ref["Ref"], "") != empty
+
+
+def render_sub(sub, params, conditions):
+    """Renders a Fn::Sub of the bindings (with its variable map, nested Fn::If and Fn::Sub) for the given
+    parameter values."""
     template, variables = (sub, {}) if isinstance(sub, str) else sub
     values = dict(params)
     for name, expr in variables.items():
         cond, yes, no = expr["Fn::If"]
-        chosen = yes if params["PrivateTestListenerArn"] else no
-        values[name] = render_sub(chosen["Fn::Sub"], params) if isinstance(chosen, dict) else chosen
+        chosen = yes if condition(conditions, cond, params) else no
+        values[name] = render_sub(chosen["Fn::Sub"], params, conditions) if isinstance(chosen, dict) else chosen
     return re.sub(r"\$\{([\w:]+)\}", lambda m: str(values[m.group(1)]), template)
 
 
@@ -126,16 +133,38 @@ def main():
         "PrivateProductionListenerArn": f"{acct}:listener/app/private/9/80", "HealthTimeoutSeconds": 300,
     }
     sub = env[consts["ENV_BINDINGS"]]["Fn::Sub"]
+    second = {
+        "SecondPrivateBlueTargetGroupArn": f"{acct}:targetgroup/lnk-blue/5",
+        "SecondPrivateGreenTargetGroupArn": f"{acct}:targetgroup/lnk-green/6",
+        "SecondPrivateProductionListenerArn": f"{acct}:listener/net/link/7/80",
+        "SecondPrivateTestListenerArn": f"{acct}:listener/net/link/7/8080",
+    }
     for test_listener in ("", f"{acct}:listener/app/private/9/8080"):
-        rendered = render_sub(sub, dict(params, PrivateTestListenerArn=test_listener))
-        try:
-            doc = json.loads(rendered)
-        except ValueError as e:
-            check(False, f"rendered bindings are not JSON ({e}): {rendered}")
-            continue
-        check(("private_test_route" in doc["bindings"][0]) == bool(test_listener), "test route rendering is off")
-        out = cold_start(bin_dir, rendered)
-        check("configuration error" not in out, f"the binary refuses the template's bindings: {out[-600:]}")
+        for sides in (1, 2):
+            values = dict(params, PrivateTestListenerArn=test_listener, **(second if sides == 2 else {}))
+            rendered = render_sub(sub, values, t["Conditions"])
+            try:
+                doc = json.loads(rendered)
+            except ValueError as e:
+                check(False, f"rendered bindings are not JSON ({e}): {rendered}")
+                continue
+            b = doc["bindings"][0]
+            check(("private_test_route" in b) == bool(test_listener), "test route rendering is off")
+            check(len(b.get("additional_private_sides", [])) == sides - 1, f"{sides} private side(s) rendered as {b}")
+            out = cold_start(bin_dir, rendered)
+            check("configuration error" not in out, f"the binary refuses the template's bindings: {out[-600:]}")
+
+    # Least privilege over every private side: each function may change exactly the private groups and
+    # listeners the bindings name, the second side's only when there is one.
+    private_groups = {"PrivateBlueTargetGroupArn", "PrivateGreenTargetGroupArn", "SecondPrivateBlueTargetGroupArn",
+                      "SecondPrivateGreenTargetGroupArn"}
+    private_listeners = {"PrivateProductionListenerArn", "PrivateTestListenerArn",
+                         "SecondPrivateProductionListenerArn", "SecondPrivateTestListenerArn"}
+    for name, f in functions.items():
+        statements = {st["Sid"]: st for st in f["Properties"]["Policies"][0]["Statement"]}
+        for sid, want in (("MirrorTargets", private_groups), ("RoutePrivateListeners", private_listeners)):
+            named = set(re.findall(r"'Ref': '(\w+)'", str(statements.get(sid, {}).get("Resource")))) - {"AWS::NoValue"}
+            check(named == want, f"{name} {sid} covers {sorted(named)}, not {sorted(want)}")
     broken = json.dumps({"bindings": [{"application": "web", "deployment_group": "web-bg", "pairs": []}]})
     check("configuration error" in cold_start(bin_dir, broken), "the cold-start check did not refuse a broken binding")
 

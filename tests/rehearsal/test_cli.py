@@ -78,7 +78,7 @@ def main():
         mismatch["bindings"][0]["pairs"][1]["private_target_group"] = other["TargetGroups"][0]["TargetGroupArn"]
         code, out, _ = cli("check", "--json", bindings=mismatch)
         row = json.loads(out)["bindings"][0]
-        expect("check names a port mismatch", code == 1 and "same protocol and port" in row.get("error", ""), out)
+        expect("check names a port mismatch", code == 1 and "both must target the task's port; give prv-other-port port 18080" in row.get("error", ""), out)
 
         code, out, _ = cli("check", table="bluegreen-mirror-gone")
         expect("check names a missing state table", code == 1 and "state table bluegreen-mirror-gone does not exist" in out,

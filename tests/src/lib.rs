@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use bluegreen_mirror::config::{Config, RouteRef};
 use bluegreen_mirror::domain::{
     BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, HealthCheck, HealthState, ObservedTarget,
-    Phase, Route, RouteStyle, StoredBinding, Target, TargetKey, TrafficShift,
+    Phase, Route, RouteStyle, StoredBinding, Target, TargetKey, TrafficShift, WeightedTargetGroup,
 };
 use bluegreen_mirror::harness::{self, Invocation, Outcome, Tracker};
 use bluegreen_mirror::ports::{
@@ -712,6 +712,17 @@ pub fn ip(n: u32) -> TargetKey {
 
 pub fn keys(range: std::ops::Range<u32>) -> Vec<TargetKey> {
     range.map(ip).collect()
+}
+
+/// A public route with `green_weight` % on green, the rest on blue (one of CodeDeploy's steps).
+pub fn weighted(blue: &str, green: &str, green_weight: u32) -> Route {
+    Route {
+        target_groups: vec![
+            WeightedTargetGroup { target_group: blue.into(), weight: 100 - green_weight },
+            WeightedTargetGroup { target_group: green.into(), weight: green_weight },
+        ],
+        stickiness_seconds: None,
+    }
 }
 
 /// Target keys as sorted `ip:port` strings, the form `FakeElb::members` returns.

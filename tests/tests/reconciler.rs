@@ -11,17 +11,7 @@ use bluegreen_mirror::harness::{Budget, Tracker};
 use bluegreen_mirror::ports::{FollowRequest, HookStatus};
 use bluegreen_mirror::usecase::Trigger;
 use bluegreen_mirror::AwsErrorKind;
-use bluegreen_mirror_tests::{ip, keys, strings, World, APP, DEPLOYMENT, GROUP};
-
-fn weighted(blue: &str, green: &str, green_weight: u32) -> Route {
-    Route {
-        target_groups: vec![
-            WeightedTargetGroup { target_group: blue.into(), weight: 100 - green_weight },
-            WeightedTargetGroup { target_group: green.into(), weight: green_weight },
-        ],
-        stickiness_seconds: None,
-    }
-}
+use bluegreen_mirror_tests::{ip, keys, strings, weighted, World, APP, DEPLOYMENT, GROUP};
 
 async fn reconcile(w: &World, trigger: Trigger) -> Vec<bluegreen_mirror::usecase::Reconciled> {
     let engine = w.hooks();

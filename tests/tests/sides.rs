@@ -6,20 +6,10 @@
 
 use std::time::Duration;
 
-use bluegreen_mirror::domain::{Phase, Route, RouteStyle, WeightedTargetGroup};
+use bluegreen_mirror::domain::{Phase, Route, RouteStyle};
 use bluegreen_mirror::harness::{Budget, Tracker};
 use bluegreen_mirror::ports::{FollowRequest, HookStatus};
-use bluegreen_mirror_tests::{keys, strings, World, APP, DEPLOYMENT, GROUP};
-
-fn weighted(blue: &str, green: &str, green_weight: u32) -> Route {
-    Route {
-        target_groups: vec![
-            WeightedTargetGroup { target_group: blue.into(), weight: 100 - green_weight },
-            WeightedTargetGroup { target_group: green.into(), weight: green_weight },
-        ],
-        stickiness_seconds: None,
-    }
-}
+use bluegreen_mirror_tests::{keys, strings, weighted, World, APP, DEPLOYMENT, GROUP};
 
 #[tokio::test(start_paused = true)]
 async fn both_sides_are_mirrored_gated_and_flipped_together() {

@@ -6,7 +6,7 @@
 use futures_util::future::try_join_all;
 
 use super::{now_ms, Engine, Tracker};
-use crate::domain::{Phase, SideRecord};
+use crate::domain::Phase;
 use crate::harness::Budget;
 use crate::ports::{Deployments, Followers, LoadBalancers, StateStore};
 use crate::Result;
@@ -44,18 +44,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             rec.public_test_listener = facts.test_listeners.first().cloned();
             rec.green_public_target_group = Some(g.public.clone());
             for (side, _) in &sides {
-                let g = g.on(side);
                 let kept = rec.side(side.side).unwrap_or_default();
-                rec.set_side(
-                    side.side,
-                    SideRecord {
-                        private_production_route: (side.side > 0)
-                            .then(|| side.private_production_route.arn().to_string()),
-                        green_private_target_group: Some(g.private.clone()),
-                        blue_private_target_group: Some(g.blue_private.clone()),
-                        ..kept
-                    },
-                );
+                rec.set_side(side.side, g.on(side).recorded(side, kept));
             }
             rec.targets_mirrored = plans.first().map_or(0, |p| p.desired.len());
         })

@@ -47,17 +47,12 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 let g = g.on(side);
                 let mut planned = Route::all_to(&g.private, &[&g.blue_private], side.style());
                 planned.stickiness_seconds = production.stickiness_seconds;
-                rec.set_side(
-                    side.side,
-                    SideRecord {
-                        private_production_route: (side.side > 0)
-                            .then(|| side.private_production_route.arn().to_string()),
-                        green_private_target_group: Some(g.private.clone()),
-                        blue_private_target_group: Some(g.blue_private.clone()),
-                        private_route_before: Some(production.clone()),
-                        planned_private_route: Some(planned),
-                    },
-                );
+                let flip = SideRecord {
+                    private_route_before: Some(production.clone()),
+                    planned_private_route: Some(planned),
+                    ..SideRecord::default()
+                };
+                rec.set_side(side.side, g.recorded(side, flip));
             }
             rec.targets_mirrored = healthy;
             // A stored binding travels with the deployment, so that AfterAllowTraffic flips without reading it.

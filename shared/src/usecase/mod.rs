@@ -62,6 +62,17 @@ impl Green {
         let blue_private = side.private_of(&self.blue_public).unwrap_or_default().to_string();
         Green { private, blue_private, ..self.clone() }
     }
+
+    /// This side's groups in its deployment record (the route's ARN names the sides after the first), over what
+    /// the record held for it.
+    fn recorded(&self, side: &Binding, kept: crate::domain::SideRecord) -> crate::domain::SideRecord {
+        crate::domain::SideRecord {
+            private_production_route: (side.side > 0).then(|| side.private_production_route.arn().to_string()),
+            green_private_target_group: Some(self.private.clone()),
+            blue_private_target_group: Some(self.blue_private.clone()),
+            ..kept
+        }
+    }
 }
 
 /// The private routes as the preflight found them.

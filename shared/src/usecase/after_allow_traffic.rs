@@ -11,7 +11,9 @@ use futures_util::future::{join_all, try_join_all};
 
 use super::{name, now_ms, Engine, Tracker, STATE_READ_BOUND};
 use crate::config::{Binding, RouteRef};
-use crate::domain::{mirror_route, test_route, HealthState, Phase, Route, RouteStyle};
+use crate::domain::{
+    mirror_route, test_route, DeploymentRecord, HealthState, ObservedTarget, Phase, Route, RouteStyle,
+};
 use crate::harness::Budget;
 use crate::ports::{Deployments, Followers, LoadBalancers, StateStore};
 use crate::{Error, Result};
@@ -23,6 +25,8 @@ struct Flip<'a> {
     sides: Vec<(Binding, Option<Route>, Route)>,
     /// The routes before were read just now (the slow path): a side already in place is not written again.
     fresh: bool,
+    /// The deployment record as read at the start (the fast path), so that recording the outcome needs no read.
+    record: Option<DeploymentRecord>,
     public_production_listener: Option<String>,
     public_test_listener: Option<String>,
 }
@@ -70,6 +74,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             Some(Flip {
                 sides: sides?,
                 fresh: false,
+                record: Some(rec.clone()),
                 binding: b,
                 public_production_listener: rec.public_production_listener.clone(),
                 public_test_listener: rec.public_test_listener.clone(),
@@ -99,6 +104,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                     binding: b,
                     sides,
                     fresh: true,
+                    record: None,
                     public_production_listener: Some(listener),
                     public_test_listener: r.facts.test_listeners.first().cloned(),
                 }
@@ -129,32 +135,44 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             shown(flip.sides.iter().map(|(_, _, to)| to.to_string()).collect()),
         );
         let b: &Binding = &flip.binding;
-        let desired = self.settle(deployment_id, &flip, t).await?;
 
-        // Off the critical path and all at once: membership of every pair of every side (I1) and the test routes
-        // (I3).
+        // Everything after the flip is independent reads first, all at once: the checks of each side against the
+        // public truth (I2, I4), the membership of every pair of every side (I1: mirroring is safe whatever the
+        // routes, so it does not wait for the checks), and each side's test routes (I3), written once the checks
+        // have settled production.
         let pairs = flip.sides.iter().flat_map(|(side, _, _)| side.pair_arns());
         let mirrors = try_join_all(
             pairs.map(|(public, private)| async move { self.mirror_pair(&public, &private, t).await.map(|_| ()) }),
         );
-        let tests = try_join_all(flip.sides.iter().zip(&desired).map(|((side, _, _), desired)| {
-            self.converge_test_route(side, flip.public_test_listener.as_deref(), desired, t)
-        }));
-        let (mirrored, tested) = tokio::join!(mirrors, tests);
+        let test_reads = try_join_all(
+            flip.sides.iter().map(|(side, _, _)| self.read_test_routes(side, flip.public_test_listener.as_deref())),
+        );
+        let (desired, mirrored, test_reads) = tokio::join!(self.settle(deployment_id, &flip, t), mirrors, test_reads);
+        let desired = desired?;
         mirrored?;
-        tested?;
+        let tests = flip
+            .sides
+            .iter()
+            .zip(&desired)
+            .zip(test_reads?)
+            .map(|(((side, _, _), desired), reads)| self.converge_test_route(side, desired, reads, t));
+        try_join_all(tests).await?;
 
+        // The deployment's record (over the one read at the start) and the binding's, together.
         let live = desired.first().and_then(|d| d.live().first().map(|s| s.to_string()));
-        self.record(b, deployment_id, t, |rec| {
+        let known = flip.record.clone();
+        let outcome = self.record_over(b, deployment_id, known, t, |rec| {
             rec.phases.insert(Phase::AfterAllowTraffic.to_string(), now_ms());
             rec.private_flip_at_ms.get_or_insert(flip_at);
             rec.outcome = Some("succeeded".to_string());
             rec.last_message = None;
-        })
-        .await;
-        if let Some(live) = live {
-            self.record_binding_live(b, &live, Some(deployment_id), t).await;
-        }
+        });
+        let binding = async {
+            if let Some(live) = &live {
+                self.record_binding_live(b, live, Some(deployment_id), t).await;
+            }
+        };
+        tokio::join!(outcome, binding);
         t.take_undo();
         Ok(())
     }
@@ -175,20 +193,52 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 })?
             }
         };
-        let public = self.lb.route(&RouteRef::Listener(listener)).await?;
-        try_join_all(flip.sides.iter().map(|(side, _, flipped)| self.settle_side(side, &public, flipped.clone(), t)))
-            .await
+        // The public route, each side's production route as it now reads, and the targets of the groups it was
+        // set to send to: one round of reads for every side.
+        let public_ref = RouteRef::Listener(listener);
+        let public = self.lb.route(&public_ref);
+        let reads = try_join_all(flip.sides.iter().map(|(side, _, flipped)| async move {
+            let live = flipped.live();
+            let (now, targets) = tokio::join!(
+                self.lb.route(&side.private_production_route),
+                try_join_all(live.iter().map(|tg| self.lb.targets(tg)))
+            );
+            let targets: Vec<(String, Vec<ObservedTarget>)> =
+                live.iter().map(|tg| tg.to_string()).zip(targets?).collect();
+            Ok::<_, Error>((now?, targets))
+        }));
+        let (public, reads) = tokio::join!(public, reads);
+        let public = public?;
+        let settled = flip
+            .sides
+            .iter()
+            .zip(reads?)
+            .map(|((side, _, flipped), read)| self.settle_side(side, &public, flipped.clone(), read, t));
+        try_join_all(settled).await
     }
 
-    async fn settle_side(&self, b: &Binding, public: &Route, flipped: Route, t: &Tracker) -> Result<Route> {
+    /// One side after the flip: corrects it if the public route is not what was planned (then reads it again),
+    /// checks that it reads as set, and that no live group is dark while its public mirror serves (I4).
+    async fn settle_side(
+        &self,
+        b: &Binding,
+        public: &Route,
+        flipped: Route,
+        read: (Route, Vec<(String, Vec<ObservedTarget>)>),
+        t: &Tracker,
+    ) -> Result<Route> {
         let desired = mirror_route(public, &b.pair_arns(), b.style(), Some(&flipped))
             .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.side_label())))?;
-        if !desired.same_traffic(&flipped) {
+        let (now, mut targets) = read;
+        let now = if desired.same_traffic(&flipped) {
+            now
+        } else {
             t.note(format!("public route is {public}; correcting the planned private route {flipped} to {desired}"));
             self.lb.set_route(&b.private_production_route, &desired).await?;
             t.route_change(flipped.to_string(), desired.to_string());
-        }
-        let now = self.lb.route(&b.private_production_route).await?;
+            targets.clear();
+            self.lb.route(&b.private_production_route).await?
+        };
         if !now.same_traffic(&desired) {
             return Err(Error::Invariant(format!(
                 "the private production route {} reads {now} after it was set to {desired}; something else is \
@@ -197,7 +247,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             )));
         }
         for tg in desired.live() {
-            let private = self.lb.targets(tg).await?;
+            let private = match targets.iter().find(|(g, _)| g == tg) {
+                Some((_, read)) => read.clone(),
+                None => self.lb.targets(tg).await?,
+            };
             if private.iter().any(|p| p.health == HealthState::Healthy) {
                 continue;
             }
@@ -218,23 +271,28 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         Ok(desired)
     }
 
+    /// The reads [`Self::converge_test_route`] needs: the side's test route and, for an ALB side, the public
+    /// test listener it mirrors.
+    async fn read_test_routes(&self, b: &Binding, public_test_listener: Option<&str>) -> Result<TestReads> {
+        let Some(which) = &b.private_test_route else {
+            return Ok(None);
+        };
+        let public = async {
+            match (b.style(), public_test_listener) {
+                (RouteStyle::Weighted, Some(l)) => self.lb.route(&RouteRef::Listener(l.to_string())).await.map(Some),
+                _ => Ok(None),
+            }
+        };
+        let (current, public) = tokio::join!(self.lb.route(which), public);
+        Ok(Some((current?, public?)))
+    }
+
     /// Makes the private test route mirror the public test listener (I3). On an NLB, whose listeners forward to
     /// one group each, the test listener instead takes the group production no longer uses, so that both stay
     /// attached and health-checked.
-    async fn converge_test_route(
-        &self,
-        b: &Binding,
-        public_test_listener: Option<&str>,
-        production: &Route,
-        t: &Tracker,
-    ) -> Result<()> {
-        let Some(which) = &b.private_test_route else {
+    async fn converge_test_route(&self, b: &Binding, production: &Route, reads: TestReads, t: &Tracker) -> Result<()> {
+        let (Some(which), Some((current, public))) = (&b.private_test_route, reads) else {
             return Ok(());
-        };
-        let current = self.lb.route(which).await?;
-        let public = match (b.style(), public_test_listener) {
-            (RouteStyle::Weighted, Some(l)) => Some(self.lb.route(&RouteRef::Listener(l.to_string())).await?),
-            _ => None,
         };
         let Some(desired) = test_route(&b.pair_arns(), b.style(), production, public.as_ref(), &current)
             .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.label())))?
@@ -248,3 +306,6 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         Ok(())
     }
 }
+
+/// A side's test route as read, and the public test listener's route when it is mirrored (`None`: no test route).
+type TestReads = Option<(Route, Option<Route>)>;

@@ -357,7 +357,18 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// Mirrors a public target group into its private one (full diff), given the public targets.
     async fn mirror_from(&self, source: &[ObservedTarget], private: &str, t: &Tracker) -> Result<MirrorPlan> {
         let current = self.lb.targets(private).await?;
-        let plan = plan_mirror(source, &current, DEFAULT_BATCH);
+        self.mirror_onto(source, &current, private, t).await
+    }
+
+    /// Makes `private` (holding `current`) mirror `source`: registrations first, then deregistrations.
+    async fn mirror_onto(
+        &self,
+        source: &[ObservedTarget],
+        current: &[ObservedTarget],
+        private: &str,
+        t: &Tracker,
+    ) -> Result<MirrorPlan> {
+        let plan = plan_mirror(source, current, DEFAULT_BATCH);
         for batch in &plan.register {
             self.lb.register(private, batch).await?;
         }
@@ -371,9 +382,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         Ok(plan)
     }
 
+    /// Mirrors a pair; both groups are read at once.
     async fn mirror_pair(&self, public: &str, private: &str, t: &Tracker) -> Result<MirrorPlan> {
-        let source = self.lb.targets(public).await?;
-        self.mirror_from(&source, private, t).await
+        let (source, current) = tokio::join!(self.lb.targets(public), self.lb.targets(private));
+        self.mirror_onto(&source?, &current?, private, t).await
     }
 
     /// Sets a private route unless it already is `to` (weight-0 attachments included).
@@ -393,10 +405,25 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     where
         U: Fn(&mut DeploymentRecord) + Send + Sync,
     {
+        self.record_over(b, deployment_id, None, t, update).await;
+    }
+
+    /// [`Self::record`] over a record read earlier in the invocation: its first write needs no read, and a
+    /// write lost to another writer reads the record again.
+    async fn record_over<U>(
+        &self,
+        b: &Binding,
+        deployment_id: &str,
+        known: Option<DeploymentRecord>,
+        t: &Tracker,
+        update: U,
+    ) where
+        U: Fn(&mut DeploymentRecord) + Send + Sync,
+    {
         let id = deployment_id.to_string();
         let (app, group) = (b.application.clone(), b.deployment_group.clone());
-        let outcome =
-            self.update_record(&id, &update, || Some(DeploymentRecord::new(&id, &app, &group, now_ms()))).await;
+        let fresh = || Some(DeploymentRecord::new(&id, &app, &group, now_ms()));
+        let outcome = self.update_record(&id, &update, fresh, known).await;
         if let Err(e) = outcome {
             t.note(format!("warning: deployment state not recorded: {e}"));
         }
@@ -407,7 +434,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     where
         U: Fn(&mut DeploymentRecord) + Send + Sync,
     {
-        if let Err(e) = self.update_record(deployment_id, &update, || None).await {
+        if let Err(e) = self.update_record(deployment_id, &update, || None, None).await {
             t.note(format!("warning: deployment state not recorded: {e}"));
         }
     }
@@ -417,12 +444,17 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         deployment_id: &str,
         update: &U,
         fresh: impl Fn() -> Option<DeploymentRecord>,
+        mut known: Option<DeploymentRecord>,
     ) -> Result<()>
     where
         U: Fn(&mut DeploymentRecord) + Send + Sync,
     {
         for _ in 0..5 {
-            let Some(mut rec) = self.state.deployment(deployment_id).await?.or_else(&fresh) else {
+            let read = match known.take() {
+                Some(rec) => Some(rec),
+                None => self.state.deployment(deployment_id).await?,
+            };
+            let Some(mut rec) = read.or_else(&fresh) else {
                 return Ok(());
             };
             update(&mut rec);

@@ -46,6 +46,9 @@ async fn both_sides_are_mirrored_gated_and_flipped_together() {
     // The critical path: one read, then both sides' writes issued together.
     let log = w.calls.log();
     assert_eq!(&log[..3], ["dynamodb:GetItem", "elb:ModifyListener", "elb:ModifyListener"], "{log:?}");
+    // After it, each group's targets are read once: both sides' live groups for the I4 check, then the two public
+    // groups and the four private ones for membership (the public groups are not read again for side 2).
+    assert_eq!(w.calls.count("elb:DescribeTargetHealth"), 2 + 6, "{log:?}");
     assert!(w.elb.dark_moments().is_empty(), "{:?}", w.elb.dark_moments());
     for exec in ["e1", "e2", "e3"] {
         assert_eq!(w.reports_for(exec), vec![HookStatus::Succeeded], "{exec}");

@@ -140,10 +140,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         // public truth (I2, I4), the membership of every pair of every side (I1: mirroring is safe whatever the
         // routes, so it does not wait for the checks), and each side's test routes (I3), written once the checks
         // have settled production.
-        let pairs = flip.sides.iter().flat_map(|(side, _, _)| side.pair_arns());
-        let mirrors = try_join_all(
-            pairs.map(|(public, private)| async move { self.mirror_pair(&public, &private, t).await.map(|_| ()) }),
-        );
+        let pairs: Vec<(String, String)> = flip.sides.iter().flat_map(|(side, _, _)| side.pair_arns()).collect();
+        let mirrors = self.mirror_pairs(&pairs, t);
         let test_reads = try_join_all(
             flip.sides.iter().map(|(side, _, _)| self.read_test_routes(side, flip.public_test_listener.as_deref())),
         );
@@ -215,6 +213,21 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             .zip(reads?)
             .map(|((side, _, flipped), read)| self.settle_side(side, &public, flipped.clone(), read, t));
         try_join_all(settled).await
+    }
+
+    /// Mirrors every pair of every side, each group read once: the public groups are every side's, so a second
+    /// side costs its own two groups' reads, not the public ones again.
+    async fn mirror_pairs(&self, pairs: &[(String, String)], t: &Tracker) -> Result<()> {
+        let mut groups: Vec<&str> =
+            pairs.iter().flat_map(|(public, private)| [public.as_str(), private.as_str()]).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let read = try_join_all(groups.iter().map(|tg| self.lb.targets(tg))).await?;
+        let of =
+            |tg: &str| groups.iter().position(|g| *g == tg).and_then(|i| read.get(i)).map_or(&[][..], Vec::as_slice);
+        try_join_all(pairs.iter().map(|(public, private)| self.mirror_onto(of(public), of(private), private, t)))
+            .await?;
+        Ok(())
     }
 
     /// One side after the flip: corrects it if the public route is not what was planned (then reads it again),

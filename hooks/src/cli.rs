@@ -76,7 +76,8 @@ pub async fn main(args: Vec<String>) -> i32 {
     // Checking a fleet's bindings reads ELB nine times each: paced like the functions, so that an operator's
     // command does not drain the account's bucket (BLUEGREEN_MIRROR_ELB_READS_PER_S sets the pace).
     let elb = aws.elb.with_paced_reads(config.elb_reads_per_s, bluegreen_mirror::aws::ReadBurst::Reconcile);
-    let engine = Engine::new(elb, aws.codedeploy, aws.state, aws.followers, config);
+    // The CLI starts no follower: it builds no Lambda client.
+    let engine = Engine::new(elb, aws.codedeploy, aws.state, bluegreen_mirror::ports::NoFollowers, config);
     if let Command::Bindings(c) = &command {
         return crate::cli_bindings::run(&engine, c, as_json).await;
     }

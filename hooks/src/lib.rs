@@ -4,13 +4,16 @@
 
 pub mod cli;
 pub mod cli_bindings;
+pub mod logging;
 
 use bluegreen_mirror::aws::Aws;
 use bluegreen_mirror::aws::FOLLOW_KEY;
 use bluegreen_mirror::config::Config;
 use bluegreen_mirror::domain::Phase;
 use bluegreen_mirror::harness::{self, Budget, Invocation, Outcome, Tracker};
-use bluegreen_mirror::ports::{Deployments, FollowRequest, Followers, HookReporter, LoadBalancers, StateStore};
+use bluegreen_mirror::ports::{
+    Deployments, FollowRequest, Followers, HookReporter, LoadBalancers, NoFollowers, StateStore,
+};
 use bluegreen_mirror::usecase::{Engine, Trigger};
 use bluegreen_mirror::Error;
 
@@ -46,47 +49,129 @@ pub fn response(outcome: Outcome) -> Result<Value, Error> {
     }
 }
 
-/// The engine every function runs on, over the AWS adapters, and CodeDeploy as the hook reporter.
-type AwsEngine = Engine<
-    bluegreen_mirror::aws::Elb,
-    bluegreen_mirror::aws::CodeDeploy,
-    bluegreen_mirror::aws::DynamoState,
-    bluegreen_mirror::aws::LambdaFollowers,
->;
+/// The engine a function runs on, over the AWS adapters, with followers of kind `F`.
+type AwsEngine<F> =
+    Engine<bluegreen_mirror::aws::Elb, bluegreen_mirror::aws::CodeDeploy, bluegreen_mirror::aws::DynamoState, F>;
+
+/// One hook as its binary is built: its phase, its use case, and whether it starts followers. Each binary names
+/// its hook as a type, so that it links that hook's use case alone, and a Lambda client only if it starts
+/// followers.
+pub trait Hook {
+    const PHASE: Phase;
+    type Followers: Followers + 'static;
+    fn followers(aws: &Aws, config: &Config) -> Self::Followers;
+    fn work<'a, L, D, S, F>(
+        engine: &'a Engine<L, D, S, F>,
+        deployment_id: &'a str,
+        budget: Budget,
+        t: &'a Tracker,
+    ) -> BoxedWork<'a>
+    where
+        L: LoadBalancers,
+        D: Deployments,
+        S: StateStore,
+        F: Followers;
+}
+
+/// A use case's future, boxed and type-erased: it is deep, and erasing it keeps the handler's small.
+pub type BoxedWork<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = bluegreen_mirror::Result<()>> + Send + 'a>>;
+
+/// The `AfterInstall` hook: mirror green's tasks into the private green group.
+#[derive(Debug)]
+pub struct AfterInstallHook;
+/// The `BeforeAllowTraffic` hook: gate on the private side's health, start the follower.
+#[derive(Debug)]
+pub struct BeforeAllowTrafficHook;
+/// The `AfterAllowTraffic` hook: flip the private route, then converge and record.
+#[derive(Debug)]
+pub struct AfterAllowTrafficHook;
+
+impl Hook for AfterInstallHook {
+    const PHASE: Phase = Phase::AfterInstall;
+    type Followers = NoFollowers;
+    fn followers(_: &Aws, _: &Config) -> NoFollowers {
+        NoFollowers
+    }
+    fn work<'a, L, D, S, F>(e: &'a Engine<L, D, S, F>, id: &'a str, budget: Budget, t: &'a Tracker) -> BoxedWork<'a>
+    where
+        L: LoadBalancers,
+        D: Deployments,
+        S: StateStore,
+        F: Followers,
+    {
+        Box::pin(e.run_hook(Self::PHASE, id, budget, t, e.after_install(id, budget, t)))
+    }
+}
+
+impl Hook for BeforeAllowTrafficHook {
+    const PHASE: Phase = Phase::BeforeAllowTraffic;
+    type Followers = bluegreen_mirror::aws::LambdaFollowers;
+    fn followers(aws: &Aws, config: &Config) -> Self::Followers {
+        aws.followers(config)
+    }
+    fn work<'a, L, D, S, F>(e: &'a Engine<L, D, S, F>, id: &'a str, budget: Budget, t: &'a Tracker) -> BoxedWork<'a>
+    where
+        L: LoadBalancers,
+        D: Deployments,
+        S: StateStore,
+        F: Followers,
+    {
+        Box::pin(e.run_hook(Self::PHASE, id, budget, t, e.before_allow_traffic(id, budget, t)))
+    }
+}
+
+impl Hook for AfterAllowTrafficHook {
+    const PHASE: Phase = Phase::AfterAllowTraffic;
+    type Followers = NoFollowers;
+    fn followers(_: &Aws, _: &Config) -> NoFollowers {
+        NoFollowers
+    }
+    fn work<'a, L, D, S, F>(e: &'a Engine<L, D, S, F>, id: &'a str, budget: Budget, t: &'a Tracker) -> BoxedWork<'a>
+    where
+        L: LoadBalancers,
+        D: Deployments,
+        S: StateStore,
+        F: Followers,
+    {
+        Box::pin(e.run_hook(Self::PHASE, id, budget, t, e.after_allow_traffic(id, budget, t)))
+    }
+}
 
 /// Cold start, shared by every function: logging, the configuration (a bad one stops the function here), the
 /// clients.
 /// Every function's ELB reads go through a per-process bucket (see `Elb::with_paced_reads`), the hooks' with a
 /// smaller burst than the reconciler's; the operator CLI paces its reads too.
-async fn cold_start(
+async fn cold_start<F: Followers>(
     burst: bluegreen_mirror::aws::ReadBurst,
-) -> Result<(AwsEngine, bluegreen_mirror::aws::CodeDeploy), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    followers: impl FnOnce(&Aws, &Config) -> F,
+) -> Result<(AwsEngine<F>, bluegreen_mirror::aws::CodeDeploy), Error> {
+    logging::init();
     let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
-    let aws = Aws::load(&config).await;
+    let aws = Aws::for_function(&config).inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
+    let followers = followers(&aws, &config);
     let reporter = aws.codedeploy.clone();
     let elb = aws.elb.with_paced_reads(config.elb_reads_per_s, burst);
-    Ok((Engine::new(elb, aws.codedeploy, aws.state, aws.followers, config), reporter))
+    Ok((Engine::new(elb, aws.codedeploy, aws.state, followers, config), reporter))
 }
 
-/// Starts the function: configuration and clients once at cold start (a bad configuration stops it here,
+/// Starts hook `H`'s function: configuration and clients once at cold start (a bad configuration stops it here,
 /// before any invocation), then one harness run per invocation.
-pub async fn serve(phase: Phase) -> Result<(), lambda_runtime::Error> {
-    let (hooks, reporter) = cold_start(bluegreen_mirror::aws::ReadBurst::Hook).await?;
+pub async fn serve<H: Hook>() -> Result<(), lambda_runtime::Error> {
+    let (hooks, reporter) = cold_start(bluegreen_mirror::aws::ReadBurst::Hook, H::followers).await?;
     let (hooks, reporter) = (&hooks, &reporter);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        handle(phase, hooks, reporter, event).await.map_err(lambda_runtime::Error::from)
+        handle::<H, _, _, _, _, _>(hooks, reporter, event).await.map_err(lambda_runtime::Error::from)
     }))
     .await
 }
 
-async fn handle<L, D, S, F, R>(
-    phase: Phase,
+async fn handle<H, L, D, S, F, R>(
     hooks: &Engine<L, D, S, F>,
     reporter: &R,
     event: LambdaEvent<Value>,
 ) -> Result<Value, Error>
 where
+    H: Hook,
     L: LoadBalancers,
     D: Deployments,
     S: StateStore,
@@ -96,7 +181,7 @@ where
     // Without both ids there is nothing CodeDeploy would accept a report for: the error goes to the log.
     let lifecycle = parse_event(event.payload).inspect_err(|e| tracing::error!(error = %e, "event rejected"))?;
     let inv = Invocation {
-        phase,
+        phase: H::PHASE,
         deployment_id: lifecycle.deployment_id,
         execution_id: lifecycle.lifecycle_event_hook_execution_id,
         deadline: event.context.deadline(),
@@ -104,10 +189,7 @@ where
     let tracker = Tracker::default();
     let outcome = harness::run(reporter, &inv, &tracker, |budget| {
         let (inv, tracker) = (&inv, &tracker);
-        // Boxed and type-erased: the use case's future is deep, and erasing it keeps the handler's small.
-        let work: std::pin::Pin<Box<dyn std::future::Future<Output = bluegreen_mirror::Result<()>> + Send + '_>> =
-            Box::pin(hooks.run(inv.phase, &inv.deployment_id, budget, tracker));
-        work
+        H::work(hooks, &inv.deployment_id, budget, tracker)
     })
     .await;
     response(outcome)
@@ -168,7 +250,7 @@ pub fn parse_trigger(payload: Value) -> Result<Option<Trigger>, Error> {
 
 /// Starts the reconciler function: like [`serve`], one engine for the process, one trigger per invocation.
 pub async fn serve_reconciler() -> Result<(), lambda_runtime::Error> {
-    let (engine, _) = cold_start(bluegreen_mirror::aws::ReadBurst::Reconcile).await?;
+    let (engine, _) = cold_start(bluegreen_mirror::aws::ReadBurst::Reconcile, Aws::followers).await?;
     let engine = &engine;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         reconcile_event(engine, event).await.map_err(lambda_runtime::Error::from)

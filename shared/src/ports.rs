@@ -220,3 +220,18 @@ pub trait Followers: Send + Sync {
     /// configured.
     fn start(&self, request: &FollowRequest) -> impl Future<Output = Result<bool>> + Send;
 }
+
+/// The followers of a function that starts none (AfterInstall, AfterAllowTraffic): it builds no Lambda client, so
+/// its binary links none. Asked to start one anyway, it refuses rather than silently not following.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoFollowers;
+
+impl Followers for NoFollowers {
+    async fn start(&self, request: &FollowRequest) -> Result<bool> {
+        Err(crate::Error::Misconfigured(format!(
+            "this function starts no follower (only BeforeAllowTraffic and the reconciler do); deployment {} was \
+             not followed",
+            request.deployment_id
+        )))
+    }
+}

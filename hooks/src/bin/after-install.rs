@@ -2,5 +2,5 @@
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    bluegreen_mirror_hooks::serve(bluegreen_mirror::domain::Phase::AfterInstall).await
+    bluegreen_mirror_hooks::serve::<bluegreen_mirror_hooks::AfterInstallHook>().await
 }

@@ -31,11 +31,29 @@ pub const MAX_ATTEMPTS: u32 = 6;
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The SDK retry every client gets unless `AWS_MAX_ATTEMPTS` says otherwise.
+///
+/// A hook that gives up on a throttled call fails a deployment: it retries harder than the SDK's default of 3
+/// attempts, with backoff capped well inside the budget. The first backoff is short ([`INITIAL_BACKOFF`],
+/// jittered, doubling): the SDK's default of about 1 s let a throttled reconcile fall behind a target group's
+/// deregistration delay, so a replaced task could stop while its private mirror still received traffic.
 pub(crate) fn retry_config() -> RetryConfig {
     RetryConfig::standard()
         .with_max_attempts(MAX_ATTEMPTS)
         .with_initial_backoff(INITIAL_BACKOFF)
         .with_max_backoff(Duration::from_secs(5))
+}
+
+fn timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .operation_attempt_timeout(Duration::from_secs(10))
+        .operation_timeout(Duration::from_secs(30))
+        .build()
+}
+
+/// One HTTPS client for every SDK client, rustls on ring.
+fn https() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring)).build_https()
 }
 
 /// The adapters of one function, built from one shared SDK configuration.
@@ -44,38 +62,73 @@ pub struct Aws {
     pub elb: Elb,
     pub codedeploy: CodeDeploy,
     pub state: DynamoState,
-    pub followers: LambdaFollowers,
+    /// Kept for the clients only some functions build ([`Aws::followers`]).
+    sdk: aws_config::SdkConfig,
 }
 
 impl Aws {
-    /// Loads the standard credential/region chain and builds the clients. Per-attempt timeouts keep one slow
-    /// call from eating a hook's whole budget; the SDK's standard retry ([`MAX_ATTEMPTS`] attempts,
-    /// `AWS_MAX_ATTEMPTS` overrides) absorbs throttling, 5xx and dropped connections, except for ELB's `Describe*`
-    /// calls, which get one quick retry and then pause the process's reads when throttled ([`Elb`]).
+    /// The clients as the operator CLI builds them: the SDK's standard credential and region chain (profiles,
+    /// SSO, the environment...), with [`Aws::from_sdk`]'s timeouts and retries.
     pub async fn load(config: &Config) -> Self {
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .operation_attempt_timeout(Duration::from_secs(10))
-            .operation_timeout(Duration::from_secs(30))
-            .build();
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http).timeout_config(timeouts);
-        // A hook that gives up on a throttled call fails a deployment: retry harder than the SDK's default of 3
-        // attempts (unless the operator chose with AWS_MAX_ATTEMPTS), with backoff capped well inside the budget.
-        // The first backoff is short ([`INITIAL_BACKOFF`], jittered, doubling): the SDK's default of about 1 s let
-        // a throttled reconcile fall behind a target group's deregistration delay, so a replaced task could stop
-        // while its private mirror still received traffic.
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https()).timeout_config(timeouts());
         if std::env::var_os("AWS_MAX_ATTEMPTS").is_none() {
             loader = loader.retry_config(retry_config());
         }
-        let sdk = loader.load().await;
+        Self::from_sdk(loader.load().await, config)
+    }
+
+    /// The clients as a Lambda function builds them, from what Lambda puts in its environment alone: the region
+    /// (`AWS_REGION`), the execution role's credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`), and `AWS_ENDPOINT_URL` when set. The SDK's default chain (profiles, SSO, IMDS, STS)
+    /// is never used by a function and would be a tenth of its binary. Without a region the function stops at cold
+    /// start, saying so.
+    pub fn for_function(config: &Config) -> crate::Result<Self> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let region = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).ok_or_else(|| {
+            crate::Error::Misconfigured(
+                "AWS_REGION is not set: Lambda sets it; outside Lambda, set it to the deployment's region".into(),
+            )
+        })?;
+        let attempts = match env("AWS_MAX_ATTEMPTS") {
+            None => MAX_ATTEMPTS,
+            Some(v) => v.trim().parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                crate::Error::Misconfigured(format!("AWS_MAX_ATTEMPTS={v:?} is not a positive number of attempts"))
+            })?,
+        };
+        let credentials = aws_config::environment::EnvironmentVariableCredentialsProvider::new();
+        let mut sdk = aws_config::SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(aws_config::Region::new(region))
+            .credentials_provider(aws_credential_types::provider::SharedCredentialsProvider::new(credentials))
+            .http_client(https())
+            .timeout_config(timeouts())
+            .retry_config(retry_config().with_max_attempts(attempts))
+            .sleep_impl(aws_smithy_async::rt::sleep::default_async_sleep().ok_or_else(|| {
+                crate::Error::Misconfigured("no async sleep implementation (the tokio runtime is missing)".into())
+            })?)
+            .time_source(aws_smithy_async::time::SystemTimeSource::new());
+        if let Some(url) = env("AWS_ENDPOINT_URL") {
+            sdk = sdk.endpoint_url(url);
+        }
+        Ok(Self::from_sdk(sdk.build(), config))
+    }
+
+    /// The adapters over one SDK configuration. Per-attempt timeouts keep one slow call from eating a hook's
+    /// whole budget; the SDK's standard retry ([`MAX_ATTEMPTS`] attempts, `AWS_MAX_ATTEMPTS` overrides) absorbs
+    /// throttling, 5xx and dropped connections, except for ELB's `Describe*` calls, which get one quick retry and
+    /// then pause the process's reads when throttled ([`Elb`]).
+    fn from_sdk(sdk: aws_config::SdkConfig, config: &Config) -> Self {
         Self {
             elb: Elb::new(aws_sdk_elasticloadbalancingv2::Client::new(&sdk)),
             codedeploy: CodeDeploy::new(aws_sdk_codedeploy::Client::new(&sdk)),
             state: DynamoState::new(aws_sdk_dynamodb::Client::new(&sdk), config.table.clone()),
-            followers: LambdaFollowers::new(aws_sdk_lambda::Client::new(&sdk), config.follower_function.clone()),
+            sdk,
         }
+    }
+
+    /// The Lambda client that starts followers, built only by the functions that start them (BeforeAllowTraffic,
+    /// the reconciler, the CLI): the others link no Lambda client at all.
+    pub fn followers(&self, config: &Config) -> LambdaFollowers {
+        LambdaFollowers::new(aws_sdk_lambda::Client::new(&self.sdk), config.follower_function.clone())
     }
 }

@@ -120,13 +120,31 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// a route change the use case asked to be undone is put back, and the deployment record says what
     /// happened (best effort).
     pub async fn run(&self, phase: Phase, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
-        let work = async {
-            match phase {
-                Phase::AfterInstall => self.after_install(deployment_id, budget, t).await,
-                Phase::BeforeAllowTraffic => self.before_allow_traffic(deployment_id, budget, t).await,
-                Phase::AfterAllowTraffic => self.after_allow_traffic(deployment_id, budget, t).await,
+        match phase {
+            Phase::AfterInstall => {
+                self.run_hook(phase, deployment_id, budget, t, self.after_install(deployment_id, budget, t)).await
             }
-        };
+            Phase::BeforeAllowTraffic => {
+                let work = self.before_allow_traffic(deployment_id, budget, t);
+                self.run_hook(phase, deployment_id, budget, t, work).await
+            }
+            Phase::AfterAllowTraffic => {
+                let work = self.after_allow_traffic(deployment_id, budget, t);
+                self.run_hook(phase, deployment_id, budget, t, work).await
+            }
+        }
+    }
+
+    /// [`Engine::run`] for one hook's use case, `work`, passed in: a function built for one hook calls this with
+    /// its own use case, so that its binary links no other hook's (the zips Lambda loads stay small).
+    pub async fn run_hook(
+        &self,
+        phase: Phase,
+        deployment_id: &str,
+        budget: Budget,
+        t: &Tracker,
+        work: impl Future<Output = Result<()>>,
+    ) -> Result<()> {
         let result = crate::harness::guard(budget, phase.as_str(), work).await;
         if result.is_err() {
             // Every side is put back together: a binding is never left with some sides flipped and others not.

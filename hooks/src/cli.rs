@@ -15,9 +15,6 @@ use bluegreen_mirror::harness::{error_chain, Tracker};
 use bluegreen_mirror::usecase::Engine;
 use serde_json::{json, Value};
 
-pub const USAGE: &str = "usage: bluegreen-mirror <check|status|reconcile [--dry-run]> [--json]\n       \
-bluegreen-mirror bindings <apply FILE [--dry-run]|list|remove APPLICATION GROUP> [--json]";
-
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -25,35 +22,95 @@ pub enum Command {
     Status,
     Reconcile { dry_run: bool },
     Bindings(crate::cli_bindings::BindingsCommand),
+    Completions(clap_complete::Shell),
 }
 
-/// Parses the arguments after the program name into a command and the `--json` flag.
-pub fn parse_args(args: &[String]) -> Result<(Command, bool), String> {
-    if args.first().map(String::as_str) == Some("bindings") {
-        return crate::cli_bindings::parse_args(&args[1..]).map(|(c, json)| (Command::Bindings(c), json));
-    }
-    let mut json = false;
-    let mut dry_run = false;
-    let mut command = None;
-    for a in args {
-        match a.as_str() {
-            "--json" => json = true,
-            "--dry-run" => dry_run = true,
-            "check" | "status" | "reconcile" if command.is_none() => command = Some(a.as_str()),
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            other => return Err(format!("unexpected argument {other:?}\n{USAGE}")),
+/// The command line as clap reads it: `--help`/`-h` (also per subcommand) and `--version` print to stdout and exit
+/// 0; a usage error prints to stderr and exits 2.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "bluegreen-mirror",
+    version,
+    about = "Operate bluegreen-mirror: check bindings, see both sides, reconcile, manage stored bindings",
+    long_about = "Operate bluegreen-mirror: check bindings, see both sides of each, reconcile, manage stored bindings.\n\n\
+        Reads the functions' environment (BLUEGREEN_MIRROR_TABLE; BLUEGREEN_MIRROR_BINDINGS when the bindings are not \
+        stored) and the standard AWS credential and region chain.\n\n\
+        Exit codes: 0 all good; 1 a binding is misconfigured, out of sync or could not be reconciled; 2 usage or \
+        configuration error."
+)]
+struct Cli {
+    /// Print the result as JSON on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Check every binding against the live account (deployment group, target groups, routes, state table),
+    /// before any deployment
+    Check,
+    /// Both sides of each binding: routes and weights, targets and their health, what a reconcile would change
+    Status,
+    /// Make every binding's private side mirror its public side now (with --dry-run, only show what would change)
+    Reconcile {
+        /// Show what would change; change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The bindings stored in the state table
+    #[command(subcommand)]
+    Bindings(BindingsSub),
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell) on stdout
+    Completions {
+        /// The shell to complete in
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BindingsSub {
+    /// Check the bindings in FILE ({"bindings": [...]}) against the account and the stored ones, then store them
+    Apply {
+        /// A bindings document, as BLUEGREEN_MIRROR_BINDINGS holds it
+        file: String,
+        /// Check and show the changes; store nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Every stored binding, its version, when it was applied, and whether it is usable
+    List,
+    /// Remove one stored binding
+    Remove {
+        /// The CodeDeploy application
+        application: String,
+        /// The CodeDeploy deployment group
+        group: String,
+    },
+}
+
+/// Parses the arguments after the program name into a command and the `--json` flag. The error is clap's: it
+/// knows whether it is help (stdout, 0) or a usage error (stderr, 2).
+pub fn parse_args(args: &[String]) -> Result<(Command, bool), clap::Error> {
+    use crate::cli_bindings::BindingsCommand;
+    let cli = <Cli as clap::Parser>::try_parse_from(
+        std::iter::once("bluegreen-mirror".to_string()).chain(args.iter().cloned()),
+    )?;
+    let command = match cli.command {
+        Sub::Check => Command::Check,
+        Sub::Status => Command::Status,
+        Sub::Reconcile { dry_run } => Command::Reconcile { dry_run },
+        Sub::Bindings(BindingsSub::Apply { file, dry_run }) => {
+            Command::Bindings(BindingsCommand::Apply { file, dry_run })
         }
-    }
-    let command = match command {
-        Some("check") => Command::Check,
-        Some("status") => Command::Status,
-        Some("reconcile") => Command::Reconcile { dry_run },
-        _ => return Err(USAGE.to_string()),
+        Sub::Bindings(BindingsSub::List) => Command::Bindings(BindingsCommand::List),
+        Sub::Bindings(BindingsSub::Remove { application, group }) => {
+            Command::Bindings(BindingsCommand::Remove { application, group })
+        }
+        Sub::Completions { shell } => Command::Completions(shell),
     };
-    if dry_run && !matches!(command, Command::Reconcile { .. }) {
-        return Err(format!("--dry-run goes with reconcile\n{USAGE}"));
-    }
-    Ok((command, json))
+    Ok((command, cli.json))
 }
 
 /// Runs the CLI; returns the exit code.
@@ -61,10 +118,16 @@ pub async fn main(args: Vec<String>) -> i32 {
     let (command, as_json) = match parse_args(&args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
-            return 2;
+            // Help and the version go to stdout with 0; a usage error to stderr with 2.
+            let _ = e.print();
+            return e.exit_code();
         }
     };
+    if let Command::Completions(shell) = command {
+        let mut cli = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut cli, "bluegreen-mirror", &mut std::io::stdout());
+        return 0;
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -115,7 +178,7 @@ pub async fn main(args: Vec<String>) -> i32 {
                     Ok(vec![serde_json::to_value(&r).unwrap_or(Value::Null)])
                 }
                 // Handled before the loop.
-                Command::Bindings(_) => Ok(Vec::new()),
+                Command::Bindings(_) | Command::Completions(_) => Ok(Vec::new()),
             }
         }
         .await;
@@ -150,7 +213,12 @@ fn clone_error(e: &bluegreen_mirror::Error) -> bluegreen_mirror::Error {
 
 fn describe(out: &mut String, command: &Command, row: &Value) {
     let s = |k: &str| row.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-    let _ = writeln!(out, "{}", s("binding"));
+    if matches!(command, Command::Status | Command::Reconcile { dry_run: true }) && row.get("error").is_none() {
+        let in_sync = row.get("in_sync").and_then(Value::as_bool) == Some(true);
+        let _ = writeln!(out, "{}  {}", s("binding"), if in_sync { "IN SYNC (I1-I3 hold)" } else { "OUT OF SYNC" });
+    } else {
+        let _ = writeln!(out, "{}", s("binding"));
+    }
     if let Some(e) = row.get("error").and_then(Value::as_str) {
         let _ = writeln!(out, "  PROBLEM: {e}");
         return;
@@ -162,7 +230,7 @@ fn describe(out: &mut String, command: &Command, row: &Value) {
             .unwrap_or_default()
     };
     match command {
-        Command::Bindings(_) => {}
+        Command::Bindings(_) | Command::Completions(_) => {}
         Command::Check => {
             let _ = writeln!(
                 out,
@@ -183,42 +251,72 @@ fn describe(out: &mut String, command: &Command, row: &Value) {
                 let _ = writeln!(out, "  held back: {h}");
             }
         }
-        Command::Status | Command::Reconcile { dry_run: true } => {
-            let _ = writeln!(out, "  public  production {}  test {}", s("public_production"), s("public_test"));
-            let _ = writeln!(out, "  private production {}  test {}", s("private_production"), s("private_test"));
-            if let Some(targets) = row.get("targets").and_then(Value::as_object) {
-                for (tg, ts) in targets {
-                    let list: Vec<&str> =
-                        ts.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-                    let _ = writeln!(
-                        out,
-                        "  {tg:<24} {}",
-                        if list.is_empty() { "(empty)".to_string() } else { list.join(", ") }
-                    );
-                }
-            }
-            let in_sync = row.get("in_sync").and_then(Value::as_bool) == Some(true);
-            let _ =
-                writeln!(out, "  {}", if in_sync { "in sync: I1-I3 hold" } else { "OUT OF SYNC; a reconcile would:" });
-            if let Some(p) = row.get("pending") {
-                for (verb, key) in [("register", "register"), ("deregister", "deregister")] {
-                    if let Some(m) = p.get(key).and_then(Value::as_object) {
-                        for (tg, ts) in m {
-                            let _ = writeln!(out, "    {verb} in {tg}: {}", ts.as_array().map_or(0, Vec::len));
-                        }
-                    }
-                }
-                for k in ["production", "test"] {
-                    if let Some(c) = p.get(k).and_then(Value::as_str) {
-                        let _ = writeln!(out, "    {k} route: {c}");
-                    }
-                }
-            }
-        }
+        Command::Status | Command::Reconcile { dry_run: true } => status_table(out, row),
     }
     for w in lines("warnings") {
         let _ = writeln!(out, "  {w}");
     }
+}
+
+/// One side of a binding as `status` shows it: its routes beside the public ones, each target group's targets and
+/// health, and what a reconcile would change, in aligned columns.
+fn status_table(out: &mut String, row: &Value) {
+    let s = |k: &str| row.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    let mut routes = vec![vec!["  ROUTE".to_string(), "PUBLIC".to_string(), "PRIVATE".to_string()]];
+    routes.push(vec!["  production".into(), s("public_production"), s("private_production")]);
+    if row.get("public_test").is_some_and(|v| !v.is_null()) || row.get("private_test").is_some_and(|v| !v.is_null()) {
+        routes.push(vec!["  test".into(), s("public_test"), s("private_test")]);
+    }
+    out.push_str(&columns(&routes));
+    let mut groups = vec![vec!["  TARGET GROUP".to_string(), "HEALTHY".to_string(), "TARGETS".to_string()]];
+    if let Some(targets) = row.get("targets").and_then(Value::as_object) {
+        for (tg, ts) in targets {
+            let list: Vec<&str> =
+                ts.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let healthy = list.iter().filter(|t| t.ends_with(" healthy")).count();
+            let shown = if list.is_empty() { "(none)".to_string() } else { list.join(", ") };
+            groups.push(vec![format!("  {tg}"), format!("{healthy}/{}", list.len()), shown]);
+        }
+    }
+    out.push_str(&columns(&groups));
+    let mut pending = Vec::new();
+    if let Some(p) = row.get("pending") {
+        for key in ["register", "deregister"] {
+            if let Some(m) = p.get(key).and_then(Value::as_object) {
+                for (tg, ts) in m {
+                    let n = ts.as_array().map_or(0, Vec::len);
+                    if n > 0 {
+                        pending.push(vec!["  PENDING".to_string(), format!("{key} {n}"), format!("in {tg}")]);
+                    }
+                }
+            }
+        }
+        for k in ["production", "test"] {
+            if let Some(c) = p.get(k).and_then(Value::as_str) {
+                pending.push(vec!["  PENDING".to_string(), format!("{k} route"), c.to_string()]);
+            }
+        }
+    }
+    out.push_str(&columns(&pending));
+}
+
+/// Rows padded to aligned columns (the last column is not padded).
+fn columns(rows: &[Vec<String>]) -> String {
+    let width = |i: usize| rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..rows.iter().map(Vec::len).max().unwrap_or(0)).map(width).collect();
+    let mut out = String::new();
+    for r in rows {
+        let last = r.len().saturating_sub(1);
+        for (i, c) in r.iter().enumerate() {
+            if i == last {
+                out.push_str(c);
+            } else {
+                let _ = write!(out, "{c:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -230,13 +328,59 @@ mod tests {
     }
 
     #[test]
-    fn parses_the_three_commands() {
-        assert_eq!(parse_args(&args(&["check"])), Ok((Command::Check, false)));
-        assert_eq!(parse_args(&args(&["status", "--json"])), Ok((Command::Status, true)));
-        assert_eq!(parse_args(&args(&["--dry-run", "reconcile"])), Ok((Command::Reconcile { dry_run: true }, false)));
+    fn status_is_an_aligned_table_of_both_sides() {
+        let row = serde_json::json!({
+            "binding": "web/web-bg", "in_sync": false,
+            "public_production": "[pub-blue=90,pub-green=10]", "private_production": "[priv-blue=100,priv-green=0]",
+            "public_test": "[pub-green=1]", "private_test": "[priv-green=1]",
+            "targets": {"priv-blue": ["10.0.0.1:80 healthy", "10.0.0.2:80 draining"], "priv-green": []},
+            "pending": {"register": {"priv-green": ["10.0.1.1:80"]}, "production": "[priv-blue=90,priv-green=10]"},
+        });
+        let mut out = String::new();
+        describe(&mut out, &Command::Status, &row);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "web/web-bg  OUT OF SYNC");
+        // Columns line up: each route's private route starts where the header's PRIVATE does.
+        let col = lines[1].find("PRIVATE").unwrap_or(0);
+        assert!(
+            col > 0 && lines[2][col..].starts_with("[priv-blue=100") && lines[3][col..].starts_with("[priv-green=1]"),
+            "{out}"
+        );
+        assert!(out.contains("priv-blue     1/2      10.0.0.1:80 healthy, 10.0.0.2:80 draining"), "{out}");
+        assert!(out.contains("priv-green    0/0      (none)"), "{out}");
+        assert!(out.contains("PENDING  register 1        in priv-green"), "{out}");
+        assert!(out.contains("PENDING  production route  [priv-blue=90,priv-green=10]"), "{out}");
+    }
+
+    #[test]
+    fn parses_the_commands() {
+        assert_eq!(parse_args(&args(&["check"])).ok(), Some((Command::Check, false)));
+        assert_eq!(parse_args(&args(&["status", "--json"])).ok(), Some((Command::Status, true)));
+        assert_eq!(parse_args(&args(&["--json", "status"])).ok(), Some((Command::Status, true)));
+        assert_eq!(
+            parse_args(&args(&["reconcile", "--dry-run"])).ok(),
+            Some((Command::Reconcile { dry_run: true }, false))
+        );
         assert!(matches!(parse_args(&args(&["bindings", "list"])), Ok((Command::Bindings(_), false))));
-        for bad in [&[][..], &["status", "--dry-run"], &["frobnicate"], &["check", "status"], &["--help"]] {
-            assert!(parse_args(&args(bad)).is_err(), "{bad:?}");
+        assert!(matches!(parse_args(&args(&["completions", "bash"])), Ok((Command::Completions(_), false))));
+    }
+
+    #[test]
+    fn usage_errors_exit_2_on_stderr() {
+        for bad in [&[][..], &["status", "--dry-run"], &["frobnicate"], &["check", "status"], &["completions", "tcsh"]]
+        {
+            let e = parse_args(&args(bad)).err();
+            assert!(e.as_ref().is_some_and(|e| e.use_stderr() && e.exit_code() == 2), "{bad:?}: {e:?}");
         }
+    }
+
+    #[test]
+    fn help_and_version_exit_0_on_stdout() {
+        for ask in [&["--help"][..], &["-h"], &["status", "--help"], &["bindings", "apply", "-h"], &["--version"]] {
+            let e = parse_args(&args(ask)).err();
+            assert!(e.as_ref().is_some_and(|e| !e.use_stderr() && e.exit_code() == 0), "{ask:?}: {e:?}");
+        }
+        let help = parse_args(&args(&["bindings", "--help"])).err().map(|e| e.render().to_string()).unwrap_or_default();
+        assert!(help.contains("apply") && help.contains("remove"), "{help}");
     }
 }

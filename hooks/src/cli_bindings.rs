@@ -28,34 +28,6 @@ pub enum BindingsCommand {
     Remove { application: String, group: String },
 }
 
-/// Parses the arguments after `bindings`.
-pub fn parse_args(args: &[String]) -> Result<(BindingsCommand, bool), String> {
-    let mut json = false;
-    let mut dry_run = false;
-    let mut words = Vec::new();
-    for a in args {
-        match a.as_str() {
-            "--json" => json = true,
-            "--dry-run" => dry_run = true,
-            "-h" | "--help" => return Err(crate::cli::USAGE.to_string()),
-            flag if flag.starts_with("--") => return Err(format!("unexpected flag {flag:?}\n{}", crate::cli::USAGE)),
-            w => words.push(w.to_string()),
-        }
-    }
-    let command = match words.as_slice() {
-        [verb, file] if verb == "apply" => BindingsCommand::Apply { file: file.clone(), dry_run },
-        [verb] if verb == "list" => BindingsCommand::List,
-        [verb, application, group] if verb == "remove" => {
-            BindingsCommand::Remove { application: application.clone(), group: group.clone() }
-        }
-        _ => return Err(crate::cli::USAGE.to_string()),
-    };
-    if dry_run && !matches!(command, BindingsCommand::Apply { .. }) {
-        return Err(format!("--dry-run goes with bindings apply\n{}", crate::cli::USAGE));
-    }
-    Ok((command, json))
-}
-
 /// Runs a `bindings` subcommand; returns the exit code.
 pub async fn run<L, D, S, F>(engine: &Engine<L, D, S, F>, command: &BindingsCommand, as_json: bool) -> i32
 where
@@ -252,30 +224,5 @@ where
         }
         Ok(Saved::Conflict) => fail(format!("{application}/{group} changed since it was read; run remove again")),
         Err(e) => fail(format!("cannot remove {application}/{group}: {}", error_chain(&e))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn parses_the_bindings_subcommands() {
-        assert_eq!(
-            parse_args(&args(&["apply", "fleet.json", "--dry-run"])),
-            Ok((BindingsCommand::Apply { file: "fleet.json".into(), dry_run: true }, false))
-        );
-        assert_eq!(parse_args(&args(&["list", "--json"])), Ok((BindingsCommand::List, true)));
-        assert_eq!(
-            parse_args(&args(&["remove", "web", "web-bg"])),
-            Ok((BindingsCommand::Remove { application: "web".into(), group: "web-bg".into() }, false))
-        );
-        for bad in [&[][..], &["apply"], &["list", "--dry-run"], &["remove", "web"], &["frob"], &["list", "--force"]] {
-            assert!(parse_args(&args(bad)).is_err(), "{bad:?}");
-        }
     }
 }

@@ -98,6 +98,12 @@ def cold_start(bin_dir, bindings):
     return (p.stdout + p.stderr).decode(errors="replace")
 
 
+def function_of(code_uri):
+    """The function a CodeUri deploys: ../target/lambda/<function>/bootstrap.zip."""
+    parts = code_uri.rstrip("/").split("/")
+    return parts[-2] if parts[-1] == "bootstrap.zip" else parts[-1]
+
+
 def main():
     bin_dir = sys.argv[1]
     t = load("infra/template.yaml")
@@ -105,11 +111,13 @@ def main():
     functions = {k: v for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
     globals_fn = t["Globals"]["Function"]
 
-    # Functions ↔ binaries, built with cargo lambda for arm64 on provided.al2023.
-    uris = {f["Properties"]["CodeUri"].rstrip("/").split("/")[-1]: name for name, f in functions.items()}
+    # Functions ↔ binaries: each deploys the zip scripts/package builds for arm64 on provided.al2023.
+    uris = {function_of(f["Properties"]["CodeUri"]): name for name, f in functions.items()}
     check(set(uris) == cargo_bins(), f"template functions {sorted(uris)} != binaries {sorted(cargo_bins())}")
     for name, f in functions.items():
-        check(f["Properties"]["CodeUri"].startswith("../target/lambda/"), f"{name}: CodeUri is not a cargo lambda output")
+        uri = f["Properties"]["CodeUri"]
+        check(uri.startswith("../target/lambda/") and uri.endswith("/bootstrap.zip"),
+              f"{name}: CodeUri {uri} is not a zip scripts/package builds (../target/lambda/<function>/bootstrap.zip)")
     check(globals_fn["Runtime"] == "provided.al2023", "runtime is not provided.al2023")
     check(globals_fn["Handler"] == "bootstrap", "handler is not bootstrap")
     check(globals_fn["Architectures"] == ["arm64"], "architecture is not arm64")
@@ -204,7 +212,7 @@ def check_fleet(consts):
     mutating ELB action allowed only on resources carrying the managed tag, and the tag the code checks."""
     t = load("infra/fleet.yaml")
     functions = {k: v for k, v in t["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
-    uris = {f["Properties"]["CodeUri"].rstrip("/").split("/")[-1] for f in functions.values()}
+    uris = {function_of(f["Properties"]["CodeUri"]) for f in functions.values()}
     check(uris == cargo_bins(), f"fleet.yaml functions {sorted(uris)} != binaries {sorted(cargo_bins())}")
     env = t["Globals"]["Function"]["Environment"]["Variables"]
     check(set(env) <= set(consts.values()), f"fleet.yaml sets {sorted(set(env) - set(consts.values()))}, unknown to config.rs")

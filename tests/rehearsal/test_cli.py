@@ -61,7 +61,7 @@ def main():
         expect("reconcile reports what it did", "registered 3" in out, out)
 
         code, out, _ = cli("status")
-        expect("status exits 0 in sync", code == 0 and "in sync" in out, out)
+        expect("status exits 0 in sync", code == 0 and "IN SYNC" in out and "PRIVATE" in out, out)
 
         code, out, _ = cli("check")
         expect("check passes a good binding", code == 0 and "ok:" in out, out)
@@ -91,8 +91,17 @@ def main():
         expect("check names a private listener on another load balancer",
                code == 1 and "not (only) to the binding's private load balancer" in out, out)
 
-        code, _, err = cli("frobnicate")
-        expect("a usage error exits 2", code == 2 and "usage" in err, err)
+        code, out, err = cli("frobnicate")
+        expect("a usage error exits 2 on stderr", code == 2 and "Usage:" in err and not out, err)
+        code, out, err = cli("--help")
+        expect("--help exits 0 on stdout, naming every command",
+               code == 0 and not err and all(c in out for c in ("check", "status", "reconcile", "bindings")), out + err)
+        code, out, _ = cli("bindings", "apply", "-h")
+        expect("each subcommand has its own help", code == 0 and "FILE" in out and "--dry-run" in out, out)
+        code, out, _ = cli("--version")
+        expect("--version names the version", code == 0 and out.strip().startswith("bluegreen-mirror "), out)
+        code, out, _ = cli("completions", "bash")
+        expect("completions for bash", code == 0 and "complete" in out and "bluegreen-mirror" in out, out[:300])
 
         stored_bindings(r, cli, expect)
     finally:
@@ -155,7 +164,7 @@ def stored_bindings(r, cli, expect):
            code == 1 and "conflicts with the stored bindings" in out and "web/web-bg-twin" not in listed(), out)
 
     code, out, _ = cli("status", stored=True)
-    expect("status reads the stored bindings", code == 0 and "web/web-bg" in out and "in sync" in out, out)
+    expect("status reads the stored bindings", code == 0 and "web/web-bg  IN SYNC" in out, out)
 
     code, out, _ = cli("bindings", "remove", "web", "web-bg", stored=True)
     expect("remove removes the stored binding", code == 0 and listed() == {}, out)

@@ -53,7 +53,9 @@ fn timeouts() -> TimeoutConfig {
 
 /// One HTTPS client for every SDK client, rustls on ring.
 fn https() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-    aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring)).build_https()
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https()
 }
 
 /// The adapters of one function, built from one shared SDK configuration.
@@ -70,7 +72,8 @@ impl Aws {
     /// The clients as the operator CLI builds them: the SDK's standard credential and region chain (profiles,
     /// SSO, the environment...), with [`Aws::from_sdk`]'s timeouts and retries.
     pub async fn load(config: &Config) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https()).timeout_config(timeouts());
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).http_client(https()).timeout_config(timeouts());
         if std::env::var_os("AWS_MAX_ATTEMPTS").is_none() {
             loader = loader.retry_config(retry_config());
         }

@@ -144,23 +144,63 @@ impl Hook for AfterAllowTrafficHook {
 async fn cold_start<F: Followers>(
     burst: bluegreen_mirror::aws::ReadBurst,
     followers: impl FnOnce(&Aws, &Config) -> F,
-) -> Result<(AwsEngine<F>, bluegreen_mirror::aws::CodeDeploy), Error> {
+) -> Result<(AwsEngine<F>, bluegreen_mirror::aws::CodeDeploy, Metrics), Error> {
     logging::init();
     let config = Config::from_env().inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let aws = Aws::for_function(&config).inspect_err(|e| tracing::error!(error = %e, "cold start failed"))?;
     let followers = followers(&aws, &config);
     let reporter = aws.codedeploy.clone();
+    let metrics = Metrics { namespace: config.metrics_namespace.clone(), elb: aws.elb_spend.clone() };
     let elb = aws.elb.with_paced_reads(config.elb_reads_per_s, burst);
-    Ok((Engine::new(elb, aws.codedeploy, aws.state, followers, config), reporter))
+    Ok((Engine::new(elb, aws.codedeploy, aws.state, followers, config), reporter, metrics))
+}
+
+/// Where an invocation's metrics go: one Embedded Metric Format line each on stdout, after the report (see
+/// `bluegreen_mirror::metrics`), with what the process spent of ELB's budget meanwhile.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub namespace: String,
+    pub elb: bluegreen_mirror::aws::ElbCounter,
+}
+
+impl Metrics {
+    fn print(lines: impl IntoIterator<Item = String>) {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        for line in lines {
+            // A lost metric line is not worth failing an invocation for.
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
+    }
+
+    fn now_ms() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn hook(&self, outcome: &Outcome) {
+        Self::print(bluegreen_mirror::metrics::hook_line(&self.namespace, outcome, self.elb.take(), Self::now_ms()));
+    }
+
+    fn reconciler(&self, done: &[bluegreen_mirror::usecase::Reconciled], summary: &harness::Summary, failed: bool) {
+        Self::print(bluegreen_mirror::metrics::reconciler_lines(
+            &self.namespace,
+            done,
+            summary,
+            failed,
+            self.elb.take(),
+            Self::now_ms(),
+        ));
+    }
 }
 
 /// Starts hook `H`'s function: configuration and clients once at cold start (a bad configuration stops it here,
 /// before any invocation), then one harness run per invocation.
 pub async fn serve<H: Hook>() -> Result<(), lambda_runtime::Error> {
-    let (hooks, reporter) = cold_start(bluegreen_mirror::aws::ReadBurst::Hook, H::followers).await?;
-    let (hooks, reporter) = (&hooks, &reporter);
+    let (hooks, reporter, metrics) = cold_start(bluegreen_mirror::aws::ReadBurst::Hook, H::followers).await?;
+    let (hooks, reporter, metrics) = (&hooks, &reporter, &metrics);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        handle::<H, _, _, _, _, _>(hooks, reporter, event).await.map_err(lambda_runtime::Error::from)
+        handle::<H, _, _, _, _, _>(hooks, reporter, Some(metrics), event).await.map_err(lambda_runtime::Error::from)
     }))
     .await
 }
@@ -168,6 +208,7 @@ pub async fn serve<H: Hook>() -> Result<(), lambda_runtime::Error> {
 async fn handle<H, L, D, S, F, R>(
     hooks: &Engine<L, D, S, F>,
     reporter: &R,
+    metrics: Option<&Metrics>,
     event: LambdaEvent<Value>,
 ) -> Result<Value, Error>
 where
@@ -192,6 +233,9 @@ where
         H::work(hooks, &inv.deployment_id, budget, tracker)
     })
     .await;
+    if let Some(m) = metrics {
+        m.hook(&outcome);
+    }
     response(outcome)
 }
 
@@ -250,15 +294,19 @@ pub fn parse_trigger(payload: Value) -> Result<Option<Trigger>, Error> {
 
 /// Starts the reconciler function: like [`serve`], one engine for the process, one trigger per invocation.
 pub async fn serve_reconciler() -> Result<(), lambda_runtime::Error> {
-    let (engine, _) = cold_start(bluegreen_mirror::aws::ReadBurst::Reconcile, Aws::followers).await?;
-    let engine = &engine;
+    let (engine, _, metrics) = cold_start(bluegreen_mirror::aws::ReadBurst::Reconcile, Aws::followers).await?;
+    let (engine, metrics) = (&engine, &metrics);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        reconcile_event(engine, event).await.map_err(lambda_runtime::Error::from)
+        reconcile_event(engine, Some(metrics), event).await.map_err(lambda_runtime::Error::from)
     }))
     .await
 }
 
-async fn reconcile_event<L, D, S, F>(engine: &Engine<L, D, S, F>, event: LambdaEvent<Value>) -> Result<Value, Error>
+async fn reconcile_event<L, D, S, F>(
+    engine: &Engine<L, D, S, F>,
+    metrics: Option<&Metrics>,
+    event: LambdaEvent<Value>,
+) -> Result<Value, Error>
 where
     L: LoadBalancers,
     D: Deployments,
@@ -273,10 +321,14 @@ where
     let total = event.context.deadline().duration_since(std::time::SystemTime::now()).unwrap_or_default();
     let budget = Budget::after(total.saturating_sub(harness::REPORT_RESERVE.min(total / 4)));
     let tracker = Tracker::default();
+    let mut done = Vec::new();
     let work: std::pin::Pin<Box<dyn std::future::Future<Output = bluegreen_mirror::Result<Value>> + Send + '_>> =
-        Box::pin(run_trigger(engine, &trigger, &event.context.request_id, budget, &tracker));
+        Box::pin(run_trigger(engine, &trigger, &event.context.request_id, budget, &tracker, &mut done));
     let result = harness::guard(budget, "reconciler", work).await;
     let summary = tracker.snapshot();
+    if let Some(m) = metrics {
+        m.reconciler(&done, &summary, result.is_err());
+    }
     let duration_ms = started.elapsed().as_millis();
     match &result {
         Ok(out) => tracing::info!(target: "bluegreen_mirror::summary", trigger = ?trigger, duration_ms, result = %out,
@@ -293,6 +345,7 @@ async fn run_trigger<L, D, S, F>(
     owner: &str,
     budget: Budget,
     t: &Tracker,
+    done: &mut Vec<bluegreen_mirror::usecase::Reconciled>,
 ) -> bluegreen_mirror::Result<Value>
 where
     L: LoadBalancers,
@@ -304,7 +357,6 @@ where
         engine.follow(req, owner, budget, t).await?;
         return Ok(serde_json::json!({"followed": req.deployment_id}));
     }
-    let mut done = Vec::new();
     let mut failures = Vec::new();
     let bindings = engine.bindings_for(trigger).await?;
     // The schedule's slice is spread over the run, not burst at its start: the account's `Describe*` bucket is
@@ -333,7 +385,7 @@ where
         }
     }
     if failures.is_empty() {
-        Ok(serde_json::to_value(&done).unwrap_or(Value::Null))
+        Ok(serde_json::to_value(&*done).unwrap_or(Value::Null))
     } else {
         // An error makes Lambda retry the asynchronous event; reconciling again is harmless.
         Err(Error::Misconfigured(format!("reconcile failed for {}", failures.join("; "))))

@@ -17,6 +17,7 @@ pub const ENV_FOLLOWER: &str = "BLUEGREEN_MIRROR_FOLLOWER";
 pub const ENV_ELB_READS_PER_S: &str = "BLUEGREEN_MIRROR_ELB_READS_PER_S";
 pub const ENV_SCHEDULE_S: &str = "BLUEGREEN_MIRROR_SCHEDULE_S";
 pub const ENV_MINUTE_MS: &str = "BLUEGREEN_MIRROR_MINUTE_MS";
+pub const ENV_METRICS_NAMESPACE: &str = "BLUEGREEN_MIRROR_METRICS_NAMESPACE";
 
 /// The tag (value `true`) the fleet installation's roles require on every private target group, listener and
 /// rule they change (`infra/fleet.yaml`); `check` and `bindings apply` verify it on stored bindings.
@@ -339,6 +340,8 @@ pub struct Config {
     pub schedule: Duration,
     /// How long one of CodeDeploy's minutes lasts: 60 s on AWS; the rehearsal plays minutes faster.
     pub minute: Duration,
+    /// The CloudWatch namespace of the functions' metrics (Embedded Metric Format log lines).
+    pub metrics_namespace: String,
 }
 
 impl Config {
@@ -375,6 +378,19 @@ impl Config {
         if let Some(ms) = whole(ENV_MINUTE_MS, 100..=60_000)? {
             cfg.minute = Duration::from_millis(ms);
         }
+        if let Ok(ns) = std::env::var(ENV_METRICS_NAMESPACE) {
+            // CloudWatch's rule for namespaces: 1 to 255 of these characters, not starting with "AWS/".
+            let valid = !ns.is_empty()
+                && ns.len() <= 255
+                && !ns.starts_with("AWS/")
+                && ns.chars().all(|c| c.is_ascii_alphanumeric() || ".-_/#:".contains(c));
+            if !valid {
+                return Err(Error::Config(format!(
+                    "{ENV_METRICS_NAMESPACE}={ns:?} is not a CloudWatch namespace (1-255 of letters, digits and . - _ / # :, not AWS/...)"
+                )));
+            }
+            cfg.metrics_namespace = ns;
+        }
         Ok(cfg)
     }
 
@@ -396,6 +412,7 @@ impl Config {
             elb_reads_per_s: DEFAULT_ELB_READS_PER_S,
             schedule: DEFAULT_SCHEDULE,
             minute: Duration::from_secs(60),
+            metrics_namespace: crate::metrics::DEFAULT_NAMESPACE.to_string(),
         }
     }
 

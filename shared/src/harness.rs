@@ -57,6 +57,18 @@ impl Budget {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
     pub binding: Option<String>,
+    #[serde(skip)]
+    pub application: Option<String>,
+    #[serde(skip)]
+    pub deployment_group: Option<String>,
+    /// AfterAllowTraffic: how long after the hook began (CodeDeploy invokes it as production traffic has
+    /// moved) the last private production route was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flip_skew_ms: Option<u64>,
+    /// The follower: for each public move it mirrored, how long after the read that had not yet seen the move
+    /// the private route was written (the most the private weights can have lagged).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub weight_lag_ms: Vec<u64>,
     pub registered: usize,
     pub deregistered: usize,
     pub route_before: Option<String>,
@@ -69,8 +81,15 @@ pub struct Summary {
 
 /// A handle through which a use case fills in the summary as it goes, so that even a use case that fails or
 /// times out half-way leaves a record of what it had done.
-#[derive(Debug, Clone, Default)]
-pub struct Tracker(Arc<Mutex<Summary>>);
+/// The second field is when the invocation began.
+#[derive(Debug, Clone)]
+pub struct Tracker(Arc<Mutex<Summary>>, std::time::Instant);
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self(Arc::default(), std::time::Instant::now())
+    }
+}
 
 impl Tracker {
     fn with<R>(&self, f: impl FnOnce(&mut Summary) -> R) -> R {
@@ -79,8 +98,23 @@ impl Tracker {
         f(&mut guard)
     }
 
-    pub fn binding(&self, label: String) {
-        self.with(|s| s.binding = Some(label));
+    pub fn binding(&self, b: &crate::config::Binding) {
+        self.with(|s| {
+            s.binding = Some(b.label());
+            s.application = Some(b.application.clone());
+            s.deployment_group = Some(b.deployment_group.clone());
+        });
+    }
+
+    /// The private production route(s) are written: the flip's skew behind the public one, as the hook sees it.
+    pub fn flipped(&self) {
+        let ms = u64::try_from(self.1.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.with(|s| s.flip_skew_ms = Some(ms));
+    }
+
+    /// The follower mirrored a public move; `lag` is the most the private weights can have been behind.
+    pub fn followed_move(&self, lag: std::time::Duration) {
+        self.with(|s| s.weight_lag_ms.push(u64::try_from(lag.as_millis()).unwrap_or(u64::MAX)));
     }
 
     pub fn mirrored(&self, registered: usize, deregistered: usize) {
@@ -278,7 +312,7 @@ fn log_summary(o: &Outcome) {
             registered = o.summary.registered, deregistered = o.summary.deregistered,
             route_before = o.summary.route_before.as_deref().unwrap_or("-"),
             route_after = o.summary.route_after.as_deref().unwrap_or("-"),
-            duration_ms = o.duration_ms, message = o.message.as_deref().unwrap_or("-"), %summary, "hook failed"
+            duration_ms = o.duration_ms, %summary, "hook failed: {}", o.message.as_deref().unwrap_or("-")
         ),
     }
 }

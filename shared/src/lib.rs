@@ -4,13 +4,14 @@
 //! Layout: [`domain`] is pure and synchronous (target keys, mirror plans, route plans, ARNs, records);
 //! [`config`] is the typed configuration read once at cold start; [`ports`] are the few domain-shaped async
 //! traits the use cases talk through; [`usecase`] holds what each hook decides; [`harness`] guarantees that
-//! every invocation reports exactly once; [`aws`] is the only module that speaks to the AWS SDK.
+//! every invocation reports exactly once; [`metrics`] turns an invocation's outcome into CloudWatch metrics; [`aws`] is the only module that speaks to the AWS SDK.
 
 pub mod aws;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod harness;
+pub mod metrics;
 pub mod ports;
 pub mod usecase;
 

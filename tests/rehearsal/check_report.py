@@ -10,6 +10,8 @@ MAX_WEIGHT_LAG_MS = 1000
 import json
 import sys
 
+import observe
+
 
 def main():
     mode = sys.argv[1]
@@ -44,6 +46,8 @@ def main():
                 problems.append(f"{side_2['failed_requests']} requests failed on private side 2")
             if side_2["majority_lag_ms"] > MAX_WEIGHT_LAG_MS:
                 problems.append(f"private side 2 lagged the public majority by {side_2['majority_lag_ms']} ms")
+        for hook, h in r.get("hooks", {}).items():
+            problems.extend(observe.problems(hook, h))
         if r.get("neighbour_throttles"):
             problems.append(f"another client in the account was throttled {r['neighbour_throttles']} times")
     else:

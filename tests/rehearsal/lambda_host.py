@@ -241,7 +241,7 @@ class LambdaHost:
                 "AWS_SESSION_TOKEN": inv.token,
             }
         )
-        log_path = os.path.join(self.log_dir, f"{inv.function}-{inv.request_id[:8]}-{inv.attempt}.log")
+        log_path = inv.log_path = os.path.join(self.log_dir, f"{inv.function}-{inv.request_id[:8]}-{inv.attempt}.log")
         with open(log_path, "wb") as log:
             inv.started = time.monotonic()
             p = procs.spawn([self.functions[inv.function]], env=env, stdout=log, stderr=log)
@@ -258,7 +258,6 @@ class LambdaHost:
             if inv.finished is None:
                 inv.finished = time.monotonic()
             procs.kill(p)
-        inv.log_path = log_path
         if inv.response is None and inv.attempt <= len(RETRY_DELAYS_S):
             self._retry(inv, access_key)
         inv.done.set()

@@ -19,6 +19,7 @@ import urllib.request
 import boto3
 from botocore.config import Config as BotoConfig
 
+import observe
 import procs
 import sides
 import standin
@@ -503,6 +504,7 @@ class Rehearsal:
             "aws_calls": len(calls),
             "first_attempt_calls": self.world.calls_by_token.get(invs[0].token, 0),
             "message": message,
+            "observed": observe.hook_observation(attempts, self.world),
         }
         self.log(hook, f"{function} reported {status or 'nothing (timed out)'} in "
                        f"{self.hook_reports[hook]['duration_ms']} ms, {len(calls)} AWS calls"
@@ -760,7 +762,7 @@ class Rehearsal:
             "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION, "AWS_SECRET_ACCESS_KEY": "rehearsal",
             "AWS_ENDPOINT_URL": self.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
             "BLUEGREEN_MIRROR_TABLE": self.spec.get("table", self.table),
-            "BLUEGREEN_MIRROR_POLL_MS": str(self.poll_ms), "AWS_LAMBDA_LOG_LEVEL": "info",
+            "BLUEGREEN_MIRROR_POLL_MS": str(self.poll_ms), "AWS_LAMBDA_LOG_LEVEL": "info", "AWS_LAMBDA_LOG_FORMAT": "JSON",
             "BLUEGREEN_MIRROR_MINUTE_MS": str(round(self.minute_s * 1000)),
             "BLUEGREEN_MIRROR_SCHEDULE_S": str(round(self.schedule_s)),
             "BLUEGREEN_MIRROR_FOLLOWER": "reconciler",

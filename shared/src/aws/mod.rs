@@ -8,6 +8,7 @@ mod dynamodb;
 mod elbv2;
 mod errors;
 mod lambda;
+mod spend;
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ pub use dynamodb::DynamoState;
 pub use elbv2::{Elb, ReadBurst};
 pub use errors::classify_code;
 pub use lambda::{LambdaFollowers, FOLLOW_KEY};
+pub use spend::ElbCounter;
 
 use crate::config::Config;
 
@@ -64,6 +66,8 @@ pub struct Aws {
     pub elb: Elb,
     pub codedeploy: CodeDeploy,
     pub state: DynamoState,
+    /// What the ELB client spends of the account's budget.
+    pub elb_spend: ElbCounter,
     /// Kept for the clients only some functions build ([`Aws::followers`]).
     sdk: aws_config::SdkConfig,
 }
@@ -121,8 +125,11 @@ impl Aws {
     /// throttling, 5xx and dropped connections, except for ELB's `Describe*` calls, which get one quick retry and
     /// then pause the process's reads when throttled ([`Elb`]).
     fn from_sdk(sdk: aws_config::SdkConfig, config: &Config) -> Self {
+        let elb_spend = ElbCounter::default();
+        let elb = aws_sdk_elasticloadbalancingv2::config::Builder::from(&sdk).interceptor(elb_spend.clone()).build();
         Self {
-            elb: Elb::new(aws_sdk_elasticloadbalancingv2::Client::new(&sdk)),
+            elb: Elb::new(aws_sdk_elasticloadbalancingv2::Client::from_conf(elb)),
+            elb_spend,
             codedeploy: CodeDeploy::new(aws_sdk_codedeploy::Client::new(&sdk)),
             state: DynamoState::new(aws_sdk_dynamodb::Client::new(&sdk), config.table.clone()),
             sdk,

@@ -110,7 +110,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 }
             }
         };
-        t.binding(flip.binding.label());
+        t.binding(&flip.binding);
         // Every side's write at once, each with its undo remembered first: from here on a failure (error, panic,
         // timeout) puts every side back (see `Engine::run`).
         for (side, before, _) in &flip.sides {
@@ -127,6 +127,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let written = join_all(writes).await;
         let flip_at = now_ms();
         written.into_iter().collect::<Result<Vec<()>>>()?;
+        t.flipped();
         let shown = |routes: Vec<String>| routes.join(" | ");
         t.route_change(
             shown(

@@ -192,7 +192,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             .binding_of(&facts.application, &facts.deployment_group)
             .await?
             .ok_or_else(|| self.no_binding(&facts.application, &facts.deployment_group))?;
-        t.binding(binding.label());
+        t.binding(&binding);
         uses_only_bound_groups(&binding, &facts.target_group_names)?;
         for tg in binding.public_target_groups() {
             if !facts.target_group_names.is_empty()

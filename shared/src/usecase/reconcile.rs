@@ -56,6 +56,10 @@ impl GroupCache {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Reconciled {
     pub binding: String,
+    #[serde(skip)]
+    pub application: String,
+    #[serde(skip)]
+    pub deployment_group: String,
     pub registered: usize,
     pub deregistered: usize,
     pub production: Option<String>,
@@ -138,12 +142,17 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
 
     /// Re-establishes I1–I3 for `b` from the live public state, on every private side.
     pub async fn reconcile(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Reconciled> {
-        t.binding(b.label());
+        t.binding(b);
         on_every_side(b, |side| async move { self.reconcile_side(&side, group, t).await }).await
     }
 
     async fn reconcile_side(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Reconciled> {
-        let mut out = Reconciled { binding: b.side_label(), ..Default::default() };
+        let mut out = Reconciled {
+            binding: b.side_label(),
+            application: b.application.clone(),
+            deployment_group: b.deployment_group.clone(),
+            ..Default::default()
+        };
         let public_prod = group.production_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         let public_test = group.test_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         for round in 1..=3 {
@@ -181,12 +190,18 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// Mirrors the membership of both pairs (I1) and nothing else: what an ECS task event calls for. Four reads
     /// of target health, no route read: routes are the hooks', the follower's and the full reconcile's.
     pub async fn reconcile_membership(&self, b: &Binding, t: &Tracker) -> Result<Reconciled> {
-        t.binding(b.label());
+        t.binding(b);
         on_every_side(b, |side| async move { self.membership_side(&side, t).await }).await
     }
 
     async fn membership_side(&self, b: &Binding, t: &Tracker) -> Result<Reconciled> {
-        let mut out = Reconciled { binding: b.side_label(), rounds: 1, ..Default::default() };
+        let mut out = Reconciled {
+            binding: b.side_label(),
+            application: b.application.clone(),
+            deployment_group: b.deployment_group.clone(),
+            rounds: 1,
+            ..Default::default()
+        };
         let tgs: Vec<&str> = b.public_target_groups().into_iter().chain(b.private_target_groups()).collect();
         let targets = futures_util::future::try_join_all(tgs.iter().map(|tg| self.lb.targets(tg))).await?;
         let seen = Observed { targets: tgs.iter().map(|s| s.to_string()).zip(targets).collect(), ..Default::default() };
@@ -279,7 +294,13 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         speculate: bool,
         t: &Tracker,
     ) -> Result<Reconciled> {
-        let mut out = Reconciled { binding: b.side_label(), rounds: 1, ..Default::default() };
+        let mut out = Reconciled {
+            binding: b.side_label(),
+            application: b.application.clone(),
+            deployment_group: b.deployment_group.clone(),
+            rounds: 1,
+            ..Default::default()
+        };
         let pairs = b.pair_arns();
         let all: Vec<&str> = pairs.iter().flat_map(|(public, private)| [public.as_str(), private.as_str()]).collect();
         let early = async {
@@ -451,6 +472,13 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                             // move seen late never delays the fast reads around the next one: the read before (the
                             // move came after it), or, for a route already split at the first read, the follower's
                             // start (the gate that started it reported just before AllowTraffic began).
+                            // A move seen and mirrored: the private weights lagged at most from the read that had
+                            // not yet seen it to the write now done.
+                            if step.moved && step.seen_before && seen.mirrored.is_some() {
+                                if let Some(before) = last_read_at {
+                                    t.followed_move(after - before);
+                                }
+                            }
                             let first_split = !step.seen_before && last_move.is_none() && !step.settled;
                             if (step.moved && step.seen_before) || first_split {
                                 let anchor = if first_split { started } else { last_read_at.unwrap_or(now) };
@@ -970,7 +998,12 @@ where
         }
     }
     let results = futures_util::future::join_all(sides.into_iter().map(each)).await;
-    let mut out = Reconciled { binding: b.label(), ..Default::default() };
+    let mut out = Reconciled {
+        binding: b.label(),
+        application: b.application.clone(),
+        deployment_group: b.deployment_group.clone(),
+        ..Default::default()
+    };
     let mut first_error = None;
     let both = |a: &mut Option<String>, side: &str, b: Option<String>| {
         if let Some(b) = b {

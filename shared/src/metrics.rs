@@ -1,0 +1,281 @@
+//! The functions' metrics in CloudWatch Embedded Metric Format: one JSON log line per document, which CloudWatch
+//! Logs turns into metrics. No API call and nothing on a hook's critical path: the line is written after the
+//! report. This module only builds the lines (pure); the functions print them.
+//!
+//! Metrics (units in brackets), with the dimension sets each is published under:
+//! - per hook invocation, by (Application, DeploymentGroup), by (Hook), and over the installation:
+//!   `HookDuration` [ms], `HookFailed` [0/1], `TargetsRegistered`, `TargetsDeregistered`, `ElbCalls`,
+//!   `ElbThrottles`, and for AfterAllowTraffic `FlipSkew` [ms] (the private route written after the public one,
+//!   as the hook sees it);
+//! - per binding the reconciler reconciled, by (Application, DeploymentGroup) and over the installation:
+//!   `BindingsOutOfSync` [0/1: it found the private side differing from the public one], `TargetsRegistered`,
+//!   `TargetsDeregistered`;
+//! - per follower invocation, by (Application, DeploymentGroup): `FollowerWeightLag` [ms, one value per public
+//!   move mirrored];
+//! - per reconciler invocation, by (Function) and over the installation: `ReconcilerErrors` [0/1], `ElbCalls`,
+//!   `ElbThrottles`.
+
+use serde_json::{json, Map, Value};
+
+use crate::harness::{Outcome, Summary};
+use crate::ports::HookStatus;
+use crate::usecase::Reconciled;
+
+/// The namespace when `BLUEGREEN_MIRROR_METRICS_NAMESPACE` is not set.
+pub const DEFAULT_NAMESPACE: &str = "BluegreenMirror";
+
+/// What a process spent of the account's ELB budget during one invocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ElbSpend {
+    /// Every attempt that reached ELB (a retried call counts each attempt: each one costs a token).
+    pub calls: u64,
+    /// Attempts ELB refused with a throttling error.
+    pub throttles: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Unit {
+    Milliseconds,
+    Count,
+}
+
+impl Unit {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unit::Milliseconds => "Milliseconds",
+            Unit::Count => "Count",
+        }
+    }
+}
+
+/// One EMF document: dimensions' values, the dimension sets the metrics are published under, the metrics.
+#[derive(Debug, Default)]
+struct Document {
+    fields: Map<String, Value>,
+    dimension_sets: Vec<Vec<&'static str>>,
+    metrics: Vec<(&'static str, Unit)>,
+}
+
+impl Document {
+    fn dimension(mut self, name: &'static str, value: &str) -> Self {
+        self.fields.insert(name.to_string(), Value::from(value));
+        self
+    }
+
+    fn under(mut self, sets: &[&[&'static str]]) -> Self {
+        self.dimension_sets = sets.iter().map(|s| s.to_vec()).collect();
+        self
+    }
+
+    fn metric(mut self, name: &'static str, unit: Unit, value: f64) -> Self {
+        self.fields.insert(name.to_string(), json!(value));
+        self.metrics.push((name, unit));
+        self
+    }
+
+    /// A metric with several values in one line (EMF takes up to 100); none: the metric is left out.
+    fn values(mut self, name: &'static str, unit: Unit, values: &[u64]) -> Self {
+        if !values.is_empty() {
+            let v: Vec<u64> = values.iter().take(100).copied().collect();
+            self.fields.insert(name.to_string(), json!(v));
+            self.metrics.push((name, unit));
+        }
+        self
+    }
+
+    fn property(mut self, name: &str, value: Value) -> Self {
+        self.fields.insert(name.to_string(), value);
+        self
+    }
+
+    fn render(self, namespace: &str, timestamp_ms: u64) -> Option<String> {
+        if self.metrics.is_empty() {
+            return None;
+        }
+        let metrics: Vec<Value> = self.metrics.iter().map(|(n, u)| json!({"Name": n, "Unit": u.as_str()})).collect();
+        let mut doc = self.fields;
+        doc.insert(
+            "_aws".to_string(),
+            json!({
+                "Timestamp": timestamp_ms,
+                "CloudWatchMetrics": [{"Namespace": namespace, "Dimensions": self.dimension_sets, "Metrics": metrics}],
+            }),
+        );
+        serde_json::to_string(&Value::Object(doc)).ok()
+    }
+}
+
+const BY_BINDING: &[&str] = &["Application", "DeploymentGroup"];
+const OVERALL: &[&str] = &[];
+
+/// The line for one hook invocation (none when the deployment was never resolved to a binding: its dimensions
+/// are unknown, and `HookFailed` is then also published by hook alone and over the installation).
+pub fn hook_line(namespace: &str, outcome: &Outcome, elb: ElbSpend, timestamp_ms: u64) -> Option<String> {
+    let s = &outcome.summary;
+    let mut doc = Document::default().dimension("Hook", outcome.phase.as_str());
+    doc = match (&s.application, &s.deployment_group) {
+        (Some(a), Some(g)) => {
+            doc.dimension("Application", a).dimension("DeploymentGroup", g).under(&[BY_BINDING, &["Hook"], OVERALL])
+        }
+        _ => doc.under(&[&["Hook"], OVERALL]),
+    };
+    let failed = matches!(outcome.status, HookStatus::Failed);
+    doc = doc
+        .metric("HookDuration", Unit::Milliseconds, outcome.duration_ms as f64)
+        .metric("HookFailed", Unit::Count, if failed { 1.0 } else { 0.0 })
+        .metric("TargetsRegistered", Unit::Count, s.registered as f64)
+        .metric("TargetsDeregistered", Unit::Count, s.deregistered as f64)
+        .metric("ElbCalls", Unit::Count, elb.calls as f64)
+        .metric("ElbThrottles", Unit::Count, elb.throttles as f64)
+        .property("deployment_id", Value::from(outcome.deployment_id.as_str()));
+    if let Some(skew) = s.flip_skew_ms {
+        doc = doc.metric("FlipSkew", Unit::Milliseconds, skew as f64);
+    }
+    doc.render(namespace, timestamp_ms)
+}
+
+/// The lines for one reconciler invocation: one per binding it reconciled, one for the follower's lag when it
+/// followed, and one for the invocation.
+pub fn reconciler_lines(
+    namespace: &str,
+    done: &[Reconciled],
+    summary: &Summary,
+    failed: bool,
+    elb: ElbSpend,
+    timestamp_ms: u64,
+) -> Vec<String> {
+    let mut lines: Vec<String> = done
+        .iter()
+        .filter_map(|r| {
+            Document::default()
+                .dimension("Application", &r.application)
+                .dimension("DeploymentGroup", &r.deployment_group)
+                .under(&[BY_BINDING, OVERALL])
+                .metric(
+                    "BindingsOutOfSync",
+                    Unit::Count,
+                    if r.changed() || !r.held_back.is_empty() { 1.0 } else { 0.0 },
+                )
+                .metric("TargetsRegistered", Unit::Count, r.registered as f64)
+                .metric("TargetsDeregistered", Unit::Count, r.deregistered as f64)
+                .render(namespace, timestamp_ms)
+        })
+        .collect();
+    if let (Some(a), Some(g)) = (&summary.application, &summary.deployment_group) {
+        lines.extend(
+            Document::default()
+                .dimension("Application", a)
+                .dimension("DeploymentGroup", g)
+                .under(&[BY_BINDING])
+                .values("FollowerWeightLag", Unit::Milliseconds, &summary.weight_lag_ms)
+                .render(namespace, timestamp_ms),
+        );
+    }
+    lines.extend(
+        Document::default()
+            .dimension("Function", "reconciler")
+            .under(&[&["Function"], OVERALL])
+            .metric("ReconcilerErrors", Unit::Count, if failed { 1.0 } else { 0.0 })
+            .metric("ElbCalls", Unit::Count, elb.calls as f64)
+            .metric("ElbThrottles", Unit::Count, elb.throttles as f64)
+            .render(namespace, timestamp_ms),
+    );
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Phase;
+
+    fn outcome(status: HookStatus, resolved: bool) -> Outcome {
+        let mut summary = Summary { registered: 3, flip_skew_ms: Some(42), ..Summary::default() };
+        if resolved {
+            summary.application = Some("web".into());
+            summary.deployment_group = Some("web-bg".into());
+        }
+        Outcome {
+            phase: Phase::AfterAllowTraffic,
+            deployment_id: "d-1".into(),
+            status,
+            message: None,
+            reported: None,
+            report_error: None,
+            duration_ms: 120,
+            summary,
+        }
+    }
+
+    fn parse(line: &str) -> Value {
+        serde_json::from_str(line).unwrap_or(Value::Null)
+    }
+
+    #[test]
+    fn a_hook_line_is_emf_with_every_metric_named_and_valued() {
+        let line = hook_line("Ns", &outcome(HookStatus::Failed, true), ElbSpend { calls: 9, throttles: 1 }, 7);
+        let doc = parse(line.as_deref().unwrap_or(""));
+        let cw = &doc["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(doc["_aws"]["Timestamp"], 7);
+        assert_eq!(cw["Namespace"], "Ns");
+        assert_eq!(cw["Dimensions"], json!([["Application", "DeploymentGroup"], ["Hook"], []]));
+        assert_eq!((doc["Application"].clone(), doc["DeploymentGroup"].clone()), (json!("web"), json!("web-bg")));
+        assert_eq!(doc["Hook"], "AfterAllowTraffic");
+        // Every metric declared has its value at the top level, as EMF requires.
+        let names: Vec<&str> =
+            cw["Metrics"].as_array().into_iter().flatten().filter_map(|m| m["Name"].as_str()).collect();
+        for n in &names {
+            assert!(doc.get(*n).is_some_and(Value::is_number), "{n} has no value");
+        }
+        assert_eq!(doc["HookFailed"], 1.0);
+        assert_eq!(doc["FlipSkew"], 42.0);
+        assert_eq!((doc["ElbCalls"].clone(), doc["ElbThrottles"].clone()), (json!(9.0), json!(1.0)));
+        assert_eq!(doc["TargetsRegistered"], 3.0);
+    }
+
+    #[test]
+    fn an_unresolved_deployment_is_counted_by_hook_and_overall() {
+        let line = hook_line("Ns", &outcome(HookStatus::Succeeded, false), ElbSpend::default(), 0);
+        let doc = parse(line.as_deref().unwrap_or(""));
+        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([["Hook"], []]));
+        assert_eq!(doc["HookFailed"], 0.0);
+        assert!(doc.get("Application").is_none());
+    }
+
+    #[test]
+    fn the_reconciler_reports_each_binding_and_the_followers_lag() {
+        let r = |application: &str, registered| Reconciled {
+            binding: format!("{application}/g"),
+            application: application.into(),
+            deployment_group: "g".into(),
+            registered,
+            ..Reconciled::default()
+        };
+        let summary = Summary {
+            application: Some("web".into()),
+            deployment_group: Some("g".into()),
+            weight_lag_ms: vec![120, 340],
+            ..Summary::default()
+        };
+        let lines = reconciler_lines(
+            "Ns",
+            &[r("web", 2), r("api", 0)],
+            &summary,
+            false,
+            ElbSpend { calls: 4, throttles: 0 },
+            1,
+        );
+        let docs: Vec<Value> = lines.iter().map(|l| parse(l)).collect();
+        assert_eq!(docs.len(), 4);
+        assert_eq!((docs[0]["Application"].clone(), docs[0]["BindingsOutOfSync"].clone()), (json!("web"), json!(1.0)));
+        assert_eq!((docs[1]["Application"].clone(), docs[1]["BindingsOutOfSync"].clone()), (json!("api"), json!(0.0)));
+        assert_eq!(docs[2]["FollowerWeightLag"], json!([120, 340]));
+        assert_eq!((docs[3]["ReconcilerErrors"].clone(), docs[3]["ElbCalls"].clone()), (json!(0.0), json!(4.0)));
+    }
+
+    #[test]
+    fn no_lag_no_lag_line() {
+        let lines = reconciler_lines("Ns", &[], &Summary::default(), true, ElbSpend::default(), 1);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(parse(&lines[0])["ReconcilerErrors"], 1.0);
+    }
+}

@@ -186,6 +186,7 @@ def main():
     check(appspec["Resources"][0]["TargetService"]["Type"] == "AWS::ECS::Service", "appspec target is not an ECS service")
 
     check_fleet(consts)
+    check_monitoring()
 
     # The private side's outputs are exactly what template.yaml takes.
     private = load("infra/private-side.yaml")
@@ -231,6 +232,33 @@ def check_fleet(consts):
             actions = {a for st in f["Properties"]["Policies"][0]["Statement"] for a in st["Action"]}
             check("dynamodb:Scan" in actions, "fleet.yaml: the reconciler cannot list the stored bindings (dynamodb:Scan)")
             check("codedeploy:GetDeploymentConfig" in actions, "fleet.yaml: the follower cannot read deployment configs")
+
+
+def check_monitoring():
+    """monitoring.yaml alarms and charts only metrics the functions publish, in the namespace they publish in, and
+    both installations include it with the namespace they give the functions."""
+    import re
+    with open(os.path.join(ROOT, "infra", "monitoring.yaml")) as f:
+        text = f.read()
+    with open(os.path.join(ROOT, "shared", "src", "metrics.rs")) as f:
+        code = f.read()
+    ours = set(re.findall(r'MetricName=\\"(\w+)\\"', text))
+    m = load("infra/monitoring.yaml")
+    for name, r in m["Resources"].items():
+        if r["Type"] == "AWS::CloudWatch::Alarm" and r["Properties"].get("Namespace") == {"Ref": "MetricsNamespace"}:
+            ours.add(r["Properties"]["MetricName"])
+    check(len(ours) >= 8, f"monitoring.yaml names only {sorted(ours)} of the functions' metrics")
+    for metric in sorted(ours):
+        check(f'"{metric}"' in code, f"monitoring.yaml uses {metric}, which shared/src/metrics.rs does not publish")
+    default = m["Parameters"]["MetricsNamespace"]["Default"]
+    check(f'DEFAULT_NAMESPACE: &str = "{default}"' in code, f"monitoring.yaml's namespace {default} is not the code's")
+    for path in ("infra/template.yaml", "infra/fleet.yaml"):
+        t = load(path)
+        mon = t["Resources"].get("Monitoring", {}).get("Properties", {})
+        check(mon.get("Location") == "monitoring.yaml", f"{path} does not include monitoring.yaml")
+        check(t["Globals"]["Function"]["Environment"]["Variables"].get("BLUEGREEN_MIRROR_METRICS_NAMESPACE")
+              == mon.get("Parameters", {}).get("MetricsNamespace"), f"{path}: functions and alarms differ in namespace")
+        check(t["Globals"]["Function"].get("LoggingConfig", {}).get("LogFormat") == "JSON", f"{path}: log format is not JSON")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,16 @@ use serde_json::{json, Value};
 pub enum Command {
     Check,
     Status,
-    Reconcile { dry_run: bool },
+    Reconcile {
+        dry_run: bool,
+    },
     Bindings(crate::cli_bindings::BindingsCommand),
     Completions(clap_complete::Shell),
+    /// One deployment's picture: from its record (`deployment_id`), or from a timeline document (`data`).
+    Report {
+        deployment_id: Option<String>,
+        data: Option<String>,
+    },
 }
 
 /// The command line as clap reads it: `--help`/`-h` (also per subcommand) and `--version` print to stdout and exit
@@ -62,6 +69,16 @@ enum Sub {
     /// The bindings stored in the state table
     #[command(subcommand)]
     Bindings(BindingsSub),
+    /// Draw one deployment as a self-contained HTML page on stdout (weights, hooks, the flip), from its record in
+    /// the state table and the routes as they are now
+    Report {
+        /// The CodeDeploy deployment (d-XXXXXXXXX)
+        #[arg(required_unless_present = "data")]
+        deployment_id: Option<String>,
+        /// Draw a timeline document instead (JSON, as `scripts/rehearse --report` writes it)
+        #[arg(long, value_name = "FILE", conflicts_with = "deployment_id")]
+        data: Option<String>,
+    },
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell) on stdout
     Completions {
         /// The shell to complete in
@@ -109,6 +126,7 @@ pub fn parse_args(args: &[String]) -> Result<(Command, bool), clap::Error> {
             Command::Bindings(BindingsCommand::Remove { application, group })
         }
         Sub::Completions { shell } => Command::Completions(shell),
+        Sub::Report { deployment_id, data } => Command::Report { deployment_id, data },
     };
     Ok((command, cli.json))
 }
@@ -128,6 +146,21 @@ pub async fn main(args: Vec<String>) -> i32 {
         clap_complete::generate(shell, &mut cli, "bluegreen-mirror", &mut std::io::stdout());
         return 0;
     }
+    if let Command::Report { data: Some(path), .. } = &command {
+        let picture = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {path}: {e}"))
+            .and_then(|doc| serde_json::from_str::<crate::report::Picture>(&doc).map_err(|e| format!("{path}: {e}")));
+        return match picture {
+            Ok(p) => {
+                print!("{}", p.render());
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                2
+            }
+        };
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -143,6 +176,9 @@ pub async fn main(args: Vec<String>) -> i32 {
     let engine = Engine::new(elb, aws.codedeploy, aws.state, bluegreen_mirror::ports::NoFollowers, config);
     if let Command::Bindings(c) = &command {
         return crate::cli_bindings::run(&engine, c, as_json).await;
+    }
+    if let Command::Report { deployment_id: Some(id), .. } = &command {
+        return report(&engine, id).await;
     }
     let bindings = match engine.every_binding().await {
         Ok(b) => b,
@@ -178,7 +214,7 @@ pub async fn main(args: Vec<String>) -> i32 {
                     Ok(vec![serde_json::to_value(&r).unwrap_or(Value::Null)])
                 }
                 // Handled before the loop.
-                Command::Bindings(_) | Command::Completions(_) => Ok(Vec::new()),
+                Command::Bindings(_) | Command::Completions(_) | Command::Report { .. } => Ok(Vec::new()),
             }
         }
         .await;
@@ -206,6 +242,54 @@ pub async fn main(args: Vec<String>) -> i32 {
     i32::from(!ok)
 }
 
+/// `report DEPLOYMENT_ID`: the record, and the routes of its binding as they are now.
+async fn report<L, D, S, F>(engine: &Engine<L, D, S, F>, deployment_id: &str) -> i32
+where
+    L: bluegreen_mirror::ports::LoadBalancers,
+    D: bluegreen_mirror::ports::Deployments,
+    S: bluegreen_mirror::ports::StateStore,
+    F: bluegreen_mirror::ports::Followers,
+{
+    use bluegreen_mirror::config::RouteRef;
+    use bluegreen_mirror::ports::{LoadBalancers as _, StateStore as _};
+    let rec = match engine.state.deployment(deployment_id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            eprintln!(
+                "no record of deployment {deployment_id} in {} (records are kept 30 days, and only for deployments of a bound group)",
+                engine.config.table
+            );
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("cannot read deployment {deployment_id}: {}", error_chain(&e));
+            return 1;
+        }
+    };
+    let mut live = Vec::new();
+    if let Some(arn) = &rec.public_production_listener {
+        if let Ok(r) = engine.lb.route(&RouteRef::Listener(arn.clone())).await {
+            live.push(("public production".to_string(), r));
+        }
+    }
+    if let Ok(bindings) = engine.every_binding().await {
+        let mine = bindings
+            .iter()
+            .filter_map(|(_, b)| b.as_ref().ok())
+            .find(|b| b.application == rec.application && b.deployment_group == rec.deployment_group);
+        if let Some(b) = mine {
+            for side in b.sides() {
+                if let Ok(r) = engine.lb.route(&side.private_production_route).await {
+                    live.push((format!("{} production", side.side_label()), r));
+                }
+            }
+        }
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    print!("{}", crate::report::from_record(&rec, &live, now).render());
+    0
+}
+
 /// A stored binding's problem, for its row.
 fn clone_error(e: &bluegreen_mirror::Error) -> bluegreen_mirror::Error {
     bluegreen_mirror::Error::Misconfigured(error_chain(e))
@@ -230,7 +314,7 @@ fn describe(out: &mut String, command: &Command, row: &Value) {
             .unwrap_or_default()
     };
     match command {
-        Command::Bindings(_) | Command::Completions(_) => {}
+        Command::Bindings(_) | Command::Completions(_) | Command::Report { .. } => {}
         Command::Check => {
             let _ = writeln!(
                 out,

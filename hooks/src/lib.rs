@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod cli_bindings;
 pub mod logging;
+pub mod report;
 
 use bluegreen_mirror::aws::Aws;
 use bluegreen_mirror::aws::FOLLOW_KEY;

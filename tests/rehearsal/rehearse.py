@@ -1123,6 +1123,7 @@ def main():
     ap.add_argument("--reconciler-timeout", type=float, default=None, metavar="SECONDS",
                     help="the reconciler's Lambda timeout (default 10, which forces follower hand-overs; 60 in the "
                          "fleet; the template's is 900)")
+    ap.add_argument("--report", metavar="FILE.html", help="also draw the deployment: one self-contained HTML page")
     ap.add_argument("--lane", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not 0 <= args.lane <= 254 or args.jobs < 1:
@@ -1170,6 +1171,9 @@ def main():
         if args.reconciler_timeout:
             r.reconciler_timeout_s = args.reconciler_timeout
         report = r.run()
+        if args.report:
+            import picture
+            picture.write(r, report, args.report, os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release")))
     finally:
         procs.kill_all()
     if args.json:

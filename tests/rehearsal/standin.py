@@ -75,6 +75,7 @@ class Faults:
     def __init__(self, spec=""):
         self.rules = {}  # service or "service.Operation" -> [(kind, value)]
         self.injected = {}
+        self.moments = []  # (t, what) of each fault injected, for the picture
         self.lock = threading.Lock()
         self.random = __import__("random").Random(11)
         # Transient faults in a row per caller and operation: at most MAX_STREAK, as real throttling and server
@@ -109,6 +110,8 @@ class Faults:
                 if kind == "latency" or self.random.random() < value:
                     out.append((kind, value))
                     self.injected[f"{service}:{kind}"] = self.injected.get(f"{service}:{kind}", 0) + 1
+                    if kind != "latency" and len(self.moments) < 500:
+                        self.moments.append((time.monotonic(), f"{service} {op}: {kind}"))
             transient = any(kind in self.TRANSIENT for kind, _ in out)
             self.streak[key] = self.streak.get(key, 0) + 1 if transient else 0
         return out

@@ -251,7 +251,6 @@ where
     F: bluegreen_mirror::ports::Followers,
 {
     use bluegreen_mirror::config::RouteRef;
-    use bluegreen_mirror::ports::{LoadBalancers as _, StateStore as _};
     let rec = match engine.state.deployment(deployment_id).await {
         Ok(Some(r)) => r,
         Ok(None) => {

@@ -254,14 +254,22 @@ class Bench:
         return out
 
     def binaries(self):
+        """What Lambda loads: the arm64 zips scripts/package built, when present; else this machine's build, zipped
+        here (its sizes are marked as such)."""
         bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
         out = {}
         for b in BINARIES:
+            packaged = os.path.join(ROOT, "target", "lambda", b)
+            if os.path.exists(os.path.join(packaged, "bootstrap.zip")):
+                out[b] = {"arch": "arm64", "binary_bytes": os.path.getsize(os.path.join(packaged, "bootstrap")),
+                          "zip_bytes": os.path.getsize(os.path.join(packaged, "bootstrap.zip"))}
+                continue
             path = os.path.join(bin_dir, b)
             zpath = os.path.join(self.r.run_dir, f"{b}.zip")
             with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
                 z.write(path, "bootstrap")
-            out[b] = {"binary_bytes": os.path.getsize(path), "zip_bytes": os.path.getsize(zpath)}
+            out[b] = {"arch": os.uname().machine, "binary_bytes": os.path.getsize(path),
+                      "zip_bytes": os.path.getsize(zpath)}
         return out
 
     def mirror(self):
@@ -407,9 +415,9 @@ def table(j):
     for n, v in j["stored_bindings"].items():
         lines.append(f"{n:<22}{m(v['cold_start_ms']):>24}{m(v['first_invoke_ms']):>24}{m(v['critical_path_calls']):>20}")
     lines.append("")
-    lines.append(f"{'binary':<22}{'binary_bytes':>14}{'zip_bytes':>12}")
+    lines.append(f"{'binary':<22}{'arch':>8}{'binary_bytes':>14}{'zip_bytes':>12}")
     for b, v in j["binary_bytes"].items():
-        lines.append(f"{b:<22}{v['binary_bytes']:>14}{v['zip_bytes']:>12}")
+        lines.append(f"{b:<22}{v.get('arch', '?'):>8}{v['binary_bytes']:>14}{v['zip_bytes']:>12}")
     lines.append("")
     lines.append(f"{'mirror (reconciler)':<22}{'ELB writes':>12}{'all calls':>12}{'ms':>10}")
     for n, v in j["mirror"].items():

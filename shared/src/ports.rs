@@ -39,6 +39,11 @@ pub trait LoadBalancers: Send + Sync {
     /// The forward action of a listener's default action or of a rule. A route whose action is not a plain
     /// forward is a `Misconfigured` error.
     fn route(&self, route: &RouteRef) -> impl Future<Output = Result<Route>> + Send;
+    /// Several routes at once, in the order asked: an adapter reads all the listeners in one call and all the
+    /// rules in another (`DescribeListeners` and `DescribeRules` take lists of ARNs).
+    fn routes(&self, routes: &[RouteRef]) -> impl Future<Output = Result<Vec<Route>>> + Send {
+        futures_util::future::try_join_all(routes.iter().map(|r| self.route(r)))
+    }
     /// Replaces the forward action of a listener's default action or of a rule.
     fn set_route(&self, route: &RouteRef, to: &Route) -> impl Future<Output = Result<()>> + Send;
     /// The tags of target groups, listeners and rules, by ARN (`DescribeTags`, 20 ARNs a call).

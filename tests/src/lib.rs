@@ -296,6 +296,21 @@ impl LoadBalancers for FakeElb {
         self.s().routes.get(route.arn()).cloned().ok_or_else(|| not_found("DescribeListeners", route.arn()))
     }
 
+    async fn routes(&self, routes: &[RouteRef]) -> Result<Vec<Route>> {
+        // As the adapter reads them: one call for the listeners, one for the rules.
+        for (is_rule, op) in [(false, "elb:DescribeListeners"), (true, "elb:DescribeRules")] {
+            if routes.iter().any(|r| matches!(r, RouteRef::Rule(_)) == is_rule) {
+                self.calls.enter(op)?;
+                self.calls.stall(op).await;
+            }
+        }
+        let s = self.s();
+        routes
+            .iter()
+            .map(|r| s.routes.get(r.arn()).cloned().ok_or_else(|| not_found("DescribeListeners", r.arn())))
+            .collect()
+    }
+
     async fn set_route(&self, route: &RouteRef, to: &Route) -> Result<()> {
         self.calls.enter(match route {
             RouteRef::Listener(_) => "elb:ModifyListener",

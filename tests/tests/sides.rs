@@ -49,6 +49,9 @@ async fn both_sides_are_mirrored_gated_and_flipped_together() {
     // After it, each group's targets are read once: both sides' live groups for the I4 check, then the two public
     // groups and the four private ones for membership (the public groups are not read again for side 2).
     assert_eq!(w.calls.count("elb:DescribeTargetHealth"), 2 + 6, "{log:?}");
+    // Every route it reads after the flip (public production, both sides' production and test routes, the public
+    // test route) comes in one DescribeListeners.
+    assert_eq!(w.calls.count("elb:DescribeListeners"), 1, "{log:?}");
     assert!(w.elb.dark_moments().is_empty(), "{:?}", w.elb.dark_moments());
     for exec in ["e1", "e2", "e3"] {
         assert_eq!(w.reports_for(exec), vec![HookStatus::Succeeded], "{exec}");

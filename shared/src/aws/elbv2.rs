@@ -396,6 +396,75 @@ impl LoadBalancers for Elb {
         route_of(route, &actions)
     }
 
+    async fn routes(&self, routes: &[RouteRef]) -> Result<Vec<Route>> {
+        let mut listeners: Vec<String> = Vec::new();
+        let mut rules: Vec<String> = Vec::new();
+        for r in routes {
+            let (list, arn) = match r {
+                RouteRef::Listener(a) => (&mut listeners, a),
+                RouteRef::Rule(a) => (&mut rules, a),
+            };
+            if !list.contains(arn) {
+                list.push(arn.clone());
+            }
+        }
+        let listeners_read = async {
+            if listeners.is_empty() {
+                return Ok(Vec::new());
+            }
+            let out = self
+                .read(|| async {
+                    self.reader
+                        .describe_listeners()
+                        .set_listener_arns(Some(listeners.clone()))
+                        .send()
+                        .await
+                        .map_err(|e| aws_error(SERVICE, "DescribeListeners", "*", e))
+                })
+                .await?;
+            Ok::<_, Error>(
+                out.listeners()
+                    .iter()
+                    .map(|l| (l.listener_arn().unwrap_or_default().to_string(), l.default_actions().to_vec()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let rules_read = async {
+            if rules.is_empty() {
+                return Ok(Vec::new());
+            }
+            let out = self
+                .read(|| async {
+                    self.reader
+                        .describe_rules()
+                        .set_rule_arns(Some(rules.clone()))
+                        .send()
+                        .await
+                        .map_err(|e| aws_error(SERVICE, "DescribeRules", "*", e))
+                })
+                .await?;
+            Ok::<_, Error>(
+                out.rules()
+                    .iter()
+                    .map(|r| (r.rule_arn().unwrap_or_default().to_string(), r.actions().to_vec()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let (found_listeners, found_rules) = tokio::join!(listeners_read, rules_read);
+        let found: Vec<(String, Vec<Action>)> = found_listeners?.into_iter().chain(found_rules?).collect();
+        routes
+            .iter()
+            .map(|r| {
+                let actions = found
+                    .iter()
+                    .find(|(arn, _)| arn == r.arn())
+                    .map(|(_, a)| a)
+                    .ok_or_else(|| Error::Misconfigured(format!("{r} does not exist")))?;
+                route_of(r, actions)
+            })
+            .collect()
+    }
+
     async fn set_route(&self, route: &RouteRef, to: &Route) -> Result<()> {
         let action = action_of(route, to)?;
         match route {

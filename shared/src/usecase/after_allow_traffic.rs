@@ -143,17 +143,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         // have settled production.
         let pairs: Vec<(String, String)> = flip.sides.iter().flat_map(|(side, _, _)| side.pair_arns()).collect();
         let mirrors = self.mirror_pairs(&pairs, t);
-        let test_reads = try_join_all(
-            flip.sides.iter().map(|(side, _, _)| self.read_test_routes(side, flip.public_test_listener.as_deref())),
-        );
-        let (desired, mirrored, test_reads) = tokio::join!(self.settle(deployment_id, &flip, t), mirrors, test_reads);
-        let desired = desired?;
+        let (settled, mirrored) = tokio::join!(self.settle(deployment_id, &flip, t), mirrors);
+        let (desired, test_reads) = settled?;
         mirrored?;
         let tests = flip
             .sides
             .iter()
             .zip(&desired)
-            .zip(test_reads?)
+            .zip(test_reads)
             .map(|(((side, _, _), desired), reads)| self.converge_test_route(side, desired, reads, t));
         try_join_all(tests).await?;
 
@@ -179,7 +176,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// After the flip: compare every side with the public truth (one read of the public route), correct, read
     /// back, and check that no live private target group is dark while its public mirror is not (I4). Returns
     /// the route in place on each side.
-    async fn settle(&self, deployment_id: &str, flip: &Flip<'_>, t: &Tracker) -> Result<Vec<Route>> {
+    async fn settle(&self, deployment_id: &str, flip: &Flip<'_>, t: &Tracker) -> Result<(Vec<Route>, Vec<TestReads>)> {
         let listener = match &flip.public_production_listener {
             Some(l) => l.clone(),
             None => {
@@ -192,28 +189,46 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 })?
             }
         };
-        // The public route, each side's production route as it now reads, and the targets of the groups it was
-        // set to send to: one round of reads for every side.
-        let public_ref = RouteRef::Listener(listener);
-        let public = self.lb.route(&public_ref);
-        let reads = try_join_all(flip.sides.iter().map(|(side, _, flipped)| async move {
+        // Every route this needs in one read (the listeners in one DescribeListeners, the rules in one
+        // DescribeRules): the public production route, each side's production route as it now reads, each side's
+        // test route and the public test route it mirrors; beside it, the targets of the groups each side was set
+        // to send to.
+        let mut refs = vec![RouteRef::Listener(listener)];
+        refs.extend(flip.sides.iter().map(|(side, _, _)| side.private_production_route.clone()));
+        let public_test = flip.public_test_listener.as_ref().map(|l| RouteRef::Listener(l.clone()));
+        let mirrors_public_test =
+            |side: &Binding| side.private_test_route.is_some() && side.style() == RouteStyle::Weighted;
+        for (side, _, _) in &flip.sides {
+            refs.extend(side.private_test_route.clone());
+        }
+        if let Some(p) = public_test.as_ref().filter(|_| flip.sides.iter().any(|(s, _, _)| mirrors_public_test(s))) {
+            refs.push(p.clone());
+        }
+        let targets = try_join_all(flip.sides.iter().map(|(_, _, flipped)| async move {
             let live = flipped.live();
-            let (now, targets) = tokio::join!(
-                self.lb.route(&side.private_production_route),
-                try_join_all(live.iter().map(|tg| self.lb.targets(tg)))
-            );
-            let targets: Vec<(String, Vec<ObservedTarget>)> =
-                live.iter().map(|tg| tg.to_string()).zip(targets?).collect();
-            Ok::<_, Error>((now?, targets))
+            let read = try_join_all(live.iter().map(|tg| self.lb.targets(tg))).await?;
+            Ok::<_, Error>(
+                live.iter().map(|tg| tg.to_string()).zip(read).collect::<Vec<(String, Vec<ObservedTarget>)>>(),
+            )
         }));
-        let (public, reads) = tokio::join!(public, reads);
-        let public = public?;
-        let settled = flip
-            .sides
-            .iter()
-            .zip(reads?)
-            .map(|((side, _, flipped), read)| self.settle_side(side, &public, flipped.clone(), read, t));
-        try_join_all(settled).await
+        let (routes, targets) = tokio::join!(self.lb.routes(&refs), targets);
+        let (routes, targets) = (routes?, targets?);
+        let read = |r: &RouteRef| refs.iter().position(|x| x == r).and_then(|i| routes.get(i)).cloned();
+        let public = routes.first().cloned().ok_or_else(|| Error::Invariant("no public route read".into()))?;
+        let mut tests = Vec::new();
+        for (side, _, _) in &flip.sides {
+            tests.push(side.private_test_route.as_ref().and_then(|which| {
+                let public = public_test.as_ref().filter(|_| mirrors_public_test(side)).and_then(|p| read(p));
+                read(which).map(|current| (current, public))
+            }));
+        }
+        let settled = flip.sides.iter().zip(targets).map(|((side, _, flipped), targets)| {
+            // Always read above; an empty route would fail the check that follows, never pass it.
+            let now = read(&side.private_production_route)
+                .unwrap_or(Route { target_groups: Vec::new(), stickiness_seconds: None });
+            self.settle_side(side, &public, flipped.clone(), (now, targets), t)
+        });
+        Ok((try_join_all(settled).await?, tests))
     }
 
     /// Mirrors every pair of every side, each group read once: the public groups are every side's, so a second
@@ -283,22 +298,6 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             }
         }
         Ok(desired)
-    }
-
-    /// The reads [`Self::converge_test_route`] needs: the side's test route and, for an ALB side, the public
-    /// test listener it mirrors.
-    async fn read_test_routes(&self, b: &Binding, public_test_listener: Option<&str>) -> Result<TestReads> {
-        let Some(which) = &b.private_test_route else {
-            return Ok(None);
-        };
-        let public = async {
-            match (b.style(), public_test_listener) {
-                (RouteStyle::Weighted, Some(l)) => self.lb.route(&RouteRef::Listener(l.to_string())).await.map(Some),
-                _ => Ok(None),
-            }
-        };
-        let (current, public) = tokio::join!(self.lb.route(which), public);
-        Ok(Some((current?, public?)))
     }
 
     /// Makes the private test route mirror the public test listener (I3). On an NLB, whose listeners forward to

@@ -218,7 +218,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let mut tests = Vec::new();
         for (side, _, _) in &flip.sides {
             tests.push(side.private_test_route.as_ref().and_then(|which| {
-                let public = public_test.as_ref().filter(|_| mirrors_public_test(side)).and_then(|p| read(p));
+                let public = public_test.as_ref().filter(|_| mirrors_public_test(side)).and_then(&read);
                 read(which).map(|current| (current, public))
             }));
         }

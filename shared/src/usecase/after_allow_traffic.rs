@@ -141,10 +141,29 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         // public truth (I2, I4), the membership of every pair of every side (I1: mirroring is safe whatever the
         // routes, so it does not wait for the checks), and each side's test routes (I3), written once the checks
         // have settled production.
+        // Each group is read once, for both the I4 check and membership: every pair's groups (the public ones are
+        // every side's) and the groups each side was set to send to.
         let pairs: Vec<(String, String)> = flip.sides.iter().flat_map(|(side, _, _)| side.pair_arns()).collect();
-        let mirrors = self.mirror_pairs(&pairs, t);
-        let (settled, mirrored) = tokio::join!(self.settle(deployment_id, &flip, t), mirrors);
-        let (desired, test_reads) = settled?;
+        let mut groups: Vec<String> = pairs
+            .iter()
+            .flat_map(|(public, private)| [public.clone(), private.clone()])
+            .chain(flip.sides.iter().flat_map(|(_, _, to)| to.live().into_iter().map(str::to_string)))
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let reads = try_join_all(groups.iter().map(|g| self.lb.targets(g)));
+        let (routes, read) = tokio::join!(self.routes_after_flip(deployment_id, &flip, t), reads);
+        let (routes, read) = (routes?, read?);
+        let read: Vec<(String, Vec<ObservedTarget>)> = groups.into_iter().zip(read).collect();
+        let of = |tg: &str| read.iter().find(|(g, _)| g == tg).map_or(&[][..], |(_, r)| r.as_slice());
+        let mirrors =
+            try_join_all(pairs.iter().map(|(public, private)| self.mirror_onto(of(public), of(private), private, t)));
+        let settled = try_join_all(flip.sides.iter().zip(&routes.production).map(|((side, _, flipped), now)| {
+            let targets = flipped.live().iter().map(|tg| (tg.to_string(), of(tg).to_vec())).collect();
+            self.settle_side(side, &routes.public, flipped.clone(), (now.clone(), targets), t)
+        }));
+        let (desired, mirrored) = tokio::join!(settled, mirrors);
+        let (desired, test_reads) = (desired?, routes.tests);
         mirrored?;
         let tests = flip
             .sides
@@ -173,10 +192,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         Ok(())
     }
 
-    /// After the flip: compare every side with the public truth (one read of the public route), correct, read
-    /// back, and check that no live private target group is dark while its public mirror is not (I4). Returns
-    /// the route in place on each side.
-    async fn settle(&self, deployment_id: &str, flip: &Flip<'_>, t: &Tracker) -> Result<(Vec<Route>, Vec<TestReads>)> {
+    /// Every route AfterAllowTraffic needs after the flip, in one read (the listeners in one DescribeListeners,
+    /// the rules in one DescribeRules): the public production route, each side's production route as it now reads,
+    /// each side's test route and the public test route it mirrors.
+    async fn routes_after_flip(&self, deployment_id: &str, flip: &Flip<'_>, t: &Tracker) -> Result<RoutesAfterFlip> {
         let listener = match &flip.public_production_listener {
             Some(l) => l.clone(),
             None => {
@@ -189,10 +208,6 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 })?
             }
         };
-        // Every route this needs in one read (the listeners in one DescribeListeners, the rules in one
-        // DescribeRules): the public production route, each side's production route as it now reads, each side's
-        // test route and the public test route it mirrors; beside it, the targets of the groups each side was set
-        // to send to.
         let mut refs = vec![RouteRef::Listener(listener)];
         refs.extend(flip.sides.iter().map(|(side, _, _)| side.private_production_route.clone()));
         let public_test = flip.public_test_listener.as_ref().map(|l| RouteRef::Listener(l.clone()));
@@ -204,46 +219,24 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         if let Some(p) = public_test.as_ref().filter(|_| flip.sides.iter().any(|(s, _, _)| mirrors_public_test(s))) {
             refs.push(p.clone());
         }
-        let targets = try_join_all(flip.sides.iter().map(|(_, _, flipped)| async move {
-            let live = flipped.live();
-            let read = try_join_all(live.iter().map(|tg| self.lb.targets(tg))).await?;
-            Ok::<_, Error>(
-                live.iter().map(|tg| tg.to_string()).zip(read).collect::<Vec<(String, Vec<ObservedTarget>)>>(),
-            )
-        }));
-        let (routes, targets) = tokio::join!(self.lb.routes(&refs), targets);
-        let (routes, targets) = (routes?, targets?);
+        let routes = self.lb.routes(&refs).await?;
         let read = |r: &RouteRef| refs.iter().position(|x| x == r).and_then(|i| routes.get(i)).cloned();
         let public = routes.first().cloned().ok_or_else(|| Error::Invariant("no public route read".into()))?;
-        let mut tests = Vec::new();
-        for (side, _, _) in &flip.sides {
-            tests.push(side.private_test_route.as_ref().and_then(|which| {
-                let public = public_test.as_ref().filter(|_| mirrors_public_test(side)).and_then(&read);
-                read(which).map(|current| (current, public))
-            }));
-        }
-        let settled = flip.sides.iter().zip(targets).map(|((side, _, flipped), targets)| {
-            // Always read above; an empty route would fail the check that follows, never pass it.
-            let now = read(&side.private_production_route)
-                .unwrap_or(Route { target_groups: Vec::new(), stickiness_seconds: None });
-            self.settle_side(side, &public, flipped.clone(), (now, targets), t)
-        });
-        Ok((try_join_all(settled).await?, tests))
-    }
-
-    /// Mirrors every pair of every side, each group read once: the public groups are every side's, so a second
-    /// side costs its own two groups' reads, not the public ones again.
-    async fn mirror_pairs(&self, pairs: &[(String, String)], t: &Tracker) -> Result<()> {
-        let mut groups: Vec<&str> =
-            pairs.iter().flat_map(|(public, private)| [public.as_str(), private.as_str()]).collect();
-        groups.sort_unstable();
-        groups.dedup();
-        let read = try_join_all(groups.iter().map(|tg| self.lb.targets(tg))).await?;
-        let of =
-            |tg: &str| groups.iter().position(|g| *g == tg).and_then(|i| read.get(i)).map_or(&[][..], Vec::as_slice);
-        try_join_all(pairs.iter().map(|(public, private)| self.mirror_onto(of(public), of(private), private, t)))
-            .await?;
-        Ok(())
+        // Always read above; an empty route would fail the check that follows, never pass it.
+        let empty = || Route { target_groups: Vec::new(), stickiness_seconds: None };
+        let production =
+            flip.sides.iter().map(|(side, _, _)| read(&side.private_production_route).unwrap_or_else(empty)).collect();
+        let tests = flip
+            .sides
+            .iter()
+            .map(|(side, _, _)| {
+                side.private_test_route.as_ref().and_then(|which| {
+                    let public = public_test.as_ref().filter(|_| mirrors_public_test(side)).and_then(&read);
+                    read(which).map(|current| (current, public))
+                })
+            })
+            .collect();
+        Ok(RoutesAfterFlip { public, production, tests })
     }
 
     /// One side after the flip: corrects it if the public route is not what was planned (then reads it again),
@@ -322,3 +315,12 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
 
 /// A side's test route as read, and the public test listener's route when it is mirrored (`None`: no test route).
 type TestReads = Option<(Route, Option<Route>)>;
+
+/// The routes as read right after the flip: the public production route, each side's production route, each
+/// side's test reads.
+#[derive(Debug)]
+struct RoutesAfterFlip {
+    public: Route,
+    production: Vec<Route>,
+    tests: Vec<TestReads>,
+}

@@ -69,6 +69,16 @@ pub struct Reconciled {
 }
 
 impl Reconciled {
+    /// Nothing changed yet, on side `b` (its label names the side).
+    fn of(b: &Binding, label: String) -> Self {
+        Self {
+            binding: label,
+            application: b.application.clone(),
+            deployment_group: b.deployment_group.clone(),
+            ..Self::default()
+        }
+    }
+
     pub fn changed(&self) -> bool {
         self.registered + self.deregistered > 0 || self.production.is_some() || self.test.is_some()
     }
@@ -147,12 +157,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     }
 
     async fn reconcile_side(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Reconciled> {
-        let mut out = Reconciled {
-            binding: b.side_label(),
-            application: b.application.clone(),
-            deployment_group: b.deployment_group.clone(),
-            ..Default::default()
-        };
+        let mut out = Reconciled::of(b, b.side_label());
         let public_prod = group.production_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         let public_test = group.test_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         for round in 1..=3 {
@@ -195,13 +200,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     }
 
     async fn membership_side(&self, b: &Binding, t: &Tracker) -> Result<Reconciled> {
-        let mut out = Reconciled {
-            binding: b.side_label(),
-            application: b.application.clone(),
-            deployment_group: b.deployment_group.clone(),
-            rounds: 1,
-            ..Default::default()
-        };
+        let mut out = Reconciled { rounds: 1, ..Reconciled::of(b, b.side_label()) };
         let tgs: Vec<&str> = b.public_target_groups().into_iter().chain(b.private_target_groups()).collect();
         let targets = futures_util::future::try_join_all(tgs.iter().map(|tg| self.lb.targets(tg))).await?;
         let seen = Observed { targets: tgs.iter().map(|s| s.to_string()).zip(targets).collect(), ..Default::default() };
@@ -294,13 +293,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         speculate: bool,
         t: &Tracker,
     ) -> Result<Reconciled> {
-        let mut out = Reconciled {
-            binding: b.side_label(),
-            application: b.application.clone(),
-            deployment_group: b.deployment_group.clone(),
-            rounds: 1,
-            ..Default::default()
-        };
+        let mut out = Reconciled { rounds: 1, ..Reconciled::of(b, b.side_label()) };
         let pairs = b.pair_arns();
         let all: Vec<&str> = pairs.iter().flat_map(|(public, private)| [public.as_str(), private.as_str()]).collect();
         let early = async {
@@ -998,12 +991,7 @@ where
         }
     }
     let results = futures_util::future::join_all(sides.into_iter().map(each)).await;
-    let mut out = Reconciled {
-        binding: b.label(),
-        application: b.application.clone(),
-        deployment_group: b.deployment_group.clone(),
-        ..Default::default()
-    };
+    let mut out = Reconciled::of(b, b.label());
     let mut first_error = None;
     let both = |a: &mut Option<String>, side: &str, b: Option<String>| {
         if let Some(b) = b {

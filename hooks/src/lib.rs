@@ -77,66 +77,52 @@ pub trait Hook {
 /// A use case's future, boxed and type-erased: it is deep, and erasing it keeps the handler's small.
 pub type BoxedWork<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = bluegreen_mirror::Result<()>> + Send + 'a>>;
 
-/// The `AfterInstall` hook: mirror green's tasks into the private green group.
-#[derive(Debug)]
-pub struct AfterInstallHook;
-/// The `BeforeAllowTraffic` hook: gate on the private side's health, start the follower.
-#[derive(Debug)]
-pub struct BeforeAllowTrafficHook;
-/// The `AfterAllowTraffic` hook: flip the private route, then converge and record.
-#[derive(Debug)]
-pub struct AfterAllowTrafficHook;
+/// A hook's type: its phase, the use case it runs, and the followers it can start (`$followers` built by `$make`
+/// at cold start). Each impl names one use case, which is what keeps the other hooks' out of its binary.
+macro_rules! hook {
+    ($(#[$doc:meta])* $name:ident: $phase:ident runs $usecase:ident, followers $followers:ty = $make:expr) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name;
 
-impl Hook for AfterInstallHook {
-    const PHASE: Phase = Phase::AfterInstall;
-    type Followers = NoFollowers;
-    fn followers(_: &Aws, _: &Config) -> NoFollowers {
-        NoFollowers
-    }
-    fn work<'a, L, D, S, F>(e: &'a Engine<L, D, S, F>, id: &'a str, budget: Budget, t: &'a Tracker) -> BoxedWork<'a>
-    where
-        L: LoadBalancers,
-        D: Deployments,
-        S: StateStore,
-        F: Followers,
-    {
-        Box::pin(e.run_hook(Self::PHASE, id, budget, t, e.after_install(id, budget, t)))
-    }
+        impl Hook for $name {
+            const PHASE: Phase = Phase::$phase;
+            type Followers = $followers;
+            fn followers(aws: &Aws, config: &Config) -> $followers {
+                ($make)(aws, config)
+            }
+            fn work<'a, L, D, S, F>(
+                e: &'a Engine<L, D, S, F>,
+                id: &'a str,
+                budget: Budget,
+                t: &'a Tracker,
+            ) -> BoxedWork<'a>
+            where
+                L: LoadBalancers,
+                D: Deployments,
+                S: StateStore,
+                F: Followers,
+            {
+                Box::pin(e.run_hook(Self::PHASE, id, budget, t, e.$usecase(id, budget, t)))
+            }
+        }
+    };
 }
 
-impl Hook for BeforeAllowTrafficHook {
-    const PHASE: Phase = Phase::BeforeAllowTraffic;
-    type Followers = bluegreen_mirror::aws::LambdaFollowers;
-    fn followers(aws: &Aws, config: &Config) -> Self::Followers {
-        aws.followers(config)
-    }
-    fn work<'a, L, D, S, F>(e: &'a Engine<L, D, S, F>, id: &'a str, budget: Budget, t: &'a Tracker) -> BoxedWork<'a>
-    where
-        L: LoadBalancers,
-        D: Deployments,
-        S: StateStore,
-        F: Followers,
-    {
-        Box::pin(e.run_hook(Self::PHASE, id, budget, t, e.before_allow_traffic(id, budget, t)))
-    }
-}
-
-impl Hook for AfterAllowTrafficHook {
-    const PHASE: Phase = Phase::AfterAllowTraffic;
-    type Followers = NoFollowers;
-    fn followers(_: &Aws, _: &Config) -> NoFollowers {
-        NoFollowers
-    }
-    fn work<'a, L, D, S, F>(e: &'a Engine<L, D, S, F>, id: &'a str, budget: Budget, t: &'a Tracker) -> BoxedWork<'a>
-    where
-        L: LoadBalancers,
-        D: Deployments,
-        S: StateStore,
-        F: Followers,
-    {
-        Box::pin(e.run_hook(Self::PHASE, id, budget, t, e.after_allow_traffic(id, budget, t)))
-    }
-}
+hook!(
+    /// The `AfterInstall` hook: mirror green's tasks into the private green group.
+    AfterInstallHook: AfterInstall runs after_install, followers NoFollowers = |_: &Aws, _: &Config| NoFollowers
+);
+hook!(
+    /// The `BeforeAllowTraffic` hook: gate on the private side's health, start the follower.
+    BeforeAllowTrafficHook: BeforeAllowTraffic runs before_allow_traffic,
+    followers bluegreen_mirror::aws::LambdaFollowers = Aws::followers
+);
+hook!(
+    /// The `AfterAllowTraffic` hook: flip the private route, then converge and record.
+    AfterAllowTrafficHook: AfterAllowTraffic runs after_allow_traffic,
+    followers NoFollowers = |_: &Aws, _: &Config| NoFollowers
+);
 
 /// Cold start, shared by every function: logging, the configuration (a bad one stops the function here), the
 /// clients.

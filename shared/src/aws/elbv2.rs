@@ -142,46 +142,6 @@ impl Elb {
         }
     }
 
-    /// The actions of a listener's default action or of a rule.
-    async fn actions(&self, route: &RouteRef) -> Result<Vec<Action>> {
-        match route {
-            RouteRef::Listener(arn) => {
-                let out = self
-                    .read(|| async {
-                        self.reader
-                            .describe_listeners()
-                            .listener_arns(arn)
-                            .send()
-                            .await
-                            .map_err(|e| aws_error(SERVICE, "DescribeListeners", "*", e))
-                    })
-                    .await?;
-                let l = out
-                    .listeners()
-                    .first()
-                    .ok_or_else(|| Error::Misconfigured(format!("listener {arn} does not exist")))?;
-                Ok(l.default_actions().to_vec())
-            }
-            RouteRef::Rule(arn) => {
-                let out = self
-                    .read(|| async {
-                        self.reader
-                            .describe_rules()
-                            .rule_arns(arn)
-                            .send()
-                            .await
-                            .map_err(|e| aws_error(SERVICE, "DescribeRules", "*", e))
-                    })
-                    .await?;
-                let r = out
-                    .rules()
-                    .first()
-                    .ok_or_else(|| Error::Misconfigured(format!("listener rule {arn} does not exist")))?;
-                Ok(r.actions().to_vec())
-            }
-        }
-    }
-
     async fn deregister_once(
         &self,
         target_group: &str,
@@ -392,8 +352,8 @@ impl LoadBalancers for Elb {
     }
 
     async fn route(&self, route: &RouteRef) -> Result<Route> {
-        let actions = self.actions(route).await?;
-        route_of(route, &actions)
+        let mut one = self.routes(std::slice::from_ref(route)).await?;
+        one.pop().ok_or_else(|| Error::Misconfigured(format!("{route} does not exist")))
     }
 
     async fn routes(&self, routes: &[RouteRef]) -> Result<Vec<Route>> {

@@ -59,6 +59,10 @@ type AwsEngine<F> =
 /// followers.
 pub trait Hook {
     const PHASE: Phase;
+    /// Whether the hook's ELB reads wait their turn in the installation's read lane
+    /// (`bluegreen_mirror::domain::lane`): AfterInstall's and BeforeAllowTraffic's can wait; AfterAllowTraffic's
+    /// few reads verify a flip already made, and do not queue behind other deployments' starts.
+    const IN_LANE: bool;
     type Followers: Followers + 'static;
     fn followers(aws: &Aws, config: &Config) -> Self::Followers;
     fn work<'a, L, D, S, F>(
@@ -80,13 +84,15 @@ pub type BoxedWork<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = blue
 /// A hook's type: its phase, the use case it runs, and the followers it can start (`$followers` built by `$make`
 /// at cold start). Each impl names one use case, which is what keeps the other hooks' out of its binary.
 macro_rules! hook {
-    ($(#[$doc:meta])* $name:ident: $phase:ident runs $usecase:ident, followers $followers:ty = $make:expr) => {
+    ($(#[$doc:meta])* $name:ident: $phase:ident runs $usecase:ident, lane $lane:literal,
+     followers $followers:ty = $make:expr) => {
         $(#[$doc])*
         #[derive(Debug)]
         pub struct $name;
 
         impl Hook for $name {
             const PHASE: Phase = Phase::$phase;
+            const IN_LANE: bool = $lane;
             type Followers = $followers;
             fn followers(aws: &Aws, config: &Config) -> $followers {
                 ($make)(aws, config)
@@ -111,25 +117,27 @@ macro_rules! hook {
 
 hook!(
     /// The `AfterInstall` hook: mirror green's tasks into the private green group.
-    AfterInstallHook: AfterInstall runs after_install, followers NoFollowers = |_: &Aws, _: &Config| NoFollowers
+    AfterInstallHook: AfterInstall runs after_install, lane true, followers NoFollowers = |_: &Aws, _: &Config| NoFollowers
 );
 hook!(
     /// The `BeforeAllowTraffic` hook: gate on the private side's health, start the follower.
-    BeforeAllowTrafficHook: BeforeAllowTraffic runs before_allow_traffic,
+    BeforeAllowTrafficHook: BeforeAllowTraffic runs before_allow_traffic, lane true,
     followers bluegreen_mirror::aws::LambdaFollowers = Aws::followers
 );
 hook!(
     /// The `AfterAllowTraffic` hook: flip the private route, then converge and record.
-    AfterAllowTrafficHook: AfterAllowTraffic runs after_allow_traffic,
+    AfterAllowTrafficHook: AfterAllowTraffic runs after_allow_traffic, lane false,
     followers NoFollowers = |_: &Aws, _: &Config| NoFollowers
 );
 
 /// Cold start, shared by every function: logging, the configuration (a bad one stops the function here), the
 /// clients.
 /// Every function's ELB reads go through a per-process bucket (see `Elb::with_paced_reads`), the hooks' with a
-/// smaller burst than the reconciler's; the operator CLI paces its reads too.
+/// smaller burst than the reconciler's; the operator CLI paces its reads too. Those of a function `in_lane` also
+/// wait their turn in the installation's read lane, shared by every process through the state table.
 async fn cold_start<F: Followers>(
     burst: bluegreen_mirror::aws::ReadBurst,
+    in_lane: bool,
     followers: impl FnOnce(&Aws, &Config) -> F,
 ) -> Result<(AwsEngine<F>, bluegreen_mirror::aws::CodeDeploy, Metrics), Error> {
     logging::init();
@@ -138,7 +146,11 @@ async fn cold_start<F: Followers>(
     let followers = followers(&aws, &config);
     let reporter = aws.codedeploy.clone();
     let metrics = Metrics { namespace: config.metrics_namespace.clone(), elb: aws.elb_spend.clone() };
-    let elb = aws.elb.with_paced_reads(config.elb_reads_per_s, burst);
+    let mut elb = aws.elb.with_paced_reads(config.elb_reads_per_s, burst);
+    if in_lane {
+        let lane = bluegreen_mirror::domain::Lane::new(config.elb_reads_per_s, bluegreen_mirror::domain::LANE_BURST);
+        elb = elb.with_lane(aws.state.read_lane(lane));
+    }
     Ok((Engine::new(elb, aws.codedeploy, aws.state, followers, config), reporter, metrics))
 }
 
@@ -184,7 +196,8 @@ impl Metrics {
 /// Starts hook `H`'s function: configuration and clients once at cold start (a bad configuration stops it here,
 /// before any invocation), then one harness run per invocation.
 pub async fn serve<H: Hook>() -> Result<(), lambda_runtime::Error> {
-    let (hooks, reporter, metrics) = cold_start(bluegreen_mirror::aws::ReadBurst::Hook, H::followers).await?;
+    let (hooks, reporter, metrics) =
+        cold_start(bluegreen_mirror::aws::ReadBurst::Hook, H::IN_LANE, H::followers).await?;
     let (hooks, reporter, metrics) = (&hooks, &reporter, &metrics);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         handle::<H, _, _, _, _, _>(hooks, reporter, Some(metrics), event).await.map_err(lambda_runtime::Error::from)
@@ -281,7 +294,7 @@ pub fn parse_trigger(payload: Value) -> Result<Option<Trigger>, Error> {
 
 /// Starts the reconciler function: like [`serve`], one engine for the process, one trigger per invocation.
 pub async fn serve_reconciler() -> Result<(), lambda_runtime::Error> {
-    let (engine, _, metrics) = cold_start(bluegreen_mirror::aws::ReadBurst::Reconcile, Aws::followers).await?;
+    let (engine, _, metrics) = cold_start(bluegreen_mirror::aws::ReadBurst::Reconcile, true, Aws::followers).await?;
     let (engine, metrics) = (&engine, &metrics);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         reconcile_event(engine, Some(metrics), event).await.map_err(lambda_runtime::Error::from)
@@ -340,6 +353,7 @@ where
     S: StateStore,
     F: Followers,
 {
+    engine.lb.share_reads(trigger.lane());
     if let Trigger::Follow(req) = trigger {
         engine.follow(req, owner, budget, t).await?;
         return Ok(serde_json::json!({"followed": req.deployment_id}));
@@ -362,10 +376,10 @@ where
         }
         match found {
             Ok((b, group)) => match match trigger {
-                Trigger::Task { .. } => engine.reconcile_membership(&b, t).await,
-                _ => engine.reconcile(&b, &group, t).await,
+                Trigger::Task { .. } => engine.reconcile_membership_after_events(&b, t).await,
+                _ => engine.reconcile(&b, &group, t).await.map(Some),
             } {
-                Ok(r) => done.push(r),
+                Ok(r) => done.extend(r),
                 Err(e) => failures.push(format!("{label}: {}", harness::error_chain(&e))),
             },
             Err(e) => failures.push(format!("{label}: {}", harness::error_chain(&e))),

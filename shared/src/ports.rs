@@ -54,6 +54,9 @@ pub trait LoadBalancers: Send + Sync {
     /// Paces this process's reads at `per_s` from now on (its share of the installation's budget). An adapter
     /// that does not pace its reads ignores it.
     fn pace_reads(&self, _per_s: f64) {}
+    /// How this process's reads use the installation's shared read lane from now on (see
+    /// [`crate::domain::LaneMode`]). An adapter without a lane ignores it.
+    fn share_reads(&self, _mode: crate::domain::LaneMode) {}
 }
 
 /// Blue or green, as CodeDeploy labels an ECS task set.
@@ -181,6 +184,10 @@ pub trait StateStore: Send + Sync {
     /// Writes one follower's entry of the installation's census (its heartbeat or its leaving, dropping the
     /// entries named to forget) and returns the census as it stands after the write, in one call.
     fn census(&self, entry: &CensusEntry) -> impl Future<Output = Result<Census>> + Send;
+    /// Claims the next read of `what` for `read_at_ms`, in one conditional write: `true` when no read of it was
+    /// pending at `now_ms` (the caller reads at `read_at_ms`), `false` when one still is (a read that starts after
+    /// the caller's event will see what the caller would have).
+    fn claim_read(&self, what: &str, now_ms: u64, read_at_ms: u64) -> impl Future<Output = Result<bool>> + Send;
     /// One stored binding (one read).
     fn stored_binding(
         &self,

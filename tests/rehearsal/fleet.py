@@ -26,6 +26,8 @@ import standin
 from probe import Probe
 
 CONFIG_MIX = ("Linear10Percent", "Canary10Percent", "AllAtOnce")
+# The shortest of the templates' hook timeouts (AfterAllowTraffic's; AfterInstall and BeforeAllowTraffic have 900).
+HOOK_TIMEOUT_S = 300.0
 
 
 class Fleet:
@@ -94,6 +96,7 @@ class Fleet:
             svc.spec = {**svc.spec, "group": svc.group}
             svc.deployment_id = f"d-FLEET{k:04d}"
             svc.minute_s = m.minute_s
+            svc.hook_timeout_s = HOOK_TIMEOUT_S
             # Each service's tasks on their own loopback block: blue 127.L.(10+2k).i, green the next one.
             svc.task_ip = (lambda k_: lambda color, i: f"127.{m.lane}.{8 + 2 * k_ + (color == 'green')}.{i}")(k)
             self.services.append(svc)
@@ -151,6 +154,9 @@ class Fleet:
         # The template gives the reconciler Lambda's longest timeout; the single scenarios shorten it to force a
         # follower hand-over, which the fleet does not need to prove again.
         m.reconciler_timeout_s = self.reconciler_timeout_s or 60.0
+        # The hooks as the templates time them out (AfterAllowTraffic's 300 s, the shortest): a fleet's
+        # AfterInstall and BeforeAllowTraffic wait their turn in the installation's read lane, which is the point.
+        m.hook_timeout_s = HOOK_TIMEOUT_S
         # One installation for the whole fleet: its bindings would not fit in Lambda's 4 KB environment.
         m.apply_bindings()
         # An operator applies bindings long before deployments start: let the account's bucket refill (4 s from

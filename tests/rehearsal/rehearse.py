@@ -189,6 +189,7 @@ class Rehearsal:
         self.neighbour_per_s = 0.0
         self.deployment_id = "d-REHEARSAL1"
         self.reconciler_timeout_s = RECONCILER_TIMEOUT_S
+        self.hook_timeout_s = HOOK_TIMEOUT_S
         # The installation's ELB read budget the functions are told (None: their default, 2 a second).
         self.elb_reads_per_s = None
         # The bindings in the state table (`bluegreen-mirror bindings apply`) rather than the environment.
@@ -468,9 +469,9 @@ class Rehearsal:
         invs = [self.host.invoke_async(function, event, key)]
         if self.spec.get("hook_retry"):
             invs.append(self.host.invoke_async(function, event, key))
-        status = d.wait_report(exec_id, HOOK_TIMEOUT_S + 5)
+        status = d.wait_report(exec_id, self.hook_timeout_s + 5)
         # Every attempt, Lambda's retries of a crashed or failed one included (at most three per invocation).
-        wait_s = 3 * (HOOK_TIMEOUT_S + 5)
+        wait_s = 3 * (self.hook_timeout_s + 5)
         attempts = [a for inv in invs for a in self.host.attempts(inv, wait_s)]
         if self.spec.get("hook_retry"):
             again = self.host.invoke_async(function, event, key)
@@ -771,7 +772,7 @@ class Rehearsal:
             env["BLUEGREEN_MIRROR_ELB_READS_PER_S"] = f"{self.elb_reads_per_s:g}"
         if not self.stored_bindings:
             env["BLUEGREEN_MIRROR_BINDINGS"] = json.dumps(self.bindings)
-        timeouts = {f: HOOK_TIMEOUT_S for f in functions}
+        timeouts = {f: self.hook_timeout_s for f in functions}
         timeouts["reconciler"] = self.reconciler_timeout_s
         self.host = LambdaHost(functions, env, self.run_dir, timeouts)
         self.world.invoke = lambda name, payload: self.host.invoke_async(name, payload, RECONCILER_KEY)

@@ -490,6 +490,8 @@ pub struct FakeState {
     /// Stored bindings by key; a `String` is an item that does not decode.
     stored: Arc<Mutex<BTreeMap<String, std::result::Result<StoredBinding, String>>>>,
     census: Arc<Mutex<Census>>,
+    /// Pending reads claimed (`StateStore::claim_read`), by what they read.
+    claims: Arc<Mutex<BTreeMap<String, u64>>>,
     calls: Arc<Calls>,
 }
 
@@ -596,6 +598,16 @@ impl StateStore for FakeState {
         self.calls.enter("dynamodb:PutItem")?;
         let key = FollowerLease::key(&lease.application, &lease.deployment_group);
         Ok(versioned_put(&self.followers, key, lease.version, |r| r.version, lease))
+    }
+
+    async fn claim_read(&self, what: &str, now_ms: u64, read_at_ms: u64) -> Result<bool> {
+        self.calls.enter("dynamodb:UpdateItem")?;
+        let mut claims = self.claims.lock().unwrap();
+        if claims.get(what).is_some_and(|at| *at >= now_ms) {
+            return Ok(false);
+        }
+        claims.insert(what.to_string(), read_at_ms);
+        Ok(true)
     }
 
     async fn census(&self, entry: &CensusEntry) -> Result<Census> {

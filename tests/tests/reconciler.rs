@@ -77,6 +77,31 @@ async fn scaling_and_replaced_tasks_are_mirrored_by_one_reconcile() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_task_events_of_one_moment_read_the_groups_once_and_miss_nothing() {
+    let w = World::new();
+    let a = &w.arns;
+    let engine = w.hooks();
+    let task = Trigger::Task { cluster: "prod".into(), service: "web".into() };
+    let (_, found) = engine.bindings_for(&task).await.expect("bindings").into_iter().next().expect("bound");
+    let (b, _) = found.expect("group");
+    // A scale-out by three: ECS sends one event per task, all within the moment.
+    w.elb.add_targets(&a.pub_blue, &[ip(4), ip(5), ip(6)], HealthState::Healthy);
+    w.calls.clear();
+    let t = Tracker::default();
+    let events = tokio::join!(
+        engine.reconcile_membership_after_events(&b, &t),
+        engine.reconcile_membership_after_events(&b, &t),
+        engine.reconcile_membership_after_events(&b, &t)
+    );
+    let done: Vec<_> = [events.0, events.1, events.2].into_iter().map(|r| r.expect("reconcile")).collect();
+    assert_eq!(done.iter().filter(|d| d.is_some()).count(), 1, "one read for the three events");
+    assert_eq!(done.iter().flatten().map(|d| d.registered).sum::<usize>(), 3);
+    assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..7)), "every task of the three is mirrored");
+    assert_eq!(w.calls.count("elb:DescribeTargetHealth"), 4, "four groups read once, not three times");
+    assert_eq!(w.calls.count("dynamodb:UpdateItem"), 3, "each event costs one conditional write instead");
+}
+
+#[tokio::test(start_paused = true)]
 async fn task_events_read_each_deployment_group_once_in_five_minutes() {
     let w = World::new();
     let engine = w.hooks();

@@ -7,13 +7,16 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::errors::aws_error;
-use crate::domain::{BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, StoredBinding};
+use crate::domain::{
+    Admission, BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, Lane, StoredBinding,
+};
 use crate::ports::{Saved, StateStore};
 use crate::{Error, Result};
 
@@ -22,6 +25,69 @@ pub const PARTITION_KEY: &str = "pk";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 /// The census item's attribute of one follower: this prefix and its owner.
 const CENSUS_PREFIX: &str = "follower:";
+
+/// The lane item's key and its one attribute, the lane's TAT in ms since the epoch.
+const LANE_KEY: &str = "lane#elb-reads";
+const LANE_TAT: &str = "tat_ms";
+
+/// The installation's ELB read lane, one item of the state table (see [`crate::domain::lane`]).
+#[derive(Debug, Clone)]
+pub struct ReadLane {
+    client: Client,
+    table: String,
+    lane: Lane,
+}
+
+impl ReadLane {
+    /// Reserves `reads` reads at `now_ms`: one UpdateItem adding their cost to the lane's TAT and reading the sum
+    /// back; after a quiet spell, a second, conditional one moving the TAT up to now (lost to a concurrent
+    /// catch-up, which did the same, without harm). Returns how long the reads wait.
+    pub async fn reserve(&self, reads: u32, now_ms: u64) -> Result<std::time::Duration> {
+        let cost = self.lane.cost_ms(reads);
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, AttributeValue::S(LANE_KEY.into()))
+            .update_expression("SET #kind = :kind ADD #tat :cost")
+            .expression_attribute_names("#kind", "kind")
+            .expression_attribute_names("#tat", LANE_TAT)
+            .expression_attribute_values(":kind", AttributeValue::S("lane".into()))
+            .expression_attribute_values(":cost", AttributeValue::N(cost.to_string()))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| aws_error(SERVICE, "UpdateItem", &format!("table {}", self.table), e))?;
+        let tat = out
+            .attributes()
+            .and_then(|a| a.get(LANE_TAT))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| Error::Misconfigured(format!("the read lane in table {} has no {LANE_TAT}", self.table)))?;
+        let Admission { wait, catch_up_ms } = self.lane.admit(tat, cost, now_ms);
+        if let Some(delta) = catch_up_ms {
+            let caught_up = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(PARTITION_KEY, AttributeValue::S(LANE_KEY.into()))
+                .update_expression("SET #tat = #tat + :delta")
+                .condition_expression("#tat < :now")
+                .expression_attribute_names("#tat", LANE_TAT)
+                .expression_attribute_values(":delta", AttributeValue::N(delta.to_string()))
+                .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
+                .send()
+                .await;
+            match caught_up {
+                Err(e) if !e.as_service_error().is_some_and(UpdateItemError::is_conditional_check_failed_exception) => {
+                    return Err(aws_error(SERVICE, "UpdateItem", &format!("table {}", self.table), e));
+                }
+                _ => {}
+            }
+        }
+        Ok(wait)
+    }
+}
 
 /// [`StateStore`] over one DynamoDB table.
 #[derive(Debug, Clone)]
@@ -33,6 +99,11 @@ pub struct DynamoState {
 impl DynamoState {
     pub fn new(client: Client, table: String) -> Self {
         Self { client, table }
+    }
+
+    /// The installation's read lane ([`crate::domain::lane`]) over this table.
+    pub fn read_lane(&self, lane: Lane) -> ReadLane {
+        ReadLane { client: self.client.clone(), table: self.table.clone(), lane }
     }
 
     async fn get<T: DeserializeOwned>(&self, key: String) -> Result<Option<T>> {
@@ -195,6 +266,34 @@ impl StateStore for DynamoState {
         Ok(Census { heartbeats })
     }
 
+    /// One conditional UpdateItem on the item `read#<what>`: its `read_at_ms` set if no read is pending (absent,
+    /// or already started before now). The item expires a day later through the table's TTL.
+    async fn claim_read(&self, what: &str, now_ms: u64, read_at_ms: u64) -> Result<bool> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, AttributeValue::S(format!("read#{what}")))
+            .update_expression("SET #kind = :kind, #at = :at, #ttl = :ttl")
+            .condition_expression("attribute_not_exists(#at) OR #at < :now")
+            .expression_attribute_names("#kind", "kind")
+            .expression_attribute_names("#at", "read_at_ms")
+            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+            .expression_attribute_values(":kind", AttributeValue::S("read".into()))
+            .expression_attribute_values(":at", AttributeValue::N(read_at_ms.to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
+            .expression_attribute_values(":ttl", AttributeValue::N((now_ms / 1000 + 86_400).to_string()))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(UpdateItemError::is_conditional_check_failed_exception) => {
+                Ok(false)
+            }
+            Err(e) => Err(aws_error(SERVICE, "UpdateItem", &format!("table {}", self.table), e)),
+        }
+    }
+
     async fn stored_binding(&self, application: &str, group: &str) -> Result<Option<StoredBinding>> {
         self.get(StoredBinding::key(application, group)).await
     }
@@ -317,6 +416,47 @@ mod tests {
         assert_eq!(db.deployment("d-1").await.unwrap(), Some(record(2)));
         assert_eq!(db.deployment("d-1").await.unwrap(), None);
         assert!(matches!(db.deployment("d-1").await, Err(Error::Decode { .. })));
+    }
+
+    #[tokio::test]
+    async fn the_read_lane_adds_its_cost_and_catches_up_only_after_a_quiet_spell() {
+        let n = |r: &aws_sdk_dynamodb::operation::update_item::UpdateItemInput, k: &str| {
+            r.expression_attribute_values().and_then(|v| v.get(k)).and_then(|v| v.as_n().ok()).cloned()
+        };
+        let lane = Lane::new(2.0, 10.0);
+        // Busy: the lane's TAT is 10 s ahead of now; five reads cost 2.5 s and wait 12.5 - 5 s.
+        let busy = mock!(Client::update_item)
+            .match_requests(move |r| {
+                r.key().and_then(|k| k.get("pk")).and_then(|v| v.as_s().ok()).map(String::as_str) == Some(LANE_KEY)
+                    && r.update_expression() == Some("SET #kind = :kind ADD #tat :cost")
+                    && r.return_values() == Some(&ReturnValue::UpdatedNew)
+                    && n(r, ":cost") == Some("2500".into())
+            })
+            .then_output(|| {
+                aws_sdk_dynamodb::operation::update_item::UpdateItemOutput::builder()
+                    .attributes(LANE_TAT, AttributeValue::N("1012500".into()))
+                    .build()
+            });
+        // Quiet: the add left the TAT behind now; one conditional write moves it up, and a lost race is no error.
+        let quiet = mock!(Client::update_item).then_output(|| {
+            aws_sdk_dynamodb::operation::update_item::UpdateItemOutput::builder()
+                .attributes(LANE_TAT, AttributeValue::N("502500".into()))
+                .build()
+        });
+        let catch_up = mock!(Client::update_item)
+            .match_requests(move |r| {
+                r.condition_expression() == Some("#tat < :now")
+                    && n(r, ":delta") == Some("500000".into())
+                    && n(r, ":now") == Some("1000000".into())
+            })
+            .then_error(|| {
+                UpdateItemError::ConditionalCheckFailedException(ConditionalCheckFailedException::builder().build())
+            });
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&busy, &quiet, &catch_up]);
+        let lane = DynamoState::new(client, "state".into()).read_lane(lane);
+        assert_eq!(lane.reserve(5, 1_000_000).await.unwrap(), std::time::Duration::from_millis(7500));
+        assert_eq!(lane.reserve(5, 1_000_000).await.unwrap(), std::time::Duration::ZERO);
+        assert_eq!(catch_up.num_calls(), 1);
     }
 
     fn stored_item(group: &str, version: u64) -> HashMap<String, AttributeValue> {

@@ -10,17 +10,20 @@ use aws_sdk_elasticloadbalancingv2::types::{
 use aws_sdk_elasticloadbalancingv2::Client;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::dynamodb::ReadLane;
 use super::errors::aws_error;
 use super::INITIAL_BACKOFF;
 use crate::config::RouteRef;
 use crate::domain::pacing::PROCESS_SHARE;
 use crate::domain::{
-    HealthCheck, HealthState, ObservedTarget, Route, Target, TargetKey, TokenBucket, WeightedTargetGroup,
+    HealthCheck, HealthState, LaneMode, ObservedTarget, Route, Target, TargetKey, TokenBucket, WeightedTargetGroup,
+    LANE_GRANT_TTL, LANE_MAX_BLOCK,
 };
 use crate::ports::{LoadBalancers, TargetGroupFacts};
 use crate::{AwsErrorKind, Error, Result};
@@ -73,7 +76,35 @@ pub struct Elb {
     reader: Client,
     /// The process's read bucket, when its reads are paced.
     reads: Option<Arc<Mutex<TokenBucket>>>,
+    /// The installation's read lane, when this process's reads can wait in it.
+    lane: Option<Arc<SharedReads>>,
     origin: Instant,
+}
+
+/// One read asking for its turn in the lane, counted out when it has it or is dropped.
+struct Asked<'a>(&'a AtomicU32);
+
+impl Drop for Asked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a reservation in the lane may take before the process goes on with its own pace alone: the lane is a
+/// courtesy to the account, and a table that does not answer must not stop a deployment.
+const LANE_RESERVE_BOUND: Duration = Duration::from_secs(1);
+
+/// The installation's read lane as one process uses it: one reservation for the reads the process issues
+/// together, handed out one read at a time to its concurrent callers, in the order they came.
+#[derive(Debug)]
+struct SharedReads {
+    lane: ReadLane,
+    /// How this invocation's reads use the lane ([`LaneMode`] as a number).
+    mode: AtomicU8,
+    /// Reads asking for their turn and not yet given it.
+    waiting: AtomicU32,
+    /// Reads reserved and not yet used, and when they became due.
+    grant: tokio::sync::Mutex<(u32, Option<Instant>)>,
 }
 
 impl Elb {
@@ -81,7 +112,7 @@ impl Elb {
         let conf = client.config();
         let retry = conf.retry_config().cloned().unwrap_or_else(RetryConfig::standard);
         let reader = Client::from_conf(conf.to_builder().retry_config(retry.with_max_attempts(READ_ATTEMPTS)).build());
-        Self { client, reader, reads: None, origin: Instant::now() }
+        Self { client, reader, reads: None, lane: None, origin: Instant::now() }
     }
 
     /// Paces this process's `Describe*` calls within the installation's budget of `reads_per_s` (see
@@ -92,15 +123,75 @@ impl Elb {
         self
     }
 
+    /// Makes this process's reads wait their turn in the installation's read lane too (see
+    /// [`crate::domain::lane`]), on top of its own pace.
+    pub fn with_lane(mut self, lane: ReadLane) -> Self {
+        self.lane = Some(Arc::new(SharedReads {
+            lane,
+            mode: AtomicU8::new(LaneMode::Wait as u8),
+            waiting: AtomicU32::new(0),
+            grant: tokio::sync::Mutex::new((0, None)),
+        }));
+        self
+    }
+
+    /// Waits for this read's turn in the installation's lane. The first of the reads issued together reserves
+    /// for all of them (they queue while it does), so a mirrored step costs one write to the table, not five. A
+    /// lane that cannot be reached leaves the process on its own pace, saying so in the log.
+    async fn lane_turn(&self) {
+        let Some(shared) = &self.lane else { return };
+        let mode = shared.mode.load(Ordering::Relaxed);
+        if mode == LaneMode::Outside as u8 {
+            return;
+        }
+        shared.waiting.fetch_add(1, Ordering::Relaxed);
+        // Counted out however this read ends, a cancelled one included.
+        let _asked = Asked(&shared.waiting);
+        // The reads issued with this one (a join of five) get to ask before the reservation is sized.
+        tokio::task::yield_now().await;
+        let mut grant = shared.grant.lock().await;
+        let fresh = grant.1.is_some_and(|at| at.elapsed() <= LANE_GRANT_TTL);
+        if grant.0 == 0 || !fresh {
+            let reads = shared.waiting.load(Ordering::Relaxed).clamp(1, LANE_MAX_BLOCK);
+            let now_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            match tokio::time::timeout(LANE_RESERVE_BOUND, shared.lane.reserve(reads, now_ms)).await {
+                // Counted, not waited for: what was spent pushes the waiting reads of other processes back.
+                Ok(Ok(_)) if mode == LaneMode::Count as u8 => {}
+                Ok(Ok(wait)) => {
+                    if wait >= Duration::from_secs(1) {
+                        tracing::info!(
+                            wait_ms = wait.as_millis() as u64,
+                            reads,
+                            "waiting for the installation's ELB read lane (other deployments are reading)"
+                        );
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "installation's ELB read lane not reserved; reading at this process's pace")
+                }
+                Err(_) => tracing::warn!(
+                    bound_ms = LANE_RESERVE_BOUND.as_millis() as u64,
+                    "installation's ELB read lane did not answer in time; reading at this process's pace"
+                ),
+            }
+            *grant = (reads, Some(Instant::now()));
+        }
+        grant.0 = grant.0.saturating_sub(1);
+    }
+
     /// Waits for this process's turn to read.
     async fn paced(&self) {
-        let Some(reads) = &self.reads else { return };
-        let now = self.origin.elapsed();
-        // A poisoned lock (a panic elsewhere while holding it) only loses the pacing, never the call.
-        let wait = reads.lock().map(|mut b| b.take(now)).unwrap_or(None);
-        if let Some(wait) = wait {
-            tokio::time::sleep(wait).await;
+        if let Some(reads) = &self.reads {
+            let now = self.origin.elapsed();
+            // A poisoned lock (a panic elsewhere while holding it) only loses the pacing, never the call.
+            let wait = reads.lock().map(|mut b| b.take(now)).unwrap_or(None);
+            if let Some(wait) = wait {
+                tokio::time::sleep(wait).await;
+            }
         }
+        self.lane_turn().await;
     }
 
     /// One `Describe*` call at this process's pace. Throttling that outlasts the SDK's quick retry
@@ -242,6 +333,12 @@ fn description(t: &Target) -> TargetDescription {
 }
 
 impl LoadBalancers for Elb {
+    fn share_reads(&self, mode: LaneMode) {
+        if let Some(lane) = &self.lane {
+            lane.mode.store(mode as u8, Ordering::Relaxed);
+        }
+    }
+
     fn pace_reads(&self, per_s: f64) {
         let Some(reads) = &self.reads else { return };
         if let Ok(mut bucket) = reads.lock() {

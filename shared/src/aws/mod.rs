@@ -18,7 +18,7 @@ use aws_config::BehaviorVersion;
 use aws_smithy_http_client::tls;
 
 pub use codedeploy::CodeDeploy;
-pub use dynamodb::DynamoState;
+pub use dynamodb::{DynamoState, ReadLane};
 pub use elbv2::{Elb, ReadBurst};
 pub use errors::classify_code;
 pub use lambda::{LambdaFollowers, FOLLOW_KEY};

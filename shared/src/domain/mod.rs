@@ -3,6 +3,7 @@
 
 pub mod arn;
 pub mod compat;
+pub mod lane;
 pub mod mirror;
 pub mod pacing;
 pub mod reconcile;
@@ -11,6 +12,7 @@ pub mod route;
 pub mod target;
 
 pub use compat::{GroupShape, HealthCheck};
+pub use lane::{Admission, Lane, LaneMode, LANE_BURST, LANE_GRANT_TTL, LANE_MAX_BLOCK};
 pub use mirror::{plan_mirror, MirrorPlan, DEFAULT_BATCH};
 pub use pacing::{
     follower_reads_per_s, full_reconcile_fits, next_read, sweep_per_run, sweep_slice, Pacing, Progress, TokenBucket,

@@ -19,7 +19,8 @@ use super::{now_ms, Engine, Tracker};
 use crate::config::{Binding, RouteRef, MANAGED_TAG};
 use crate::domain::{
     follower_reads_per_s, full_reconcile_fits, next_read as next_read_in, pacing::PROCESS_SHARE, plan_reconcile,
-    Census, CensusEntry, FollowerLease, Observed, Pacing, Phase, Progress, Route, TrafficShift, DEFAULT_BATCH,
+    Census, CensusEntry, FollowerLease, LaneMode, Observed, Pacing, Phase, Progress, Route, TrafficShift,
+    DEFAULT_BATCH,
 };
 use crate::harness::Budget;
 use crate::ports::{DeploymentGroupFacts, Deployments, FollowRequest, Followers, LoadBalancers, Saved, StateStore};
@@ -106,6 +107,12 @@ struct Followed {
     prefetched: Option<Route>,
 }
 
+/// How long the first of an ECS service's task events waits for the others of the same moment before it reads.
+/// A task set's events arrive within a few hundred ms (those of tasks stopping within a few); a task that goes
+/// keeps serving for its target group's deregistration delay (300 s by default, seconds at the least), inside
+/// which its private mirror must go, so the wait stays a fraction of a second.
+pub const EVENTS_SETTLE: Duration = Duration::from_millis(300);
+
 /// This follower's place in the installation's census: how many followed at the last count (0: not counted
 /// yet), and the long-gone entries the next write drops.
 #[derive(Debug, Default)]
@@ -190,6 +197,25 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             ));
         }
         Ok(out)
+    }
+
+    /// What an ECS task event calls for, once for the events that come together: ECS sends one per task, and a
+    /// task set that starts or stops sends several within a second, each of which would read the same four
+    /// groups. The first claims the binding's next read [`EVENTS_SETTLE`] ahead and makes it then; the others,
+    /// arriving before that read starts, leave it to that read, which sees what they would have. `None` when left
+    /// to another. A claim that cannot be written costs the reads, not the event.
+    pub async fn reconcile_membership_after_events(&self, b: &Binding, t: &Tracker) -> Result<Option<Reconciled>> {
+        let now = now_ms();
+        let settle = EVENTS_SETTLE.as_millis() as u64;
+        match self.state.claim_read(&format!("membership#{}", b.label()), now, now + settle).await {
+            Ok(false) => {
+                t.note(format!("{}: a membership read already pending covers this event", b.label()));
+                return Ok(None);
+            }
+            Ok(true) => tokio::time::sleep(EVENTS_SETTLE).await,
+            Err(e) => t.note(format!("{}: membership read not claimed ({e}); reading now", b.label())),
+        }
+        self.reconcile_membership(b, t).await.map(Some)
     }
 
     /// Mirrors the membership of both pairs (I1) and nothing else: what an ECS task event calls for. Four reads
@@ -788,6 +814,19 @@ pub enum Trigger {
     Schedule { at: u64 },
 }
 
+impl Trigger {
+    /// How the reads this trigger causes use the installation's read lane: the sweep waits its turn; a move
+    /// already made (a deployment's end, a rollback, a stop) and a task that comes or goes are counted without
+    /// waiting; a follower reads at its own share.
+    pub fn lane(&self) -> LaneMode {
+        match self {
+            Trigger::Schedule { .. } => LaneMode::Wait,
+            Trigger::Deployment { .. } | Trigger::Task { .. } => LaneMode::Count,
+            Trigger::Follow(_) => LaneMode::Outside,
+        }
+    }
+}
+
 impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     /// The bindings a trigger concerns, each labelled `application/group`, with its deployment group's setup; a
     /// binding that cannot be used (a stored one that does not validate, a deployment group that cannot be read)
@@ -1020,5 +1059,30 @@ where
     match first_error {
         Some(e) => Err(e),
         None => Ok(out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_sweep_waits_in_the_lane_and_a_follower_stays_out_of_it() {
+        let deployment = |state: &str| Trigger::Deployment {
+            application: "web".into(),
+            deployment_group: "web-bg".into(),
+            deployment_id: "d-1".into(),
+            state: state.into(),
+        };
+        assert_eq!(Trigger::Schedule { at: 0 }.lane(), LaneMode::Wait);
+        for state in ["SUCCESS", "FAILURE", "STOP"] {
+            assert_eq!(deployment(state).lane(), LaneMode::Count, "{state}: a move already made is followed at once");
+        }
+        assert_eq!(Trigger::Task { cluster: "c".into(), service: "s".into() }.lane(), LaneMode::Count);
+        let follow: FollowRequest = serde_json::from_value(serde_json::json!({
+            "application": "web", "deployment_group": "web-bg", "deployment_id": "d-1"
+        }))
+        .unwrap();
+        assert_eq!(Trigger::Follow(follow).lane(), LaneMode::Outside);
     }
 }

@@ -5,7 +5,8 @@
 //! Metrics (units in brackets), with the dimension sets each is published under:
 //! - per hook invocation, by (Application, DeploymentGroup), by (Hook), and over the installation:
 //!   `HookDuration` [ms], `HookFailed` [0/1], `TargetsRegistered`, `TargetsDeregistered`, `ElbCalls`,
-//!   `ElbThrottles`, and for AfterAllowTraffic `FlipSkew` [ms] (the private route written after the public one,
+//!   `ElbThrottles`, `ElbLaneWait` [ms: how long its reads waited in the installation's read lane], and for
+//!   AfterAllowTraffic `FlipSkew` [ms] (the private route written after the public one,
 //!   as the hook sees it);
 //! - per binding the reconciler reconciled, by (Application, DeploymentGroup) and over the installation:
 //!   `BindingsOutOfSync` [0/1: it found the private side differing from the public one], `TargetsRegistered`,
@@ -13,7 +14,7 @@
 //! - per follower invocation, by (Application, DeploymentGroup): `FollowerWeightLag` [ms, one value per public
 //!   move mirrored];
 //! - per reconciler invocation, by (Function) and over the installation: `ReconcilerErrors` [0/1], `ElbCalls`,
-//!   `ElbThrottles`.
+//!   `ElbThrottles`, `ElbLaneWait` [ms].
 
 use serde_json::{json, Map, Value};
 
@@ -31,6 +32,8 @@ pub struct ElbSpend {
     pub calls: u64,
     /// Attempts ELB refused with a throttling error.
     pub throttles: u64,
+    /// How long the process's reads waited for their turn in the installation's read lane, in ms.
+    pub lane_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -127,6 +130,7 @@ pub fn hook_line(namespace: &str, outcome: &Outcome, elb: ElbSpend, timestamp_ms
         .metric("TargetsDeregistered", Unit::Count, s.deregistered as f64)
         .metric("ElbCalls", Unit::Count, elb.calls as f64)
         .metric("ElbThrottles", Unit::Count, elb.throttles as f64)
+        .metric("ElbLaneWait", Unit::Milliseconds, elb.lane_wait_ms as f64)
         .property("deployment_id", Value::from(outcome.deployment_id.as_str()));
     if let Some(skew) = s.flip_skew_ms {
         doc = doc.metric("FlipSkew", Unit::Milliseconds, skew as f64);
@@ -178,6 +182,7 @@ pub fn reconciler_lines(
             .metric("ReconcilerErrors", Unit::Count, if failed { 1.0 } else { 0.0 })
             .metric("ElbCalls", Unit::Count, elb.calls as f64)
             .metric("ElbThrottles", Unit::Count, elb.throttles as f64)
+            .metric("ElbLaneWait", Unit::Milliseconds, elb.lane_wait_ms as f64)
             .render(namespace, timestamp_ms),
     );
     lines
@@ -212,7 +217,12 @@ mod tests {
 
     #[test]
     fn a_hook_line_is_emf_with_every_metric_named_and_valued() {
-        let line = hook_line("Ns", &outcome(HookStatus::Failed, true), ElbSpend { calls: 9, throttles: 1 }, 7);
+        let line = hook_line(
+            "Ns",
+            &outcome(HookStatus::Failed, true),
+            ElbSpend { calls: 9, throttles: 1, lane_wait_ms: 2500 },
+            7,
+        );
         let doc = parse(line.as_deref().unwrap_or(""));
         let cw = &doc["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(doc["_aws"]["Timestamp"], 7);
@@ -229,6 +239,7 @@ mod tests {
         assert_eq!(doc["HookFailed"], 1.0);
         assert_eq!(doc["FlipSkew"], 42.0);
         assert_eq!((doc["ElbCalls"].clone(), doc["ElbThrottles"].clone()), (json!(9.0), json!(1.0)));
+        assert_eq!(doc["ElbLaneWait"], 2500.0);
         assert_eq!(doc["TargetsRegistered"], 3.0);
     }
 
@@ -261,7 +272,7 @@ mod tests {
             &[r("web", 2), r("api", 0)],
             &summary,
             false,
-            ElbSpend { calls: 4, throttles: 0 },
+            ElbSpend { calls: 4, throttles: 0, lane_wait_ms: 0 },
             1,
         );
         let docs: Vec<Value> = lines.iter().map(|l| parse(l)).collect();

@@ -187,6 +187,7 @@ def main():
 
     check_fleet(consts)
     check_monitoring()
+    check_read_lane()
 
     # The private side's outputs are exactly what template.yaml takes.
     private = load("infra/private-side.yaml")
@@ -259,6 +260,29 @@ def check_monitoring():
         check(t["Globals"]["Function"]["Environment"]["Variables"].get("BLUEGREEN_MIRROR_METRICS_NAMESPACE")
               == mon.get("Parameters", {}).get("MetricsNamespace"), f"{path}: functions and alarms differ in namespace")
         check(t["Globals"]["Function"].get("LoggingConfig", {}).get("LogFormat") == "JSON", f"{path}: log format is not JSON")
+
+
+def check_read_lane():
+    """The functions that wait in the installation's read lane (AfterInstall, BeforeAllowTraffic; the reconciler
+    has UpdateItem on the whole table) may update the lane's item, and only it: the key the code writes."""
+    with open(os.path.join(ROOT, "shared", "src", "aws", "dynamodb.rs")) as f:
+        key = re.search(r'const LANE_KEY: &str = "([^"]+)";', f.read())
+    check(key is not None, "shared/src/aws/dynamodb.rs names no LANE_KEY")
+    with open(os.path.join(ROOT, "hooks", "src", "lib.rs")) as f:
+        lanes = dict(re.findall(r'(\w+)Hook: \w+ runs \w+, lane (true|false)', f.read()))
+    check(lanes == {"AfterInstall": "true", "BeforeAllowTraffic": "true", "AfterAllowTraffic": "false"},
+          f"hooks in the read lane: {lanes}")
+    for path in ("infra/template.yaml", "infra/fleet.yaml"):
+        t = load(path)
+        for hook, in_lane in lanes.items():
+            statements = t["Resources"][f"{hook}Function"]["Properties"]["Policies"][0]["Statement"]
+            lane = [s for s in statements if "dynamodb:UpdateItem" in s["Action"]]
+            if in_lane == "true":
+                check(len(lane) == 1 and key is not None and lane[0].get("Condition", {}).get("ForAllValues:StringEquals", {})
+                      .get("dynamodb:LeadingKeys") == [key.group(1)],
+                      f"{path}: {hook} may not update the read lane's item {key and key.group(1)} (or more than it)")
+            else:
+                check(not lane, f"{path}: {hook} is not in the read lane and needs no UpdateItem")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ const SERVICE: &str = "elasticloadbalancing";
 // ([`PROCESS_SHARE`]; a follower less, its share of the followers' `1.5 B`). The account's bucket (40 tokens,
 // 10 a second) is shared with every other tool the customer runs and with the other functions: a follower that
 // keeps reading, hooks of deployments started together, a storm of events wait here instead of draining it and
-// being retried into it. No read stands before the flip on AfterAllowTraffic's critical path.
+// being retried into it. A process bounds itself alone; the installation's read lane ([`crate::domain::lane`],
+// [`Elb::with_lane`]) bounds the processes together. No read stands before the flip on AfterAllowTraffic's
+// critical path.
 
 /// The SDK's attempts at one `Describe*` call: one quick retry, for a dropped connection or a 5xx.
 const READ_ATTEMPTS: u32 = 2;
@@ -78,6 +80,8 @@ pub struct Elb {
     reads: Option<Arc<Mutex<TokenBucket>>>,
     /// The installation's read lane, when this process's reads can wait in it.
     lane: Option<Arc<SharedReads>>,
+    /// Where the time waited in the lane is counted, for the invocation's metrics.
+    spend: Option<super::ElbCounter>,
     origin: Instant,
 }
 
@@ -112,7 +116,13 @@ impl Elb {
         let conf = client.config();
         let retry = conf.retry_config().cloned().unwrap_or_else(RetryConfig::standard);
         let reader = Client::from_conf(conf.to_builder().retry_config(retry.with_max_attempts(READ_ATTEMPTS)).build());
-        Self { client, reader, reads: None, lane: None, origin: Instant::now() }
+        Self { client, reader, reads: None, lane: None, spend: None, origin: Instant::now() }
+    }
+
+    /// Counts the time this process's reads wait in the read lane into `spend` (the invocation's metrics).
+    pub(crate) fn counting(mut self, spend: super::ElbCounter) -> Self {
+        self.spend = Some(spend);
+        self
     }
 
     /// Paces this process's `Describe*` calls within the installation's budget of `reads_per_s` (see
@@ -165,6 +175,9 @@ impl Elb {
                             reads,
                             "waiting for the installation's ELB read lane (other deployments are reading)"
                         );
+                    }
+                    if let Some(spend) = &self.spend {
+                        spend.waited(wait);
                     }
                     tokio::time::sleep(wait).await;
                 }

@@ -128,7 +128,7 @@ impl Aws {
         let elb_spend = ElbCounter::default();
         let elb = aws_sdk_elasticloadbalancingv2::config::Builder::from(&sdk).interceptor(elb_spend.clone()).build();
         Self {
-            elb: Elb::new(aws_sdk_elasticloadbalancingv2::Client::from_conf(elb)),
+            elb: Elb::new(aws_sdk_elasticloadbalancingv2::Client::from_conf(elb)).counting(elb_spend.clone()),
             elb_spend,
             codedeploy: CodeDeploy::new(aws_sdk_codedeploy::Client::new(&sdk)),
             state: DynamoState::new(aws_sdk_dynamodb::Client::new(&sdk), config.table.clone()),

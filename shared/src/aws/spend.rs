@@ -1,5 +1,6 @@
 //! Counts what a process spends of the account's ELB budget: every attempt that reaches ELB, and those ELB
-//! refuses as throttled, as an SDK interceptor sees them (retries included: each attempt costs a token). The
+//! refuses as throttled, as an SDK interceptor sees them (retries included: each attempt costs a token); and how
+//! long its reads waited in the installation's read lane, as the ELB adapter tells it. The
 //! functions publish the counts per invocation as metrics (`crate::metrics`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,12 +16,21 @@ use crate::metrics::ElbSpend;
 
 /// The counters, shared by the ELB client's interceptor and whoever reads them.
 #[derive(Debug, Clone, Default)]
-pub struct ElbCounter(Arc<[AtomicU64; 2]>);
+pub struct ElbCounter(Arc<[AtomicU64; 3]>);
 
 impl ElbCounter {
     /// What was spent since the last call (a function takes it once per invocation).
     pub fn take(&self) -> ElbSpend {
-        ElbSpend { calls: self.0[0].swap(0, Ordering::Relaxed), throttles: self.0[1].swap(0, Ordering::Relaxed) }
+        ElbSpend {
+            calls: self.0[0].swap(0, Ordering::Relaxed),
+            throttles: self.0[1].swap(0, Ordering::Relaxed),
+            lane_wait_ms: self.0[2].swap(0, Ordering::Relaxed),
+        }
+    }
+
+    /// A read waited this long for its turn in the installation's read lane.
+    pub(crate) fn waited(&self, wait: std::time::Duration) {
+        self.0[2].fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
     }
 
     fn count(&self, throttled: bool) {
@@ -78,7 +88,8 @@ mod tests {
         let c = ElbCounter::default();
         c.count(false);
         c.count(true);
-        assert_eq!(c.take(), ElbSpend { calls: 2, throttles: 1 });
+        c.waited(std::time::Duration::from_millis(1500));
+        assert_eq!(c.take(), ElbSpend { calls: 2, throttles: 1, lane_wait_ms: 1500 });
         assert_eq!(c.take(), ElbSpend::default());
     }
 }

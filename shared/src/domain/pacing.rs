@@ -129,17 +129,27 @@ pub fn next_read(shift: &TrafficShift, progress: &Progress, pacing: &Pacing) -> 
 }
 
 /// Whether the follower's periodic full reconcile (nine reads) may run now: only where no move is near, right
-/// after one or once the shift is over, so that it never spends the tokens the reads around a move need.
-pub fn full_reconcile_fits(shift: &TrafficShift, progress: &Progress) -> bool {
+/// after one or once the shift is over, and only if the follower's share of the budget (`per_s`) earns back
+/// those nine reads and the ones around the next move before it comes, so that it never spends the tokens those
+/// reads need. One of many followers on a one-minute schedule leaves it to the shift's end (membership changes
+/// meanwhile come with the ECS task events).
+pub fn full_reconcile_fits(shift: &TrafficShift, progress: &Progress, per_s: f64) -> bool {
     if progress.settled {
         return true;
     }
     match (shift.interval(), progress.since_last_move) {
-        (Some(interval), Some(since_move)) => since_move < interval / 2,
-        (Some(_), None) => false,
+        (Some(interval), Some(since_move)) if since_move < interval / 2 => {
+            let before_next = interval.saturating_sub(since_move + Pacing::default().lead);
+            per_s * before_next.as_secs_f64() >= (READS_PER_RECONCILE + READS_AROUND_A_MOVE) as f64
+        }
+        (Some(_), _) => false,
         (None, _) => true,
     }
 }
+
+/// What a follower reads around one move: the fast reads from `lead` before it until it is seen a little late,
+/// and the mirror of the move (the private route and the groups' health).
+pub const READS_AROUND_A_MOVE: usize = 10;
 
 /// ELB `Describe*` calls one full reconcile of a binding with nothing to change costs: the preflight (target
 /// groups, private production and test routes), the public production and test routes, four target groups'
@@ -368,14 +378,28 @@ mod tests {
         /// Between two moves of a canary or linear shift, a full reconcile only fits in the first half, never in
         /// the fast window before the next move.
         #[test]
-        fn a_full_reconcile_never_lands_near_a_predicted_move(shift in shifts(), since_s in 0u64..7200) {
+        fn a_full_reconcile_never_lands_near_a_predicted_move(shift in shifts(), since_s in 0u64..7200, per_s in 0.05f64..40.0) {
             let progress =
                 Progress { since_start: Duration::from_secs(since_s), since_last_move: Some(Duration::from_secs(since_s)), settled: false };
             if let Some(interval) = shift.interval() {
                 let near = Duration::from_secs(since_s) + Pacing::default().lead >= interval;
-                prop_assert!(!(near && full_reconcile_fits(&shift, &progress)));
+                prop_assert!(!(near && full_reconcile_fits(&shift, &progress, per_s)));
             }
         }
+    }
+
+    #[test]
+    fn a_full_reconcile_waits_for_the_shifts_end_when_the_share_cannot_pay_for_it() {
+        let linear = TrafficShift::Linear { percentage: 10, interval: MIN };
+        let after_a_move =
+            Progress { since_start: 5 * MIN, since_last_move: Some(Duration::from_secs(2)), settled: false };
+        assert!(full_reconcile_fits(&linear, &after_a_move, follower_reads_per_s(2.0, 1)), "alone");
+        assert!(full_reconcile_fits(&linear, &after_a_move, follower_reads_per_s(2.0, 5)), "one of five");
+        assert!(!full_reconcile_fits(&linear, &after_a_move, follower_reads_per_s(2.0, 13)), "one of thirteen");
+        let done = Progress { settled: true, ..after_a_move };
+        assert!(full_reconcile_fits(&linear, &done, follower_reads_per_s(2.0, 20)), "the shift is over");
+        let canary = TrafficShift::Canary { percentage: 10, interval: 5 * MIN };
+        assert!(full_reconcile_fits(&canary, &after_a_move, follower_reads_per_s(2.0, 20)), "five minutes pay for it");
     }
 
     #[test]

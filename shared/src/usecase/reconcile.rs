@@ -469,13 +469,15 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         // Counted in the census right after the first step, so that the first read is not delayed by it.
         let (mut next_census, mut share) = (started, Share::default());
         let mut failures = 0u32;
+        // What this follower may read a second: the followers' whole rate until the census says how many share it.
+        let mut share_per_s = follower_reads_per_s(self.config.elb_reads_per_s, 1);
         let followed: Result<()> = async {
             loop {
                 let now = Instant::now();
                 if now >= next_read {
                     // A transient failure (throttling that outlasted the SDK's retries, a 5xx) costs one read, not
                     // the follower: the next read comes later the more reads failed in a row.
-                    let full = now >= next_full && full_reconcile_fits(&shift, &progress);
+                    let full = now >= next_full && full_reconcile_fits(&shift, &progress, share_per_s);
                     // A read held by the pace past the budget ends this follower, not the invocation: whatever
                     // the step left half done, the successor (or the schedule) finds and mirrors.
                     let step = self.follow_step(b, &mut group, &public_ref, &mut seen, full, t);
@@ -534,6 +536,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                     next_census = Instant::now() + Duration::from_millis(Census::BEAT_MS);
                     if let Some(per_s) = self.count_in(owner, &mut share, t).await {
                         pacing = Pacing::default().sharing(per_s);
+                        share_per_s = per_s;
                     }
                 }
                 if Instant::now() >= next_status {

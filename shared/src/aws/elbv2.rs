@@ -898,6 +898,52 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn reads_issued_together_take_one_turn_in_the_lane_and_wait_for_it_unless_only_counted() {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemOutput;
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let wall_ms =
+            || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        // Other processes have reserved the lane 8 s ahead of now: past its burst (5 s at 2 a second), 3 s to wait.
+        let busy = mock!(aws_sdk_dynamodb::Client::update_item)
+            .sequence()
+            .output(move || {
+                let tat = AttributeValue::N((wall_ms() + 8_000).to_string());
+                UpdateItemOutput::builder().attributes("tat_ms", tat).build()
+            })
+            .repeatedly()
+            .build();
+        let health = mock!(Client::describe_target_health)
+            .sequence()
+            .output(|| DescribeTargetHealthOutput::builder().build())
+            .repeatedly()
+            .build();
+        let lane = crate::aws::DynamoState::new(mock_client!(aws_sdk_dynamodb, [&busy]), "state".into())
+            .read_lane(crate::domain::Lane::new(2.0, 10.0));
+        let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, [&health])).with_lane(lane);
+
+        let started = tokio::time::Instant::now();
+        let reads = futures_util::future::join_all((0..5).map(|_| elb.targets(TG_A))).await;
+        assert!(reads.iter().all(Result::is_ok));
+        assert_eq!((busy.num_calls(), health.num_calls()), (1, 5), "five reads issued together, one reservation");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(2_900) && waited <= Duration::from_millis(3_100), "{waited:?}");
+
+        // Counted, not waited for: a rollback followed goes at once, and its reads push the waiting ones back.
+        tokio::time::advance(LANE_GRANT_TTL * 2).await;
+        elb.share_reads(LaneMode::Count);
+        let started = tokio::time::Instant::now();
+        elb.targets(TG_A).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(busy.num_calls(), 2);
+
+        // Outside the lane (a follower): no reservation at all.
+        tokio::time::advance(LANE_GRANT_TTL * 2).await;
+        elb.share_reads(LaneMode::Outside);
+        elb.targets(TG_A).await.unwrap();
+        assert_eq!((busy.num_calls(), health.num_calls()), (2, 7));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_read_throttled_once_then_answered_succeeds() {
         let rule = mock!(Client::describe_target_health)
             .sequence()

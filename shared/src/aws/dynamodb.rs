@@ -39,19 +39,24 @@ pub struct ReadLane {
 }
 
 impl ReadLane {
+    /// An UpdateItem on the lane's item, its TAT named `#tat`.
+    fn update_lane(&self) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, AttributeValue::S(LANE_KEY.into()))
+            .expression_attribute_names("#tat", LANE_TAT)
+    }
+
     /// Reserves `reads` reads at `now_ms`: one UpdateItem adding their cost to the lane's TAT and reading the sum
     /// back; after a quiet spell, a second, conditional one moving the TAT up to now (lost to a concurrent
     /// catch-up, which did the same, without harm). Returns how long the reads wait.
     pub async fn reserve(&self, reads: u32, now_ms: u64) -> Result<std::time::Duration> {
         let cost = self.lane.cost_ms(reads);
         let out = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PARTITION_KEY, AttributeValue::S(LANE_KEY.into()))
+            .update_lane()
             .update_expression("SET #kind = :kind ADD #tat :cost")
             .expression_attribute_names("#kind", "kind")
-            .expression_attribute_names("#tat", LANE_TAT)
             .expression_attribute_values(":kind", AttributeValue::S("lane".into()))
             .expression_attribute_values(":cost", AttributeValue::N(cost.to_string()))
             .return_values(ReturnValue::UpdatedNew)
@@ -67,13 +72,9 @@ impl ReadLane {
         let Admission { wait, catch_up_ms } = self.lane.admit(tat, cost, now_ms);
         if let Some(delta) = catch_up_ms {
             let caught_up = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key(PARTITION_KEY, AttributeValue::S(LANE_KEY.into()))
+                .update_lane()
                 .update_expression("SET #tat = #tat + :delta")
                 .condition_expression("#tat < :now")
-                .expression_attribute_names("#tat", LANE_TAT)
                 .expression_attribute_values(":delta", AttributeValue::N(delta.to_string()))
                 .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
                 .send()

@@ -147,6 +147,15 @@ class Bench:
         r.elb.modify_listener(ListenerArn=ls["public-prod"], DefaultActions=[{"Type": "forward", "ForwardConfig": {
             "TargetGroups": [{"TargetGroupArn": tg["pub-green"], "Weight": 100},
                              {"TargetGroupArn": tg["pub-blue"], "Weight": 0}]}}])
+        # The groups as they stand at AfterAllowTraffic: the blue tasks in both blue groups, the green ones (mirrored
+        # by BeforeAllowTraffic) in both green groups, all healthy, so that the invocation does the reads and checks
+        # of a real one.
+        for color, groups in (("blue", ("pub-blue", "prv-blue")), ("green", ("pub-green", "prv-green"))):
+            ips = [r.task_ip(color, i) for i in (1, 2)]
+            for key in groups:
+                r.register(tg[key], ips, events=False)
+                if not r.wait_healthy(tg[key], ips):
+                    raise RuntimeError(f"bench setup: {key}'s targets did not turn healthy")
         route = lambda live, idle: {"target_groups": [{"target_group": live, "weight": 100},  # noqa: E731
                                                       {"target_group": idle, "weight": 0}]}
         self.record = {"deployment_id": self.deployment.id, "application": "web", "deployment_group": "web-bg",

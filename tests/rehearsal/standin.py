@@ -424,9 +424,13 @@ class World:
             tgs = set(self.tg_lb) if only is None else set(only) & set(self.tg_lb)
         for tg in tgs:
             desc = self.elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
-            current = [(d["Target"]["Id"], int(d["Target"]["Port"])) for d in desc]
-            with self.lock:
-                self.members[tg] = current
+            self.set_members(tg, [(d["Target"]["Id"], int(d["Target"]["Port"])) for d in desc])
+
+    def set_members(self, tg, members):
+        """Records the targets moto says are registered in `tg` (a group the stand-in does not know is ignored)."""
+        with self.lock:
+            if tg in self.tg_lb:
+                self.members[tg] = members
 
     def on_register(self, tg, targets):
         with self.lock:
@@ -552,6 +556,18 @@ def _targets_from_form(form):
         port = form.get(f"Targets.member.{i}.Port", ["0"])[0]
         out.append((form[f"Targets.member.{i}.Id"][0], int(port)))
         i += 1
+    return out
+
+
+def _registered(xml):
+    """The targets of a DescribeTargetHealth answer, as (id, port)."""
+    out = []
+    for member in ET.fromstring(xml).iter():
+        if member.tag.rsplit("}", 1)[-1] != "Target":
+            continue
+        fields = {c.tag.rsplit("}", 1)[-1]: (c.text or "") for c in member}
+        if "Id" in fields:
+            out.append((fields["Id"], int(fields.get("Port") or 0)))
     return out
 
 
@@ -698,8 +714,10 @@ def make_handler(world: World):
             status, data, ctype = self._forward(body)
             if status != 200:
                 return self._send(status, data, ctype)
+            # moto's answer lists the registered targets: the members are taken from it rather than asked for again,
+            # so that the emulated call costs one round trip to moto, as the calls it passes through do.
             tg = form.get("TargetGroupArn", [""])[0]
-            world.refresh_members([tg])
+            world.set_members(tg, _registered(data))
             members = []
             for ip, port, state, reason in world.target_states(tg):
                 th = f"<State>{state}</State>"

@@ -138,6 +138,16 @@ def main():
         expect("an HTTP health check fails where nothing answers HTTP", state("http-a") == "unhealthy",
                state("http-a"))
         expect("a group no listener routes to is unused", state("idle") == "unused", state("idle"))
+        # The registered targets are moto's, as its answer to the same call lists them: a target registered behind
+        # the stand-in's back is there at once (still in its first checks), and one removed is gone.
+        direct.register_targets(TargetGroupArn=tg["http-a"], Targets=[{"Id": "127.0.3.2", "Port": port}])
+        ids = {d["Target"]["Id"]: d["TargetHealth"]["State"]
+               for d in elb.describe_target_health(TargetGroupArn=tg["http-a"])["TargetHealthDescriptions"]}
+        expect("a target registered in moto directly is listed", ids.get("127.0.3.2") == "initial", str(ids))
+        direct.deregister_targets(TargetGroupArn=tg["http-a"], Targets=[{"Id": "127.0.3.2", "Port": port}])
+        ids = {d["Target"]["Id"] for d in elb.describe_target_health(TargetGroupArn=tg["http-a"])
+               ["TargetHealthDescriptions"]}
+        expect("... and one deregistered there is not", ids == {"127.0.3.1"}, str(ids))
 
         # The account's Describe* bucket (40, refilled at 10 a second) throttles a burst.
         with ThreadPoolExecutor(16) as pool:

@@ -335,6 +335,44 @@ async fn private_side_that_cannot_reach_green_fails_the_gate_before_traffic_move
 }
 
 #[tokio::test(start_paused = true)]
+async fn after_the_flip_the_binding_record_is_written_over_the_version_before_allow_traffic_read() {
+    let w = prepared(Phase::AfterAllowTraffic).await;
+    let a = &w.arns;
+    let before = w.state.binding_record(APP, GROUP).map_or(0, |r| r.version);
+    w.calls.clear();
+    let aat = w.invoke(Phase::AfterAllowTraffic, "exec-aat").await;
+    assert_eq!(aat.status, HookStatus::Succeeded, "{:?}", aat.message);
+    let b = w.state.binding_record(APP, GROUP).expect("binding record");
+    assert_eq!(b.live_private_target_group.as_deref(), Some(a.prv_green.as_str()));
+    assert_eq!(b.last_deployment.as_deref(), Some(DEPLOYMENT));
+    assert_eq!(b.version, before + 1);
+    // The deployment record read before the flip is the only read of the table; the two records are written.
+    assert_eq!(w.calls.count("dynamodb:GetItem"), 1, "{:?}", w.calls.log());
+    assert_eq!(w.calls.count("dynamodb:PutItem"), 2, "{:?}", w.calls.log());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_binding_record_changed_since_before_allow_traffic_is_read_again_and_kept() {
+    use bluegreen_mirror::ports::StateStore;
+    let w = prepared(Phase::AfterAllowTraffic).await;
+    let a = &w.arns;
+    // Another writer (the reconciler after a route move) wrote the binding's record after BeforeAllowTraffic read it.
+    let mut other = w.state.binding_record(APP, GROUP).unwrap_or_default();
+    other.application = APP.into();
+    other.deployment_group = GROUP.into();
+    other.version += 1;
+    other.updated_at_ms = 7;
+    w.state.put_binding(&other).await.expect("another writer's record");
+    w.calls.clear();
+    let aat = w.invoke(Phase::AfterAllowTraffic, "exec-aat").await;
+    assert_eq!(aat.status, HookStatus::Succeeded, "{:?}", aat.message);
+    let b = w.state.binding_record(APP, GROUP).expect("binding record");
+    assert_eq!(b.live_private_target_group.as_deref(), Some(a.prv_green.as_str()));
+    assert_eq!(b.version, other.version + 1, "written over the other writer's record, not lost to it");
+    assert_eq!(w.calls.count("dynamodb:GetItem"), 2, "the lost write reads the record again: {:?}", w.calls.log());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_dark_flip_is_undone_and_reported_failed() {
     let w = World::new();
     let a = &w.arns;
@@ -342,11 +380,14 @@ async fn a_dark_flip_is_undone_and_reported_failed() {
     w.allow_traffic();
     // Between the gate and the flip the private side lost green (e.g. a security group change).
     w.elb.set_health(&a.prv_green, HealthState::Unhealthy);
+    w.calls.clear();
     let out = w.invoke(Phase::AfterAllowTraffic, "e3").await;
     assert_eq!(out.status, HookStatus::Failed);
     assert!(out.message.unwrap_or_default().contains("no healthy target"));
     assert_eq!(w.elb.route_of(&a.prv_prod).live(), vec![a.prv_blue.as_str()]);
     assert!(out.summary.notes.iter().any(|n| n.contains("restored")));
+    // Each of the four groups is read once: the public mirror the check compares with was read with the rest.
+    assert_eq!(w.calls.count("elb:DescribeTargetHealth"), 4, "{:?}", w.calls.log());
 }
 
 #[tokio::test(start_paused = true)]

@@ -71,6 +71,10 @@ pub struct DeploymentRecord {
     /// about the private side describe its first one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub additional_sides: Vec<SideRecord>,
+    /// The binding's record as BeforeAllowTraffic read it (version 0: there was none), so that AfterAllowTraffic
+    /// writes it over that version without reading it first; a write lost to another writer reads it again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binding_record: Option<BindingRecord>,
 }
 
 /// One private side of a deployment: its groups and its flip.

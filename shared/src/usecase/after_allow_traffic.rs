@@ -159,8 +159,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let mirrors =
             try_join_all(pairs.iter().map(|(public, private)| self.mirror_onto(of(public), of(private), private, t)));
         let settled = try_join_all(flip.sides.iter().zip(&routes.production).map(|((side, _, flipped), now)| {
-            let targets = flipped.live().iter().map(|tg| (tg.to_string(), of(tg).to_vec())).collect();
-            self.settle_side(side, &routes.public, flipped.clone(), (now.clone(), targets), t)
+            self.settle_side(side, &routes.public, flipped.clone(), (now.clone(), read.clone()), t)
         }));
         let (desired, mirrored) = tokio::join!(settled, mirrors);
         let (desired, test_reads) = (desired?, routes.tests);
@@ -176,6 +175,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         // The deployment's record (over the one read at the start) and the binding's, together.
         let live = desired.first().and_then(|d| d.live().first().map(|s| s.to_string()));
         let known = flip.record.clone();
+        let known_binding = known.as_ref().and_then(|r| r.binding_record.clone());
         let outcome = self.record_over(b, deployment_id, known, t, |rec| {
             rec.phases.insert(Phase::AfterAllowTraffic.to_string(), now_ms());
             rec.private_flip_at_ms.get_or_insert(flip_at);
@@ -184,7 +184,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         });
         let binding = async {
             if let Some(live) = &live {
-                self.record_binding_live(b, live, Some(deployment_id), t).await;
+                self.record_binding_live(b, live, Some(deployment_id), known_binding, t).await;
             }
         };
         tokio::join!(outcome, binding);
@@ -240,7 +240,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     }
 
     /// One side after the flip: corrects it if the public route is not what was planned (then reads it again),
-    /// checks that it reads as set, and that no live group is dark while its public mirror serves (I4).
+    /// checks that it reads as set, and that no live group is dark while its public mirror serves (I4). `read`
+    /// is the route and the groups as read right after the flip; a group not among them, or any after a
+    /// correction, is read now.
     async fn settle_side(
         &self,
         b: &Binding,
@@ -279,7 +281,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             let public_tg =
                 b.pairs.iter().find(|p| p.private_target_group == tg).map(|p| p.public_target_group.as_str());
             if let Some(public_tg) = public_tg {
-                let public = self.lb.targets(public_tg).await?;
+                let public = match targets.iter().find(|(g, _)| g == public_tg) {
+                    Some((_, read)) => read.clone(),
+                    None => self.lb.targets(public_tg).await?,
+                };
                 if public.iter().any(|p| p.health == HealthState::Healthy) {
                     return Err(Error::Invariant(format!(
                         "the private production route would forward to {}, which has no healthy target while its public \

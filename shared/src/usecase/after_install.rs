@@ -15,7 +15,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     pub async fn after_install(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
         let r = self.resolve(deployment_id, t).await?;
         let b: &crate::config::Binding = &r.binding;
-        let sides = self.preflight_and_state(b, t).await?;
+        let (sides, _) = self.preflight_and_state(b, t).await?;
         let g = self.green(&r, t).await?;
 
         // Blue's mirror first: it is what each private production route serves until AfterAllowTraffic.

@@ -16,7 +16,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     pub async fn before_allow_traffic(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
         let r = self.resolve(deployment_id, t).await?;
         let b: &Binding = &r.binding;
-        let sides = self.preflight_and_state(b, t).await?;
+        let (sides, binding_record) = self.preflight_and_state(b, t).await?;
         let g = self.green(&r, t).await?;
 
         let productions = try_join_all(sides.iter().map(|(side, pre)| async {
@@ -55,6 +55,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 rec.set_side(side.side, g.recorded(side, flip));
             }
             rec.targets_mirrored = healthy;
+            rec.binding_record = binding_record.clone();
             // A stored binding travels with the deployment, so that AfterAllowTraffic flips without reading it.
             if self.config.stored {
                 rec.binding = serde_json::to_value(b).ok();

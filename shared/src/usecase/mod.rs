@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Binding, Config, RouteRef};
 use crate::domain::{
-    arn, compat, plan_mirror, DeploymentRecord, GroupShape, MirrorPlan, ObservedTarget, Phase, Route, TargetKey,
-    DEFAULT_BATCH,
+    arn, compat, plan_mirror, BindingRecord, DeploymentRecord, GroupShape, MirrorPlan, ObservedTarget, Phase, Route,
+    TargetKey, DEFAULT_BATCH,
 };
 use crate::harness::{Budget, Tracker};
 use crate::ports::{DeploymentFacts, Deployments, Followers, LoadBalancers, Saved, StateStore, TaskSetLabel};
@@ -486,17 +486,30 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         )))
     }
 
-    /// The binding record's view after a completed flip (best effort, version-checked).
-    /// `deployment_id` is `None` when the reconciler moved the route outside a deployment's hooks.
-    async fn record_binding_live(&self, b: &Binding, live: &str, deployment_id: Option<&str>, t: &Tracker) {
+    /// The binding record's view after a completed flip (best effort, version-checked), written over `known`
+    /// (the record as read earlier: no read first) when given. `deployment_id` is `None` when the reconciler
+    /// moved the route outside a deployment's hooks.
+    async fn record_binding_live(
+        &self,
+        b: &Binding,
+        live: &str,
+        deployment_id: Option<&str>,
+        mut known: Option<BindingRecord>,
+        t: &Tracker,
+    ) {
         let result: Result<()> = async {
             for _ in 0..5 {
-                let mut rec = self.state.binding(&b.application, &b.deployment_group).await?.unwrap_or_else(|| {
-                    crate::domain::BindingRecord {
-                        application: b.application.clone(),
-                        deployment_group: b.deployment_group.clone(),
-                        ..Default::default()
-                    }
+                let read = match known
+                    .take()
+                    .filter(|k| k.application == b.application && k.deployment_group == b.deployment_group)
+                {
+                    Some(rec) => Some(rec),
+                    None => self.state.binding(&b.application, &b.deployment_group).await?,
+                };
+                let mut rec = read.unwrap_or_else(|| BindingRecord {
+                    application: b.application.clone(),
+                    deployment_group: b.deployment_group.clone(),
+                    ..Default::default()
                 });
                 if rec.live_private_target_group.as_deref() == Some(live) {
                     return Ok(());
@@ -522,12 +535,15 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// [`Self::preflight`] of every private side and, alongside, the state table check: what a hook runs
     /// before it changes anything. The reconciler and the flip's slow path use the preflight alone: keeping the
     /// private side in lockstep never waits on a record, and the two hooks before the flip have checked the table
-    /// already. Returns each side with its preflight, in order.
-    async fn preflight_and_state(&self, b: &Binding, t: &Tracker) -> Result<Vec<(Binding, Preflight)>> {
+    /// already. Returns each side with its preflight, in order, and the binding's record as the check read it.
+    async fn preflight_and_state(
+        &self,
+        b: &Binding,
+        t: &Tracker,
+    ) -> Result<(Vec<(Binding, Preflight)>, Option<BindingRecord>)> {
         let (pre, state) = tokio::join!(self.preflight_sides(b, t), self.state_table_usable(b, t));
         let pre = pre?;
-        state?;
-        Ok(pre)
+        Ok((pre, state?))
     }
 
     /// [`Self::preflight`] of every private side, concurrently.
@@ -540,11 +556,18 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// The state table must exist and be readable: records, the planned flip and the follower's lease live
     /// there. A missing table or a missing permission is configuration and fails; anything else (throttling
     /// that outlasted the retries, a 5xx, no answer within [`STATE_READ_BOUND`]) is noted, because a record is
-    /// never the truth.
-    async fn state_table_usable(&self, b: &Binding, t: &Tracker) -> Result<()> {
+    /// never the truth. The check reads the binding's record: returned (version 0 when there is none yet), or
+    /// `None` when it could not be read.
+    async fn state_table_usable(&self, b: &Binding, t: &Tracker) -> Result<Option<BindingRecord>> {
         let read = tokio::time::timeout(STATE_READ_BOUND, self.state.binding(&b.application, &b.deployment_group));
         let e = match read.await {
-            Ok(Ok(_)) => return Ok(()),
+            Ok(Ok(rec)) => {
+                return Ok(Some(rec.unwrap_or_else(|| BindingRecord {
+                    application: b.application.clone(),
+                    deployment_group: b.deployment_group.clone(),
+                    ..BindingRecord::default()
+                })))
+            }
             Ok(Err(e)) => e,
             Err(_) => {
                 t.note(format!(
@@ -552,7 +575,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                     self.config.table,
                     STATE_READ_BOUND.as_millis()
                 ));
-                return Ok(());
+                return Ok(None);
             }
         };
         match e.aws_kind() {
@@ -564,7 +587,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             Some(AwsErrorKind::AccessDenied) => Err(e),
             _ => {
                 t.note(format!("warning: state table {} not readable now: {e}", self.config.table));
-                Ok(())
+                Ok(None)
             }
         }
     }

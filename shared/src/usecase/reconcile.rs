@@ -257,7 +257,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             out.production = Some(format!("{current} -> {to}"));
             // The binding's record names the first side's live group.
             if let ([live], 0) = (to.live().as_slice(), b.side) {
-                self.record_binding_live(b, live, None, t).await;
+                self.record_binding_live(b, live, None, None, t).await;
             }
         }
         if let (Some(to), Some(which), Some(current)) = (&plan.test, &b.private_test_route, &seen.private_test) {

@@ -179,6 +179,13 @@ pub trait StateStore: Send + Sync {
     fn put_deployment(&self, record: &DeploymentRecord) -> impl Future<Output = Result<Saved>> + Send;
     fn binding(&self, application: &str, group: &str) -> impl Future<Output = Result<Option<BindingRecord>>> + Send;
     fn put_binding(&self, record: &BindingRecord) -> impl Future<Output = Result<Saved>> + Send;
+    /// Writes a deployment's record and its binding's together, each under its version check: both or neither
+    /// (`Saved::Conflict` when either check failed).
+    fn put_deployment_and_binding(
+        &self,
+        deployment: &DeploymentRecord,
+        binding: &BindingRecord,
+    ) -> impl Future<Output = Result<Saved>> + Send;
     fn follower(&self, application: &str, group: &str) -> impl Future<Output = Result<Option<FollowerLease>>> + Send;
     fn put_follower(&self, lease: &FollowerLease) -> impl Future<Output = Result<Saved>> + Send;
     /// Writes one follower's entry of the installation's census (its heartbeat or its leaving, dropping the

@@ -381,6 +381,14 @@ class World:
         # Benchmarks with thousands of targets and no task processes switch real health checks off: every
         # registered target then passes.
         self.active_checks = True
+        # AWS's round trip (seconds), off by default. moto answers on this machine's CPU, so concurrent calls queue
+        # behind one another and a call costs what moto spends on it; AWS answers each call after a network round
+        # trip and its own service time, concurrent calls from one client overlapping. With a round trip set, no
+        # call is answered sooner than that after it arrived (the wait holds no lock and no CPU, so concurrent
+        # calls wait together), and the first call on a connection waits two round trips more: the TCP and TLS
+        # handshakes a new HTTPS connection to an AWS endpoint costs. The benchmarks compare the hooks with it
+        # set as well as without.
+        self.rtt_s = 0.0
 
     # --- routes -------------------------------------------------------------------------------------------
     def track_route(self, arn, lb_arn):
@@ -585,6 +593,8 @@ def make_handler(world: World):
 
         crash = None  # set per request by World.on_call
         token = None  # the caller's session token (one per Lambda attempt), set per request
+        arrived = None  # when the request being answered arrived (monotonic)
+        answered = 0  # requests answered on this connection (one handler per connection)
 
         def log_message(self, *_args):
             pass
@@ -596,6 +606,12 @@ def make_handler(world: World):
                 crash()
                 self.close_connection = True
                 return
+            if world.rtt_s and self.arrived is not None:
+                trips = 1 if self.answered else 3
+                wait = self.arrived + trips * world.rtt_s - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            self.answered += 1
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
@@ -616,10 +632,12 @@ def make_handler(world: World):
                 return e.code, e.read(), e.headers.get("Content-Type", "text/xml")
 
         def do_GET(self):  # noqa: N802
+            self.arrived = time.monotonic()
             status, data, ctype = self._forward(None)
             self._send(status, data, ctype)
 
         def do_POST(self):  # noqa: N802
+            self.arrived = time.monotonic()
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             caller = _caller(self.headers)
@@ -827,9 +845,12 @@ def make_handler(world: World):
     return Handler
 
 
-def serve(world: World) -> ThreadingHTTPServer:
+def serve(world: World, health=True) -> ThreadingHTTPServer:
+    """An endpoint of the emulated account; `health=False` for a further one (a service's own address) over the
+    same world, whose health checks the first one already runs."""
     server = QuietServer(("127.0.0.1", 0), make_handler(world))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    threading.Thread(target=world.health_loop, daemon=True).start()
+    if health:
+        threading.Thread(target=world.health_loop, daemon=True).start()
     return server

@@ -2,7 +2,8 @@
 moto itself: an NLB's ARNs are spelled `net/` (moto: `app/`), a forward to several target groups on an NLB
 listener is refused with `ValidationError` (moto accepts it), a TCP health check is a connection (a target that
 accepts but speaks no HTTP is healthy there, unhealthy under an HTTP check), a group no listener routes to is
-`unused` (moto: `healthy`), and the account's `Describe*` bucket throttles (moto: never).
+`unused` (moto: `healthy`), the account's `Describe*` bucket throttles (moto: never), and, when the benchmarks
+ask for it, concurrent calls overlap as AWS's do (moto: one after another).
 
     python test_standin.py
 """
@@ -148,6 +149,29 @@ def main():
         ids = {d["Target"]["Id"] for d in elb.describe_target_health(TargetGroupArn=tg["http-a"])
                ["TargetHealthDescriptions"]}
         expect("... and one deregistered there is not", ids == {"127.0.3.1"}, str(ids))
+
+        # AWS's round trip, when set: concurrent calls overlap instead of queueing behind one another, and a new
+        # connection costs its handshakes.
+        world.rtt_s = 0.2
+        timed = boto3.client("elbv2", endpoint_url=endpoint, region_name=rehearse.REGION, aws_access_key_id="AKIDRTT",
+                             aws_secret_access_key="x",
+                             config=BotoConfig(retries={"max_attempts": 1}, max_pool_connections=4))
+
+        def took(call):
+            t = time.monotonic()
+            call()
+            return time.monotonic() - t
+
+        first = took(lambda: timed.describe_load_balancers())
+        again = took(lambda: timed.describe_load_balancers())
+        expect("the first call on a connection takes three round trips", 0.6 <= first < 1.0, f"{first:.3f} s")
+        expect("a call on an open connection takes one", 0.2 <= again < 0.5, f"{again:.3f} s")
+        with ThreadPoolExecutor(4) as pool:
+            started = time.monotonic()
+            list(pool.map(lambda _: timed.describe_target_groups(), range(4)))
+            together = time.monotonic() - started
+        expect("four concurrent calls take about as long as one (in turn: 2 s)", together < 1.2, f"{together:.3f} s")
+        world.rtt_s = 0.0
 
         # The account's Describe* bucket (40, refilled at 10 a second) throttles a burst.
         with ThreadPoolExecutor(16) as pool:

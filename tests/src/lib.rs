@@ -577,6 +577,27 @@ impl StateStore for FakeState {
         Ok(versioned_put(&self.deployments, record.deployment_id.clone(), record.version, |r| r.version, record))
     }
 
+    async fn put_deployment_and_binding(
+        &self,
+        deployment: &DeploymentRecord,
+        binding: &BindingRecord,
+    ) -> Result<Saved> {
+        self.calls.enter("dynamodb:TransactWriteItems")?;
+        let mut deployments = self.deployments.lock().unwrap();
+        let mut bindings = self.bindings.lock().unwrap();
+        let key = BindingRecord::key(&binding.application, &binding.deployment_group);
+        let current = (
+            deployments.get(&deployment.deployment_id).map_or(0, |r| r.version),
+            bindings.get(&key).map_or(0, |r| r.version),
+        );
+        if current != (deployment.version.saturating_sub(1), binding.version.saturating_sub(1)) {
+            return Ok(Saved::Conflict);
+        }
+        deployments.insert(deployment.deployment_id.clone(), deployment.clone());
+        bindings.insert(key, binding.clone());
+        Ok(Saved::Written)
+    }
+
     async fn binding(&self, application: &str, group: &str) -> Result<Option<BindingRecord>> {
         self.calls.enter("dynamodb:GetItem")?;
         self.calls.stall("dynamodb:GetItem").await;

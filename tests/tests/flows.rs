@@ -346,9 +346,12 @@ async fn after_the_flip_the_binding_record_is_written_over_the_version_before_al
     assert_eq!(b.live_private_target_group.as_deref(), Some(a.prv_green.as_str()));
     assert_eq!(b.last_deployment.as_deref(), Some(DEPLOYMENT));
     assert_eq!(b.version, before + 1);
-    // The deployment record read before the flip is the only read of the table; the two records are written.
+    let rec = w.state.record(DEPLOYMENT).expect("record");
+    assert_eq!(rec.outcome.as_deref(), Some("succeeded"));
+    // The deployment record read before the flip is the only read of the table; both records go in one write.
     assert_eq!(w.calls.count("dynamodb:GetItem"), 1, "{:?}", w.calls.log());
-    assert_eq!(w.calls.count("dynamodb:PutItem"), 2, "{:?}", w.calls.log());
+    assert_eq!(w.calls.count("dynamodb:TransactWriteItems"), 1, "{:?}", w.calls.log());
+    assert_eq!(w.calls.count("dynamodb:PutItem"), 0, "{:?}", w.calls.log());
 }
 
 #[tokio::test(start_paused = true)]
@@ -369,7 +372,12 @@ async fn a_binding_record_changed_since_before_allow_traffic_is_read_again_and_k
     let b = w.state.binding_record(APP, GROUP).expect("binding record");
     assert_eq!(b.live_private_target_group.as_deref(), Some(a.prv_green.as_str()));
     assert_eq!(b.version, other.version + 1, "written over the other writer's record, not lost to it");
-    assert_eq!(w.calls.count("dynamodb:GetItem"), 2, "the lost write reads the record again: {:?}", w.calls.log());
+    assert_eq!(w.state.record(DEPLOYMENT).expect("record").outcome.as_deref(), Some("succeeded"));
+    // The write of both is lost to the other writer; the deployment's is written over the record read at the start
+    // and the binding's is read again.
+    assert_eq!(w.calls.count("dynamodb:TransactWriteItems"), 1, "{:?}", w.calls.log());
+    assert_eq!(w.calls.count("dynamodb:GetItem"), 2, "{:?}", w.calls.log());
+    assert_eq!(w.calls.count("dynamodb:PutItem"), 2, "{:?}", w.calls.log());
 }
 
 #[tokio::test(start_paused = true)]

@@ -86,7 +86,7 @@ impl Aws {
 
     /// The clients as a Lambda function builds them, from what Lambda puts in its environment alone: the region
     /// (`AWS_REGION`), the execution role's credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-    /// `AWS_SESSION_TOKEN`), and `AWS_ENDPOINT_URL` when set. The SDK's default chain (profiles, SSO, IMDS, STS)
+    /// `AWS_SESSION_TOKEN`), and `AWS_ENDPOINT_URL` (or a service's `AWS_ENDPOINT_URL_<SERVICE>`) when set. The SDK's default chain (profiles, SSO, IMDS, STS)
     /// is never used by a function and would be a tenth of its binary. Without a region the function stops at cold
     /// start, saying so.
     pub fn for_function(config: &Config) -> crate::Result<Self> {
@@ -126,12 +126,23 @@ impl Aws {
     /// then pause the process's reads when throttled ([`Elb`]).
     fn from_sdk(sdk: aws_config::SdkConfig, config: &Config) -> Self {
         let elb_spend = ElbCounter::default();
-        let elb = aws_sdk_elasticloadbalancingv2::config::Builder::from(&sdk).interceptor(elb_spend.clone()).build();
+        let mut elb = aws_sdk_elasticloadbalancingv2::config::Builder::from(&sdk).interceptor(elb_spend.clone());
+        let mut codedeploy = aws_sdk_codedeploy::config::Builder::from(&sdk);
+        let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(&sdk);
+        if let Some(url) = service_endpoint("ELASTIC_LOAD_BALANCING_V2") {
+            elb.set_endpoint_url(Some(url));
+        }
+        if let Some(url) = service_endpoint("CODEDEPLOY") {
+            codedeploy.set_endpoint_url(Some(url));
+        }
+        if let Some(url) = service_endpoint("DYNAMODB") {
+            dynamodb.set_endpoint_url(Some(url));
+        }
         Self {
-            elb: Elb::new(aws_sdk_elasticloadbalancingv2::Client::from_conf(elb)).counting(elb_spend.clone()),
+            elb: Elb::new(aws_sdk_elasticloadbalancingv2::Client::from_conf(elb.build())).counting(elb_spend.clone()),
             elb_spend,
-            codedeploy: CodeDeploy::new(aws_sdk_codedeploy::Client::new(&sdk)),
-            state: DynamoState::new(aws_sdk_dynamodb::Client::new(&sdk), config.table.clone()),
+            codedeploy: CodeDeploy::new(aws_sdk_codedeploy::Client::from_conf(codedeploy.build())),
+            state: DynamoState::new(aws_sdk_dynamodb::Client::from_conf(dynamodb.build()), config.table.clone()),
             sdk,
         }
     }
@@ -139,6 +150,16 @@ impl Aws {
     /// The Lambda client that starts followers, built only by the functions that start them (BeforeAllowTraffic,
     /// the reconciler, the CLI): the others link no Lambda client at all.
     pub fn followers(&self, config: &Config) -> LambdaFollowers {
-        LambdaFollowers::new(aws_sdk_lambda::Client::new(&self.sdk), config.follower_function.clone())
+        let mut lambda = aws_sdk_lambda::config::Builder::from(&self.sdk);
+        if let Some(url) = service_endpoint("LAMBDA") {
+            lambda.set_endpoint_url(Some(url));
+        }
+        LambdaFollowers::new(aws_sdk_lambda::Client::from_conf(lambda.build()), config.follower_function.clone())
     }
+}
+
+/// A service's own endpoint, `AWS_ENDPOINT_URL_<SERVICE>` (the SDKs' standard variable), over `AWS_ENDPOINT_URL`:
+/// an emulator may answer each service at an address of its own, as AWS does.
+fn service_endpoint(service: &str) -> Option<String> {
+    std::env::var(format!("AWS_ENDPOINT_URL_{service}")).ok().filter(|v| !v.trim().is_empty())
 }

@@ -15,7 +15,7 @@ use crate::domain::{
     mirror_route, test_route, DeploymentRecord, HealthState, ObservedTarget, Phase, Route, RouteStyle,
 };
 use crate::harness::Budget;
-use crate::ports::{Deployments, Followers, LoadBalancers, StateStore};
+use crate::ports::{Deployments, Followers, LoadBalancers, Saved, StateStore};
 use crate::{Error, Result};
 
 /// What the flip started from.
@@ -172,24 +172,63 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             .map(|(((side, _, _), desired), reads)| self.converge_test_route(side, desired, reads, t));
         try_join_all(tests).await?;
 
-        // The deployment's record (over the one read at the start) and the binding's, together.
         let live = desired.first().and_then(|d| d.live().first().map(|s| s.to_string()));
-        let known = flip.record.clone();
-        let known_binding = known.as_ref().and_then(|r| r.binding_record.clone());
-        let outcome = self.record_over(b, deployment_id, known, t, |rec| {
+        self.record_after_flip(b, deployment_id, flip_at, live, flip.record.clone(), t).await;
+        t.take_undo();
+        Ok(())
+    }
+
+    /// Records the flip: the deployment's record (over the one read at the start, on the fast path) and the
+    /// binding's (over the version BeforeAllowTraffic read and carried in it) in one write when both are known;
+    /// otherwise, or when that write is lost to another writer, each on its own, reading what it must.
+    async fn record_after_flip(
+        &self,
+        b: &Binding,
+        deployment_id: &str,
+        flip_at: u64,
+        live: Option<String>,
+        known: Option<DeploymentRecord>,
+        t: &Tracker,
+    ) {
+        let update = |rec: &mut DeploymentRecord| {
             rec.phases.insert(Phase::AfterAllowTraffic.to_string(), now_ms());
             rec.private_flip_at_ms.get_or_insert(flip_at);
             rec.outcome = Some("succeeded".to_string());
             rec.last_message = None;
-        });
+        };
+        let known_binding = known
+            .as_ref()
+            .and_then(|r| r.binding_record.clone())
+            .filter(|k| k.application == b.application && k.deployment_group == b.deployment_group);
+        let (known, known_binding) = 'together: {
+            if let (Some(rec), Some(binding), Some(live)) = (&known, &known_binding, &live) {
+                if binding.live_private_target_group.as_deref() != Some(live.as_str()) {
+                    let mut rec = rec.clone();
+                    update(&mut rec);
+                    rec.version += 1;
+                    let mut binding = binding.clone();
+                    binding.live_private_target_group = Some(live.clone());
+                    binding.last_deployment = Some(deployment_id.to_string());
+                    binding.updated_at_ms = now_ms();
+                    binding.version += 1;
+                    match self.state.put_deployment_and_binding(&rec, &binding).await {
+                        Ok(Saved::Written) => return,
+                        // Most likely the binding's record changed since BeforeAllowTraffic read it: read it again.
+                        Ok(Saved::Conflict) => {}
+                        Err(e) => t.note(format!("records not written together ({e}); writing each on its own")),
+                    }
+                    break 'together (known, None);
+                }
+            }
+            (known, known_binding)
+        };
+        let outcome = self.record_over(b, deployment_id, known, t, update);
         let binding = async {
             if let Some(live) = &live {
                 self.record_binding_live(b, live, Some(deployment_id), known_binding, t).await;
             }
         };
         tokio::join!(outcome, binding);
-        t.take_undo();
-        Ok(())
     }
 
     /// Every route AfterAllowTraffic needs after the flip, in one read (the listeners in one DescribeListeners,

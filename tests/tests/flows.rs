@@ -348,6 +348,7 @@ async fn after_the_flip_the_binding_record_is_written_over_the_version_before_al
     assert_eq!(b.version, before + 1);
     let rec = w.state.record(DEPLOYMENT).expect("record");
     assert_eq!(rec.outcome.as_deref(), Some("succeeded"));
+    assert_eq!(rec.binding_record.as_ref(), Some(&b), "the record carries the binding's record as written");
     // The deployment record read before the flip is the only read of the table; both records go in one write.
     assert_eq!(w.calls.count("dynamodb:GetItem"), 1, "{:?}", w.calls.log());
     assert_eq!(w.calls.count("dynamodb:TransactWriteItems"), 1, "{:?}", w.calls.log());

@@ -203,14 +203,16 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let (known, known_binding) = 'together: {
             if let (Some(rec), Some(binding), Some(live)) = (&known, &known_binding, &live) {
                 if binding.live_private_target_group.as_deref() != Some(live.as_str()) {
-                    let mut rec = rec.clone();
-                    update(&mut rec);
-                    rec.version += 1;
                     let mut binding = binding.clone();
                     binding.live_private_target_group = Some(live.clone());
                     binding.last_deployment = Some(deployment_id.to_string());
                     binding.updated_at_ms = now_ms();
                     binding.version += 1;
+                    let mut rec = rec.clone();
+                    update(&mut rec);
+                    rec.version += 1;
+                    // As written: a retry of this invocation then finds the binding's record already up to date.
+                    rec.binding_record = Some(binding.clone());
                     match self.state.put_deployment_and_binding(&rec, &binding).await {
                         Ok(Saved::Written) => return,
                         // Most likely the binding's record changed since BeforeAllowTraffic read it: read it again.

@@ -131,15 +131,7 @@ impl DynamoState {
         serde_json::from_str(doc).map_err(|source| Error::Decode { what: format!("state item {key}"), source })
     }
 
-    async fn put<T: Serialize>(
-        &self,
-        key: String,
-        kind: &str,
-        version: u64,
-        expires_at: Option<u64>,
-        record: &T,
-    ) -> Result<Saved> {
-        let w = VersionedWrite::new(key, kind, version, expires_at, record)?;
+    async fn put(&self, w: VersionedWrite) -> Result<Saved> {
         let req = self
             .client
             .put_item()
@@ -191,6 +183,16 @@ impl VersionedWrite {
         })
     }
 
+    fn of_deployment(record: &DeploymentRecord) -> Result<Self> {
+        let key = DeploymentRecord::key(&record.deployment_id);
+        Self::new(key, "deployment", record.version, Some(record.expires_at), record)
+    }
+
+    fn of_binding(record: &BindingRecord) -> Result<Self> {
+        let key = BindingRecord::key(&record.application, &record.deployment_group);
+        Self::new(key, "binding", record.version, None, record)
+    }
+
     /// The same write as one action of a transaction.
     fn into_transaction_item(self, table: &str) -> Result<TransactWriteItem> {
         let put = Put::builder()
@@ -235,14 +237,7 @@ impl StateStore for DynamoState {
     }
 
     async fn put_deployment(&self, record: &DeploymentRecord) -> Result<Saved> {
-        self.put(
-            DeploymentRecord::key(&record.deployment_id),
-            "deployment",
-            record.version,
-            Some(record.expires_at),
-            record,
-        )
-        .await
+        self.put(VersionedWrite::of_deployment(record)?).await
     }
 
     async fn binding(&self, application: &str, group: &str) -> Result<Option<BindingRecord>> {
@@ -256,22 +251,7 @@ impl StateStore for DynamoState {
         deployment: &DeploymentRecord,
         binding: &BindingRecord,
     ) -> Result<Saved> {
-        let writes = [
-            VersionedWrite::new(
-                DeploymentRecord::key(&deployment.deployment_id),
-                "deployment",
-                deployment.version,
-                Some(deployment.expires_at),
-                deployment,
-            )?,
-            VersionedWrite::new(
-                BindingRecord::key(&binding.application, &binding.deployment_group),
-                "binding",
-                binding.version,
-                None,
-                binding,
-            )?,
-        ];
+        let writes = [VersionedWrite::of_deployment(deployment)?, VersionedWrite::of_binding(binding)?];
         let items = writes.into_iter().map(|w| w.into_transaction_item(&self.table)).collect::<Result<Vec<_>>>()?;
         let out = self.client.transact_write_items().set_transact_items(Some(items)).send().await;
         // Cancelled: a version check failed (or another transaction held an item); neither record was written.
@@ -279,14 +259,7 @@ impl StateStore for DynamoState {
     }
 
     async fn put_binding(&self, record: &BindingRecord) -> Result<Saved> {
-        self.put(
-            BindingRecord::key(&record.application, &record.deployment_group),
-            "binding",
-            record.version,
-            None,
-            record,
-        )
-        .await
+        self.put(VersionedWrite::of_binding(record)?).await
     }
 
     async fn follower(&self, application: &str, group: &str) -> Result<Option<FollowerLease>> {
@@ -295,7 +268,7 @@ impl StateStore for DynamoState {
 
     async fn put_follower(&self, lease: &FollowerLease) -> Result<Saved> {
         let key = FollowerLease::key(&lease.application, &lease.deployment_group);
-        self.put(key, "follower", lease.version, None, lease).await
+        self.put(VersionedWrite::new(key, "follower", lease.version, None, lease)?).await
     }
 
     /// One UpdateItem on the census item: the follower's own attribute (`follower:<owner>`, its heartbeat in ms)
@@ -410,7 +383,7 @@ impl StateStore for DynamoState {
 
     async fn put_stored_binding(&self, stored: &StoredBinding) -> Result<Saved> {
         let key = StoredBinding::key(&stored.application, &stored.deployment_group);
-        self.put(key, StoredBinding::KIND, stored.version, None, stored).await
+        self.put(VersionedWrite::new(key, StoredBinding::KIND, stored.version, None, stored)?).await
     }
 
     async fn remove_stored_binding(&self, application: &str, group: &str, version: u64) -> Result<Saved> {

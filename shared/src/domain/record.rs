@@ -148,6 +148,11 @@ pub struct BindingRecord {
 }
 
 impl BindingRecord {
+    /// A binding's record before its first write (version 0).
+    pub fn new(application: &str, deployment_group: &str) -> Self {
+        Self { application: application.to_string(), deployment_group: deployment_group.to_string(), ..Self::default() }
+    }
+
     pub fn key(application: &str, deployment_group: &str) -> String {
         format!("binding#{application}#{deployment_group}")
     }

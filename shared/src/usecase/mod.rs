@@ -487,7 +487,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     }
 
     /// The binding record's view after a completed flip (best effort, version-checked), written over `known`
-    /// (the record as read earlier: no read first) when given. `deployment_id` is `None` when the reconciler
+    /// (the binding's record as read earlier: no read first) when given. `deployment_id` is `None` when the reconciler
     /// moved the route outside a deployment's hooks.
     async fn record_binding_live(
         &self,
@@ -499,18 +499,11 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     ) {
         let result: Result<()> = async {
             for _ in 0..5 {
-                let read = match known
-                    .take()
-                    .filter(|k| k.application == b.application && k.deployment_group == b.deployment_group)
-                {
+                let read = match known.take() {
                     Some(rec) => Some(rec),
                     None => self.state.binding(&b.application, &b.deployment_group).await?,
                 };
-                let mut rec = read.unwrap_or_else(|| BindingRecord {
-                    application: b.application.clone(),
-                    deployment_group: b.deployment_group.clone(),
-                    ..Default::default()
-                });
+                let mut rec = read.unwrap_or_else(|| BindingRecord::new(&b.application, &b.deployment_group));
                 if rec.live_private_target_group.as_deref() == Some(live) {
                     return Ok(());
                 }
@@ -562,11 +555,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let read = tokio::time::timeout(STATE_READ_BOUND, self.state.binding(&b.application, &b.deployment_group));
         let e = match read.await {
             Ok(Ok(rec)) => {
-                return Ok(Some(rec.unwrap_or_else(|| BindingRecord {
-                    application: b.application.clone(),
-                    deployment_group: b.deployment_group.clone(),
-                    ..BindingRecord::default()
-                })))
+                return Ok(Some(rec.unwrap_or_else(|| BindingRecord::new(&b.application, &b.deployment_group))))
             }
             Ok(Err(e)) => e,
             Err(_) => {

@@ -11,7 +11,7 @@ use bluegreen_mirror::aws::Aws;
 use bluegreen_mirror::aws::FOLLOW_KEY;
 use bluegreen_mirror::config::Config;
 use bluegreen_mirror::domain::Phase;
-use bluegreen_mirror::harness::{self, Budget, Invocation, Outcome, Tracker};
+use bluegreen_mirror::harness::{self, Budget, Epilogue, Invocation, Outcome, Tracker};
 use bluegreen_mirror::ports::{
     Deployments, FollowRequest, Followers, HookReporter, LoadBalancers, NoFollowers, StateStore,
 };
@@ -79,7 +79,8 @@ pub trait Hook {
 }
 
 /// A use case's future, boxed and type-erased: it is deep, and erasing it keeps the handler's small.
-pub type BoxedWork<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = bluegreen_mirror::Result<()>> + Send + 'a>>;
+pub type BoxedWork<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = bluegreen_mirror::Result<Epilogue<'a>>> + Send + 'a>>;
 
 /// A hook's type: its phase, the use case it runs, and the followers it can start (`$followers` built by `$make`
 /// at cold start). Each impl names one use case, which is what keeps the other hooks' out of its binary.
@@ -200,7 +201,9 @@ pub async fn serve<H: Hook>() -> Result<(), lambda_runtime::Error> {
         cold_start(bluegreen_mirror::aws::ReadBurst::Hook, H::IN_LANE, H::followers).await?;
     let (hooks, reporter, metrics) = (&hooks, &reporter, &metrics);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        handle::<H, _, _, _, _, _>(hooks, reporter, Some(metrics), event).await.map_err(lambda_runtime::Error::from)
+        // Boxed: the runtime's own futures are deep, and the compiler lays out nested futures to a fixed depth.
+        let invocation = Box::pin(handle::<H, _, _, _, _, _>(hooks, reporter, Some(metrics), event));
+        invocation.await.map_err(lambda_runtime::Error::from)
     }))
     .await
 }

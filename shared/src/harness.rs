@@ -2,9 +2,12 @@
 //! `PutLifecycleEventHookExecutionStatus` per invocation. The use case runs under a time budget cut from the
 //! Lambda deadline (a reserve is kept for the report), panics are caught, and the report is retried while time
 //! remains. Nothing between receiving the event and the report can skip it: there is no `?` on that path.
+//! What a use case leaves to do once its verdict is decided (its [`Epilogue`]: records, never the verdict) runs
+//! beside the report, so that CodeDeploy is not kept waiting for a write that cannot change what it is told.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -50,6 +53,40 @@ impl Budget {
     /// The earlier of this budget and `now + limit`.
     pub fn capped(&self, limit: Duration) -> Self {
         Self { deadline: self.deadline.min(Instant::now() + limit) }
+    }
+}
+
+/// What a use case leaves to do once its verdict is decided: writes that record what happened and can change
+/// nothing CodeDeploy is told (AfterAllowTraffic's records after its flip). Its type keeps it so: it yields
+/// nothing, so it cannot fail the hook, and it runs after the use case, so it cannot put a route back.
+pub struct Epilogue<'a>(Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>>);
+
+impl<'a> Epilogue<'a> {
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    pub fn of(work: impl Future<Output = ()> + Send + 'a) -> Self {
+        Self(Some(Box::pin(work)))
+    }
+
+    /// Runs it now, for a caller with no report to send beside it.
+    pub async fn finish(self) {
+        if let Some(work) = self.0 {
+            work.await;
+        }
+    }
+}
+
+impl From<()> for Epilogue<'_> {
+    fn from((): ()) -> Self {
+        Self::none()
+    }
+}
+
+impl std::fmt::Debug for Epilogue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Epilogue(pending)" } else { "Epilogue(none)" })
     }
 }
 
@@ -201,12 +238,13 @@ pub async fn guard<T>(budget: Budget, what: &str, work: impl Future<Output = Res
     }
 }
 
-/// Runs `body` under the invocation's budget and reports its verdict exactly once.
-pub async fn run<R, F, Fut>(reporter: &R, inv: &Invocation, tracker: &Tracker, body: F) -> Outcome
+/// Runs `body` under the invocation's budget and reports its verdict exactly once, running what the body left to
+/// do after its verdict (its epilogue) beside the report.
+pub async fn run<'e, R, F, Fut>(reporter: &R, inv: &Invocation, tracker: &Tracker, body: F) -> Outcome
 where
     R: HookReporter,
     F: FnOnce(Budget) -> Fut,
-    Fut: Future<Output = Result<()>> + Send,
+    Fut: Future<Output = Result<Epilogue<'e>>> + Send,
 {
     let started = Instant::now();
     let total = inv.deadline.duration_since(SystemTime::now()).unwrap_or_default();
@@ -214,7 +252,7 @@ where
     let work = total.saturating_sub(reserve);
     let budget = Budget::after(work);
 
-    let result: Result<()> = match std::panic::catch_unwind(AssertUnwindSafe(|| body(budget))) {
+    let result: Result<Epilogue<'e>> = match std::panic::catch_unwind(AssertUnwindSafe(|| body(budget))) {
         Err(p) => Err(Error::Panic(panic_message(p.as_ref()))),
         // The use case stops itself at the budget (and undoes what it must); this outer limit only catches one
         // that does not, and still leaves half the reserve for the report.
@@ -230,13 +268,16 @@ where
             ))),
         },
     };
-    let (status, message) = match &result {
-        Ok(()) => (HookStatus::Succeeded, None),
-        Err(e) => (HookStatus::Failed, Some(error_chain(e))),
+    let (status, message, epilogue) = match result {
+        Ok(epilogue) => (HookStatus::Succeeded, None, epilogue),
+        Err(e) => (HookStatus::Failed, Some(error_chain(&e)), Epilogue::none()),
     };
 
     let report_deadline = Instant::now() + inv.deadline.duration_since(SystemTime::now()).unwrap_or_default();
-    let report = report_until(reporter, inv, status, report_deadline).await;
+    let (report, ()) = tokio::join!(
+        report_until(reporter, inv, status, report_deadline),
+        after_verdict(epilogue, tracker, report_deadline)
+    );
     let (reported, report_error) = match report {
         Ok(r) => (Some(r), None),
         Err(e) => (None, Some(error_chain(&e))),
@@ -253,6 +294,16 @@ where
     };
     log_summary(&outcome);
     outcome
+}
+
+/// Runs an epilogue until the deadline. Whatever becomes of it is noted: the verdict is already on its way.
+async fn after_verdict(epilogue: Epilogue<'_>, tracker: &Tracker, deadline: Instant) {
+    let Some(work) = epilogue.0 else { return };
+    match tokio::time::timeout_at(deadline, AssertUnwindSafe(work).catch_unwind()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(p)) => tracker.note(format!("warning: after the verdict: panicked: {}", panic_message(p.as_ref()))),
+        Err(_) => tracker.note("warning: after the verdict: not finished by the Lambda deadline".to_string()),
+    }
 }
 
 /// Retries transient report failures (throttling, 5xx, timeouts) with backoff until the deadline.

@@ -583,6 +583,7 @@ impl StateStore for FakeState {
         binding: &BindingRecord,
     ) -> Result<Saved> {
         self.calls.enter("dynamodb:TransactWriteItems")?;
+        self.calls.stall("dynamodb:TransactWriteItems").await;
         let mut deployments = self.deployments.lock().unwrap();
         let mut bindings = self.bindings.lock().unwrap();
         let key = BindingRecord::key(&binding.application, &binding.deployment_group);

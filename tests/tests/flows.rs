@@ -289,8 +289,19 @@ async fn a_failure_or_panic_at_every_step_reports_exactly_once_and_never_goes_da
                 // Recording state and listing task sets (green is then read from the listener) are best effort,
                 // and waits absorb a transient error; any other failure, and any panic, fails the hook.
                 let best_effort = op.starts_with("dynamodb:") || op == "codedeploy:GetDeploymentTarget";
-                let must_fail =
-                    fault == Fault::Panic || (fault == Fault::Fail(AwsErrorKind::AccessDenied) && !best_effort);
+                // AfterAllowTraffic records its outcome after its verdict, beside the report (its epilogue): every
+                // DynamoDB call after its first read. A fault there, even a panic, cannot change the verdict.
+                let after_verdict = phase == Phase::AfterAllowTraffic && op.starts_with("dynamodb:") && at > 0;
+                let must_fail = !after_verdict
+                    && (fault == Fault::Panic || (fault == Fault::Fail(AwsErrorKind::AccessDenied) && !best_effort));
+                if after_verdict && fault == Fault::Panic {
+                    assert_eq!(out.status, HookStatus::Succeeded, "{exec} ({op}): {:?}", out.message);
+                    assert!(
+                        out.summary.notes.iter().any(|n| n.contains("after the verdict: panicked")),
+                        "{exec}: {:?}",
+                        out.summary.notes
+                    );
+                }
                 if must_fail {
                     assert_eq!(out.status, HookStatus::Failed, "{exec} ({op}) should fail");
                     let msg = out.message.clone().unwrap_or_default();
@@ -353,6 +364,85 @@ async fn after_the_flip_the_binding_record_is_written_over_the_version_before_al
     assert_eq!(w.calls.count("dynamodb:GetItem"), 1, "{:?}", w.calls.log());
     assert_eq!(w.calls.count("dynamodb:TransactWriteItems"), 1, "{:?}", w.calls.log());
     assert_eq!(w.calls.count("dynamodb:PutItem"), 0, "{:?}", w.calls.log());
+}
+
+/// A reporter that notes, as each report goes out, the outcome the deployment's record holds at that moment.
+struct RecordAtReport<'a> {
+    world: &'a World,
+    seen: std::sync::Mutex<Vec<Option<String>>>,
+}
+
+impl bluegreen_mirror::ports::HookReporter for RecordAtReport<'_> {
+    async fn report(
+        &self,
+        deployment_id: &str,
+        execution_id: &str,
+        status: HookStatus,
+    ) -> bluegreen_mirror::Result<bluegreen_mirror::ports::Reported> {
+        let outcome = self.world.state.record(deployment_id).and_then(|r| r.outcome);
+        self.seen.lock().unwrap().push(outcome);
+        self.world.codedeploy.report(deployment_id, execution_id, status).await
+    }
+}
+
+/// AfterAllowTraffic through the harness with `reporter`, its Lambda deadline `timeout` away.
+async fn after_allow_traffic_reporting_to<R: bluegreen_mirror::ports::HookReporter>(
+    w: &World,
+    reporter: &R,
+    timeout: Duration,
+) -> bluegreen_mirror::harness::Outcome {
+    use bluegreen_mirror::harness::{self, Invocation, Tracker};
+    let hooks = w.hooks();
+    let inv = Invocation {
+        phase: Phase::AfterAllowTraffic,
+        deployment_id: DEPLOYMENT.into(),
+        execution_id: "exec-aat".into(),
+        deadline: std::time::SystemTime::now() + timeout,
+    };
+    let tracker = Tracker::default();
+    harness::run(reporter, &inv, &tracker, |budget| {
+        let (hooks, inv, tracker) = (&hooks, &inv, &tracker);
+        async move { hooks.run(inv.phase, &inv.deployment_id, budget, tracker).await }
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn codedeploy_hears_the_verdict_without_waiting_for_the_records() {
+    let w = prepared(Phase::AfterAllowTraffic).await;
+    // The records' write is slow: the report goes out beside it, not after it.
+    w.calls.stall_every("dynamodb:TransactWriteItems", Duration::from_secs(30));
+    let reporter = RecordAtReport { world: &w, seen: std::sync::Mutex::default() };
+    let out = after_allow_traffic_reporting_to(&w, &reporter, Duration::from_secs(120)).await;
+    assert_eq!(out.status, HookStatus::Succeeded, "{:?}", out.message);
+    assert_eq!(w.reports_for("exec-aat"), vec![HookStatus::Succeeded]);
+    let seen = reporter.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_ne!(seen[0].as_deref(), Some("succeeded"), "the report waited for the records");
+    // The invocation still ends with its records written.
+    assert_eq!(w.state.record(DEPLOYMENT).and_then(|r| r.outcome).as_deref(), Some("succeeded"));
+    assert_eq!(
+        w.state.binding_record(APP, GROUP).and_then(|b| b.live_private_target_group).as_deref(),
+        Some(w.arns.prv_green.as_str())
+    );
+    assert!(out.duration_ms >= 30_000, "the response came before the records: {} ms", out.duration_ms);
+}
+
+#[tokio::test(start_paused = true)]
+async fn records_that_outlast_the_lambda_deadline_leave_the_verdict_reported_and_say_so() {
+    let w = prepared(Phase::AfterAllowTraffic).await;
+    w.calls.stall_every("dynamodb:TransactWriteItems", Duration::from_secs(600));
+    let out = after_allow_traffic_reporting_to(&w, &w.codedeploy, Duration::from_secs(60)).await;
+    assert_eq!(out.status, HookStatus::Succeeded, "{:?}", out.message);
+    assert_eq!(w.reports_for("exec-aat"), vec![HookStatus::Succeeded]);
+    assert!(out.duration_ms <= 60_000, "past the Lambda deadline: {} ms", out.duration_ms);
+    assert!(
+        out.summary.notes.iter().any(|n| n.contains("not finished by the Lambda deadline")),
+        "{:?}",
+        out.summary.notes
+    );
+    // The private side is flipped and stays so: the records are notes, never the verdict.
+    assert_eq!(w.elb.route_of(&w.arns.prv_prod).live(), vec![w.arns.prv_green.as_str()]);
 }
 
 #[tokio::test(start_paused = true)]

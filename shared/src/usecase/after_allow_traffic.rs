@@ -14,7 +14,7 @@ use crate::config::{Binding, RouteRef};
 use crate::domain::{
     mirror_route, test_route, DeploymentRecord, HealthState, ObservedTarget, Phase, Route, RouteStyle,
 };
-use crate::harness::Budget;
+use crate::harness::{Budget, Epilogue};
 use crate::ports::{Deployments, Followers, LoadBalancers, Saved, StateStore};
 use crate::{Error, Result};
 
@@ -32,7 +32,14 @@ struct Flip<'a> {
 }
 
 impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
-    pub async fn after_allow_traffic(&self, deployment_id: &str, _budget: Budget, t: &Tracker) -> Result<()> {
+    /// Returns once every side is flipped, checked and converged: the verdict. Recording it is left to the
+    /// epilogue, which the harness runs beside the report.
+    pub async fn after_allow_traffic<'a>(
+        &'a self,
+        deployment_id: &str,
+        _budget: Budget,
+        t: &'a Tracker,
+    ) -> Result<Epilogue<'a>> {
         let record = match tokio::time::timeout(STATE_READ_BOUND, self.state.deployment(deployment_id)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -135,7 +142,6 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             ),
             shown(flip.sides.iter().map(|(_, _, to)| to.to_string()).collect()),
         );
-        let b: &Binding = &flip.binding;
 
         // Everything after the flip is independent reads first, all at once: the checks of each side against the
         // public truth (I2, I4), the membership of every pair of every side (I1: mirroring is safe whatever the
@@ -173,9 +179,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         try_join_all(tests).await?;
 
         let live = desired.first().and_then(|d| d.live().first().map(|s| s.to_string()));
-        self.record_after_flip(b, deployment_id, flip_at, live, flip.record.clone(), t).await;
+        // Decided: nothing from here on puts a route back, and the records cannot change the verdict.
         t.take_undo();
-        Ok(())
+        let (binding, known, id) = (flip.binding.into_owned(), flip.record, deployment_id.to_string());
+        Ok(Epilogue::of(async move { self.record_after_flip(&binding, &id, flip_at, live, known, t).await }))
     }
 
     /// Records the flip: the deployment's record (over the one read at the start, on the fast path) and the

@@ -20,7 +20,7 @@ use crate::domain::{
     arn, compat, plan_mirror, BindingRecord, DeploymentRecord, GroupShape, MirrorPlan, ObservedTarget, Phase, Route,
     TargetKey, DEFAULT_BATCH,
 };
-use crate::harness::{Budget, Tracker};
+use crate::harness::{Budget, Epilogue, Tracker};
 use crate::ports::{DeploymentFacts, Deployments, Followers, LoadBalancers, Saved, StateStore, TaskSetLabel};
 use crate::{AwsErrorKind, Error, Result};
 
@@ -119,10 +119,17 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// Runs the use case of `phase` within its budget. On failure — an error, a panic, the budget running out —
     /// a route change the use case asked to be undone is put back, and the deployment record says what
     /// happened (best effort).
-    pub async fn run(&self, phase: Phase, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
+    pub async fn run<'a>(
+        &'a self,
+        phase: Phase,
+        deployment_id: &str,
+        budget: Budget,
+        t: &'a Tracker,
+    ) -> Result<Epilogue<'a>> {
         match phase {
             Phase::AfterInstall => {
-                self.run_hook(phase, deployment_id, budget, t, self.after_install(deployment_id, budget, t)).await
+                let work = self.after_install(deployment_id, budget, t);
+                self.run_hook(phase, deployment_id, budget, t, work).await
             }
             Phase::BeforeAllowTraffic => {
                 let work = self.before_allow_traffic(deployment_id, budget, t);
@@ -137,14 +144,15 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
 
     /// [`Engine::run`] for one hook's use case, `work`, passed in: a function built for one hook calls this with
     /// its own use case, so that its binary links no other hook's (the zips Lambda loads stay small).
-    pub async fn run_hook(
+    /// What the use case leaves to do after its verdict (AfterAllowTraffic's records) comes back as its epilogue.
+    pub async fn run_hook<'e, T: Into<Epilogue<'e>>>(
         &self,
         phase: Phase,
         deployment_id: &str,
         budget: Budget,
         t: &Tracker,
-        work: impl Future<Output = Result<()>>,
-    ) -> Result<()> {
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<Epilogue<'e>> {
         let result = crate::harness::guard(budget, phase.as_str(), work).await;
         if result.is_err() {
             // Every side is put back together: a binding is never left with some sides flipped and others not.
@@ -165,7 +173,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             })
             .await;
         }
-        result
+        result.map(Into::into)
     }
 
     /// GetDeployment + GetDeploymentGroup, then the checks that make the deployment ours to mirror.

@@ -69,13 +69,6 @@ impl<'a> Epilogue<'a> {
     pub fn of(work: impl Future<Output = ()> + Send + 'a) -> Self {
         Self(Some(Box::pin(work)))
     }
-
-    /// Runs it now, for a caller with no report to send beside it.
-    pub async fn finish(self) {
-        if let Some(work) = self.0 {
-            work.await;
-        }
-    }
 }
 
 impl From<()> for Epilogue<'_> {

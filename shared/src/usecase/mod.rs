@@ -128,8 +128,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     ) -> Result<Epilogue<'a>> {
         match phase {
             Phase::AfterInstall => {
-                let work = self.after_install(deployment_id, budget, t);
-                self.run_hook(phase, deployment_id, budget, t, work).await
+                self.run_hook(phase, deployment_id, budget, t, self.after_install(deployment_id, budget, t)).await
             }
             Phase::BeforeAllowTraffic => {
                 let work = self.before_allow_traffic(deployment_id, budget, t);

@@ -171,6 +171,9 @@ def elb_bucket(op):
 class ElbBuckets:
     """ELB's token buckets for one account: every request takes one token from its action's bucket, or is refused
     with `Throttling` (HTTP 400, "Rate exceeded") when the bucket is empty. A throttled request costs no token.
+    The ELB guide names the error `ThrottlingException`; on the wire ELB's query API sends the code `Throttling`,
+    type `Sender` (what the SDKs report, e.g. "An error occurred (Throttling) when calling the
+    DescribeTargetHealth operation: Rate exceeded"), and the SDKs treat both as throttling.
     Counts what each caller was granted and refused, per bucket."""
 
     def __init__(self, figures=None, clock=time.monotonic):

@@ -992,6 +992,19 @@ impl World {
     }
 
     pub async fn invoke_for(&self, phase: Phase, deployment: &str, execution: &str, timeout: Duration) -> Outcome {
+        self.invoke_reporting_to(&self.codedeploy, phase, deployment, execution, timeout).await
+    }
+
+    /// [`Self::invoke_for`] with the verdict reported to `reporter` (a test's own, to see what CodeDeploy is told
+    /// and when).
+    pub async fn invoke_reporting_to<R: HookReporter>(
+        &self,
+        reporter: &R,
+        phase: Phase,
+        deployment: &str,
+        execution: &str,
+        timeout: Duration,
+    ) -> Outcome {
         let hooks = self.hooks();
         let inv = Invocation {
             phase,
@@ -1000,7 +1013,7 @@ impl World {
             deadline: SystemTime::now() + timeout,
         };
         let tracker = Tracker::default();
-        harness::run(&self.codedeploy, &inv, &tracker, |budget| {
+        harness::run(reporter, &inv, &tracker, |budget| {
             let (hooks, inv, tracker) = (&hooks, &inv, &tracker);
             async move { hooks.run(inv.phase, &inv.deployment_id, budget, tracker).await }
         })

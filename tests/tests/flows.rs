@@ -385,35 +385,15 @@ impl bluegreen_mirror::ports::HookReporter for RecordAtReport<'_> {
     }
 }
 
-/// AfterAllowTraffic through the harness with `reporter`, its Lambda deadline `timeout` away.
-async fn after_allow_traffic_reporting_to<R: bluegreen_mirror::ports::HookReporter>(
-    w: &World,
-    reporter: &R,
-    timeout: Duration,
-) -> bluegreen_mirror::harness::Outcome {
-    use bluegreen_mirror::harness::{self, Invocation, Tracker};
-    let hooks = w.hooks();
-    let inv = Invocation {
-        phase: Phase::AfterAllowTraffic,
-        deployment_id: DEPLOYMENT.into(),
-        execution_id: "exec-aat".into(),
-        deadline: std::time::SystemTime::now() + timeout,
-    };
-    let tracker = Tracker::default();
-    harness::run(reporter, &inv, &tracker, |budget| {
-        let (hooks, inv, tracker) = (&hooks, &inv, &tracker);
-        async move { hooks.run(inv.phase, &inv.deployment_id, budget, tracker).await }
-    })
-    .await
-}
-
 #[tokio::test(start_paused = true)]
 async fn codedeploy_hears_the_verdict_without_waiting_for_the_records() {
     let w = prepared(Phase::AfterAllowTraffic).await;
     // The records' write is slow: the report goes out beside it, not after it.
     w.calls.stall_every("dynamodb:TransactWriteItems", Duration::from_secs(30));
     let reporter = RecordAtReport { world: &w, seen: std::sync::Mutex::default() };
-    let out = after_allow_traffic_reporting_to(&w, &reporter, Duration::from_secs(120)).await;
+    let out = w
+        .invoke_reporting_to(&reporter, Phase::AfterAllowTraffic, DEPLOYMENT, "exec-aat", Duration::from_secs(120))
+        .await;
     assert_eq!(out.status, HookStatus::Succeeded, "{:?}", out.message);
     assert_eq!(w.reports_for("exec-aat"), vec![HookStatus::Succeeded]);
     let seen = reporter.seen.lock().unwrap().clone();
@@ -432,7 +412,7 @@ async fn codedeploy_hears_the_verdict_without_waiting_for_the_records() {
 async fn records_that_outlast_the_lambda_deadline_leave_the_verdict_reported_and_say_so() {
     let w = prepared(Phase::AfterAllowTraffic).await;
     w.calls.stall_every("dynamodb:TransactWriteItems", Duration::from_secs(600));
-    let out = after_allow_traffic_reporting_to(&w, &w.codedeploy, Duration::from_secs(60)).await;
+    let out = w.invoke_for(Phase::AfterAllowTraffic, DEPLOYMENT, "exec-aat", Duration::from_secs(60)).await;
     assert_eq!(out.status, HookStatus::Succeeded, "{:?}", out.message);
     assert_eq!(w.reports_for("exec-aat"), vec![HookStatus::Succeeded]);
     assert!(out.duration_ms <= 60_000, "past the Lambda deadline: {} ms", out.duration_ms);

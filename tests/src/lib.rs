@@ -34,6 +34,8 @@ pub enum Fault {
 #[derive(Default)]
 pub struct Calls {
     log: Mutex<Vec<String>>,
+    /// The reads among them with what each read: `(op, arn)`.
+    reads: Mutex<Vec<(String, String)>>,
     fault_at: Mutex<Option<(usize, Fault)>>,
     /// Every call whose operation starts with the prefix fails with the kind (a missing resource or permission).
     fail_every: Mutex<Vec<(String, AwsErrorKind)>>,
@@ -77,6 +79,16 @@ impl Calls {
 
     pub fn clear(&self) {
         self.log.lock().unwrap().clear();
+        self.reads.lock().unwrap().clear();
+    }
+
+    fn read_of(&self, op: &str, arn: &str) {
+        self.reads.lock().unwrap().push((op.to_string(), arn.to_string()));
+    }
+
+    /// How many reads of `op` asked for `arn` (a target group's targets, a listener's or rule's route).
+    pub fn reads_of(&self, op: &str, arn: &str) -> usize {
+        self.reads.lock().unwrap().iter().filter(|(o, a)| o == op && a == arn).count()
     }
 
     /// How many calls of `op` (e.g. `dynamodb:Scan`) the log holds.
@@ -258,6 +270,7 @@ impl LoadBalancers for FakeElb {
 
     async fn targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
         self.calls.enter("elb:DescribeTargetHealth")?;
+        self.calls.read_of("elb:DescribeTargetHealth", target_group);
         self.calls.stall("elb:DescribeTargetHealth").await;
         let s = self.s();
         let g = s.groups.get(target_group).ok_or_else(|| not_found("DescribeTargetHealth", target_group))?;
@@ -291,6 +304,7 @@ impl LoadBalancers for FakeElb {
             RouteRef::Rule(_) => "elb:DescribeRules",
         };
         self.calls.enter(op)?;
+        self.calls.read_of(op, route.arn());
         // What a read answers is what stood when it was answered, after any wait.
         self.calls.stall(op).await;
         self.s().routes.get(route.arn()).cloned().ok_or_else(|| not_found("DescribeListeners", route.arn()))
@@ -301,6 +315,9 @@ impl LoadBalancers for FakeElb {
         for (is_rule, op) in [(false, "elb:DescribeListeners"), (true, "elb:DescribeRules")] {
             if routes.iter().any(|r| matches!(r, RouteRef::Rule(_)) == is_rule) {
                 self.calls.enter(op)?;
+                for r in routes.iter().filter(|r| matches!(r, RouteRef::Rule(_)) == is_rule) {
+                    self.calls.read_of(op, r.arn());
+                }
                 self.calls.stall(op).await;
             }
         }

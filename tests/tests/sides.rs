@@ -177,3 +177,78 @@ async fn check_refuses_a_bad_side_naming_it() {
     let err = engine.check(&b, &group, &Tracker::default()).await.unwrap_err().to_string();
     assert!(err.contains("private test route") && err.contains("web/web-bg side 2"), "{err}");
 }
+
+/// How many times each of `arns` was read with `op` since the log was cleared.
+fn reads(w: &World, op: &str, arns: &[&String]) -> Vec<usize> {
+    arns.iter().map(|a| w.calls.reads_of(op, a)).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_side_of_a_pass_shares_one_read_of_each_public_group_and_route() {
+    const DTH: &str = "elb:DescribeTargetHealth";
+    let w = World::two_sides();
+    let a = &w.arns;
+    w.install_green();
+    w.calls.clear();
+    assert_eq!(w.invoke(Phase::AfterInstall, "e1").await.status, HookStatus::Succeeded);
+    // Blue's pair mirrored on both sides from one read of the public blue group, and both production routes
+    // checked against one read of the public listener.
+    assert_eq!(reads(&w, DTH, &[&a.pub_blue, &a.prv_blue, &a.nlb_blue]), [1, 1, 1]);
+    assert_eq!(w.calls.reads_of("elb:DescribeListeners", &a.pub_prod), 1, "{:?}", w.calls.log());
+
+    w.allow_test_traffic();
+    w.calls.clear();
+    assert_eq!(w.invoke(Phase::BeforeAllowTraffic, "e2").await.status, HookStatus::Succeeded);
+    assert_eq!(reads(&w, DTH, &[&a.pub_blue, &a.prv_blue, &a.nlb_blue]), [1, 1, 1]);
+    // Public green: the wait for the replacement tasks, then the gate's one poll for both sides.
+    assert_eq!(reads(&w, DTH, &[&a.pub_green, &a.prv_green, &a.nlb_green]), [2, 1, 1]);
+
+    // The reconciler's passes: a full reconcile, a membership read, `status`.
+    let engine = w.hooks();
+    let b = w.config.bindings[0].clone();
+    let group = engine.group(&b).await.unwrap();
+    let t = Tracker::default();
+    let passes = [("reconcile", 0), ("membership", 1), ("status", 2)];
+    for (pass, which) in passes {
+        w.calls.clear();
+        match which {
+            0 => assert!(!engine.reconcile(&b, &group, &t).await.unwrap().changed(), "{pass}"),
+            1 => assert!(!engine.reconcile_membership(&b, &t).await.unwrap().changed(), "{pass}"),
+            _ => assert!(engine.status(&b, &group, &t).await.unwrap().iter().all(|s| s.in_sync), "{pass}"),
+        }
+        let groups = [&a.pub_blue, &a.pub_green, &a.prv_blue, &a.prv_green, &a.nlb_blue, &a.nlb_green];
+        assert_eq!(reads(&w, DTH, &groups), [1; 6], "{pass}: {:?}", w.calls.log());
+        let publics = [&a.pub_prod, &a.pub_test];
+        let routes = reads(&w, "elb:DescribeListeners", &publics);
+        assert_eq!(routes, if which == 1 { [0, 0] } else { [1, 1] }, "{pass}: {:?}", w.calls.log());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_gate_polls_the_public_group_once_for_every_side_still_waiting() {
+    const DTH: &str = "elb:DescribeTargetHealth";
+    let w = World::two_sides();
+    let a = &w.arns;
+    // Both private load balancers take a while to pass their health checks.
+    w.elb.make_unreachable(&a.prv_green);
+    w.elb.make_unreachable(&a.nlb_green);
+    w.install_green();
+    assert_eq!(w.invoke(Phase::AfterInstall, "e1").await.status, HookStatus::Succeeded);
+    w.allow_test_traffic();
+    w.calls.clear();
+    let heal = async {
+        // The internal ALB's checks pass after 20 s, the NLB's after 40 s.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        w.elb.set_health(&a.prv_green, bluegreen_mirror::domain::HealthState::Healthy);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        w.elb.set_health(&a.nlb_green, bluegreen_mirror::domain::HealthState::Healthy);
+    };
+    let (bat, ()) = tokio::join!(w.invoke(Phase::BeforeAllowTraffic, "e2"), heal);
+    assert_eq!(bat.status, HookStatus::Succeeded, "{:?}", bat.message);
+    let [public, alb, nlb] = reads(&w, DTH, &[&a.pub_green, &a.prv_green, &a.nlb_green])[..] else { unreachable!() };
+    // Both sides were polled while waiting, the NLB's for longer; the ALB's was not polled once it was ready.
+    assert!(nlb > alb && alb > 1, "alb {alb}, nlb {nlb}");
+    // One read of the public group per poll (the NLB's side is in every poll), plus the wait for the tasks.
+    assert_eq!(public, nlb + 1, "public {public}, alb {alb}, nlb {nlb}");
+    assert_eq!(w.reports_for("e2"), vec![HookStatus::Succeeded]);
+}

@@ -5,7 +5,7 @@
 
 use futures_util::future::try_join_all;
 
-use super::{now_ms, Engine, Tracker};
+use super::{now_ms, Engine, ReadOnce, Tracker};
 use crate::domain::Phase;
 use crate::harness::Budget;
 use crate::ports::{Deployments, Followers, LoadBalancers, StateStore};
@@ -19,10 +19,11 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let g = self.green(&r, t).await?;
 
         // Blue's mirror first: it is what each private production route serves until AfterAllowTraffic.
+        let reads = &ReadOnce::new(&self.lb);
         try_join_all(sides.iter().map(|(side, pre)| async {
             let g = g.on(side);
-            self.mirror_pair(&g.blue_public, &g.blue_private, t).await?;
-            self.converge_production(&r, side, &pre.production, t).await
+            self.mirror_pair(reads, &g.blue_public, &g.blue_private, t).await?;
+            self.converge_production(reads, &r, side, &pre.production, t).await
         }))
         .await?;
 

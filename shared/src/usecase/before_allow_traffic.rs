@@ -5,7 +5,7 @@
 
 use futures_util::future::try_join_all;
 
-use super::{health_budget, live_keys, name, now_ms, Engine, Green, Tracker};
+use super::{health_budget, live_keys, name, now_ms, Engine, Green, ReadOnce, Tracker};
 use crate::config::Binding;
 use crate::domain::{plan_mirror, HealthState, Phase, Route, SideRecord, DEFAULT_BATCH};
 use crate::harness::Budget;
@@ -19,10 +19,11 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let (sides, binding_record) = self.preflight_and_state(b, t).await?;
         let g = self.green(&r, t).await?;
 
+        let reads = &ReadOnce::new(&self.lb);
         let productions = try_join_all(sides.iter().map(|(side, pre)| async {
             let g = g.on(side);
-            self.mirror_pair(&g.blue_public, &g.blue_private, t).await?;
-            self.converge_production(&r, side, &pre.production, t).await
+            self.mirror_pair(reads, &g.blue_public, &g.blue_private, t).await?;
+            self.converge_production(reads, &r, side, &pre.production, t).await
         }))
         .await?;
         self.wait_for_public_green(&g, budget).await?;
@@ -32,10 +33,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         )
         .await?;
 
-        // Every side's gate at once: traffic moves only when every side is ready for it.
-        let healthy =
-            try_join_all(sides.iter().zip(&greens).map(|((side, _), g)| self.gate(side, g, budget, t))).await?;
-        let healthy = healthy.into_iter().min().unwrap_or(0);
+        // Every side's gate in one: traffic moves only when every side is ready for it.
+        let gated: Vec<(&Binding, &Green)> = sides.iter().map(|(side, _)| side).zip(&greens).collect();
+        let healthy = self.gate(&gated, budget, t).await?;
 
         let facts = &r.facts;
         self.record(b, deployment_id, t, |rec| {
@@ -82,73 +82,119 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         Ok(())
     }
 
-    /// One side's gate, level-triggered: every poll re-reads both groups, re-applies the mirror if ECS changed
-    /// the public side meanwhile, and checks health of exactly the public side's live members in the private
-    /// group. Returns how many are healthy.
-    async fn gate(&self, side: &Binding, g: &Green, budget: Budget, t: &Tracker) -> Result<usize> {
-        let gate = health_budget(budget, side);
+    /// Every side's gate, level-triggered and polled as one: each poll reads the public green group once for all
+    /// the sides still waiting (see [`ReadOnce`]) and each of their private green groups, re-applies a side's
+    /// mirror if ECS changed the public side meanwhile, and checks health of exactly the public side's live
+    /// members in each private group. A side found ready is not polled again. Returns how many are healthy (the
+    /// fewest of any side).
+    async fn gate(&self, sides: &[(&Binding, &Green)], budget: Budget, t: &Tracker) -> Result<usize> {
+        let timeout = sides.iter().map(|(side, _)| side.health_timeout_seconds).min().unwrap_or(0);
+        let gate = sides.iter().fold(budget, |b, (side, _)| health_budget(b, side));
+        // Each side's healthy count once it was found ready.
+        let ready = std::sync::Mutex::new(vec![None::<usize>; sides.len()]);
+        let lock = || ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let waited = self
             .poll(gate, || async {
-                let (public, private) = tokio::join!(self.lb.targets(&g.public), self.lb.targets(&g.private));
-                let (public, private) = (public?, private?);
-                let plan = plan_mirror(&public, &private, DEFAULT_BATCH);
-                if !plan.is_empty() {
-                    for batch in &plan.register {
-                        self.lb.register(&g.private, batch).await?;
+                let waiting: Vec<usize> =
+                    lock().iter().enumerate().filter(|(_, r)| r.is_none()).map(|(i, _)| i).collect();
+                let reads = ReadOnce::new(&self.lb);
+                let checked = try_join_all(
+                    waiting.iter().filter_map(|i| sides.get(*i)).map(|(_, g)| self.gate_check(&reads, g, t)),
+                )
+                .await?;
+                let mut states = Vec::new();
+                let mut ready = lock();
+                for (i, c) in waiting.into_iter().zip(checked) {
+                    match c {
+                        Ok(n) => {
+                            if let Some(r) = ready.get_mut(i) {
+                                *r = Some(n);
+                            }
+                        }
+                        Err(state) => states.push(state),
                     }
-                    for batch in &plan.deregister {
-                        self.lb.deregister(&g.private, batch).await?;
-                    }
-                    t.mirrored(plan.registered(), plan.deregistered());
-                    return Ok(Err(format!("mirror of {} changed; re-checking health", name(&g.public))));
                 }
-                let wanted = live_keys(&public);
-                if wanted.is_empty() {
-                    return Ok(Err(format!("public target group {} holds no replacement task", name(&g.public))));
-                }
-                let not_healthy: Vec<String> = private
-                    .iter()
-                    .filter(|p| wanted.contains(&p.key()) && p.health != HealthState::Healthy)
-                    .map(|p| match &p.reason {
-                        Some(reason) => format!("{} {} ({reason})", p.key(), p.health.as_str()),
-                        None => format!("{} {}", p.key(), p.health.as_str()),
-                    })
-                    .collect();
-                if not_healthy.is_empty() {
-                    return Ok(Ok(wanted.len()));
-                }
-                let unused = private.iter().any(|p| p.health == HealthState::Unused);
-                Ok(Err(format!(
-                    "{} of {} mirrored targets are not healthy in private target group {}: {}{}",
-                    not_healthy.len(),
-                    wanted.len(),
-                    name(&g.private),
-                    not_healthy.join(", "),
-                    if unused {
-                        " — `unused` means no listener or rule of the private load balancer forwards to this target group"
-                    } else {
-                        " — check that the private load balancer's security group may reach the tasks and that the health check matches the public one"
-                    }
-                )))
+                Ok(match states.is_empty() {
+                    true => Ok(ready.iter().map(|r| r.unwrap_or(0)).collect::<Vec<usize>>()),
+                    false => Err(states.join("; ")),
+                })
             })
             .await;
         let healthy = match waited {
-            Ok(n) => n,
+            Ok(each) => each,
             Err(Error::Timeout(state)) => {
-                let which = if side.side > 0 {
-                    format!("the private load balancer of {}", side.side_label())
-                } else {
-                    "the private load balancer".to_string()
+                let waiting: Vec<String> = lock()
+                    .iter()
+                    .zip(sides)
+                    .filter(|(r, _)| r.is_none())
+                    .map(|(_, (side, _))| format!("the private load balancer of {}", side.side_label()))
+                    .collect();
+                let which = match sides {
+                    [_] => "the private load balancer".to_string(),
+                    _ => waiting.join(" and "),
                 };
                 return Err(Error::Unhealthy(format!(
                     "replacement tasks did not become healthy behind {which} within {} s: {state}. \
                      Reporting Failed so that CodeDeploy rolls back; production traffic has not moved",
-                    side.health_timeout_seconds.min(budget.remaining().as_secs().max(1))
+                    timeout.min(budget.remaining().as_secs().max(1))
                 )));
             }
             Err(e) => return Err(e),
         };
-        t.note(format!("{healthy} mirrored targets healthy in {}", name(&g.private)));
-        Ok(healthy)
+        for ((_, g), n) in sides.iter().zip(&healthy) {
+            t.note(format!("{n} mirrored targets healthy in {}", name(&g.private)));
+        }
+        Ok(healthy.into_iter().min().unwrap_or(0))
+    }
+
+    /// One side's check in a poll of the gate: `Ok(healthy)` when every live public member is healthy in the
+    /// private group, `Err(state)` while waiting.
+    async fn gate_check(
+        &self,
+        reads: &ReadOnce<'_, L>,
+        g: &Green,
+        t: &Tracker,
+    ) -> Result<std::result::Result<usize, String>> {
+        let (public, private) = tokio::join!(reads.targets(&g.public), self.lb.targets(&g.private));
+        let (public, private) = (public?, private?);
+        let plan = plan_mirror(&public, &private, DEFAULT_BATCH);
+        if !plan.is_empty() {
+            for batch in &plan.register {
+                self.lb.register(&g.private, batch).await?;
+            }
+            for batch in &plan.deregister {
+                self.lb.deregister(&g.private, batch).await?;
+            }
+            t.mirrored(plan.registered(), plan.deregistered());
+            return Ok(Err(format!("mirror of {} changed; re-checking health", name(&g.public))));
+        }
+        let wanted = live_keys(&public);
+        if wanted.is_empty() {
+            return Ok(Err(format!("public target group {} holds no replacement task", name(&g.public))));
+        }
+        let not_healthy: Vec<String> = private
+            .iter()
+            .filter(|p| wanted.contains(&p.key()) && p.health != HealthState::Healthy)
+            .map(|p| match &p.reason {
+                Some(reason) => format!("{} {} ({reason})", p.key(), p.health.as_str()),
+                None => format!("{} {}", p.key(), p.health.as_str()),
+            })
+            .collect();
+        if not_healthy.is_empty() {
+            return Ok(Ok(wanted.len()));
+        }
+        let unused = private.iter().any(|p| p.health == HealthState::Unused);
+        Ok(Err(format!(
+            "{} of {} mirrored targets are not healthy in private target group {}: {}{}",
+            not_healthy.len(),
+            wanted.len(),
+            name(&g.private),
+            not_healthy.join(", "),
+            if unused {
+                " — `unused` means no listener or rule of the private load balancer forwards to this target group"
+            } else {
+                " — check that the private load balancer's security group may reach the tasks and that the health check matches the public one"
+            }
+        )))
     }
 }

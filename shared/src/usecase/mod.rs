@@ -6,6 +6,7 @@ mod after_allow_traffic;
 mod after_install;
 mod before_allow_traffic;
 mod bindings;
+mod once;
 mod reconcile;
 
 pub use bindings::BINDING_CACHE_TTL;
@@ -23,6 +24,7 @@ use crate::domain::{
 use crate::harness::{Budget, Epilogue, Tracker};
 use crate::ports::{DeploymentFacts, Deployments, Followers, LoadBalancers, Saved, StateStore, TaskSetLabel};
 use crate::{AwsErrorKind, Error, Result};
+use once::ReadOnce;
 
 /// The engine: every function's use cases (the three hooks, the reconciler) over one set of ports.
 #[derive(Debug)]
@@ -407,9 +409,15 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         Ok(plan)
     }
 
-    /// Mirrors a pair; both groups are read at once.
-    async fn mirror_pair(&self, public: &str, private: &str, t: &Tracker) -> Result<MirrorPlan> {
-        let (source, current) = tokio::join!(self.lb.targets(public), self.lb.targets(private));
+    /// Mirrors a pair; both groups are read at once, the public one in the pass the sides share.
+    async fn mirror_pair(
+        &self,
+        reads: &ReadOnce<'_, L>,
+        public: &str,
+        private: &str,
+        t: &Tracker,
+    ) -> Result<MirrorPlan> {
+        let (source, current) = tokio::join!(reads.targets(public), self.lb.targets(private));
         self.mirror_onto(&source?, &current?, private, t).await
     }
 
@@ -620,11 +628,19 @@ fn health_budget(budget: Budget, b: &Binding) -> Budget {
 impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     /// Makes the private production route mirror the public one (I2) and keeps every private target group of
     /// the binding attached. Returns the private route now in place.
-    async fn converge_production(&self, r: &Resolved<'_>, b: &Binding, current: &Route, t: &Tracker) -> Result<Route> {
+    /// The public route is read in the pass the sides share.
+    async fn converge_production(
+        &self,
+        reads: &ReadOnce<'_, L>,
+        r: &Resolved<'_>,
+        b: &Binding,
+        current: &Route,
+        t: &Tracker,
+    ) -> Result<Route> {
         let Some(listener) = r.facts.production_listeners.first() else {
             return Ok(current.clone());
         };
-        let public = self.lb.route(&RouteRef::Listener(listener.clone())).await?;
+        let public = reads.route(&RouteRef::Listener(listener.clone())).await?;
         let desired = crate::domain::mirror_route(&public, &b.pair_arns(), b.style(), Some(current))
             .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.side_label())))?;
         if !desired.same_traffic(current) {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{now_ms, Engine, Tracker};
+use super::{now_ms, Engine, ReadOnce, Tracker};
 use crate::config::{Binding, RouteRef, MANAGED_TAG};
 use crate::domain::{
     follower_reads_per_s, full_reconcile_fits, next_read as next_read_in, pacing::PROCESS_SHARE, plan_reconcile,
@@ -160,18 +160,35 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// Re-establishes I1–I3 for `b` from the live public state, on every private side.
     pub async fn reconcile(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Reconciled> {
         t.binding(b);
-        on_every_side(b, |side| async move { self.reconcile_side(&side, group, t).await }).await
+        let first = &ReadOnce::new(&self.lb);
+        on_every_side(b, |side| async move { self.reconcile_side(&side, group, first, t).await }).await
     }
 
-    async fn reconcile_side(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Reconciled> {
+    /// `first`: the first round's reads, shared with the other sides; a further round reads anew.
+    async fn reconcile_side(
+        &self,
+        b: &Binding,
+        group: &DeploymentGroupFacts,
+        first: &ReadOnce<'_, L>,
+        t: &Tracker,
+    ) -> Result<Reconciled> {
         let mut out = Reconciled::of(b, b.side_label());
         let public_prod = group.production_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         let public_test = group.test_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         for round in 1..=3 {
             out.rounds = round;
+            let again;
+            let reads = match round {
+                1 => first,
+                _ => {
+                    again = ReadOnce::new(&self.lb);
+                    &again
+                }
+            };
             let pre = self.preflight(b, t).await?;
             let observing = Instant::now();
-            let seen = self.observe(b, public_prod.as_ref(), public_test.as_ref(), pre.production, pre.test).await?;
+            let seen =
+                self.observe(b, reads, public_prod.as_ref(), public_test.as_ref(), pre.production, pre.test).await?;
             if let (Some(public_ref), Some(public)) = (&public_prod, &seen.public_production) {
                 if round < 3 && self.moved_since(public_ref, public, observing).await?.is_some() {
                     continue;
@@ -222,13 +239,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// of target health, no route read: routes are the hooks', the follower's and the full reconcile's.
     pub async fn reconcile_membership(&self, b: &Binding, t: &Tracker) -> Result<Reconciled> {
         t.binding(b);
-        on_every_side(b, |side| async move { self.membership_side(&side, t).await }).await
+        let reads = &ReadOnce::new(&self.lb);
+        on_every_side(b, |side| async move { self.membership_side(&side, reads, t).await }).await
     }
 
-    async fn membership_side(&self, b: &Binding, t: &Tracker) -> Result<Reconciled> {
+    async fn membership_side(&self, b: &Binding, reads: &ReadOnce<'_, L>, t: &Tracker) -> Result<Reconciled> {
         let mut out = Reconciled { rounds: 1, ..Reconciled::of(b, b.side_label()) };
         let tgs: Vec<&str> = b.public_target_groups().into_iter().chain(b.private_target_groups()).collect();
-        let targets = futures_util::future::try_join_all(tgs.iter().map(|tg| self.lb.targets(tg))).await?;
+        let targets = futures_util::future::try_join_all(tgs.iter().map(|tg| reads.targets(tg))).await?;
         let seen = Observed { targets: tgs.iter().map(|s| s.to_string()).zip(targets).collect(), ..Default::default() };
         if self.apply(b, &seen, &mut out, t).await? {
             t.note(format!("mirrored {}: +{} -{}", out.binding, out.registered, out.deregistered));
@@ -307,8 +325,12 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         speculate: bool,
         t: &Tracker,
     ) -> Result<Reconciled> {
-        on_every_side(b, |side| async move { self.mirror_production_side(&side, public, read, speculate, t).await })
-            .await
+        let reads = &ReadOnce::new(&self.lb);
+        on_every_side(
+            b,
+            |side| async move { self.mirror_production_side(&side, public, read, speculate, reads, t).await },
+        )
+        .await
     }
 
     async fn mirror_production_side(
@@ -317,6 +339,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         public: &Route,
         read: (&RouteRef, Instant),
         speculate: bool,
+        reads: &ReadOnce<'_, L>,
         t: &Tracker,
     ) -> Result<Reconciled> {
         let mut out = Reconciled { rounds: 1, ..Reconciled::of(b, b.side_label()) };
@@ -324,7 +347,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let all: Vec<&str> = pairs.iter().flat_map(|(public, private)| [public.as_str(), private.as_str()]).collect();
         let early = async {
             match speculate {
-                true => futures_util::future::try_join_all(all.iter().map(|tg| self.lb.targets(tg))).await.map(Some),
+                true => futures_util::future::try_join_all(all.iter().map(|tg| reads.targets(tg))).await.map(Some),
                 false => Ok(None),
             }
         };
@@ -349,7 +372,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             // Every pair's targets are at hand: the plan mirrors their membership too.
             Some(read) => all.iter().map(|s| s.to_string()).zip(read).collect(),
             None => {
-                let read = futures_util::future::try_join_all(involved.iter().map(|tg| self.lb.targets(tg))).await?;
+                let read = futures_util::future::try_join_all(involved.iter().map(|tg| reads.targets(tg))).await?;
                 involved.iter().map(|s| s.to_string()).zip(read).collect()
             }
         };
@@ -370,10 +393,12 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         Ok(out)
     }
 
-    /// Reads both sides: routes and the targets of all four groups, concurrently.
+    /// Reads both sides: routes and the targets of all four groups, concurrently, in the pass `reads` (the
+    /// public ones are every side's).
     async fn observe(
         &self,
         b: &Binding,
+        reads: &ReadOnce<'_, L>,
         public_prod: Option<&RouteRef>,
         public_test: Option<&RouteRef>,
         private_production: Route,
@@ -383,14 +408,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             let r = r.cloned();
             async move {
                 match r {
-                    Some(r) => self.lb.route(&r).await.map(Some),
+                    Some(r) => reads.route(&r).await.map(Some),
                     None => Ok(None),
                 }
             }
         };
         let tgs: Vec<&str> = b.public_target_groups().into_iter().chain(b.private_target_groups()).collect();
-        let reads = futures_util::future::try_join_all(tgs.iter().map(|tg| self.lb.targets(tg)));
-        let (pp, pt, targets) = tokio::join!(route_of(public_prod), route_of(public_test), reads);
+        let targets = futures_util::future::try_join_all(tgs.iter().map(|tg| reads.targets(tg)));
+        let (pp, pt, targets) = tokio::join!(route_of(public_prod), route_of(public_test), targets);
         Ok(Observed {
             public_production: pp?,
             public_test: pt?,
@@ -974,14 +999,21 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// The public side and every private side of a binding (one status per private side), and what a reconcile
     /// would change, without changing anything.
     pub async fn status(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Vec<BindingStatus>> {
-        futures_util::future::try_join_all(b.sides().iter().map(|side| self.status_side(side, group, t))).await
+        let reads = &ReadOnce::new(&self.lb);
+        futures_util::future::try_join_all(b.sides().iter().map(|side| self.status_side(side, group, reads, t))).await
     }
 
-    async fn status_side(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<BindingStatus> {
+    async fn status_side(
+        &self,
+        b: &Binding,
+        group: &DeploymentGroupFacts,
+        reads: &ReadOnce<'_, L>,
+        t: &Tracker,
+    ) -> Result<BindingStatus> {
         let pre = self.preflight(b, t).await?;
         let public_prod = group.production_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         let public_test = group.test_listeners.first().map(|l| RouteRef::Listener(l.clone()));
-        let seen = self.observe(b, public_prod.as_ref(), public_test.as_ref(), pre.production, pre.test).await?;
+        let seen = self.observe(b, reads, public_prod.as_ref(), public_test.as_ref(), pre.production, pre.test).await?;
         let plan = plan_reconcile(&b.pair_arns(), b.style(), &seen, DEFAULT_BATCH)
             .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.side_label())))?;
         let name = |tg: &str| crate::domain::arn::target_group_name(tg).unwrap_or(tg).to_string();

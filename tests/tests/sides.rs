@@ -195,6 +195,10 @@ async fn every_side_of_a_pass_shares_one_read_of_each_public_group_and_route() {
     // checked against one read of the public listener.
     assert_eq!(reads(&w, DTH, &[&a.pub_blue, &a.prv_blue, &a.nlb_blue]), [1, 1, 1]);
     assert_eq!(w.calls.reads_of("elb:DescribeListeners", &a.pub_prod), 1, "{:?}", w.calls.log());
+    // The preflight of both sides: their six groups in one DescribeTargetGroups, their four private listeners
+    // in one DescribeListeners (the other one is the public listener's read above).
+    assert_eq!(w.calls.count("elb:DescribeTargetGroups"), 1, "{:?}", w.calls.log());
+    assert_eq!(w.calls.count("elb:DescribeListeners"), 2, "{:?}", w.calls.log());
 
     w.allow_test_traffic();
     w.calls.clear();
@@ -251,4 +255,20 @@ async fn the_gate_polls_the_public_group_once_for_every_side_still_waiting() {
     // One read of the public group per poll (the NLB's side is in every poll), plus the wait for the tasks.
     assert_eq!(public, nlb + 1, "public {public}, alb {alb}, nlb {nlb}");
     assert_eq!(w.reports_for("e2"), vec![HookStatus::Succeeded]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_route_of_one_side_is_named_though_the_sides_are_read_together() {
+    let w = World::two_sides();
+    let a = &w.arns;
+    w.elb.remove_route(&a.nlb_test);
+    w.install_green();
+    let ai = w.invoke(Phase::AfterInstall, "e1").await;
+    assert_eq!(ai.status, HookStatus::Failed);
+    let message = ai.message.unwrap_or_default();
+    assert!(message.contains("private test route") && message.contains(&a.nlb_test), "{message}");
+    assert!(message.contains("does not exist"), "{message}");
+    assert_eq!(w.reports_for("e1"), vec![HookStatus::Failed]);
+    // Nothing was changed on either side.
+    assert!(w.elb.members(&a.prv_green).is_empty() && w.elb.members(&a.nlb_green).is_empty());
 }

@@ -241,56 +241,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let (groups, routes) = tokio::join!(self.lb.target_groups(&arns), route_reads);
         let groups = groups.map_err(missing(format!("one of the target groups of binding {}", b.side_label())))?;
         let (production, test) = routes?;
-        let lb_arn = b.private_load_balancer().unwrap_or_default();
-        let find = |a: &str| {
-            groups.iter().find(|g| g.arn == a).ok_or_else(|| {
-                Error::Misconfigured(format!("target group {a} of binding {} does not exist", b.side_label()))
-            })
-        };
-        for p in &b.pairs {
-            let (public, private) = (find(&p.public_target_group)?, find(&p.private_target_group)?);
-            for g in [public, private] {
-                if g.target_type != "ip" {
-                    return Err(Error::Misconfigured(format!(
-                        "target group {} is of type `{}`; task IPs can only be mirrored between target groups of type `ip`",
-                        g.name, g.target_type
-                    )));
-                }
-            }
-            let (public_shape, private_shape) = (shape(public), shape(private));
-            if let Some(problem) = compat::incompatibility(&public_shape, &private_shape) {
-                return Err(Error::Misconfigured(format!("binding {}: {problem}", b.side_label())));
-            }
-            if let Some(other) = private.load_balancers.iter().find(|l| **l != lb_arn) {
-                return Err(Error::Misconfigured(format!(
-                    "private target group {} is attached to load balancer {other}, not (only) to the binding's private \
-                     load balancer {lb_arn}: a mirror must belong to the private load balancer alone",
-                    private.name
-                )));
-            }
-            for warning in compat::weaker_health_checks(&public_shape, &private_shape) {
-                t.note(warning);
-            }
-        }
-        let privates = b.private_target_groups();
-        let check = |what: &str, route: &Route| -> Result<()> {
-            for w in &route.target_groups {
-                if !privates.contains(&w.target_group.as_str()) {
-                    return Err(Error::Misconfigured(format!(
-                        "the {what} forwards to target group {}, which binding {} does not name; \
-                         point it at the binding's private target groups",
-                        name(&w.target_group),
-                        b.side_label()
-                    )));
-                }
-            }
-            Ok(())
-        };
-        check("private production route", &production)?;
-        if let Some(test) = &test {
-            check("private test route", test)?;
-        }
-        Ok(Preflight { production, test })
+        checked_preflight(b, &groups, production, test, t)
     }
 
     /// Which pair is green: CodeDeploy's task-set labels when it lists them, else the public production
@@ -555,8 +506,46 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     }
 
     /// [`Self::preflight`] of every private side, concurrently.
+    ///
+    /// With more than one side, every side's groups come in one `DescribeTargetGroups` (the public ones are every
+    /// side's) and every side's private routes in one read per kind, instead of a round of reads per side. When
+    /// something is missing, each side's own preflight then says which side and what.
     async fn preflight_sides(&self, b: &Binding, t: &Tracker) -> Result<Vec<(Binding, Preflight)>> {
         let sides = b.sides();
+        if sides.len() > 1 {
+            let mut arns: Vec<&str> = sides
+                .iter()
+                .flat_map(|s| s.public_target_groups().into_iter().chain(s.private_target_groups()))
+                .collect();
+            arns.sort_unstable();
+            arns.dedup();
+            let refs: Vec<RouteRef> = sides
+                .iter()
+                .flat_map(|s| std::iter::once(s.private_production_route.clone()).chain(s.private_test_route.clone()))
+                .collect();
+            let (groups, routes) = tokio::join!(self.lb.target_groups(&arns), self.lb.routes(&refs));
+            match (groups, routes) {
+                (Ok(groups), Ok(routes)) => {
+                    let read = |r: &RouteRef| {
+                        refs.iter()
+                            .position(|x| x == r)
+                            .and_then(|i| routes.get(i))
+                            .cloned()
+                            .ok_or_else(|| Error::Invariant(format!("route {r} asked for and not answered")))
+                    };
+                    let mut out = Vec::new();
+                    for side in sides {
+                        let production = read(&side.private_production_route)?;
+                        let test = side.private_test_route.as_ref().map(&read).transpose()?;
+                        let pre = checked_preflight(&side, &groups, production, test, t)?;
+                        out.push((side, pre));
+                    }
+                    return Ok(out);
+                }
+                (Err(e), _) | (_, Err(e)) if e.aws_kind() != Some(AwsErrorKind::NotFound) => return Err(e),
+                _ => {}
+            }
+        }
         let pres = futures_util::future::try_join_all(sides.iter().map(|side| self.preflight(side, t))).await?;
         Ok(sides.into_iter().zip(pres).collect())
     }
@@ -595,6 +584,66 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             }
         }
     }
+}
+
+/// The preflight's rules over what was read for side `b`: `groups` holds (at least) its four target groups.
+fn checked_preflight(
+    b: &Binding,
+    groups: &[crate::ports::TargetGroupFacts],
+    production: Route,
+    test: Option<Route>,
+    t: &Tracker,
+) -> Result<Preflight> {
+    let lb_arn = b.private_load_balancer().unwrap_or_default();
+    let find = |a: &str| {
+        groups.iter().find(|g| g.arn == a).ok_or_else(|| {
+            Error::Misconfigured(format!("target group {a} of binding {} does not exist", b.side_label()))
+        })
+    };
+    for p in &b.pairs {
+        let (public, private) = (find(&p.public_target_group)?, find(&p.private_target_group)?);
+        for g in [public, private] {
+            if g.target_type != "ip" {
+                return Err(Error::Misconfigured(format!(
+                    "target group {} is of type `{}`; task IPs can only be mirrored between target groups of type `ip`",
+                    g.name, g.target_type
+                )));
+            }
+        }
+        let (public_shape, private_shape) = (shape(public), shape(private));
+        if let Some(problem) = compat::incompatibility(&public_shape, &private_shape) {
+            return Err(Error::Misconfigured(format!("binding {}: {problem}", b.side_label())));
+        }
+        if let Some(other) = private.load_balancers.iter().find(|l| **l != lb_arn) {
+            return Err(Error::Misconfigured(format!(
+                "private target group {} is attached to load balancer {other}, not (only) to the binding's private \
+                 load balancer {lb_arn}: a mirror must belong to the private load balancer alone",
+                private.name
+            )));
+        }
+        for warning in compat::weaker_health_checks(&public_shape, &private_shape) {
+            t.note(warning);
+        }
+    }
+    let privates = b.private_target_groups();
+    let check = |what: &str, route: &Route| -> Result<()> {
+        for w in &route.target_groups {
+            if !privates.contains(&w.target_group.as_str()) {
+                return Err(Error::Misconfigured(format!(
+                    "the {what} forwards to target group {}, which binding {} does not name; \
+                     point it at the binding's private target groups",
+                    name(&w.target_group),
+                    b.side_label()
+                )));
+            }
+        }
+        Ok(())
+    };
+    check("private production route", &production)?;
+    if let Some(test) = &test {
+        check("private test route", test)?;
+    }
+    Ok(Preflight { production, test })
 }
 
 /// What the compatibility rule reads of a target group.

@@ -225,6 +225,9 @@ async fn every_side_of_a_pass_shares_one_read_of_each_public_group_and_route() {
         let publics = [&a.pub_prod, &a.pub_test];
         let routes = reads(&w, "elb:DescribeListeners", &publics);
         assert_eq!(routes, if which == 1 { [0, 0] } else { [1, 1] }, "{pass}: {:?}", w.calls.log());
+        // Both sides' preflight in one read of their groups.
+        let described = w.calls.count("elb:DescribeTargetGroups");
+        assert_eq!(described, if which == 1 { 0 } else { 1 }, "{pass}: {:?}", w.calls.log());
     }
 }
 
@@ -271,4 +274,25 @@ async fn a_missing_route_of_one_side_is_named_though_the_sides_are_read_together
     assert_eq!(w.reports_for("e1"), vec![HookStatus::Failed]);
     // Nothing was changed on either side.
     assert!(w.elb.members(&a.prv_green).is_empty() && w.elb.members(&a.nlb_green).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_side_refused_by_the_preflight_read_together_fails_alone_in_a_reconcile() {
+    let w = World::two_sides();
+    let a = &w.arns;
+    // A task scales out on the public side; the NLB side's green group has meanwhile been set to another port.
+    w.elb.add_targets(&a.pub_blue, &keys(201..202), bluegreen_mirror::domain::HealthState::Healthy);
+    w.elb.group_mut(&a.nlb_green, |g| g.facts.port = Some(9090));
+    let engine = w.hooks();
+    let b = w.config.bindings[0].clone();
+    let group = engine.group(&b).await.unwrap();
+    w.calls.clear();
+    let err = engine.reconcile(&b, &group, &Tracker::default()).await.unwrap_err().to_string();
+    assert!(err.contains("binding web/web-bg side 2") && err.contains("nlb-green"), "{err}");
+    // The internal ALB's side was mirrored all the same; the NLB's was left as it was.
+    let new = strings(&keys(201..202));
+    assert_eq!(w.elb.members(&a.prv_blue), w.elb.members(&a.pub_blue));
+    assert!(w.elb.members(&a.prv_blue).contains(&new[0]));
+    assert!(!w.elb.members(&a.nlb_blue).contains(&new[0]));
+    assert_eq!(w.calls.count("elb:DescribeTargetGroups"), 1, "{:?}", w.calls.log());
 }

@@ -84,6 +84,17 @@ struct Preflight {
     test: Option<Route>,
 }
 
+/// Each side's preflight read together with the others' (see [`Engine::preflight_together`]), handed to that
+/// side once; a side without one makes its own.
+#[derive(Debug, Default)]
+struct Preflights(std::sync::Mutex<Vec<Option<Result<Preflight>>>>);
+
+impl Preflights {
+    fn take(&self, side: usize) -> Option<Result<Preflight>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_mut(side).and_then(Option::take)
+    }
+}
+
 /// How long a hook waits for a DynamoDB read that stands between it and a route change. A read that hangs until
 /// the SDK's 10 s attempt timeout would otherwise hold the private side back while production moves; a missing
 /// table or permission answers at once, and everything read there can be derived from ELB instead.
@@ -505,49 +516,65 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         Ok((pre, state?))
     }
 
-    /// [`Self::preflight`] of every private side, concurrently.
-    ///
-    /// With more than one side, every side's groups come in one `DescribeTargetGroups` (the public ones are every
-    /// side's) and every side's private routes in one read per kind, instead of a round of reads per side. When
-    /// something is missing, each side's own preflight then says which side and what.
+    /// [`Self::preflight`] of every private side: together (see [`Self::preflight_together`]), or each on its
+    /// own when the reads together found something missing, so that the error says which side and what.
     async fn preflight_sides(&self, b: &Binding, t: &Tracker) -> Result<Vec<(Binding, Preflight)>> {
         let sides = b.sides();
-        if sides.len() > 1 {
-            let mut arns: Vec<&str> = sides
-                .iter()
-                .flat_map(|s| s.public_target_groups().into_iter().chain(s.private_target_groups()))
-                .collect();
-            arns.sort_unstable();
-            arns.dedup();
-            let refs: Vec<RouteRef> = sides
-                .iter()
-                .flat_map(|s| std::iter::once(s.private_production_route.clone()).chain(s.private_test_route.clone()))
-                .collect();
-            let (groups, routes) = tokio::join!(self.lb.target_groups(&arns), self.lb.routes(&refs));
-            match (groups, routes) {
-                (Ok(groups), Ok(routes)) => {
-                    let read = |r: &RouteRef| {
-                        refs.iter()
-                            .position(|x| x == r)
-                            .and_then(|i| routes.get(i))
-                            .cloned()
-                            .ok_or_else(|| Error::Invariant(format!("route {r} asked for and not answered")))
-                    };
-                    let mut out = Vec::new();
-                    for side in sides {
-                        let production = read(&side.private_production_route)?;
-                        let test = side.private_test_route.as_ref().map(&read).transpose()?;
-                        let pre = checked_preflight(&side, &groups, production, test, t)?;
-                        out.push((side, pre));
-                    }
-                    return Ok(out);
-                }
-                (Err(e), _) | (_, Err(e)) if e.aws_kind() != Some(AwsErrorKind::NotFound) => return Err(e),
-                _ => {}
-            }
+        if let Some(pres) = self.preflight_together(&sides, t).await? {
+            return sides.into_iter().zip(pres).map(|(side, pre)| Ok((side, pre?))).collect();
         }
         let pres = futures_util::future::try_join_all(sides.iter().map(|side| self.preflight(side, t))).await?;
         Ok(sides.into_iter().zip(pres).collect())
+    }
+
+    /// [`Self::preflight_together`] for sides that then go their own ways (a reconcile, `status`): a side whose
+    /// preflight fails fails alone.
+    async fn preflights(&self, b: &Binding, t: &Tracker) -> Result<Preflights> {
+        let together = self.preflight_together(&b.sides(), t).await?;
+        Ok(Preflights(std::sync::Mutex::new(together.unwrap_or_default().into_iter().map(Some).collect())))
+    }
+
+    /// Every side's preflight from one read of them all, when there is more than one side: every side's groups in
+    /// one `DescribeTargetGroups` (the public ones are every side's) and every side's private routes in one read
+    /// per kind, instead of a round of reads per side. Each side's own outcome, in order; `None` when there is one
+    /// side, or when the read found something missing (a read of many ARNs does not say which one), for each
+    /// side's own preflight to name it. Any other failed read fails them all: reading again per side would only
+    /// spend more of a throttled budget.
+    async fn preflight_together(&self, sides: &[Binding], t: &Tracker) -> Result<Option<Vec<Result<Preflight>>>> {
+        if sides.len() < 2 {
+            return Ok(None);
+        }
+        let mut arns: Vec<&str> =
+            sides.iter().flat_map(|s| s.public_target_groups().into_iter().chain(s.private_target_groups())).collect();
+        arns.sort_unstable();
+        arns.dedup();
+        let refs: Vec<RouteRef> = sides
+            .iter()
+            .flat_map(|s| std::iter::once(s.private_production_route.clone()).chain(s.private_test_route.clone()))
+            .collect();
+        let (groups, routes) = tokio::join!(self.lb.target_groups(&arns), self.lb.routes(&refs));
+        let (groups, routes) = match (groups, routes) {
+            (Ok(groups), Ok(routes)) => (groups, routes),
+            (Err(e), _) | (_, Err(e)) if e.aws_kind() != Some(AwsErrorKind::NotFound) => return Err(e),
+            _ => return Ok(None),
+        };
+        let read = |r: &RouteRef| {
+            refs.iter()
+                .position(|x| x == r)
+                .and_then(|i| routes.get(i))
+                .cloned()
+                .ok_or_else(|| Error::Invariant(format!("route {r} asked for and not answered")))
+        };
+        Ok(Some(
+            sides
+                .iter()
+                .map(|side| {
+                    let production = read(&side.private_production_route)?;
+                    let test = side.private_test_route.as_ref().map(&read).transpose()?;
+                    checked_preflight(side, &groups, production, test, t)
+                })
+                .collect(),
+        ))
     }
 
     /// The state table must exist and be readable: records, the planned flip and the follower's lease live

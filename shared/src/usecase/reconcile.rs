@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{now_ms, Engine, ReadOnce, Tracker};
+use super::{now_ms, Engine, Preflight, ReadOnce, Tracker};
 use crate::config::{Binding, RouteRef, MANAGED_TAG};
 use crate::domain::{
     follower_reads_per_s, full_reconcile_fits, next_read as next_read_in, pacing::PROCESS_SHARE, plan_reconcile,
@@ -161,17 +161,24 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     pub async fn reconcile(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Reconciled> {
         t.binding(b);
         let first = &ReadOnce::new(&self.lb);
-        on_every_side(b, |side| async move { self.reconcile_side(&side, group, first, t).await }).await
+        let pres = &self.preflights(b, t).await?;
+        on_every_side(b, |side| async move {
+            let pre = pres.take(side.side);
+            self.reconcile_side(&side, group, (first, pre), t).await
+        })
+        .await
     }
 
-    /// `first`: the first round's reads, shared with the other sides; a further round reads anew.
+    /// `first`: the first round's reads, shared with the other sides, and this side's preflight when it was read
+    /// with theirs; a further round reads anew.
     async fn reconcile_side(
         &self,
         b: &Binding,
         group: &DeploymentGroupFacts,
-        first: &ReadOnce<'_, L>,
+        first: (&ReadOnce<'_, L>, Option<Result<Preflight>>),
         t: &Tracker,
     ) -> Result<Reconciled> {
+        let (first, mut first_pre) = first;
         let mut out = Reconciled::of(b, b.side_label());
         let public_prod = group.production_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         let public_test = group.test_listeners.first().map(|l| RouteRef::Listener(l.clone()));
@@ -185,7 +192,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                     &again
                 }
             };
-            let pre = self.preflight(b, t).await?;
+            let pre = match first_pre.take() {
+                Some(pre) if round == 1 => pre?,
+                _ => self.preflight(b, t).await?,
+            };
             let observing = Instant::now();
             let seen =
                 self.observe(b, reads, public_prod.as_ref(), public_test.as_ref(), pre.production, pre.test).await?;
@@ -1000,17 +1010,25 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// would change, without changing anything.
     pub async fn status(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Vec<BindingStatus>> {
         let reads = &ReadOnce::new(&self.lb);
-        futures_util::future::try_join_all(b.sides().iter().map(|side| self.status_side(side, group, reads, t))).await
+        let pres = &self.preflights(b, t).await?;
+        futures_util::future::try_join_all(
+            b.sides().iter().map(|side| self.status_side(side, group, (reads, pres.take(side.side)), t)),
+        )
+        .await
     }
 
     async fn status_side(
         &self,
         b: &Binding,
         group: &DeploymentGroupFacts,
-        reads: &ReadOnce<'_, L>,
+        pass: (&ReadOnce<'_, L>, Option<Result<Preflight>>),
         t: &Tracker,
     ) -> Result<BindingStatus> {
-        let pre = self.preflight(b, t).await?;
+        let (reads, pre) = pass;
+        let pre = match pre {
+            Some(pre) => pre?,
+            None => self.preflight(b, t).await?,
+        };
         let public_prod = group.production_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         let public_test = group.test_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         let seen = self.observe(b, reads, public_prod.as_ref(), public_test.as_ref(), pre.production, pre.test).await?;

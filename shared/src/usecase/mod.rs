@@ -84,14 +84,30 @@ struct Preflight {
     test: Option<Route>,
 }
 
-/// Each side's preflight read together with the others' (see [`Engine::preflight_together`]), handed to that
-/// side once; a side without one makes its own.
-#[derive(Debug, Default)]
-struct Preflights(std::sync::Mutex<Vec<Option<Result<Preflight>>>>);
+/// One pass over the private sides of a binding that then go their own ways (a reconcile's first round,
+/// `status`): the public reads they share, and each side's preflight read together with the others' (see
+/// [`Engine::preflight_together`]), handed to that side once.
+struct SidesPass<'l, L> {
+    reads: ReadOnce<'l, L>,
+    preflights: std::sync::Mutex<Vec<Option<Result<Preflight>>>>,
+}
 
-impl Preflights {
-    fn take(&self, side: usize) -> Option<Result<Preflight>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_mut(side).and_then(Option::take)
+/// What one side takes from a [`SidesPass`]: the shared reads, and its preflight when it was read with the
+/// others' (a side without one makes its own, see [`Engine::preflight_or_own`]).
+struct SidePass<'p, 'l, L> {
+    reads: &'p ReadOnce<'l, L>,
+    preflight: Option<Result<Preflight>>,
+}
+
+impl<'l, L: LoadBalancers> SidesPass<'l, L> {
+    fn side(&self, side: usize) -> SidePass<'_, 'l, L> {
+        let preflight = self
+            .preflights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(side)
+            .and_then(Option::take);
+        SidePass { reads: &self.reads, preflight }
     }
 }
 
@@ -527,11 +543,22 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         Ok(sides.into_iter().zip(pres).collect())
     }
 
-    /// [`Self::preflight_together`] for sides that then go their own ways (a reconcile, `status`): a side whose
-    /// preflight fails fails alone.
-    async fn preflights(&self, b: &Binding, t: &Tracker) -> Result<Preflights> {
+    /// A [`SidesPass`] over every side of `b`: the sides' preflights read together; a side whose preflight fails
+    /// fails alone.
+    async fn sides_pass(&self, b: &Binding, t: &Tracker) -> Result<SidesPass<'_, L>> {
         let together = self.preflight_together(&b.sides(), t).await?;
-        Ok(Preflights(std::sync::Mutex::new(together.unwrap_or_default().into_iter().map(Some).collect())))
+        Ok(SidesPass {
+            reads: ReadOnce::new(&self.lb),
+            preflights: std::sync::Mutex::new(together.unwrap_or_default().into_iter().map(Some).collect()),
+        })
+    }
+
+    /// The preflight read with the other sides', or this side's own when there was none.
+    async fn preflight_or_own(&self, b: &Binding, read: Option<Result<Preflight>>, t: &Tracker) -> Result<Preflight> {
+        match read {
+            Some(pre) => pre,
+            None => self.preflight(b, t).await,
+        }
     }
 
     /// Every side's preflight from one read of them all, when there is more than one side: every side's groups in

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{now_ms, Engine, Preflight, ReadOnce, Tracker};
+use super::{now_ms, Engine, ReadOnce, SidePass, Tracker};
 use crate::config::{Binding, RouteRef, MANAGED_TAG};
 use crate::domain::{
     follower_reads_per_s, full_reconcile_fits, next_read as next_read_in, pacing::PROCESS_SHARE, plan_reconcile,
@@ -160,13 +160,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// Re-establishes I1–I3 for `b` from the live public state, on every private side.
     pub async fn reconcile(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Reconciled> {
         t.binding(b);
-        let first = &ReadOnce::new(&self.lb);
-        let pres = &self.preflights(b, t).await?;
-        on_every_side(b, |side| async move {
-            let pre = pres.take(side.side);
-            self.reconcile_side(&side, group, (first, pre), t).await
-        })
-        .await
+        let pass = &self.sides_pass(b, t).await?;
+        on_every_side(b, |side| async move { self.reconcile_side(&side, group, pass.side(side.side), t).await }).await
     }
 
     /// `first`: the first round's reads, shared with the other sides, and this side's preflight when it was read
@@ -175,10 +170,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         &self,
         b: &Binding,
         group: &DeploymentGroupFacts,
-        first: (&ReadOnce<'_, L>, Option<Result<Preflight>>),
+        first: SidePass<'_, '_, L>,
         t: &Tracker,
     ) -> Result<Reconciled> {
-        let (first, mut first_pre) = first;
+        let SidePass { reads: first, preflight: mut first_pre } = first;
         let mut out = Reconciled::of(b, b.side_label());
         let public_prod = group.production_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         let public_test = group.test_listeners.first().map(|l| RouteRef::Listener(l.clone()));
@@ -192,10 +187,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                     &again
                 }
             };
-            let pre = match first_pre.take() {
-                Some(pre) if round == 1 => pre?,
-                _ => self.preflight(b, t).await?,
-            };
+            let pre = self.preflight_or_own(b, first_pre.take(), t).await?;
             let observing = Instant::now();
             let seen =
                 self.observe(b, reads, public_prod.as_ref(), public_test.as_ref(), pre.production, pre.test).await?;
@@ -1009,10 +1001,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// The public side and every private side of a binding (one status per private side), and what a reconcile
     /// would change, without changing anything.
     pub async fn status(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Vec<BindingStatus>> {
-        let reads = &ReadOnce::new(&self.lb);
-        let pres = &self.preflights(b, t).await?;
+        let pass = &self.sides_pass(b, t).await?;
         futures_util::future::try_join_all(
-            b.sides().iter().map(|side| self.status_side(side, group, (reads, pres.take(side.side)), t)),
+            b.sides().iter().map(|side| self.status_side(side, group, pass.side(side.side), t)),
         )
         .await
     }
@@ -1021,14 +1012,11 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         &self,
         b: &Binding,
         group: &DeploymentGroupFacts,
-        pass: (&ReadOnce<'_, L>, Option<Result<Preflight>>),
+        pass: SidePass<'_, '_, L>,
         t: &Tracker,
     ) -> Result<BindingStatus> {
-        let (reads, pre) = pass;
-        let pre = match pre {
-            Some(pre) => pre?,
-            None => self.preflight(b, t).await?,
-        };
+        let SidePass { reads, preflight } = pass;
+        let pre = self.preflight_or_own(b, preflight, t).await?;
         let public_prod = group.production_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         let public_test = group.test_listeners.first().map(|l| RouteRef::Listener(l.clone()));
         let seen = self.observe(b, reads, public_prod.as_ref(), public_test.as_ref(), pre.production, pre.test).await?;

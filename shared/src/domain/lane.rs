@@ -33,11 +33,12 @@ pub const LANE_GRANT_TTL: Duration = Duration::from_secs(2);
 /// How one invocation's reads use the lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LaneMode {
-    /// They wait their turn: AfterInstall, BeforeAllowTraffic, the scheduled sweep, the check at a deployment's
-    /// successful end. They have minutes, and a deployment that starts a little later costs nobody anything.
+    /// They wait their turn: AfterInstall, BeforeAllowTraffic, the scheduled sweep. They have minutes, and a
+    /// deployment that starts a little later costs nobody anything.
     Wait,
     /// They are counted in the lane but do not wait: what follows a move that already happened (a rollback, a
-    /// stop) or a task that is going (its private mirror must go within the target group's deregistration delay). What they spend pushes the waiting reads back, so the lane's rate still holds.
+    /// stop, a deployment's end) or a task that is going (its private mirror must go within the target group's
+    /// deregistration delay). What they spend pushes the waiting reads back, so the lane's rate still holds.
     Count,
     /// Not in the lane: a follower (its own share, through the census) and AfterAllowTraffic (a few reads right
     /// after its flip, verifying it).

@@ -845,17 +845,12 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    /// How the reads this trigger causes use the installation's read lane: the sweep and a deployment's successful
-    /// end wait their turn; a rollback, a stop and a task that comes or goes are counted without waiting; a
-    /// follower reads at its own share. A successful end moves no production traffic (AfterAllowTraffic flipped
-    /// the private side and checked it, and the original tasks' events take their mirrors out), so what its
-    /// reconcile may still find (a test route, a straggler) can wait seconds for its turn. Counted at once, the
-    /// ends of deployments that finish together spent the account's `Describe*` bucket in one burst with the tasks
-    /// they stop, throttling the customer's other callers.
+    /// How the reads this trigger causes use the installation's read lane: the sweep waits its turn; a move
+    /// already made (a deployment's end, a rollback, a stop) and a task that comes or goes are counted without
+    /// waiting; a follower reads at its own share.
     pub fn lane(&self) -> LaneMode {
         match self {
             Trigger::Schedule { .. } => LaneMode::Wait,
-            Trigger::Deployment { state, .. } if state == "SUCCESS" => LaneMode::Wait,
             Trigger::Deployment { .. } | Trigger::Task { .. } => LaneMode::Count,
             Trigger::Follow(_) => LaneMode::Outside,
         }
@@ -1113,7 +1108,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_sweep_and_a_successful_end_wait_in_the_lane_and_a_follower_stays_out_of_it() {
+    fn only_the_sweep_waits_in_the_lane_and_a_follower_stays_out_of_it() {
         let deployment = |state: &str| Trigger::Deployment {
             application: "web".into(),
             deployment_group: "web-bg".into(),
@@ -1121,8 +1116,7 @@ mod tests {
             state: state.into(),
         };
         assert_eq!(Trigger::Schedule { at: 0 }.lane(), LaneMode::Wait);
-        assert_eq!(deployment("SUCCESS").lane(), LaneMode::Wait, "nothing moved that was not followed already");
-        for state in ["FAILURE", "STOP"] {
+        for state in ["SUCCESS", "FAILURE", "STOP"] {
             assert_eq!(deployment(state).lane(), LaneMode::Count, "{state}: a move already made is followed at once");
         }
         assert_eq!(Trigger::Task { cluster: "c".into(), service: "s".into() }.lane(), LaneMode::Count);

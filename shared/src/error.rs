@@ -62,6 +62,11 @@ pub enum Error {
     #[error("timed out: {0}")]
     Timeout(String),
 
+    /// The installation's read lane gives this read its turn only after the invocation would have ended: the
+    /// read stepped aside, reading nothing (see [`crate::domain::lane`]).
+    #[error("{0}")]
+    LaneBusy(String),
+
     /// Mirrored targets did not become healthy on the private load balancer.
     #[error("{0}")]
     Unhealthy(String),

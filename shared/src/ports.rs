@@ -55,8 +55,10 @@ pub trait LoadBalancers: Send + Sync {
     /// that does not pace its reads ignores it.
     fn pace_reads(&self, _per_s: f64) {}
     /// How this process's reads use the installation's shared read lane from now on (see
-    /// [`crate::domain::LaneMode`]). An adapter without a lane ignores it.
-    fn share_reads(&self, _mode: crate::domain::LaneMode) {}
+    /// [`crate::domain::LaneMode`]). `within`: how long from now a read may wait for its turn; one whose turn
+    /// comes later steps aside ([`crate::Error::LaneBusy`]) instead of sleeping past the invocation's end. An
+    /// adapter without a lane ignores it.
+    fn share_reads(&self, _mode: crate::domain::LaneMode, _within: Option<std::time::Duration>) {}
 }
 
 /// Blue or green, as CodeDeploy labels an ECS task set.

@@ -41,6 +41,8 @@ pub struct Calls {
     fail_every: Mutex<Vec<(String, AwsErrorKind)>>,
     /// Every call whose operation starts with the prefix first hangs this long (a call that times out).
     stall_every: Mutex<Vec<(String, Duration)>>,
+    /// Every call whose operation starts with the prefix steps aside from a busy read lane.
+    lane_busy: Mutex<Vec<String>>,
 }
 
 impl Calls {
@@ -50,6 +52,9 @@ impl Calls {
             log.push(op.to_string());
             log.len() - 1
         };
+        if self.lane_busy.lock().unwrap().iter().any(|p| op.starts_with(p.as_str())) {
+            return Err(Error::LaneBusy(format!("injected: the read lane is busy for {op}")));
+        }
         if let Some((_, kind)) = self.fail_every.lock().unwrap().iter().find(|(p, _)| op.starts_with(p.as_str())) {
             return Err(Error::Aws {
                 service: "fake",
@@ -104,6 +109,13 @@ impl Calls {
         *self.fault_at.lock().unwrap() = None;
         self.fail_every.lock().unwrap().clear();
         self.stall_every.lock().unwrap().clear();
+        self.lane_busy.lock().unwrap().clear();
+    }
+
+    /// Makes every call whose operation starts with `prefix` step aside as a read whose turn in the lane comes
+    /// after its invocation's time does, until [`Self::no_faults`].
+    pub fn lane_busy_on(&self, prefix: &str) {
+        self.lane_busy.lock().unwrap().push(prefix.to_string());
     }
 
     /// Makes every call whose operation starts with `prefix` hang for `d` (virtual time) before it answers.

@@ -439,3 +439,39 @@ async fn a_follower_whose_reads_waited_does_not_write_over_a_newer_flip() {
     assert!(private[flipped..].iter().all(|w| *w == Some(100)), "nothing written over the flip: {private:?}");
     assert!(w.elb.dark_moments().is_empty(), "{:?}", w.elb.dark_moments());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_sweep_whose_turn_in_the_lane_comes_too_late_steps_aside_instead_of_failing() {
+    let w = World::new();
+    let a = &w.arns;
+    // A task the private side has not seen yet, for the sweep to find.
+    w.elb.add_targets(&a.pub_blue, &[ip(7)], HealthState::Healthy);
+    let engine = w.hooks();
+    let sweep = Trigger::Schedule { at: 0 };
+    let run = || async {
+        let (t, mut done) = (Tracker::default(), Vec::new());
+        let budget = Budget::after(Duration::from_secs(60));
+        let out = bluegreen_mirror_hooks::run_trigger(&engine, &sweep, "r-1", budget, &t, &mut done).await;
+        (out, done, t.snapshot().notes)
+    };
+
+    w.calls.lane_busy_on("elb:Describe");
+    let (out, done, notes) = run().await;
+    assert!(out.is_ok(), "not a failure for Lambda to run again: {out:?}");
+    assert!(done.is_empty());
+    assert!(notes.iter().any(|n| n.starts_with("sweep stepped aside at web/web-bg")), "{notes:?}");
+    assert!(w.private_writes().is_empty());
+    assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..4)));
+
+    // A throttled read is another matter: the sweep fails, and Lambda runs it again.
+    w.calls.no_faults();
+    w.calls.fail_every("elb:Describe", AwsErrorKind::Throttled);
+    assert!(run().await.0.is_err());
+
+    // With its turn in time, the same sweep mirrors the task.
+    w.calls.no_faults();
+    let (out, done, _) = run().await;
+    assert!(out.is_ok(), "{out:?}");
+    assert_eq!(done[0].registered, 1);
+    assert_eq!(w.elb.members(&a.prv_blue), w.elb.members(&a.pub_blue));
+}

@@ -89,6 +89,19 @@ impl ReadLane {
         }
         Ok(wait)
     }
+
+    /// Gives back `reads` reads reserved and not to be made: an atomic add of their cost taken away, so that the
+    /// lane's time goes to the reads that will be made.
+    pub async fn give_back(&self, reads: u32) -> Result<()> {
+        let cost = i64::try_from(self.lane.cost_ms(reads)).unwrap_or(i64::MAX);
+        self.update_lane()
+            .update_expression("ADD #tat :back")
+            .expression_attribute_values(":back", AttributeValue::N((-cost).to_string()))
+            .send()
+            .await
+            .map_err(|e| aws_error(SERVICE, "UpdateItem", &format!("table {}", self.table), e))?;
+        Ok(())
+    }
 }
 
 /// [`StateStore`] over one DynamoDB table.

@@ -109,6 +109,43 @@ struct SharedReads {
     waiting: AtomicU32,
     /// Reads reserved and not yet used, and when they became due.
     grant: tokio::sync::Mutex<(u32, Option<Instant>)>,
+    /// How long this invocation's reads may wait for their turn, and whether one found its turn later than that
+    /// (then the others step aside at once, without reserving).
+    within: Mutex<Within>,
+}
+
+#[derive(Debug, Default)]
+struct Within {
+    until: Option<Instant>,
+    stepped_aside: bool,
+}
+
+impl SharedReads {
+    fn stepped_aside(&self) -> bool {
+        self.within.lock().is_ok_and(|w| w.stepped_aside)
+    }
+
+    /// Whether a turn `wait` from now comes after this invocation's reads may wait; if so, marks the invocation
+    /// as having stepped aside.
+    fn too_late(&self, wait: Duration) -> bool {
+        let Ok(mut w) = self.within.lock() else { return false };
+        let late = w.until.is_some_and(|until| Instant::now() + wait > until);
+        w.stepped_aside |= late;
+        late
+    }
+}
+
+fn lane_busy(wait: Option<Duration>) -> Error {
+    Error::LaneBusy(match wait {
+        Some(wait) => format!(
+            "the installation's ELB read lane gives this read its turn in {} s, after this invocation's time; it \
+             stepped aside for the deployments reading and read nothing",
+            wait.as_secs()
+        ),
+        None => "an earlier read of this invocation stepped aside from the installation's busy ELB read lane; \
+                 this one read nothing"
+            .into(),
+    })
 }
 
 impl Elb {
@@ -141,18 +178,22 @@ impl Elb {
             mode: AtomicU8::new(LaneMode::Wait as u8),
             waiting: AtomicU32::new(0),
             grant: tokio::sync::Mutex::new((0, None)),
+            within: Mutex::new(Within::default()),
         }));
         self
     }
 
     /// Waits for this read's turn in the installation's lane. The first of the reads issued together reserves
     /// for all of them (they queue while it does), so a mirrored step costs one write to the table, not five. A
-    /// lane that cannot be reached leaves the process on its own pace, saying so in the log.
-    async fn lane_turn(&self) {
-        let Some(shared) = &self.lane else { return };
+    /// lane that cannot be reached leaves the process on its own pace, saying so in the log. A read whose turn
+    /// comes after the time it was given ([`LoadBalancers::share_reads`]) gives the reservation back and steps
+    /// aside, and so do the reads after it in this invocation: sleeping into the function's timeout would hold the
+    /// lane's time unused and fail the invocation, which Lambda would then run again to wait once more.
+    async fn lane_turn(&self) -> Result<()> {
+        let Some(shared) = &self.lane else { return Ok(()) };
         let mode = shared.mode.load(Ordering::Relaxed);
         if mode == LaneMode::Outside as u8 {
-            return;
+            return Ok(());
         }
         shared.waiting.fetch_add(1, Ordering::Relaxed);
         // Counted out however this read ends, a cancelled one included.
@@ -160,6 +201,9 @@ impl Elb {
         // The reads issued with this one (a join of five) get to ask before the reservation is sized.
         tokio::task::yield_now().await;
         let mut grant = shared.grant.lock().await;
+        if shared.stepped_aside() {
+            return Err(lane_busy(None));
+        }
         let fresh = grant.1.is_some_and(|at| at.elapsed() <= LANE_GRANT_TTL);
         if grant.0 == 0 || !fresh {
             let reads = shared.waiting.load(Ordering::Relaxed).clamp(1, LANE_MAX_BLOCK);
@@ -168,6 +212,20 @@ impl Elb {
             match tokio::time::timeout(LANE_RESERVE_BOUND, shared.lane.reserve(reads, now_ms)).await {
                 // Counted, not waited for: what was spent pushes the waiting reads of other processes back.
                 Ok(Ok(_)) if mode == LaneMode::Count as u8 => {}
+                Ok(Ok(wait)) if shared.too_late(wait) => {
+                    *grant = (0, None);
+                    match tokio::time::timeout(LANE_RESERVE_BOUND, shared.lane.give_back(reads)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, reads, "reserved reads of the lane not given back"),
+                        Err(_) => tracing::warn!(reads, "reserved reads of the lane not given back in time"),
+                    }
+                    tracing::info!(
+                        wait_ms = wait.as_millis() as u64,
+                        reads,
+                        "the installation's ELB read lane is busier than this invocation can wait for; stepping aside"
+                    );
+                    return Err(lane_busy(Some(wait)));
+                }
                 Ok(Ok(wait)) => {
                     if wait >= Duration::from_secs(1) {
                         tracing::info!(
@@ -192,10 +250,11 @@ impl Elb {
             *grant = (reads, Some(Instant::now()));
         }
         grant.0 = grant.0.saturating_sub(1);
+        Ok(())
     }
 
     /// Waits for this process's turn to read.
-    async fn paced(&self) {
+    async fn paced(&self) -> Result<()> {
         if let Some(reads) = &self.reads {
             let now = self.origin.elapsed();
             // A poisoned lock (a panic elsewhere while holding it) only loses the pacing, never the call.
@@ -204,7 +263,7 @@ impl Elb {
                 tokio::time::sleep(wait).await;
             }
         }
-        self.lane_turn().await;
+        self.lane_turn().await
     }
 
     /// One `Describe*` call at this process's pace. Throttling that outlasts the SDK's quick retry
@@ -217,7 +276,7 @@ impl Elb {
     {
         let (mut pauses, mut quick) = (0, 0);
         loop {
-            self.paced().await;
+            self.paced().await?;
             match call().await {
                 // A dropped connection, a 5xx, a timed-out attempt: tried again at once, as the SDK would, since
                 // they say nothing about the account's budget.
@@ -346,9 +405,12 @@ fn description(t: &Target) -> TargetDescription {
 }
 
 impl LoadBalancers for Elb {
-    fn share_reads(&self, mode: LaneMode) {
+    fn share_reads(&self, mode: LaneMode, within: Option<Duration>) {
         if let Some(lane) = &self.lane {
             lane.mode.store(mode as u8, Ordering::Relaxed);
+            if let Ok(mut w) = lane.within.lock() {
+                *w = Within { until: within.map(|d| Instant::now() + d), stepped_aside: false };
+            }
         }
     }
 
@@ -930,7 +992,7 @@ mod tests {
 
         // Counted, not waited for: a rollback followed goes at once, and its reads push the waiting ones back.
         tokio::time::advance(LANE_GRANT_TTL * 2).await;
-        elb.share_reads(LaneMode::Count);
+        elb.share_reads(LaneMode::Count, None);
         let started = tokio::time::Instant::now();
         elb.targets(TG_A).await.unwrap();
         assert_eq!(started.elapsed(), Duration::ZERO);
@@ -938,9 +1000,59 @@ mod tests {
 
         // Outside the lane (a follower): no reservation at all.
         tokio::time::advance(LANE_GRANT_TTL * 2).await;
-        elb.share_reads(LaneMode::Outside);
+        elb.share_reads(LaneMode::Outside, None);
         elb.targets(TG_A).await.unwrap();
         assert_eq!((busy.num_calls(), health.num_calls()), (2, 7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_whose_turn_comes_after_its_time_gives_the_reservation_back_and_steps_aside() {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemOutput;
+        use aws_sdk_dynamodb::types::AttributeValue;
+        let wall_ms =
+            || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        // The lane is 8 s ahead: past its burst (5 s at 2 a second), a turn 3 s from now.
+        let reserve = mock!(aws_sdk_dynamodb::Client::update_item)
+            .match_requests(|r| r.update_expression() == Some("SET #kind = :kind ADD #tat :cost"))
+            .then_output(move || {
+                let tat = AttributeValue::N((wall_ms() + 8_000).to_string());
+                UpdateItemOutput::builder().attributes("tat_ms", tat).build()
+            });
+        let given_back = mock!(aws_sdk_dynamodb::Client::update_item)
+            .match_requests(|r| {
+                r.update_expression() == Some("ADD #tat :back")
+                    && r.expression_attribute_values().and_then(|v| v.get(":back"))
+                        == Some(&AttributeValue::N("-500".into()))
+            })
+            .then_output(|| UpdateItemOutput::builder().build());
+        let health =
+            mock!(Client::describe_target_health).then_output(|| DescribeTargetHealthOutput::builder().build());
+        let lane = crate::aws::DynamoState::new(
+            mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, [&reserve, &given_back]),
+            "state".into(),
+        )
+        .read_lane(crate::domain::Lane::new(2.0, 10.0));
+        let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, [&health])).with_lane(lane);
+
+        // A sweep with a second left: it does not sleep into its timeout, and reads nothing.
+        elb.share_reads(LaneMode::Wait, Some(Duration::from_secs(1)));
+        let started = tokio::time::Instant::now();
+        let e = elb.targets(TG_A).await.unwrap_err();
+        assert!(matches!(e, Error::LaneBusy(_)), "{e}");
+        assert!(e.to_string().contains("turn in 3 s"), "{e}");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!((reserve.num_calls(), given_back.num_calls(), health.num_calls()), (1, 1, 0));
+        // The reads after it in the invocation step aside without reserving again.
+        assert!(matches!(elb.targets(TG_A).await, Err(Error::LaneBusy(_))));
+        assert_eq!((reserve.num_calls(), given_back.num_calls(), health.num_calls()), (1, 1, 0));
+
+        // The next invocation, with time enough: it waits its turn and reads.
+        elb.share_reads(LaneMode::Wait, Some(Duration::from_secs(10)));
+        let started = tokio::time::Instant::now();
+        elb.targets(TG_A).await.unwrap();
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(2_900) && waited <= Duration::from_millis(3_100), "{waited:?}");
+        assert_eq!((reserve.num_calls(), given_back.num_calls(), health.num_calls()), (2, 1, 1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,7 +12,10 @@
 //! going is counted in the lane without waiting, and the waiting reads absorb it. Followers are not in the lane:
 //! their reads keep the private weights within a second of the public ones, and they share their own rate
 //! through the census. AfterAllowTraffic's few reads after the flip are not in it either: they verify a flip that
-//! already happened, and must not queue behind a deployment's start elsewhere.
+//! already happened, and must not queue behind a deployment's start elsewhere. A waiting read whose turn would
+//! come after its invocation's time (the reconciler's sweep, given its budget) gives its reservation back with a
+//! negative add and steps aside: sleeping into the function's timeout would hold the lane's time unused, and the
+//! failed invocation would be run again by Lambda, to wait once more.
 //!
 //! Pure: numbers in, numbers out; the adapter owns the clock and the table.
 

@@ -10,7 +10,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
 use aws_sdk_elasticloadbalancingv2::Client;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use crate::domain::{
     LANE_GRANT_TTL, LANE_MAX_BLOCK,
 };
 use crate::ports::{LoadBalancers, TargetGroupFacts};
+use crate::usecase::now_ms;
 use crate::{AwsErrorKind, Error, Result};
 
 const SERVICE: &str = "elasticloadbalancing";
@@ -103,34 +104,39 @@ const LANE_RESERVE_BOUND: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 struct SharedReads {
     lane: ReadLane,
-    /// How this invocation's reads use the lane ([`LaneMode`] as a number).
-    mode: AtomicU8,
     /// Reads asking for their turn and not yet given it.
     waiting: AtomicU32,
     /// Reads reserved and not yet used, and when they became due.
     grant: tokio::sync::Mutex<(u32, Option<Instant>)>,
-    /// How long this invocation's reads may wait for their turn, and whether one found its turn later than that
-    /// (then the others step aside at once, without reserving).
-    within: Mutex<Within>,
+    /// What the invocation under way said of its reads ([`LoadBalancers::share_reads`]).
+    invocation: Mutex<Invocation>,
 }
 
-#[derive(Debug, Default)]
-struct Within {
+/// How the invocation under way uses the lane: its mode, how long its reads may wait for their turn, and whether
+/// one found its turn later than that (then the others step aside at once, without reserving).
+#[derive(Debug)]
+struct Invocation {
+    mode: LaneMode,
     until: Option<Instant>,
     stepped_aside: bool,
 }
 
 impl SharedReads {
+    /// A poisoned lock (a panic elsewhere while holding it) leaves the reads waiting, as a process starts.
+    fn mode(&self) -> LaneMode {
+        self.invocation.lock().map_or(LaneMode::Wait, |i| i.mode)
+    }
+
     fn stepped_aside(&self) -> bool {
-        self.within.lock().is_ok_and(|w| w.stepped_aside)
+        self.invocation.lock().is_ok_and(|i| i.stepped_aside)
     }
 
     /// Whether a turn `wait` from now comes after this invocation's reads may wait; if so, marks the invocation
     /// as having stepped aside.
     fn too_late(&self, wait: Duration) -> bool {
-        let Ok(mut w) = self.within.lock() else { return false };
-        let late = w.until.is_some_and(|until| Instant::now() + wait > until);
-        w.stepped_aside |= late;
+        let Ok(mut i) = self.invocation.lock() else { return false };
+        let late = i.until.is_some_and(|until| Instant::now() + wait > until);
+        i.stepped_aside |= late;
         late
     }
 }
@@ -175,10 +181,9 @@ impl Elb {
     pub fn with_lane(mut self, lane: ReadLane) -> Self {
         self.lane = Some(Arc::new(SharedReads {
             lane,
-            mode: AtomicU8::new(LaneMode::Wait as u8),
             waiting: AtomicU32::new(0),
             grant: tokio::sync::Mutex::new((0, None)),
-            within: Mutex::new(Within::default()),
+            invocation: Mutex::new(Invocation { mode: LaneMode::Wait, until: None, stepped_aside: false }),
         }));
         self
     }
@@ -191,8 +196,8 @@ impl Elb {
     /// lane's time unused and fail the invocation, which Lambda would then run again to wait once more.
     async fn lane_turn(&self) -> Result<()> {
         let Some(shared) = &self.lane else { return Ok(()) };
-        let mode = shared.mode.load(Ordering::Relaxed);
-        if mode == LaneMode::Outside as u8 {
+        let mode = shared.mode();
+        if mode == LaneMode::Outside {
             return Ok(());
         }
         shared.waiting.fetch_add(1, Ordering::Relaxed);
@@ -207,11 +212,9 @@ impl Elb {
         let fresh = grant.1.is_some_and(|at| at.elapsed() <= LANE_GRANT_TTL);
         if grant.0 == 0 || !fresh {
             let reads = shared.waiting.load(Ordering::Relaxed).clamp(1, LANE_MAX_BLOCK);
-            let now_ms =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-            match tokio::time::timeout(LANE_RESERVE_BOUND, shared.lane.reserve(reads, now_ms)).await {
+            match tokio::time::timeout(LANE_RESERVE_BOUND, shared.lane.reserve(reads, now_ms())).await {
                 // Counted, not waited for: what was spent pushes the waiting reads of other processes back.
-                Ok(Ok(_)) if mode == LaneMode::Count as u8 => {}
+                Ok(Ok(_)) if mode == LaneMode::Count => {}
                 Ok(Ok(wait)) if shared.too_late(wait) => {
                     *grant = (0, None);
                     match tokio::time::timeout(LANE_RESERVE_BOUND, shared.lane.give_back(reads)).await {
@@ -407,9 +410,8 @@ fn description(t: &Target) -> TargetDescription {
 impl LoadBalancers for Elb {
     fn share_reads(&self, mode: LaneMode, within: Option<Duration>) {
         if let Some(lane) = &self.lane {
-            lane.mode.store(mode as u8, Ordering::Relaxed);
-            if let Ok(mut w) = lane.within.lock() {
-                *w = Within { until: within.map(|d| Instant::now() + d), stepped_aside: false };
+            if let Ok(mut i) = lane.invocation.lock() {
+                *i = Invocation { mode, until: within.map(|d| Instant::now() + d), stepped_aside: false };
             }
         }
     }
@@ -963,13 +965,11 @@ mod tests {
     async fn reads_issued_together_take_one_turn_in_the_lane_and_wait_for_it_unless_only_counted() {
         use aws_sdk_dynamodb::operation::update_item::UpdateItemOutput;
         use aws_sdk_dynamodb::types::AttributeValue;
-        let wall_ms =
-            || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         // Other processes have reserved the lane 8 s ahead of now: past its burst (5 s at 2 a second), 3 s to wait.
         let busy = mock!(aws_sdk_dynamodb::Client::update_item)
             .sequence()
             .output(move || {
-                let tat = AttributeValue::N((wall_ms() + 8_000).to_string());
+                let tat = AttributeValue::N((now_ms() + 8_000).to_string());
                 UpdateItemOutput::builder().attributes("tat_ms", tat).build()
             })
             .repeatedly()
@@ -1009,13 +1009,11 @@ mod tests {
     async fn a_read_whose_turn_comes_after_its_time_gives_the_reservation_back_and_steps_aside() {
         use aws_sdk_dynamodb::operation::update_item::UpdateItemOutput;
         use aws_sdk_dynamodb::types::AttributeValue;
-        let wall_ms =
-            || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         // The lane is 8 s ahead: past its burst (5 s at 2 a second), a turn 3 s from now.
         let reserve = mock!(aws_sdk_dynamodb::Client::update_item)
             .match_requests(|r| r.update_expression() == Some("SET #kind = :kind ADD #tat :cost"))
             .then_output(move || {
-                let tat = AttributeValue::N((wall_ms() + 8_000).to_string());
+                let tat = AttributeValue::N((now_ms() + 8_000).to_string());
                 UpdateItemOutput::builder().attributes("tat_ms", tat).build()
             });
         let given_back = mock!(aws_sdk_dynamodb::Client::update_item)

@@ -347,8 +347,8 @@ where
 const AFTER_THE_TURN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One trigger's work within `budget`: the follower's, or a reconcile of each binding the trigger concerns (the
-/// schedule's slice spread over the run). A binding that fails fails alone and the error names them all; a sweep
-/// whose turn in the read lane comes too late stops there, as done.
+/// schedule's slice spread over the run). A binding that fails fails alone and the error names them all; a sweep,
+/// or a recorded deployment's end, whose turn in the read lane comes too late stops there, as done.
 pub async fn run_trigger<L, D, S, F>(
     engine: &Engine<L, D, S, F>,
     trigger: &Trigger,
@@ -365,7 +365,8 @@ where
 {
     // A read that cannot have its turn in the lane before the invocation's end (less what a reconcile needs after
     // it) steps aside rather than sleep into the timeout.
-    engine.lb.share_reads(trigger.lane(), Some(budget.remaining().saturating_sub(AFTER_THE_TURN)));
+    let lane = engine.lane_for(trigger, t).await;
+    engine.lb.share_reads(lane, Some(budget.remaining().saturating_sub(AFTER_THE_TURN)));
     if let Trigger::Follow(req) = trigger {
         engine.follow(req, owner, budget, t).await?;
         return Ok(serde_json::json!({"followed": req.deployment_id}));
@@ -392,12 +393,18 @@ where
                 _ => engine.reconcile(&b, &group, t).await.map(Some),
             } {
                 Ok(r) => done.extend(r),
-                // Only a read that waits its turn steps aside (the sweep's): the deployments are using the lane,
-                // and the bindings of this slice come round again in a later sweep. Not a failure: Lambda would
-                // run the event again, to wait once more.
+                // Only a read that waits its turn steps aside (the sweep's, a recorded deployment's end): the
+                // deployments are using the lane, and the bindings come round again in a later sweep. Not a
+                // failure: Lambda would run the event again, to wait once more.
                 Err(e @ Error::LaneBusy(_)) => {
-                    t.note(format!("sweep stepped aside at {label}: {e}"));
-                    tracing::info!(binding = %label, error = %e, "sweep stepped aside for the deployments reading");
+                    let (who, then) = match trigger {
+                        Trigger::Deployment { deployment_id, .. } => {
+                            (format!("the end of {deployment_id}"), ", its check left to the sweep")
+                        }
+                        _ => ("sweep".to_string(), ""),
+                    };
+                    t.note(format!("{who} stepped aside at {label}{then}: {e}"));
+                    tracing::info!(binding = %label, error = %e, "{who} stepped aside for the deployments reading");
                     break;
                 }
                 Err(e) => failures.push(format!("{label}: {}", harness::error_chain(&e))),

@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use bluegreen_mirror::config::{Config, RouteRef};
 use bluegreen_mirror::domain::{
-    BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, HealthCheck, HealthState, ObservedTarget,
-    Phase, Route, RouteStyle, StoredBinding, Target, TargetKey, TrafficShift, WeightedTargetGroup,
+    BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, HealthCheck, HealthState, LaneMode,
+    ObservedTarget, Phase, Route, RouteStyle, StoredBinding, Target, TargetKey, TrafficShift, WeightedTargetGroup,
 };
 use bluegreen_mirror::harness::{self, Invocation, Outcome, Tracker};
 use bluegreen_mirror::ports::{
@@ -41,8 +41,11 @@ pub struct Calls {
     fail_every: Mutex<Vec<(String, AwsErrorKind)>>,
     /// Every call whose operation starts with the prefix first hangs this long (a call that times out).
     stall_every: Mutex<Vec<(String, Duration)>>,
-    /// Every call whose operation starts with the prefix steps aside from a busy read lane.
+    /// Every call whose operation starts with the prefix steps aside from a busy read lane, when the reads wait
+    /// their turn in it (as in the adapter, counted and outside reads never do).
     lane_busy: Mutex<Vec<String>>,
+    /// The lane mode the engine last shared (`None`: not yet, and a process starts waiting).
+    lane_mode: Mutex<Option<LaneMode>>,
 }
 
 impl Calls {
@@ -52,7 +55,8 @@ impl Calls {
             log.push(op.to_string());
             log.len() - 1
         };
-        if self.lane_busy.lock().unwrap().iter().any(|p| op.starts_with(p.as_str())) {
+        let waits = matches!(*self.lane_mode.lock().unwrap(), None | Some(LaneMode::Wait));
+        if waits && self.lane_busy.lock().unwrap().iter().any(|p| op.starts_with(p.as_str())) {
             return Err(Error::LaneBusy(format!("injected: the read lane is busy for {op}")));
         }
         if let Some((_, kind)) = self.fail_every.lock().unwrap().iter().find(|(p, _)| op.starts_with(p.as_str())) {
@@ -262,6 +266,10 @@ fn observed(key: TargetKey, health: HealthState) -> ObservedTarget {
 impl LoadBalancers for FakeElb {
     fn pace_reads(&self, per_s: f64) {
         self.s().paces.push(per_s);
+    }
+
+    fn share_reads(&self, mode: LaneMode, _within: Option<Duration>) {
+        *self.calls.lane_mode.lock().unwrap() = Some(mode);
     }
 
     async fn target_groups(&self, arns: &[&str]) -> Result<Vec<TargetGroupFacts>> {

@@ -475,3 +475,64 @@ async fn a_sweep_whose_turn_in_the_lane_comes_too_late_steps_aside_instead_of_fa
     assert_eq!(done[0].registered, 1);
     assert_eq!(w.elb.members(&a.prv_blue), w.elb.members(&a.pub_blue));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_recorded_deployments_end_waits_its_turn_and_leaves_its_check_to_the_sweep_when_the_lane_is_busy() {
+    let success = Trigger::Deployment {
+        application: APP.into(),
+        deployment_group: GROUP.into(),
+        deployment_id: DEPLOYMENT.into(),
+        state: "SUCCESS".into(),
+    };
+    let run = |w: &World, trigger: Trigger| {
+        let engine = w.hooks();
+        async move {
+            let (t, mut done) = (Tracker::default(), Vec::new());
+            let budget = Budget::after(Duration::from_secs(60));
+            let out = bluegreen_mirror_hooks::run_trigger(&engine, &trigger, "r-1", budget, &t, &mut done).await;
+            (out, done, t.snapshot().notes)
+        }
+    };
+
+    // The hooks flipped and recorded; then CodeDeploy stops the original tasks and the deployment succeeds, while
+    // twenty others use the lane.
+    let w = World::new();
+    let a = &w.arns;
+    deployed(&w).await;
+    assert!(w.state.record(DEPLOYMENT).is_some_and(|r| r.phases.contains_key("AfterAllowTraffic")));
+    w.elb.remove_targets(&a.pub_blue, &keys(1..4));
+    let writes = w.private_writes().len();
+    w.calls.lane_busy_on("elb:Describe");
+    let (out, done, notes) = run(&w, success.clone()).await;
+    assert!(out.is_ok(), "not a failure for Lambda to run again: {out:?}");
+    assert!(done.is_empty());
+    let stepped = format!("the end of {DEPLOYMENT} stepped aside at web/web-bg, its check left to the sweep");
+    assert!(notes.iter().any(|n| n.starts_with(&stepped)), "{notes:?}");
+    assert_eq!(w.private_writes().len(), writes);
+    assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..4)));
+    // Once the lane has room, the sweep does the check: the stopped tasks leave the private side too.
+    w.calls.no_faults();
+    let (out, done, _) = run(&w, Trigger::Schedule { at: 0 }).await;
+    assert!(out.is_ok(), "{out:?}");
+    assert_eq!(done[0].deregistered, 3);
+    assert!(w.elb.members(&a.prv_blue).is_empty());
+    assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_green, &[&a.prv_blue], RouteStyle::Weighted));
+
+    // No hook ran for this deployment (they are missing from its appspec): its end is what mirrors the green tasks
+    // and flips the private side, and it is counted at once however busy the lane.
+    let w = World::new();
+    let a = &w.arns;
+    w.install_green();
+    w.allow_traffic();
+    w.calls.lane_busy_on("elb:Describe");
+    let (out, done, notes) = run(&w, success.clone()).await;
+    assert!(out.is_ok(), "{out:?} {notes:?}");
+    assert_eq!(done[0].registered, 3, "read and mirrored, not stepped aside: {notes:?}");
+    assert_eq!(w.elb.members(&a.prv_green), w.elb.members(&a.pub_green));
+    // The flip waits for the green tasks to be healthy on the private side, as seen by the next reconcile.
+    let (out, done, _) = run(&w, success).await;
+    assert!(out.is_ok(), "{out:?}");
+    assert!(done[0].production.is_some(), "{done:?}");
+    assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_green, &[&a.prv_blue], RouteStyle::Weighted));
+    assert!(w.elb.dark_moments().is_empty(), "{:?}", w.elb.dark_moments());
+}

@@ -8,13 +8,15 @@
 //! An atomic add cannot take a maximum, so after a quiet spell the stored TAT lags behind the clock; the process
 //! that sees it lag moves it up to now with a second, conditional write ([`Admission::catch_up_ms`]).
 //!
-//! Not every read can wait ([`LaneMode`]): what follows a public move that already happened or a task that is
-//! going is counted in the lane without waiting, and the waiting reads absorb it. Followers are not in the lane:
+//! Not every read can wait ([`LaneMode`]): what follows a public move that already happened (a rollback, or a
+//! deployment's end that no hook recorded flipping the private side) or a task that is going is counted in the
+//! lane without waiting, and the waiting reads absorb it. The end of a deployment whose flip is on record waits,
+//! as the sweep does: the hooks verified the private side then. Followers are not in the lane:
 //! their reads keep the private weights within a second of the public ones, and they share their own rate
 //! through the census. AfterAllowTraffic's few reads after the flip are not in it either: they verify a flip that
 //! already happened, and must not queue behind a deployment's start elsewhere. A waiting read whose turn would
-//! come after its invocation's time (the reconciler's sweep, given its budget) gives its reservation back with a
-//! negative add and steps aside: sleeping into the function's timeout would hold the lane's time unused, and the
+//! come after its invocation's time (the reconciler's sweep or a recorded deployment's end, given their budget)
+//! gives its reservation back with a negative add and steps aside, leaving the check to a later sweep: sleeping into the function's timeout would hold the lane's time unused, and the
 //! failed invocation would be run again by Lambda, to wait once more.
 //!
 //! Pure: numbers in, numbers out; the adapter owns the clock and the table.
@@ -36,11 +38,12 @@ pub const LANE_GRANT_TTL: Duration = Duration::from_secs(2);
 /// How one invocation's reads use the lane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LaneMode {
-    /// They wait their turn: AfterInstall, BeforeAllowTraffic, the scheduled sweep. They have minutes, and a
-    /// deployment that starts a little later costs nobody anything.
+    /// They wait their turn: AfterInstall, BeforeAllowTraffic, the scheduled sweep, and the end of a deployment
+    /// whose flip AfterAllowTraffic recorded. They have minutes (or a later sweep), and a deployment that starts a
+    /// little later costs nobody anything.
     Wait,
     /// They are counted in the lane but do not wait: what follows a move that already happened (a rollback, a
-    /// stop, a deployment's end) or a task that is going (its private mirror must go within the target group's
+    /// stop, a deployment's end with no flip on record) or a task that is going (its private mirror must go within the target group's
     /// deregistration delay). What they spend pushes the waiting reads back, so the lane's rate still holds.
     Count,
     /// Not in the lane: a follower (its own share, through the census) and AfterAllowTraffic (a few reads right

@@ -845,9 +845,10 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    /// How the reads this trigger causes use the installation's read lane: the sweep waits its turn; a move
-    /// already made (a deployment's end, a rollback, a stop) and a task that comes or goes are counted without
-    /// waiting; a follower reads at its own share.
+    /// How the reads this trigger causes use the installation's read lane, knowing nothing of the deployment: the
+    /// sweep waits its turn; a move already made (a deployment's end, a rollback, a stop) and a task that comes or
+    /// goes are counted without waiting; a follower reads at its own share. [`Engine::lane_for`] lets the end of a
+    /// deployment whose flip is on record wait too.
     pub fn lane(&self) -> LaneMode {
         match self {
             Trigger::Schedule { .. } => LaneMode::Wait,
@@ -858,6 +859,33 @@ impl Trigger {
 }
 
 impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+    /// How this trigger's reads use the read lane. The end of a deployment (SUCCESS) whose AfterAllowTraffic
+    /// recorded its flip has nothing left to follow in a hurry: the private routes were flipped and verified then,
+    /// and the tasks CodeDeploy stops afterwards leave the private side with their own ECS events, counted. Its
+    /// check waits its turn like the sweep's, and steps aside to the sweep when the lane is busier than its
+    /// invocation is long: on AWS, twenty deployments that end together would otherwise spend their full
+    /// reconciles at once, over the account's bucket. Without that record (no hook ran, or its record is
+    /// unreadable) the end may be the only thing that flips the private side, and it is counted at once.
+    pub async fn lane_for(&self, trigger: &Trigger, t: &Tracker) -> LaneMode {
+        let Trigger::Deployment { deployment_id, state, .. } = trigger else { return trigger.lane() };
+        if state != "SUCCESS" {
+            return trigger.lane();
+        }
+        match self.state.deployment(deployment_id).await {
+            Ok(Some(rec))
+                if rec.phases.contains_key(Phase::AfterAllowTraffic.as_str())
+                    && rec.outcome.as_deref() == Some("succeeded") =>
+            {
+                LaneMode::Wait
+            }
+            Ok(_) => trigger.lane(),
+            Err(e) => {
+                t.note(format!("{deployment_id}: record unreadable ({e}); its end is checked at once"));
+                trigger.lane()
+            }
+        }
+    }
+
     /// The bindings a trigger concerns, each labelled `application/group`, with its deployment group's setup; a
     /// binding that cannot be used (a stored one that does not validate, a deployment group that cannot be read)
     /// is returned as its error, so that it fails alone. The error outside is the stored list being unreadable.
@@ -1108,7 +1136,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_sweep_waits_in_the_lane_and_a_follower_stays_out_of_it() {
+    fn knowing_nothing_of_the_deployment_only_the_sweep_waits_in_the_lane_and_a_follower_stays_out_of_it() {
         let deployment = |state: &str| Trigger::Deployment {
             application: "web".into(),
             deployment_group: "web-bg".into(),
@@ -1117,7 +1145,11 @@ mod tests {
         };
         assert_eq!(Trigger::Schedule { at: 0 }.lane(), LaneMode::Wait);
         for state in ["SUCCESS", "FAILURE", "STOP"] {
-            assert_eq!(deployment(state).lane(), LaneMode::Count, "{state}: a move already made is followed at once");
+            assert_eq!(
+                deployment(state).lane(),
+                LaneMode::Count,
+                "{state}: a move already made is followed at once unless its flip is on record (`Engine::lane_for`)"
+            );
         }
         assert_eq!(Trigger::Task { cluster: "c".into(), service: "s".into() }.lane(), LaneMode::Count);
         let follow: FollowRequest = serde_json::from_value(serde_json::json!({

@@ -403,7 +403,7 @@ where
                         }
                         _ => ("sweep".to_string(), ""),
                     };
-                    t.note(format!("{who} stepped aside at {label}{then}: {e}"));
+                    t.step_aside(format!("{who} stepped aside at {label}{then}: {e}"));
                     tracing::info!(binding = %label, error = %e, "{who} stepped aside for the deployments reading");
                     break;
                 }

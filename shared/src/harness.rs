@@ -104,6 +104,10 @@ pub struct Summary {
     pub route_before: Option<String>,
     pub route_after: Option<String>,
     pub notes: Vec<String>,
+    /// The reconciler: its reads stepped aside from the busy read lane, reading nothing, and its check was left to
+    /// a later sweep.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stepped_aside: bool,
     /// The routes to put back (one per private side) if the invocation fails after changing them.
     #[serde(skip)]
     pub undo: Vec<(RouteRef, Route)>,
@@ -165,6 +169,13 @@ impl Tracker {
         let note = note.into();
         tracing::info!(%note);
         self.with(|s| s.notes.push(note));
+    }
+
+    /// The reconciler's reads stepped aside from the busy read lane (see [`Summary::stepped_aside`]), as `note`
+    /// says.
+    pub fn step_aside(&self, note: impl Into<String>) {
+        self.note(note);
+        self.with(|s| s.stepped_aside = true);
     }
 
     /// Remembers how to undo a route change, should the invocation fail from here on: every route so

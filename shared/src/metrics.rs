@@ -13,8 +13,9 @@
 //!   `TargetsDeregistered`;
 //! - per follower invocation, by (Application, DeploymentGroup): `FollowerWeightLag` [ms, one value per public
 //!   move mirrored];
-//! - per reconciler invocation, by (Function) and over the installation: `ReconcilerErrors` [0/1], `ElbCalls`,
-//!   `ElbThrottles`, `ElbLaneWait` [ms].
+//! - per reconciler invocation, by (Function) and over the installation: `ReconcilerErrors` [0/1],
+//!   `ReconcilerSteppedAside` [0/1: its reads stepped aside from the busy read lane, its check left to a later
+//!   sweep], `ElbCalls`, `ElbThrottles`, `ElbLaneWait` [ms].
 
 use serde_json::{json, Map, Value};
 
@@ -180,6 +181,7 @@ pub fn reconciler_lines(
             .dimension("Function", "reconciler")
             .under(&[&["Function"], OVERALL])
             .metric("ReconcilerErrors", Unit::Count, if failed { 1.0 } else { 0.0 })
+            .metric("ReconcilerSteppedAside", Unit::Count, if summary.stepped_aside { 1.0 } else { 0.0 })
             .metric("ElbCalls", Unit::Count, elb.calls as f64)
             .metric("ElbThrottles", Unit::Count, elb.throttles as f64)
             .metric("ElbLaneWait", Unit::Milliseconds, elb.lane_wait_ms as f64)
@@ -281,12 +283,15 @@ mod tests {
         assert_eq!((docs[1]["Application"].clone(), docs[1]["BindingsOutOfSync"].clone()), (json!("api"), json!(0.0)));
         assert_eq!(docs[2]["FollowerWeightLag"], json!([120, 340]));
         assert_eq!((docs[3]["ReconcilerErrors"].clone(), docs[3]["ElbCalls"].clone()), (json!(0.0), json!(4.0)));
+        assert_eq!(docs[3]["ReconcilerSteppedAside"], json!(0.0));
     }
 
     #[test]
     fn no_lag_no_lag_line() {
-        let lines = reconciler_lines("Ns", &[], &Summary::default(), true, ElbSpend::default(), 1);
+        let aside = Summary { stepped_aside: true, ..Summary::default() };
+        let lines = reconciler_lines("Ns", &[], &aside, true, ElbSpend::default(), 1);
         assert_eq!(lines.len(), 1);
         assert_eq!(parse(&lines[0])["ReconcilerErrors"], 1.0);
+        assert_eq!(parse(&lines[0])["ReconcilerSteppedAside"], 1.0);
     }
 }

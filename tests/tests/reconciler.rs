@@ -452,14 +452,16 @@ async fn a_sweep_whose_turn_in_the_lane_comes_too_late_steps_aside_instead_of_fa
         let (t, mut done) = (Tracker::default(), Vec::new());
         let budget = Budget::after(Duration::from_secs(60));
         let out = bluegreen_mirror_hooks::run_trigger(&engine, &sweep, "r-1", budget, &t, &mut done).await;
-        (out, done, t.snapshot().notes)
+        (out, done, t.snapshot())
     };
 
     w.calls.lane_busy_on("elb:Describe");
-    let (out, done, notes) = run().await;
+    let (out, done, summary) = run().await;
     assert!(out.is_ok(), "not a failure for Lambda to run again: {out:?}");
     assert!(done.is_empty());
+    let notes = summary.notes;
     assert!(notes.iter().any(|n| n.starts_with("sweep stepped aside at web/web-bg")), "{notes:?}");
+    assert!(summary.stepped_aside, "counted in the metric");
     assert!(w.private_writes().is_empty());
     assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..4)));
 
@@ -470,8 +472,9 @@ async fn a_sweep_whose_turn_in_the_lane_comes_too_late_steps_aside_instead_of_fa
 
     // With its turn in time, the same sweep mirrors the task.
     w.calls.no_faults();
-    let (out, done, _) = run().await;
+    let (out, done, summary) = run().await;
     assert!(out.is_ok(), "{out:?}");
+    assert!(!summary.stepped_aside);
     assert_eq!(done[0].registered, 1);
     assert_eq!(w.elb.members(&a.prv_blue), w.elb.members(&a.pub_blue));
 }
@@ -490,7 +493,7 @@ async fn a_recorded_deployments_end_waits_its_turn_and_leaves_its_check_to_the_s
             let (t, mut done) = (Tracker::default(), Vec::new());
             let budget = Budget::after(Duration::from_secs(60));
             let out = bluegreen_mirror_hooks::run_trigger(&engine, &trigger, "r-1", budget, &t, &mut done).await;
-            (out, done, t.snapshot().notes)
+            (out, done, t.snapshot())
         }
     };
 
@@ -503,9 +506,11 @@ async fn a_recorded_deployments_end_waits_its_turn_and_leaves_its_check_to_the_s
     w.elb.remove_targets(&a.pub_blue, &keys(1..4));
     let writes = w.private_writes().len();
     w.calls.lane_busy_on("elb:Describe");
-    let (out, done, notes) = run(&w, success.clone()).await;
+    let (out, done, summary) = run(&w, success.clone()).await;
     assert!(out.is_ok(), "not a failure for Lambda to run again: {out:?}");
     assert!(done.is_empty());
+    assert!(summary.stepped_aside, "counted in the metric");
+    let notes = summary.notes;
     let stepped = format!("the end of {DEPLOYMENT} stepped aside at web/web-bg, its check left to the sweep");
     assert!(notes.iter().any(|n| n.starts_with(&stepped)), "{notes:?}");
     assert_eq!(w.private_writes().len(), writes);
@@ -525,9 +530,10 @@ async fn a_recorded_deployments_end_waits_its_turn_and_leaves_its_check_to_the_s
     w.install_green();
     w.allow_traffic();
     w.calls.lane_busy_on("elb:Describe");
-    let (out, done, notes) = run(&w, success.clone()).await;
-    assert!(out.is_ok(), "{out:?} {notes:?}");
-    assert_eq!(done[0].registered, 3, "read and mirrored, not stepped aside: {notes:?}");
+    let (out, done, summary) = run(&w, success.clone()).await;
+    assert!(out.is_ok(), "{out:?} {:?}", summary.notes);
+    assert!(!summary.stepped_aside);
+    assert_eq!(done[0].registered, 3, "read and mirrored, not stepped aside: {:?}", summary.notes);
     assert_eq!(w.elb.members(&a.prv_green), w.elb.members(&a.pub_green));
     // The flip waits for the green tasks to be healthy on the private side, as seen by the next reconcile.
     let (out, done, _) = run(&w, success).await;

@@ -365,14 +365,18 @@ where
 {
     // A read that cannot have its turn in the lane before the invocation's end (less what a reconcile needs after
     // it) steps aside rather than sleep into the timeout.
-    let lane = engine.lane_for(trigger, t).await;
-    engine.lb.share_reads(lane, Some(budget.remaining().saturating_sub(AFTER_THE_TURN)));
+    let within = || Some(budget.remaining().saturating_sub(AFTER_THE_TURN));
     if let Trigger::Follow(req) = trigger {
+        engine.lb.share_reads(trigger.lane(), within());
         engine.follow(req, owner, budget, t).await?;
         return Ok(serde_json::json!({"followed": req.deployment_id}));
     }
     let mut failures = Vec::new();
     let bindings = engine.bindings_for(trigger).await?;
+    // Decided once there is something to read (finding the bindings reads no ELB): the end of a deployment in a
+    // group with no binding costs no read of its record.
+    let lane = if bindings.is_empty() { trigger.lane() } else { engine.lane_for(trigger, t).await };
+    engine.lb.share_reads(lane, within());
     // The schedule's slice is spread over the run, not burst at its start: the account's `Describe*` bucket is
     // shared with everything else the customer runs.
     let spacing = match trigger {

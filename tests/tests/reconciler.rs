@@ -541,4 +541,18 @@ async fn a_recorded_deployments_end_waits_its_turn_and_leaves_its_check_to_the_s
     assert!(done[0].production.is_some(), "{done:?}");
     assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_green, &[&a.prv_blue], RouteStyle::Weighted));
     assert!(w.elb.dark_moments().is_empty(), "{:?}", w.elb.dark_moments());
+
+    // The end of a deployment in a group with no binding does not read its record: one read, the look for a
+    // stored binding of that group.
+    let unbound = Trigger::Deployment {
+        application: APP.into(),
+        deployment_group: "unbound-bg".into(),
+        deployment_id: "d-OTHER".into(),
+        state: "SUCCESS".into(),
+    };
+    let before = w.calls.log().len();
+    let (out, done, _) = run(&w, unbound).await;
+    assert!(out.is_ok() && done.is_empty(), "{out:?}");
+    let calls = w.calls.log()[before..].to_vec();
+    assert_eq!(calls, ["dynamodb:GetItem"]);
 }

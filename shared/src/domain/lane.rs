@@ -11,13 +11,14 @@
 //! Not every read can wait ([`LaneMode`]): what follows a public move that already happened (a rollback, or a
 //! deployment's end that no hook recorded flipping the private side) or a task that is going is counted in the
 //! lane without waiting, and the waiting reads absorb it. The end of a deployment whose flip is on record waits,
-//! as the sweep does: the hooks verified the private side then. Followers are not in the lane:
-//! their reads keep the private weights within a second of the public ones, and they share their own rate
-//! through the census. AfterAllowTraffic's few reads after the flip are not in it either: they verify a flip that
-//! already happened, and must not queue behind a deployment's start elsewhere. A waiting read whose turn would
-//! come after its invocation's time (the reconciler's sweep or a recorded deployment's end, given their budget)
-//! gives its reservation back with a negative add and steps aside, leaving the check to a later sweep: sleeping into the function's timeout would hold the lane's time unused, and the
-//! failed invocation would be run again by Lambda, to wait once more.
+//! as the sweep does: the hooks verified the private side then. Followers are not in the lane: their reads keep
+//! the private weights within a second of the public ones, and they share their own rate through the census.
+//! AfterAllowTraffic's few reads after the flip are not in it either: they verify a flip that already happened,
+//! and must not queue behind a deployment's start elsewhere. A waiting read whose turn would come after its
+//! invocation's time (the reconciler's sweep or a recorded deployment's end, given their budget) gives its
+//! reservation back with a negative add and steps aside, leaving the check to a later sweep: sleeping into the
+//! function's timeout would hold the lane's time unused, and the failed invocation would be run again by Lambda,
+//! to wait once more.
 //!
 //! Pure: numbers in, numbers out; the adapter owns the clock and the table.
 
@@ -43,8 +44,8 @@ pub enum LaneMode {
     /// little later costs nobody anything.
     Wait,
     /// They are counted in the lane but do not wait: what follows a move that already happened (a rollback, a
-    /// stop, a deployment's end with no flip on record) or a task that is going (its private mirror must go within the target group's
-    /// deregistration delay). What they spend pushes the waiting reads back, so the lane's rate still holds.
+    /// stop, a deployment's end with no flip on record) or a task that is going (its private mirror must go within
+    /// the target group's deregistration delay). What they spend pushes the waiting reads back, so the lane's rate still holds.
     Count,
     /// Not in the lane: a follower (its own share, through the census) and AfterAllowTraffic (a few reads right
     /// after its flip, verifying it).

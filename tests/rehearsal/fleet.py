@@ -208,6 +208,12 @@ class Fleet:
             time.sleep(self.stagger_s)
         for t in threads:
             t.join()
+        # The last deployments' ends and stopped tasks are still being handled: judge what they leave, not what they
+        # are about to change. The schedule's sweeps go on meanwhile and are not waited for.
+        busy = m.host.settle(m.reconciler_timeout_s + 5.0, ignore=lambda inv: isinstance(inv.event, dict)
+                              and inv.event.get("source") == "aws.events")
+        self.log("end", "every event handled" if not busy else
+                 f"{len(busy)} invocations still running after {m.reconciler_timeout_s + 5.0:g} s; judging anyway")
         time.sleep(1.0)
         m.stopping.set()
         for svc in deploying:

@@ -163,7 +163,35 @@ class LambdaHost:
         self.log_dir = log_dir
         self.timeouts = timeouts  # function -> timeout in seconds
         self.invocations: list[Invocation] = []
+        self._timers: list[threading.Timer] = []
         self._lock = threading.Lock()
+
+    def later(self, delay_s: float, fn):
+        """Runs `fn` after `delay_s` (an event EventBridge delivers a little later), remembered so that `settle`
+        waits for it."""
+        timer = threading.Timer(delay_s, fn)
+        timer.daemon = True
+        with self._lock:
+            self._timers.append(timer)
+        timer.start()
+
+    def settle(self, timeout_s: float, ignore=lambda inv: False) -> list:
+        """Waits until every event still to be delivered is delivered and every invocation it started has ended,
+        retries included (those `ignore` says are not waited for), for at most `timeout_s`. Returns the invocations
+        still running then: a run that ends while the reconciler is still handling its last events would report
+        what those events are about to change."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                timers = [t for t in self._timers if not t.finished.is_set()]
+                busy = [i for i in self.invocations if not i.done.is_set() and not ignore(i)]
+            if not timers and not busy:
+                return []
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return busy
+            for waiter in [t.finished for t in timers] + [i.done for i in busy]:
+                waiter.wait(max(0.0, deadline - time.monotonic()))
 
     def invoke_async(self, function: str, event: dict, access_key: str) -> Invocation:
         """Starts an invocation in the background (CodeDeploy invokes hooks asynchronously). The returned first

@@ -371,7 +371,7 @@ class Rehearsal:
             self.log("EventBridge", f"{detail_type} {note}-> reconciler")
             self.host.invoke_async("reconciler", event, RECONCILER_KEY)
 
-        threading.Timer(delay_s, fire).start()
+        self.host.later(delay_s, fire)
 
     def deployment_event(self, state, delay_s=0.0):
         d = self.deployment

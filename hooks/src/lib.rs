@@ -347,8 +347,9 @@ where
 const AFTER_THE_TURN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One trigger's work within `budget`: the follower's, or a reconcile of each binding the trigger concerns (the
-/// schedule's slice spread over the run). A binding that fails fails alone and the error names them all; a sweep,
-/// or a recorded deployment's end, whose turn in the read lane comes too late stops there, as done.
+/// schedule's bindings spread over the run). A binding that fails fails alone and the error names them all; a
+/// sweep, or a recorded deployment's end, whose turn in the read lane comes too late stops there, as done, and
+/// leaves the bindings it did not check due for the next sweep.
 pub async fn run_trigger<L, D, S, F>(
     engine: &Engine<L, D, S, F>,
     trigger: &Trigger,
@@ -387,6 +388,7 @@ where
         }
         _ => std::time::Duration::ZERO,
     };
+    let labels: Vec<String> = bindings.iter().map(|(label, _)| label.clone()).collect();
     for (i, (label, found)) in bindings.into_iter().enumerate() {
         if i > 0 && !spacing.is_zero() {
             tokio::time::sleep(spacing).await;
@@ -398,17 +400,20 @@ where
             } {
                 Ok(r) => done.extend(r),
                 // Only a read that waits its turn steps aside (the sweep's, a recorded deployment's end): the
-                // deployments are using the lane, and the bindings come round again in a later sweep. Not a
-                // failure: Lambda would run the event again, to wait once more.
+                // deployments are using the lane. Not a failure: Lambda would run the event again, to wait once
+                // more. This binding and those after it are marked due, and the next sweep takes them first.
                 Err(e @ Error::LaneBusy(_)) => {
-                    let (who, then) = match trigger {
-                        Trigger::Deployment { deployment_id, .. } => {
-                            (format!("the end of {deployment_id}"), ", its check left to the sweep")
-                        }
-                        _ => ("sweep".to_string(), ""),
+                    let who = match trigger {
+                        Trigger::Deployment { deployment_id, .. } => format!("the end of {deployment_id}"),
+                        _ => "sweep".to_string(),
                     };
-                    t.step_aside(format!("{who} stepped aside at {label}{then}: {e}"));
+                    let left = &labels[i..];
+                    t.step_aside(format!(
+                        "{who} stepped aside at {label}, {} left to the next sweep: {e}",
+                        if left.len() == 1 { "its check".to_string() } else { format!("{} checks", left.len()) }
+                    ));
                     tracing::info!(binding = %label, error = %e, "{who} stepped aside for the deployments reading");
+                    engine.defer(left, t).await;
                     break;
                 }
                 Err(e) => failures.push(format!("{label}: {}", harness::error_chain(&e))),

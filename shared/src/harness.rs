@@ -105,7 +105,7 @@ pub struct Summary {
     pub route_after: Option<String>,
     pub notes: Vec<String>,
     /// The reconciler: its reads stepped aside from the busy read lane, reading nothing, and its check was left to
-    /// a later sweep.
+    /// the next sweep.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stepped_aside: bool,
     /// The routes to put back (one per private side) if the invocation fails after changing them.

@@ -197,6 +197,12 @@ pub trait StateStore: Send + Sync {
     /// pending at `now_ms` (the caller reads at `read_at_ms`), `false` when one still is (a read that starts after
     /// the caller's event will see what the caller would have).
     fn claim_read(&self, what: &str, now_ms: u64, read_at_ms: u64) -> impl Future<Output = Result<bool>> + Send;
+    /// Marks bindings (by label) due: their check stepped aside from a busy read lane, and the next sweep takes
+    /// them first (one write; marking one already due changes nothing).
+    fn mark_due(&self, labels: &[String]) -> impl Future<Output = Result<()>> + Send;
+    /// Takes every due binding, leaving none due: the sweep that takes them checks them, or marks those it could
+    /// not check due again (one write that returns what it removed).
+    fn take_due(&self) -> impl Future<Output = Result<std::collections::BTreeSet<String>>> + Send;
     /// One stored binding (one read).
     fn stored_binding(
         &self,

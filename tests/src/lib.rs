@@ -529,6 +529,8 @@ pub struct FakeState {
     census: Arc<Mutex<Census>>,
     /// Pending reads claimed (`StateStore::claim_read`), by what they read.
     claims: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Bindings due for the next sweep (`StateStore::mark_due`), by label.
+    due: Arc<Mutex<BTreeSet<String>>>,
     calls: Arc<Calls>,
 }
 
@@ -536,6 +538,11 @@ impl FakeState {
     /// The followers' census as it stands.
     pub fn census_now(&self) -> Census {
         self.census.lock().unwrap().clone()
+    }
+
+    /// The bindings due for the next sweep, as stored.
+    pub fn due_now(&self) -> BTreeSet<String> {
+        self.due.lock().unwrap().clone()
     }
 
     /// Another follower's heartbeat in the census (a deployment of another service being followed).
@@ -680,6 +687,20 @@ impl StateStore for FakeState {
             census.heartbeats.remove(gone);
         }
         Ok(census.clone())
+    }
+
+    async fn mark_due(&self, labels: &[String]) -> Result<()> {
+        if labels.is_empty() {
+            return Ok(());
+        }
+        self.calls.enter("dynamodb:UpdateItem")?;
+        self.due.lock().unwrap().extend(labels.iter().cloned());
+        Ok(())
+    }
+
+    async fn take_due(&self) -> Result<BTreeSet<String>> {
+        self.calls.enter("dynamodb:UpdateItem")?;
+        Ok(std::mem::take(&mut *self.due.lock().unwrap()))
     }
 
     async fn stored_binding(&self, application: &str, group: &str) -> Result<Option<StoredBinding>> {

@@ -4,6 +4,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bluegreen_mirror::domain::{HealthState, Phase, Route, RouteStyle, WeightedTargetGroup};
@@ -460,10 +461,14 @@ async fn a_sweep_whose_turn_in_the_lane_comes_too_late_steps_aside_instead_of_fa
     assert!(out.is_ok(), "not a failure for Lambda to run again: {out:?}");
     assert!(done.is_empty());
     let notes = summary.notes;
-    assert!(notes.iter().any(|n| n.starts_with("sweep stepped aside at web/web-bg")), "{notes:?}");
+    assert!(
+        notes.iter().any(|n| n.starts_with("sweep stepped aside at web/web-bg, its check left to the next sweep")),
+        "{notes:?}"
+    );
     assert!(summary.stepped_aside, "counted in the metric");
     assert!(w.private_writes().is_empty());
     assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..4)));
+    assert_eq!(w.state.due_now(), BTreeSet::from(["web/web-bg".to_string()]), "due for the next sweep");
 
     // A throttled read is another matter: the sweep fails, and Lambda runs it again.
     w.calls.no_faults();
@@ -511,16 +516,19 @@ async fn a_recorded_deployments_end_waits_its_turn_and_leaves_its_check_to_the_s
     assert!(done.is_empty());
     assert!(summary.stepped_aside, "counted in the metric");
     let notes = summary.notes;
-    let stepped = format!("the end of {DEPLOYMENT} stepped aside at web/web-bg, its check left to the sweep");
+    let stepped = format!("the end of {DEPLOYMENT} stepped aside at web/web-bg, its check left to the next sweep");
     assert!(notes.iter().any(|n| n.starts_with(&stepped)), "{notes:?}");
     assert_eq!(w.private_writes().len(), writes);
     assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..4)));
-    // Once the lane has room, the sweep does the check: the stopped tasks leave the private side too.
+    assert_eq!(w.state.due_now(), BTreeSet::from(["web/web-bg".to_string()]), "due for the next sweep");
+    // Once the lane has room, the next sweep does the check: the stopped tasks leave the private side too, and
+    // nothing is due any more.
     w.calls.no_faults();
     let (out, done, _) = run(&w, Trigger::Schedule { at: 0 }).await;
     assert!(out.is_ok(), "{out:?}");
     assert_eq!(done[0].deregistered, 3);
     assert!(w.elb.members(&a.prv_blue).is_empty());
+    assert!(w.state.due_now().is_empty());
     assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_green, &[&a.prv_blue], RouteStyle::Weighted));
 
     // No hook ran for this deployment (they are missing from its appspec): its end is what mirrors the green tasks

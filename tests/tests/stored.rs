@@ -57,6 +57,46 @@ async fn a_bad_stored_binding_fails_its_deployment_with_the_fix_and_changes_noth
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_binding_whose_check_stepped_aside_is_the_next_sweeps_first_whatever_its_slice() {
+    let mut w = World::stored();
+    for group in ["api-bg", "zz-bg"] {
+        let mut other = w.state.stored_binding_of(APP, GROUP).expect("stored");
+        other.deployment_group = group.into();
+        w.state.store_raw(&StoredBinding::key(APP, group), Ok(other));
+    }
+    // One binding a sweep, once a minute: three sweeps for the rotation to come round.
+    w.config.elb_reads_per_s = 0.1;
+    let engine = w.hooks();
+    let sweep = |at| {
+        let engine = &engine;
+        async move {
+            let found = engine.bindings_for(&Trigger::Schedule { at }).await.expect("the list is readable");
+            found.into_iter().map(|(label, _)| label).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(sweep(0).await, ["web/api-bg"]);
+    assert_eq!(sweep(60).await, ["web/web-bg"]);
+
+    let t = Tracker::default();
+    engine.defer(&["web/web-bg".to_string()], &t).await;
+    assert_eq!(sweep(120).await, ["web/web-bg", "web/zz-bg"], "the due one first, the slice whole after it");
+    assert!(w.state.due_now().is_empty(), "taken by that sweep");
+    assert_eq!(sweep(180).await, ["web/api-bg"]);
+    // Due once however often marked; a binding since removed is dropped; one due in its own slice is checked once.
+    engine.defer(&["web/zz-bg".into(), "web/gone-bg".into(), "web/api-bg".into()], &t).await;
+    engine.defer(&["web/zz-bg".to_string()], &t).await;
+    assert_eq!(sweep(0).await, ["web/api-bg", "web/zz-bg"]);
+    assert!(t.snapshot().notes.is_empty(), "{:?}", t.snapshot().notes);
+
+    // A due item that cannot be taken leaves the sweep its slice; one that cannot be marked says so.
+    w.calls.fail_every("dynamodb:UpdateItem", bluegreen_mirror::AwsErrorKind::Throttled);
+    engine.defer(&["web/web-bg".to_string()], &t).await;
+    let notes = t.snapshot().notes;
+    assert!(notes.iter().any(|n| n.starts_with("web/web-bg not marked due")), "{notes:?}");
+    assert_eq!(sweep(0).await, ["web/api-bg"]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_schedule_checks_the_good_stored_bindings_and_reports_the_bad_ones_alone() {
     let w = World::stored();
     let mut broken = w.state.stored_binding_of(APP, GROUP).expect("stored");

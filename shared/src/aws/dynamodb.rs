@@ -24,6 +24,9 @@ use crate::{Error, Result};
 const SERVICE: &str = "dynamodb";
 pub const PARTITION_KEY: &str = "pk";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
+/// The item of the bindings due for the next sweep, and its one attribute, a string set of their labels.
+const DUE_KEY: &str = "sweep#due";
+const DUE_LABELS: &str = "labels";
 /// The census item's attribute of one follower: this prefix and its owner.
 const CENSUS_PREFIX: &str = "follower:";
 
@@ -360,6 +363,57 @@ impl StateStore for DynamoState {
         }
     }
 
+    /// One UpdateItem adding the labels to the due item's string set (a set: marking one twice keeps it once).
+    async fn mark_due(&self, labels: &[String]) -> Result<()> {
+        let labels: std::collections::BTreeSet<&String> = labels.iter().collect();
+        if labels.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, AttributeValue::S(DUE_KEY.into()))
+            .update_expression("SET #kind = :kind ADD #labels :labels")
+            .expression_attribute_names("#kind", "kind")
+            .expression_attribute_names("#labels", DUE_LABELS)
+            .expression_attribute_values(":kind", AttributeValue::S("due".into()))
+            .expression_attribute_values(":labels", AttributeValue::Ss(labels.into_iter().cloned().collect()))
+            .send()
+            .await
+            .map_err(|e| aws_error(SERVICE, "UpdateItem", &format!("table {}", self.table), e))?;
+        Ok(())
+    }
+
+    /// One UpdateItem removing the set and returning it: taking and reading in one call, so that two sweeps never
+    /// take the same binding. Nothing due (no set) fails its condition, answered as an empty set.
+    async fn take_due(&self) -> Result<std::collections::BTreeSet<String>> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, AttributeValue::S(DUE_KEY.into()))
+            .update_expression("REMOVE #labels")
+            .condition_expression("attribute_exists(#labels)")
+            .expression_attribute_names("#labels", DUE_LABELS)
+            .return_values(ReturnValue::UpdatedOld)
+            .send()
+            .await;
+        match out {
+            Ok(out) => Ok(out
+                .attributes()
+                .and_then(|a| a.get(DUE_LABELS))
+                .and_then(|v| v.as_ss().ok())
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect()),
+            Err(e) if e.as_service_error().is_some_and(UpdateItemError::is_conditional_check_failed_exception) => {
+                Ok(std::collections::BTreeSet::new())
+            }
+            Err(e) => Err(aws_error(SERVICE, "UpdateItem", &format!("table {}", self.table), e)),
+        }
+    }
+
     async fn stored_binding(&self, application: &str, group: &str) -> Result<Option<StoredBinding>> {
         self.get(StoredBinding::key(application, group)).await
     }
@@ -620,5 +674,49 @@ mod tests {
             DynamoState::new(mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&removed, &lost]), "state".into());
         assert_eq!(db.remove_stored_binding("web", "web-bg", 2).await.unwrap(), Saved::Written);
         assert_eq!(db.remove_stored_binding("web", "web-bg", 2).await.unwrap(), Saved::Conflict);
+    }
+    #[tokio::test]
+    async fn due_bindings_are_added_to_one_set_and_taken_with_the_write_that_removes_them() {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemOutput;
+        let key_is_due = |r: &aws_sdk_dynamodb::operation::update_item::UpdateItemInput| {
+            r.table_name() == Some("state")
+                && r.key().and_then(|k| k.get("pk")).and_then(|v| v.as_s().ok()).map(String::as_str) == Some(DUE_KEY)
+        };
+        let marked = mock!(Client::update_item)
+            .match_requests(move |r| {
+                let labels =
+                    r.expression_attribute_values().and_then(|v| v.get(":labels")).and_then(|v| v.as_ss().ok());
+                key_is_due(r)
+                    && r.update_expression() == Some("SET #kind = :kind ADD #labels :labels")
+                    && labels == Some(&vec!["web/a-bg".to_string(), "web/b-bg".to_string()])
+            })
+            .then_output(|| UpdateItemOutput::builder().build());
+        let taken = mock!(Client::update_item)
+            .match_requests(move |r| {
+                key_is_due(r)
+                    && r.update_expression() == Some("REMOVE #labels")
+                    && r.condition_expression() == Some("attribute_exists(#labels)")
+                    && r.return_values() == Some(&ReturnValue::UpdatedOld)
+            })
+            .then_output(|| {
+                UpdateItemOutput::builder()
+                    .attributes(DUE_LABELS, AttributeValue::Ss(vec!["web/a-bg".into(), "web/b-bg".into()]))
+                    .build()
+            });
+        let none = mock!(Client::update_item).then_error(|| {
+            UpdateItemError::ConditionalCheckFailedException(ConditionalCheckFailedException::builder().build())
+        });
+        let db = DynamoState::new(
+            mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&marked, &taken, &none]),
+            "state".into(),
+        );
+        // A string set holds each once: the label given twice is sent once.
+        db.mark_due(&["web/b-bg".into(), "web/a-bg".into(), "web/b-bg".into()]).await.unwrap();
+        // Nothing to mark sends nothing (the mock client would answer a fourth call with an error).
+        db.mark_due(&[]).await.unwrap();
+        let due = db.take_due().await.unwrap();
+        assert_eq!(due.into_iter().collect::<Vec<_>>(), ["web/a-bg", "web/b-bg"]);
+        assert!(db.take_due().await.unwrap().is_empty(), "nothing due is not an error");
+        assert_eq!(marked.num_calls() + taken.num_calls() + none.num_calls(), 3);
     }
 }

@@ -16,9 +16,9 @@
 //! AfterAllowTraffic's few reads after the flip are not in it either: they verify a flip that already happened,
 //! and must not queue behind a deployment's start elsewhere. A waiting read whose turn would come after its
 //! invocation's time (the reconciler's sweep or a recorded deployment's end, given their budget) gives its
-//! reservation back with a negative add and steps aside, leaving the check to a later sweep: sleeping into the
-//! function's timeout would hold the lane's time unused, and the failed invocation would be run again by Lambda,
-//! to wait once more.
+//! reservation back with a negative add and steps aside, leaving the check to the next sweep, which takes it
+//! first: sleeping into the function's timeout would hold the lane's time unused, and the failed invocation would
+//! be run again by Lambda, to wait once more.
 //!
 //! Pure: numbers in, numbers out; the adapter owns the clock and the table.
 

@@ -196,6 +196,19 @@ pub fn sweep_slice(n: usize, per_run: usize, slot: u64) -> std::ops::Range<usize
     start..(start + per_run).min(n)
 }
 
+/// The bindings scheduled run number `slot` checks, in order: those due (whose check stepped aside from a busy
+/// read lane, indices into the same list) first, then the slot's slice without them. A due binding is checked at
+/// the next run rather than when the rotation comes back to it; the slice is kept whole, so that no binding's
+/// turn is taken by another's. Indices out of range are ignored.
+pub fn sweep_order(n: usize, per_run: usize, slot: u64, due: &[usize]) -> Vec<usize> {
+    let mut out: Vec<usize> = due.iter().copied().filter(|&i| i < n).collect();
+    out.sort_unstable();
+    out.dedup();
+    let slice = sweep_slice(n, per_run, slot).filter(|i| !out.contains(i)).collect::<Vec<_>>();
+    out.extend(slice);
+    out
+}
+
 /// A client-side token bucket: what one process lets itself send to ELB's `Describe*` actions, so that a burst
 /// of concurrent reads (a reconcile reads six at once) waits its turn here instead of draining the account's
 /// bucket, which every other tool in the account shares, and being retried into it.
@@ -345,6 +358,25 @@ mod tests {
                 }
             }
             prop_assert!(seen.iter().all(|c| *c == 1), "{seen:?}");
+        }
+
+        /// The due bindings come first, once each, and the slot's slice follows whole: nothing is checked twice,
+        /// and no binding loses its turn to a due one.
+        #[test]
+        fn due_bindings_come_first_and_the_slice_follows_whole(
+            n in 0usize..60, per_run in 1usize..10, slot in 0u64..100, due in prop::collection::vec(0usize..80, 0..12),
+        ) {
+            let order = sweep_order(n, per_run, slot, &due);
+            let mut wanted: Vec<usize> = due.iter().copied().filter(|&i| i < n).collect();
+            wanted.sort_unstable();
+            wanted.dedup();
+            prop_assert_eq!(&order[..wanted.len()], &wanted[..]);
+            let mut unique = order.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            prop_assert_eq!(unique.len(), order.len());
+            prop_assert!(sweep_slice(n, per_run, slot).all(|i| order.contains(&i)));
+            prop_assert!(order.iter().all(|i| *i < n && (wanted.contains(i) || sweep_slice(n, per_run, slot).contains(i))));
         }
     }
 

@@ -840,7 +840,8 @@ pub enum Trigger {
     Deployment { application: String, deployment_group: String, deployment_id: String, state: String },
     /// An ECS task of `service` in `cluster` changed state.
     Task { cluster: String, service: String },
-    /// The schedule, fired at `at` (seconds since the epoch): the slice of bindings whose turn it is.
+    /// The schedule, fired at `at` (seconds since the epoch): the bindings due (whose check stepped aside), then
+    /// the slice whose turn it is.
     Schedule { at: u64 },
 }
 
@@ -886,6 +887,18 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         }
     }
 
+    /// Leaves the check of these bindings to the next sweep, which takes them first: a check that stepped aside
+    /// from a busy read lane is done once the lane has room, not when the sweep's rotation comes back to it
+    /// (`ceil(n / k)` sweeps later). One write.
+    pub async fn defer(&self, labels: &[String], t: &Tracker) {
+        if let Err(e) = self.state.mark_due(labels).await {
+            t.note(format!(
+                "{} not marked due ({e}): checked when the sweep's rotation comes to them",
+                labels.join(", ")
+            ));
+        }
+    }
+
     /// The bindings a trigger concerns, each labelled `application/group`, with its deployment group's setup; a
     /// binding that cannot be used (a stored one that does not validate, a deployment group that cannot be read)
     /// is returned as its error, so that it fails alone. The error outside is the stored list being unreadable.
@@ -906,10 +919,21 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             Trigger::Task { .. } => self.every_binding_cached().await?,
             Trigger::Schedule { at } => {
                 let all = self.every_binding().await?;
+                // Taken once the list is read: a sweep that fails before it leaves them due for the next.
+                let due = match self.state.take_due().await {
+                    Ok(due) => due,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the bindings due could not be taken; the sweep checks its slice");
+                        std::collections::BTreeSet::new()
+                    }
+                };
                 let per_run = crate::domain::sweep_per_run(self.config.elb_reads_per_s, self.config.schedule);
                 let slot = at / self.config.schedule.as_secs().max(1);
-                let slice = crate::domain::sweep_slice(all.len(), per_run, slot);
-                all.into_iter().skip(slice.start).take(slice.len()).collect()
+                let due: Vec<usize> =
+                    all.iter().enumerate().filter(|(_, (label, _))| due.contains(label)).map(|(i, _)| i).collect();
+                let order = crate::domain::sweep_order(all.len(), per_run, slot, &due);
+                let mut all: Vec<Option<_>> = all.into_iter().map(Some).collect();
+                order.into_iter().filter_map(|i| all.get_mut(i).and_then(Option::take)).collect()
             }
         };
         let mut out = Vec::new();

@@ -164,7 +164,13 @@ struct ElbState {
     tags: BTreeMap<String, BTreeMap<String, String>>,
     /// Every read pace the engine asked for, in order.
     paces: Vec<f64>,
+    /// Runs once, right after the next read of targets has answered: something that changes between two reads
+    /// of one reconcile.
+    after_next_targets_read: Option<ElbChange>,
 }
+
+/// A change of the fake ELB's state, made at a chosen moment.
+type ElbChange = Box<dyn FnOnce(&mut ElbState) + Send>;
 
 /// ELB held in memory. Registration makes a target healthy at once (or unhealthy where unreachable);
 /// deregistration removes it (draining is modelled by tests that insert draining targets themselves).
@@ -201,6 +207,22 @@ impl FakeElb {
         let mut s = self.s();
         s.route_log.push((arn.to_string(), route.clone(), tokio::time::Instant::now()));
         s.routes.insert(arn.to_string(), route);
+    }
+
+    /// Once the next read of targets has answered, the targets `keys` leave the groups `tgs`: a task that stops
+    /// while a reconcile's reads are spread out, taken off both sides (ECS on the public one, its own event's
+    /// reconcile on the private one) before the reconcile reads the rest.
+    pub fn remove_after_next_read(&self, tgs: &[&str], keys: &[TargetKey]) {
+        let (tgs, keys): (Vec<String>, Vec<TargetKey>) = (tgs.iter().map(|t| t.to_string()).collect(), keys.to_vec());
+        self.s().after_next_targets_read = Some(Box::new(move |s: &mut ElbState| {
+            for tg in &tgs {
+                if let Some(g) = s.groups.get_mut(tg) {
+                    keys.iter().for_each(|k| {
+                        g.targets.remove(k);
+                    });
+                }
+            }
+        }));
     }
 
     pub fn remove_targets(&self, tg: &str, keys: &[TargetKey]) {
@@ -292,9 +314,13 @@ impl LoadBalancers for FakeElb {
         self.calls.enter("elb:DescribeTargetHealth")?;
         self.calls.read_of("elb:DescribeTargetHealth", target_group);
         self.calls.stall("elb:DescribeTargetHealth").await;
-        let s = self.s();
+        let mut s = self.s();
         let g = s.groups.get(target_group).ok_or_else(|| not_found("DescribeTargetHealth", target_group))?;
-        Ok(g.targets.values().cloned().collect())
+        let read = g.targets.values().cloned().collect();
+        if let Some(change) = s.after_next_targets_read.take() {
+            change(&mut s);
+        }
+        Ok(read)
     }
 
     async fn register(&self, target_group: &str, targets: &[Target]) -> Result<()> {

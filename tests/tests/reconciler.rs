@@ -78,6 +78,41 @@ async fn scaling_and_replaced_tasks_are_mirrored_by_one_reconcile() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_task_that_stops_between_a_reconciles_reads_is_not_registered_back() {
+    let engine_run = |w: &World, trigger: Trigger| {
+        let engine = w.hooks();
+        async move {
+            let t = Tracker::default();
+            let (_, found) = engine.bindings_for(&trigger).await.expect("bindings").into_iter().next().expect("bound");
+            let (b, group) = found.expect("group");
+            let done = match trigger {
+                Trigger::Task { .. } => engine.reconcile_membership(&b, &t).await,
+                _ => engine.reconcile(&b, &group, &t).await,
+            };
+            (done.expect("reconcile"), t.snapshot().notes)
+        }
+    };
+    for trigger in [Trigger::Schedule { at: 0 }, Trigger::Task { cluster: "prod".into(), service: "web".into() }] {
+        let w = World::new();
+        let a = &w.arns;
+        // The public group is read first; before the private one is, task 3 stops and leaves both sides.
+        w.elb.remove_after_next_read(&[&a.pub_blue, &a.prv_blue], &[ip(3)]);
+        w.calls.clear();
+        let (done, notes) = engine_run(&w, trigger.clone()).await;
+        assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..3)), "{trigger:?}: {notes:?}");
+        assert_eq!(w.elb.members(&a.prv_blue), w.elb.members(&a.pub_blue));
+        assert_eq!(done.registered, 0, "{trigger:?}");
+        assert_eq!(w.calls.count("elb:RegisterTargets"), 0, "{trigger:?}");
+        assert!(
+            notes.iter().any(|n| n == "prv-blue: not registering 10.0.0.3:8080, gone from pub-blue since it was read"),
+            "{trigger:?}: {notes:?}"
+        );
+        // The confirmation costs one read, of the public group the registration came from.
+        assert_eq!(w.calls.reads_of("elb:DescribeTargetHealth", &a.pub_blue), 2, "{trigger:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_task_events_of_one_moment_read_the_groups_once_and_miss_nothing() {
     let w = World::new();
     let a = &w.arns;
@@ -98,7 +133,9 @@ async fn the_task_events_of_one_moment_read_the_groups_once_and_miss_nothing() {
     assert_eq!(done.iter().filter(|d| d.is_some()).count(), 1, "one read for the three events");
     assert_eq!(done.iter().flatten().map(|d| d.registered).sum::<usize>(), 3);
     assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..7)), "every task of the three is mirrored");
-    assert_eq!(w.calls.count("elb:DescribeTargetHealth"), 4, "four groups read once, not three times");
+    // Four groups read once, not three times, and the public blue group once more to confirm its registrations.
+    assert_eq!(w.calls.count("elb:DescribeTargetHealth"), 5, "four groups read once, not three times");
+    assert_eq!(w.calls.reads_of("elb:DescribeTargetHealth", &a.pub_blue), 2);
     assert_eq!(w.calls.count("dynamodb:UpdateItem"), 3, "each event costs one conditional write instead");
 }
 

@@ -38,6 +38,24 @@ impl MirrorPlan {
     pub fn calls(&self) -> usize {
         self.register.len() + self.deregister.len()
     }
+
+    /// The plan with only the registrations a later read of the source (`fresh`) still holds (draining aside),
+    /// rebatched, and the targets dropped. The source was read before the mirror: a target that left the source
+    /// in between, and was deregistered from the mirror meanwhile by another reconcile, would otherwise be
+    /// registered back. Deregistrations are kept: they follow the older read, and a target the fresh read has
+    /// again is registered by the next reconcile.
+    pub fn confirmed(self, fresh: &[ObservedTarget], batch: usize) -> (MirrorPlan, Vec<TargetKey>) {
+        let still: BTreeSet<TargetKey> = fresh.iter().filter(|t| !t.is_draining()).map(ObservedTarget::key).collect();
+        let (kept, dropped): (Vec<Target>, Vec<Target>) =
+            self.register.into_iter().flatten().partition(|t| still.contains(&t.key));
+        let dropped: Vec<TargetKey> = dropped.into_iter().map(|t| t.key).collect();
+        let plan = MirrorPlan {
+            register: kept.chunks(batch.max(1)).map(<[Target]>::to_vec).collect(),
+            deregister: self.deregister,
+            desired: self.desired.into_iter().filter(|k| !dropped.contains(k)).collect(),
+        };
+        (plan, dropped)
+    }
 }
 
 /// Plans the change that makes `mirror` hold exactly the non-draining targets of `source`.
@@ -88,6 +106,25 @@ mod tests {
 
     fn reg(v: &[Vec<Target>]) -> Vec<String> {
         v.iter().flatten().map(|t| t.key.to_string()).collect()
+    }
+
+    #[test]
+    fn a_registration_the_source_no_longer_holds_is_dropped_and_the_rest_rebatched() {
+        use HealthState::*;
+        // Read first: 1, 2, 3 in the source; the mirror, read later, has lost 3 (its task stopped) and 4.
+        let plan =
+            plan_mirror(&[obs(1, 80, Healthy), obs(2, 80, Healthy), obs(3, 80, Healthy)], &[obs(4, 80, Healthy)], 1);
+        assert_eq!(reg(&plan.register), ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]);
+        // Read again after the mirror: 3 is gone, 2 is draining.
+        let (confirmed, dropped) = plan.confirmed(&[obs(1, 80, Healthy), obs(2, 80, Draining), obs(5, 80, Healthy)], 1);
+        assert_eq!(reg(&confirmed.register), ["10.0.0.1:80"]);
+        assert_eq!(confirmed.register.len(), 1, "one batch of one");
+        assert_eq!(keys(&confirmed.deregister), ["10.0.0.4:80"], "deregistrations kept");
+        assert_eq!(dropped.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.0.0.2:80", "10.0.0.3:80"]);
+        assert_eq!(confirmed.desired.iter().map(ToString::to_string).collect::<Vec<_>>(), ["10.0.0.1:80"]);
+        // Nothing to drop leaves the plan as it was.
+        let plan = plan_mirror(&[obs(1, 80, Healthy)], &[], 200);
+        assert_eq!(plan.clone().confirmed(&[obs(1, 80, Healthy)], 200).0, plan);
     }
 
     #[test]

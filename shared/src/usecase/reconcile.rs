@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{now_ms, Engine, ReadOnce, SidePass, Tracker};
+use super::{name, now_ms, Engine, ReadOnce, SidePass, Tracker};
 use crate::config::{Binding, RouteRef, MANAGED_TAG};
 use crate::domain::{
     follower_reads_per_s, full_reconcile_fits, next_read as next_read_in, pacing::PROCESS_SHARE, plan_reconcile,
@@ -259,9 +259,29 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// Plans from what was observed and applies it in the order that keeps I4: registrations, route changes,
     /// deregistrations. `Ok(false)` when there was nothing to change.
     async fn apply(&self, b: &Binding, seen: &Observed, out: &mut Reconciled, t: &Tracker) -> Result<bool> {
-        let plan = plan_reconcile(&b.pair_arns(), b.style(), seen, DEFAULT_BATCH)
+        let mut plan = plan_reconcile(&b.pair_arns(), b.style(), seen, DEFAULT_BATCH)
             .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.side_label())))?;
         out.held_back = plan.held_back.clone();
+        // The reads were issued together but not answered together: paced at a follower's share they spread
+        // over seconds, and a throttled one is tried again later. A task that stopped between the public read
+        // and the private one, and that its own event's reconcile took off the private side meanwhile, would be
+        // registered back into the idle group. So each registration is confirmed by one more read of its public
+        // group, made after the private one: one read per pair only when it has tasks to register.
+        for (private, m) in plan.mirrors.iter_mut().filter(|(_, m)| !m.register.is_empty()) {
+            let Some(public) = b.pairs.iter().find(|p| p.private_target_group == *private) else { continue };
+            let fresh = self.lb.targets(&public.public_target_group).await?;
+            let (confirmed, dropped) = std::mem::take(m).confirmed(&fresh, DEFAULT_BATCH);
+            *m = confirmed;
+            if !dropped.is_empty() {
+                let dropped: Vec<String> = dropped.iter().map(ToString::to_string).collect();
+                t.note(format!(
+                    "{}: not registering {}, gone from {} since it was read",
+                    name(private),
+                    dropped.join(", "),
+                    name(&public.public_target_group)
+                ));
+            }
+        }
         if plan.is_empty() {
             return Ok(false);
         }

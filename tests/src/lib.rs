@@ -167,6 +167,8 @@ struct ElbState {
     /// Runs once, right after the next read of targets has answered: something that changes between two reads
     /// of one reconcile.
     after_next_targets_read: Option<ElbChange>,
+    /// Target groups whose reads answer this much later than the others (paced, or retried after a throttle).
+    read_delay: BTreeMap<String, Duration>,
 }
 
 /// A change of the fake ELB's state, made at a chosen moment.
@@ -223,6 +225,11 @@ impl FakeElb {
                 }
             }
         }));
+    }
+
+    /// Reads of `tg`'s targets answer `d` later than the others.
+    pub fn delay_reads_of(&self, tg: &str, d: Duration) {
+        self.s().read_delay.insert(tg.to_string(), d);
     }
 
     pub fn remove_targets(&self, tg: &str, keys: &[TargetKey]) {
@@ -314,6 +321,10 @@ impl LoadBalancers for FakeElb {
         self.calls.enter("elb:DescribeTargetHealth")?;
         self.calls.read_of("elb:DescribeTargetHealth", target_group);
         self.calls.stall("elb:DescribeTargetHealth").await;
+        let delay = self.s().read_delay.get(target_group).copied();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let mut s = self.s();
         let g = s.groups.get(target_group).ok_or_else(|| not_found("DescribeTargetHealth", target_group))?;
         let read = g.targets.values().cloned().collect();

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::OnceCell;
+use tokio::time::{Duration, Instant};
 
 use crate::config::RouteRef;
 use crate::domain::{ObservedTarget, Route};
@@ -24,16 +25,35 @@ pub(crate) struct ReadOnce<'l, L> {
     lb: &'l L,
     targets: Memo<Vec<ObservedTarget>>,
     routes: Memo<Route>,
+    /// When each target group's read answered.
+    answered: Mutex<HashMap<String, Instant>>,
 }
 
 impl<'l, L: LoadBalancers> ReadOnce<'l, L> {
     pub(crate) fn new(lb: &'l L) -> Self {
-        Self { lb, targets: Memo::default(), routes: Memo::default() }
+        Self { lb, targets: Memo::default(), routes: Memo::default(), answered: Mutex::default() }
     }
 
     /// A target group's targets, read once in this pass.
     pub(crate) async fn targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
-        once(&self.targets, target_group, || self.lb.targets(target_group)).await
+        once(&self.targets, target_group, || async {
+            let read = self.lb.targets(target_group).await;
+            if read.is_ok() {
+                self.answered
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(target_group.into(), Instant::now());
+            }
+            read
+        })
+        .await
+    }
+
+    /// How much later the read of `then` answered than the read of `first` (zero if sooner), when this pass read
+    /// both.
+    pub(crate) fn answered_later(&self, first: &str, then: &str) -> Option<Duration> {
+        let answered = self.answered.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(answered.get(then)?.saturating_duration_since(*answered.get(first)?))
     }
 
     /// A route, read once in this pass.

@@ -53,6 +53,10 @@ impl GroupCache {
     }
 }
 
+/// Reads of one pass answered within this of each other went together: what they saw is as of one moment, as
+/// far as a task's stopping goes.
+const READS_TOGETHER: Duration = Duration::from_millis(500);
+
 /// What one reconcile of one binding changed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Reconciled {
@@ -196,7 +200,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                     continue;
                 }
             }
-            if !self.apply(b, &seen, &mut out, t).await? {
+            if !self.apply(b, &seen, reads, &mut out, t).await? {
                 break;
             }
             // Read-after-write: if the public route moved while we wrote, go round again.
@@ -250,7 +254,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let tgs: Vec<&str> = b.public_target_groups().into_iter().chain(b.private_target_groups()).collect();
         let targets = futures_util::future::try_join_all(tgs.iter().map(|tg| reads.targets(tg))).await?;
         let seen = Observed { targets: tgs.iter().map(|s| s.to_string()).zip(targets).collect(), ..Default::default() };
-        if self.apply(b, &seen, &mut out, t).await? {
+        if self.apply(b, &seen, reads, &mut out, t).await? {
             t.note(format!("mirrored {}: +{} -{}", out.binding, out.registered, out.deregistered));
         }
         Ok(out)
@@ -258,17 +262,27 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
 
     /// Plans from what was observed and applies it in the order that keeps I4: registrations, route changes,
     /// deregistrations. `Ok(false)` when there was nothing to change.
-    async fn apply(&self, b: &Binding, seen: &Observed, out: &mut Reconciled, t: &Tracker) -> Result<bool> {
+    async fn apply(
+        &self,
+        b: &Binding,
+        seen: &Observed,
+        reads: &ReadOnce<'_, L>,
+        out: &mut Reconciled,
+        t: &Tracker,
+    ) -> Result<bool> {
         let mut plan = plan_reconcile(&b.pair_arns(), b.style(), seen, DEFAULT_BATCH)
             .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.side_label())))?;
         out.held_back = plan.held_back.clone();
-        // The reads were issued together but not answered together: paced at a follower's share they spread
-        // over seconds, and a throttled one is tried again later. A task that stopped between the public read
-        // and the private one, and that its own event's reconcile took off the private side meanwhile, would be
-        // registered back into the idle group. So each registration is confirmed by one more read of its public
-        // group, made after the private one: one read per pair only when it has tasks to register.
+        // The reads were issued together but not always answered together: paced at a follower's share they
+        // spread over seconds, and a throttled one is tried again later. A task that stopped between the public
+        // read and a later private one, and that its own event's reconcile took off the private side meanwhile,
+        // would be registered back into the idle group. So a pair whose private read answered well after its
+        // public one has its registrations confirmed by one more read of its public group: one read, only then.
         for (private, m) in plan.mirrors.iter_mut().filter(|(_, m)| !m.register.is_empty()) {
             let Some(public) = b.pairs.iter().find(|p| p.private_target_group == *private) else { continue };
+            if reads.answered_later(&public.public_target_group, private).is_some_and(|d| d <= READS_TOGETHER) {
+                continue;
+            }
             let fresh = self.lb.targets(&public.public_target_group).await?;
             let (confirmed, dropped) = std::mem::take(m).confirmed(&fresh, DEFAULT_BATCH);
             *m = confirmed;
@@ -411,7 +425,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             targets: targets.into_iter().collect(),
             ..Default::default()
         };
-        self.apply(b, &seen, &mut out, t).await?;
+        self.apply(b, &seen, reads, &mut out, t).await?;
         Ok(out)
     }
 

@@ -8,9 +8,11 @@ mod before_allow_traffic;
 mod bindings;
 mod once;
 mod reconcile;
+mod trigger;
 
 pub use bindings::BINDING_CACHE_TTL;
-pub use reconcile::{BindingStatus, Concerned, PlanSummary, Reconciled, Trigger};
+pub use reconcile::{BindingStatus, PlanSummary, Reconciled};
+pub use trigger::{Concerned, Trigger};
 
 use std::collections::BTreeSet;
 use std::future::Future;

@@ -1,0 +1,184 @@
+//! What starts a reconcile and what it concerns: the trigger (a deployment's or a task's event, the schedule, a
+//! follow request), how its reads use the installation's read lane, the bindings it concerns (the schedule's: those
+//! due first, then its slice of the rotation), and the bindings a check that stepped aside leaves due.
+
+use std::borrow::Cow;
+
+use super::{Engine, Tracker};
+use crate::config::Binding;
+use crate::domain::{LaneMode, Phase};
+use crate::ports::{DeploymentGroupFacts, Deployments, FollowRequest, Followers, LoadBalancers, StateStore};
+use crate::Result;
+
+/// What woke the reconciler, in the engine's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// Follow a deployment's traffic shifting (started by BeforeAllowTraffic, or by a follower handing over).
+    Follow(FollowRequest),
+    /// A CodeDeploy deployment changed state (START, SUCCESS, FAILURE, STOP, READY, ...).
+    Deployment { application: String, deployment_group: String, deployment_id: String, state: String },
+    /// An ECS task of `service` in `cluster` changed state.
+    Task { cluster: String, service: String },
+    /// The schedule, fired at `at` (seconds since the epoch): the bindings due (whose check stepped aside), then
+    /// the slice whose turn it is.
+    Schedule { at: u64 },
+}
+
+impl Trigger {
+    /// How the reads this trigger causes use the installation's read lane, knowing nothing of the deployment: the
+    /// sweep waits its turn; a move already made (a deployment's end, a rollback, a stop) and a task that comes or
+    /// goes are counted without waiting; a follower reads at its own share. [`Engine::lane_for`] lets the end of a
+    /// deployment whose flip is on record wait too.
+    pub fn lane(&self) -> LaneMode {
+        match self {
+            Trigger::Schedule { .. } => LaneMode::Wait,
+            Trigger::Deployment { .. } | Trigger::Task { .. } => LaneMode::Count,
+            Trigger::Follow(_) => LaneMode::Outside,
+        }
+    }
+}
+
+impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+    /// How this trigger's reads use the read lane. The end of a deployment (SUCCESS) whose AfterAllowTraffic
+    /// recorded its flip has nothing left to follow in a hurry: the private routes were flipped and verified then,
+    /// and the tasks CodeDeploy stops afterwards leave the private side with their own ECS events, counted. Its
+    /// check waits its turn like the sweep's, and steps aside to the sweep when the lane is busier than its
+    /// invocation is long: on AWS, twenty deployments that end together would otherwise spend their full
+    /// reconciles at once, over the account's bucket. Without that record (no hook ran, or its record is
+    /// unreadable) the end may be the only thing that flips the private side, and it is counted at once.
+    pub async fn lane_for(&self, trigger: &Trigger, t: &Tracker) -> LaneMode {
+        let Trigger::Deployment { deployment_id, state, .. } = trigger else { return trigger.lane() };
+        if state != "SUCCESS" {
+            return trigger.lane();
+        }
+        match self.state.deployment(deployment_id).await {
+            Ok(Some(rec))
+                if rec.phases.contains_key(Phase::AfterAllowTraffic.as_str())
+                    && rec.outcome.as_deref() == Some("succeeded") =>
+            {
+                LaneMode::Wait
+            }
+            Ok(_) => trigger.lane(),
+            Err(e) => {
+                t.note(format!("{deployment_id}: record unreadable ({e}); its end is checked at once"));
+                trigger.lane()
+            }
+        }
+    }
+
+    /// Leaves the check of these bindings to the next sweep, which takes them first: a check that stepped aside
+    /// from a busy read lane is done once the lane has room, not when the sweep's rotation comes back to it
+    /// (`ceil(n / k)` sweeps later). One write.
+    pub async fn defer(&self, labels: &[String], t: &Tracker) {
+        if let Err(e) = self.state.mark_due(labels).await {
+            t.note(format!(
+                "{} not marked due ({e}): checked when the sweep's rotation comes to them",
+                labels.join(", ")
+            ));
+        }
+    }
+
+    /// The bindings a trigger concerns, each labelled `application/group`, with its deployment group's setup; a
+    /// binding that cannot be used (a stored one that does not validate, a deployment group that cannot be read)
+    /// is returned as its error, so that it fails alone. The error outside is the stored list being unreadable.
+    pub async fn bindings_for(&self, trigger: &Trigger) -> Result<Vec<Concerned<'_>>> {
+        let candidates: Vec<(String, Result<Cow<'_, Binding>>)> = match trigger {
+            Trigger::Follow(_) => Vec::new(),
+            // START and READY change nothing on the public side; the end of a deployment (SUCCESS) and a
+            // rollback (FAILURE, STOP) do.
+            Trigger::Deployment { state, .. } if !matches!(state.as_str(), "SUCCESS" | "FAILURE" | "STOP") => {
+                Vec::new()
+            }
+            Trigger::Deployment { application, deployment_group, .. } => {
+                match self.binding_of(application, deployment_group).await {
+                    Ok(found) => found.map(|b| (b.label(), Ok(b))).into_iter().collect(),
+                    Err(e) => vec![(format!("{application}/{deployment_group}"), Err(e))],
+                }
+            }
+            Trigger::Task { .. } => self.every_binding_cached().await?,
+            Trigger::Schedule { at } => {
+                let all = self.every_binding().await?;
+                // Taken once the list is read: a sweep that fails before it leaves them due for the next.
+                let due = match self.state.take_due().await {
+                    Ok(due) => due,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the bindings due could not be taken; the sweep checks its slice");
+                        std::collections::BTreeSet::new()
+                    }
+                };
+                let per_run = crate::domain::sweep_per_run(self.config.elb_reads_per_s, self.config.schedule);
+                let slot = at / self.config.schedule.as_secs().max(1);
+                let due: Vec<usize> =
+                    all.iter().enumerate().filter(|(_, (label, _))| due.contains(label)).map(|(i, _)| i).collect();
+                let order = crate::domain::sweep_order(all.len(), per_run, slot, &due);
+                let mut all: Vec<Option<_>> = all.into_iter().map(Some).collect();
+                order.into_iter().filter_map(|i| all.get_mut(i).and_then(Option::take)).collect()
+            }
+        };
+        let mut out = Vec::new();
+        for (label, b) in candidates {
+            let b = match b {
+                Ok(b) => b,
+                Err(e) => {
+                    // An ECS task event concerns one service: a broken binding elsewhere is the schedule's to report.
+                    if !matches!(trigger, Trigger::Task { .. }) {
+                        out.push((label, Err(e)));
+                    }
+                    continue;
+                }
+            };
+            let group = match trigger {
+                Trigger::Task { .. } => self.group_for_task(&b).await,
+                _ => {
+                    let fresh = self.group(&b).await;
+                    if let Ok(facts) = &fresh {
+                        self.groups.put(&b, facts);
+                    }
+                    fresh
+                }
+            };
+            let wanted = match (trigger, &group) {
+                (Trigger::Task { cluster, service }, Ok(g)) => {
+                    g.ecs_services.iter().any(|(c, s)| c == cluster && s == service)
+                }
+                _ => true,
+            };
+            if wanted {
+                out.push((label, group.map(|g| (b, g))));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A binding a trigger concerns: its label, and the binding with its deployment group's setup or why not.
+pub type Concerned<'a> = (String, Result<(Cow<'a, Binding>, DeploymentGroupFacts)>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knowing_nothing_of_the_deployment_only_the_sweep_waits_in_the_lane_and_a_follower_stays_out_of_it() {
+        let deployment = |state: &str| Trigger::Deployment {
+            application: "web".into(),
+            deployment_group: "web-bg".into(),
+            deployment_id: "d-1".into(),
+            state: state.into(),
+        };
+        assert_eq!(Trigger::Schedule { at: 0 }.lane(), LaneMode::Wait);
+        for state in ["SUCCESS", "FAILURE", "STOP"] {
+            assert_eq!(
+                deployment(state).lane(),
+                LaneMode::Count,
+                "{state}: a move already made is followed at once unless its flip is on record (`Engine::lane_for`)"
+            );
+        }
+        assert_eq!(Trigger::Task { cluster: "c".into(), service: "s".into() }.lane(), LaneMode::Count);
+        let follow: FollowRequest = serde_json::from_value(serde_json::json!({
+            "application": "web", "deployment_group": "web-bg", "deployment_id": "d-1"
+        }))
+        .unwrap();
+        assert_eq!(Trigger::Follow(follow).lane(), LaneMode::Outside);
+    }
+}

@@ -101,6 +101,50 @@ async fn stale_targets_from_an_earlier_deployment_are_removed() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_task_that_stops_between_a_hooks_reads_is_not_registered_back() {
+    // Each hook's private read answers two seconds after its public one (paced, or retried after a throttle); a
+    // second in, a task stops: ECS takes it off the public group, and its own event's reconcile off the private one.
+    for phase in [Phase::AfterInstall, Phase::BeforeAllowTraffic, Phase::AfterAllowTraffic] {
+        let w = prepared(phase).await;
+        let a = &w.arns;
+        // AfterInstall mirrors green from nothing: a replacement task stops. The later hooks re-mirror blue.
+        let (public, private, stopped) = if phase == Phase::AfterInstall {
+            (&a.pub_green, &a.prv_green, ip(103))
+        } else {
+            (&a.pub_blue, &a.prv_blue, ip(3))
+        };
+        w.elb.delay_reads_of(private, Duration::from_secs(2));
+        w.calls.clear();
+        let stop = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            w.elb.remove_targets(public, &[stopped]);
+            w.elb.remove_targets(private, &[stopped]);
+        };
+        let (out, ()) = tokio::join!(w.invoke(phase, "exec"), stop);
+        assert_eq!(out.status, HookStatus::Succeeded, "{phase}: {:?}", out.message);
+        assert_eq!(w.elb.members(private), w.elb.members(public), "{phase}: {:?}", out.summary.notes);
+        assert!(!w.elb.members(private).contains(&stopped.to_string()), "{phase}");
+        let note = format!(
+            "{}: not registering {stopped}, gone from {} since it was read",
+            if phase == Phase::AfterInstall { "prv-green" } else { "prv-blue" },
+            if phase == Phase::AfterInstall { "pub-green" } else { "pub-blue" },
+        );
+        assert!(out.summary.notes.contains(&note), "{phase}: {:?}", out.summary.notes);
+    }
+
+    // Reads answered together need no confirmation: a scale-out is registered on one read of each group.
+    let w = prepared(Phase::AfterAllowTraffic).await;
+    let a = &w.arns;
+    w.elb.add_targets(&a.pub_blue, &[ip(7)], HealthState::Healthy);
+    w.calls.clear();
+    let out = w.invoke(Phase::AfterAllowTraffic, "exec").await;
+    assert_eq!(out.status, HookStatus::Succeeded, "{:?}", out.message);
+    assert_eq!(w.elb.members(&a.prv_blue), w.elb.members(&a.pub_blue));
+    assert_eq!(out.summary.registered, 1);
+    assert_eq!(w.calls.reads_of("elb:DescribeTargetHealth", &a.pub_blue), 1, "{:?}", w.calls.log());
+}
+
+#[tokio::test(start_paused = true)]
 async fn weighted_public_route_is_mirrored_with_its_weights() {
     let w = World::new();
     let a = &w.arns;

@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 
 use futures_util::future::{join_all, try_join_all};
+use tokio::time::{Duration, Instant};
 
 use super::{name, now_ms, Engine, Tracker, STATE_READ_BOUND};
 use crate::config::{Binding, RouteRef};
@@ -157,13 +158,19 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             .collect();
         groups.sort_unstable();
         groups.dedup();
-        let reads = try_join_all(groups.iter().map(|g| self.lb.targets(g)));
+        let reads = try_join_all(groups.iter().map(|g| async { Ok((self.lb.targets(g).await?, Instant::now())) }));
         let (routes, read) = tokio::join!(self.routes_after_flip(deployment_id, &flip, t), reads);
         let (routes, read) = (routes?, read?);
-        let read: Vec<(String, Vec<ObservedTarget>)> = groups.into_iter().zip(read).collect();
+        let (read, answered): (Vec<_>, Vec<_>) = read.into_iter().unzip();
+        let read: Vec<(String, Vec<ObservedTarget>)> = groups.iter().cloned().zip(read).collect();
+        let answered: Vec<(String, Instant)> = groups.into_iter().zip(answered).collect();
         let of = |tg: &str| read.iter().find(|(g, _)| g == tg).map_or(&[][..], |(_, r)| r.as_slice());
-        let mirrors =
-            try_join_all(pairs.iter().map(|(public, private)| self.mirror_onto(of(public), of(private), private, t)));
+        let at = |tg: &str| answered.iter().find(|(g, _)| g == tg).map(|(_, at)| *at);
+        let mirrors = try_join_all(pairs.iter().map(|(public, private)| {
+            // How much later the private group's read answered than its public one's.
+            let apart = at(private).zip(at(public)).map_or(Duration::ZERO, |(q, p)| q.saturating_duration_since(p));
+            self.mirror_onto((of(public), public), of(private), private, apart, t)
+        }));
         let settled = try_join_all(flip.sides.iter().zip(&routes.production).map(|((side, _, flipped), now)| {
             self.settle_side(side, &routes.public, flipped.clone(), (now.clone(), read.clone()), t)
         }));

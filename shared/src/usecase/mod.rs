@@ -18,6 +18,8 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::time::Instant;
+
 use crate::config::{Binding, Config, RouteRef};
 use crate::domain::{
     arn, compat, plan_mirror, BindingRecord, DeploymentRecord, GroupShape, MirrorPlan, ObservedTarget, Phase, Route,
@@ -27,6 +29,10 @@ use crate::harness::{Budget, Epilogue, Tracker};
 use crate::ports::{DeploymentFacts, Deployments, Followers, LoadBalancers, Saved, StateStore, TaskSetLabel};
 use crate::{AwsErrorKind, Error, Result};
 use once::ReadOnce;
+
+/// Reads answered within this of each other went together: what they saw is as of one moment, as far as a task's
+/// stopping goes.
+const READS_TOGETHER: Duration = Duration::from_millis(500);
 
 /// The engine: every function's use cases (the three hooks, the reconciler) over one set of ports.
 #[derive(Debug)]
@@ -346,14 +352,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     }
 
     /// Waits until the public green target group holds the replacement tasks (the desired count when
-    /// CodeDeploy tells it, else at least one target).
-    async fn wait_for_public_green(&self, g: &Green, budget: Budget) -> Result<Vec<ObservedTarget>> {
+    /// CodeDeploy tells it, else at least one target). Returns them with the moment the read answered.
+    async fn wait_for_public_green(&self, g: &Green, budget: Budget) -> Result<(Vec<ObservedTarget>, Instant)> {
         let want = g.desired_count.unwrap_or(1).max(1) as usize;
         self.poll(budget, || async {
             let targets = self.lb.targets(&g.public).await?;
             let live = targets.iter().filter(|t| !t.is_draining()).count();
             Ok(if live >= want {
-                Ok(targets)
+                Ok((targets, Instant::now()))
             } else {
                 Err(format!("public target group {} holds {live} of the {want} replacement tasks", name(&g.public)))
             })
@@ -361,21 +367,34 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         .await
     }
 
-    /// Mirrors a public target group into its private one (full diff), given the public targets.
-    async fn mirror_from(&self, source: &[ObservedTarget], private: &str, t: &Tracker) -> Result<MirrorPlan> {
-        let current = self.lb.targets(private).await?;
-        self.mirror_onto(source, &current, private, t).await
-    }
-
-    /// Makes `private` (holding `current`) mirror `source`: registrations first, then deregistrations.
-    async fn mirror_onto(
+    /// Mirrors public group `public` into `private` (full diff), given the public targets and when they were read.
+    async fn mirror_from(
         &self,
-        source: &[ObservedTarget],
-        current: &[ObservedTarget],
+        (source, read_at): (&[ObservedTarget], Instant),
+        public: &str,
         private: &str,
         t: &Tracker,
     ) -> Result<MirrorPlan> {
-        let plan = plan_mirror(source, current, DEFAULT_BATCH);
+        let current = self.lb.targets(private).await?;
+        self.mirror_onto((source, public), &current, private, Instant::now().saturating_duration_since(read_at), t)
+            .await
+    }
+
+    /// Makes `private` (holding `current`) mirror `source`, read from public group `public`: registrations
+    /// first, then deregistrations. `apart` is how much later `current` was read than `source`: registrations
+    /// planned on reads that did not go together are confirmed first (see [`Self::confirm_registrations`]).
+    async fn mirror_onto(
+        &self,
+        (source, public): (&[ObservedTarget], &str),
+        current: &[ObservedTarget],
+        private: &str,
+        apart: Duration,
+        t: &Tracker,
+    ) -> Result<MirrorPlan> {
+        let mut plan = plan_mirror(source, current, DEFAULT_BATCH);
+        if !plan.register.is_empty() && apart > READS_TOGETHER {
+            plan = self.confirm_registrations(plan, public, private, t).await?;
+        }
         for batch in &plan.register {
             self.lb.register(private, batch).await?;
         }
@@ -389,6 +408,32 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         Ok(plan)
     }
 
+    /// Keeps only the registrations of `plan` (into `private`, from public group `public`) that one more read of
+    /// `public` still holds. A plan's reads are issued together but not always answered together: paced reads
+    /// spread over seconds, and a throttled one is tried again later. A task that stopped between the public read
+    /// and a later private one, and that its own event's reconcile took off the private side meanwhile, would
+    /// otherwise be registered back into the group, where nothing looks again until a sweep reaches it.
+    async fn confirm_registrations(
+        &self,
+        plan: MirrorPlan,
+        public: &str,
+        private: &str,
+        t: &Tracker,
+    ) -> Result<MirrorPlan> {
+        let fresh = self.lb.targets(public).await?;
+        let (confirmed, dropped) = plan.confirmed(&fresh, DEFAULT_BATCH);
+        if !dropped.is_empty() {
+            let dropped: Vec<String> = dropped.iter().map(ToString::to_string).collect();
+            t.note(format!(
+                "{}: not registering {}, gone from {} since it was read",
+                name(private),
+                dropped.join(", "),
+                name(public)
+            ));
+        }
+        Ok(confirmed)
+    }
+
     /// Mirrors a pair; both groups are read at once, the public one in the pass the sides share.
     async fn mirror_pair(
         &self,
@@ -397,8 +442,12 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         private: &str,
         t: &Tracker,
     ) -> Result<MirrorPlan> {
-        let (source, current) = tokio::join!(reads.targets(public), self.lb.targets(private));
-        self.mirror_onto(&source?, &current?, private, t).await
+        let current = async { self.lb.targets(private).await.map(|read| (read, Instant::now())) };
+        let (source, current) = tokio::join!(reads.targets(public), current);
+        let (source, (current, read_at)) = (source?, current?);
+        // The public read may be another side's, made earlier in the pass.
+        let apart = reads.answered_at(public).map_or(Duration::ZERO, |at| read_at.saturating_duration_since(at));
+        self.mirror_onto((&source, public), &current, private, apart, t).await
     }
 
     /// Sets a private route unless it already is `to` (weight-0 attachments included).

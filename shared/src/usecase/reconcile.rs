@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{name, now_ms, Engine, ReadOnce, SidePass, Tracker};
+use super::{now_ms, Engine, ReadOnce, SidePass, Tracker, READS_TOGETHER};
 use crate::config::{Binding, RouteRef, MANAGED_TAG};
 use crate::domain::{
     follower_reads_per_s, full_reconcile_fits, next_read as next_read_in, pacing::PROCESS_SHARE, plan_reconcile,
@@ -51,10 +51,6 @@ impl GroupCache {
         }
     }
 }
-
-/// Reads of one pass answered within this of each other went together: what they saw is as of one moment, as
-/// far as a task's stopping goes.
-const READS_TOGETHER: Duration = Duration::from_millis(500);
 
 /// What one reconcile of one binding changed.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -272,28 +268,13 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let mut plan = plan_reconcile(&b.pair_arns(), b.style(), seen, DEFAULT_BATCH)
             .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.side_label())))?;
         out.held_back = plan.held_back.clone();
-        // The reads were issued together but not always answered together: paced at a follower's share they
-        // spread over seconds, and a throttled one is tried again later. A task that stopped between the public
-        // read and a later private one, and that its own event's reconcile took off the private side meanwhile,
-        // would be registered back into the idle group. So a pair whose private read answered well after its
-        // public one has its registrations confirmed by one more read of its public group: one read, only then.
+        // A pair whose private read answered well after its public one has its registrations confirmed first.
         for (private, m) in plan.mirrors.iter_mut().filter(|(_, m)| !m.register.is_empty()) {
             let Some(public) = b.pairs.iter().find(|p| p.private_target_group == *private) else { continue };
             if reads.answered_later(&public.public_target_group, private).is_some_and(|d| d <= READS_TOGETHER) {
                 continue;
             }
-            let fresh = self.lb.targets(&public.public_target_group).await?;
-            let (confirmed, dropped) = std::mem::take(m).confirmed(&fresh, DEFAULT_BATCH);
-            *m = confirmed;
-            if !dropped.is_empty() {
-                let dropped: Vec<String> = dropped.iter().map(ToString::to_string).collect();
-                t.note(format!(
-                    "{}: not registering {}, gone from {} since it was read",
-                    name(private),
-                    dropped.join(", "),
-                    name(&public.public_target_group)
-                ));
-            }
+            *m = self.confirm_registrations(std::mem::take(m), &public.public_target_group, private, t).await?;
         }
         if plan.is_empty() {
             return Ok(false);

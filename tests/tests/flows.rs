@@ -102,35 +102,47 @@ async fn stale_targets_from_an_earlier_deployment_are_removed() {
 
 #[tokio::test(start_paused = true)]
 async fn a_task_that_stops_between_a_hooks_reads_is_not_registered_back() {
-    // Each hook's private read answers two seconds after its public one (paced, or retried after a throttle); a
-    // second in, a task stops: ECS takes it off the public group, and its own event's reconcile off the private one.
-    for phase in [Phase::AfterInstall, Phase::BeforeAllowTraffic, Phase::AfterAllowTraffic] {
+    // The private read answers two seconds after the public one (waiting in the read lane, or retried after a
+    // throttle); a second in, a blue task stops: ECS takes it off the public group, and its own event's reconcile
+    // off the private one. After AfterAllowTraffic nothing looks again until a sweep reaches the binding.
+    for phase in [Phase::BeforeAllowTraffic, Phase::AfterAllowTraffic] {
         let w = prepared(phase).await;
         let a = &w.arns;
-        // AfterInstall mirrors green from nothing: a replacement task stops. The later hooks re-mirror blue.
-        let (public, private, stopped) = if phase == Phase::AfterInstall {
-            (&a.pub_green, &a.prv_green, ip(103))
-        } else {
-            (&a.pub_blue, &a.prv_blue, ip(3))
-        };
-        w.elb.delay_reads_of(private, Duration::from_secs(2));
+        w.elb.delay_reads_of(&a.prv_blue, Duration::from_secs(2));
         w.calls.clear();
         let stop = async {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            w.elb.remove_targets(public, &[stopped]);
-            w.elb.remove_targets(private, &[stopped]);
+            w.elb.remove_targets(&a.pub_blue, &[ip(3)]);
+            w.elb.remove_targets(&a.prv_blue, &[ip(3)]);
         };
         let (out, ()) = tokio::join!(w.invoke(phase, "exec"), stop);
         assert_eq!(out.status, HookStatus::Succeeded, "{phase}: {:?}", out.message);
-        assert_eq!(w.elb.members(private), w.elb.members(public), "{phase}: {:?}", out.summary.notes);
-        assert!(!w.elb.members(private).contains(&stopped.to_string()), "{phase}");
-        let note = format!(
-            "{}: not registering {stopped}, gone from {} since it was read",
-            if phase == Phase::AfterInstall { "prv-green" } else { "prv-blue" },
-            if phase == Phase::AfterInstall { "pub-green" } else { "pub-blue" },
-        );
+        assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..3)), "{phase}: {:?}", out.summary.notes);
+        assert_eq!(w.elb.members(&a.prv_blue), w.elb.members(&a.pub_blue), "{phase}");
+        let note = "prv-blue: not registering 10.0.0.3:8080, gone from pub-blue since it was read".to_string();
         assert!(out.summary.notes.contains(&note), "{phase}: {:?}", out.summary.notes);
     }
+
+    // AfterInstall mirrors green without confirming: a replacement task that stops meanwhile is registered, and
+    // BeforeAllowTraffic's gate, which mirrors green again at every poll, takes it off before traffic moves.
+    let w = World::new();
+    let a = &w.arns;
+    w.install_green();
+    w.elb.delay_reads_of(&a.prv_green, Duration::from_secs(2));
+    let stop = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        w.elb.remove_targets(&a.pub_green, &[ip(103)]);
+    };
+    let (out, ()) = tokio::join!(w.invoke(Phase::AfterInstall, "exec-ai"), stop);
+    assert_eq!(out.status, HookStatus::Succeeded, "{:?}", out.message);
+    assert_eq!(w.elb.members(&a.prv_green), strings(&keys(101..104)), "registered on the first read");
+    // ECS replaces the stopped task.
+    w.elb.add_targets(&a.pub_green, &[ip(104)], HealthState::Healthy);
+    w.elb.delay_reads_of(&a.prv_green, Duration::ZERO);
+    let out = w.invoke(Phase::BeforeAllowTraffic, "exec-bat").await;
+    assert_eq!(out.status, HookStatus::Succeeded, "{:?}", out.message);
+    assert_eq!(w.elb.members(&a.prv_green), w.elb.members(&a.pub_green), "{:?}", out.summary.notes);
+    assert!(!w.elb.members(&a.prv_green).contains(&ip(103).to_string()));
 
     // Reads answered together need no confirmation: a scale-out is registered on one read of each group.
     let w = prepared(Phase::AfterAllowTraffic).await;

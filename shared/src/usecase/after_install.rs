@@ -31,7 +31,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let plans = try_join_all(sides.iter().map(|(side, pre)| {
             let (g, source) = (g.on(side), &source);
             async move {
-                let plan = self.mirror_from((&source.0, source.1), &g.public, &g.private, t).await?;
+                let plan = self.mirror_green(source, &g, t).await?;
                 self.test_route_to_green(side, pre.test.as_ref(), &g, t).await?;
                 Ok::<_, crate::Error>(plan)
             }

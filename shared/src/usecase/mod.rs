@@ -352,14 +352,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     }
 
     /// Waits until the public green target group holds the replacement tasks (the desired count when
-    /// CodeDeploy tells it, else at least one target). Returns them with the moment the read answered.
-    async fn wait_for_public_green(&self, g: &Green, budget: Budget) -> Result<(Vec<ObservedTarget>, Instant)> {
+    /// CodeDeploy tells it, else at least one target).
+    async fn wait_for_public_green(&self, g: &Green, budget: Budget) -> Result<Vec<ObservedTarget>> {
         let want = g.desired_count.unwrap_or(1).max(1) as usize;
         self.poll(budget, || async {
             let targets = self.lb.targets(&g.public).await?;
             let live = targets.iter().filter(|t| !t.is_draining()).count();
             Ok(if live >= want {
-                Ok((targets, Instant::now()))
+                Ok(targets)
             } else {
                 Err(format!("public target group {} holds {live} of the {want} replacement tasks", name(&g.public)))
             })
@@ -367,17 +367,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         .await
     }
 
-    /// Mirrors public group `public` into `private` (full diff), given the public targets and when they were read.
-    async fn mirror_from(
-        &self,
-        (source, read_at): (&[ObservedTarget], Instant),
-        public: &str,
-        private: &str,
-        t: &Tracker,
-    ) -> Result<MirrorPlan> {
-        let current = self.lb.targets(private).await?;
-        self.mirror_onto((source, public), &current, private, Instant::now().saturating_duration_since(read_at), t)
-            .await
+    /// Mirrors green's public group into its private one (full diff), given the public targets. Its registrations
+    /// are not confirmed however long the private read waited in the read lane: a replacement task that stopped
+    /// in between is taken off by BeforeAllowTraffic's gate, which mirrors green again at every poll and passes
+    /// only on an unchanged mirror, so a confirmation would cost a read, and another wait in a busy lane, for
+    /// nothing.
+    async fn mirror_green(&self, source: &[ObservedTarget], g: &Green, t: &Tracker) -> Result<MirrorPlan> {
+        let current = self.lb.targets(&g.private).await?;
+        self.mirror_onto((source, &g.public), &current, &g.private, Duration::ZERO, t).await
     }
 
     /// Makes `private` (holding `current`) mirror `source`, read from public group `public`: registrations

@@ -28,6 +28,8 @@ import standin  # noqa: E402
 from lambda_host import QuietServer  # noqa: E402
 
 BINARIES = ["after-install", "before-allow-traffic", "after-allow-traffic", "reconciler"]
+# The template's memory for every function, and the memory at which Lambda gives a function one vCPU.
+LAMBDA_MB, LAMBDA_MB_PER_VCPU = 128, 1769
 
 
 class WarmRun:
@@ -41,6 +43,8 @@ class WarmRun:
         self.before_each = before_each
         self.total = len(self.events)
         self.nexts, self.responses = [], []
+        # The process's CPU time (ns, every thread) as each event is handed out and as each response arrives.
+        self.pid, self.cpu_at_next, self.cpu_at_response = None, [], []
         self.done = threading.Event()
         self.error = None
 
@@ -62,6 +66,7 @@ class WarmRun:
                 if run.nexts and run.before_each:
                     run.before_each()
                 event = run.events.pop(0)
+                run.cpu_at_next.append(cpu_ns(run.pid))
                 run.nexts.append(time.monotonic())
                 body = json.dumps(event).encode()
                 self.send_response(200)
@@ -77,6 +82,7 @@ class WarmRun:
                 n = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(n) if n else b""
                 run.responses.append(time.monotonic())
+                run.cpu_at_response.append(cpu_ns(run.pid))
                 if self.path.endswith("/error"):
                     run.error = raw.decode(errors="replace")
                 if len(run.responses) == run.total:
@@ -93,6 +99,7 @@ class WarmRun:
         env = dict(self.env, AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{server.server_address[1]}")
         started = time.monotonic()
         p = procs.spawn(self.cmd, env=env, stdout=log, stderr=log)
+        self.pid = p.pid
         finished = self.done.wait(self.timeout_s)
         rss_kib = None
         try:
@@ -109,10 +116,30 @@ class WarmRun:
             raise RuntimeError(f"{self.cmd[0]} answered {len(self.responses)} of {len(self.nexts) + len(self.events)} events "
                                f"(exit status {p.returncode}; see target/bench/bench.log)")
         invokes = [(r - n) * 1000 for n, r in zip(self.nexts, self.responses)]
+        cpu = [(r - n) / 1e6 if None not in (n, r) else None for n, r in zip(self.cpu_at_next, self.cpu_at_response)]
+        warm_cpu = [c for c in cpu[1:] if c is not None]
         return {"cold_start_ms": (self.nexts[0] - started) * 1000, "first_invoke_ms": invokes[0],
                 "warm_invoke_ms": statistics.median(invokes[1:]) if len(invokes) > 1 else None,
+                "first_cpu_ms": cpu[0], "warm_cpu_ms": statistics.median(warm_cpu) if warm_cpu else None,
                 "peak_rss_mib": rss_kib / 1024 if rss_kib else None, "first_next": self.nexts[0],
                 "nexts": list(self.nexts)}
+
+
+def cpu_ns(pid):
+    """The CPU time a process has run, every thread, in ns (/proc/<pid>/task/*/schedstat), or None."""
+    if pid is None:
+        return None
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass  # a thread that ended meanwhile
+    except OSError:
+        return None
+    return total
 
 
 def dist(values):
@@ -236,8 +263,8 @@ class Bench:
             if "Failed" in statuses:
                 raise RuntimeError(f"{name}: a benchmark invocation reported Failed (see target/bench/bench.log)")
             results[name] = {k: dist([r[k] for r in runs]) for k in
-                             ("cold_start_ms", "first_invoke_ms", "warm_invoke_ms", "peak_rss_mib", "critical_path_calls",
-                              "flip_ms_cold", "flip_ms_warm")}
+                             ("cold_start_ms", "first_invoke_ms", "warm_invoke_ms", "first_cpu_ms", "warm_cpu_ms",
+                              "peak_rss_mib", "critical_path_calls", "flip_ms_cold", "flip_ms_warm")}
             self.say(f"  {name:<7} cold start {results[name]['cold_start_ms']['median']:>8} ms   "
                      f"peak RSS {results[name]['peak_rss_mib']['median']:>6} MiB")
         return results
@@ -449,9 +476,13 @@ def table(j):
     impls = ("ours", "python", "node")
     m = lambda d: "-" if d is None else (f"{d['median']}" if d['min'] == d['max'] else f"{d['median']} ({d['min']}–{d['max']})")  # noqa: E731
     lines.append(f"{'AfterAllowTraffic':<22}" + "".join(f"{i:>26}" for i in impls))
-    for k in ("cold_start_ms", "first_invoke_ms", "warm_invoke_ms", "flip_ms_cold", "flip_ms_warm", "peak_rss_mib",
-              "critical_path_calls"):
+    for k in ("cold_start_ms", "first_invoke_ms", "warm_invoke_ms", "first_cpu_ms", "warm_cpu_ms", "flip_ms_cold",
+              "flip_ms_warm", "peak_rss_mib", "critical_path_calls"):
         lines.append(f"{k:<22}" + "".join(f"{m(j[k][i]):>26}" for i in impls))
+    # Lambda gives a function CPU in proportion to its memory, one vCPU at 1,769 MB: an invocation that runs
+    # for c ms of CPU here lasts at least c × 1769 / 128 ms at the template's 128 MB (if its cores are as fast).
+    for k, at in j["cpu_bound_at_128mb_ms"].items():
+        lines.append(f"{k + '_ms@128MB ≥':<22}" + "".join(f"{'-' if at[i] is None else at[i]:>26}" for i in impls))
     lines.append("")
     for rtt, times in j["aws_rtt"].items():
         for k in ("first_invoke_ms", "warm_invoke_ms"):
@@ -529,8 +560,8 @@ def main():
     b.say("the account's ELB budget:")
     budget = b.budget(args.quick)
     j = {k: {i: hooks[i][k] for i in hooks} for k in
-         ("cold_start_ms", "first_invoke_ms", "warm_invoke_ms", "flip_ms_cold", "flip_ms_warm", "peak_rss_mib",
-          "critical_path_calls")}
+         ("cold_start_ms", "first_invoke_ms", "warm_invoke_ms", "first_cpu_ms", "warm_cpu_ms", "flip_ms_cold",
+          "flip_ms_warm", "peak_rss_mib", "critical_path_calls")}
     j["stored_bindings"] = stored
     j["aws_rtt"] = aws_rtt
     j["binary_bytes"] = binaries
@@ -552,6 +583,9 @@ def main():
     j["ratios"] = {"cold_start": {b_: ratio("cold_start_ms", b_) for b_ in ("python", "node")},
                    "warm_invoke": {b_: ratio("warm_invoke_ms", b_) for b_ in ("python", "node")},
                    "memory": {b_: ratio("peak_rss_mib", b_) for b_ in ("python", "node")}}
+    # What the CPU time alone takes at the template's memory, where Lambda gives 128/1769 of a vCPU.
+    j["cpu_bound_at_128mb_ms"] = {k[:-7]: {i: None if j[k][i] is None else round(j[k][i]["median"] * LAMBDA_MB_PER_VCPU / LAMBDA_MB, 1)
+                                           for i in hooks} for k in ("first_cpu_ms", "warm_cpu_ms")}
     # None: not measured in this mode.
     j["targets"] = {name: (lambda v: None if v is None else bool(v))(check(j)) for name, check in TARGETS}
     j["mode"] = "quick" if args.quick else "full"

@@ -479,10 +479,10 @@ def table(j):
     for k in ("cold_start_ms", "first_invoke_ms", "warm_invoke_ms", "first_cpu_ms", "warm_cpu_ms", "flip_ms_cold",
               "flip_ms_warm", "peak_rss_mib", "critical_path_calls"):
         lines.append(f"{k:<22}" + "".join(f"{m(j[k][i]):>26}" for i in impls))
-    # Lambda gives a function CPU in proportion to its memory, one vCPU at 1,769 MB: an invocation that runs
-    # for c ms of CPU here lasts at least c × 1769 / 128 ms at the template's 128 MB (if its cores are as fast).
-    for k, at in j["cpu_bound_at_128mb_ms"].items():
-        lines.append(f"{k + '_ms@128MB ≥':<22}" + "".join(f"{'-' if at[i] is None else at[i]:>26}" for i in impls))
+    # Lambda credits a function with CPU in proportion to its memory, one vCPU-second a second at 1,769 MB: c ms of
+    # CPU here take c × 1769 / 128 ms at the template's 128 MB when the credit is the limit (on cores as fast).
+    for k, at in j["cpu_at_128mb_rate_ms"].items():
+        lines.append(f"{k + '_cpu_ms@128MB':<22}" + "".join(f"{'-' if at[i] is None else at[i]:>26}" for i in impls))
     lines.append("")
     for rtt, times in j["aws_rtt"].items():
         for k in ("first_invoke_ms", "warm_invoke_ms"):
@@ -583,8 +583,8 @@ def main():
     j["ratios"] = {"cold_start": {b_: ratio("cold_start_ms", b_) for b_ in ("python", "node")},
                    "warm_invoke": {b_: ratio("warm_invoke_ms", b_) for b_ in ("python", "node")},
                    "memory": {b_: ratio("peak_rss_mib", b_) for b_ in ("python", "node")}}
-    # What the CPU time alone takes at the template's memory, where Lambda gives 128/1769 of a vCPU.
-    j["cpu_bound_at_128mb_ms"] = {k[:-7]: {i: None if j[k][i] is None else round(j[k][i]["median"] * LAMBDA_MB_PER_VCPU / LAMBDA_MB, 1)
+    # What the CPU time takes at the template's memory when Lambda's credit (128/1769 vCPU-s a second) is the limit.
+    j["cpu_at_128mb_rate_ms"] = {k[:-7]: {i: None if j[k][i] is None else round(j[k][i]["median"] * LAMBDA_MB_PER_VCPU / LAMBDA_MB, 1)
                                            for i in hooks} for k in ("first_cpu_ms", "warm_cpu_ms")}
     # None: not measured in this mode.
     j["targets"] = {name: (lambda v: None if v is None else bool(v))(check(j)) for name, check in TARGETS}

@@ -10,6 +10,7 @@ concurrent deployments, so the full run takes about an hour; --quick plays them 
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -28,8 +29,20 @@ import standin  # noqa: E402
 from lambda_host import QuietServer  # noqa: E402
 
 BINARIES = ["after-install", "before-allow-traffic", "after-allow-traffic", "reconciler"]
-# The template's memory for every function, and the memory at which Lambda gives a function one vCPU.
-LAMBDA_MB, LAMBDA_MB_PER_VCPU = 128, 1769
+# The memory at which Lambda credits a function with one vCPU-second a second.
+LAMBDA_MB_PER_VCPU = 1769
+
+
+def template_memory_mb():
+    """The memory the SAM template gives every function (its Globals), read rather than restated."""
+    with open(os.path.join(ROOT, "infra", "template.yaml")) as f:
+        found = re.search(r"^\s+MemorySize:\s*(\d+)\s*$", f.read(), re.MULTILINE)
+    if not found:
+        raise RuntimeError("infra/template.yaml gives no MemorySize")
+    return int(found.group(1))
+
+
+LAMBDA_MB = template_memory_mb()
 
 
 class WarmRun:
@@ -209,7 +222,7 @@ class Bench:
             "PATH": os.environ.get("PATH", ""), "AWS_REGION": rehearse.REGION, "AWS_DEFAULT_REGION": rehearse.REGION,
             "AWS_SECRET_ACCESS_KEY": "bench", "AWS_ENDPOINT_URL": r.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
             "BLUEGREEN_MIRROR_TABLE": r.table, "BLUEGREEN_MIRROR_BINDINGS": json.dumps(r.bindings),
-            "AWS_LAMBDA_FUNCTION_NAME": "after-allow-traffic", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+            "AWS_LAMBDA_FUNCTION_NAME": "after-allow-traffic", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(LAMBDA_MB),
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_LAMBDA_LOG_LEVEL": "warn",
             # The account's whole Describe rate as the installation's budget: a process paces its reads at 1.5
             # times the budget, and back-to-back invocations of one process (a dozen a second here, one per
@@ -480,9 +493,9 @@ def table(j):
               "flip_ms_warm", "peak_rss_mib", "critical_path_calls"):
         lines.append(f"{k:<22}" + "".join(f"{m(j[k][i]):>26}" for i in impls))
     # Lambda credits a function with CPU in proportion to its memory, one vCPU-second a second at 1,769 MB: c ms of
-    # CPU here take c × 1769 / 128 ms at the template's 128 MB when the credit is the limit (on cores as fast).
-    for k, at in j["cpu_at_128mb_rate_ms"].items():
-        lines.append(f"{k + '_cpu_ms@128MB':<22}" + "".join(f"{'-' if at[i] is None else at[i]:>26}" for i in impls))
+    # CPU here take c × 1769 / m ms at the template's m MB when the credit is the limit (on cores as fast).
+    for k, at in j["cpu_at_template_memory_rate_ms"].items():
+        lines.append(f"{k + f'_cpu_ms@{LAMBDA_MB}MB':<22}" + "".join(f"{'-' if at[i] is None else at[i]:>26}" for i in impls))
     lines.append("")
     for rtt, times in j["aws_rtt"].items():
         for k in ("first_invoke_ms", "warm_invoke_ms"):
@@ -583,8 +596,9 @@ def main():
     j["ratios"] = {"cold_start": {b_: ratio("cold_start_ms", b_) for b_ in ("python", "node")},
                    "warm_invoke": {b_: ratio("warm_invoke_ms", b_) for b_ in ("python", "node")},
                    "memory": {b_: ratio("peak_rss_mib", b_) for b_ in ("python", "node")}}
-    # What the CPU time takes at the template's memory when Lambda's credit (128/1769 vCPU-s a second) is the limit.
-    j["cpu_at_128mb_rate_ms"] = {k[:-7]: {i: None if j[k][i] is None else round(j[k][i]["median"] * LAMBDA_MB_PER_VCPU / LAMBDA_MB, 1)
+    # What the CPU time takes at the template's memory when Lambda's credit (m/1769 vCPU-s a second) is the limit.
+    j["template_memory_mb"] = LAMBDA_MB
+    j["cpu_at_template_memory_rate_ms"] = {k[:-7]: {i: None if j[k][i] is None else round(j[k][i]["median"] * LAMBDA_MB_PER_VCPU / LAMBDA_MB, 1)
                                            for i in hooks} for k in ("first_cpu_ms", "warm_cpu_ms")}
     # None: not measured in this mode.
     j["targets"] = {name: (lambda v: None if v is None else bool(v))(check(j)) for name, check in TARGETS}

@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use futures_util::future::{join_all, try_join_all};
-use tokio::time::{Duration, Instant};
+use tokio::time::Instant;
 
 use super::{name, now_ms, Engine, Tracker, STATE_READ_BOUND};
 use crate::config::{Binding, RouteRef};
@@ -168,7 +168,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let at = |tg: &str| answered.iter().find(|(g, _)| g == tg).map(|(_, at)| *at);
         let mirrors = try_join_all(pairs.iter().map(|(public, private)| {
             // How much later the private group's read answered than its public one's.
-            let apart = at(private).zip(at(public)).map_or(Duration::ZERO, |(q, p)| q.saturating_duration_since(p));
+            let apart = at(private).zip(at(public)).map(|(q, p)| q.saturating_duration_since(p));
             self.mirror_onto((of(public), public), of(private), private, apart, t)
         }));
         let settled = try_join_all(flip.sides.iter().zip(&routes.production).map(|((side, _, flipped), now)| {

@@ -34,6 +34,12 @@ use once::ReadOnce;
 /// stopping goes.
 const READS_TOGETHER: Duration = Duration::from_millis(500);
 
+/// Whether a pair's two reads answered too far apart for a registration to stand on them: `apart` is how much
+/// later the private read answered than the public one, `None` when that is not known (taken as apart).
+fn read_apart(apart: Option<Duration>) -> bool {
+    apart.is_none_or(|d| d > READS_TOGETHER)
+}
+
 /// The engine: every function's use cases (the three hooks, the reconciler) over one set of ports.
 #[derive(Debug)]
 pub struct Engine<L, D, S, F> {
@@ -374,22 +380,23 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// nothing.
     async fn mirror_green(&self, source: &[ObservedTarget], g: &Green, t: &Tracker) -> Result<MirrorPlan> {
         let current = self.lb.targets(&g.private).await?;
-        self.mirror_onto((source, &g.public), &current, &g.private, Duration::ZERO, t).await
+        self.mirror_onto((source, &g.public), &current, &g.private, Some(Duration::ZERO), t).await
     }
 
     /// Makes `private` (holding `current`) mirror `source`, read from public group `public`: registrations
-    /// first, then deregistrations. `apart` is how much later `current` was read than `source`: registrations
-    /// planned on reads that did not go together are confirmed first (see [`Self::confirm_registrations`]).
+    /// first, then deregistrations. `apart` is how much later `current` was read than `source` (`None`: not
+    /// known): registrations planned on reads that did not go together are confirmed first (see [`read_apart`],
+    /// [`Self::confirm_registrations`]).
     async fn mirror_onto(
         &self,
         (source, public): (&[ObservedTarget], &str),
         current: &[ObservedTarget],
         private: &str,
-        apart: Duration,
+        apart: Option<Duration>,
         t: &Tracker,
     ) -> Result<MirrorPlan> {
         let mut plan = plan_mirror(source, current, DEFAULT_BATCH);
-        if !plan.register.is_empty() && apart > READS_TOGETHER {
+        if !plan.register.is_empty() && read_apart(apart) {
             plan = self.confirm_registrations(plan, public, private, t).await?;
         }
         for batch in &plan.register {
@@ -443,7 +450,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let (source, current) = tokio::join!(reads.targets(public), current);
         let (source, (current, read_at)) = (source?, current?);
         // The public read may be another side's, made earlier in the pass.
-        let apart = reads.answered_at(public).map_or(Duration::ZERO, |at| read_at.saturating_duration_since(at));
+        let apart = reads.answered_at(public).map(|at| read_at.saturating_duration_since(at));
         self.mirror_onto((&source, public), &current, private, apart, t).await
     }
 

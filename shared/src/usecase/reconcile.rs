@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{now_ms, Engine, ReadOnce, SidePass, Tracker, READS_TOGETHER};
+use super::{now_ms, read_apart, Engine, ReadOnce, SidePass, Tracker};
 use crate::config::{Binding, RouteRef, MANAGED_TAG};
 use crate::domain::{
     follower_reads_per_s, full_reconcile_fits, next_read as next_read_in, pacing::PROCESS_SHARE, plan_reconcile,
@@ -271,7 +271,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         // A pair whose private read answered well after its public one has its registrations confirmed first.
         for (private, m) in plan.mirrors.iter_mut().filter(|(_, m)| !m.register.is_empty()) {
             let Some(public) = b.pairs.iter().find(|p| p.private_target_group == *private) else { continue };
-            if reads.answered_later(&public.public_target_group, private).is_some_and(|d| d <= READS_TOGETHER) {
+            if !read_apart(reads.answered_later(&public.public_target_group, private)) {
                 continue;
             }
             *m = self.confirm_registrations(std::mem::take(m), &public.public_target_group, private, t).await?;

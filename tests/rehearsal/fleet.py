@@ -21,6 +21,7 @@ import json
 import threading
 import time
 
+import observe
 import rehearse
 import standin
 from probe import Probe
@@ -252,7 +253,7 @@ class Fleet:
             "private_dark_ms": max((r["private_dark_ms"] for r in rows), default=0),
             "failed_requests": {side: sum(r["failed_requests"][side] for r in rows) for side in ("public", "private")},
             "max_weight_lag_ms": worst_lag, "neighbour_throttles": neighbour_throttles,
-            "elb": elb, "deployments_report": rows, "budget_t0_ms": m.log.at(t0),
+            "elb": elb, "waiting_checks": waiting_checks(m), "deployments_report": rows, "budget_t0_ms": m.log.at(t0),
             "reconciler": {"invocations": sum(1 for i in m.host.invocations if i.function == "reconciler"),
                            "follower_handovers": m.count_in_logs("reconciler-", "handing over to a fresh follower")},
             "timeline": self.log.events, "logs": rehearse.os.path.relpath(m.run_dir, rehearse.ROOT),
@@ -293,6 +294,40 @@ class Fleet:
         }
 
 
+def waiting_checks(m):
+    """What the reconciles that wait their turn in the read lane came to: the schedule's sweeps and the deployments'
+    ends (an end whose flip is on record waits; one without is counted at once). Per kind: invocations (Lambda's
+    retries included), how many stepped aside, the bindings checked to the end, and the `Describe*` calls the
+    endpoint counted for them, so that reads spent on checks abandoned half-way show as calls per check above what a
+    check costs."""
+    with m.world.lock:
+        calls = [(c[3], c[2]) for c in m.world.elb_calls]
+    per_token = {}
+    for token, op in calls:
+        if op.startswith("Describe"):
+            per_token[token] = per_token.get(token, 0) + 1
+    out = {kind: {"invocations": 0, "stepped_aside": 0, "checks": 0, "describe_calls": 0} for kind in ("sweep", "end")}
+    for inv in m.host.invocations:
+        event = inv.event if isinstance(inv.event, dict) else {}
+        if inv.function != "reconciler":
+            continue
+        if event.get("source") == "aws.events":
+            kind = "sweep"
+        elif event.get("source") == "aws.codedeploy" and (event.get("detail") or {}).get("state") == "SUCCESS":
+            kind = "end"
+        else:
+            continue
+        row = out[kind]
+        row["invocations"] += 1
+        row["describe_calls"] += per_token.get(inv.token, 0)
+        row["checks"] += len(inv.response) if isinstance(inv.response, list) else 0
+        aside = any("stepped aside at" in line for line in observe.read_lines(getattr(inv, "log_path", "")))
+        row["stepped_aside"] += aside
+    for row in out.values():
+        row["describe_per_check"] = round(row["describe_calls"] / row["checks"], 1) if row["checks"] else None
+    return out
+
+
 def print_fleet(r, out):
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p("")
@@ -323,5 +358,10 @@ def print_fleet(r, out):
     p(f"     {'all our functions':<22} {e['total']['describe_per_s']:>6}/s  peak {e['total']['describe_peak_1s']:>3}  "
       f"throttled {e['total']['throttled']}  over {e['total']['seconds']} s")
     p(f"   neighbour        {r['neighbour_throttles']} throttled")
+    p("   reconciles waiting their turn in the read lane (invocations, stepped aside, bindings checked, Describe "
+      "calls, per check):")
+    for kind, v in r["waiting_checks"].items():
+        p(f"     {kind:<22} {v['invocations']:>4}  aside {v['stepped_aside']:>3}  checked {v['checks']:>3}  "
+          f"calls {v['describe_calls']:>4}  per check {v['describe_per_check']}")
     p(f"   logs: {r['logs']}")
     p(f"   RESULT: {'PASS' if r['passed'] else 'FAIL'}")

@@ -46,6 +46,9 @@ pub struct Calls {
     lane_busy: Mutex<Vec<String>>,
     /// The lane mode the engine last shared (`None`: not yet, and a process starts waiting).
     lane_mode: Mutex<Option<LaneMode>>,
+    /// In a check (`LoadBalancers::begin_check`): whether its reads have had their turn (then, as in the adapter,
+    /// the later ones are counted, not waited for). `None`: not in a check.
+    check_had_turn: Mutex<Option<bool>>,
 }
 
 impl Calls {
@@ -55,9 +58,16 @@ impl Calls {
             log.push(op.to_string());
             log.len() - 1
         };
-        let waits = matches!(*self.lane_mode.lock().unwrap(), None | Some(LaneMode::Wait));
+        let waits = matches!(*self.lane_mode.lock().unwrap(), None | Some(LaneMode::Wait))
+            && *self.check_had_turn.lock().unwrap() != Some(true);
         if waits && self.lane_busy.lock().unwrap().iter().any(|p| op.starts_with(p.as_str())) {
             return Err(Error::LaneBusy(format!("injected: the read lane is busy for {op}")));
+        }
+        if waits && op.starts_with("elb:Describe") {
+            let mut check = self.check_had_turn.lock().unwrap();
+            if check.is_some() {
+                *check = Some(true);
+            }
         }
         if let Some((_, kind)) = self.fail_every.lock().unwrap().iter().find(|(p, _)| op.starts_with(p.as_str())) {
             return Err(Error::Aws {
@@ -299,6 +309,11 @@ impl LoadBalancers for FakeElb {
 
     fn share_reads(&self, mode: LaneMode, _within: Option<Duration>) {
         *self.calls.lane_mode.lock().unwrap() = Some(mode);
+        *self.calls.check_had_turn.lock().unwrap() = None;
+    }
+
+    fn begin_check(&self) {
+        *self.calls.check_had_turn.lock().unwrap() = Some(false);
     }
 
     async fn target_groups(&self, arns: &[&str]) -> Result<Vec<TargetGroupFacts>> {

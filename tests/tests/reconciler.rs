@@ -531,6 +531,43 @@ async fn a_sweep_whose_turn_in_the_lane_comes_too_late_steps_aside_instead_of_fa
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_check_that_had_its_turn_in_the_lane_finishes_though_the_lane_fills_before_its_next_reads() {
+    let w = World::new();
+    let a = &w.arns;
+    w.elb.add_targets(&a.pub_blue, &[ip(7)], HealthState::Healthy);
+    let engine = w.hooks();
+    let run = || async {
+        let (t, mut done) = (Tracker::default(), Vec::new());
+        let budget = Budget::after(Duration::from_secs(60));
+        let sweep = Trigger::Schedule { at: 0 };
+        let out = bluegreen_mirror_hooks::run_trigger(&engine, &sweep, "r-1", budget, &t, &mut done).await;
+        (out, done, t.snapshot())
+    };
+
+    // The preflight's reads have their turn; by the time the observation reads the groups, deployments have filled
+    // the lane. Stepping aside there would leave the reads already spent worth nothing, and the check undone.
+    w.calls.lane_busy_on("elb:DescribeTargetHealth");
+    let (out, done, summary) = run().await;
+    assert!(out.is_ok(), "{out:?}");
+    assert!(!summary.stepped_aside, "{:?}", summary.notes);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].registered, 1);
+    assert_eq!(w.elb.members(&a.prv_blue), w.elb.members(&a.pub_blue));
+    assert!(w.state.due_now().is_empty());
+
+    // A lane already full at the check's first reads: the check steps aside before reading anything.
+    w.calls.clear();
+    w.calls.lane_busy_on("elb:Describe");
+    w.elb.add_targets(&a.pub_blue, &[ip(8)], HealthState::Healthy);
+    let (out, done, summary) = run().await;
+    assert!(out.is_ok(), "{out:?}");
+    assert!(summary.stepped_aside);
+    assert!(done.is_empty());
+    assert!(w.calls.log().iter().all(|c| !c.starts_with("elb:Register")), "{:?}", w.calls.log());
+    assert_eq!(w.state.due_now(), BTreeSet::from(["web/web-bg".to_string()]));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_recorded_deployments_end_waits_its_turn_and_leaves_its_check_to_the_sweep_when_the_lane_is_busy() {
     let success = Trigger::Deployment {
         application: APP.into(),

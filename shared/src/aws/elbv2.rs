@@ -112,19 +112,46 @@ struct SharedReads {
     invocation: Mutex<Invocation>,
 }
 
-/// How the invocation under way uses the lane: its mode, how long its reads may wait for their turn, and whether
-/// one found its turn later than that (then the others step aside at once, without reserving).
+/// How the invocation under way uses the lane: its mode, how long its reads may wait for their turn, whether one
+/// found its turn later than that (then the others step aside at once, without reserving), and the check under
+/// way ([`LoadBalancers::begin_check`]).
 #[derive(Debug)]
 struct Invocation {
     mode: LaneMode,
     until: Option<Instant>,
     stepped_aside: bool,
+    check: Check,
+}
+
+/// Where the invocation's reads stand in a check ([`LoadBalancers::begin_check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Not in a check: every round of reads takes its own turn.
+    None,
+    /// In a check whose first reads have not had their turn yet.
+    Waiting,
+    /// In a check that has had its turn: its further reads are counted, not waited for.
+    HadTurn,
 }
 
 impl SharedReads {
-    /// A poisoned lock (a panic elsewhere while holding it) leaves the reads waiting, as a process starts.
+    /// How this read uses the lane: the invocation's mode, except that the later reads of a check that has had
+    /// its turn are only counted. A poisoned lock (a panic elsewhere while holding it) leaves the reads waiting,
+    /// as a process starts.
     fn mode(&self) -> LaneMode {
-        self.invocation.lock().map_or(LaneMode::Wait, |i| i.mode)
+        self.invocation.lock().map_or(LaneMode::Wait, |i| match (i.mode, i.check) {
+            (LaneMode::Wait, Check::HadTurn) => LaneMode::Count,
+            (mode, _) => mode,
+        })
+    }
+
+    /// The reads of a check under way have had their turn (waited for it, or gone on without the lane).
+    fn had_turn(&self) {
+        if let Ok(mut i) = self.invocation.lock() {
+            if i.check == Check::Waiting {
+                i.check = Check::HadTurn;
+            }
+        }
     }
 
     fn stepped_aside(&self) -> bool {
@@ -183,7 +210,12 @@ impl Elb {
             lane,
             waiting: AtomicU32::new(0),
             grant: tokio::sync::Mutex::new((0, None)),
-            invocation: Mutex::new(Invocation { mode: LaneMode::Wait, until: None, stepped_aside: false }),
+            invocation: Mutex::new(Invocation {
+                mode: LaneMode::Wait,
+                until: None,
+                stepped_aside: false,
+                check: Check::None,
+            }),
         }));
         self
     }
@@ -251,6 +283,7 @@ impl Elb {
                 ),
             }
             *grant = (reads, Some(Instant::now()));
+            shared.had_turn();
         }
         grant.0 = grant.0.saturating_sub(1);
         Ok(())
@@ -411,7 +444,20 @@ impl LoadBalancers for Elb {
     fn share_reads(&self, mode: LaneMode, within: Option<Duration>) {
         if let Some(lane) = &self.lane {
             if let Ok(mut i) = lane.invocation.lock() {
-                *i = Invocation { mode, until: within.map(|d| Instant::now() + d), stepped_aside: false };
+                *i = Invocation {
+                    mode,
+                    until: within.map(|d| Instant::now() + d),
+                    stepped_aside: false,
+                    check: Check::None,
+                };
+            }
+        }
+    }
+
+    fn begin_check(&self) {
+        if let Some(lane) = &self.lane {
+            if let Ok(mut i) = lane.invocation.lock() {
+                i.check = Check::Waiting;
             }
         }
     }
@@ -1003,6 +1049,63 @@ mod tests {
         elb.share_reads(LaneMode::Outside, None);
         elb.targets(TG_A).await.unwrap();
         assert_eq!((busy.num_calls(), health.num_calls()), (2, 7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_check_waits_its_turn_once_and_its_later_rounds_are_counted_without_waiting() {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemOutput;
+        use aws_sdk_dynamodb::types::AttributeValue;
+        // The lane is 8 s ahead at every reservation: past its burst (5 s at 2 a second), 3 s to wait.
+        let busy = mock!(aws_sdk_dynamodb::Client::update_item)
+            .sequence()
+            .output(move || {
+                let tat = AttributeValue::N((now_ms() + 8_000).to_string());
+                UpdateItemOutput::builder().attributes("tat_ms", tat).build()
+            })
+            .repeatedly()
+            .build();
+        let health = mock!(Client::describe_target_health)
+            .sequence()
+            .output(|| DescribeTargetHealthOutput::builder().build())
+            .repeatedly()
+            .build();
+        let lane = crate::aws::DynamoState::new(mock_client!(aws_sdk_dynamodb, [&busy]), "state".into())
+            .read_lane(crate::domain::Lane::new(2.0, 10.0));
+        let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, [&health])).with_lane(lane);
+        elb.share_reads(LaneMode::Wait, Some(Duration::from_secs(60)));
+        let waited = |started: tokio::time::Instant| started.elapsed();
+
+        elb.begin_check();
+        let started = tokio::time::Instant::now();
+        elb.targets(TG_A).await.unwrap();
+        let first = waited(started);
+        assert!(first >= Duration::from_millis(2_900) && first <= Duration::from_millis(3_100), "{first:?}");
+        // The next round, once the first round's reservation has lapsed: reserved (counted), not waited for.
+        tokio::time::advance(LANE_GRANT_TTL * 2).await;
+        let started = tokio::time::Instant::now();
+        let later = futures_util::future::join_all((0..6).map(|_| elb.targets(TG_A))).await;
+        assert!(later.iter().all(Result::is_ok));
+        assert_eq!(waited(started), Duration::ZERO);
+        assert_eq!((busy.num_calls(), health.num_calls()), (2, 7), "each round reserved once, all of it read");
+
+        // The next check waits its turn again.
+        tokio::time::advance(LANE_GRANT_TTL * 2).await;
+        elb.begin_check();
+        let started = tokio::time::Instant::now();
+        elb.targets(TG_A).await.unwrap();
+        assert!(waited(started) >= Duration::from_millis(2_900), "{:?}", waited(started));
+        assert_eq!(busy.num_calls(), 3);
+
+        // Outside a check (the hooks' rounds), every round waits its turn, as before.
+        tokio::time::advance(LANE_GRANT_TTL * 2).await;
+        elb.share_reads(LaneMode::Wait, None);
+        for _ in 0..2 {
+            tokio::time::advance(LANE_GRANT_TTL * 2).await;
+            let started = tokio::time::Instant::now();
+            elb.targets(TG_A).await.unwrap();
+            assert!(waited(started) >= Duration::from_millis(2_900), "{:?}", waited(started));
+        }
+        assert_eq!(busy.num_calls(), 5);
     }
 
     #[tokio::test(start_paused = true)]

@@ -159,6 +159,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// Re-establishes I1–I3 for `b` from the live public state, on every private side.
     pub async fn reconcile(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Reconciled> {
         t.binding(b);
+        // Its rounds of reads (the preflight, then the observation) take one turn in the read lane between them.
+        self.lb.begin_check();
         let pass = &self.sides_pass(b, t).await?;
         on_every_side(b, |side| async move { self.reconcile_side(&side, group, pass.side(side.side), t).await }).await
     }

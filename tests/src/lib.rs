@@ -49,6 +49,8 @@ pub struct Calls {
     /// In a check (`LoadBalancers::begin_check`): whether its reads have had their turn (then, as in the adapter,
     /// the later ones are counted, not waited for). `None`: not in a check.
     check_had_turn: Mutex<Option<bool>>,
+    /// ELB reads that waited their turn in the lane (the others were counted, or outside it).
+    waited: Mutex<usize>,
 }
 
 impl Calls {
@@ -64,6 +66,7 @@ impl Calls {
             return Err(Error::LaneBusy(format!("injected: the read lane is busy for {op}")));
         }
         if waits && op.starts_with("elb:Describe") {
+            *self.waited.lock().unwrap() += 1;
             let mut check = self.check_had_turn.lock().unwrap();
             if check.is_some() {
                 *check = Some(true);
@@ -99,6 +102,12 @@ impl Calls {
     pub fn clear(&self) {
         self.log.lock().unwrap().clear();
         self.reads.lock().unwrap().clear();
+        *self.waited.lock().unwrap() = 0;
+    }
+
+    /// How many ELB reads waited their turn in the read lane: in a check, its first; outside one, every read.
+    pub fn waited_reads(&self) -> usize {
+        *self.waited.lock().unwrap()
     }
 
     fn read_of(&self, op: &str, arn: &str) {

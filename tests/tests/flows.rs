@@ -157,6 +157,28 @@ async fn a_task_that_stops_between_a_hooks_reads_is_not_registered_back() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_hooks_rounds_of_reads_wait_in_the_read_lane_once_per_step() {
+    let w = World::new();
+    w.install_green();
+    w.calls.clear();
+    let ai = w.invoke(Phase::AfterInstall, "exec-ai").await;
+    assert_eq!(ai.status, HookStatus::Succeeded, "{:?}", ai.message);
+    let reads = |w: &World| w.calls.log().iter().filter(|c| c.starts_with("elb:Describe")).count();
+    // Its setup (preflight, green, blue's mirror), the poll for green's tasks (there at once), and green's mirror
+    // with the test route: three turns, whatever the rounds within each.
+    assert_eq!(w.calls.waited_reads(), 3, "{} reads: {:?}", reads(&w), w.calls.log());
+    assert!(reads(&w) >= 8, "{:?}", w.calls.log());
+
+    w.allow_test_traffic();
+    w.calls.clear();
+    let bat = w.invoke(Phase::BeforeAllowTraffic, "exec-bat").await;
+    assert_eq!(bat.status, HookStatus::Succeeded, "{:?}", bat.message);
+    // Its setup, the poll for green's tasks and the gate's one poll (healthy at once).
+    assert_eq!(w.calls.waited_reads(), 3, "{} reads: {:?}", reads(&w), w.calls.log());
+    assert!(reads(&w) >= 8, "{:?}", w.calls.log());
+}
+
+#[tokio::test(start_paused = true)]
 async fn weighted_public_route_is_mirrored_with_its_weights() {
     let w = World::new();
     let a = &w.arns;

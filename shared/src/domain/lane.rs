@@ -18,10 +18,11 @@
 //! invocation's time (the reconciler's sweep or a recorded deployment's end, given their budget) gives its
 //! reservation back with a negative add and steps aside, leaving the check to the next sweep, which takes it
 //! first: sleeping into the function's timeout would hold the lane's time unused, and the failed invocation would
-//! be run again by Lambda, to wait once more. A check (a reconcile of one binding) reads in rounds, each needing
-//! the one before; it waits its turn once, for its first round, and its later rounds are counted as they go: a
-//! turn for each round in a busy lane spread one check's reads over tens of seconds, so that it had to read the
-//! public route again to trust them, and often stepped aside half-way, its first reads spent for nothing.
+//! be run again by Lambda, to wait once more. A check (a reconcile of one binding, a hook's setup, one poll) reads
+//! in rounds, each needing the one before; it waits its turn once, for its first round, and its later rounds are
+//! counted as they go: a turn for each round in a busy lane spread one reconcile's reads over tens of seconds, so
+//! that it had to read the public route again to trust them, and often stepped aside half-way, its first reads
+//! spent for nothing; and a hook waited seven turns for its ten reads.
 //!
 //! Pure: numbers in, numbers out; the adapter owns the clock and the table.
 

@@ -14,6 +14,9 @@ use crate::{Error, Result};
 
 impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     pub async fn before_allow_traffic(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
+        // Checks, each taking one turn in the read lane for its rounds of reads: the setup (preflight, green,
+        // blue's mirror), then each poll (for green's tasks, then the gate's).
+        self.lb.begin_check();
         let r = self.resolve(deployment_id, t).await?;
         let b: &Binding = &r.binding;
         let (sides, binding_record) = self.preflight_and_state(b, t).await?;

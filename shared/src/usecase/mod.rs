@@ -337,12 +337,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
 
     /// Polls `check` every poll interval until it yields a value or the budget runs out; transient AWS errors
     /// count as "not yet". `check` yields `Err(state)` while waiting; the last state is the timeout's message.
+    /// Each poll is one check in the read lane: one turn for its rounds of reads.
     async fn poll<T, C, Fut>(&self, budget: Budget, mut check: C) -> Result<T>
     where
         C: FnMut() -> Fut,
         Fut: Future<Output = Result<std::result::Result<T, String>>>,
     {
         loop {
+            self.lb.begin_check();
             let last = match check().await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(state)) => state,
@@ -376,8 +378,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// Mirrors green's public group into its private one (full diff), given the public targets. Its registrations
     /// are not confirmed however long the private read waited in the read lane: a replacement task that stopped
     /// in between is taken off by BeforeAllowTraffic's gate, which mirrors green again at every poll and passes
-    /// only on an unchanged mirror, so a confirmation would cost a read, and another wait in a busy lane, for
-    /// nothing.
+    /// only on an unchanged mirror, so a confirmation would cost a read for nothing.
     async fn mirror_green(&self, source: &[ObservedTarget], g: &Green, t: &Tracker) -> Result<MirrorPlan> {
         let current = self.lb.targets(&g.private).await?;
         self.mirror_onto((source, &g.public), &current, &g.private, Some(Duration::ZERO), t).await

@@ -1096,7 +1096,7 @@ mod tests {
         assert!(waited(started) >= Duration::from_millis(2_900), "{:?}", waited(started));
         assert_eq!(busy.num_calls(), 3);
 
-        // Outside a check (the hooks' rounds), every round waits its turn, as before.
+        // Outside a check (an invocation that has begun none), every round waits its turn.
         tokio::time::advance(LANE_GRANT_TTL * 2).await;
         elb.share_reads(LaneMode::Wait, None);
         for _ in 0..2 {

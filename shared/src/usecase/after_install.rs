@@ -13,8 +13,8 @@ use crate::Result;
 
 impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
     pub async fn after_install(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
-        // Three checks, each taking one turn in the read lane for its rounds of reads: the setup (preflight, green,
-        // blue's mirror), each poll for green's tasks, and green's mirror with the test route.
+        // Checks, each taking one turn in the read lane for its rounds of reads: the setup (preflight, green, blue's
+        // mirror), each poll for green's tasks, and green's mirror with the test route.
         self.lb.begin_check();
         let r = self.resolve(deployment_id, t).await?;
         let b: &crate::config::Binding = &r.binding;

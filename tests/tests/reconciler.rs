@@ -531,6 +531,25 @@ async fn a_sweep_whose_turn_in_the_lane_comes_too_late_steps_aside_instead_of_fa
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_full_reconcile_with_nothing_to_change_reads_no_more_than_the_sweep_is_sized_for() {
+    // The preflight: the groups, the private routes (ALB: a listener and a rule, a call each; NLB: both listeners,
+    // one call); the public listeners in one call; four groups.
+    for (w, expected) in [(World::new(), 8), (World::nlb(), 7)] {
+        let engine = w.hooks();
+        let (t, mut done) = (Tracker::default(), Vec::new());
+        let budget = Budget::after(Duration::from_secs(60));
+        let sweep = Trigger::Schedule { at: 0 };
+        w.calls.clear();
+        let out = bluegreen_mirror_hooks::run_trigger(&engine, &sweep, "r-1", budget, &t, &mut done).await;
+        assert!(out.is_ok(), "{out:?}");
+        assert!(done.len() == 1 && !done[0].changed(), "{done:?}");
+        let reads = w.calls.log().into_iter().filter(|c| c.starts_with("elb:Describe")).collect::<Vec<_>>();
+        assert_eq!(reads.len(), expected, "{reads:?}");
+        assert!(reads.len() <= bluegreen_mirror::domain::pacing::READS_PER_RECONCILE);
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_check_that_had_its_turn_in_the_lane_finishes_though_the_lane_fills_before_its_next_reads() {
     let w = World::new();
     let a = &w.arns;

@@ -151,9 +151,10 @@ pub fn full_reconcile_fits(shift: &TrafficShift, progress: &Progress, per_s: f64
 /// and the mirror of the move (the private route and the groups' health).
 pub const READS_AROUND_A_MOVE: usize = 10;
 
-/// ELB `Describe*` calls one full reconcile of a binding with nothing to change costs: the preflight (target
-/// groups, private production and test routes), the public production and test routes, four target groups'
-/// health.
+/// ELB `Describe*` calls one full reconcile of a one-side binding with nothing to change is sized at: the
+/// preflight (the target groups in one call, the private routes in one call per kind: listeners, rules), the public
+/// production and test listeners in one call, four target groups' health. That is 7 or 8; the 9 leaves room for
+/// the public route read once more when the reads took longer than half a second.
 pub const READS_PER_RECONCILE: usize = 9;
 
 /// The share of the installation's ELB read budget the scheduled sweep may spend; the rest is for deployments.

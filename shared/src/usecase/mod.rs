@@ -267,7 +267,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     async fn preflight(&self, b: &Binding, t: &Tracker) -> Result<Preflight> {
         let mut arns = b.public_target_groups();
         arns.extend(b.private_target_groups());
-        let route_reads = async {
+        let each = || async {
             let production = self
                 .lb
                 .route(&b.private_production_route)
@@ -278,6 +278,19 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 None => None,
             };
             Ok::<_, Error>((production, test))
+        };
+        // Both routes in one read (one call for the listeners, one for the rules), as a binding of several sides
+        // reads them; one that is missing is named by reading each.
+        let route_reads = async {
+            let Some(test) = &b.private_test_route else { return each().await };
+            match self.lb.routes(&[b.private_production_route.clone(), test.clone()]).await {
+                Ok(read) => match <[Route; 2]>::try_from(read) {
+                    Ok([production, test]) => Ok((production, Some(test))),
+                    Err(read) => Err(Error::Invariant(format!("2 private routes asked for, {} answered", read.len()))),
+                },
+                Err(e) if e.aws_kind() == Some(AwsErrorKind::NotFound) => each().await,
+                Err(e) => Err(e),
+            }
         };
         let (groups, routes) = tokio::join!(self.lb.target_groups(&arns), route_reads);
         let groups = groups.map_err(missing(format!("one of the target groups of binding {}", b.side_label())))?;

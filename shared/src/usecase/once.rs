@@ -20,18 +20,25 @@ use crate::Result;
 
 type Memo<T> = Mutex<HashMap<String, Arc<OnceCell<T>>>>;
 
-/// The reads of one pass, by target group and by route ARN.
+/// The reads of one pass, by target group, by route ARN, and by the routes read together.
 pub(crate) struct ReadOnce<'l, L> {
     lb: &'l L,
     targets: Memo<Vec<ObservedTarget>>,
     routes: Memo<Route>,
+    together: Memo<Vec<Route>>,
     /// When each target group's read answered.
     answered: Mutex<HashMap<String, Instant>>,
 }
 
 impl<'l, L: LoadBalancers> ReadOnce<'l, L> {
     pub(crate) fn new(lb: &'l L) -> Self {
-        Self { lb, targets: Memo::default(), routes: Memo::default(), answered: Mutex::default() }
+        Self {
+            lb,
+            targets: Memo::default(),
+            routes: Memo::default(),
+            together: Memo::default(),
+            answered: Mutex::default(),
+        }
     }
 
     /// A target group's targets, read once in this pass.
@@ -63,6 +70,13 @@ impl<'l, L: LoadBalancers> ReadOnce<'l, L> {
     /// A route, read once in this pass.
     pub(crate) async fn route(&self, route: &RouteRef) -> Result<Route> {
         once(&self.routes, route.arn(), || self.lb.route(route)).await
+    }
+
+    /// Routes read together (one call for the listeners, one for the rules), in the order asked, once in this
+    /// pass for the same list.
+    pub(crate) async fn routes(&self, routes: &[RouteRef]) -> Result<Vec<Route>> {
+        let key = routes.iter().map(RouteRef::arn).collect::<Vec<_>>().join(" ");
+        once(&self.together, &key, || self.lb.routes(routes)).await
     }
 }
 

@@ -422,21 +422,23 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         private_production: Route,
         private_test: Option<Route>,
     ) -> Result<Observed> {
-        let route_of = |r: Option<&RouteRef>| {
-            let r = r.cloned();
-            async move {
-                match r {
-                    Some(r) => reads.route(&r).await.map(Some),
-                    None => Ok(None),
-                }
+        // The public production and test listeners in one read.
+        let public: Vec<RouteRef> = public_prod.into_iter().chain(public_test).cloned().collect();
+        let routes = async {
+            match public.is_empty() {
+                true => Ok(Vec::new()),
+                false => reads.routes(&public).await,
             }
         };
         let tgs: Vec<&str> = b.public_target_groups().into_iter().chain(b.private_target_groups()).collect();
         let targets = futures_util::future::try_join_all(tgs.iter().map(|tg| reads.targets(tg)));
-        let (pp, pt, targets) = tokio::join!(route_of(public_prod), route_of(public_test), targets);
+        let (routes, targets) = tokio::join!(routes, targets);
+        let mut routes = routes?.into_iter();
+        let pp = public_prod.and_then(|_| routes.next());
+        let pt = public_test.and_then(|_| routes.next());
         Ok(Observed {
-            public_production: pp?,
-            public_test: pt?,
+            public_production: pp,
+            public_test: pt,
             private_production: Some(private_production),
             private_test,
             targets: tgs.iter().map(|s| s.to_string()).zip(targets?).collect(),

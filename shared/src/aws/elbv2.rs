@@ -1007,11 +1007,12 @@ mod tests {
         assert!(started.elapsed() <= Duration::from_millis(600), "no throttling pause: {:?}", started.elapsed());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn reads_issued_together_take_one_turn_in_the_lane_and_wait_for_it_unless_only_counted() {
+    /// An adapter whose lane other processes keep reserved 8 s ahead of now at every reservation: past its burst
+    /// (5 s at 2 a second), a turn 3 s away. Every target health read answers empty. With the lane's reservations
+    /// and the reads, to count them.
+    fn in_a_busy_lane() -> (aws_smithy_mocks::Rule, aws_smithy_mocks::Rule, Elb) {
         use aws_sdk_dynamodb::operation::update_item::UpdateItemOutput;
         use aws_sdk_dynamodb::types::AttributeValue;
-        // Other processes have reserved the lane 8 s ahead of now: past its burst (5 s at 2 a second), 3 s to wait.
         let busy = mock!(aws_sdk_dynamodb::Client::update_item)
             .sequence()
             .output(move || {
@@ -1028,6 +1029,12 @@ mod tests {
         let lane = crate::aws::DynamoState::new(mock_client!(aws_sdk_dynamodb, [&busy]), "state".into())
             .read_lane(crate::domain::Lane::new(2.0, 10.0));
         let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, [&health])).with_lane(lane);
+        (busy, health, elb)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_issued_together_take_one_turn_in_the_lane_and_wait_for_it_unless_only_counted() {
+        let (busy, health, elb) = in_a_busy_lane();
 
         let started = tokio::time::Instant::now();
         let reads = futures_util::future::join_all((0..5).map(|_| elb.targets(TG_A))).await;
@@ -1053,25 +1060,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_check_waits_its_turn_once_and_its_later_rounds_are_counted_without_waiting() {
-        use aws_sdk_dynamodb::operation::update_item::UpdateItemOutput;
-        use aws_sdk_dynamodb::types::AttributeValue;
-        // The lane is 8 s ahead at every reservation: past its burst (5 s at 2 a second), 3 s to wait.
-        let busy = mock!(aws_sdk_dynamodb::Client::update_item)
-            .sequence()
-            .output(move || {
-                let tat = AttributeValue::N((now_ms() + 8_000).to_string());
-                UpdateItemOutput::builder().attributes("tat_ms", tat).build()
-            })
-            .repeatedly()
-            .build();
-        let health = mock!(Client::describe_target_health)
-            .sequence()
-            .output(|| DescribeTargetHealthOutput::builder().build())
-            .repeatedly()
-            .build();
-        let lane = crate::aws::DynamoState::new(mock_client!(aws_sdk_dynamodb, [&busy]), "state".into())
-            .read_lane(crate::domain::Lane::new(2.0, 10.0));
-        let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, [&health])).with_lane(lane);
+        let (busy, health, elb) = in_a_busy_lane();
         elb.share_reads(LaneMode::Wait, Some(Duration::from_secs(60)));
         let waited = |started: tokio::time::Instant| started.elapsed();
 

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bluegreen_mirror::domain::{HealthState, Phase, Route, RouteStyle, WeightedTargetGroup};
-use bluegreen_mirror::harness::{Budget, Tracker};
+use bluegreen_mirror::harness::{Budget, Summary, Tracker};
 use bluegreen_mirror::ports::{FollowRequest, HookStatus};
 use bluegreen_mirror::usecase::Trigger;
 use bluegreen_mirror::AwsErrorKind;
@@ -22,6 +22,19 @@ async fn reconcile(w: &World, trigger: Trigger) -> Vec<bluegreen_mirror::usecase
         out.push(engine.reconcile(&b, &group, &Tracker::default()).await.expect("reconcile"));
     }
     out
+}
+
+/// Runs `trigger` through the reconciler's handler, as Lambda does, with a minute's budget: its result, what it
+/// reconciled, and its summary (notes, stepped aside).
+async fn run(
+    w: &World,
+    trigger: Trigger,
+) -> (bluegreen_mirror::Result<serde_json::Value>, Vec<bluegreen_mirror::usecase::Reconciled>, Summary) {
+    let engine = w.hooks();
+    let (t, mut done) = (Tracker::default(), Vec::new());
+    let budget = Budget::after(Duration::from_secs(60));
+    let out = bluegreen_mirror_hooks::run_trigger(&engine, &trigger, "r-1", budget, &t, &mut done).await;
+    (out, done, t.snapshot())
 }
 
 async fn deployed(w: &World) {
@@ -493,17 +506,10 @@ async fn a_sweep_whose_turn_in_the_lane_comes_too_late_steps_aside_instead_of_fa
     let a = &w.arns;
     // A task the private side has not seen yet, for the sweep to find.
     w.elb.add_targets(&a.pub_blue, &[ip(7)], HealthState::Healthy);
-    let engine = w.hooks();
-    let sweep = Trigger::Schedule { at: 0 };
-    let run = || async {
-        let (t, mut done) = (Tracker::default(), Vec::new());
-        let budget = Budget::after(Duration::from_secs(60));
-        let out = bluegreen_mirror_hooks::run_trigger(&engine, &sweep, "r-1", budget, &t, &mut done).await;
-        (out, done, t.snapshot())
-    };
+    let sweep = || run(&w, Trigger::Schedule { at: 0 });
 
     w.calls.lane_busy_on("elb:Describe");
-    let (out, done, summary) = run().await;
+    let (out, done, summary) = sweep().await;
     assert!(out.is_ok(), "not a failure for Lambda to run again: {out:?}");
     assert!(done.is_empty());
     let notes = summary.notes;
@@ -519,11 +525,11 @@ async fn a_sweep_whose_turn_in_the_lane_comes_too_late_steps_aside_instead_of_fa
     // A throttled read is another matter: the sweep fails, and Lambda runs it again.
     w.calls.no_faults();
     w.calls.fail_every("elb:Describe", AwsErrorKind::Throttled);
-    assert!(run().await.0.is_err());
+    assert!(sweep().await.0.is_err());
 
     // With its turn in time, the same sweep mirrors the task.
     w.calls.no_faults();
-    let (out, done, summary) = run().await;
+    let (out, done, summary) = sweep().await;
     assert!(out.is_ok(), "{out:?}");
     assert!(!summary.stepped_aside);
     assert_eq!(done[0].registered, 1);
@@ -535,12 +541,8 @@ async fn a_full_reconcile_with_nothing_to_change_reads_no_more_than_the_sweep_is
     // The preflight: the groups, the private routes (ALB: a listener and a rule, a call each; NLB: both listeners,
     // one call); the public listeners in one call; four groups.
     for (w, expected) in [(World::new(), 8), (World::nlb(), 7)] {
-        let engine = w.hooks();
-        let (t, mut done) = (Tracker::default(), Vec::new());
-        let budget = Budget::after(Duration::from_secs(60));
-        let sweep = Trigger::Schedule { at: 0 };
         w.calls.clear();
-        let out = bluegreen_mirror_hooks::run_trigger(&engine, &sweep, "r-1", budget, &t, &mut done).await;
+        let (out, done, _) = run(&w, Trigger::Schedule { at: 0 }).await;
         assert!(out.is_ok(), "{out:?}");
         assert!(done.len() == 1 && !done[0].changed(), "{done:?}");
         let reads = w.calls.log().into_iter().filter(|c| c.starts_with("elb:Describe")).collect::<Vec<_>>();
@@ -554,19 +556,12 @@ async fn a_check_that_had_its_turn_in_the_lane_finishes_though_the_lane_fills_be
     let w = World::new();
     let a = &w.arns;
     w.elb.add_targets(&a.pub_blue, &[ip(7)], HealthState::Healthy);
-    let engine = w.hooks();
-    let run = || async {
-        let (t, mut done) = (Tracker::default(), Vec::new());
-        let budget = Budget::after(Duration::from_secs(60));
-        let sweep = Trigger::Schedule { at: 0 };
-        let out = bluegreen_mirror_hooks::run_trigger(&engine, &sweep, "r-1", budget, &t, &mut done).await;
-        (out, done, t.snapshot())
-    };
+    let sweep = || run(&w, Trigger::Schedule { at: 0 });
 
     // The preflight's reads have their turn; by the time the observation reads the groups, deployments have filled
     // the lane. Stepping aside there would leave the reads already spent worth nothing, and the check undone.
     w.calls.lane_busy_on("elb:DescribeTargetHealth");
-    let (out, done, summary) = run().await;
+    let (out, done, summary) = sweep().await;
     assert!(out.is_ok(), "{out:?}");
     assert!(!summary.stepped_aside, "{:?}", summary.notes);
     assert_eq!(done.len(), 1);
@@ -578,7 +573,7 @@ async fn a_check_that_had_its_turn_in_the_lane_finishes_though_the_lane_fills_be
     w.calls.clear();
     w.calls.lane_busy_on("elb:Describe");
     w.elb.add_targets(&a.pub_blue, &[ip(8)], HealthState::Healthy);
-    let (out, done, summary) = run().await;
+    let (out, done, summary) = sweep().await;
     assert!(out.is_ok(), "{out:?}");
     assert!(summary.stepped_aside);
     assert!(done.is_empty());
@@ -593,15 +588,6 @@ async fn a_recorded_deployments_end_waits_its_turn_and_leaves_its_check_to_the_s
         deployment_group: GROUP.into(),
         deployment_id: DEPLOYMENT.into(),
         state: "SUCCESS".into(),
-    };
-    let run = |w: &World, trigger: Trigger| {
-        let engine = w.hooks();
-        async move {
-            let (t, mut done) = (Tracker::default(), Vec::new());
-            let budget = Budget::after(Duration::from_secs(60));
-            let out = bluegreen_mirror_hooks::run_trigger(&engine, &trigger, "r-1", budget, &t, &mut done).await;
-            (out, done, t.snapshot())
-        }
     };
 
     // The hooks flipped and recorded; then CodeDeploy stops the original tasks and the deployment succeeds, while

@@ -424,12 +424,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     ) -> Result<Observed> {
         // The public production and test listeners in one read.
         let public: Vec<RouteRef> = public_prod.into_iter().chain(public_test).cloned().collect();
-        let routes = async {
-            match public.is_empty() {
-                true => Ok(Vec::new()),
-                false => reads.routes(&public).await,
-            }
-        };
+        let routes = reads.routes(&public);
         let tgs: Vec<&str> = b.public_target_groups().into_iter().chain(b.private_target_groups()).collect();
         let targets = futures_util::future::try_join_all(tgs.iter().map(|tg| reads.targets(tg)));
         let (routes, targets) = tokio::join!(routes, targets);

@@ -4,7 +4,7 @@ Lambda Runtime API. Prints one table (medians with min–max over the repeats), 
 the account's ELB budget: deployments played on AWS's clock (real minutes), an idle fleet and fleets of
 concurrent deployments, so the full run takes about an hour; --quick plays them compressed in a few minutes.
 
-    python bench.py [--quick] [--json]
+    python bench.py [--quick [--fleet-report FILE]] [--json]
 """
 
 import argparse
@@ -398,7 +398,7 @@ class Bench:
             self.say(f"  {scenario}: {key} {out[key]}")
         return out
 
-    def budget(self, quick):
+    def budget(self, quick, fleet_report=None):
         """The account's ELB budget: the follower's reads over a canary and a linear deployment on AWS's clock
         (CodeDeploy's minute played as 60 s; 3 s in quick mode, which is not AWS's figure), an idle fleet's
         scheduled sweep over 10 emulated minutes, and fleets of 1, 5 and 20 concurrent deployments."""
@@ -432,11 +432,22 @@ class Bench:
                  f"minutes, {r['bindings_checked']} bindings checked")
         out["fleets"] = {}
         # Fleets on the rehearsal's dense clock (CodeDeploy's minute as 10 s, ten times an account's density), and
-        # in full mode 5 and 20 at once on AWS's clock too.
-        services, sizes = (4, ((2, 10),)) if quick else (20, ((1, 10), (5, 10), (20, 10), (5, 60), (20, 60)))
-        for d, minute in sizes:
-            r = rehearse_json("--scenario", "fleet", "--services", str(services), "--deployments", str(d),
-                              "--minute", str(minute), "--reconciler-timeout", "900" if minute == 60 else "60")
+        # in full mode 5 and 20 at once on AWS's clock too. In quick mode a report of the same scenario that has
+        # just been made (scripts/test's small fleet) stands for the run, which would only repeat it.
+        if quick and fleet_report:
+            try:
+                with open(fleet_report) as f:
+                    reports = [json.load(f)]
+            except (OSError, ValueError) as e:
+                raise RuntimeError(f"--fleet-report {fleet_report}: not a fleet rehearsal's report ({e})") from None
+            self.say(f"  (the fleet from {fleet_report})")
+        else:
+            services, sizes = (4, ((2, 10),)) if quick else (20, ((1, 10), (5, 10), (20, 10), (5, 60), (20, 60)))
+            reports = (rehearse_json("--scenario", "fleet", "--services", str(services), "--deployments", str(d),
+                                     "--minute", str(minute), "--reconciler-timeout", "900" if minute == 60 else "60")
+                       for d, minute in sizes)
+        for r in reports:
+            services, d, minute = r["services"], r["deployments"], round(r["minute_s"])
             total = r["elb"]["total"]
             out["fleets"][f"{d}@{minute}"] = {
                 "bindings": services, "deployments": d, "minute_s": minute, "describe_per_s": total["describe_per_s"],
@@ -543,7 +554,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a handful of iterations (what CI runs)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--fleet-report", metavar="FILE",
+                    help="quick mode: the small fleet's figures from this `rehearse --scenario fleet --json` report "
+                         "instead of a run of its own (scripts/test passes the one it has just made)")
     args = ap.parse_args()
+    if args.fleet_report and not args.quick:
+        ap.error("--fleet-report stands for quick mode's small fleet; the full run makes its own fleets")
     procs.install_cleanup()
     out = sys.stderr
     b = Bench(args.quick, out)
@@ -571,7 +587,7 @@ def main():
     b.say("rehearsals:")
     rehearsal = b.rehearsals(rehearsals)
     b.say("the account's ELB budget:")
-    budget = b.budget(args.quick)
+    budget = b.budget(args.quick, args.fleet_report)
     j = {k: {i: hooks[i][k] for i in hooks} for k in
          ("cold_start_ms", "first_invoke_ms", "warm_invoke_ms", "first_cpu_ms", "warm_cpu_ms", "flip_ms_cold",
           "flip_ms_warm", "peak_rss_mib", "critical_path_calls")}
@@ -583,7 +599,7 @@ def main():
     j["mirror_ms"] = {n: v["mirror_ms"] for n, v in mirror.items()}
     j.update(rehearsal)
     j["budget"] = budget
-    fleet = budget["fleets"]["2@10" if args.quick else "5@10"]
+    fleet = next(iter(budget["fleets"].values())) if args.quick else budget["fleets"]["5@10"]
     j["elb_describe_per_s"] = {
         "follower_canary": budget["follower_canary"]["describe_per_s"],
         "follower_linear": budget["follower_linear"]["describe_per_s"],

@@ -401,7 +401,8 @@ class Bench:
     def budget(self, quick, fleet_report=None):
         """The account's ELB budget: the follower's reads over a canary and a linear deployment on AWS's clock
         (CodeDeploy's minute played as 60 s; 3 s in quick mode, which is not AWS's figure), an idle fleet's
-        scheduled sweep over 10 emulated minutes, and fleets of 1, 5 and 20 concurrent deployments."""
+        scheduled sweep over 10 emulated minutes, and fleets of 1, 5 and 20 concurrent deployments (in quick mode one
+        small fleet, or the report `fleet_report` names of one just run)."""
         def rehearse_json(*args):
             p = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "rehearsal", "rehearse.py"), *args,
                                 "--json"], capture_output=True, timeout=3600)
@@ -440,6 +441,9 @@ class Bench:
                     reports = [json.load(f)]
             except (OSError, ValueError) as e:
                 raise RuntimeError(f"--fleet-report {fleet_report}: not a fleet rehearsal's report ({e})") from None
+            if not isinstance(reports[0], dict) or reports[0].get("scenario") != "fleet":
+                raise RuntimeError(f"--fleet-report {fleet_report}: not a fleet rehearsal's report (make one with "
+                                   "`scripts/rehearse --scenario fleet --json`)")
             self.say(f"  (the fleet from {fleet_report})")
         else:
             services, sizes = (4, ((2, 10),)) if quick else (20, ((1, 10), (5, 10), (20, 10), (5, 60), (20, 60)))

@@ -402,7 +402,7 @@ class Bench:
         """The account's ELB budget: the follower's reads over a canary and a linear deployment on AWS's clock
         (CodeDeploy's minute played as 60 s; 3 s in quick mode, which is not AWS's figure), an idle fleet's
         scheduled sweep over 10 emulated minutes, and fleets of 1, 5 and 20 concurrent deployments (in quick mode one
-        small fleet, or the report `fleet_report` names of one just run)."""
+        small fleet, or `fleet_report`, a (file, report) of one just run)."""
         def rehearse_json(*args):
             p = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "rehearsal", "rehearse.py"), *args,
                                 "--json"], capture_output=True, timeout=3600)
@@ -436,15 +436,8 @@ class Bench:
         # in full mode 5 and 20 at once on AWS's clock too. In quick mode a report of the same scenario that has
         # just been made (scripts/test's small fleet) stands for the run, which would only repeat it.
         if quick and fleet_report:
-            try:
-                with open(fleet_report) as f:
-                    reports = [json.load(f)]
-            except (OSError, ValueError) as e:
-                raise RuntimeError(f"--fleet-report {fleet_report}: not a fleet rehearsal's report ({e})") from None
-            if not isinstance(reports[0], dict) or reports[0].get("scenario") != "fleet":
-                raise RuntimeError(f"--fleet-report {fleet_report}: not a fleet rehearsal's report (make one with "
-                                   "`scripts/rehearse --scenario fleet --json`)")
-            self.say(f"  (the fleet from {fleet_report})")
+            reports = [fleet_report[1]]
+            self.say(f"  (the fleet from {fleet_report[0]})")
         else:
             services, sizes = (4, ((2, 10),)) if quick else (20, ((1, 10), (5, 10), (20, 10), (5, 60), (20, 60)))
             reports = (rehearse_json("--scenario", "fleet", "--services", str(services), "--deployments", str(d),
@@ -564,6 +557,18 @@ def main():
     args = ap.parse_args()
     if args.fleet_report and not args.quick:
         ap.error("--fleet-report stands for quick mode's small fleet; the full run makes its own fleets")
+    fleet_report = None
+    if args.fleet_report:
+        # Read before anything runs: a wrong file is refused at once, not after minutes of rehearsals.
+        try:
+            with open(args.fleet_report) as f:
+                report = json.load(f)
+        except (OSError, ValueError) as e:
+            ap.error(f"--fleet-report {args.fleet_report}: not a fleet rehearsal's report ({e})")
+        if not isinstance(report, dict) or report.get("scenario") != "fleet":
+            ap.error(f"--fleet-report {args.fleet_report}: not a fleet rehearsal's report (make one with "
+                     "`scripts/rehearse --scenario fleet --json`)")
+        fleet_report = (args.fleet_report, report)
     procs.install_cleanup()
     out = sys.stderr
     b = Bench(args.quick, out)
@@ -591,7 +596,7 @@ def main():
     b.say("rehearsals:")
     rehearsal = b.rehearsals(rehearsals)
     b.say("the account's ELB budget:")
-    budget = b.budget(args.quick, args.fleet_report)
+    budget = b.budget(args.quick, fleet_report)
     j = {k: {i: hooks[i][k] for i in hooks} for k in
          ("cold_start_ms", "first_invoke_ms", "warm_invoke_ms", "first_cpu_ms", "warm_cpu_ms", "flip_ms_cold",
           "flip_ms_warm", "peak_rss_mib", "critical_path_calls")}

@@ -245,6 +245,14 @@ class Bench:
             "pk": {"S": f"deployment#{self.deployment.id}"}, "kind": {"S": "deployment"},
             "version": {"N": "1"}, "doc": {"S": json.dumps(doc)}, "expires_at": {"N": str(doc["expires_at"])}})
 
+    def all_succeeded(self, what, execution_ids):
+        """A figure of an invocation that failed, or reported nothing, is not a figure of the hook's work."""
+        statuses = [self.deployment.executions[e]["status"] for e in execution_ids]
+        bad = sum(s != "Succeeded" for s in statuses)
+        if bad:
+            raise RuntimeError(f"{what}: {bad} of {len(statuses)} benchmark invocations did not report Succeeded "
+                               "(see target/bench/bench.log)")
+
     def hooks(self, repeats, warm):
         bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
         impls = {
@@ -277,11 +285,7 @@ class Bench:
                 runs[name].append(run)
         results = {}
         for name in impls:
-            # A figure of an invocation that failed, or reported nothing, is not a figure of the hook's work.
-            statuses = [self.deployment.executions[e]["status"] for e in executions[name]]
-            if any(s != "Succeeded" for s in statuses):
-                raise RuntimeError(f"{name}: {sum(s != 'Succeeded' for s in statuses)} of {len(statuses)} benchmark "
-                                   "invocations did not report Succeeded (see target/bench/bench.log)")
+            self.all_succeeded(name, executions[name])
             results[name] = {k: dist([r[k] for r in runs[name]]) for k in
                              ("cold_start_ms", "first_invoke_ms", "warm_invoke_ms", "first_cpu_ms", "warm_cpu_ms",
                               "peak_rss_mib", "critical_path_calls", "flip_ms_cold", "flip_ms_warm")}
@@ -318,10 +322,7 @@ class Bench:
                          "LifecycleEventHookExecutionId": self.deployment.new_execution("AfterAllowTraffic")}
                 run = WarmRun([os.path.join(bin_dir, "after-allow-traffic")], dict(env, AWS_ACCESS_KEY_ID=key),
                               [event]).run(self.log)
-                status = self.deployment.executions[event["LifecycleEventHookExecutionId"]]["status"]
-                if status != "Succeeded":
-                    raise RuntimeError(f"{n} stored bindings: the invocation reported {status or 'nothing'}, not "
-                                       "Succeeded (see target/bench/bench.log)")
+                self.all_succeeded(f"{n} stored bindings", [event["LifecycleEventHookExecutionId"]])
                 calls = [c for c in r.world.calls if c[1] == key and c[0] >= run["first_next"]]
                 flip = next((i for i, c in enumerate(calls) if c[3] == "ModifyListener"), None)
                 run["critical_path_calls"] = None if flip is None else flip + 1

@@ -263,7 +263,6 @@ class Bench:
         # One cold process of each implementation in turn, repeat after repeat: this machine's speed drifts over
         # minutes, and running every process of one implementation before the next would time the drift as well.
         runs = {name: [] for name in impls}
-        executions = {name: [] for name in impls}
         for _ in range(repeats):
             for name, cmd in impls.items():
                 key = f"AKIDBENCH{name.upper()}"
@@ -271,9 +270,9 @@ class Bench:
                 events = [{"DeploymentId": self.deployment.id,
                            "LifecycleEventHookExecutionId": self.deployment.new_execution("AfterAllowTraffic")}
                           for _ in range(1 + warm)]
-                executions[name] += [e["LifecycleEventHookExecutionId"] for e in events]
                 run = WarmRun(cmd, dict(self.env, AWS_ACCESS_KEY_ID=key), events,
                               before_each=self.reset_record).run(self.log)
+                self.all_succeeded(name, [e["LifecycleEventHookExecutionId"] for e in events])
                 calls = [c for c in self.r.world.calls if c[1] == key and c[0] >= run["first_next"]]
                 flip = next((i for i, c in enumerate(calls) if c[3] == "ModifyListener"), None)
                 run["critical_path_calls"] = None if flip is None else flip + 1
@@ -285,7 +284,6 @@ class Bench:
                 runs[name].append(run)
         results = {}
         for name in impls:
-            self.all_succeeded(name, executions[name])
             results[name] = {k: dist([r[k] for r in runs[name]]) for k in
                              ("cold_start_ms", "first_invoke_ms", "warm_invoke_ms", "first_cpu_ms", "warm_cpu_ms",
                               "peak_rss_mib", "critical_path_calls", "flip_ms_cold", "flip_ms_warm")}

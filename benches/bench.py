@@ -33,6 +33,11 @@ BINARIES = ["after-install", "before-allow-traffic", "after-allow-traffic", "rec
 LAMBDA_MB_PER_VCPU = 1769
 
 
+def bin_dir():
+    """Where the hooks' binaries are: this machine's release build unless BLUEGREEN_MIRROR_BIN_DIR says otherwise."""
+    return os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
+
+
 def template_memory_mb():
     """The memory the SAM template gives every function (its Globals), read rather than restated."""
     with open(os.path.join(ROOT, "infra", "template.yaml")) as f:
@@ -245,18 +250,27 @@ class Bench:
             "pk": {"S": f"deployment#{self.deployment.id}"}, "kind": {"S": "deployment"},
             "version": {"N": "1"}, "doc": {"S": json.dumps(doc)}, "expires_at": {"N": str(doc["expires_at"])}})
 
-    def all_succeeded(self, what, execution_ids):
-        """A figure of an invocation that failed, or reported nothing, is not a figure of the hook's work."""
-        statuses = [self.deployment.executions[e]["status"] for e in execution_ids]
+    def timed(self, what, cmd, env, key, invocations, before_each=None):
+        """One cold process given `invocations` AfterAllowTraffic events: its figures (WarmRun's), the calls it made
+        (`calls`) and how many of them came before its first flip (`critical_path_calls`). A figure of an invocation
+        that failed, or reported nothing, is not a figure of the hook's work: the bench stops there."""
+        events = [{"DeploymentId": self.deployment.id,
+                   "LifecycleEventHookExecutionId": self.deployment.new_execution("AfterAllowTraffic")}
+                  for _ in range(invocations)]
+        run = WarmRun(cmd, dict(env, AWS_ACCESS_KEY_ID=key), events, before_each=before_each).run(self.log)
+        statuses = [self.deployment.executions[e["LifecycleEventHookExecutionId"]]["status"] for e in events]
         bad = sum(s != "Succeeded" for s in statuses)
         if bad:
             raise RuntimeError(f"{what}: {bad} of {len(statuses)} benchmark invocations did not report Succeeded "
                                "(see target/bench/bench.log)")
+        run["calls"] = [c for c in self.r.world.calls if c[1] == key and c[0] >= run["first_next"]]
+        flip = next((i for i, c in enumerate(run["calls"]) if c[3] == "ModifyListener"), None)
+        run["critical_path_calls"] = None if flip is None else flip + 1
+        return run
 
     def hooks(self, repeats, warm):
-        bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
         impls = {
-            "ours": [os.path.join(bin_dir, "after-allow-traffic")],
+            "ours": [os.path.join(bin_dir(), "after-allow-traffic")],
             "python": [os.path.join(ROOT, ".venv", "bin", "python"), os.path.join(ROOT, "benches", "baselines", "python", "bootstrap.py")],
             "node": ["node", os.path.join(ROOT, "benches", "baselines", "node", "bootstrap.mjs")],
         }
@@ -265,18 +279,11 @@ class Bench:
         runs = {name: [] for name in impls}
         for _ in range(repeats):
             for name, cmd in impls.items():
-                key = f"AKIDBENCH{name.upper()}"
                 self.reset_record()
-                events = [{"DeploymentId": self.deployment.id,
-                           "LifecycleEventHookExecutionId": self.deployment.new_execution("AfterAllowTraffic")}
-                          for _ in range(1 + warm)]
-                run = WarmRun(cmd, dict(self.env, AWS_ACCESS_KEY_ID=key), events,
-                              before_each=self.reset_record).run(self.log)
-                self.all_succeeded(name, [e["LifecycleEventHookExecutionId"] for e in events])
-                calls = [c for c in self.r.world.calls if c[1] == key and c[0] >= run["first_next"]]
-                flip = next((i for i, c in enumerate(calls) if c[3] == "ModifyListener"), None)
-                run["critical_path_calls"] = None if flip is None else flip + 1
+                run = self.timed(name, cmd, self.env, f"AKIDBENCH{name.upper()}", 1 + warm,
+                                 before_each=self.reset_record)
                 # Event received → the private listener change reaching the (emulated) API.
+                calls = run.pop("calls")
                 flips = [next((c[0] for c in calls if c[0] >= t and c[3] == "ModifyListener"), None) for t in run["nexts"]]
                 lat = [(f - t) * 1000 for f, t in zip(flips, run["nexts"]) if f is not None]
                 run["flip_ms_cold"] = lat[0] if lat else None
@@ -296,7 +303,6 @@ class Bench:
         them: its cold start and its AWS calls before the flip must not grow with the number of bindings."""
         r = self.r
         b = r.bindings["bindings"][0]
-        bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
         env = {k: v for k, v in self.env.items() if k != "BLUEGREEN_MIRROR_BINDINGS"}
 
         def store(binding):
@@ -313,18 +319,10 @@ class Bench:
                 store(b if stored == 0 else dict(b, deployment_group=f"svc{stored:03d}-bg"))
                 stored += 1
             runs = []
-            key = f"AKIDBENCHSTORED{n}"
             for _ in range(repeats):
                 self.reset_record(binding=b)
-                event = {"DeploymentId": self.deployment.id,
-                         "LifecycleEventHookExecutionId": self.deployment.new_execution("AfterAllowTraffic")}
-                run = WarmRun([os.path.join(bin_dir, "after-allow-traffic")], dict(env, AWS_ACCESS_KEY_ID=key),
-                              [event]).run(self.log)
-                self.all_succeeded(f"{n} stored bindings", [event["LifecycleEventHookExecutionId"]])
-                calls = [c for c in r.world.calls if c[1] == key and c[0] >= run["first_next"]]
-                flip = next((i for i, c in enumerate(calls) if c[3] == "ModifyListener"), None)
-                run["critical_path_calls"] = None if flip is None else flip + 1
-                runs.append(run)
+                runs.append(self.timed(f"{n} stored bindings", [os.path.join(bin_dir(), "after-allow-traffic")], env,
+                                       f"AKIDBENCHSTORED{n}", 1))
             out[str(n)] = {k: dist([x[k] for x in runs]) for k in ("cold_start_ms", "first_invoke_ms",
                                                                     "critical_path_calls")}
             self.say(f"  {n:>3} stored bindings: cold start {out[str(n)]['cold_start_ms']['median']} ms, "
@@ -337,7 +335,6 @@ class Bench:
     def binaries(self):
         """What Lambda loads: the arm64 zips scripts/package built, when present; else this machine's build, zipped
         here (its sizes are marked as such)."""
-        bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
         out = {}
         for b in BINARIES:
             packaged = os.path.join(ROOT, "target", "lambda", b)
@@ -345,7 +342,7 @@ class Bench:
                 out[b] = {"arch": "arm64", "binary_bytes": os.path.getsize(os.path.join(packaged, "bootstrap")),
                           "zip_bytes": os.path.getsize(os.path.join(packaged, "bootstrap.zip"))}
                 continue
-            path = os.path.join(bin_dir, b)
+            path = os.path.join(bin_dir(), b)
             zpath = os.path.join(self.r.run_dir, f"{b}.zip")
             with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
                 z.write(path, "bootstrap")
@@ -357,7 +354,6 @@ class Bench:
         """Mirroring N targets into an empty private group (and a 10% change of 1,000), done by the reconciler."""
         r, tg = self.r, self.r.tgs
         direct = r.client("elbv2", r.moto_url, "PROVISION")
-        bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
         # The flip above left production on green; the pair mirrored here is blue.
         ips = lambda n, base=10: [f"10.{base + i // 250}.{i // 250}.{i % 250 + 1}" for i in range(n)]  # noqa: E731
 
@@ -376,7 +372,7 @@ class Bench:
             event = {"version": "0", "id": "bench", "detail-type": "Scheduled Event", "source": "aws.events",
                      "account": "1", "time": "2026-01-01T00:00:00Z", "region": rehearse.REGION, "resources": [], "detail": {}}
             env = dict(self.env, AWS_ACCESS_KEY_ID=key, AWS_LAMBDA_FUNCTION_NAME="reconciler")
-            run = WarmRun([os.path.join(bin_dir, "reconciler")], env, [event]).run(self.log)
+            run = WarmRun([os.path.join(bin_dir(), "reconciler")], env, [event]).run(self.log)
             calls = [c for c in r.world.calls if c[1] == key]
             writes = sum(1 for c in calls if c[3] in ("RegisterTargets", "DeregisterTargets"))
             return {"mirror_calls": writes, "all_calls": len(calls), "mirror_ms": round(run["first_invoke_ms"], 1)}

@@ -253,6 +253,7 @@ pub fn parse_trigger(payload: Value) -> Result<Option<Trigger>, Error> {
     let event: EventBridgeEvent<Value> = serde_json::from_value(payload)
         .map_err(|e| Error::Event(format!("expected an EventBridge event or a follow request: {e}")))?;
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let at = event.time.and_then(|t| u64::try_from(t.timestamp()).ok());
     // aws_lambda_events has no type for ECS task state changes: its two fields are read from the detail.
     let trigger = match (event.source.as_str(), event.detail_type.as_str()) {
         ("aws.codedeploy", "CodeDeploy Deployment State-change Notification") => {
@@ -260,7 +261,7 @@ pub fn parse_trigger(payload: Value) -> Result<Option<Trigger>, Error> {
                 .map_err(|e| Error::Event(format!("malformed CodeDeploy state change: {e}")))?;
             match (d.application, d.deployment_group, d.deployment_id) {
                 (Some(application), Some(deployment_group), Some(deployment_id)) => {
-                    Some(Trigger::Deployment { application, deployment_group, deployment_id, state: d.state })
+                    Some(Trigger::Deployment { application, deployment_group, deployment_id, state: d.state, at })
                 }
                 _ => {
                     return Err(Error::Event(
@@ -281,10 +282,9 @@ pub fn parse_trigger(payload: Value) -> Result<Option<Trigger>, Error> {
         }
         ("aws.events", "Scheduled Event") => {
             // The event's own time names the run, so that a retried run checks the same slice of bindings.
-            let at = event.time.map(|t| t.timestamp()).map_or_else(
-                || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-                |s| u64::try_from(s).unwrap_or(0),
-            );
+            let at = at.unwrap_or_else(|| {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+            });
             Some(Trigger::Schedule { at })
         }
         _ => None,
@@ -372,6 +372,9 @@ where
         engine.follow(req, owner, budget, t).await?;
         return Ok(serde_json::json!({"followed": req.deployment_id}));
     }
+    // A rollback's private route goes back before anything else is read or waited for; the reconcile below then
+    // verifies it and mirrors the rest.
+    done.extend(engine.roll_back_first(trigger, t).await);
     let mut failures = Vec::new();
     let bindings = engine.bindings_for(trigger).await?;
     // Decided once there is something to read (finding the bindings reads no ELB): the end of a deployment in a
@@ -454,7 +457,8 @@ mod tests {
                 application: "web".into(),
                 deployment_group: "web-bg".into(),
                 deployment_id: "d-1".into(),
-                state: "FAILURE".into()
+                state: "FAILURE".into(),
+                at: Some(1_795_694_400)
             })
         );
         let task = eventbridge(

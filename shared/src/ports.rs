@@ -32,6 +32,12 @@ pub trait LoadBalancers: Send + Sync {
     fn target_groups(&self, arns: &[&str]) -> impl Future<Output = Result<Vec<TargetGroupFacts>>> + Send;
     /// The registered targets of a target group with their health.
     fn targets(&self, target_group: &str) -> impl Future<Output = Result<Vec<ObservedTarget>>> + Send;
+    /// The same read for a move that cannot wait (following a rollback): not paced, not queued in the
+    /// installation's read lane, not held after throttling; a throttled attempt is retried at once within the
+    /// SDK's standard retry, as a write is. An adapter that does not pace its reads reads as [`Self::targets`].
+    fn targets_at_once(&self, target_group: &str) -> impl Future<Output = Result<Vec<ObservedTarget>>> + Send {
+        self.targets(target_group)
+    }
     /// Registers one batch (the caller batches).
     fn register(&self, target_group: &str, targets: &[Target]) -> impl Future<Output = Result<()>> + Send;
     /// Deregisters one batch (the caller batches).

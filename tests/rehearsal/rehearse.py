@@ -24,7 +24,7 @@ import procs
 import sides
 import standin
 from budget import elb_report
-from lambda_host import LambdaHost
+from lambda_host import RETRY_DELAYS_S, LambdaHost
 from probe import Probe
 
 REGION = "eu-west-1"
@@ -610,10 +610,51 @@ class Rehearsal:
             self.register(blue, new)
             self.wait_healthy(blue, new)
             self.log("ECS", f"task {old} replaced by {new[0]}")
-        # Give the reconciler the time one event takes to arrive and be handled.
-        time.sleep(1.5)
+        # Judged in `run`, once the reconciler has handled the events (`settle`).
+        self.outcome = None
+
+    def judge_between(self):
+        blue = self.tgs["pub-blue"]
         self.outcome = "converged" if self.members(blue) == self.members(self.tgs["prv-blue"]) else "diverged"
         self.log("ECS", f"public {len(self.members(blue))} targets, private {len(self.members(self.tgs['prv-blue']))}")
+
+    def convergence_bound_s(self):
+        """How long the reconciler invocations the run's events started may take to end, counted from the end of
+        the run's last move: an event's delivery, a cold start and a reconcile (5 s), plus what this run's faults
+        cost a correct product. Throttling: ELB reads paused after throttles (1, 2, 4 s) and the SDK's retries
+        (10 s more); 5xx and resets: the SDK's retries (5 s); a crash: Lambda's retries of the crashed attempt, each
+        of which may run to the reconciler's timeout."""
+        bound = 5.0
+        if "throttle" in self.faults:
+            bound += 10.0
+        elif self.faults:
+            bound += 5.0
+        if self.crash:
+            bound += sum(RETRY_DELAYS_S) + len(RETRY_DELAYS_S) * self.reconciler_timeout_s
+        return bound
+
+    def settle(self):
+        """Waits, within `convergence_bound_s`, for every event sent so far to be delivered and every reconciler
+        invocation it started to end (the schedule's sweeps and the followers, which are not started by events, go
+        on). Returns the invocations still running at the bound: the product was late."""
+        bound = self.convergence_bound_s()
+        t = time.monotonic()
+        busy = self.host.settle(bound, ignore=lambda inv: is_follow(inv) or (
+            isinstance(inv.event, dict) and inv.event.get("source") == "aws.events"))
+        self.log("end", f"every event handled {time.monotonic() - t:.1f} s after the last move (bound {bound:g} s)"
+                 if not busy else f"{len(busy)} invocation(s) still running {bound:g} s after the last move")
+        return busy
+
+    def rollback_write_after_calls(self):
+        """How many AWS calls the first reconciler attempt woken by a FAILURE or STOP made before its first write
+        of a private route (None: it wrote none, or there was no such event)."""
+        for inv in self.host.invocations:
+            state = ((inv.event or {}).get("detail") or {}).get("state") if isinstance(inv.event, dict) else None
+            if inv.function == "reconciler" and inv.attempt == 1 and state in ("FAILURE", "STOP"):
+                ops = self.world.ops_by_token.get(inv.token, [])
+                return next((i for i, op in enumerate(ops) if op in ("elbv2 ModifyListener", "elbv2 ModifyRule")),
+                            None)
+        return None
 
     # --- evidence ------------------------------------------------------------------------------------------
     def members(self, tg):
@@ -804,12 +845,17 @@ class Rehearsal:
         budget_t0 = time.monotonic()
         writes_before = self.private_writes()
         threading.Thread(target=self.schedule, daemon=True).start()
+        late = []
         try:
             self.play_between() if self.spec.get("between") else self.play()
+            late = self.settle()
+            if self.spec.get("between"):
+                self.judge_between()
         except Exception as e:
             self.outcome = "failed"
             self.messages.append(f"the rehearsal itself failed: {e!r}")
-        time.sleep(1.0)
+        # The probe samples the state the events left.
+        time.sleep(0.5)
         self.stopping.set()
         self.probe.finish()
         if self.neighbour:
@@ -838,6 +884,12 @@ class Rehearsal:
             recorded = json.loads(item["Item"]["doc"]["S"]).get("live_private_target_group")
             invariants["state_consistent_with_elb"] = len(live) != 1 or recorded == live[0]
             held = held and invariants["state_consistent_with_elb"]
+        # The product converges within the bound the faults allow: a late reconcile is a failure, not a result.
+        invariants["events_handled_within_bound"] = not late
+        held = held and not late
+        if late:
+            self.messages.append(f"{len(late)} reconciler invocation(s) still running {self.convergence_bound_s():g} s "
+                                 f"after the last move: " + ", ".join(os.path.basename(i.log_path or "?") for i in late))
         # The harness's promise, seen from CodeDeploy: every invocation reported exactly once.
         invariants["every_invocation_reported_once"] = all(
             h["every_attempt_reported_once"] for h in self.hook_reports.values())
@@ -877,6 +929,7 @@ class Rehearsal:
             "failed_requests": {"public": pub["failed_requests"], "private": prv["failed_requests"]},
             "served_by_version": {"public": pub["served_by_version"], "private": prv["served_by_version"]},
             "max_weight_lag_ms": self.max_weight_lag_ms(),
+            "rollback_write_after_calls": self.rollback_write_after_calls(),
             "side_2": link,
             "hooks": self.hook_reports,
             "reconciler": {
@@ -928,6 +981,9 @@ def print_report(r, out):
           f"{s2['majority_lag_ms']} ms")
     p(f"   flip skew        {r['flip_skew_ms']} ms (private flip after public flip)")
     p(f"   max weight lag   {r['max_weight_lag_ms']} ms (longest time the private weights differed from the public)")
+    if r.get("rollback_write_after_calls") is not None:
+        p(f"   rollback         the reconciler put the private route back after {r['rollback_write_after_calls']} AWS "
+          "call(s)")
     e = r["elb"]
     p(f"   ELB budget       our Describe calls {e['total']['describe_per_s']}/s on average, peak "
       f"{e['total']['describe_peak_1s']} in 1 s, {e['total']['throttled']} throttled; "
@@ -953,8 +1009,9 @@ PROFILES = {"none": "", "throttle-30%": "*=throttle:0.3", "5xx-10%": "*=5xx:0.1"
             CRASH: None}
 # (scenario, profile, functions to crash: None for every function the scenario runs)
 QUICK_MATRIX = [("happy", "throttle-30%", None), ("unhealthy-green", "throttle-30%", None),
-                ("alarm-rollback", "5xx-10%", None), ("linear", "resets-5%", None),
-                ("two-sides", "throttle-30%", None), ("happy", CRASH, ["after-allow-traffic"])]
+                ("alarm-rollback", "5xx-10%", None), ("alarm-rollback", "throttle-30%", None),
+                ("linear", "resets-5%", None), ("two-sides", "throttle-30%", None),
+                ("happy", CRASH, ["after-allow-traffic"])]
 
 
 def run_one(scenario, tasks, faults="", crash=None, lane=0):

@@ -375,6 +375,7 @@ class World:
         # call has taken effect, and its answer is never sent (crash injection).
         self.on_call = None
         self.calls_by_token = {}  # session token (one per Lambda attempt) -> number of calls
+        self.ops_by_token = {}  # session token -> its calls as "service Operation", in order
         self.elb_calls = []  # (t, caller, operation, session token, throttled)
         self.faults = Faults()
         self.buckets = ElbBuckets()
@@ -551,6 +552,7 @@ class World:
             self.calls.append((time.monotonic(), caller, service, op))
             if token:
                 self.calls_by_token[token] = self.calls_by_token.get(token, 0) + 1
+                self.ops_by_token.setdefault(token, []).append(f"{service} {op}")
 
 
 def _caller(headers):

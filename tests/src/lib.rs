@@ -55,12 +55,19 @@ pub struct Calls {
 
 impl Calls {
     fn enter(&self, op: &str) -> Result<()> {
+        self.enter_as(op, true)
+    }
+
+    /// A call; `in_lane`: false for a read made at once (`LoadBalancers::targets_at_once`), which never waits in
+    /// the lane whatever the invocation's mode.
+    fn enter_as(&self, op: &str, in_lane: bool) -> Result<()> {
         let n = {
             let mut log = self.log.lock().unwrap();
             log.push(op.to_string());
             log.len() - 1
         };
-        let waits = matches!(*self.lane_mode.lock().unwrap(), None | Some(LaneMode::Wait))
+        let waits = in_lane
+            && matches!(*self.lane_mode.lock().unwrap(), None | Some(LaneMode::Wait))
             && *self.check_had_turn.lock().unwrap() != Some(true);
         if waits && self.lane_busy.lock().unwrap().iter().any(|p| op.starts_with(p.as_str())) {
             return Err(Error::LaneBusy(format!("injected: the read lane is busy for {op}")));
@@ -112,6 +119,11 @@ impl Calls {
 
     fn read_of(&self, op: &str, arn: &str) {
         self.reads.lock().unwrap().push((op.to_string(), arn.to_string()));
+    }
+
+    /// Every read that names what it read (`op`, ARN), in order.
+    pub fn reads(&self) -> Vec<(String, String)> {
+        self.reads.lock().unwrap().clone()
     }
 
     /// How many reads of `op` asked for `arn` (a target group's targets, a listener's or rule's route).
@@ -311,6 +323,26 @@ fn observed(key: TargetKey, health: HealthState) -> ObservedTarget {
     ObservedTarget { target: Target { key, availability_zone: None }, health, reason: None }
 }
 
+impl FakeElb {
+    async fn read_targets(&self, target_group: &str, in_lane: bool) -> Result<Vec<ObservedTarget>> {
+        self.calls.enter_as("elb:DescribeTargetHealth", in_lane)?;
+        self.calls.read_of("elb:DescribeTargetHealth", target_group);
+
+        self.calls.stall("elb:DescribeTargetHealth").await;
+        let delay = self.s().read_delay.get(target_group).copied();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        let mut s = self.s();
+        let g = s.groups.get(target_group).ok_or_else(|| not_found("DescribeTargetHealth", target_group))?;
+        let read = g.targets.values().cloned().collect();
+        if let Some(change) = s.after_next_targets_read.take() {
+            change(&mut s);
+        }
+        Ok(read)
+    }
+}
+
 impl LoadBalancers for FakeElb {
     fn pace_reads(&self, per_s: f64) {
         self.s().paces.push(per_s);
@@ -342,20 +374,11 @@ impl LoadBalancers for FakeElb {
     }
 
     async fn targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
-        self.calls.enter("elb:DescribeTargetHealth")?;
-        self.calls.read_of("elb:DescribeTargetHealth", target_group);
-        self.calls.stall("elb:DescribeTargetHealth").await;
-        let delay = self.s().read_delay.get(target_group).copied();
-        if let Some(delay) = delay {
-            tokio::time::sleep(delay).await;
-        }
-        let mut s = self.s();
-        let g = s.groups.get(target_group).ok_or_else(|| not_found("DescribeTargetHealth", target_group))?;
-        let read = g.targets.values().cloned().collect();
-        if let Some(change) = s.after_next_targets_read.take() {
-            change(&mut s);
-        }
-        Ok(read)
+        self.read_targets(target_group, true).await
+    }
+
+    async fn targets_at_once(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
+        self.read_targets(target_group, false).await
     }
 
     async fn register(&self, target_group: &str, targets: &[Target]) -> Result<()> {

@@ -55,6 +55,7 @@ async fn a_rollback_after_the_flip_is_followed_back_before_green_goes() {
         deployment_group: GROUP.into(),
         deployment_id: DEPLOYMENT.into(),
         state: "FAILURE".into(),
+        at: None,
     };
     let out = reconcile(&w, trigger.clone()).await;
     assert_eq!(out.len(), 1);
@@ -185,6 +186,90 @@ async fn task_events_read_each_deployment_group_once_in_five_minutes() {
     assert_eq!(group_reads(), 2, "after five minutes the group is read afresh");
 }
 
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn ended(state: &str, at: Option<u64>) -> Trigger {
+    Trigger::Deployment {
+        application: APP.into(),
+        deployment_group: GROUP.into(),
+        deployment_id: DEPLOYMENT.into(),
+        state: state.into(),
+        at,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_rollback_puts_the_private_route_back_after_its_record_and_one_health_read() {
+    for state in ["FAILURE", "STOP"] {
+        let w = World::new();
+        let a = &w.arns;
+        deployed(&w).await;
+        w.elb.put_route(&a.pub_prod, Route::all_to(&a.pub_blue, &[&a.pub_green], RouteStyle::Weighted));
+        // ELB refuses every paced read: the put-back reads nothing that waits its turn or is held.
+        w.calls.clear();
+        w.calls.lane_busy_on("elb:Describe");
+        bluegreen_mirror::ports::LoadBalancers::share_reads(
+            &w.hooks().lb,
+            bluegreen_mirror::domain::LaneMode::Wait,
+            None,
+        );
+        let (_, done, summary) = run(&w, ended(state, Some(now_s()))).await;
+        let log = w.calls.log();
+        assert_eq!(
+            log[..3],
+            ["dynamodb:GetItem", "elb:DescribeTargetHealth", "elb:ModifyListener"],
+            "{state}: the record, the never-dark read, the write: {log:?}"
+        );
+        assert_eq!(w.calls.reads().first(), Some(&("elb:DescribeTargetHealth".to_string(), a.prv_blue.clone())));
+        assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_blue, &[&a.prv_green], RouteStyle::Weighted));
+        assert!(done.iter().any(|r| r.production.is_some()), "{done:?}");
+        let binding = w.state.binding_record(APP, GROUP).expect("binding record");
+        assert_eq!(binding.live_private_target_group.as_deref(), Some(a.prv_blue.as_str()));
+        assert!(w.elb.dark_moments().is_empty(), "{:?}", w.elb.dark_moments());
+        assert!(summary.notes.iter().any(|n| n.contains("put back")), "{:?}", summary.notes);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_is_put_back_from_the_record_only_when_fresh_flipped_and_healthy() {
+    // A stale event (a later deployment may have flipped since): the reconcile reads both sides first.
+    let w = World::new();
+    let a = &w.arns;
+    deployed(&w).await;
+    w.elb.put_route(&a.pub_prod, Route::all_to(&a.pub_blue, &[&a.pub_green], RouteStyle::Weighted));
+    w.calls.clear();
+    let (_, _, summary) = run(&w, ended("FAILURE", Some(now_s() - 3600))).await;
+    let log = w.calls.log();
+    let write = log.iter().position(|c| c == "elb:ModifyListener").expect("the reconcile moves it");
+    assert!(log[..write].iter().any(|c| c == "elb:DescribeListeners"), "read the public route first: {log:?}");
+    assert!(summary.notes.iter().any(|n| n.contains("not fresh")), "{:?}", summary.notes);
+    assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_blue, &[&a.prv_green], RouteStyle::Weighted));
+
+    // No flip on record (the gate failed): nothing to put back, no read or write spent on it; the production
+    // route is not written.
+    let w = World::new();
+    w.through_the_gate().await;
+    w.calls.clear();
+    run(&w, ended("FAILURE", Some(now_s()))).await.0.expect("reconciled");
+    let log = w.calls.log();
+    assert_eq!(log[..2], ["dynamodb:GetItem", "codedeploy:GetDeploymentGroup"], "{log:?}");
+    assert!(log.iter().all(|c| c != "elb:ModifyListener"), "{log:?}");
+
+    // Blue's private mirror has no healthy target: the route stays until the reconcile, which sees both sides.
+    let w = World::new();
+    let a = &w.arns;
+    deployed(&w).await;
+    w.elb.put_route(&a.pub_prod, Route::all_to(&a.pub_blue, &[&a.pub_green], RouteStyle::Weighted));
+    w.elb.set_health(&a.prv_blue, HealthState::Unhealthy);
+    w.calls.clear();
+    let (_, _, summary) = run(&w, ended("FAILURE", Some(now_s()))).await;
+    assert!(summary.notes.iter().any(|n| n.contains("no healthy target to go back to")), "{:?}", summary.notes);
+    assert_eq!(w.calls.log()[..2], ["dynamodb:GetItem", "elb:DescribeTargetHealth"]);
+    assert_ne!(w.calls.log().get(2).map(String::as_str), Some("elb:ModifyListener"), "{:?}", w.calls.log());
+}
+
 #[tokio::test(start_paused = true)]
 async fn events_for_other_groups_or_services_are_ignored() {
     let w = World::new();
@@ -193,6 +278,7 @@ async fn events_for_other_groups_or_services_are_ignored() {
         deployment_group: "someone-else".into(),
         deployment_id: "d-X".into(),
         state: "SUCCESS".into(),
+        at: None,
     };
     assert!(reconcile(&w, other_group).await.is_empty());
     assert!(reconcile(&w, Trigger::Task { cluster: "prod".into(), service: "api".into() }).await.is_empty());
@@ -588,6 +674,7 @@ async fn a_recorded_deployments_end_waits_its_turn_and_leaves_its_check_to_the_s
         deployment_group: GROUP.into(),
         deployment_id: DEPLOYMENT.into(),
         state: "SUCCESS".into(),
+        at: None,
     };
 
     // The hooks flipped and recorded; then CodeDeploy stops the original tasks and the deployment succeeds, while
@@ -645,6 +732,7 @@ async fn a_recorded_deployments_end_waits_its_turn_and_leaves_its_check_to_the_s
         deployment_group: "unbound-bg".into(),
         deployment_id: "d-OTHER".into(),
         state: "SUCCESS".into(),
+        at: None,
     };
     let before = w.calls.log().len();
     let (out, done, _) = run(&w, unbound).await;

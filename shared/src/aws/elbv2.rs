@@ -4,6 +4,7 @@ use aws_sdk_elasticloadbalancingv2::config::http::HttpResponse;
 use aws_sdk_elasticloadbalancingv2::config::retry::RetryConfig;
 use aws_sdk_elasticloadbalancingv2::error::SdkError;
 use aws_sdk_elasticloadbalancingv2::operation::deregister_targets::DeregisterTargetsError;
+use aws_sdk_elasticloadbalancingv2::operation::describe_target_health::DescribeTargetHealthOutput;
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, ForwardActionConfig, TargetDescription, TargetGroupStickinessConfig, TargetGroupTuple,
 };
@@ -440,6 +441,38 @@ fn description(t: &Target) -> TargetDescription {
         .build()
 }
 
+async fn describe_target_health(client: &Client, target_group: &str) -> Result<DescribeTargetHealthOutput> {
+    client
+        .describe_target_health()
+        .target_group_arn(target_group)
+        .send()
+        .await
+        .map_err(|e| aws_error(SERVICE, "DescribeTargetHealth", "*", e))
+}
+
+fn observed_targets(target_group: &str, out: DescribeTargetHealthOutput) -> Result<Vec<ObservedTarget>> {
+    out.target_health_descriptions()
+        .iter()
+        .filter_map(|d| {
+            let t = d.target()?;
+            let key =
+                TargetKey::parse(t.id()?, t.port()).map_err(|e| Error::Misconfigured(format!("{target_group}: {e}")));
+            let health = d.target_health();
+            Some(key.map(|key| ObservedTarget {
+                target: Target { key, availability_zone: t.availability_zone().map(str::to_string) },
+                health: health.and_then(|h| h.state()).map_or(HealthState::Unknown, |s| HealthState::parse(s.as_str())),
+                reason: health.and_then(|h| {
+                    let code = h.reason().map(|r| r.as_str().to_string());
+                    match (code, h.description()) {
+                        (Some(c), Some(d)) => Some(format!("{c}: {d}")),
+                        (c, d) => c.or_else(|| d.map(str::to_string)),
+                    }
+                }),
+            }))
+        })
+        .collect()
+}
+
 impl LoadBalancers for Elb {
     fn share_reads(&self, mode: LaneMode, within: Option<Duration>) {
         if let Some(lane) = &self.lane {
@@ -501,37 +534,12 @@ impl LoadBalancers for Elb {
     }
 
     async fn targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
-        let out = self
-            .read(|| async {
-                self.reader
-                    .describe_target_health()
-                    .target_group_arn(target_group)
-                    .send()
-                    .await
-                    .map_err(|e| aws_error(SERVICE, "DescribeTargetHealth", "*", e))
-            })
-            .await?;
-        out.target_health_descriptions()
-            .iter()
-            .filter_map(|d| {
-                let t = d.target()?;
-                let key = TargetKey::parse(t.id()?, t.port())
-                    .map_err(|e| Error::Misconfigured(format!("{target_group}: {e}")));
-                let health = d.target_health();
-                Some(key.map(|key| ObservedTarget {
-                    target: Target { key, availability_zone: t.availability_zone().map(str::to_string) },
-                    health:
-                        health.and_then(|h| h.state()).map_or(HealthState::Unknown, |s| HealthState::parse(s.as_str())),
-                    reason: health.and_then(|h| {
-                        let code = h.reason().map(|r| r.as_str().to_string());
-                        match (code, h.description()) {
-                            (Some(c), Some(d)) => Some(format!("{c}: {d}")),
-                            (c, d) => c.or_else(|| d.map(str::to_string)),
-                        }
-                    }),
-                }))
-            })
-            .collect()
+        observed_targets(target_group, self.read(|| describe_target_health(&self.reader, target_group)).await?)
+    }
+
+    async fn targets_at_once(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
+        // The writes' client: its standard retry, throttling included, and nothing of the process's pace.
+        observed_targets(target_group, describe_target_health(&self.client, target_group).await?)
     }
 
     async fn register(&self, target_group: &str, targets: &[Target]) -> Result<()> {
@@ -1005,6 +1013,37 @@ mod tests {
         // Three rounds of two attempts: the SDK's backoff (at most 100 ms once per round) and ours (100, 200 ms)
         // add up to 600 ms at most on the paused clock; a throttling pause alone would be 500 ms more.
         assert!(started.elapsed() <= Duration::from_millis(600), "no throttling pause: {:?}", started.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_at_once_is_not_paced_queued_or_held_and_retries_throttling_as_a_write_does() {
+        let throttled = || {
+            DescribeTargetHealthError::generic(
+                ErrorMetadata::builder().code("Throttling").message("Rate exceeded").build(),
+            )
+        };
+        let rule = mock!(Client::describe_target_health)
+            .sequence()
+            .error(throttled)
+            .times(3)
+            .output(|| DescribeTargetHealthOutput::builder().build())
+            .build();
+        let (busy, _, laned) = in_a_busy_lane();
+        let elb = Elb {
+            client: production_retry(mock_client!(aws_sdk_elasticloadbalancingv2, RuleMode::Sequential, [&rule])),
+            ..laned
+        }
+        .with_paced_reads(2.0, ReadBurst::Hook);
+        // The process's reads are held for 8 s, as after a throttled read, and the lane is 8 s ahead.
+        if let Some(reads) = &elb.reads {
+            reads.lock().unwrap().hold(Duration::from_secs(8), elb.origin.elapsed());
+        }
+        let started = tokio::time::Instant::now();
+        assert!(elb.targets_at_once(TG_A).await.unwrap().is_empty());
+        assert_eq!(rule.num_calls(), 4, "three throttled attempts retried within the SDK's retry");
+        assert_eq!(busy.num_calls(), 0, "no turn asked of the lane");
+        // The SDK's backoff alone (100, 200, 400 ms at most); the hold would have been 8 s.
+        assert!(started.elapsed() <= Duration::from_millis(700), "{:?}", started.elapsed());
     }
 
     /// An adapter whose lane other processes keep reserved 8 s ahead of now at every reservation: past its burst

@@ -93,6 +93,17 @@ pub fn plan_reconcile(
     Ok(plan)
 }
 
+/// Where a rollback puts a private side's production route, decided from the deployment's record alone: back on
+/// `before` (the route it had before the flip) when the flip changed it (`flipped` differs) and one of the groups
+/// it sends to has a healthy target in `targets` (I4: a move back never lands on a dark group). `None`: nothing
+/// to put back, or nothing healthy to put it back on; then the reconcile that reads both sides decides.
+pub fn roll_back(before: &Route, flipped: &Route, targets: &BTreeMap<String, Vec<ObservedTarget>>) -> Option<Route> {
+    if before.same_action(flipped) {
+        return None;
+    }
+    before.live().iter().any(|tg| has_healthy(targets.get(*tg))).then(|| before.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -168,6 +179,22 @@ mod tests {
         let plan = plan_reconcile(&pairs(), RouteStyle::Weighted, &seen, 200).unwrap();
         assert!(plan.production.is_none());
         assert!(plan.held_back[0].contains("prv-green"), "{:?}", plan.held_back);
+    }
+
+    #[test]
+    fn a_rollback_goes_back_to_the_route_before_the_flip_only_onto_a_healthy_group() {
+        use HealthState::*;
+        let (before, flipped) = (route(100, 0, VB, VG), route(0, 100, VB, VG));
+        let with = |vb: Vec<ObservedTarget>| BTreeMap::from([(VB.to_string(), vb)]);
+        assert_eq!(roll_back(&before, &flipped, &with(vec![t(1, Healthy), t(2, Initial)])), Some(before.clone()));
+        for dark in [vec![], vec![t(1, Initial)], vec![t(1, Unhealthy), t(2, Draining)]] {
+            assert_eq!(roll_back(&before, &flipped, &with(dark.clone())), None, "{dark:?}");
+        }
+        // A flip that changed nothing (the gate failed before it) has nothing to put back: no write is spent.
+        assert_eq!(roll_back(&before, &before, &with(vec![t(1, Healthy)])), None);
+        // Only the groups the route before sends to are asked: green's health says nothing about blue.
+        let green_only = BTreeMap::from([(VG.to_string(), vec![t(2, Healthy)])]);
+        assert_eq!(roll_back(&before, &flipped, &green_only), None);
     }
 
     fn arb_health() -> impl Strategy<Value = HealthState> {

@@ -56,14 +56,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             }
         };
         let fast = record.and_then(|rec| {
-            // The environment form's binding, or the stored one BeforeAllowTraffic carried in the record: no read.
-            let b = if self.config.stored {
-                let b: Binding = serde_json::from_value(rec.binding.clone()?).ok()?;
-                (b.application == rec.application && b.deployment_group == rec.deployment_group)
-                    .then_some(Cow::Owned(b))?
-            } else {
-                Cow::Borrowed(self.config.binding(&rec.application, &rec.deployment_group)?)
-            };
+            let b = self.binding_in_record(&rec)?;
             // Every side must have its planned flip, within its own groups; otherwise the slow path plans them all.
             let sides: Option<Vec<(Binding, Option<Route>, Route)>> = b
                 .sides()

@@ -8,6 +8,7 @@ mod before_allow_traffic;
 mod bindings;
 mod once;
 mod reconcile;
+mod rollback;
 mod trigger;
 
 pub use bindings::BINDING_CACHE_TTL;

@@ -70,7 +70,7 @@ pub struct Reconciled {
 
 impl Reconciled {
     /// Nothing changed yet, on side `b` (its label names the side).
-    fn of(b: &Binding, label: String) -> Self {
+    pub(super) fn of(b: &Binding, label: String) -> Self {
         Self {
             binding: label,
             application: b.application.clone(),

@@ -15,8 +15,9 @@ use crate::Result;
 pub enum Trigger {
     /// Follow a deployment's traffic shifting (started by BeforeAllowTraffic, or by a follower handing over).
     Follow(FollowRequest),
-    /// A CodeDeploy deployment changed state (START, SUCCESS, FAILURE, STOP, READY, ...).
-    Deployment { application: String, deployment_group: String, deployment_id: String, state: String },
+    /// A CodeDeploy deployment changed state (START, SUCCESS, FAILURE, STOP, READY, ...) at `at` (the event's
+    /// time, seconds since the epoch, when it says).
+    Deployment { application: String, deployment_group: String, deployment_id: String, state: String, at: Option<u64> },
     /// An ECS task of `service` in `cluster` changed state.
     Task { cluster: String, service: String },
     /// The schedule, fired at `at` (seconds since the epoch): the bindings due (whose check stepped aside), then
@@ -165,6 +166,7 @@ mod tests {
             deployment_group: "web-bg".into(),
             deployment_id: "d-1".into(),
             state: state.into(),
+            at: None,
         };
         assert_eq!(Trigger::Schedule { at: 0 }.lane(), LaneMode::Wait);
         for state in ["SUCCESS", "FAILURE", "STOP"] {

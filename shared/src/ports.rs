@@ -32,12 +32,6 @@ pub trait LoadBalancers: Send + Sync {
     fn target_groups(&self, arns: &[&str]) -> impl Future<Output = Result<Vec<TargetGroupFacts>>> + Send;
     /// The registered targets of a target group with their health.
     fn targets(&self, target_group: &str) -> impl Future<Output = Result<Vec<ObservedTarget>>> + Send;
-    /// The same read for a move that cannot wait (following a rollback): not paced, not queued in the
-    /// installation's read lane, not held after throttling; a throttled attempt is retried at once within the
-    /// SDK's standard retry, as a write is. An adapter that does not pace its reads reads as [`Self::targets`].
-    fn targets_at_once(&self, target_group: &str) -> impl Future<Output = Result<Vec<ObservedTarget>>> + Send {
-        self.targets(target_group)
-    }
     /// Registers one batch (the caller batches).
     fn register(&self, target_group: &str, targets: &[Target]) -> impl Future<Output = Result<()>> + Send;
     /// Deregisters one batch (the caller batches).
@@ -57,6 +51,12 @@ pub trait LoadBalancers: Send + Sync {
         &self,
         arns: &[&str],
     ) -> impl Future<Output = Result<std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>>> + Send;
+    /// The same load balancers, for the reads of a move that cannot wait (a public route that has moved back, the
+    /// replacement tasks about to go): neither paced, nor queued in the installation's read lane, nor held after
+    /// throttling; a throttled attempt is retried at once within the SDK's standard retry, as a write is.
+    fn at_once(&self) -> Self
+    where
+        Self: Sized;
     /// Paces this process's reads at `per_s` from now on (its share of the installation's budget). An adapter
     /// that does not pace its reads ignores it.
     fn pace_reads(&self, _per_s: f64) {}

@@ -51,6 +51,8 @@ pub struct Calls {
     check_had_turn: Mutex<Option<bool>>,
     /// ELB reads that waited their turn in the lane (the others were counted, or outside it).
     waited: Mutex<usize>,
+    /// The calls made at once (`LoadBalancers::at_once`), in order.
+    at_once: Mutex<Vec<String>>,
 }
 
 impl Calls {
@@ -58,14 +60,17 @@ impl Calls {
         self.enter_as(op, true)
     }
 
-    /// A call; `in_lane`: false for a read made at once (`LoadBalancers::targets_at_once`), which never waits in
-    /// the lane whatever the invocation's mode.
+    /// A call; `in_lane`: false for a read made at once (`LoadBalancers::at_once`), which never waits in the lane
+    /// whatever the invocation's mode.
     fn enter_as(&self, op: &str, in_lane: bool) -> Result<()> {
         let n = {
             let mut log = self.log.lock().unwrap();
             log.push(op.to_string());
             log.len() - 1
         };
+        if !in_lane {
+            self.at_once.lock().unwrap().push(op.to_string());
+        }
         let waits = in_lane
             && matches!(*self.lane_mode.lock().unwrap(), None | Some(LaneMode::Wait))
             && *self.check_had_turn.lock().unwrap() != Some(true);
@@ -119,6 +124,11 @@ impl Calls {
 
     fn read_of(&self, op: &str, arn: &str) {
         self.reads.lock().unwrap().push((op.to_string(), arn.to_string()));
+    }
+
+    /// The calls made at once (neither paced, queued nor held), in order.
+    pub fn at_once(&self) -> Vec<String> {
+        self.at_once.lock().unwrap().clone()
     }
 
     /// Every read that names what it read (`op`, ARN), in order.
@@ -211,6 +221,8 @@ type ElbChange = Box<dyn FnOnce(&mut ElbState) + Send>;
 pub struct FakeElb {
     state: Arc<Mutex<ElbState>>,
     calls: Arc<Calls>,
+    /// Its reads go at once (`LoadBalancers::at_once`): never in the lane, whatever the invocation's mode.
+    at_once: bool,
 }
 
 impl FakeElb {
@@ -324,8 +336,12 @@ fn observed(key: TargetKey, health: HealthState) -> ObservedTarget {
 }
 
 impl FakeElb {
-    async fn read_targets(&self, target_group: &str, in_lane: bool) -> Result<Vec<ObservedTarget>> {
-        self.calls.enter_as("elb:DescribeTargetHealth", in_lane)?;
+    fn enter(&self, op: &str) -> Result<()> {
+        self.calls.enter_as(op, !self.at_once)
+    }
+
+    async fn read_targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
+        self.enter("elb:DescribeTargetHealth")?;
         self.calls.read_of("elb:DescribeTargetHealth", target_group);
 
         self.calls.stall("elb:DescribeTargetHealth").await;
@@ -358,7 +374,7 @@ impl LoadBalancers for FakeElb {
     }
 
     async fn target_groups(&self, arns: &[&str]) -> Result<Vec<TargetGroupFacts>> {
-        self.calls.enter("elb:DescribeTargetGroups")?;
+        self.enter("elb:DescribeTargetGroups")?;
         let s = self.s();
         arns.iter()
             .map(|a| {
@@ -373,12 +389,12 @@ impl LoadBalancers for FakeElb {
             .collect()
     }
 
-    async fn targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
-        self.read_targets(target_group, true).await
+    fn at_once(&self) -> Self {
+        Self { at_once: true, ..self.clone() }
     }
 
-    async fn targets_at_once(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
-        self.read_targets(target_group, false).await
+    async fn targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
+        self.read_targets(target_group).await
     }
 
     async fn register(&self, target_group: &str, targets: &[Target]) -> Result<()> {
@@ -407,7 +423,7 @@ impl LoadBalancers for FakeElb {
             RouteRef::Listener(_) => "elb:DescribeListeners",
             RouteRef::Rule(_) => "elb:DescribeRules",
         };
-        self.calls.enter(op)?;
+        self.enter(op)?;
         self.calls.read_of(op, route.arn());
         // What a read answers is what stood when it was answered, after any wait.
         self.calls.stall(op).await;
@@ -418,7 +434,7 @@ impl LoadBalancers for FakeElb {
         // As the adapter reads them: one call for the listeners, one for the rules.
         for (is_rule, op) in [(false, "elb:DescribeListeners"), (true, "elb:DescribeRules")] {
             if routes.iter().any(|r| matches!(r, RouteRef::Rule(_)) == is_rule) {
-                self.calls.enter(op)?;
+                self.enter(op)?;
                 for r in routes.iter().filter(|r| matches!(r, RouteRef::Rule(_)) == is_rule) {
                     self.calls.read_of(op, r.arn());
                 }
@@ -474,7 +490,7 @@ impl LoadBalancers for FakeElb {
     }
 
     async fn tags(&self, arns: &[&str]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
-        self.calls.enter("elb:DescribeTags")?;
+        self.enter("elb:DescribeTags")?;
         let s = self.s();
         Ok(arns.iter().map(|a| (a.to_string(), s.tags.get(*a).cloned().unwrap_or_default())).collect())
     }
@@ -1012,7 +1028,7 @@ impl World {
         // CodeDeploy's minutes played as seconds, as in the rehearsal: a linear step every second.
         config.minute = Duration::from_secs(1);
 
-        let elb = FakeElb { state: Arc::default(), calls: calls.clone() };
+        let elb = FakeElb { state: Arc::default(), calls: calls.clone(), at_once: false };
         {
             let mut s = elb.s();
             let protocol = if private_kind == "net" { "TCP" } else { "HTTP" };

@@ -392,6 +392,33 @@ async fn the_follower_mirrors_every_linear_step_within_a_tick() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_follower_that_sees_the_public_route_move_back_mirrors_it_at_once() {
+    let w = World::new();
+    let a = &w.arns;
+    w.through_the_gate().await;
+    let engine = w.hooks();
+    let (req, t) = (follow_request(), Tracker::default());
+    let follower = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(600)), &t);
+    let rollback = async {
+        for step in 1..=3u32 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            w.elb.put_route(&a.pub_prod, weighted(&a.pub_blue, &a.pub_green, step * 10));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(w.calls.at_once().is_empty(), "the steps forward are paced: {:?}", w.calls.at_once());
+        // An alarm: CodeDeploy puts the public side back on blue and fails the deployment.
+        w.elb.put_route(&a.pub_prod, Route::all_to(&a.pub_blue, &[&a.pub_green], RouteStyle::Weighted));
+        w.codedeploy.edit(DEPLOYMENT, |d| d.status = "Failed".into());
+    };
+    let (followed, ()) = tokio::join!(follower, rollback);
+    followed.expect("follower");
+    assert_eq!(w.elb.route_of(&a.prv_prod).live(), vec![a.prv_blue.as_str()]);
+    assert!(max_weight_lag(&w) <= Duration::from_millis(500), "{:?}", max_weight_lag(&w));
+    assert_eq!(w.calls.at_once(), ["elb:DescribeListeners"], "the move back reads the private route at once");
+    assert!(w.elb.dark_moments().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_follower_hands_over_before_its_deadline_and_exactly_one_follows() {
     let w = World::new();
     let a = &w.arns;

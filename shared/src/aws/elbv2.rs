@@ -85,6 +85,8 @@ pub struct Elb {
     /// Where the time waited in the lane is counted, for the invocation's metrics.
     spend: Option<super::ElbCounter>,
     origin: Instant,
+    /// Reads go at once ([`LoadBalancers::at_once`]): one call, retried by the SDK alone.
+    at_once: bool,
 }
 
 /// One read asking for its turn in the lane, counted out when it has it or is dropped.
@@ -187,7 +189,7 @@ impl Elb {
         let conf = client.config();
         let retry = conf.retry_config().cloned().unwrap_or_else(RetryConfig::standard);
         let reader = Client::from_conf(conf.to_builder().retry_config(retry.with_max_attempts(READ_ATTEMPTS)).build());
-        Self { client, reader, reads: None, lane: None, spend: None, origin: Instant::now() }
+        Self { client, reader, reads: None, lane: None, spend: None, origin: Instant::now(), at_once: false }
     }
 
     /// Counts the time this process's reads wait in the read lane into `spend` (the invocation's metrics).
@@ -311,6 +313,9 @@ impl Elb {
     where
         Fut: std::future::Future<Output = Result<T>>,
     {
+        if self.at_once {
+            return call().await;
+        }
         let (mut pauses, mut quick) = (0, 0);
         loop {
             self.paced().await?;
@@ -474,6 +479,11 @@ fn observed_targets(target_group: &str, out: DescribeTargetHealthOutput) -> Resu
 }
 
 impl LoadBalancers for Elb {
+    fn at_once(&self) -> Self {
+        // The writes' client (its standard retry, throttling included), and nothing of the process's pace.
+        Self { reader: self.client.clone(), reads: None, lane: None, at_once: true, ..self.clone() }
+    }
+
     fn share_reads(&self, mode: LaneMode, within: Option<Duration>) {
         if let Some(lane) = &self.lane {
             if let Ok(mut i) = lane.invocation.lock() {
@@ -535,11 +545,6 @@ impl LoadBalancers for Elb {
 
     async fn targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
         observed_targets(target_group, self.read(|| describe_target_health(&self.reader, target_group)).await?)
-    }
-
-    async fn targets_at_once(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
-        // The writes' client: its standard retry, throttling included, and nothing of the process's pace.
-        observed_targets(target_group, describe_target_health(&self.client, target_group).await?)
     }
 
     async fn register(&self, target_group: &str, targets: &[Target]) -> Result<()> {
@@ -1039,7 +1044,7 @@ mod tests {
             reads.lock().unwrap().hold(Duration::from_secs(8), elb.origin.elapsed());
         }
         let started = tokio::time::Instant::now();
-        assert!(elb.targets_at_once(TG_A).await.unwrap().is_empty());
+        assert!(elb.at_once().targets(TG_A).await.unwrap().is_empty());
         assert_eq!(rule.num_calls(), 4, "three throttled attempts retried within the SDK's retry");
         assert_eq!(busy.num_calls(), 0, "no turn asked of the lane");
         // The SDK's backoff alone (100, 200, 400 ms at most); the hold would have been 8 s.

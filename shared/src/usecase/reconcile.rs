@@ -193,7 +193,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             let seen =
                 self.observe(b, reads, public_prod.as_ref(), public_test.as_ref(), pre.production, pre.test).await?;
             if let (Some(public_ref), Some(public)) = (&public_prod, &seen.public_production) {
-                if round < 3 && self.moved_since(public_ref, public, observing).await?.is_some() {
+                if round < 3 && self.moved_since(&self.lb, public_ref, public, observing).await?.is_some() {
                     continue;
                 }
             }
@@ -316,11 +316,17 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// Whether the public production route read at `read_at` as `public` has moved since, when the reads after
     /// it waited their turn long enough ([`FRESH_FOR`]) for CodeDeploy to move on: the route as it stands now, or
     /// `None` (a fresh read is trusted without a second one). No private route is written from a stale read.
-    async fn moved_since(&self, public_ref: &RouteRef, public: &Route, read_at: Instant) -> Result<Option<Route>> {
+    async fn moved_since(
+        &self,
+        lb: &L,
+        public_ref: &RouteRef,
+        public: &Route,
+        read_at: Instant,
+    ) -> Result<Option<Route>> {
         if read_at.elapsed() <= FRESH_FOR {
             return Ok(None);
         }
-        let now = self.lb.route(public_ref).await?;
+        let now = lb.route(public_ref).await?;
         Ok((!now.same_action(public)).then_some(now))
     }
 
@@ -335,19 +341,28 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
     /// The private side's reads wait their turn in the process's bucket; when they took long enough for the
     /// public route to move meanwhile (CodeDeploy's next step, AfterAllowTraffic's flip), the public route is read
     /// again before the write, and a moved one is not written over: the next read mirrors it.
+    ///
+    /// `at_once`: a group has just stopped taking public traffic (a rollback or a stop, or the shift's last step):
+    /// its tasks may be about to go, so the step's reads are neither paced nor held ([`LoadBalancers::at_once`]).
     async fn mirror_production(
         &self,
         b: &Binding,
         public: &Route,
         read: (&RouteRef, Instant),
-        speculate: bool,
+        (speculate, at_once): (bool, bool),
         t: &Tracker,
     ) -> Result<Reconciled> {
-        let reads = &ReadOnce::new(&self.lb);
-        on_every_side(
-            b,
-            |side| async move { self.mirror_production_side(&side, public, read, speculate, reads, t).await },
-        )
+        let quick;
+        let lb = if at_once {
+            quick = self.lb.at_once();
+            &quick
+        } else {
+            &self.lb
+        };
+        let reads = &ReadOnce::new(lb);
+        on_every_side(b, |side| async move {
+            self.mirror_production_side(&side, public, read, speculate, (lb, reads), t).await
+        })
         .await
     }
 
@@ -357,7 +372,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         public: &Route,
         read: (&RouteRef, Instant),
         speculate: bool,
-        reads: &ReadOnce<'_, L>,
+        (lb, reads): (&L, &ReadOnce<'_, L>),
         t: &Tracker,
     ) -> Result<Reconciled> {
         let mut out = Reconciled { rounds: 1, ..Reconciled::of(b, b.side_label()) };
@@ -369,7 +384,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 false => Ok(None),
             }
         };
-        let (current, early) = tokio::join!(self.lb.route(&b.private_production_route), early);
+        let (current, early) = tokio::join!(lb.route(&b.private_production_route), early);
         let (current, early) = (current?, early?);
         let desired = crate::domain::mirror_route(public, &pairs, b.style(), Some(&current))
             .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.side_label())))?;
@@ -394,7 +409,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
                 involved.iter().map(|s| s.to_string()).zip(read).collect()
             }
         };
-        if let Some(again) = self.moved_since(read.0, public, read.1).await? {
+        if let Some(again) = self.moved_since(lb, read.0, public, read.1).await? {
             out.held_back = vec![format!(
                 "{}: the public route moved to {again} while the private side was read; mirroring it next",
                 b.side_label()
@@ -700,6 +715,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             Some(prev) => public.live().iter().any(|g| !prev.live().contains(g)),
             None => public.live().len() > 1,
         };
+        // A group that has just stopped taking it (a rollback or a stop, the shift's last step).
+        let public_leaving =
+            seen.last_read.as_ref().is_some_and(|prev| prev.live().iter().any(|g| !public.live().contains(g)));
         // A move is a change from the last read, whether or not it could be mirrored then (a held-back move is
         // not seen again as a move, or the schedule would lose its anchor).
         let public_moved = seen.last_read.as_ref().is_some_and(|r| !r.same_action(&public));
@@ -709,7 +727,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
             let g = self.group_once(b, group).await?;
             Some(self.reconcile(b, g, t).await?)
         } else if moved {
-            Some(self.mirror_production(b, &public, (public_ref, read_at), public_joining, t).await?)
+            Some(self.mirror_production(b, &public, (public_ref, read_at), (public_joining, public_leaving), t).await?)
         } else {
             None
         };

@@ -75,7 +75,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         let mut groups: Vec<&str> = sides.iter().flat_map(|(_, before, _)| before.live()).collect();
         groups.sort_unstable();
         groups.dedup();
-        let read = try_join_all(groups.iter().map(|g| self.lb.targets_at_once(g))).await?;
+        let at_once = self.lb.at_once();
+        let read = try_join_all(groups.iter().map(|g| at_once.targets(g))).await?;
         let targets: BTreeMap<String, _> = groups.iter().map(|g| g.to_string()).zip(read).collect();
         let moves: Vec<(&Binding, Route, &Route)> = sides
             .iter()

@@ -76,6 +76,10 @@ def elb_report(world, t0, t1, name_of):
         "describe_per_s": round(len(ours) / span, 3),
         "describe_peak_1s": peak_1s(ours),
         "throttled": sum(row["throttled"] for n, row in by.items() if n != "neighbour"),
+        # Writes draw on the registration and mutating buckets, the tightest the fleet touches (Modify*: 3 a second).
+        "throttled_writes": sum(1 for t, caller, op, token, throttled in world.elb_calls
+                                if throttled and t0 <= t <= t1 and not op.startswith("Describe")
+                                and name_of(caller, token) not in (None, "neighbour")),
         "seconds": round(span, 1),
         "throttled_in_second": {str(k): v for k, v in sorted(throttled_in.items())},
         "describes_before_throttles": dict(sorted(around.items(), key=lambda kv: int(kv[0]))),
@@ -83,4 +87,4 @@ def elb_report(world, t0, t1, name_of):
     return {"functions": out, "total": total,
             "follower_attempts": [{"describe_calls": n, "seconds": round(b - a, 1), "first_call_s": round(a - t0, 2)}
                                   for a, b, n in attempts.values()],
-            "buckets": {k: {"capacity": c, "refill_per_s": r} for k, (c, r) in standin.ELB_BUCKETS.items()}}
+            "buckets": {k: {"capacity": c, "refill_per_s": r} for k, (c, r) in world.buckets.figures.items()}}

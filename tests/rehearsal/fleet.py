@@ -130,12 +130,13 @@ class Fleet:
                 "web", svc.group, [f"pub-blue-{svc.name}", f"pub-green-{svc.name}"],
                 (svc.listeners["public-prod"], svc.listeners["public-test"]), ("rehearsal", svc.service))
         m.world.on_call = None
+        m.world.buckets = standin.ElbBuckets(standin.BUCKET_SETTINGS[m.elb_buckets])
         # Dozens of target groups on two cores: health checks every half second (an ALB's are every 5 to 30 s).
         m.world.health_interval_s = 0.5 if self.d else 2.0
         m.server = standin.serve(m.world)
         m.endpoint = f"http://127.0.0.1:{m.server.server_address[1]}"
         m.elb = m.client("elbv2", m.endpoint, "CODEDEPLOY")
-        self.log("setup", f"emulated AWS endpoint {m.endpoint}, ELB buckets {standin.ELB_BUCKETS}")
+        self.log("setup", f"emulated AWS endpoint {m.endpoint}, ELB buckets {m.elb_buckets} {m.world.buckets.figures}")
 
     def share(self, svc):
         """The shared parts, handed to a service's player."""
@@ -356,7 +357,9 @@ def print_fleet(r, out):
     for n, v in e["functions"].items():
         p(f"     {n:<22} {v['describe_per_s']:>6}/s  peak {v['describe_peak_1s']:>3}  throttled {v['throttled']}")
     p(f"     {'all our functions':<22} {e['total']['describe_per_s']:>6}/s  peak {e['total']['describe_peak_1s']:>3}  "
-      f"throttled {e['total']['throttled']}  over {e['total']['seconds']} s")
+      f"throttled {e['total']['throttled']} (writes {e['total'].get('throttled_writes', 0)})  over "
+      f"{e['total']['seconds']} s")
+    p(f"   ELB buckets      {', '.join(f'{k} {v['capacity']:g}/{v['refill_per_s']:g} a s' for k, v in e['buckets'].items())}")
     p(f"   neighbour        {r['neighbour_throttles']} throttled")
     p("   reconciles waiting their turn in the read lane (invocations, stepped aside, bindings checked, Describe "
       "calls, per check):")

@@ -194,6 +194,8 @@ class Rehearsal:
         self.elb_reads_per_s = None
         # The bindings in the state table (`bluegreen-mirror bindings apply`) rather than the environment.
         self.stored_bindings = False
+        # ELB's buckets for the account: the documented ones, or `tight` (the figures before March 2026).
+        self.elb_buckets = "current"
         # How ELB spells the NLBs this scenario creates (moto spells them as ALBs).
         self.nlb = standin.NlbSpelling()
 
@@ -304,6 +306,7 @@ class Rehearsal:
                 (self.listeners["public-prod"], self.listeners["public-test"]), ("rehearsal", service))
         self.service = "web"
         self.world.faults = standin.Faults(self.faults)
+        self.world.buckets = standin.ElbBuckets(standin.BUCKET_SETTINGS[self.elb_buckets])
         self.world.on_call = self.on_call
         self.server = standin.serve(self.world)
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -1181,6 +1184,9 @@ def main():
     ap.add_argument("--reconciler-timeout", type=float, default=None, metavar="SECONDS",
                     help="the reconciler's Lambda timeout (default 10, which forces follower hand-overs; 60 in the "
                          "fleet; the template's is 900)")
+    ap.add_argument("--elb-buckets", choices=sorted(standin.BUCKET_SETTINGS), default="current",
+                    help="the account's ELB buckets: current (Describe* 200 refilled at 50/s, Register/Deregister 20 at "
+                         "4/s, Modify* 20 at 3/s, as documented) or tight (Describe* 40 at 10/s, writes 10 at 2/s)")
     ap.add_argument("--report", metavar="FILE.html", help="also draw the deployment: one self-contained HTML page")
     ap.add_argument("--lane", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -1212,6 +1218,7 @@ def main():
                             else args.neighbour, args.minute or (12.0 if idle else 10.0), out, args.lane,
                             args.idle)
             f.reconciler_timeout_s = args.reconciler_timeout
+            f.main.elb_buckets = args.elb_buckets
             report = f.run()
         except ValueError as e:
             ap.error(str(e))
@@ -1225,6 +1232,7 @@ def main():
     try:
         r = Rehearsal(args.scenario, args.tasks, args.config, out, args.faults, args.crash, args.lane)
         r.neighbour_per_s = args.neighbour or 0.0
+        r.elb_buckets = args.elb_buckets
         r.minute_s = args.minute or MINUTE_S
         if args.reconciler_timeout:
             r.reconciler_timeout_s = args.reconciler_timeout

@@ -146,14 +146,17 @@ def fault_response(service, kind, op=""):
 
 
 # ELB's request-rate buckets, per account and region (ELB user guide, "Request throttling for the ELB API",
-# https://docs.aws.amazon.com/elasticloadbalancing/latest/userguide/elb-api-throttling.html): (capacity, refill
-# per second). The non-mutating `Describe*` bucket, 40 tokens refilled at 10 per second, is the page's own
-# example. RegisterTargets and DeregisterTargets share the registration bucket, 20 refilled at 4 per second (the
-# figures the AWS Load Balancer Controller's default client-side limits are set to, from that page). Every other
-# mutating action (ModifyListener, ModifyRule here) draws on the mutating bucket; its figures are not quoted
-# above, so the emulator uses a bucket smaller than the registration one, 10 refilled at 2 per second: a design
-# that holds under it holds under the real one.
-ELB_BUCKETS = {"describe": (40.0, 10.0), "registration": (20.0, 4.0), "mutating": (10.0, 2.0)}
+# https://docs.aws.amazon.com/elasticloadbalancing/latest/userguide/elb-api-throttling.html, as revised in March
+# 2026; the AWS Load Balancer Controller's default client-side limits were set to the same figures on 2026-03-24/25,
+# kubernetes-sigs/aws-load-balancer-controller PR 4641 and commit 312f2be): (capacity, refill per second).
+#   describe      every Describe* action                                   200 tokens, 50 a second
+#   registration  RegisterTargets and DeregisterTargets                     20 tokens,  4 a second
+#   mutating      every other mutating action (ModifyListener, ModifyRule)  20 tokens,  3 a second
+ELB_BUCKETS = {"describe": (200.0, 50.0), "registration": (20.0, 4.0), "mutating": (20.0, 3.0)}
+# The stress setting (`--elb-buckets tight`): the page's Describe* figures before March 2026 (40 tokens, 10 a
+# second) and every mutating action at 10 tokens, 2 a second. A design that holds under it holds under the page.
+TIGHT_ELB_BUCKETS = {"describe": (40.0, 10.0), "registration": (10.0, 2.0), "mutating": (10.0, 2.0)}
+BUCKET_SETTINGS = {"current": ELB_BUCKETS, "tight": TIGHT_ELB_BUCKETS}
 # Callers whose ELB calls are made on the customer's behalf by an AWS service (the rehearsal's ECS and CodeDeploy):
 # "services such as ECS ... have their own account-level buckets and do not consume tokens from your buckets".
 ON_BEHALF = ("CODEDEPLOY", "STANDIN", "PROVISION")

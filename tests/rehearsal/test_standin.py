@@ -2,7 +2,7 @@
 moto itself: an NLB's ARNs are spelled `net/` (moto: `app/`), a forward to several target groups on an NLB
 listener is refused with `ValidationError` (moto accepts it), a TCP health check is a connection (a target that
 accepts but speaks no HTTP is healthy there, unhealthy under an HTTP check), a group no listener routes to is
-`unused` (moto: `healthy`), the account's `Describe*` bucket throttles (moto: never), and, when the benchmarks
+`unused` (moto: `healthy`), ELB's buckets throttle reads and writes as documented (moto: never), and, when the benchmarks
 ask for it, concurrent calls overlap as AWS's do (moto: one after another).
 
     python test_standin.py
@@ -56,7 +56,33 @@ def tcp_only_server():
     return srv.getsockname()[1]
 
 
+def check_buckets():
+    """ELB's buckets on a clock of our own: each action draws on its bucket, refilled at its rate, as documented."""
+    now = [0.0]
+    b = standin.ElbBuckets(clock=lambda: now[0])
+
+    def burst(op, n):
+        return sum(b.take("AKIDRECONCILER", op) for _ in range(n))
+
+    expect("Describe*: 200 at once, then refused", burst("DescribeTargetHealth", 250) == 200)
+    expect("ModifyListener and ModifyRule share 20 tokens", burst("ModifyListener", 15) + burst("ModifyRule", 15) == 20)
+    expect("RegisterTargets and DeregisterTargets share 20 more",
+           burst("RegisterTargets", 15) + burst("DeregisterTargets", 15) == 20)
+    now[0] += 1.0
+    expect("a second refills Describe* by 50, Modify* by 3, registration by 4",
+           (burst("DescribeTargetGroups", 60), burst("ModifyRule", 10), burst("RegisterTargets", 10)) == (50, 3, 4))
+    expect("a throttled write is counted against its caller",
+           b.throttled.get("AKIDRECONCILER", {}).get("mutating", 0) == 10 + 7)
+    expect("calls ECS and CodeDeploy make on the customer's behalf have buckets of their own",
+           burst("ModifyListener", 50) == 0 and sum(b.take("CODEDEPLOY", "ModifyListener") for _ in range(50)) == 50)
+    tight = standin.ElbBuckets(standin.TIGHT_ELB_BUCKETS, clock=lambda: now[0])
+    expect("the tight setting: Describe* 40, Modify* 10",
+           (sum(tight.take("X", "DescribeRules") for _ in range(50)), sum(tight.take("X", "ModifyRule") for _ in range(50)))
+           == (40, 10))
+
+
 def main():
+    check_buckets()
     procs.install_cleanup()
     r = rehearse.Rehearsal("happy", 1, None, open("/dev/null", "w"))
     try:
@@ -173,7 +199,8 @@ def main():
         expect("four concurrent calls take about as long as one (in turn: 2 s)", together < 1.2, f"{together:.3f} s")
         world.rtt_s = 0.0
 
-        # The account's Describe* bucket (40, refilled at 10 a second) throttles a burst.
+        # The account's Describe* bucket throttles a burst (here the tight setting's, 40 refilled at 10 a second).
+        world.buckets = standin.ElbBuckets(standin.TIGHT_ELB_BUCKETS)
         with ThreadPoolExecutor(16) as pool:
             codes = list(pool.map(lambda _: error_code(lambda: elb.describe_load_balancers())[0], range(120)))
         expect("a burst of Describe calls is throttled", 0 < codes.count("Throttling") <= 120 - 40,

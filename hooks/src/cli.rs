@@ -284,8 +284,7 @@ where
             }
         }
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    print!("{}", crate::report::from_record(&rec, &live, now).render());
+    print!("{}", crate::report::from_record(&rec, &live, bluegreen_mirror::clock::now_ms()).render());
     0
 }
 

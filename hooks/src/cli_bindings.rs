@@ -57,10 +57,6 @@ where
     code
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 async fn apply<L, D, S, F>(engine: &Engine<L, D, S, F>, file: &str, dry_run: bool) -> (i32, Value)
 where
     L: LoadBalancers,
@@ -144,7 +140,7 @@ where
             deployment_group: b.deployment_group.clone(),
             version: previous.map_or(1, |s| s.version + 1),
             binding: value,
-            updated_at_ms: now_ms(),
+            updated_at_ms: bluegreen_mirror::clock::now_ms(),
             updated_by: std::env::var("USER").ok(),
         };
         match engine.state.put_stored_binding(&record).await {

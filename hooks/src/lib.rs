@@ -174,12 +174,13 @@ impl Metrics {
         let _ = out.flush();
     }
 
-    fn now_ms() -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-    }
-
     fn hook(&self, outcome: &Outcome) {
-        Self::print(bluegreen_mirror::metrics::hook_line(&self.namespace, outcome, self.elb.take(), Self::now_ms()));
+        Self::print(bluegreen_mirror::metrics::hook_line(
+            &self.namespace,
+            outcome,
+            self.elb.take(),
+            bluegreen_mirror::clock::now_ms(),
+        ));
     }
 
     fn reconciler(&self, done: &[bluegreen_mirror::usecase::Reconciled], summary: &harness::Summary, failed: bool) {
@@ -189,7 +190,7 @@ impl Metrics {
             summary,
             failed,
             self.elb.take(),
-            Self::now_ms(),
+            bluegreen_mirror::clock::now_ms(),
         ));
     }
 }
@@ -282,9 +283,7 @@ pub fn parse_trigger(payload: Value) -> Result<Option<Trigger>, Error> {
         }
         ("aws.events", "Scheduled Event") => {
             // The event's own time names the run, so that a retried run checks the same slice of bindings.
-            let at = at.unwrap_or_else(|| {
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-            });
+            let at = at.unwrap_or_else(bluegreen_mirror::clock::now_s);
             Some(Trigger::Schedule { at })
         }
         _ => None,

@@ -22,6 +22,8 @@ pub const ENV_METRICS_NAMESPACE: &str = "BLUEGREEN_MIRROR_METRICS_NAMESPACE";
 /// The tag (value `true`) the fleet installation's roles require on every private target group, listener and
 /// rule they change (`infra/fleet.yaml`); `check` and `bindings apply` verify it on stored bindings.
 pub const MANAGED_TAG: &str = "bluegreen-mirror:managed";
+/// The metrics' namespace when `BLUEGREEN_MIRROR_METRICS_NAMESPACE` is not set.
+pub const DEFAULT_NAMESPACE: &str = "BluegreenMirror";
 
 /// The installation's share of the account's ELB `Describe*` budget (10 per second refilled, for everything in
 /// the account), averaged over all functions.
@@ -412,7 +414,7 @@ impl Config {
             elb_reads_per_s: DEFAULT_ELB_READS_PER_S,
             schedule: DEFAULT_SCHEDULE,
             minute: Duration::from_secs(60),
-            metrics_namespace: crate::metrics::DEFAULT_NAMESPACE.to_string(),
+            metrics_namespace: DEFAULT_NAMESPACE.to_string(),
         }
     }
 

@@ -2,11 +2,12 @@
 //! one during an ECS blue/green deployment.
 //!
 //! Layout: [`domain`] is pure and synchronous (target keys, mirror plans, route plans, ARNs, records);
-//! [`config`] is the typed configuration read once at cold start; [`ports`] are the few domain-shaped async
+//! [`config`] is the typed configuration read once at cold start; [`clock`] reads the wall clock; [`ports`] are the few domain-shaped async
 //! traits the use cases talk through; [`usecase`] holds what each hook decides; [`harness`] guarantees that
 //! every invocation reports exactly once; [`metrics`] turns an invocation's outcome into CloudWatch metrics; [`aws`] is the only module that speaks to the AWS SDK.
 
 pub mod aws;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;

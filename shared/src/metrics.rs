@@ -19,23 +19,10 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::domain::ElbSpend;
 use crate::harness::{Outcome, Summary};
 use crate::ports::HookStatus;
 use crate::usecase::Reconciled;
-
-/// The namespace when `BLUEGREEN_MIRROR_METRICS_NAMESPACE` is not set.
-pub const DEFAULT_NAMESPACE: &str = "BluegreenMirror";
-
-/// What a process spent of the account's ELB budget during one invocation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ElbSpend {
-    /// Every attempt that reached ELB (a retried call counts each attempt: each one costs a token).
-    pub calls: u64,
-    /// Attempts ELB refused with a throttling error.
-    pub throttles: u64,
-    /// How long the process's reads waited for their turn in the installation's read lane, in ms.
-    pub lane_wait_ms: u64,
-}
 
 #[derive(Debug, Clone, Copy)]
 enum Unit {

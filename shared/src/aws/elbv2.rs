@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::dynamodb::ReadLane;
 use super::errors::aws_error;
 use super::INITIAL_BACKOFF;
+use crate::clock::now_ms;
 use crate::config::RouteRef;
 use crate::domain::pacing::PROCESS_SHARE;
 use crate::domain::{
@@ -27,7 +28,6 @@ use crate::domain::{
     LANE_GRANT_TTL, LANE_MAX_BLOCK,
 };
 use crate::ports::{LoadBalancers, TargetGroupFacts};
-use crate::usecase::now_ms;
 use crate::{AwsErrorKind, Error, Result};
 
 const SERVICE: &str = "elasticloadbalancing";

@@ -12,7 +12,7 @@ use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 
-use crate::metrics::ElbSpend;
+use crate::domain::ElbSpend;
 
 /// The counters, shared by the ELB client's interceptor and whoever reads them.
 #[derive(Debug, Clone, Default)]

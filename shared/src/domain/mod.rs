@@ -15,8 +15,8 @@ pub use compat::{GroupShape, HealthCheck};
 pub use lane::{Admission, Lane, LaneMode, LANE_BURST, LANE_GRANT_TTL, LANE_MAX_BLOCK};
 pub use mirror::{plan_mirror, MirrorPlan, DEFAULT_BATCH};
 pub use pacing::{
-    follower_reads_per_s, full_reconcile_fits, next_read, sweep_order, sweep_per_run, sweep_slice, Pacing, Progress,
-    TokenBucket, TrafficShift,
+    follower_reads_per_s, full_reconcile_fits, next_read, sweep_order, sweep_per_run, sweep_slice, ElbSpend, Pacing,
+    Progress, TokenBucket, TrafficShift,
 };
 pub use reconcile::{plan_reconcile, roll_back, Observed, ReconcilePlan};
 pub use record::{

@@ -254,6 +254,17 @@ impl TokenBucket {
     }
 }
 
+/// What a process spent of the account's ELB budget during one invocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ElbSpend {
+    /// Every attempt that reached ELB (a retried call counts each attempt: each one costs a token).
+    pub calls: u64,
+    /// Attempts ELB refused with a throttling error.
+    pub throttles: u64,
+    /// How long the process's reads waited for their turn in the installation's read lane, in ms.
+    pub lane_wait_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -10,7 +10,8 @@ use std::borrow::Cow;
 use futures_util::future::{join_all, try_join_all};
 use tokio::time::Instant;
 
-use super::{name, now_ms, Engine, Tracker, STATE_READ_BOUND};
+use super::{name, Engine, Tracker, STATE_READ_BOUND};
+use crate::clock::now_ms;
 use crate::config::{Binding, RouteRef};
 use crate::domain::{
     mirror_route, test_route, DeploymentRecord, HealthState, ObservedTarget, Phase, Route, RouteStyle,

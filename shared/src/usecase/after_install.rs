@@ -5,7 +5,8 @@
 
 use futures_util::future::try_join_all;
 
-use super::{now_ms, Engine, ReadOnce, Tracker};
+use super::{Engine, ReadOnce, Tracker};
+use crate::clock::now_ms;
 use crate::domain::Phase;
 use crate::harness::Budget;
 use crate::ports::{Deployments, Followers, LoadBalancers, StateStore};

@@ -5,7 +5,8 @@
 
 use futures_util::future::try_join_all;
 
-use super::{health_budget, live_keys, name, now_ms, Engine, Green, ReadOnce, Tracker};
+use super::{health_budget, live_keys, name, Engine, Green, ReadOnce, Tracker};
+use crate::clock::now_ms;
 use crate::config::Binding;
 use crate::domain::{plan_mirror, HealthState, Phase, Route, SideRecord, DEFAULT_BATCH};
 use crate::harness::Budget;

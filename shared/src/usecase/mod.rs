@@ -17,10 +17,11 @@ pub use trigger::{Concerned, Trigger};
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::clock::now_ms;
 use crate::config::{Binding, Config, RouteRef};
 use crate::domain::{
     arn, compat, plan_mirror, BindingRecord, DeploymentRecord, GroupShape, MirrorPlan, ObservedTarget, Phase, Route,
@@ -130,10 +131,6 @@ impl<'l, L: LoadBalancers> SidesPass<'l, L> {
 /// the SDK's 10 s attempt timeout would otherwise hold the private side back while production moves; a missing
 /// table or permission answers at once, and everything read there can be derived from ELB instead.
 pub(crate) const STATE_READ_BOUND: Duration = Duration::from_secs(1);
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
-}
 
 fn name(tg: &str) -> &str {
     arn::target_group_name(tg).unwrap_or(tg)

@@ -15,7 +15,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{now_ms, read_apart, Engine, ReadOnce, SidePass, Tracker};
+use super::{read_apart, Engine, ReadOnce, SidePass, Tracker};
+use crate::clock::now_ms;
 use crate::config::{Binding, RouteRef, MANAGED_TAG};
 use crate::domain::{
     follower_reads_per_s, full_reconcile_fits, next_read as next_read_in, pacing::PROCESS_SHARE, plan_reconcile,

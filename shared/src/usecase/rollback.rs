@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 
 use futures_util::future::{join_all, try_join_all};
 
-use super::{now_ms, Engine, Reconciled, Tracker, STATE_READ_BOUND};
+use super::{Engine, Reconciled, Tracker, STATE_READ_BOUND};
+use crate::clock::now_s;
 use crate::config::Binding;
 use crate::domain::{roll_back, DeploymentRecord, Phase, Route};
 use crate::ports::{Deployments, Followers, LoadBalancers, StateStore};
@@ -33,7 +34,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D,
         if !matches!(state.as_str(), "FAILURE" | "STOP") {
             return Vec::new();
         }
-        if !at.is_some_and(|at| now_ms() / 1000 <= at + ROLLBACK_FRESH_FOR_S) {
+        if !at.is_some_and(|at| now_s() <= at + ROLLBACK_FRESH_FOR_S) {
             t.note(format!("{deployment_id} {state}: the event is not fresh; the reconcile reads both sides"));
             return Vec::new();
         }

@@ -1,0 +1,342 @@
+//! What one process spends of ELB's read budget, owned in one place: the process's bucket, its turn in the
+//! installation's read lane (shared through the state table), the pauses after throttling, the reads made at once,
+//! and the count of what was spent. The use cases never see it: they state how an invocation's reads use the lane
+//! (`LoadBalancers::share_reads`, `begin_check`) or that a move cannot wait (`LoadBalancers::at_once`).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Elb;
+use crate::aws::dynamodb::ReadLane;
+use crate::aws::INITIAL_BACKOFF;
+use crate::clock::now_ms;
+use crate::domain::pacing::PROCESS_SHARE;
+use crate::domain::{LaneMode, TokenBucket, LANE_GRANT_TTL, LANE_MAX_BLOCK};
+use crate::{AwsErrorKind, Error, Result};
+
+// What a function's process lets itself read from ELB, from the installation's budget `B`
+// (`BLUEGREEN_MIRROR_ELB_READS_PER_S`, default 2): a burst (see [`ReadBurst`]), then `1.5 B` a second
+// ([`PROCESS_SHARE`]; a follower less, its share of the followers' `1.5 B`). The account's `Describe*` bucket (200
+// tokens, 50 a second, since March 2026; 40 and 10 before) is shared with every other tool the customer runs and with the other functions: a follower that
+// keeps reading, hooks of deployments started together, a storm of events wait here instead of draining it and
+// being retried into it. A process bounds itself alone; the installation's read lane ([`crate::domain::lane`],
+// [`Elb::with_lane`]) bounds the processes together. No read stands before the flip on AfterAllowTraffic's
+// critical path.
+
+/// The SDK's attempts at one `Describe*` call: one quick retry, for a dropped connection or a 5xx.
+pub(super) const READ_ATTEMPTS: u32 = 2;
+
+/// How many more times a read that failed for another transient reason (a dropped connection, a 5xx) is tried,
+/// after a backoff doubling from [`INITIAL_BACKOFF`]: with the SDK's own retry, as many attempts as a write gets.
+const QUICK_RETRIES: u32 = 2;
+
+/// How many times a read throttled beyond the SDK's retry is paused and tried again (about 15 s in all).
+pub(super) const THROTTLED_READ_PAUSES: u32 = 4;
+
+/// How many `Describe*` calls a process may make at once before its pace applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadBurst {
+    /// The hooks: 5, one mirrored step (a route and four target groups). Their reads are not on the flip's path,
+    /// and a deployment's start (AfterInstall, the ECS task events, BeforeAllowTraffic and the follower within
+    /// two seconds) otherwise asked the account's bucket for 40 reads at once.
+    Hook,
+    /// The reconciler and the CLI: 9, one full reconcile, so that following a rollback never waits here.
+    Reconcile,
+}
+
+impl ReadBurst {
+    fn tokens(self) -> f64 {
+        match self {
+            ReadBurst::Hook => 5.0,
+            ReadBurst::Reconcile => 9.0,
+        }
+    }
+}
+
+/// One read asking for its turn in the lane, counted out when it has it or is dropped.
+struct Asked<'a>(&'a AtomicU32);
+
+impl Drop for Asked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a reservation in the lane may take before the process goes on with its own pace alone: the lane is a
+/// courtesy to the account, and a table that does not answer must not stop a deployment.
+const LANE_RESERVE_BOUND: Duration = Duration::from_secs(1);
+
+/// The installation's read lane as one process uses it: one reservation for the reads the process issues
+/// together, handed out one read at a time to its concurrent callers, in the order they came.
+#[derive(Debug)]
+pub(super) struct SharedReads {
+    lane: ReadLane,
+    /// Reads asking for their turn and not yet given it.
+    waiting: AtomicU32,
+    /// Reads reserved and not yet used, and when they became due.
+    grant: tokio::sync::Mutex<(u32, Option<Instant>)>,
+    /// What the invocation under way said of its reads ([`LoadBalancers::share_reads`]).
+    invocation: Mutex<Invocation>,
+}
+
+/// How the invocation under way uses the lane: its mode, how long its reads may wait for their turn, whether one
+/// found its turn later than that (then the others step aside at once, without reserving), and the check under
+/// way ([`LoadBalancers::begin_check`]).
+#[derive(Debug)]
+struct Invocation {
+    mode: LaneMode,
+    until: Option<Instant>,
+    stepped_aside: bool,
+    check: Check,
+}
+
+/// Where the invocation's reads stand in a check ([`LoadBalancers::begin_check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Not in a check: every round of reads takes its own turn.
+    None,
+    /// In a check whose first reads have not had their turn yet.
+    Waiting,
+    /// In a check that has had its turn: its further reads are counted, not waited for.
+    HadTurn,
+}
+
+impl SharedReads {
+    /// How this read uses the lane: the invocation's mode, except that the later reads of a check that has had
+    /// its turn are only counted. A poisoned lock (a panic elsewhere while holding it) leaves the reads waiting,
+    /// as a process starts.
+    fn mode(&self) -> LaneMode {
+        self.invocation.lock().map_or(LaneMode::Wait, |i| match (i.mode, i.check) {
+            (LaneMode::Wait, Check::HadTurn) => LaneMode::Count,
+            (mode, _) => mode,
+        })
+    }
+
+    /// The reads of a check under way have had their turn (waited for it, or gone on without the lane).
+    fn had_turn(&self) {
+        if let Ok(mut i) = self.invocation.lock() {
+            if i.check == Check::Waiting {
+                i.check = Check::HadTurn;
+            }
+        }
+    }
+
+    fn stepped_aside(&self) -> bool {
+        self.invocation.lock().is_ok_and(|i| i.stepped_aside)
+    }
+
+    /// Whether a turn `wait` from now comes after this invocation's reads may wait; if so, marks the invocation
+    /// as having stepped aside.
+    fn too_late(&self, wait: Duration) -> bool {
+        let Ok(mut i) = self.invocation.lock() else { return false };
+        let late = i.until.is_some_and(|until| Instant::now() + wait > until);
+        i.stepped_aside |= late;
+        late
+    }
+}
+
+fn lane_busy(wait: Option<Duration>) -> Error {
+    Error::LaneBusy(match wait {
+        Some(wait) => format!(
+            "the installation's ELB read lane gives this read its turn in {} s, after this invocation's time; it \
+             stepped aside for the deployments reading and read nothing",
+            wait.as_secs()
+        ),
+        None => "an earlier read of this invocation stepped aside from the installation's busy ELB read lane; \
+                 this one read nothing"
+            .into(),
+    })
+}
+
+impl Elb {
+    /// Counts the time this process's reads wait in the read lane into `spend` (the invocation's metrics).
+    pub(crate) fn counting(mut self, spend: crate::aws::ElbCounter) -> Self {
+        self.spend = Some(spend);
+        self
+    }
+
+    /// Paces this process's `Describe*` calls within the installation's budget of `reads_per_s` (see
+    /// [`PROCESS_SHARE`]).
+    pub fn with_paced_reads(mut self, reads_per_s: f64, burst: ReadBurst) -> Self {
+        let per_s = reads_per_s * PROCESS_SHARE;
+        self.reads = Some(Arc::new(Mutex::new(TokenBucket::new(burst.tokens().max(per_s), per_s, Duration::ZERO))));
+        self
+    }
+
+    /// Makes this process's reads wait their turn in the installation's read lane too (see
+    /// [`crate::domain::lane`]), on top of its own pace.
+    pub fn with_lane(mut self, lane: ReadLane) -> Self {
+        self.lane = Some(Arc::new(SharedReads {
+            lane,
+            waiting: AtomicU32::new(0),
+            grant: tokio::sync::Mutex::new((0, None)),
+            invocation: Mutex::new(Invocation {
+                mode: LaneMode::Wait,
+                until: None,
+                stepped_aside: false,
+                check: Check::None,
+            }),
+        }));
+        self
+    }
+
+    /// Waits for this read's turn in the installation's lane. The first of the reads issued together reserves
+    /// for all of them (they queue while it does), so a mirrored step costs one write to the table, not five. A
+    /// lane that cannot be reached leaves the process on its own pace, saying so in the log. A read whose turn
+    /// comes after the time it was given ([`LoadBalancers::share_reads`]) gives the reservation back and steps
+    /// aside, and so do the reads after it in this invocation: sleeping into the function's timeout would hold the
+    /// lane's time unused and fail the invocation, which Lambda would then run again to wait once more.
+    async fn lane_turn(&self) -> Result<()> {
+        let Some(shared) = &self.lane else { return Ok(()) };
+        let mode = shared.mode();
+        if mode == LaneMode::Outside {
+            return Ok(());
+        }
+        shared.waiting.fetch_add(1, Ordering::Relaxed);
+        // Counted out however this read ends, a cancelled one included.
+        let _asked = Asked(&shared.waiting);
+        // The reads issued with this one (a join of five) get to ask before the reservation is sized.
+        tokio::task::yield_now().await;
+        let mut grant = shared.grant.lock().await;
+        if shared.stepped_aside() {
+            return Err(lane_busy(None));
+        }
+        let fresh = grant.1.is_some_and(|at| at.elapsed() <= LANE_GRANT_TTL);
+        if grant.0 == 0 || !fresh {
+            let reads = shared.waiting.load(Ordering::Relaxed).clamp(1, LANE_MAX_BLOCK);
+            match tokio::time::timeout(LANE_RESERVE_BOUND, shared.lane.reserve(reads, now_ms())).await {
+                // Counted, not waited for: what was spent pushes the waiting reads of other processes back.
+                Ok(Ok(_)) if mode == LaneMode::Count => {}
+                Ok(Ok(wait)) if shared.too_late(wait) => {
+                    *grant = (0, None);
+                    match tokio::time::timeout(LANE_RESERVE_BOUND, shared.lane.give_back(reads)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, reads, "reserved reads of the lane not given back"),
+                        Err(_) => tracing::warn!(reads, "reserved reads of the lane not given back in time"),
+                    }
+                    tracing::info!(
+                        wait_ms = wait.as_millis() as u64,
+                        reads,
+                        "the installation's ELB read lane is busier than this invocation can wait for; stepping aside"
+                    );
+                    return Err(lane_busy(Some(wait)));
+                }
+                Ok(Ok(wait)) => {
+                    if wait >= Duration::from_secs(1) {
+                        tracing::info!(
+                            wait_ms = wait.as_millis() as u64,
+                            reads,
+                            "waiting for the installation's ELB read lane (other deployments are reading)"
+                        );
+                    }
+                    if let Some(spend) = &self.spend {
+                        spend.waited(wait);
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "installation's ELB read lane not reserved; reading at this process's pace")
+                }
+                Err(_) => tracing::warn!(
+                    bound_ms = LANE_RESERVE_BOUND.as_millis() as u64,
+                    "installation's ELB read lane did not answer in time; reading at this process's pace"
+                ),
+            }
+            *grant = (reads, Some(Instant::now()));
+            shared.had_turn();
+        }
+        grant.0 = grant.0.saturating_sub(1);
+        Ok(())
+    }
+
+    /// Waits for this process's turn to read.
+    async fn paced(&self) -> Result<()> {
+        if let Some(reads) = &self.reads {
+            let now = self.origin.elapsed();
+            // A poisoned lock (a panic elsewhere while holding it) only loses the pacing, never the call.
+            let wait = reads.lock().map(|mut b| b.take(now)).unwrap_or(None);
+            if let Some(wait) = wait {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        self.lane_turn().await
+    }
+
+    /// One `Describe*` call at this process's pace. Throttling that outlasts the SDK's quick retry
+    /// ([`READ_ATTEMPTS`]) holds every read of the process for a pause that doubles (1, 2, 4, 8 s, jittered)
+    /// before this one is tried again, [`THROTTLED_READ_PAUSES`] times at most: a throttled account recovers only
+    /// if its callers slow down, and a hook has minutes to wait where failing would roll a deployment back.
+    pub(super) async fn read<T, Fut>(&self, call: impl Fn() -> Fut) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        if self.at_once {
+            return call().await;
+        }
+        let (mut pauses, mut quick) = (0, 0);
+        loop {
+            self.paced().await?;
+            match call().await {
+                // A dropped connection, a 5xx, a timed-out attempt: tried again at once, as the SDK would, since
+                // they say nothing about the account's budget.
+                Err(e)
+                    if e.is_transient() && e.aws_kind() != Some(AwsErrorKind::Throttled) && quick < QUICK_RETRIES =>
+                {
+                    tokio::time::sleep(INITIAL_BACKOFF * (1 << quick)).await;
+                    quick += 1;
+                }
+                Err(e) if e.aws_kind() == Some(AwsErrorKind::Throttled) && pauses < THROTTLED_READ_PAUSES => {
+                    // Jitter from the clock, so that processes throttled together do not come back together.
+                    let jitter = 0.5 + f64::from(self.origin.elapsed().subsec_nanos() % 1000) / 2000.0;
+                    let pause = Duration::from_secs(1 << pauses).mul_f64(jitter);
+                    pauses += 1;
+                    match &self.reads {
+                        Some(reads) => {
+                            if let Ok(mut bucket) = reads.lock() {
+                                bucket.hold(pause, self.origin.elapsed());
+                            }
+                        }
+                        None => tokio::time::sleep(pause).await,
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(super) fn budget_at_once(&self) -> Self {
+        // The writes' client (its standard retry, throttling included), and nothing of the process's pace.
+        Self { reader: self.client.clone(), reads: None, lane: None, at_once: true, ..self.clone() }
+    }
+
+    pub(super) fn budget_share_reads(&self, mode: LaneMode, within: Option<Duration>) {
+        if let Some(lane) = &self.lane {
+            if let Ok(mut i) = lane.invocation.lock() {
+                *i = Invocation {
+                    mode,
+                    until: within.map(|d| Instant::now() + d),
+                    stepped_aside: false,
+                    check: Check::None,
+                };
+            }
+        }
+    }
+
+    pub(super) fn budget_begin_check(&self) {
+        if let Some(lane) = &self.lane {
+            if let Ok(mut i) = lane.invocation.lock() {
+                i.check = Check::Waiting;
+            }
+        }
+    }
+
+    pub(super) fn budget_pace_reads(&self, per_s: f64) {
+        let Some(reads) = &self.reads else { return };
+        if let Ok(mut bucket) = reads.lock() {
+            bucket.set_rate(per_s, self.origin.elapsed());
+        }
+    }
+}

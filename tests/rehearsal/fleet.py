@@ -359,7 +359,8 @@ def print_fleet(r, out):
     p(f"     {'all our functions':<22} {e['total']['describe_per_s']:>6}/s  peak {e['total']['describe_peak_1s']:>3}  "
       f"throttled {e['total']['throttled']} (writes {e['total'].get('throttled_writes', 0)})  over "
       f"{e['total']['seconds']} s")
-    p(f"   ELB buckets      {', '.join(f'{k} {v['capacity']:g}/{v['refill_per_s']:g} a s' for k, v in e['buckets'].items())}")
+    buckets = ", ".join(f"{k} {v['capacity']:g}/{v['refill_per_s']:g} a s" for k, v in e["buckets"].items())
+    p(f"   ELB buckets      {buckets}")
     p(f"   neighbour        {r['neighbour_throttles']} throttled")
     p("   reconciles waiting their turn in the read lane (invocations, stepped aside, bindings checked, Describe "
       "calls, per check):")

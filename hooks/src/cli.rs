@@ -247,7 +247,7 @@ async fn report<L, D, S, F>(engine: &Engine<L, D, S, F>, deployment_id: &str) ->
 where
     L: bluegreen_mirror::ports::LoadBalancers,
     D: bluegreen_mirror::ports::Deployments,
-    S: bluegreen_mirror::ports::StateStore,
+    S: bluegreen_mirror::ports::StateStore + bluegreen_mirror::ports::Coordination,
     F: bluegreen_mirror::ports::Followers,
 {
     use bluegreen_mirror::config::RouteRef;

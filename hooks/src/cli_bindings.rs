@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use bluegreen_mirror::config::{Binding, Config};
 use bluegreen_mirror::domain::StoredBinding;
 use bluegreen_mirror::harness::{error_chain, Tracker};
-use bluegreen_mirror::ports::{Deployments, Followers, LoadBalancers, Saved, StateStore};
+use bluegreen_mirror::ports::{Coordination, Deployments, Followers, LoadBalancers, Saved, StateStore};
 use bluegreen_mirror::usecase::Engine;
 use serde_json::{json, Value};
 
@@ -33,7 +33,7 @@ pub async fn run<L, D, S, F>(engine: &Engine<L, D, S, F>, command: &BindingsComm
 where
     L: LoadBalancers,
     D: Deployments,
-    S: StateStore,
+    S: StateStore + Coordination,
     F: Followers,
 {
     if !engine.config.stored {
@@ -61,7 +61,7 @@ async fn apply<L, D, S, F>(engine: &Engine<L, D, S, F>, file: &str, dry_run: boo
 where
     L: LoadBalancers,
     D: Deployments,
-    S: StateStore,
+    S: StateStore + Coordination,
     F: Followers,
 {
     let mut text = String::new();
@@ -163,7 +163,7 @@ async fn list<L, D, S, F>(engine: &Engine<L, D, S, F>) -> (i32, Value)
 where
     L: LoadBalancers,
     D: Deployments,
-    S: StateStore,
+    S: StateStore + Coordination,
     F: Followers,
 {
     let items = match engine.state.stored_bindings().await {
@@ -204,7 +204,7 @@ async fn remove<L, D, S, F>(engine: &Engine<L, D, S, F>, application: &str, grou
 where
     L: LoadBalancers,
     D: Deployments,
-    S: StateStore,
+    S: StateStore + Coordination,
     F: Followers,
 {
     let fail = |m: String| (1, json!({"ok": false, "error": m, "text": format!("{m}\n")}));

@@ -13,7 +13,7 @@ use bluegreen_mirror::config::Config;
 use bluegreen_mirror::domain::Phase;
 use bluegreen_mirror::harness::{self, Budget, Epilogue, Invocation, Outcome, Tracker};
 use bluegreen_mirror::ports::{
-    Deployments, FollowRequest, Followers, HookReporter, LoadBalancers, NoFollowers, StateStore,
+    Coordination, Deployments, FollowRequest, Followers, HookReporter, LoadBalancers, NoFollowers, StateStore,
 };
 use bluegreen_mirror::usecase::{Engine, Trigger};
 use bluegreen_mirror::Error;
@@ -74,7 +74,7 @@ pub trait Hook {
     where
         L: LoadBalancers,
         D: Deployments,
-        S: StateStore,
+        S: StateStore + Coordination,
         F: Followers;
 }
 
@@ -107,7 +107,7 @@ macro_rules! hook {
             where
                 L: LoadBalancers,
                 D: Deployments,
-                S: StateStore,
+                S: StateStore + Coordination,
                 F: Followers,
             {
                 Box::pin(e.run_hook(Self::PHASE, id, budget, t, e.$usecase(id, budget, t)))
@@ -219,7 +219,7 @@ where
     H: Hook,
     L: LoadBalancers,
     D: Deployments,
-    S: StateStore,
+    S: StateStore + Coordination,
     F: Followers,
     R: HookReporter,
 {
@@ -312,7 +312,7 @@ async fn reconcile_event<L, D, S, F>(
 where
     L: LoadBalancers,
     D: Deployments,
-    S: StateStore,
+    S: StateStore + Coordination,
     F: Followers,
 {
     let started = std::time::Instant::now();
@@ -320,8 +320,7 @@ where
     else {
         return Ok(serde_json::json!({"ignored": true}));
     };
-    let total = event.context.deadline().duration_since(std::time::SystemTime::now()).unwrap_or_default();
-    let budget = Budget::after(total.saturating_sub(harness::REPORT_RESERVE.min(total / 4)));
+    let (budget, _) = Budget::before(event.context.deadline());
     let tracker = Tracker::default();
     let mut done = Vec::new();
     let work: std::pin::Pin<Box<dyn std::future::Future<Output = bluegreen_mirror::Result<Value>> + Send + '_>> =
@@ -360,7 +359,7 @@ pub async fn run_trigger<L, D, S, F>(
 where
     L: LoadBalancers,
     D: Deployments,
-    S: StateStore,
+    S: StateStore + Coordination,
     F: Followers,
 {
     // A read that cannot have its turn in the lane before the invocation's end (less what a reconcile needs after

@@ -50,6 +50,14 @@ impl Budget {
         self.remaining().is_zero()
     }
 
+    /// The budget of an invocation whose Lambda deadline is `deadline`: up to it, less the reserve kept to report
+    /// ([`REPORT_RESERVE`], at most a quarter of the time left). Returns the budget and the reserve.
+    pub fn before(deadline: SystemTime) -> (Self, Duration) {
+        let total = deadline.duration_since(SystemTime::now()).unwrap_or_default();
+        let reserve = REPORT_RESERVE.min(total / 4);
+        (Self::after(total.saturating_sub(reserve)), reserve)
+    }
+
     /// The earlier of this budget and `now + limit`.
     pub fn capped(&self, limit: Duration) -> Self {
         Self { deadline: self.deadline.min(Instant::now() + limit) }
@@ -251,10 +259,8 @@ where
     Fut: Future<Output = Result<Epilogue<'e>>> + Send,
 {
     let started = Instant::now();
-    let total = inv.deadline.duration_since(SystemTime::now()).unwrap_or_default();
-    let reserve = REPORT_RESERVE.min(total / 4);
-    let work = total.saturating_sub(reserve);
-    let budget = Budget::after(work);
+    let (budget, reserve) = Budget::before(inv.deadline);
+    let work = budget.remaining();
 
     let result: Result<Epilogue<'e>> = match std::panic::catch_unwind(AssertUnwindSafe(|| body(budget))) {
         Err(p) => Err(Error::Panic(panic_message(p.as_ref()))),

@@ -202,19 +202,6 @@ pub trait StateStore: Send + Sync {
     ) -> impl Future<Output = Result<Saved>> + Send;
     fn follower(&self, application: &str, group: &str) -> impl Future<Output = Result<Option<FollowerLease>>> + Send;
     fn put_follower(&self, lease: &FollowerLease) -> impl Future<Output = Result<Saved>> + Send;
-    /// Writes one follower's entry of the installation's census (its heartbeat or its leaving, dropping the
-    /// entries named to forget) and returns the census as it stands after the write, in one call.
-    fn census(&self, entry: &CensusEntry) -> impl Future<Output = Result<Census>> + Send;
-    /// Claims the next read of `what` for `read_at_ms`, in one conditional write: `true` when no read of it was
-    /// pending at `now_ms` (the caller reads at `read_at_ms`), `false` when one still is (a read that starts after
-    /// the caller's event will see what the caller would have).
-    fn claim_read(&self, what: &str, now_ms: u64, read_at_ms: u64) -> impl Future<Output = Result<bool>> + Send;
-    /// Marks bindings (by label) due: their check stepped aside from a busy read lane, and the next sweep takes
-    /// them first (one write; marking one already due changes nothing).
-    fn mark_due(&self, labels: &[String]) -> impl Future<Output = Result<()>> + Send;
-    /// Takes every due binding, leaving none due: the sweep that takes them checks them, or marks those it could
-    /// not check due again (one write that returns what it removed).
-    fn take_due(&self) -> impl Future<Output = Result<std::collections::BTreeSet<String>>> + Send;
     /// One stored binding (one read).
     fn stored_binding(
         &self,
@@ -233,6 +220,25 @@ pub trait StateStore: Send + Sync {
         group: &str,
         version: u64,
     ) -> impl Future<Output = Result<Saved>> + Send;
+}
+
+/// How the installation's processes coordinate their reads of ELB, through the state table beside the records
+/// but no part of them: the followers' census, the claims that let the ECS task events of one moment share one
+/// read, and the bindings a sweep left due. Losing any of it costs reads, never a deployment.
+pub trait Coordination: Send + Sync {
+    /// Writes one follower's entry of the installation's census (its heartbeat or its leaving, dropping the
+    /// entries named to forget) and returns the census as it stands after the write, in one call.
+    fn census(&self, entry: &CensusEntry) -> impl Future<Output = Result<Census>> + Send;
+    /// Claims the next read of `what` for `read_at_ms`, in one conditional write: `true` when no read of it was
+    /// pending at `now_ms` (the caller reads at `read_at_ms`), `false` when one still is (a read that starts after
+    /// the caller's event will see what the caller would have).
+    fn claim_read(&self, what: &str, now_ms: u64, read_at_ms: u64) -> impl Future<Output = Result<bool>> + Send;
+    /// Marks bindings (by label) due: their check stepped aside from a busy read lane, and the next sweep takes
+    /// them first (one write; marking one already due changes nothing).
+    fn mark_due(&self, labels: &[String]) -> impl Future<Output = Result<()>> + Send;
+    /// Takes every due binding, leaving none due: the sweep that takes them checks them, or marks those it could
+    /// not check due again (one write that returns what it removed).
+    fn take_due(&self) -> impl Future<Output = Result<std::collections::BTreeSet<String>>> + Send;
 }
 
 /// Asks for a follower of a deployment (the reconciler in follow mode).

@@ -17,8 +17,8 @@ use bluegreen_mirror::domain::{
 };
 use bluegreen_mirror::harness::{self, Invocation, Outcome, Tracker};
 use bluegreen_mirror::ports::{
-    DeploymentFacts, DeploymentGroupFacts, Deployments, FollowRequest, Followers, HookReporter, HookStatus,
-    LoadBalancers, Reported, Saved, StateStore, TargetGroupFacts, TaskSet, TaskSetLabel,
+    Coordination, DeploymentFacts, DeploymentGroupFacts, Deployments, FollowRequest, Followers, HookReporter,
+    HookStatus, LoadBalancers, Reported, Saved, StateStore, TargetGroupFacts, TaskSet, TaskSetLabel,
 };
 use bluegreen_mirror::usecase::Engine;
 use bluegreen_mirror::{AwsErrorKind, Error, Result};
@@ -766,43 +766,6 @@ impl StateStore for FakeState {
         Ok(versioned_put(&self.followers, key, lease.version, |r| r.version, lease))
     }
 
-    async fn claim_read(&self, what: &str, now_ms: u64, read_at_ms: u64) -> Result<bool> {
-        self.calls.enter("dynamodb:UpdateItem")?;
-        let mut claims = self.claims.lock().unwrap();
-        if claims.get(what).is_some_and(|at| *at >= now_ms) {
-            return Ok(false);
-        }
-        claims.insert(what.to_string(), read_at_ms);
-        Ok(true)
-    }
-
-    async fn census(&self, entry: &CensusEntry) -> Result<Census> {
-        self.calls.enter("dynamodb:UpdateItem")?;
-        let mut census = self.census.lock().unwrap();
-        match entry.heartbeat_ms {
-            Some(at) => census.heartbeats.insert(entry.owner.clone(), at),
-            None => census.heartbeats.remove(&entry.owner),
-        };
-        for gone in entry.forget.iter().filter(|g| **g != entry.owner) {
-            census.heartbeats.remove(gone);
-        }
-        Ok(census.clone())
-    }
-
-    async fn mark_due(&self, labels: &[String]) -> Result<()> {
-        if labels.is_empty() {
-            return Ok(());
-        }
-        self.calls.enter("dynamodb:UpdateItem")?;
-        self.due.lock().unwrap().extend(labels.iter().cloned());
-        Ok(())
-    }
-
-    async fn take_due(&self) -> Result<BTreeSet<String>> {
-        self.calls.enter("dynamodb:UpdateItem")?;
-        Ok(std::mem::take(&mut *self.due.lock().unwrap()))
-    }
-
     async fn stored_binding(&self, application: &str, group: &str) -> Result<Option<StoredBinding>> {
         self.calls.enter("dynamodb:GetItem")?;
         match self.stored.lock().unwrap().get(&StoredBinding::key(application, group)) {
@@ -838,6 +801,45 @@ impl StateStore for FakeState {
         }
         m.remove(&key);
         Ok(Saved::Written)
+    }
+}
+
+impl Coordination for FakeState {
+    async fn claim_read(&self, what: &str, now_ms: u64, read_at_ms: u64) -> Result<bool> {
+        self.calls.enter("dynamodb:UpdateItem")?;
+        let mut claims = self.claims.lock().unwrap();
+        if claims.get(what).is_some_and(|at| *at >= now_ms) {
+            return Ok(false);
+        }
+        claims.insert(what.to_string(), read_at_ms);
+        Ok(true)
+    }
+
+    async fn census(&self, entry: &CensusEntry) -> Result<Census> {
+        self.calls.enter("dynamodb:UpdateItem")?;
+        let mut census = self.census.lock().unwrap();
+        match entry.heartbeat_ms {
+            Some(at) => census.heartbeats.insert(entry.owner.clone(), at),
+            None => census.heartbeats.remove(&entry.owner),
+        };
+        for gone in entry.forget.iter().filter(|g| **g != entry.owner) {
+            census.heartbeats.remove(gone);
+        }
+        Ok(census.clone())
+    }
+
+    async fn mark_due(&self, labels: &[String]) -> Result<()> {
+        if labels.is_empty() {
+            return Ok(());
+        }
+        self.calls.enter("dynamodb:UpdateItem")?;
+        self.due.lock().unwrap().extend(labels.iter().cloned());
+        Ok(())
+    }
+
+    async fn take_due(&self) -> Result<BTreeSet<String>> {
+        self.calls.enter("dynamodb:UpdateItem")?;
+        Ok(std::mem::take(&mut *self.due.lock().unwrap()))
     }
 }
 

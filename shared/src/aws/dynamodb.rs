@@ -18,7 +18,7 @@ use super::errors::aws_error;
 use crate::domain::{
     Admission, BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, Lane, StoredBinding,
 };
-use crate::ports::{Saved, StateStore};
+use crate::ports::{Coordination, Saved, StateStore};
 use crate::{Error, Result};
 
 const SERVICE: &str = "dynamodb";
@@ -287,6 +287,61 @@ impl StateStore for DynamoState {
         self.put(VersionedWrite::new(key, "follower", lease.version, None, lease)?).await
     }
 
+    async fn stored_binding(&self, application: &str, group: &str) -> Result<Option<StoredBinding>> {
+        self.get(StoredBinding::key(application, group)).await
+    }
+
+    /// A Scan filtered on the item kind: the table has no sort key, and holds few items besides deployment
+    /// records (which expire). Read page by page; each page is one read of the table's capacity.
+    async fn stored_bindings(&self) -> Result<Vec<Result<StoredBinding>>> {
+        let mut out = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("#k = :kind")
+                .expression_attribute_names("#k", "kind")
+                .expression_attribute_values(":kind", AttributeValue::S(StoredBinding::KIND.to_string()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| aws_error(SERVICE, "Scan", &format!("table {}", self.table), e))?;
+            for item in page.items() {
+                let key = item.get(PARTITION_KEY).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+                out.push(self.decode(&key, item));
+            }
+            match page.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_stored_binding(&self, stored: &StoredBinding) -> Result<Saved> {
+        let key = StoredBinding::key(&stored.application, &stored.deployment_group);
+        self.put(VersionedWrite::new(key, StoredBinding::KIND, stored.version, None, stored)?).await
+    }
+
+    async fn remove_stored_binding(&self, application: &str, group: &str, version: u64) -> Result<Saved> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(PARTITION_KEY, AttributeValue::S(StoredBinding::key(application, group)))
+            .condition_expression("#v = :v")
+            .expression_attribute_names("#v", "version")
+            .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
+            .send()
+            .await;
+        conditional(out, "DeleteItem", &self.table, DeleteItemError::is_conditional_check_failed_exception)
+    }
+}
+
+impl Coordination for DynamoState {
     /// One UpdateItem on the census item: the follower's own attribute (`follower:<owner>`, its heartbeat in ms)
     /// set or removed, long-gone ones removed, the whole item returned. Each follower writes only its own
     /// attribute, so no write is conditional and none is lost to another's.
@@ -412,59 +467,6 @@ impl StateStore for DynamoState {
             }
             Err(e) => Err(aws_error(SERVICE, "UpdateItem", &format!("table {}", self.table), e)),
         }
-    }
-
-    async fn stored_binding(&self, application: &str, group: &str) -> Result<Option<StoredBinding>> {
-        self.get(StoredBinding::key(application, group)).await
-    }
-
-    /// A Scan filtered on the item kind: the table has no sort key, and holds few items besides deployment
-    /// records (which expire). Read page by page; each page is one read of the table's capacity.
-    async fn stored_bindings(&self) -> Result<Vec<Result<StoredBinding>>> {
-        let mut out = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .filter_expression("#k = :kind")
-                .expression_attribute_names("#k", "kind")
-                .expression_attribute_values(":kind", AttributeValue::S(StoredBinding::KIND.to_string()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| aws_error(SERVICE, "Scan", &format!("table {}", self.table), e))?;
-            for item in page.items() {
-                let key = item.get(PARTITION_KEY).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-                out.push(self.decode(&key, item));
-            }
-            match page.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => break,
-            }
-        }
-        Ok(out)
-    }
-
-    async fn put_stored_binding(&self, stored: &StoredBinding) -> Result<Saved> {
-        let key = StoredBinding::key(&stored.application, &stored.deployment_group);
-        self.put(VersionedWrite::new(key, StoredBinding::KIND, stored.version, None, stored)?).await
-    }
-
-    async fn remove_stored_binding(&self, application: &str, group: &str, version: u64) -> Result<Saved> {
-        let out = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .key(PARTITION_KEY, AttributeValue::S(StoredBinding::key(application, group)))
-            .condition_expression("#v = :v")
-            .expression_attribute_names("#v", "version")
-            .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
-            .send()
-            .await;
-        conditional(out, "DeleteItem", &self.table, DeleteItemError::is_conditional_check_failed_exception)
     }
 }
 

@@ -2,6 +2,7 @@
 //! can be tested exhaustively and reused by every function (hooks, reconciler, rehearsal).
 
 pub mod arn;
+pub mod binding;
 pub mod compat;
 pub mod lane;
 pub mod mirror;
@@ -11,6 +12,7 @@ pub mod record;
 pub mod route;
 pub mod target;
 
+pub use binding::{Binding, Pair, PrivateSide, RouteRef};
 pub use compat::{GroupShape, HealthCheck};
 pub use lane::{Admission, Lane, LaneMode, LANE_BURST, LANE_GRANT_TTL, LANE_MAX_BLOCK};
 pub use mirror::{plan_mirror, MirrorPlan, DEFAULT_BATCH};

@@ -17,7 +17,7 @@ use crate::domain::{
     mirror_route, test_route, DeploymentRecord, HealthState, ObservedTarget, Phase, Route, RouteStyle,
 };
 use crate::harness::{Budget, Epilogue};
-use crate::ports::{Deployments, Followers, LoadBalancers, Saved, StateStore};
+use crate::ports::{Coordination, Deployments, Followers, LoadBalancers, Saved, StateStore};
 use crate::{Error, Result};
 
 /// What the flip started from.
@@ -33,7 +33,7 @@ struct Flip<'a> {
     public_test_listener: Option<String>,
 }
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Followers> Engine<L, D, S, F> {
     /// Returns once every side is flipped, checked and converged: the verdict. Recording it is left to the
     /// epilogue, which the harness runs beside the report.
     pub async fn after_allow_traffic<'a>(

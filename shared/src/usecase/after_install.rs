@@ -9,10 +9,10 @@ use super::{Engine, ReadOnce, Tracker};
 use crate::clock::now_ms;
 use crate::domain::Phase;
 use crate::harness::Budget;
-use crate::ports::{Deployments, Followers, LoadBalancers, StateStore};
+use crate::ports::{Coordination, Deployments, Followers, LoadBalancers, StateStore};
 use crate::Result;
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Followers> Engine<L, D, S, F> {
     pub async fn after_install(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
         // Checks, each taking one turn in the read lane for its rounds of reads: the setup (preflight, green, blue's
         // mirror), each poll for green's tasks, and green's mirror with the test route.

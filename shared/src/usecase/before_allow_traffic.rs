@@ -10,10 +10,10 @@ use crate::clock::now_ms;
 use crate::config::Binding;
 use crate::domain::{plan_mirror, HealthState, Phase, Route, SideRecord, DEFAULT_BATCH};
 use crate::harness::Budget;
-use crate::ports::{Deployments, FollowRequest, Followers, LoadBalancers, StateStore};
+use crate::ports::{Coordination, Deployments, FollowRequest, Followers, LoadBalancers, StateStore};
 use crate::{Error, Result};
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Followers> Engine<L, D, S, F> {
     pub async fn before_allow_traffic(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
         // Checks, each taking one turn in the read lane for its rounds of reads: the setup (preflight, green,
         // blue's mirror), then each poll (for green's tasks, then the gate's).

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::Engine;
 use crate::config::Binding;
-use crate::ports::{Deployments, Followers, LoadBalancers, StateStore};
+use crate::ports::{Coordination, Deployments, Followers, LoadBalancers, StateStore};
 use crate::{Error, Result};
 
 /// How long a stored binding read by a function is trusted. An operator's `bindings apply` reaches every warm
@@ -54,7 +54,7 @@ impl BindingCache {
     }
 }
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Followers> Engine<L, D, S, F> {
     /// The binding of a deployment group, or `None` when there is none. A stored binding that cannot be used is
     /// an error that says what to fix.
     pub async fn binding_of(&self, application: &str, group: &str) -> Result<Option<Cow<'_, Binding>>> {

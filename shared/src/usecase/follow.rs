@@ -16,7 +16,9 @@ use crate::domain::{
     FollowerLease, Observed, Pacing, Phase, Progress, Route, TrafficShift,
 };
 use crate::harness::Budget;
-use crate::ports::{DeploymentGroupFacts, Deployments, FollowRequest, Followers, LoadBalancers, Saved, StateStore};
+use crate::ports::{
+    Coordination, DeploymentGroupFacts, Deployments, FollowRequest, Followers, LoadBalancers, Saved, StateStore,
+};
 use crate::{Error, Result};
 
 /// How the follower paces what is not a read of the public listener: a full reconcile (membership, test route)
@@ -59,7 +61,7 @@ struct FollowStep {
     settled: bool,
 }
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Followers> Engine<L, D, S, F> {
     /// The follower's step: mirrors a public production route it has just read onto the private route. One read
     /// of the private route; the targets of the pairs involved only when a private group is about to start
     /// taking traffic (the I4 guard needs their health, and the current groups' to know whether the route serves

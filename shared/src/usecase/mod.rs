@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::config::{Binding, Config, RouteRef};
 use crate::domain::{arn, plan_mirror, MirrorPlan, ObservedTarget, Phase, Route, TargetKey, DEFAULT_BATCH};
 use crate::harness::{Budget, Epilogue, Tracker};
-use crate::ports::{DeploymentFacts, Deployments, Followers, LoadBalancers, StateStore, TaskSetLabel};
+use crate::ports::{Coordination, DeploymentFacts, Deployments, Followers, LoadBalancers, StateStore, TaskSetLabel};
 use crate::{AwsErrorKind, Error, Result};
 use once::ReadOnce;
 use preflight::{uses_only_bound_groups, SidePass};
@@ -112,7 +112,7 @@ fn missing(what: String) -> impl FnOnce(Error) -> Error {
     }
 }
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Followers> Engine<L, D, S, F> {
     pub fn new(lb: L, deployments: D, state: S, followers: F, config: Config) -> Self {
         Self {
             lb,
@@ -418,7 +418,7 @@ fn health_budget(budget: Budget, b: &Binding) -> Budget {
     budget.capped(Duration::from_secs(b.health_timeout_seconds))
 }
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Followers> Engine<L, D, S, F> {
     /// Makes the private production route mirror the public one (I2) and keeps every private target group of
     /// the binding attached. Returns the private route now in place.
     /// The public route is read in the pass the sides share.

@@ -5,7 +5,7 @@
 use super::{missing, name, Engine, ReadOnce, Tracker, STATE_READ_BOUND};
 use crate::config::{Binding, RouteRef};
 use crate::domain::{compat, BindingRecord, GroupShape, Route};
-use crate::ports::{Deployments, Followers, LoadBalancers, StateStore};
+use crate::ports::{Coordination, Deployments, Followers, LoadBalancers, StateStore};
 use crate::{AwsErrorKind, Error, Result};
 
 /// The private routes as the preflight found them.
@@ -42,7 +42,7 @@ impl<'l, L: LoadBalancers> SidesPass<'l, L> {
     }
 }
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Followers> Engine<L, D, S, F> {
     /// Checks every resource the binding names before anything is changed: the four target groups exist, are
     /// of type `ip`, mirror each other's port and protocol, and the private ones belong to the private load
     /// balancer only; the private routes exist, are plain forwards, and forward only to the binding's private

@@ -16,7 +16,7 @@ use super::{read_apart, Engine, ReadOnce, SidePass, Tracker};
 use crate::clock::now_ms;
 use crate::config::{Binding, RouteRef};
 use crate::domain::{plan_reconcile, Observed, Route, DEFAULT_BATCH};
-use crate::ports::{DeploymentGroupFacts, Deployments, Followers, LoadBalancers, StateStore};
+use crate::ports::{Coordination, DeploymentGroupFacts, Deployments, Followers, LoadBalancers, StateStore};
 use crate::{Error, Result};
 
 /// How long a deployment group's setup read for an ECS task event is trusted. Every task event concerns one
@@ -88,7 +88,7 @@ const FRESH_FOR: Duration = Duration::from_millis(500);
 /// which its private mirror must go, so the wait stays a fraction of a second.
 pub const EVENTS_SETTLE: Duration = Duration::from_millis(300);
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Followers> Engine<L, D, S, F> {
     /// The deployment group's setup (listeners, services).
     pub async fn group(&self, b: &Binding) -> Result<DeploymentGroupFacts> {
         self.deployments.deployment_group(&b.application, &b.deployment_group).await.map_err(|e| match e.aws_kind() {

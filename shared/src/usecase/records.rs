@@ -6,10 +6,10 @@ use super::{Engine, Tracker};
 use crate::clock::now_ms;
 use crate::config::Binding;
 use crate::domain::{BindingRecord, DeploymentRecord};
-use crate::ports::{Deployments, Followers, LoadBalancers, Saved, StateStore};
+use crate::ports::{Coordination, Deployments, Followers, LoadBalancers, Saved, StateStore};
 use crate::{Error, Result};
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Followers> Engine<L, D, S, F> {
     /// Read-modify-write of the deployment record with the version check, retried on conflict. State is a
     /// record, not the truth: a failure here is noted and never fails the hook.
     pub(super) async fn record<U>(&self, b: &Binding, deployment_id: &str, t: &Tracker, update: U)

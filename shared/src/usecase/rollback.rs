@@ -14,7 +14,7 @@ use super::{Engine, Reconciled, Tracker, STATE_READ_BOUND};
 use crate::clock::now_s;
 use crate::config::Binding;
 use crate::domain::{roll_back, DeploymentRecord, Phase, Route};
-use crate::ports::{Deployments, Followers, LoadBalancers, StateStore};
+use crate::ports::{Coordination, Deployments, Followers, LoadBalancers, StateStore};
 use crate::Result;
 
 use super::trigger::Trigger;
@@ -25,7 +25,7 @@ use super::trigger::Trigger;
 /// event takes the reconcile alone, which reads both sides.
 const ROLLBACK_FRESH_FOR_S: u64 = 60;
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Followers> Engine<L, D, S, F> {
     /// For a fresh FAILURE or STOP of a deployment whose flip stood: every private side put back on its route
     /// before the flip. Returns what moved, a side each. What cannot be done here (no record, no flip on record,
     /// nothing healthy to go back to, a failed call) is left to the reconcile that follows, with a note.

@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{Engine, SidePass, Tracker};
 use crate::config::{Binding, RouteRef, MANAGED_TAG};
 use crate::domain::{plan_reconcile, Route, DEFAULT_BATCH};
-use crate::ports::{DeploymentGroupFacts, Deployments, Followers, LoadBalancers, StateStore};
+use crate::ports::{Coordination, DeploymentGroupFacts, Deployments, Followers, LoadBalancers, StateStore};
 use crate::{Error, Result};
 
 /// What a reconcile would change, in words (for operators and `--dry-run`).
@@ -44,7 +44,7 @@ pub struct BindingStatus {
     pub warnings: Vec<String>,
 }
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Followers> Engine<L, D, S, F> {
     /// Checks a binding against the live account without changing anything: its deployment group uses the
     /// binding's public target groups, every resource passes the preflight, the state table answers. Returns
     /// the warnings.

@@ -7,7 +7,9 @@ use std::borrow::Cow;
 use super::{Engine, Tracker};
 use crate::config::Binding;
 use crate::domain::{LaneMode, Phase};
-use crate::ports::{DeploymentGroupFacts, Deployments, FollowRequest, Followers, LoadBalancers, StateStore};
+use crate::ports::{
+    Coordination, DeploymentGroupFacts, Deployments, FollowRequest, Followers, LoadBalancers, StateStore,
+};
 use crate::Result;
 
 /// What woke the reconciler, in the engine's terms.
@@ -39,7 +41,7 @@ impl Trigger {
     }
 }
 
-impl<L: LoadBalancers, D: Deployments, S: StateStore, F: Followers> Engine<L, D, S, F> {
+impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Followers> Engine<L, D, S, F> {
     /// How this trigger's reads use the read lane. The end of a deployment (SUCCESS) whose AfterAllowTraffic
     /// recorded its flip has nothing left to follow in a hurry: the private routes were flipped and verified then,
     /// and the tasks CodeDeploy stops afterwards leave the private side with their own ECS events, counted. Its

@@ -42,6 +42,22 @@ fn has_healthy(targets: Option<&Vec<ObservedTarget>>) -> bool {
     targets.is_some_and(|ts| ts.iter().any(|t| t.health == HealthState::Healthy))
 }
 
+/// I4's test, the one place it is decided: those of the private `groups` that would leave the private side dark,
+/// having no healthy target in `targets` while their public mirror (by `pairs`, `(public, private)`) has one.
+pub fn dark_while_public_serves<'g>(
+    groups: impl IntoIterator<Item = &'g str>,
+    pairs: &[(String, String)],
+    targets: &BTreeMap<String, Vec<ObservedTarget>>,
+) -> Vec<&'g str> {
+    groups
+        .into_iter()
+        .filter(|tg| {
+            !has_healthy(targets.get(*tg))
+                && pairs.iter().find(|(_, p)| p == tg).is_some_and(|(public, _)| has_healthy(targets.get(public)))
+        })
+        .collect()
+}
+
 /// Plans the private side for `pairs` (`(public, private)` target group ARNs) from what was observed.
 pub fn plan_reconcile(
     pairs: &[(String, String)],
@@ -56,7 +72,6 @@ pub fn plan_reconcile(
         let mirror = seen.targets.get(private).unwrap_or(&empty);
         plan.mirrors.push((private.clone(), plan_mirror(source, mirror, batch)));
     }
-    let public_of = |private: &str| pairs.iter().find(|(_, p)| p == private).map(|(p, _)| p.as_str());
 
     if let (Some(public), Some(current)) = (&seen.public_production, &seen.private_production) {
         let desired = mirror_route(public, pairs, style, Some(current))?;
@@ -64,15 +79,8 @@ pub fn plan_reconcile(
             // I4: never move traffic onto a group that is dark while its public mirror is not, unless the current
             // route is dark already (then the move cannot make it worse).
             let current_serves = current.live().iter().any(|tg| has_healthy(seen.targets.get(*tg)));
-            let dark_moves: Vec<&str> = desired
-                .live()
-                .into_iter()
-                .filter(|tg| !current.live().contains(tg))
-                .filter(|tg| {
-                    !has_healthy(seen.targets.get(*tg))
-                        && public_of(tg).is_some_and(|p| has_healthy(seen.targets.get(p)))
-                })
-                .collect();
+            let joining = desired.live().into_iter().filter(|tg| !current.live().contains(tg));
+            let dark_moves = dark_while_public_serves(joining, pairs, &seen.targets);
             if current_serves && !dark_moves.is_empty() && !desired.same_traffic(current) {
                 plan.held_back.push(format!(
                     "production route stays at {current} until {} has a healthy target",
@@ -179,6 +187,23 @@ mod tests {
         let plan = plan_reconcile(&pairs(), RouteStyle::Weighted, &seen, 200).unwrap();
         assert!(plan.production.is_none());
         assert!(plan.held_back[0].contains("prv-green"), "{:?}", plan.held_back);
+    }
+
+    #[test]
+    fn a_group_is_dark_for_i4_only_while_its_public_mirror_serves() {
+        use HealthState::*;
+        let targets = |vb: Vec<ObservedTarget>, pb: Vec<ObservedTarget>| {
+            BTreeMap::from([(VB.to_string(), vb), (PB.to_string(), pb), (VG.to_string(), vec![t(2, Healthy)])])
+        };
+        let seen = targets(vec![t(1, Initial)], vec![t(1, Healthy)]);
+        assert_eq!(dark_while_public_serves([VB, VG], &pairs(), &seen), vec![VB]);
+        // Dark on both sides: the private side is no darker than the public one.
+        assert!(
+            dark_while_public_serves([VB], &pairs(), &targets(vec![t(1, Initial)], vec![t(1, Unhealthy)])).is_empty()
+        );
+        assert!(dark_while_public_serves([VB], &pairs(), &targets(vec![t(1, Healthy)], vec![t(1, Healthy)])).is_empty());
+        // A group no pair names has no public mirror to compare with.
+        assert!(dark_while_public_serves(["other"], &pairs(), &seen).is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! timeouts) and the hook fails (CodeDeploy then reroutes the public side back too).
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use futures_util::future::{join_all, try_join_all};
 use tokio::time::Instant;
@@ -14,7 +15,8 @@ use super::{name, Engine, Tracker, STATE_READ_BOUND};
 use crate::clock::now_ms;
 use crate::config::{Binding, RouteRef};
 use crate::domain::{
-    mirror_route, test_route, DeploymentRecord, HealthState, ObservedTarget, Phase, Route, RouteStyle,
+    dark_while_public_serves, mirror_route, test_route, DeploymentRecord, HealthState, ObservedTarget, Phase, Route,
+    RouteStyle,
 };
 use crate::harness::{Budget, Epilogue};
 use crate::ports::{Coordination, Deployments, Followers, LoadBalancers, Saved, StateStore};
@@ -319,30 +321,29 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
                 b.private_production_route
             )));
         }
+        // I4 (`dark_while_public_serves`), with what was read after the flip; a group not read then is read now,
+        // and its public mirror only when the private group has no healthy target.
+        let pairs = b.pair_arns();
+        let mut seen: BTreeMap<String, Vec<ObservedTarget>> = targets.into_iter().collect();
         for tg in desired.live() {
-            let private = match targets.iter().find(|(g, _)| g == tg) {
-                Some((_, read)) => read.clone(),
-                None => self.lb.targets(tg).await?,
-            };
-            if private.iter().any(|p| p.health == HealthState::Healthy) {
-                continue;
+            if !seen.contains_key(tg) {
+                seen.insert(tg.to_string(), self.lb.targets(tg).await?);
             }
-            let public_tg =
-                b.pairs.iter().find(|p| p.private_target_group == tg).map(|p| p.public_target_group.as_str());
-            if let Some(public_tg) = public_tg {
-                let public = match targets.iter().find(|(g, _)| g == public_tg) {
-                    Some((_, read)) => read.clone(),
-                    None => self.lb.targets(public_tg).await?,
-                };
-                if public.iter().any(|p| p.health == HealthState::Healthy) {
-                    return Err(Error::Invariant(format!(
-                        "the private production route would forward to {}, which has no healthy target while its public \
-                         mirror {} has: not leaving the private side dark",
-                        name(tg),
-                        name(public_tg)
-                    )));
+            let serves = seen.get(tg).is_some_and(|ts| ts.iter().any(|t| t.health == HealthState::Healthy));
+            if let Some((public, _)) = pairs.iter().find(|(_, p)| p == tg).filter(|_| !serves) {
+                if !seen.contains_key(public) {
+                    seen.insert(public.clone(), self.lb.targets(public).await?);
                 }
             }
+        }
+        if let Some(tg) = dark_while_public_serves(desired.live(), &pairs, &seen).first() {
+            let public = pairs.iter().find(|(_, p)| p == tg).map_or("?", |(p, _)| p.as_str());
+            return Err(Error::Invariant(format!(
+                "the private production route would forward to {}, which has no healthy target while its public \
+                 mirror {} has: not leaving the private side dark",
+                name(tg),
+                name(public)
+            )));
         }
         Ok(desired)
     }

@@ -324,7 +324,7 @@ where
     let tracker = Tracker::default();
     let mut done = Vec::new();
     let work: std::pin::Pin<Box<dyn std::future::Future<Output = bluegreen_mirror::Result<Value>> + Send + '_>> =
-        Box::pin(run_trigger(engine, &trigger, &event.context.request_id, budget, &tracker, &mut done));
+        Box::pin(engine.run_trigger(&trigger, &event.context.request_id, budget, &tracker, &mut done));
     let result = harness::guard(budget, "reconciler", work).await;
     let summary = tracker.snapshot();
     if let Some(m) = metrics {
@@ -338,96 +338,6 @@ where
             error = %harness::error_chain(e), notes = ?summary.notes, "reconciler failed"),
     }
     result
-}
-
-/// What a reconcile needs after its turn in the read lane (its reads and writes): a read whose turn would leave
-/// less of the invocation steps aside.
-const AFTER_THE_TURN: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// One trigger's work within `budget`: the follower's, or a reconcile of each binding the trigger concerns (the
-/// schedule's bindings spread over the run). A binding that fails fails alone and the error names them all; a
-/// sweep, or a recorded deployment's end, whose turn in the read lane comes too late stops there, as done, and
-/// leaves the bindings it did not check due for the next sweep.
-pub async fn run_trigger<L, D, S, F>(
-    engine: &Engine<L, D, S, F>,
-    trigger: &Trigger,
-    owner: &str,
-    budget: Budget,
-    t: &Tracker,
-    done: &mut Vec<bluegreen_mirror::usecase::Reconciled>,
-) -> bluegreen_mirror::Result<Value>
-where
-    L: LoadBalancers,
-    D: Deployments,
-    S: StateStore + Coordination,
-    F: Followers,
-{
-    // A read that cannot have its turn in the lane before the invocation's end (less what a reconcile needs after
-    // it) steps aside rather than sleep into the timeout.
-    let within = || Some(budget.remaining().saturating_sub(AFTER_THE_TURN));
-    if let Trigger::Follow(req) = trigger {
-        engine.lb.share_reads(trigger.lane(), within());
-        engine.follow(req, owner, budget, t).await?;
-        return Ok(serde_json::json!({"followed": req.deployment_id}));
-    }
-    // A rollback's private route goes back before anything else is read or waited for; the reconcile below then
-    // verifies it and mirrors the rest.
-    done.extend(engine.roll_back_first(trigger, t).await);
-    let mut failures = Vec::new();
-    let bindings = engine.bindings_for(trigger).await?;
-    // Decided once there is something to read (finding the bindings reads no ELB): the end of a deployment in a
-    // group with no binding costs no read of its record.
-    let lane = if bindings.is_empty() { trigger.lane() } else { engine.lane_for(trigger, t).await };
-    engine.lb.share_reads(lane, within());
-    // The schedule's slice is spread over the run, not burst at its start: the account's `Describe*` bucket is
-    // shared with everything else the customer runs.
-    let spacing = match trigger {
-        Trigger::Schedule { .. } => {
-            let ideal = bluegreen_mirror::domain::pacing::sweep_spacing(engine.config.elb_reads_per_s);
-            let room = budget.remaining().saturating_sub(std::time::Duration::from_secs(5));
-            ideal.min(room / u32::try_from(bindings.len().max(1)).unwrap_or(u32::MAX))
-        }
-        _ => std::time::Duration::ZERO,
-    };
-    let labels: Vec<String> = bindings.iter().map(|(label, _)| label.clone()).collect();
-    for (i, (label, found)) in bindings.into_iter().enumerate() {
-        if i > 0 && !spacing.is_zero() {
-            tokio::time::sleep(spacing).await;
-        }
-        match found {
-            Ok((b, group)) => match match trigger {
-                Trigger::Task { .. } => engine.reconcile_membership_after_events(&b, t).await,
-                _ => engine.reconcile(&b, &group, t).await.map(Some),
-            } {
-                Ok(r) => done.extend(r),
-                // Only a read that waits its turn steps aside (the sweep's, a recorded deployment's end): the
-                // deployments are using the lane. Not a failure: Lambda would run the event again, to wait once
-                // more. This binding and those after it are marked due, and the next sweep takes them first.
-                Err(e @ Error::LaneBusy(_)) => {
-                    let who = match trigger {
-                        Trigger::Deployment { deployment_id, .. } => format!("the end of {deployment_id}"),
-                        _ => "sweep".to_string(),
-                    };
-                    let left = &labels[i..];
-                    t.step_aside(format!(
-                        "{who} stepped aside at {label}, {} left to the next sweep: {e}",
-                        if left.len() == 1 { "its check".to_string() } else { format!("{} checks", left.len()) }
-                    ));
-                    tracing::info!(binding = %label, error = %e, "{who} stepped aside for the deployments reading");
-                    engine.defer(left, t).await;
-                    break;
-                }
-                Err(e) => failures.push(format!("{label}: {}", harness::error_chain(&e))),
-            },
-            Err(e) => failures.push(format!("{label}: {}", harness::error_chain(&e))),
-        }
-    }
-    if failures.is_empty() {
-        Ok(serde_json::to_value(&*done).unwrap_or(Value::Null))
-    } else {
-        // An error makes Lambda retry the asynchronous event; reconciling again is harmless.
-        Err(Error::Misconfigured(format!("reconcile failed for {}", failures.join("; "))))
-    }
 }
 
 #[cfg(test)]

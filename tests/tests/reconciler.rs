@@ -33,7 +33,7 @@ async fn run(
     let engine = w.hooks();
     let (t, mut done) = (Tracker::default(), Vec::new());
     let budget = Budget::after(Duration::from_secs(60));
-    let out = bluegreen_mirror_hooks::run_trigger(&engine, &trigger, "r-1", budget, &t, &mut done).await;
+    let out = engine.run_trigger(&trigger, "r-1", budget, &t, &mut done).await;
     (out, done, t.snapshot())
 }
 

@@ -1,12 +1,17 @@
 //! What starts a reconcile and what it concerns: the trigger (a deployment's or a task's event, the schedule, a
 //! follow request), how its reads use the installation's read lane, the bindings it concerns (the schedule's: those
-//! due first, then its slice of the rotation), and the bindings a check that stepped aside leaves due.
+//! due first, then its slice of the rotation), and one trigger's whole run (`run_trigger`: a rollback's put-back
+//! first, the bindings spread over the run, a check that steps aside leaving the rest due).
 
 use std::borrow::Cow;
+use std::time::Duration;
 
-use super::{Engine, Tracker};
+use serde_json::Value;
+
+use super::{Engine, Reconciled, Tracker};
 use crate::config::Binding;
 use crate::domain::{LaneMode, Phase};
+use crate::harness::Budget;
 use crate::ports::{
     Coordination, DeploymentGroupFacts, Deployments, FollowRequest, Followers, LoadBalancers, StateStore,
 };
@@ -41,7 +46,91 @@ impl Trigger {
     }
 }
 
+/// What a reconcile needs after its turn in the read lane (its reads and writes): a read whose turn would leave
+/// less of the invocation steps aside.
+const AFTER_THE_TURN: Duration = Duration::from_secs(5);
+
 impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Followers> Engine<L, D, S, F> {
+    /// One trigger's work within `budget`: the follower's, or a reconcile of each binding the trigger concerns (the
+    /// schedule's bindings spread over the run). A binding that fails fails alone and the error names them all; a
+    /// sweep, or a recorded deployment's end, whose turn in the read lane comes too late stops there, as done, and
+    /// leaves the bindings it did not check due for the next sweep.
+    pub async fn run_trigger(
+        &self,
+        trigger: &Trigger,
+        owner: &str,
+        budget: Budget,
+        t: &Tracker,
+        done: &mut Vec<Reconciled>,
+    ) -> Result<Value> {
+        // A read that cannot have its turn in the lane before the invocation's end (less what a reconcile needs after
+        // it) steps aside rather than sleep into the timeout.
+        let within = || Some(budget.remaining().saturating_sub(AFTER_THE_TURN));
+        if let Trigger::Follow(req) = trigger {
+            self.lb.share_reads(trigger.lane(), within());
+            self.follow(req, owner, budget, t).await?;
+            return Ok(serde_json::json!({"followed": req.deployment_id}));
+        }
+        // A rollback's private route goes back before anything else is read or waited for; the reconcile below then
+        // verifies it and mirrors the rest.
+        done.extend(self.roll_back_first(trigger, t).await);
+        let mut failures = Vec::new();
+        let bindings = self.bindings_for(trigger).await?;
+        // Decided once there is something to read (finding the bindings reads no ELB): the end of a deployment in a
+        // group with no binding costs no read of its record.
+        let lane = if bindings.is_empty() { trigger.lane() } else { self.lane_for(trigger, t).await };
+        self.lb.share_reads(lane, within());
+        // The schedule's slice is spread over the run, not burst at its start: the account's `Describe*` bucket is
+        // shared with everything else the customer runs.
+        let spacing = match trigger {
+            Trigger::Schedule { .. } => {
+                let ideal = crate::domain::pacing::sweep_spacing(self.config.elb_reads_per_s);
+                let room = budget.remaining().saturating_sub(std::time::Duration::from_secs(5));
+                ideal.min(room / u32::try_from(bindings.len().max(1)).unwrap_or(u32::MAX))
+            }
+            _ => std::time::Duration::ZERO,
+        };
+        let labels: Vec<String> = bindings.iter().map(|(label, _)| label.clone()).collect();
+        for (i, (label, found)) in bindings.into_iter().enumerate() {
+            if i > 0 && !spacing.is_zero() {
+                tokio::time::sleep(spacing).await;
+            }
+            match found {
+                Ok((b, group)) => match match trigger {
+                    Trigger::Task { .. } => self.reconcile_membership_after_events(&b, t).await,
+                    _ => self.reconcile(&b, &group, t).await.map(Some),
+                } {
+                    Ok(r) => done.extend(r),
+                    // Only a read that waits its turn steps aside (the sweep's, a recorded deployment's end): the
+                    // deployments are using the lane. Not a failure: Lambda would run the event again, to wait once
+                    // more. This binding and those after it are marked due, and the next sweep takes them first.
+                    Err(e @ crate::Error::LaneBusy(_)) => {
+                        let who = match trigger {
+                            Trigger::Deployment { deployment_id, .. } => format!("the end of {deployment_id}"),
+                            _ => "sweep".to_string(),
+                        };
+                        let left = &labels[i..];
+                        t.step_aside(format!(
+                            "{who} stepped aside at {label}, {} left to the next sweep: {e}",
+                            if left.len() == 1 { "its check".to_string() } else { format!("{} checks", left.len()) }
+                        ));
+                        tracing::info!(binding = %label, error = %e, "{who} stepped aside for the deployments reading");
+                        self.defer(left, t).await;
+                        break;
+                    }
+                    Err(e) => failures.push(format!("{label}: {}", crate::harness::error_chain(&e))),
+                },
+                Err(e) => failures.push(format!("{label}: {}", crate::harness::error_chain(&e))),
+            }
+        }
+        if failures.is_empty() {
+            Ok(serde_json::to_value(&*done).unwrap_or(Value::Null))
+        } else {
+            // An error makes Lambda retry the asynchronous event; reconciling again is harmless.
+            Err(crate::Error::Misconfigured(format!("reconcile failed for {}", failures.join("; "))))
+        }
+    }
+
     /// How this trigger's reads use the read lane. The end of a deployment (SUCCESS) whose AfterAllowTraffic
     /// recorded its flip has nothing left to follow in a hurry: the private routes were flipped and verified then,
     /// and the tasks CodeDeploy stops afterwards leave the private side with their own ECS events, counted. Its

@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 use bluegreen_mirror::config::{Config, RouteRef};
 use bluegreen_mirror::domain::{
     BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, HealthCheck, HealthState, LaneMode,
-    ObservedTarget, Phase, Route, RouteStyle, StoredBinding, Target, TargetKey, TrafficShift, WeightedTargetGroup,
+    ObservedTarget, Phase, Route, RouteStyle, StoredBinding, Target, TargetKey, TrafficShift, Turns,
+    WeightedTargetGroup,
 };
 use bluegreen_mirror::harness::{self, Invocation, Outcome, Tracker};
 use bluegreen_mirror::ports::{
@@ -44,11 +45,8 @@ pub struct Calls {
     /// Every call whose operation starts with the prefix steps aside from a busy read lane, when the reads wait
     /// their turn in it (as in the adapter, counted and outside reads never do).
     lane_busy: Mutex<Vec<String>>,
-    /// The lane mode the engine last shared (`None`: not yet, and a process starts waiting).
-    lane_mode: Mutex<Option<LaneMode>>,
-    /// In a check (`LoadBalancers::begin_check`): whether its reads have had their turn (then, as in the adapter,
-    /// the later ones are counted, not waited for). `None`: not in a check.
-    check_had_turn: Mutex<Option<bool>>,
+    /// How the invocation's reads take their turns in the lane, by the adapter's own rules (`domain::Turns`).
+    turns: Mutex<Turns>,
     /// ELB reads that waited their turn in the lane (the others were counted, or outside it).
     waited: Mutex<usize>,
     /// The calls made at once (`LoadBalancers::at_once`), in order.
@@ -71,18 +69,13 @@ impl Calls {
         if !in_lane {
             self.at_once.lock().unwrap().push(op.to_string());
         }
-        let waits = in_lane
-            && matches!(*self.lane_mode.lock().unwrap(), None | Some(LaneMode::Wait))
-            && *self.check_had_turn.lock().unwrap() != Some(true);
+        let waits = in_lane && self.turns.lock().unwrap().mode() == LaneMode::Wait;
         if waits && self.lane_busy.lock().unwrap().iter().any(|p| op.starts_with(p.as_str())) {
             return Err(Error::LaneBusy(format!("injected: the read lane is busy for {op}")));
         }
         if waits && op.starts_with("elb:Describe") {
             *self.waited.lock().unwrap() += 1;
-            let mut check = self.check_had_turn.lock().unwrap();
-            if check.is_some() {
-                *check = Some(true);
-            }
+            self.turns.lock().unwrap().had_turn();
         }
         if let Some((_, kind)) = self.fail_every.lock().unwrap().iter().find(|(p, _)| op.starts_with(p.as_str())) {
             return Err(Error::Aws {
@@ -365,12 +358,11 @@ impl LoadBalancers for FakeElb {
     }
 
     fn share_reads(&self, mode: LaneMode, _within: Option<Duration>) {
-        *self.calls.lane_mode.lock().unwrap() = Some(mode);
-        *self.calls.check_had_turn.lock().unwrap() = None;
+        *self.calls.turns.lock().unwrap() = Turns::new(mode);
     }
 
     fn begin_check(&self) {
-        *self.calls.check_had_turn.lock().unwrap() = Some(false);
+        self.calls.turns.lock().unwrap().begin_check();
     }
 
     async fn target_groups(&self, arns: &[&str]) -> Result<Vec<TargetGroupFacts>> {

@@ -56,6 +56,61 @@ pub enum LaneMode {
     Outside,
 }
 
+/// How one invocation's reads take their turns in the lane: its mode, and where a check under way stands (a
+/// check waits its turn once, for its first round of reads; its later rounds are counted as they go). The one
+/// statement of these rules: the ELB adapter keeps one per process, the tests' fake one of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turns {
+    mode: LaneMode,
+    check: Check,
+}
+
+/// Where an invocation's reads stand in a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Not in a check: every round of reads takes its own turn.
+    None,
+    /// In a check whose first reads have not had their turn yet.
+    Waiting,
+    /// In a check that has had its turn: its further reads are counted, not waited for.
+    HadTurn,
+}
+
+impl Default for Turns {
+    /// A process starts waiting, until an invocation says otherwise.
+    fn default() -> Self {
+        Self::new(LaneMode::Wait)
+    }
+}
+
+impl Turns {
+    /// An invocation's reads in `mode`, in no check yet.
+    pub fn new(mode: LaneMode) -> Self {
+        Self { mode, check: Check::None }
+    }
+
+    /// The reads from here on are one check's.
+    pub fn begin_check(&mut self) {
+        self.check = Check::Waiting;
+    }
+
+    /// How the next read uses the lane: the invocation's mode, except that the later reads of a check that has
+    /// had its turn are only counted.
+    pub fn mode(&self) -> LaneMode {
+        match (self.mode, self.check) {
+            (LaneMode::Wait, Check::HadTurn) => LaneMode::Count,
+            (mode, _) => mode,
+        }
+    }
+
+    /// The reads of the check under way have had their turn (waited for it, or been counted).
+    pub fn had_turn(&mut self) {
+        if self.check == Check::Waiting {
+            self.check = Check::HadTurn;
+        }
+    }
+}
+
 /// The lane's rate and burst.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Lane {
@@ -107,6 +162,25 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_check_waits_its_turn_once_and_counts_its_later_reads() {
+        let mut turns = Turns::default();
+        assert_eq!(turns.mode(), LaneMode::Wait, "a process starts waiting");
+        turns.had_turn();
+        assert_eq!(turns.mode(), LaneMode::Wait, "outside a check, every round waits its turn");
+        turns.begin_check();
+        assert_eq!(turns.mode(), LaneMode::Wait);
+        turns.had_turn();
+        assert_eq!(turns.mode(), LaneMode::Count, "the check's later rounds are counted");
+        assert_eq!(Turns::new(LaneMode::Wait).mode(), LaneMode::Wait, "a new invocation starts outside any check");
+        for mode in [LaneMode::Count, LaneMode::Outside] {
+            let mut turns = Turns::new(mode);
+            turns.begin_check();
+            turns.had_turn();
+            assert_eq!(turns.mode(), mode, "only waiting reads change with a check");
+        }
+    }
 
     /// The table's one number, written as DynamoDB would: an atomic add, and the conditional catch-up.
     struct Stored(u64);

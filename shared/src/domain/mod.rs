@@ -14,7 +14,7 @@ pub mod target;
 
 pub use binding::{Binding, Pair, PrivateSide, RouteRef};
 pub use compat::{GroupShape, HealthCheck};
-pub use lane::{Admission, Lane, LaneMode, LANE_BURST, LANE_GRANT_TTL, LANE_MAX_BLOCK};
+pub use lane::{Admission, Lane, LaneMode, Turns, LANE_BURST, LANE_GRANT_TTL, LANE_MAX_BLOCK};
 pub use mirror::{plan_mirror, MirrorPlan, DEFAULT_BATCH};
 pub use pacing::{
     follower_reads_per_s, full_reconcile_fits, next_read, sweep_order, sweep_per_run, sweep_slice, ElbSpend, Pacing,

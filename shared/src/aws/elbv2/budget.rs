@@ -14,7 +14,7 @@ use crate::aws::dynamodb::ReadLane;
 use crate::aws::INITIAL_BACKOFF;
 use crate::clock::now_ms;
 use crate::domain::pacing::PROCESS_SHARE;
-use crate::domain::{LaneMode, TokenBucket, LANE_GRANT_TTL, LANE_MAX_BLOCK};
+use crate::domain::{LaneMode, TokenBucket, Turns, LANE_GRANT_TTL, LANE_MAX_BLOCK};
 use crate::{AwsErrorKind, Error, Result};
 
 // What a function's process lets itself read from ELB, from the installation's budget `B`
@@ -82,45 +82,27 @@ pub(super) struct SharedReads {
     invocation: Mutex<Invocation>,
 }
 
-/// How the invocation under way uses the lane: its mode, how long its reads may wait for their turn, whether one
-/// found its turn later than that (then the others step aside at once, without reserving), and the check under
-/// way ([`LoadBalancers::begin_check`]).
+/// How the invocation under way uses the lane: its turns ([`Turns`]: its mode and the check under way), how long
+/// its reads may wait for their turn, and whether one found its turn later than that (then the others step aside
+/// at once, without reserving).
 #[derive(Debug)]
 struct Invocation {
-    mode: LaneMode,
+    turns: Turns,
     until: Option<Instant>,
     stepped_aside: bool,
-    check: Check,
-}
-
-/// Where the invocation's reads stand in a check ([`LoadBalancers::begin_check`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Check {
-    /// Not in a check: every round of reads takes its own turn.
-    None,
-    /// In a check whose first reads have not had their turn yet.
-    Waiting,
-    /// In a check that has had its turn: its further reads are counted, not waited for.
-    HadTurn,
 }
 
 impl SharedReads {
-    /// How this read uses the lane: the invocation's mode, except that the later reads of a check that has had
-    /// its turn are only counted. A poisoned lock (a panic elsewhere while holding it) leaves the reads waiting,
-    /// as a process starts.
+    /// How this read uses the lane ([`Turns::mode`]). A poisoned lock (a panic elsewhere while holding it) leaves
+    /// the reads waiting, as a process starts.
     fn mode(&self) -> LaneMode {
-        self.invocation.lock().map_or(LaneMode::Wait, |i| match (i.mode, i.check) {
-            (LaneMode::Wait, Check::HadTurn) => LaneMode::Count,
-            (mode, _) => mode,
-        })
+        self.invocation.lock().map_or(LaneMode::Wait, |i| i.turns.mode())
     }
 
     /// The reads of a check under way have had their turn (waited for it, or gone on without the lane).
     fn had_turn(&self) {
         if let Ok(mut i) = self.invocation.lock() {
-            if i.check == Check::Waiting {
-                i.check = Check::HadTurn;
-            }
+            i.turns.had_turn();
         }
     }
 
@@ -173,12 +155,7 @@ impl Elb {
             lane,
             waiting: AtomicU32::new(0),
             grant: tokio::sync::Mutex::new((0, None)),
-            invocation: Mutex::new(Invocation {
-                mode: LaneMode::Wait,
-                until: None,
-                stepped_aside: false,
-                check: Check::None,
-            }),
+            invocation: Mutex::new(Invocation { turns: Turns::default(), until: None, stepped_aside: false }),
         }));
         self
     }
@@ -316,10 +293,9 @@ impl Elb {
         if let Some(lane) = &self.lane {
             if let Ok(mut i) = lane.invocation.lock() {
                 *i = Invocation {
-                    mode,
+                    turns: Turns::new(mode),
                     until: within.map(|d| Instant::now() + d),
                     stepped_aside: false,
-                    check: Check::None,
                 };
             }
         }
@@ -328,7 +304,7 @@ impl Elb {
     pub(super) fn budget_begin_check(&self) {
         if let Some(lane) = &self.lane {
             if let Ok(mut i) = lane.invocation.lock() {
-                i.check = Check::Waiting;
+                i.turns.begin_check();
             }
         }
     }

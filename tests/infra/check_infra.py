@@ -252,7 +252,9 @@ def check_monitoring():
     for metric in sorted(ours):
         check(f'"{metric}"' in code, f"monitoring.yaml uses {metric}, which shared/src/metrics.rs does not publish")
     default = m["Parameters"]["MetricsNamespace"]["Default"]
-    check(f'DEFAULT_NAMESPACE: &str = "{default}"' in code, f"monitoring.yaml's namespace {default} is not the code's")
+    with open(os.path.join(ROOT, "shared", "src", "config.rs")) as f:
+        config = f.read()
+    check(f'DEFAULT_NAMESPACE: &str = "{default}"' in config, f"monitoring.yaml's namespace {default} is not the code's")
     for path in ("infra/template.yaml", "infra/fleet.yaml"):
         t = load(path)
         mon = t["Resources"].get("Monitoring", {}).get("Properties", {})

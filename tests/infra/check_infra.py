@@ -71,9 +71,10 @@ def render_sub(sub, params, conditions):
     parameter values."""
     template, variables = (sub, {}) if isinstance(sub, str) else sub
     values = dict(params)
-    for name, expr in variables.items():
-        cond, yes, no = expr["Fn::If"]
-        chosen = yes if condition(conditions, cond, params) else no
+    for name, chosen in variables.items():
+        while isinstance(chosen, dict) and "Fn::If" in chosen:
+            cond, yes, no = chosen["Fn::If"]
+            chosen = yes if condition(conditions, cond, params) else no
         values[name] = render_sub(chosen["Fn::Sub"], params, conditions) if isinstance(chosen, dict) else chosen
     return re.sub(r"\$\{([\w:]+)\}", lambda m: str(values[m.group(1)]), template)
 
@@ -147,9 +148,15 @@ def main():
         "SecondPrivateProductionListenerArn": f"{acct}:listener/net/link/7/80",
         "SecondPrivateTestListenerArn": f"{acct}:listener/net/link/7/8080",
     }
-    for test_listener in ("", f"{acct}:listener/app/private/9/8080"):
+    # A route is a listener's default action or a listener rule (a shared internal ALB, one rule per service).
+    rule = f"{acct}:listener-rule/app/private/9/80/11"
+    routes = [({}, "listener", None),
+              ({"PrivateTestListenerArn": f"{acct}:listener/app/private/9/8080"}, "listener", "listener"),
+              ({"PrivateProductionListenerArn": "", "PrivateProductionRuleArn": rule,
+                "PrivateTestRuleArn": f"{acct}:listener-rule/app/private/9/80/12"}, "rule", "rule")]
+    for extra, production, test in routes:
         for sides in (1, 2):
-            values = dict(params, PrivateTestListenerArn=test_listener, **(second if sides == 2 else {}))
+            values = dict(params, **extra, **(second if sides == 2 else {}))
             rendered = render_sub(sub, values, t["Conditions"])
             try:
                 doc = json.loads(rendered)
@@ -157,7 +164,8 @@ def main():
                 check(False, f"rendered bindings are not JSON ({e}): {rendered}")
                 continue
             b = doc["bindings"][0]
-            check(("private_test_route" in b) == bool(test_listener), "test route rendering is off")
+            check(list(b["private_production_route"]) == [production], f"production route rendered as {b}")
+            check(list(b.get("private_test_route", {})) == ([test] if test else []), f"test route rendered as {b}")
             check(len(b.get("additional_private_sides", [])) == sides - 1, f"{sides} private side(s) rendered as {b}")
             out = cold_start(bin_dir, rendered)
             check("configuration error" not in out, f"the binary refuses the template's bindings: {out[-600:]}")
@@ -166,13 +174,29 @@ def main():
     # listeners the bindings name, the second side's only when there is one.
     private_groups = {"PrivateBlueTargetGroupArn", "PrivateGreenTargetGroupArn", "SecondPrivateBlueTargetGroupArn",
                       "SecondPrivateGreenTargetGroupArn"}
-    private_listeners = {"PrivateProductionListenerArn", "PrivateTestListenerArn",
-                         "SecondPrivateProductionListenerArn", "SecondPrivateTestListenerArn"}
+    private_routes = {"PrivateProductionListenerArn", "PrivateProductionRuleArn", "PrivateTestListenerArn",
+                      "PrivateTestRuleArn", "SecondPrivateProductionListenerArn", "SecondPrivateTestListenerArn"}
     for name, f in functions.items():
         statements = {st["Sid"]: st for st in f["Properties"]["Policies"][0]["Statement"]}
-        for sid, want in (("MirrorTargets", private_groups), ("RoutePrivateListeners", private_listeners)):
+        for sid, want in (("MirrorTargets", private_groups), ("RoutePrivate", private_routes)):
             named = set(re.findall(r"'Ref': '(\w+)'", str(statements.get(sid, {}).get("Resource")))) - {"AWS::NoValue"}
             check(named == want, f"{name} {sid} covers {sorted(named)}, not {sorted(want)}")
+        check(set(statements.get("RoutePrivate", {}).get("Action", [])) ==
+              {"elasticloadbalancing:ModifyListener", "elasticloadbalancing:ModifyRule"},
+              f"{name} cannot move both kinds of route (ModifyListener and ModifyRule)")
+        if name != "ReconcilerFunction":
+            # The Service Authorization Reference lists no resource type for these: only "*" matches them, and a
+            # hook invoked for a group the stack does not bind must still be able to report Failed.
+            report = statements.get("ReportAndReadTargets", {})
+            check(report.get("Resource") == "*" and "codedeploy:PutLifecycleEventHookExecutionStatus" in report.get("Action", []),
+                  f"{name} may not report to CodeDeploy under every reading (PutLifecycleEventHookExecutionStatus on *)")
+            # A hook writes its deployment's record and its binding's, never the stored bindings (config#...).
+            state = statements.get("DeploymentState", {})
+            keys = state.get("Condition", {}).get("ForAllValues:StringLike", {}).get("dynamodb:LeadingKeys", [])
+            check("dynamodb:PutItem" in state.get("Action", []) and keys
+                  and not any(isinstance(k, str) and re.fullmatch(k.replace("*", ".*"), "config#web#web-bg") for k in keys)
+                  and "deployment#*" in keys,
+                  f"{name}: its table writes are not limited to the keys it owns: {keys}")
     broken = json.dumps({"bindings": [{"application": "web", "deployment_group": "web-bg", "pairs": []}]})
     check("configuration error" in cold_start(bin_dir, broken), "the cold-start check did not refuse a broken binding")
 
@@ -229,6 +253,15 @@ def check_fleet(consts):
                 cond = st.get("Condition", {}).get("StringEquals", {})
                 check(cond.get(f"aws:ResourceTag/{MANAGED_TAG}") == "true",
                       f"fleet.yaml {name} {st['Sid']}: {mutating} not limited to resources tagged {MANAGED_TAG}=true")
+        if name != "ReconcilerFunction":
+            statements = f["Properties"]["Policies"][0]["Statement"]
+            report = [st for st in statements if "codedeploy:PutLifecycleEventHookExecutionStatus" in st["Action"]]
+            check(len(report) == 1 and report[0]["Resource"] == "*",
+                  f"fleet.yaml {name} may not report to CodeDeploy under every reading (PutLifecycleEventHookExecutionStatus on *)")
+            for st in (st for st in statements if "dynamodb:PutItem" in st["Action"]):
+                keys = st.get("Condition", {}).get("ForAllValues:StringLike", {}).get("dynamodb:LeadingKeys", [])
+                check(keys and not any(re.fullmatch(k.replace("*", ".*"), "config#web#web-bg") for k in keys),
+                      f"fleet.yaml {name} may write the stored bindings (config#...): {keys or 'any key'}")
         if name == "ReconcilerFunction":
             actions = {a for st in f["Properties"]["Policies"][0]["Statement"] for a in st["Action"]}
             check("dynamodb:Scan" in actions, "fleet.yaml: the reconciler cannot list the stored bindings (dynamodb:Scan)")

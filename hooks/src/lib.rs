@@ -199,7 +199,11 @@ impl Metrics {
 /// before any invocation), then one harness run per invocation.
 pub async fn serve<H: Hook>() -> Result<(), lambda_runtime::Error> {
     let (hooks, reporter, metrics) =
-        cold_start(bluegreen_mirror::aws::ReadBurst::Hook, H::IN_LANE, H::followers).await?;
+        match cold_start(bluegreen_mirror::aws::ReadBurst::Hook, H::IN_LANE, H::followers).await {
+            Ok(started) => started,
+            // Boxed, as the invocations below: the runtime's futures are deep.
+            Err(e) => return Box::pin(serve_refusal::<H>(e)).await,
+        };
     let (hooks, reporter, metrics) = (&hooks, &reporter, &metrics);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         // Boxed: the runtime's own futures are deep, and the compiler lays out nested futures to a fixed depth.
@@ -207,6 +211,53 @@ pub async fn serve<H: Hook>() -> Result<(), lambda_runtime::Error> {
         invocation.await.map_err(lambda_runtime::Error::from)
     }))
     .await
+}
+
+/// A hook that cannot start (its configuration is invalid) cannot mirror anything, but it can still answer
+/// CodeDeploy: every invocation reports `Failed` at once, through the same harness, with the message that says
+/// what to fix, and publishes `HookFailed`; otherwise CodeDeploy would wait for the hook's timeout (an hour) and no
+/// alarm would name the cause. Only a function that cannot even build a CodeDeploy client stops here.
+async fn serve_refusal<H: Hook>(cause: Error) -> Result<(), lambda_runtime::Error> {
+    let reporter = bluegreen_mirror::aws::Aws::codedeploy_for_function().map_err(|_| cause.to_string())?;
+    let namespace = std::env::var(bluegreen_mirror::config::ENV_METRICS_NAMESPACE)
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| bluegreen_mirror::config::DEFAULT_NAMESPACE.to_string());
+    let metrics = Metrics { namespace, elb: bluegreen_mirror::aws::ElbCounter::default() };
+    let (cause, reporter, metrics) = (&cause.to_string(), &reporter, &metrics);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        Box::pin(refuse::<H, _>(reporter, cause, Some(metrics), event)).await.map_err(lambda_runtime::Error::from)
+    }))
+    .await
+}
+
+/// One invocation of a hook that could not start: `Failed`, reported exactly once, naming `cause`.
+async fn refuse<H: Hook, R: HookReporter>(
+    reporter: &R,
+    cause: &str,
+    metrics: Option<&Metrics>,
+    event: LambdaEvent<Value>,
+) -> Result<Value, Error> {
+    let lifecycle = parse_event(event.payload).inspect_err(|e| tracing::error!(error = %e, "event rejected"))?;
+    let inv = Invocation {
+        phase: H::PHASE,
+        deployment_id: lifecycle.deployment_id,
+        execution_id: lifecycle.lifecycle_event_hook_execution_id,
+        deadline: event.context.deadline(),
+    };
+    let tracker = Tracker::default();
+    let outcome = harness::run(reporter, &inv, &tracker, |_| async move {
+        Err::<Epilogue<'_>, _>(Error::Misconfigured(format!(
+            "{} could not start, so it mirrors nothing and fails every deployment until its configuration is \
+             fixed: {cause}",
+            H::PHASE
+        )))
+    })
+    .await;
+    if let Some(m) = metrics {
+        m.hook(&outcome);
+    }
+    response(outcome)
 }
 
 async fn handle<H, L, D, S, F, R>(
@@ -395,6 +446,44 @@ mod tests {
         ] {
             assert!(matches!(parse_trigger(bad.clone()), Err(Error::Event(_))), "{bad}");
         }
+    }
+
+    /// What a hook reported to CodeDeploy, as CodeDeploy would keep it.
+    #[derive(Default)]
+    struct Reports(std::sync::Mutex<Vec<(String, String, bluegreen_mirror::ports::HookStatus)>>);
+
+    impl HookReporter for Reports {
+        async fn report(
+            &self,
+            deployment_id: &str,
+            execution_id: &str,
+            status: bluegreen_mirror::ports::HookStatus,
+        ) -> bluegreen_mirror::Result<bluegreen_mirror::ports::Reported> {
+            self.0.lock().unwrap().push((deployment_id.into(), execution_id.into(), status));
+            Ok(bluegreen_mirror::ports::Reported::Accepted)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hook_that_cannot_start_reports_failed_once_naming_what_to_fix() {
+        let reports = Reports::default();
+        let event = |payload: Value| {
+            let mut context = lambda_runtime::Context::default();
+            context.deadline = bluegreen_mirror::clock::now_ms() + 60_000;
+            LambdaEvent::new(payload, context)
+        };
+        let cause = "configuration error: BLUEGREEN_MIRROR_TABLE is not set";
+        let ok = json!({"DeploymentId": "d-1", "LifecycleEventHookExecutionId": "e-1"});
+        let out = refuse::<AfterInstallHook, _>(&reports, cause, None, event(ok)).await.unwrap();
+        assert_eq!(
+            *reports.0.lock().unwrap(),
+            vec![("d-1".to_string(), "e-1".to_string(), bluegreen_mirror::ports::HookStatus::Failed)]
+        );
+        let message = out["message"].as_str().unwrap_or_default();
+        assert!(message.contains("AfterInstall could not start") && message.contains(cause), "{out}");
+        // An event CodeDeploy did not send has no execution to report for: refused, nothing reported.
+        assert!(refuse::<AfterInstallHook, _>(&reports, cause, None, event(json!({}))).await.is_err());
+        assert_eq!(reports.0.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -90,6 +90,21 @@ impl Aws {
     /// is never used by a function and would be a tenth of its binary. Without a region the function stops at cold
     /// start, saying so.
     pub fn for_function(config: &Config) -> crate::Result<Self> {
+        Ok(Self::from_sdk(Self::function_sdk()?, config))
+    }
+
+    /// The CodeDeploy client alone, as a function builds it: what a hook whose configuration is invalid still
+    /// needs, to report `Failed` rather than leave CodeDeploy waiting for the hook's timeout.
+    pub fn codedeploy_for_function() -> crate::Result<CodeDeploy> {
+        let mut codedeploy = aws_sdk_codedeploy::config::Builder::from(&Self::function_sdk()?);
+        if let Some(url) = service_endpoint("CODEDEPLOY") {
+            codedeploy.set_endpoint_url(Some(url));
+        }
+        Ok(CodeDeploy::new(aws_sdk_codedeploy::Client::from_conf(codedeploy.build())))
+    }
+
+    /// The SDK configuration of a function, from Lambda's environment alone.
+    fn function_sdk() -> crate::Result<aws_config::SdkConfig> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let region = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")).ok_or_else(|| {
             crate::Error::Misconfigured(
@@ -117,7 +132,7 @@ impl Aws {
         if let Some(url) = env("AWS_ENDPOINT_URL") {
             sdk = sdk.endpoint_url(url);
         }
-        Ok(Self::from_sdk(sdk.build(), config))
+        Ok(sdk.build())
     }
 
     /// The adapters over one SDK configuration. Per-attempt timeouts keep one slow call from eating a hook's

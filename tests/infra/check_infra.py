@@ -212,6 +212,7 @@ def main():
     check_fleet(consts)
     check_monitoring()
     check_read_lane()
+    check_state_table()
 
     # The private side's outputs are exactly what template.yaml takes.
     private = load("infra/private-side.yaml")
@@ -266,6 +267,16 @@ def check_fleet(consts):
             actions = {a for st in f["Properties"]["Policies"][0]["Statement"] for a in st["Action"]}
             check("dynamodb:Scan" in actions, "fleet.yaml: the reconciler cannot list the stored bindings (dynamodb:Scan)")
             check("codedeploy:GetDeploymentConfig" in actions, "fleet.yaml: the follower cannot read deployment configs")
+
+
+def check_state_table():
+    """The state table outlives its stack: retained on delete and replacement, and deletion-protected (for a
+    fleet it holds every service's bindings)."""
+    for path in ("infra/template.yaml", "infra/fleet.yaml"):
+        table = load(path)["Resources"]["StateTable"]
+        check(table.get("DeletionPolicy") == "Retain" and table.get("UpdateReplacePolicy") == "Retain"
+              and table["Properties"].get("DeletionProtectionEnabled") is True,
+              f"{path}: the state table is not retained and deletion-protected")
 
 
 def check_monitoring():

@@ -22,10 +22,10 @@ QUICK_MATRIX = [("happy", "throttle-30%", None), ("unhealthy-green", "throttle-3
                 ("happy", CRASH, ["after-allow-traffic"])]
 
 
-def run_one(scenario, tasks, faults="", crash=None, lane=0):
-    """One rehearsal in its own process; its JSON report, or a failed one that carries the process's stderr."""
-    args = [sys.executable, REHEARSE, "--scenario", scenario, "--json", "--faults", faults,
-            "--tasks", str(tasks), "--lane", str(lane)]
+def run_one(scenario, tasks, faults="", crash=None):
+    """One rehearsal in its own process (on the lowest loopback lane free then); its JSON report, or a failed one
+    that carries the process's stderr."""
+    args = [sys.executable, REHEARSE, "--scenario", scenario, "--json", "--faults", faults, "--tasks", str(tasks)]
     if crash:
         args += ["--crash", crash]
     p = subprocess.run(args, capture_output=True, timeout=900)
@@ -56,23 +56,15 @@ def cell_problems(r):
     return out + [m for m in r.get("messages", []) if out]
 
 
-class Lanes:
-    """Loopback lanes (127.L.x.x) for rehearsals that run side by side."""
+class Jobs:
+    """At most `n` rehearsals at once; each claims a loopback lane of its own (`procs.claim_lane`)."""
 
     def __init__(self, n):
-        self.free = list(range(n))
-        self.cond = threading.Condition()
+        self.slots = threading.BoundedSemaphore(n)
 
     def run(self, *args, **kwargs):
-        with self.cond:
-            self.cond.wait_for(lambda: self.free)
-            lane = self.free.pop()
-        try:
-            return run_one(*args, **kwargs, lane=lane)
-        finally:
-            with self.cond:
-                self.free.append(lane)
-                self.cond.notify()
+        with self.slots:
+            return run_one(*args, **kwargs)
 
 
 # The follower repeats one cycle (read the public route, mirror it, renew its lease) for the whole deployment,
@@ -81,11 +73,11 @@ FOLLOWER_EVERY_STEP_UNTIL = 24
 FOLLOWER_STRIDE = 8
 
 
-def crash_cell(scenario, tasks, functions, lanes, pool):
+def crash_cell(scenario, tasks, functions, jobs, pool):
     """Crash at every step: a clean run counts the AWS calls each function's first attempt makes; then one
     rehearsal per function and per n kills that attempt right after its n-th call (n = 1 … count). The cell passes
     when every one of those rehearsals does."""
-    clean = lanes.run(scenario, tasks)
+    clean = jobs.run(scenario, tasks)
     if SCENARIOS[scenario].get("between"):
         plan = [("reconciler", clean.get("reconciler", {}).get("first_attempt_calls", 0))]
     else:
@@ -95,7 +87,7 @@ def crash_cell(scenario, tasks, functions, lanes, pool):
     plan = [(f, n) for f, n in plan if functions is None or f in functions]
     points = [f"{f}:{n}" for f, count in plan for n in range(1, count + 1)
               if f != "follower" or n <= FOLLOWER_EVERY_STEP_UNTIL or n % FOLLOWER_STRIDE == 0]
-    reports = list(pool.map(lambda point: lanes.run(scenario, tasks, crash=point), points))
+    reports = list(pool.map(lambda point: jobs.run(scenario, tasks, crash=point), points))
     failures, fired, broke = [], 0, False
     for point, r in zip(points, reports):
         fired += bool((r.get("crash") or {}).get("fired"))
@@ -113,15 +105,15 @@ def crash_cell(scenario, tasks, functions, lanes, pool):
 
 def matrix(args):
     """Runs scenarios under fault profiles, each rehearsal in its own process, and checks every cell (see
-    cell_problems). `--jobs` runs that many rehearsals side by side, each on its own loopback lane."""
+    cell_problems). `--jobs` runs that many rehearsals side by side, each on a loopback lane of its own."""
     from concurrent.futures import ThreadPoolExecutor
 
     cells = QUICK_MATRIX if args.quick else [(s, p, None) for s in SCENARIOS for p in PROFILES]
     if args.only:
         cells = [c for c in cells if c[0] in args.only.split(",")]
-    lanes = Lanes(args.jobs)
+    jobs = Jobs(args.jobs)
     def fault_cell(scenario, profile):
-        r = lanes.run(scenario, args.tasks, PROFILES[profile])
+        r = jobs.run(scenario, args.tasks, PROFILES[profile])
         problems = cell_problems(r)
         return {"scenario": scenario, "faults": profile, "outcome": r["outcome"], "expected": r["expected_outcome"],
                 "invariants_held": r["invariants_held"], "private_dark_ms": r["private_dark_ms"],
@@ -145,7 +137,7 @@ def matrix(args):
                 pending[i].add_done_callback(lambda f: show(f.result()))
         for i, (scenario, profile, functions) in enumerate(cells):
             if profile == CRASH:
-                rows[i] = crash_cell(scenario, args.tasks, functions, lanes, pool)
+                rows[i] = crash_cell(scenario, args.tasks, functions, jobs, pool)
                 show(rows[i])
         for i, f in pending.items():
             rows[i] = f.result()

@@ -69,6 +69,30 @@ def install_cleanup() -> None:
     signal.signal(signal.SIGTERM, _on_signal)
 
 
+_lane = None  # the lock on this process's loopback lane, held until it ends
+
+
+def claim_lane(wanted=None) -> int:
+    """Claims a loopback lane (tasks on 127.L.x.x) for this process, so that rehearsals run side by side never
+    share task addresses: an exclusive lock on target/rehearsal/lanes/L.lock, held until the process ends (the
+    operating system lets go of it however the process ends). `wanted`: that lane, waiting until it is free;
+    otherwise the lowest free one."""
+    import fcntl
+    global _lane
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "target", "rehearsal", "lanes")
+    os.makedirs(root, exist_ok=True)
+    for lane in [wanted] if wanted is not None else range(255):
+        f = open(os.path.join(root, f"{lane}.lock"), "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wanted is not None else fcntl.LOCK_NB))
+        except OSError:
+            f.close()
+            continue
+        _lane = f
+        return lane
+    raise RuntimeError("every loopback lane (0..254) is held by another rehearsal on this machine")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     s = socket.socket()
     s.bind((host, 0))

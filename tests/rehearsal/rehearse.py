@@ -460,7 +460,7 @@ class Rehearsal(Player):
         if self.elb_reads_per_s is not None:
             env["BLUEGREEN_MIRROR_ELB_READS_PER_S"] = f"{self.elb_reads_per_s:g}"
         if not self.stored_bindings:
-            env["BLUEGREEN_MIRROR_BINDINGS"] = json.dumps(self.bindings)
+            env["BLUEGREEN_MIRROR_BINDINGS"] = self.spec.get("bindings_env") or json.dumps(self.bindings)
         timeouts = {f: self.hook_timeout_s for f in functions}
         timeouts["reconciler"] = self.reconciler_timeout_s
         self.host = LambdaHost(functions, env, self.run_dir, timeouts)
@@ -560,6 +560,7 @@ class Rehearsal(Player):
         report = {
             "scenario": self.name,
             "config": self.config,
+            "lane": self.lane,
             "faults": self.faults or None,
             "crash": crash,
             "faults_injected": self.world.faults.injected,
@@ -685,9 +686,10 @@ def main():
                     help="the account's ELB buckets: current (Describe* 200 refilled at 50/s, Register/Deregister 20 at "
                          "4/s, Modify* 20 at 3/s, as documented) or tight (Describe* 40 at 10/s, writes 10 at 2/s)")
     ap.add_argument("--report", metavar="FILE.html", help="also draw the deployment: one self-contained HTML page")
-    ap.add_argument("--lane", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--lane", type=int, default=None, help="the loopback lane (tasks on 127.L.x.x); default: the "
+                    "lowest one no other rehearsal on this machine holds")
     args = ap.parse_args()
-    if not 0 <= args.lane <= 254 or args.jobs < 1:
+    if not 0 <= (args.lane or 0) <= 254 or args.jobs < 1:
         ap.error("--lane must be in 0..254 and --jobs at least 1")
     if args.matrix:
         import matrix
@@ -706,6 +708,8 @@ def main():
     if not 1 <= args.tasks <= 250:
         ap.error("--tasks must be between 1 and 250")
     procs.install_cleanup()
+    # Side by side with any other rehearsal on this machine: each holds a lane of its own.
+    args.lane = procs.claim_lane(args.lane)
     random.seed(7)
     out = sys.stderr if args.json else sys.stdout
     if args.scenario == "fleet":

@@ -59,6 +59,12 @@ SCENARIOS = {
                       "expected_message": "grant elasticloadbalancing:RegisterTargets on arn:aws:elasticloadbalancing:",
                       "about": "the functions' role lacks elasticloadbalancing:RegisterTargets: AfterInstall fails "
                                "naming the permission to grant, before any traffic moves"},
+    "bad-config": {"config": "AllAtOnce", "expected": "rolled_back", "untouched": True,
+                   "bindings_env": '{"bindings": [{"application": "web", "deployment_group": "web-bg", "pairs": []}]}',
+                   "expected_message": "AfterInstall could not start, so it mirrors nothing",
+                   "about": "the functions' BLUEGREEN_MIRROR_BINDINGS is invalid: AfterInstall cannot start, and "
+                            "reports Failed at once with what to fix instead of leaving CodeDeploy to wait for its "
+                            "timeout; nothing on the private side changes"},
     "missing-table": {"config": "AllAtOnce", "expected": "rolled_back", "table": "bluegreen-mirror-gone",
                       "expected_message": "the state table bluegreen-mirror-gone does not exist",
                       "about": "the functions are configured with a DynamoDB table that does not exist: AfterInstall "

@@ -591,6 +591,84 @@ def _xml_text(s):
     return (str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
 
 
+# --- CodeDeploy, played ---------------------------------------------------------------------------------------
+def _cd_ok(obj):
+    return 200, obj, None
+
+
+def _cd_error(error_type, message):
+    return 400, {"__type": error_type, "message": message}, error_type
+
+
+def codedeploy_answer(world, op, req, token):
+    """CodeDeploy's JSON API as the rehearsal plays it: (HTTP status, answer object, error type or None)."""
+    d = None
+    if "deploymentId" in req:
+        d = world.deployments.get(req["deploymentId"])
+        if d is None:
+            return _cd_error("DeploymentDoesNotExistException", f"Deployment {req['deploymentId']} does not exist")
+    if op == "GetDeployment":
+        return _cd_ok({"deploymentInfo": {
+            "applicationName": d.application, "deploymentGroupName": d.group, "deploymentId": d.id,
+            "status": d.status, "computePlatform": "ECS", "creator": "user",
+            "deploymentConfigName": d.config_name,
+            "deploymentStyle": {"deploymentType": "BLUE_GREEN", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
+        }})
+    if op == "GetDeploymentGroup":
+        x = world.groups.get((req.get("applicationName"), req.get("deploymentGroupName")))
+        if x is None:
+            return _cd_error("DeploymentGroupDoesNotExistException", "No such deployment group")
+        return _cd_ok({"deploymentGroupInfo": {
+            "applicationName": x.application, "deploymentGroupName": x.group, "computePlatform": "ECS",
+            "deploymentStyle": {"deploymentType": "BLUE_GREEN", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
+            "ecsServices": [{"clusterName": x.service[0], "serviceName": x.service[1]}],
+            "loadBalancerInfo": {"targetGroupPairInfoList": [{
+                "targetGroups": [{"name": n} for n in x.pair],
+                "prodTrafficRoute": {"listenerArns": [x.prod_listener]},
+                "testTrafficRoute": {"listenerArns": [x.test_listener]},
+            }]},
+        }})
+    if op == "GetDeploymentConfig":
+        info = DEPLOYMENT_CONFIGS.get(req.get("deploymentConfigName"))
+        if info is None:
+            return _cd_error("DeploymentConfigDoesNotExistException",
+                               f"No deployment configuration named {req.get('deploymentConfigName')}")
+        return _cd_ok({"deploymentConfigInfo": {
+            "deploymentConfigId": str(uuid.uuid5(uuid.NAMESPACE_URL, req["deploymentConfigName"])),
+            "deploymentConfigName": req["deploymentConfigName"], "computePlatform": "ECS",
+            "trafficRoutingConfig": info}})
+    if op == "ListDeploymentTargets":
+        return _cd_ok({"targetIds": [f"{d.service[0]}:{d.service[1]}"]})
+    if op == "GetDeploymentTarget":
+        with d.cond:
+            sets = [{
+                "identifer": f"ecs-svc/{i}", "desiredCount": s["desired"], "pendingCount": 0,
+                "runningCount": s["running"], "status": "PRIMARY" if s["label"] == "Blue" else "ACTIVE",
+                "trafficWeight": s["weight"], "targetGroup": {"name": s["tg"]}, "taskSetLabel": s["label"],
+            } for i, s in enumerate(d.task_sets)]
+        return _cd_ok({"deploymentTarget": {"deploymentTargetType": "ECSTarget", "ecsTarget": {
+            "deploymentId": d.id, "targetId": req.get("targetId"), "status": "InProgress",
+            "taskSetsInfo": sets,
+        }}})
+    if op == "PutLifecycleEventHookExecutionStatus":
+        exec_id = req.get("lifecycleEventHookExecutionId")
+        with d.cond:
+            e = d.executions.get(exec_id)
+            if e is None:
+                return _cd_error("InvalidLifecycleEventHookExecutionIdException", f"Unknown execution {exec_id}")
+            token = token or "?"
+            e["reports_by"][token] = e["reports_by"].get(token, 0) + 1
+            if e["status"] is not None:
+                e["rejected"] += 1
+                return _cd_error("LifecycleEventAlreadyCompletedException",
+                                   f"The lifecycle event {exec_id} is already completed")
+            e["status"] = req.get("status")
+            e["at"] = time.monotonic()
+            d.cond.notify_all()
+        return _cd_ok({"lifecycleEventHookExecutionId": exec_id})
+    return _cd_error("UnsupportedOperation", f"the rehearsal's CodeDeploy does not implement {op}")
+
+
 def make_handler(world: World):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -784,71 +862,8 @@ def make_handler(world: World):
             self._json(400, {"__type": error_type, "message": message}, error_type)
 
         def _codedeploy(self, op, req):
-            d = None
-            if "deploymentId" in req:
-                d = world.deployments.get(req["deploymentId"])
-                if d is None:
-                    return self._error("DeploymentDoesNotExistException", f"Deployment {req['deploymentId']} does not exist")
-            if op == "GetDeployment":
-                return self._json(200, {"deploymentInfo": {
-                    "applicationName": d.application, "deploymentGroupName": d.group, "deploymentId": d.id,
-                    "status": d.status, "computePlatform": "ECS", "creator": "user",
-                    "deploymentConfigName": d.config_name,
-                    "deploymentStyle": {"deploymentType": "BLUE_GREEN", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
-                }})
-            if op == "GetDeploymentGroup":
-                x = world.groups.get((req.get("applicationName"), req.get("deploymentGroupName")))
-                if x is None:
-                    return self._error("DeploymentGroupDoesNotExistException", "No such deployment group")
-                return self._json(200, {"deploymentGroupInfo": {
-                    "applicationName": x.application, "deploymentGroupName": x.group, "computePlatform": "ECS",
-                    "deploymentStyle": {"deploymentType": "BLUE_GREEN", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
-                    "ecsServices": [{"clusterName": x.service[0], "serviceName": x.service[1]}],
-                    "loadBalancerInfo": {"targetGroupPairInfoList": [{
-                        "targetGroups": [{"name": n} for n in x.pair],
-                        "prodTrafficRoute": {"listenerArns": [x.prod_listener]},
-                        "testTrafficRoute": {"listenerArns": [x.test_listener]},
-                    }]},
-                }})
-            if op == "GetDeploymentConfig":
-                info = DEPLOYMENT_CONFIGS.get(req.get("deploymentConfigName"))
-                if info is None:
-                    return self._error("DeploymentConfigDoesNotExistException",
-                                       f"No deployment configuration named {req.get('deploymentConfigName')}")
-                return self._json(200, {"deploymentConfigInfo": {
-                    "deploymentConfigId": str(uuid.uuid5(uuid.NAMESPACE_URL, req["deploymentConfigName"])),
-                    "deploymentConfigName": req["deploymentConfigName"], "computePlatform": "ECS",
-                    "trafficRoutingConfig": info}})
-            if op == "ListDeploymentTargets":
-                return self._json(200, {"targetIds": [f"{d.service[0]}:{d.service[1]}"]})
-            if op == "GetDeploymentTarget":
-                with d.cond:
-                    sets = [{
-                        "identifer": f"ecs-svc/{i}", "desiredCount": s["desired"], "pendingCount": 0,
-                        "runningCount": s["running"], "status": "PRIMARY" if s["label"] == "Blue" else "ACTIVE",
-                        "trafficWeight": s["weight"], "targetGroup": {"name": s["tg"]}, "taskSetLabel": s["label"],
-                    } for i, s in enumerate(d.task_sets)]
-                return self._json(200, {"deploymentTarget": {"deploymentTargetType": "ECSTarget", "ecsTarget": {
-                    "deploymentId": d.id, "targetId": req.get("targetId"), "status": "InProgress",
-                    "taskSetsInfo": sets,
-                }}})
-            if op == "PutLifecycleEventHookExecutionStatus":
-                exec_id = req.get("lifecycleEventHookExecutionId")
-                with d.cond:
-                    e = d.executions.get(exec_id)
-                    if e is None:
-                        return self._error("InvalidLifecycleEventHookExecutionIdException", f"Unknown execution {exec_id}")
-                    token = self.token or "?"
-                    e["reports_by"][token] = e["reports_by"].get(token, 0) + 1
-                    if e["status"] is not None:
-                        e["rejected"] += 1
-                        return self._error("LifecycleEventAlreadyCompletedException",
-                                           f"The lifecycle event {exec_id} is already completed")
-                    e["status"] = req.get("status")
-                    e["at"] = time.monotonic()
-                    d.cond.notify_all()
-                return self._json(200, {"lifecycleEventHookExecutionId": exec_id})
-            return self._error("UnsupportedOperation", f"the rehearsal's CodeDeploy does not implement {op}")
+            status, obj, error_type = codedeploy_answer(world, op, req, self.token)
+            self._json(status, obj, error_type)
 
     return Handler
 

@@ -213,6 +213,18 @@ pub async fn serve<H: Hook>() -> Result<(), lambda_runtime::Error> {
     .await
 }
 
+/// The invocation CodeDeploy's event asks of hook `phase`. Without both ids there is nothing CodeDeploy would
+/// accept a report for: the error goes to the log.
+fn invocation(phase: Phase, event: LambdaEvent<Value>) -> Result<Invocation, Error> {
+    let lifecycle = parse_event(event.payload).inspect_err(|e| tracing::error!(error = %e, "event rejected"))?;
+    Ok(Invocation {
+        phase,
+        deployment_id: lifecycle.deployment_id,
+        execution_id: lifecycle.lifecycle_event_hook_execution_id,
+        deadline: event.context.deadline(),
+    })
+}
+
 /// A hook that cannot start (its configuration is invalid) cannot mirror anything, but it can still answer
 /// CodeDeploy: every invocation reports `Failed` at once, through the same harness, with the message that says
 /// what to fix, and publishes `HookFailed`; otherwise CodeDeploy would wait for the hook's timeout (an hour) and no
@@ -238,13 +250,7 @@ async fn refuse<H: Hook, R: HookReporter>(
     metrics: Option<&Metrics>,
     event: LambdaEvent<Value>,
 ) -> Result<Value, Error> {
-    let lifecycle = parse_event(event.payload).inspect_err(|e| tracing::error!(error = %e, "event rejected"))?;
-    let inv = Invocation {
-        phase: H::PHASE,
-        deployment_id: lifecycle.deployment_id,
-        execution_id: lifecycle.lifecycle_event_hook_execution_id,
-        deadline: event.context.deadline(),
-    };
+    let inv = invocation(H::PHASE, event)?;
     let tracker = Tracker::default();
     let outcome = harness::run(reporter, &inv, &tracker, |_| async move {
         Err::<Epilogue<'_>, _>(Error::Misconfigured(format!(
@@ -274,14 +280,7 @@ where
     F: Followers,
     R: HookReporter,
 {
-    // Without both ids there is nothing CodeDeploy would accept a report for: the error goes to the log.
-    let lifecycle = parse_event(event.payload).inspect_err(|e| tracing::error!(error = %e, "event rejected"))?;
-    let inv = Invocation {
-        phase: H::PHASE,
-        deployment_id: lifecycle.deployment_id,
-        execution_id: lifecycle.lifecycle_event_hook_execution_id,
-        deadline: event.context.deadline(),
-    };
+    let inv = invocation(H::PHASE, event)?;
     let tracker = Tracker::default();
     let outcome = harness::run(reporter, &inv, &tracker, |budget| {
         let (inv, tracker) = (&inv, &tracker);

@@ -126,6 +126,9 @@ def matrix(args):
                   else f"injected {row['faults_injected']:>4}")
         print(f"{row['scenario']:<16} {row['faults']:<17} {row['outcome']:<12} {detail:<22} "
               f"{'PASS' if row['passed'] else 'FAIL'}", file=sys.stderr, flush=True)
+        # A long run's failures are read while it still runs, not only in the summary at its end.
+        for m in row["messages"] if not row["passed"] else []:
+            print(f"    {m[:600]}", file=sys.stderr, flush=True)
 
     rows = [None] * len(cells)
     with ThreadPoolExecutor(args.jobs) as pool:

@@ -209,6 +209,14 @@ def main():
         check(arn.endswith(f"-{suffix}"), f"appspec {event} does not name the {suffix} function")
     check(appspec["Resources"][0]["TargetService"]["Type"] == "AWS::ECS::Service", "appspec target is not an ECS service")
 
+    # The example fleet file the configuration guide points at is a document the functions accept.
+    with open(os.path.join(ROOT, "infra", "fleet.example.json")) as f:
+        example = f.read()
+    out = cold_start(bin_dir, example)
+    check("configuration error" not in out, f"infra/fleet.example.json is refused: {out[-400:]}")
+
+    check_names()
+    check_samconfig()
     check_fleet(consts)
     check_monitoring()
     check_read_lane()
@@ -216,6 +224,7 @@ def main():
 
     # The private side's outputs are exactly what template.yaml takes.
     private = load("infra/private-side.yaml")
+    check_private_side(private)
     for out in private["Outputs"]:
         if out.startswith("Private"):
             check(out in t["Parameters"], f"private-side output {out} is not a parameter of template.yaml")
@@ -267,6 +276,69 @@ def check_fleet(consts):
             actions = {a for st in f["Properties"]["Policies"][0]["Statement"] for a in st["Action"]}
             check("dynamodb:Scan" in actions, "fleet.yaml: the reconciler cannot list the stored bindings (dynamodb:Scan)")
             check("codedeploy:GetDeploymentConfig" in actions, "fleet.yaml: the follower cannot read deployment configs")
+
+
+# Lambda's limit on a function's name.
+LAMBDA_NAME_MAX = 64
+
+
+def check_names():
+    """Every function's name is built from the FunctionNamePrefix parameter, never the stack's name (which may be
+    128 characters long), and the longest prefix the parameter admits still fits Lambda's 64 characters."""
+    for path in ("infra/template.yaml", "infra/fleet.yaml"):
+        t = load(path)
+        prefix = t["Parameters"].get("FunctionNamePrefix", {})
+        m = re.search(r"\{1,(\d+)\}", prefix.get("AllowedPattern", ""))
+        check(m is not None, f"{path}: FunctionNamePrefix has no length bound in its AllowedPattern")
+        longest = "x" * int(m.group(1)) if m else ""
+        for name, r in t["Resources"].items():
+            if r["Type"] != "AWS::Serverless::Function":
+                continue
+            sub = r["Properties"].get("FunctionName", {}).get("Fn::Sub", "")
+            check("${FunctionNamePrefix}" in sub and "AWS::StackName" not in sub,
+                  f"{path} {name}: its name is not built from FunctionNamePrefix: {sub!r}")
+            full = sub.replace("${FunctionNamePrefix}", longest)
+            check(len(full) <= LAMBDA_NAME_MAX, f"{path} {name}: {full!r} exceeds Lambda's {LAMBDA_NAME_MAX} characters")
+
+
+def check_private_side(t):
+    """private-side.yaml can be deployed once per service (no default name to collide on), tags what the fleet's
+    roles may change, and logs to a bucket ELB may write to."""
+    check("Default" not in t["Parameters"]["NamePrefix"], "private-side.yaml: a default NamePrefix collides between services")
+    res = t["Resources"]
+    for name, r in res.items():
+        if r["Type"] in ("AWS::ElasticLoadBalancingV2::TargetGroup", "AWS::ElasticLoadBalancingV2::LoadBalancer"):
+            tags = {tag["Key"]: tag["Value"] for tag in r["Properties"].get("Tags", [])}
+            check(tags.get(MANAGED_TAG) == "true", f"private-side.yaml {name} is not tagged {MANAGED_TAG}=true")
+    policy = res.get("LogBucketPolicy", {}).get("Properties", {}).get("PolicyDocument", {})
+    granted = set()
+    for st in policy.get("Statement", []):
+        if isinstance(st, dict) and st.get("Effect") == "Allow" and st.get("Action") == "s3:PutObject":
+            granted.add(st.get("Principal", {}).get("Service"))
+    check({"logdelivery.elasticloadbalancing.amazonaws.com", "delivery.logs.amazonaws.com"} <= granted,
+          f"private-side.yaml: the log bucket does not let ALB and NLB log delivery write ({sorted(filter(None, granted))})")
+
+
+def check_samconfig():
+    """`sam deploy` from infra/ works the first time: each environment of samconfig.toml deploys a template that
+    exists, with the capabilities that template needs (IAM roles; the nested monitoring application)."""
+    import tomllib
+    with open(os.path.join(ROOT, "infra", "samconfig.toml"), "rb") as f:
+        conf = tomllib.load(f)
+    deploys = {env: v["deploy"]["parameters"] for env, v in conf.items() if isinstance(v, dict) and "deploy" in v}
+    check({"default", "fleet"} <= set(deploys), f"samconfig.toml deploys {sorted(deploys)}, not default and fleet")
+    for env, params in deploys.items():
+        template = params.get("template_file", "")
+        check(os.path.exists(os.path.join(ROOT, "infra", template)), f"samconfig.toml {env}: no template {template!r}")
+        if not os.path.exists(os.path.join(ROOT, "infra", template)):
+            continue
+        t = load(f"infra/{template}")
+        needed = {"CAPABILITY_IAM"} if any(r["Type"] in ("AWS::Serverless::Function", "AWS::IAM::Role")
+                                           for r in t["Resources"].values()) else set()
+        if any(r["Type"] == "AWS::Serverless::Application" for r in t["Resources"].values()):
+            needed.add("CAPABILITY_AUTO_EXPAND")
+        given = set(params.get("capabilities", "").split())
+        check(needed <= given, f"samconfig.toml {env}: {template} needs {sorted(needed - given)}")
 
 
 def check_state_table():

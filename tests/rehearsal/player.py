@@ -88,8 +88,12 @@ class Player:
         exec_id = d.new_execution(hook)
         event = {"DeploymentId": d.id, "LifecycleEventHookExecutionId": exec_id}
         key = access_key(function)
+        if self.hook_latency_s > 0:
+            # CodeDeploy gets round to the next hook when it does; whatever the step before moved stays moved.
+            time.sleep(self.hook_latency_s)
         t = time.monotonic()
-        self.log(hook, f"invoking {function}")
+        self.log(hook, f"invoking {function}" + (f" ({self.hook_latency_s:g} s after the step before)"
+                                                 if self.hook_latency_s > 0 else ""))
         invs = [self.host.invoke_async(function, event, key)]
         if self.spec.get("hook_retry"):
             invs.append(self.host.invoke_async(function, event, key))

@@ -28,7 +28,7 @@ from probe import Probe
 
 # The scenarios and shared helpers (the fleet, the bench and the checks read REGION, ROOT and TASK_PORT from here).
 from scenarios import (
-    CONFIGS, FLEET_ABOUT, HOOK_TIMEOUT_S, HOOKS, MINUTE_S, RECONCILER_KEY, RECONCILER_TIMEOUT_S, REGION, ROOT,
+    CONFIGS, FLEET_ABOUT, HOOK_LATENCY_S, HOOK_TIMEOUT_S, HOOKS, MINUTE_S, RECONCILER_KEY, RECONCILER_TIMEOUT_S, REGION, ROOT,
     SCENARIOS, SCHEDULE_EVERY_S, TASK_PORT, Timeline, access_key, fmt_route, is_follow, parse_crash, same_traffic,
     shares, short,
 )
@@ -62,6 +62,7 @@ class Rehearsal(Player):
         self.deployment_id = "d-REHEARSAL1"
         self.reconciler_timeout_s = RECONCILER_TIMEOUT_S
         self.hook_timeout_s = HOOK_TIMEOUT_S
+        self.hook_latency_s = HOOK_LATENCY_S
         # The installation's ELB read budget the functions are told (None: their default, 2 a second).
         self.elb_reads_per_s = None
         # The bindings in the state table (`bluegreen-mirror bindings apply`) rather than the environment.
@@ -518,7 +519,7 @@ class Rehearsal(Player):
             invariants.update(more)
             link = {"requests": link_stats["requests"], "failed_requests": link_stats["failed_requests"],
                     "served_by_version": link_stats["served_by_version"], "dark_ms": link_stats["dark_ms"],
-                    "majority_lag_ms": link_lag}
+                    "majority_lag_ms": link_lag, "flip_skew_ms": sides.flip_skew_ms(self)}
         for hook in self.hook_reports.values():
             if hook.get("message") and hook["verdict"] != "Succeeded":
                 self.messages.append(f"{hook['function']}: {hook['message']}")
@@ -574,6 +575,7 @@ class Rehearsal(Player):
             "private_dark_ms": prv["dark_ms"],
             "public_dark_ms": pub["dark_ms"],
             "flip_skew_ms": self.flip_skew_ms(),
+            "hook_latency_s": self.hook_latency_s,
             "requests": {"public": pub["requests"], "private": prv["requests"]},
             "failed_requests": {"public": pub["failed_requests"], "private": prv["failed_requests"]},
             "served_by_version": {"public": pub["served_by_version"], "private": prv["served_by_version"]},
@@ -627,8 +629,9 @@ def print_report(r, out):
         s2 = r["side_2"]
         p(f"   side 2 (NLB)     {s2['requests']} requests ({s2['failed_requests']} failed), served "
           f"{s2['served_by_version']}, dark {s2['dark_ms']} ms, behind the public majority at most "
-          f"{s2['majority_lag_ms']} ms")
-    p(f"   flip skew        {r['flip_skew_ms']} ms (private flip after public flip)")
+          f"{s2['majority_lag_ms']} ms, flip skew {s2['flip_skew_ms']} ms")
+    p(f"   flip skew        {r['flip_skew_ms']} ms (private flip after public flip; CodeDeploy invoked each hook "
+      f"{r['hook_latency_s']:g} s after the step before)")
     p(f"   max weight lag   {r['max_weight_lag_ms']} ms (longest time the private weights differed from the public)")
     if r.get("rollback_write_after_calls") is not None:
         p(f"   rollback         the reconciler put the private route back after {r['rollback_write_after_calls']} AWS "
@@ -685,6 +688,9 @@ def main():
     ap.add_argument("--elb-buckets", choices=sorted(standin.BUCKET_SETTINGS), default="current",
                     help="the account's ELB buckets: current (Describe* 200 refilled at 50/s, Register/Deregister 20 at "
                          "4/s, Modify* 20 at 3/s, as documented) or tight (Describe* 40 at 10/s, writes 10 at 2/s)")
+    ap.add_argument("--hook-latency", type=float, default=HOOK_LATENCY_S, metavar="SECONDS",
+                    help=f"CodeDeploy's delay between a lifecycle step and its next hook's invocation (default "
+                         f"{HOOK_LATENCY_S:g}; seconds on AWS)")
     ap.add_argument("--report", metavar="FILE.html", help="also draw the deployment: one self-contained HTML page")
     ap.add_argument("--lane", type=int, default=None, help="the loopback lane (tasks on 127.L.x.x); default: the "
                     "lowest one no other rehearsal on this machine holds")
@@ -736,6 +742,7 @@ def main():
         r.neighbour_per_s = args.neighbour or 0.0
         r.elb_buckets = args.elb_buckets
         r.minute_s = args.minute or MINUTE_S
+        r.hook_latency_s = args.hook_latency
         if args.reconciler_timeout:
             r.reconciler_timeout_s = args.reconciler_timeout
         report = r.run()

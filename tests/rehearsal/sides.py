@@ -61,6 +61,17 @@ def evaluate(r, shares, same_traffic):
              "I4_never_dark_side_2": i4}, stats, majority_lag_ms(r, mirror))
 
 
+def flip_skew_ms(r):
+    """The NLB side's flip: from the public route's first majority on green (an NLB forwards to one group, so it
+    follows the majority) to the NLB's production listener forwarding to its green group."""
+    green, nlb_green = r.tgs["pub-green"], r.tgs[f"{PREFIX}-green"]
+    public = next((t for t, a, route in r.world.route_events if a == r.listeners["public-prod"]
+                   and dict(route).get(green, 0) > sum(wt for _, wt in route) / 2), None)
+    private = next((t for t, a, route in r.world.route_events if a == r.listeners["link-prod"]
+                    and [tg for tg, _ in route] == [nlb_green]), None)
+    return None if public is None or private is None else round((private - public) * 1000, 1)
+
+
 def majority_lag_ms(r, mirror):
     """The longest time the NLB's live group differed from the group holding the public majority (a tie keeps
     what was live)."""

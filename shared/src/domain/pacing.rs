@@ -1,5 +1,5 @@
 //! Pacing: when the follower reads the public production listener next. ELB's `Describe*` budget is one bucket
-//! per account and region (40 tokens, 10 per second), shared with everything else the customer runs, so the
+//! per account and region, shared with everything else the customer runs, so the
 //! follower cannot poll at a fixed fast rate. CodeDeploy's deployment configuration says when the public weights
 //! will move (canary: once more after its interval; linear: every interval until green has everything): the
 //! follower reads fast only around those moments and slowly otherwise. Moves no schedule predicts (a stop, a
@@ -111,8 +111,10 @@ pub fn next_read(shift: &TrafficShift, progress: &Progress, pacing: &Pacing) -> 
         return if progress.since_start < pacing.first_move_window { pacing.fast } else { pacing.unsure };
     };
     if progress.settled {
-        // The shift is complete (or was reversed): no move is scheduled any more.
-        return pacing.slow;
+        // The shift is complete (or was reversed): no move is scheduled any more. Right after it, until
+        // AfterAllowTraffic has verified it (CodeDeploy invokes it seconds later), an alarm may still put the
+        // public side back: that move is read within the lag target too.
+        return if since_move < pacing.first_move_window { pacing.unsure } else { pacing.slow };
     }
     let Some(interval) = shift.interval() else {
         return pacing.unsure;
@@ -340,7 +342,10 @@ mod tests {
         assert!(p.unsure < Duration::from_secs(1));
         let waiting = Progress { since_start: p.first_move_window * 2, since_last_move: None, settled: false };
         assert_eq!(next_read(&TrafficShift::AllAtOnce, &waiting, &p), p.unsure);
-        let done = Progress { since_start: MIN, since_last_move: Some(Duration::from_secs(1)), settled: true };
+        let just_done = Progress { since_start: MIN, since_last_move: Some(Duration::from_secs(1)), settled: true };
+        assert_eq!(next_read(&linear, &just_done, &p), p.unsure, "a rollback right after the last move is seen");
+        assert_eq!(next_read(&TrafficShift::AllAtOnce, &just_done, &p), p.unsure);
+        let done = Progress { since_last_move: Some(p.first_move_window), ..just_done };
         assert_eq!(next_read(&linear, &done, &p), p.slow);
     }
 

@@ -198,15 +198,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             t.note(format!("{} is already followed by a live follower", b.label()));
             return Ok(());
         };
-        if shift == TrafficShift::AllAtOnce {
-            // One move, and AfterAllowTraffic runs right after it and flips the private side: nothing to follow.
-            self.release_lease(&mut lease).await;
-            t.note(format!(
-                "deployment {} shifts all at once: AfterAllowTraffic flips the private side",
-                req.deployment_id
-            ));
-            return Ok(());
-        }
+        // All at once is one move, followed like the others: CodeDeploy invokes AfterAllowTraffic whenever it
+        // gets round to it after the reroute (seconds on AWS), and the private side moves when the reroute is
+        // read, not then. AfterAllowTraffic still verifies, and flips by itself when no follower runs.
         t.note(format!("following deployment {} of {} ({shift:?})", req.deployment_id, b.label()));
         let mut pacing = Pacing::default();
         // Where the schedule stood at the last read: a full reconcile waits for a moment away from any move.

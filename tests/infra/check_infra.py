@@ -378,6 +378,26 @@ def check_monitoring():
         check(t["Globals"]["Function"]["Environment"]["Variables"].get("BLUEGREEN_MIRROR_METRICS_NAMESPACE")
               == mon.get("Parameters", {}).get("MetricsNamespace"), f"{path}: functions and alarms differ in namespace")
         check(t["Globals"]["Function"].get("LoggingConfig", {}).get("LogFormat") == "JSON", f"{path}: log format is not JSON")
+        # Every function's Lambda errors and throttles page someone: each is handed to monitoring.yaml, whose
+        # alarms watch both metrics of every function named so.
+        passed = {v.get("Ref") for v in mon.get("Parameters", {}).values() if isinstance(v, dict)}
+        functions = {k for k, r in t["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
+        check(functions <= passed, f"{path}: {sorted(functions - passed)} not handed to the monitoring stack")
+    watched = {"Errors": set(), "Throttles": set()}
+    for r in m["Resources"].values():
+        if r["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        props = r["Properties"]
+        stats = [q["MetricStat"]["Metric"] for q in props.get("Metrics", []) if "MetricStat" in q]
+        if props.get("Namespace") == "AWS/Lambda":
+            stats.append({"MetricName": props["MetricName"], "Dimensions": props.get("Dimensions", [])})
+        for metric in stats:
+            for d in metric.get("Dimensions", []):
+                if metric.get("MetricName") in watched and d["Name"] == "FunctionName":
+                    watched[metric["MetricName"]].add(d["Value"].get("Ref"))
+    names = {k for k in m["Parameters"] if k.endswith("FunctionName")}
+    for metric, params in watched.items():
+        check(names <= params, f"monitoring.yaml: no alarm on the Lambda {metric} of {sorted(names - params)}")
 
 
 def check_read_lane():

@@ -4,8 +4,8 @@
 //! `cli_bindings`). It reads the same environment as the functions (`BLUEGREEN_MIRROR_TABLE`,
 //! `BLUEGREEN_MIRROR_BINDINGS` when the bindings are not stored) and the standard AWS credential and region chain.
 //!
-//! Exit codes: 0 all good; 1 a binding is misconfigured (`check`), out of sync (`status`) or could not be
-//! reconciled; 2 usage or configuration error.
+//! Results go to stdout, diagnostics to stderr. Exit codes, the same for every command (docs/operations.md):
+//! [`EXIT_OK`], [`EXIT_AWS`], [`EXIT_USAGE`], [`EXIT_FOUND`].
 
 use std::fmt::Write as _;
 
@@ -14,6 +14,42 @@ use bluegreen_mirror::config::Config;
 use bluegreen_mirror::harness::{error_chain, Tracker};
 use bluegreen_mirror::usecase::Engine;
 use serde_json::{json, Value};
+
+/// Everything asked was done and found right.
+pub const EXIT_OK: i32 = 0;
+/// AWS could not be asked or answered with an error after the retries (unreachable, throttled, no credentials):
+/// nothing is known to be wrong with the bindings; run again.
+pub const EXIT_AWS: i32 = 1;
+/// The command line, the environment or a bindings file is wrong: nothing was asked of AWS.
+pub const EXIT_USAGE: i32 = 2;
+/// The command ran and found problems: a binding misconfigured, out of sync, refused, or not there.
+pub const EXIT_FOUND: i32 = 3;
+
+/// The exit code an error stands for.
+pub fn exit_code_of(e: &bluegreen_mirror::Error) -> i32 {
+    use bluegreen_mirror::Error;
+    match e {
+        Error::Config(_) | Error::Event(_) => EXIT_USAGE,
+        e if e.is_transient() => EXIT_AWS,
+        _ => EXIT_FOUND,
+    }
+}
+
+/// The worse of two exit codes: AWS failing outranks a problem found (the checks did not all run), which
+/// outranks success.
+pub fn worse(a: i32, b: i32) -> i32 {
+    let rank = |c: i32| match c {
+        EXIT_OK => 0,
+        EXIT_FOUND => 1,
+        EXIT_AWS => 2,
+        _ => 3,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
 
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,13 +78,22 @@ pub enum Command {
     long_about = "Operate bluegreen-mirror: check bindings, see both sides of each, reconcile, manage stored bindings.\n\n\
         Reads the functions' environment (BLUEGREEN_MIRROR_TABLE; BLUEGREEN_MIRROR_BINDINGS when the bindings are not \
         stored) and the standard AWS credential and region chain.\n\n\
-        Exit codes: 0 all good; 1 a binding is misconfigured, out of sync or could not be reconciled; 2 usage or \
-        configuration error."
+        Exit codes: 0 all good; 1 AWS could not be reached or failed after retries; 2 usage or configuration error; \
+        3 problems found (a binding misconfigured, out of sync, refused or not there)."
 )]
 struct Cli {
     /// Print the result as JSON on stdout
     #[arg(long, global = true)]
     json: bool,
+    /// The AWS region (else AWS_REGION, then the profile's)
+    #[arg(long, global = true, value_name = "REGION")]
+    region: Option<String>,
+    /// The AWS profile for credentials and region (else AWS_PROFILE)
+    #[arg(long, global = true, value_name = "NAME")]
+    profile: Option<String>,
+    /// The state table (else BLUEGREEN_MIRROR_TABLE)
+    #[arg(long, global = true, value_name = "TABLE")]
+    table: Option<String>,
     #[command(subcommand)]
     command: Sub,
 }
@@ -107,9 +152,41 @@ enum BindingsSub {
     },
 }
 
+/// Where the CLI finds AWS and its table, when the command line says so rather than the environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Target {
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    pub table: Option<String>,
+}
+
+impl Command {
+    /// The command's stable name in `--json` output.
+    pub fn name(&self) -> &'static str {
+        use crate::cli_bindings::BindingsCommand;
+        match self {
+            Command::Check => "check",
+            Command::Status => "status",
+            Command::Reconcile { dry_run: true } => "reconcile --dry-run",
+            Command::Reconcile { dry_run: false } => "reconcile",
+            Command::Bindings(BindingsCommand::Apply { dry_run: true, .. }) => "bindings apply --dry-run",
+            Command::Bindings(BindingsCommand::Apply { dry_run: false, .. }) => "bindings apply",
+            Command::Bindings(BindingsCommand::List) => "bindings list",
+            Command::Bindings(BindingsCommand::Remove { .. }) => "bindings remove",
+            Command::Completions(_) => "completions",
+            Command::Report { .. } => "report",
+        }
+    }
+}
+
 /// Parses the arguments after the program name into a command and the `--json` flag. The error is clap's: it
 /// knows whether it is help (stdout, 0) or a usage error (stderr, 2).
 pub fn parse_args(args: &[String]) -> Result<(Command, bool), clap::Error> {
+    parse(args).map(|(command, json, _)| (command, json))
+}
+
+/// [`parse_args`], with where to find AWS and the table.
+pub fn parse(args: &[String]) -> Result<(Command, bool, Target), clap::Error> {
     use crate::cli_bindings::BindingsCommand;
     let cli = <Cli as clap::Parser>::try_parse_from(
         std::iter::once("bluegreen-mirror".to_string()).chain(args.iter().cloned()),
@@ -128,12 +205,12 @@ pub fn parse_args(args: &[String]) -> Result<(Command, bool), clap::Error> {
         Sub::Completions { shell } => Command::Completions(shell),
         Sub::Report { deployment_id, data } => Command::Report { deployment_id, data },
     };
-    Ok((command, cli.json))
+    Ok((command, cli.json, Target { region: cli.region, profile: cli.profile, table: cli.table }))
 }
 
 /// Runs the CLI; returns the exit code.
 pub async fn main(args: Vec<String>) -> i32 {
-    let (command, as_json) = match parse_args(&args) {
+    let (command, as_json, target) = match parse(&args) {
         Ok(c) => c,
         Err(e) => {
             // Help and the version go to stdout with 0; a usage error to stderr with 2.
@@ -157,18 +234,22 @@ pub async fn main(args: Vec<String>) -> i32 {
             }
             Err(e) => {
                 eprintln!("{e}");
-                2
+                EXIT_USAGE
             }
         };
     }
-    let config = match Config::from_env() {
+    let config = match Config::from_env_with_table(target.table.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
-            return 2;
+            return EXIT_USAGE;
         }
     };
-    let aws = Aws::load(&config).await;
+    let aws = Aws::load_for_operator(&config, target.region.as_deref(), target.profile.as_deref()).await;
+    if aws.region().is_none() {
+        eprintln!("no AWS region: set AWS_REGION, pass --region, or choose a profile that has one (--profile)");
+        return EXIT_USAGE;
+    }
     // Checking a fleet's bindings reads ELB nine times each: paced like the functions, so that an operator's
     // command does not drain the account's bucket (BLUEGREEN_MIRROR_ELB_READS_PER_S sets the pace).
     let elb = aws.elb.with_paced_reads(config.elb_reads_per_s, bluegreen_mirror::aws::ReadBurst::Reconcile);
@@ -184,16 +265,17 @@ pub async fn main(args: Vec<String>) -> i32 {
         Ok(b) => b,
         Err(e) => {
             eprintln!("cannot read the stored bindings: {}", error_chain(&e));
-            return 1;
+            return exit_code_of(&e);
         }
     };
     if bindings.is_empty() {
         eprintln!("no binding: store some with `bluegreen-mirror bindings apply FILE`");
-        return 1;
+        return EXIT_FOUND;
     }
     let mut rows = Vec::new();
     let mut text = String::new();
     let mut ok = true;
+    let mut code = EXIT_OK;
     for (label, b) in &bindings {
         let t = Tracker::default();
         // One row per binding; `status` gives one per private side.
@@ -220,12 +302,18 @@ pub async fn main(args: Vec<String>) -> i32 {
         .await;
         let these = match result {
             Ok(v) => v,
-            Err(e) => vec![json!({"binding": label, "ok": false, "error": error_chain(&e)})],
+            Err(e) => {
+                code = worse(code, exit_code_of(&e));
+                vec![json!({"binding": label, "ok": false, "error": error_chain(&e)})]
+            }
         };
         for row in these {
             let good = row.get("error").is_none()
                 && (!matches!(command, Command::Status) || row.get("in_sync").and_then(Value::as_bool) == Some(true));
             ok &= good;
+            if !good {
+                code = worse(code, EXIT_FOUND);
+            }
             describe(&mut text, &command, &row);
             rows.push(row);
         }
@@ -233,13 +321,13 @@ pub async fn main(args: Vec<String>) -> i32 {
     if as_json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"command": format!("{command:?}"), "ok": ok, "bindings": rows}))
+            serde_json::to_string_pretty(&json!({"command": command.name(), "ok": ok, "bindings": rows}))
                 .unwrap_or_default()
         );
     } else {
         print!("{text}");
     }
-    i32::from(!ok)
+    code
 }
 
 /// `report DEPLOYMENT_ID`: the record, and the routes of its binding as they are now.
@@ -258,11 +346,11 @@ where
                 "no record of deployment {deployment_id} in {} (records are kept 30 days, and only for deployments of a bound group)",
                 engine.config.table
             );
-            return 1;
+            return EXIT_FOUND;
         }
         Err(e) => {
             eprintln!("cannot read deployment {deployment_id}: {}", error_chain(&e));
-            return 1;
+            return exit_code_of(&e);
         }
     };
     let mut live = Vec::new();

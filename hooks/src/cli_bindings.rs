@@ -9,7 +9,8 @@
 //! - `list [--json]`: every stored binding, its version, when it was applied, and whether it is usable.
 //! - `remove APPLICATION GROUP`: removes one, under its version.
 //!
-//! Exit codes: 0 done (or nothing to do); 1 a binding is refused, a write lost a race, or AWS failed; 2 usage.
+//! Exit codes as for every command (`crate::cli`): 0 done (or nothing to do); 1 AWS failed after retries; 2 usage,
+//! or a file that is not a bindings document; 3 a binding refused, a write that lost a race, nothing to remove.
 
 use std::fmt::Write as _;
 
@@ -19,6 +20,8 @@ use bluegreen_mirror::harness::{error_chain, Tracker};
 use bluegreen_mirror::ports::{Coordination, Deployments, Followers, LoadBalancers, Saved, StateStore};
 use bluegreen_mirror::usecase::Engine;
 use serde_json::{json, Value};
+
+use crate::cli::{exit_code_of, worse, EXIT_FOUND, EXIT_OK, EXIT_USAGE};
 
 /// A `bindings` subcommand.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +45,7 @@ where
              conflicting source. Unset it (here and on the functions) to manage bindings in the table {}",
             engine.config.table
         );
-        return 2;
+        return EXIT_USAGE;
     }
     let (code, report) = match command {
         BindingsCommand::Apply { file, dry_run } => apply(engine, file, *dry_run).await,
@@ -52,7 +55,11 @@ where
     if as_json {
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
     } else if let Some(text) = report.get("text").and_then(Value::as_str) {
-        print!("{text}");
+        // What was found is the result; a command that could not run says why on stderr.
+        match code {
+            EXIT_OK | EXIT_FOUND => print!("{text}"),
+            _ => eprint!("{text}"),
+        }
     }
     code
 }
@@ -73,11 +80,11 @@ where
     };
     let wanted = match Config::parse_bindings(&doc) {
         Ok(b) => b,
-        Err(e) => return refuse(1, format!("{file}: {e}")),
+        Err(e) => return refuse(EXIT_USAGE, format!("{file}: {e}")),
     };
     let stored = match engine.state.stored_bindings().await {
         Ok(s) => s,
-        Err(e) => return refuse(1, format!("cannot read the stored bindings: {}", error_chain(&e))),
+        Err(e) => return refuse(exit_code_of(&e), format!("cannot read the stored bindings: {}", error_chain(&e))),
     };
     let stored: Vec<StoredBinding> = stored.into_iter().filter_map(|s| s.ok()).collect();
     let find = |b: &Binding| {
@@ -91,11 +98,12 @@ where
         .collect();
     let all: Vec<Value> = kept.into_iter().chain(wanted.iter().filter_map(|b| serde_json::to_value(b).ok())).collect();
     if let Err(e) = Config::parse_bindings(&json!({ "bindings": all }).to_string()) {
-        return refuse(1, format!("{file} conflicts with the stored bindings: {e}"));
+        return refuse(EXIT_FOUND, format!("{file} conflicts with the stored bindings: {e}"));
     }
     // Every binding against the live account, as `check` does; nothing is written unless all pass.
     let mut rows = Vec::new();
     let mut refused = false;
+    let mut code = EXIT_FOUND;
     for b in &wanted {
         let t = Tracker::default();
         let checked = async {
@@ -110,7 +118,10 @@ where
         };
         let (ok, detail) = match &checked {
             Ok(warnings) => (true, warnings.clone()),
-            Err(e) => (false, vec![error_chain(e)]),
+            Err(e) => {
+                code = worse(code, exit_code_of(e));
+                (false, vec![error_chain(e)])
+            }
         };
         refused |= !ok;
         let _ = writeln!(text, "{:<10} {}", if ok { change } else { "REFUSED" }, b.label());
@@ -121,14 +132,15 @@ where
     }
     if refused {
         let _ = writeln!(text, "nothing written: fix the refused bindings and apply again");
-        return (1, json!({"ok": false, "bindings": rows, "written": 0, "text": text}));
+        return (code, json!({"ok": false, "bindings": rows, "written": 0, "text": text}));
     }
     if dry_run {
         let _ = writeln!(text, "dry run: nothing written");
-        return (0, json!({"ok": true, "dry_run": true, "bindings": rows, "written": 0, "text": text}));
+        return (EXIT_OK, json!({"ok": true, "dry_run": true, "bindings": rows, "written": 0, "text": text}));
     }
     let mut written = 0;
     let mut lost = Vec::new();
+    let mut code = EXIT_OK;
     for b in &wanted {
         let previous = find(b);
         let value = serde_json::to_value(b).unwrap_or(Value::Null);
@@ -145,18 +157,21 @@ where
         };
         match engine.state.put_stored_binding(&record).await {
             Ok(Saved::Written) => written += 1,
-            Ok(Saved::Conflict) => lost.push(format!("{}: changed by someone else since it was read", b.label())),
-            Err(e) => lost.push(format!("{}: {}", b.label(), error_chain(&e))),
+            Ok(Saved::Conflict) => {
+                code = worse(code, EXIT_FOUND);
+                lost.push(format!("{}: changed by someone else since it was read", b.label()))
+            }
+            Err(e) => {
+                code = worse(code, exit_code_of(&e));
+                lost.push(format!("{}: {}", b.label(), error_chain(&e)))
+            }
         }
     }
     let _ = writeln!(text, "{written} written");
     for l in &lost {
         let _ = writeln!(text, "NOT WRITTEN {l}; run apply again");
     }
-    (
-        i32::from(!lost.is_empty()),
-        json!({"ok": lost.is_empty(), "bindings": rows, "written": written, "not_written": lost, "text": text}),
-    )
+    (code, json!({"ok": lost.is_empty(), "bindings": rows, "written": written, "not_written": lost, "text": text}))
 }
 
 async fn list<L, D, S, F>(engine: &Engine<L, D, S, F>) -> (i32, Value)
@@ -170,7 +185,7 @@ where
         Ok(items) => items,
         Err(e) => {
             let m = format!("cannot read the stored bindings: {}", error_chain(&e));
-            return (1, json!({"ok": false, "error": m, "text": format!("{m}\n")}));
+            return (exit_code_of(&e), json!({"ok": false, "error": m, "text": format!("{m}\n")}));
         }
     };
     let mut rows = Vec::new();
@@ -207,18 +222,20 @@ where
     S: StateStore + Coordination,
     F: Followers,
 {
-    let fail = |m: String| (1, json!({"ok": false, "error": m, "text": format!("{m}\n")}));
+    let fail = |code: i32, m: String| (code, json!({"ok": false, "error": m, "text": format!("{m}\n")}));
     let stored = match engine.state.stored_binding(application, group).await {
         Ok(Some(s)) => s,
-        Ok(None) => return fail(format!("no stored binding {application}/{group}")),
-        Err(e) => return fail(format!("cannot read {application}/{group}: {}", error_chain(&e))),
+        Ok(None) => return fail(EXIT_FOUND, format!("no stored binding {application}/{group}")),
+        Err(e) => return fail(exit_code_of(&e), format!("cannot read {application}/{group}: {}", error_chain(&e))),
     };
     match engine.state.remove_stored_binding(application, group, stored.version).await {
         Ok(Saved::Written) => {
             let m = format!("removed {application}/{group} (version {})", stored.version);
             (0, json!({"ok": true, "removed": stored.label(), "text": format!("{m}\n")}))
         }
-        Ok(Saved::Conflict) => fail(format!("{application}/{group} changed since it was read; run remove again")),
-        Err(e) => fail(format!("cannot remove {application}/{group}: {}", error_chain(&e))),
+        Ok(Saved::Conflict) => {
+            fail(EXIT_FOUND, format!("{application}/{group} changed since it was read; run remove again"))
+        }
+        Err(e) => fail(exit_code_of(&e), format!("cannot remove {application}/{group}: {}", error_chain(&e))),
     }
 }

@@ -91,10 +91,19 @@ pub struct Config {
 impl Config {
     /// Reads the environment. Call once at cold start; an error here should stop the function from starting.
     pub fn from_env() -> Result<Self> {
-        let var = |name: &str| std::env::var(name).map_err(|_| Error::Config(format!("{name} is not set")));
+        Self::from_env_with_table(None)
+    }
+
+    /// [`Config::from_env`] with the state table given (the operator's `--table`) rather than read from
+    /// [`ENV_TABLE`].
+    pub fn from_env_with_table(table: Option<&str>) -> Result<Self> {
+        let table = match table {
+            Some(t) => t.to_string(),
+            None => std::env::var(ENV_TABLE).map_err(|_| Error::Config(format!("{ENV_TABLE} is not set")))?,
+        };
         let mut cfg = match std::env::var(ENV_BINDINGS) {
-            Ok(json) => Self::parse(&var(ENV_TABLE)?, &json)?,
-            Err(_) => Self::stored(&var(ENV_TABLE)?)?,
+            Ok(json) => Self::parse(&table, &json)?,
+            Err(_) => Self::stored(&table)?,
         };
         if let Ok(ms) = std::env::var(ENV_POLL_MS) {
             let ms: u64 = ms.parse().ok().filter(|ms| (50..=60_000).contains(ms)).ok_or_else(|| {

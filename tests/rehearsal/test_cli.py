@@ -35,12 +35,17 @@ def main():
         ips = ["127.0.1.1", "127.0.1.2", "127.0.1.3"]
         r.register(r.tgs["pub-blue"], ips, events=False)
 
-        def cli(*args, bindings=None, table=None, stored=False):
+        def cli(*args, bindings=None, table=None, stored=False, env_over=None):
             env = {"PATH": os.environ.get("PATH", ""), "AWS_REGION": rehearse.REGION, "AWS_ACCESS_KEY_ID": "AKIDCLI",
                    "AWS_SECRET_ACCESS_KEY": "x", "AWS_ENDPOINT_URL": r.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
                    "BLUEGREEN_MIRROR_TABLE": table or r.table, "USER": "operator"}
             if not stored:
                 env["BLUEGREEN_MIRROR_BINDINGS"] = json.dumps(bindings or r.bindings)
+            for k, v in (env_over or {}).items():
+                if v is None:
+                    env.pop(k, None)
+                else:
+                    env[k] = v
             p = subprocess.run([os.path.join(bin_dir, "bluegreen-mirror"), *args], env=env, capture_output=True,
                                timeout=60)
             return p.returncode, p.stdout.decode(), p.stderr.decode()
@@ -50,7 +55,7 @@ def main():
 
         code, out, _ = cli("status", "--json")
         s = json.loads(out)["bindings"][0]
-        expect("status exits 1 when out of sync", code == 1, out)
+        expect("status exits 3 when out of sync, naming itself in --json", code == 3 and json.loads(out)["command"] == "status", out)
         expect("status shows the pending registrations", len(s["pending"]["register"].get("prv-blue", [])) == 3, out)
 
         code, out, _ = cli("reconcile", "--dry-run", "--json")
@@ -69,7 +74,7 @@ def main():
         missing = json.loads(json.dumps(r.bindings))
         missing["bindings"][0]["pairs"][1]["private_target_group"] = r.tgs["prv-green"].replace("/prv-green/", "/gone/")
         code, out, _ = cli("check", bindings=missing)
-        expect("check names a missing target group", code == 1 and "does not exist" in out, out)
+        expect("check names a missing target group", code == 3 and "does not exist" in out, out)
 
         elb = r.client("elbv2", r.moto_url, "PROVISION")
         vpc = elb.describe_target_groups(TargetGroupArns=[r.tgs["prv-green"]])["TargetGroups"][0]["VpcId"]
@@ -78,18 +83,30 @@ def main():
         mismatch["bindings"][0]["pairs"][1]["private_target_group"] = other["TargetGroups"][0]["TargetGroupArn"]
         code, out, _ = cli("check", "--json", bindings=mismatch)
         row = json.loads(out)["bindings"][0]
-        expect("check names a port mismatch", code == 1 and "both must target the task's port; give prv-other-port port 18080" in row.get("error", ""), out)
+        expect("check names a port mismatch", code == 3 and "both must target the task's port; give prv-other-port port 18080" in row.get("error", ""), out)
 
         code, out, _ = cli("check", table="bluegreen-mirror-gone")
-        expect("check names a missing state table", code == 1 and "state table bluegreen-mirror-gone does not exist" in out,
+        expect("check names a missing state table", code == 3 and "state table bluegreen-mirror-gone does not exist" in out,
                out)
+        code, out, _ = cli("check", "--table", "bluegreen-mirror-gone")
+        expect("--table is the table checked, over the environment's",
+               code == 3 and "state table bluegreen-mirror-gone does not exist" in out, out)
+        code, out, err = cli("status", env_over={"AWS_REGION": None, "AWS_DEFAULT_REGION": None,
+                                                 "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"})
+        expect("no region: exit 2, saying how to give one", code == 2 and "--region" in err and not out, err)
+        code, out, err = cli("status", "--region", rehearse.REGION, env_over={"AWS_REGION": None,
+                                                                          "AWS_CONFIG_FILE": "/nonexistent"})
+        expect("--region gives the region", code == 0, out + err)
+        code, out, err = cli("status", env_over={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"})
+        expect("an unreachable endpoint: exit 1, saying what to check",
+               code == 1 and "could not reach" in out + err and "AWS_ENDPOINT_URL" in out + err, out + err)
 
         elsewhere = json.loads(json.dumps(r.bindings))
         elsewhere["bindings"][0]["private_production_route"] = {"listener": r.listeners["public-prod"]}
         elsewhere["bindings"][0]["private_test_route"] = {"listener": r.listeners["public-test"]}
         code, out, _ = cli("check", bindings=elsewhere)
         expect("check names a private listener on another load balancer",
-               code == 1 and "not (only) to the binding's private load balancer" in out, out)
+               code == 3 and "not (only) to the binding's private load balancer" in out, out)
 
         code, out, err = cli("frobnicate")
         expect("a usage error exits 2 on stderr", code == 2 and "Usage:" in err and not out, err)
@@ -130,12 +147,15 @@ def stored_bindings(r, cli, expect):
 
     code, out, _ = cli("bindings", "apply", good, stored=True)
     expect("apply refuses private resources without the managed tag, naming the command that tags them",
-           code == 1 and "not tagged bluegreen-mirror:managed=true" in out and "aws elbv2 add-tags" in out
+           code == 3 and "not tagged bluegreen-mirror:managed=true" in out and "aws elbv2 add-tags" in out
            and listed() == {}, out)
     b = r.bindings["bindings"][0]
     r.tag_managed([p["private_target_group"] for p in b["pairs"]] + list(b["private_production_route"].values())
                   + list(b.get("private_test_route", {}).values()))
 
+    code, out, err = cli("bindings", "apply", write("not-json.json", "{"), stored=True)
+    expect("a file that is not a bindings document is a usage error", code == 2 and "not-json.json" in err and not out,
+           out + err)
     code, out, _ = cli("bindings", "apply", good, "--dry-run", stored=True)
     expect("apply --dry-run shows the addition and writes nothing", code == 0 and "add" in out and listed() == {}, out)
     code, out, _ = cli("bindings", "apply", good, stored=True)
@@ -155,13 +175,13 @@ def stored_bindings(r, cli, expect):
     broken["bindings"][0]["pairs"][1]["private_target_group"] = r.tgs["prv-green"].replace("/prv-green/", "/gone/")
     code, out, _ = cli("bindings", "apply", write("broken.json", broken), stored=True)
     expect("a binding that fails its check is refused and nothing is written",
-           code == 1 and "REFUSED" in out and "does not exist" in out and listed()["web/web-bg"]["version"] == 2, out)
+           code == 3 and "REFUSED" in out and "does not exist" in out and listed()["web/web-bg"]["version"] == 2, out)
 
     twin = json.loads(json.dumps(r.bindings))
     twin["bindings"][0]["deployment_group"] = "web-bg-twin"
     code, out, _ = cli("bindings", "apply", write("twin.json", twin), stored=True)
     expect("a binding that claims another's private target groups is refused",
-           code == 1 and "conflicts with the stored bindings" in out and "web/web-bg-twin" not in listed(), out)
+           code == 3 and "conflicts with the stored bindings" in out and "web/web-bg-twin" not in listed(), out)
 
     code, out, _ = cli("status", stored=True)
     expect("status reads the stored bindings", code == 0 and "web/web-bg  IN SYNC" in out, out)
@@ -169,7 +189,7 @@ def stored_bindings(r, cli, expect):
     code, out, _ = cli("bindings", "remove", "web", "web-bg", stored=True)
     expect("remove removes the stored binding", code == 0 and listed() == {}, out)
     code, out, _ = cli("bindings", "remove", "web", "web-bg", stored=True)
-    expect("removing it again says there is none", code == 1 and "no stored binding web/web-bg" in out, out)
+    expect("removing it again says there is none", code == 3 and "no stored binding web/web-bg" in out, out)
 
 
 if __name__ == "__main__":

@@ -76,12 +76,28 @@ impl Aws {
     /// The clients as the operator CLI builds them: the SDK's standard credential and region chain (profiles,
     /// SSO, the environment...), with [`Aws::from_sdk`]'s timeouts and retries.
     pub async fn load(config: &Config) -> Self {
+        Self::load_for_operator(config, None, None).await
+    }
+
+    /// [`Aws::load`] with the operator's `--region` and `--profile` chosen over the chain's.
+    pub async fn load_for_operator(config: &Config, region: Option<&str>, profile: Option<&str>) -> Self {
         let mut loader =
             aws_config::defaults(BehaviorVersion::latest()).http_client(https()).timeout_config(timeouts());
         if std::env::var_os("AWS_MAX_ATTEMPTS").is_none() {
             loader = loader.retry_config(retry_config());
         }
+        if let Some(profile) = profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(region) = region {
+            loader = loader.region(aws_config::Region::new(region.to_string()));
+        }
         Self::from_sdk(loader.load().await, config)
+    }
+
+    /// The region the clients were built for, when the chain found one.
+    pub fn region(&self) -> Option<String> {
+        self.sdk.region().map(|r| r.to_string())
     }
 
     /// The clients as a Lambda function builds them, from what Lambda puts in its environment alone: the region

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import procs
 import rehearse
@@ -34,6 +35,8 @@ def main():
         r.world.active_checks = False
         ips = ["127.0.1.1", "127.0.1.2", "127.0.1.3"]
         r.register(r.tgs["pub-blue"], ips, events=False)
+        # Every AWS call each command made, by the command's words (its subcommand and arguments).
+        spent = {}
 
         def cli(*args, bindings=None, table=None, stored=False, env_over=None):
             env = {"PATH": os.environ.get("PATH", ""), "AWS_REGION": rehearse.REGION, "AWS_ACCESS_KEY_ID": "AKIDCLI",
@@ -46,8 +49,12 @@ def main():
                     env.pop(k, None)
                 else:
                     env[k] = v
+            t0 = time.monotonic()
             p = subprocess.run([os.path.join(bin_dir, "bluegreen-mirror"), *args], env=env, capture_output=True,
                                timeout=60)
+            command = " ".join(a for a in args if not a.startswith("-") or a == "--dry-run")
+            spent.setdefault(command, set()).update(
+                (service, op) for t, caller, service, op in r.world.calls if caller == "AKIDCLI" and t >= t0)
             return p.returncode, p.stdout.decode(), p.stderr.decode()
 
         def members(tg):
@@ -121,11 +128,40 @@ def main():
         expect("completions for bash", code == 0 and "complete" in out and "bluegreen-mirror" in out, out[:300])
 
         stored_bindings(r, cli, expect)
+        granted_by_operator_policy(spent, expect)
     finally:
         procs.kill_all()
     failed = results.count(False)
     print(f"cli: {len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+# What each command may do with the operator policies of infra/operator.yaml: the read policy alone, or both.
+CHANGES = ("reconcile", "bindings apply", "bindings remove")
+# How IAM authorises an operation that is not an action of its own.
+AUTHORISED_AS = {"TransactWriteItems": "PutItem"}
+
+
+def granted_by_operator_policy(spent, expect):
+    """Every call a command made in this test is allowed by the policy infra/operator.yaml gives that command:
+    ELB, CodeDeploy and DynamoDB actions (the resources are the table, every deployment group, and tagged private
+    resources, which the test's calls all are)."""
+    sys.path.insert(0, os.path.join(rehearse.ROOT, "tests", "infra"))
+    import check_infra
+    policies = check_infra.load("infra/operator.yaml")["Resources"]
+
+    def actions(name):
+        return {a for st in policies[name]["Properties"]["PolicyDocument"]["Statement"] for a in st["Action"]}
+
+    read, change = actions("OperatorReadPolicy"), actions("OperatorChangePolicy")
+    prefix = {"elbv2": "elasticloadbalancing"}
+    for command, calls in sorted(spent.items()):
+        if not calls or command.split(" ")[0] in ("frobnicate", "completions"):
+            continue
+        allowed = read | change if command.startswith(CHANGES) and "--dry-run" not in command else read
+        needed = {f"{prefix.get(svc, svc)}:{AUTHORISED_AS.get(op, op)}" for svc, op in calls}
+        expect(f"the operator policy grants what `{command.split(' /')[0][:40]}` calls", needed <= allowed,
+               f"not granted: {sorted(needed - allowed)}")
 
 
 def stored_bindings(r, cli, expect):

@@ -15,6 +15,9 @@ use bluegreen_mirror::harness::{error_chain, Tracker};
 use bluegreen_mirror::usecase::Engine;
 use serde_json::{json, Value};
 
+/// The release and the commit it was built from, as `--version` prints them.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("BLUEGREEN_MIRROR_COMMIT"), ")");
+
 /// Everything asked was done and found right.
 pub const EXIT_OK: i32 = 0;
 /// AWS could not be asked or answered with an error after the retries (unreachable, throttled, no credentials):
@@ -73,7 +76,7 @@ pub enum Command {
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "bluegreen-mirror",
-    version,
+    version = VERSION,
     about = "Operate bluegreen-mirror: check bindings, see both sides, reconcile, manage stored bindings",
     long_about = "Operate bluegreen-mirror: check bindings, see both sides of each, reconcile, manage stored bindings.\n\n\
         Reads the functions' environment (BLUEGREEN_MIRROR_TABLE; BLUEGREEN_MIRROR_BINDINGS when the bindings are not \

@@ -217,6 +217,7 @@ def main():
 
     check_names()
     check_samconfig()
+    check_release_metadata()
     check_fleet(consts)
     check_monitoring()
     check_read_lane()
@@ -317,6 +318,23 @@ def check_private_side(t):
             granted.add(st.get("Principal", {}).get("Service"))
     check({"logdelivery.elasticloadbalancing.amazonaws.com", "delivery.logs.amazonaws.com"} <= granted,
           f"private-side.yaml: the log bucket does not let ALB and NLB log delivery write ({sorted(filter(None, granted))})")
+
+
+def check_release_metadata():
+    """One version everywhere: the workspace's is the one the templates' Serverless Application Repository entries
+    declare and the CHANGELOG describes; each entry's licence and readme exist."""
+    with open(os.path.join(ROOT, "Cargo.toml")) as f:
+        version = re.search(r'^version = "(.+)"$', f.read(), re.M).group(1)
+    with open(os.path.join(ROOT, "CHANGELOG.md")) as f:
+        check(re.search(rf"^## {re.escape(version)} ", f.read(), re.M) is not None, f"CHANGELOG.md has no section for {version}")
+    names = set()
+    for path in ("infra/template.yaml", "infra/fleet.yaml"):
+        app = load(path).get("Metadata", {}).get("AWS::ServerlessRepo::Application", {})
+        check(app.get("SemanticVersion") == version, f"{path} declares version {app.get('SemanticVersion')}, the workspace {version}")
+        for key in ("LicenseUrl", "ReadmeUrl"):
+            check(os.path.exists(os.path.join(ROOT, "infra", app.get(key, "-"))), f"{path}: {key} {app.get(key)} does not exist")
+        names.add(app.get("Name"))
+    check(len(names) == 2, f"the two templates' repository entries need names of their own: {names}")
 
 
 def check_samconfig():

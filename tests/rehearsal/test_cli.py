@@ -9,6 +9,7 @@ another), `bindings list`, `status` reading them, `bindings remove`.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -123,7 +124,10 @@ def main():
         code, out, _ = cli("bindings", "apply", "-h")
         expect("each subcommand has its own help", code == 0 and "FILE" in out and "--dry-run" in out, out)
         code, out, _ = cli("--version")
-        expect("--version names the version", code == 0 and out.strip().startswith("bluegreen-mirror "), out)
+        with open(os.path.join(rehearse.ROOT, "Cargo.toml")) as f:
+            release = re.search(r'^version = "(.+)"$', f.read(), re.M).group(1)
+        expect("--version names the release and the commit",
+               code == 0 and re.fullmatch(rf"bluegreen-mirror {re.escape(release)} \(commit [0-9a-f]{{12}}\)", out.strip()), out)
         code, out, _ = cli("completions", "bash")
         expect("completions for bash", code == 0 and "complete" in out and "bluegreen-mirror" in out, out[:300])
 

@@ -219,6 +219,7 @@ def main():
     check_samconfig()
     check_release_metadata()
     check_fleet(consts)
+    check_concurrency()
     check_monitoring()
     check_read_lane()
     check_state_table()
@@ -274,6 +275,8 @@ def check_fleet(consts):
                 check(keys and not any(re.fullmatch(k.replace("*", ".*"), "config#web#web-bg") for k in keys),
                       f"fleet.yaml {name} may write the stored bindings (config#...): {keys or 'any key'}")
         if name == "ReconcilerFunction":
+            check(f["Properties"].get("ReservedConcurrentExecutions") == {"Fn::FindInMap": ["Concurrency", {"Ref": "ConcurrentDeployments"}, "Reconciler"]},
+                  "fleet.yaml: the reconciler's concurrency is not sized by ConcurrentDeployments")
             actions = {a for st in f["Properties"]["Policies"][0]["Statement"] for a in st["Action"]}
             check("dynamodb:Scan" in actions, "fleet.yaml: the reconciler cannot list the stored bindings (dynamodb:Scan)")
             check("codedeploy:GetDeploymentConfig" in actions, "fleet.yaml: the follower cannot read deployment configs")
@@ -357,6 +360,20 @@ def check_samconfig():
             needed.add("CAPABILITY_AUTO_EXPAND")
         given = set(params.get("capabilities", "").split())
         check(needed <= given, f"samconfig.toml {env}: {template} needs {sorted(needed - given)}")
+
+
+def check_concurrency():
+    """fleet.yaml sizes every function's reserved concurrency from the deployments that may run at once: a hook
+    at least one per deployment, the reconciler a follower per deployment and a second during its hand-over."""
+    t = load("infra/fleet.yaml")
+    allowed = t["Parameters"]["ConcurrentDeployments"]["AllowedValues"]
+    table = t["Mappings"]["Concurrency"]
+    check(t["Globals"]["Function"].get("ReservedConcurrentExecutions") == {"Fn::FindInMap": ["Concurrency", {"Ref": "ConcurrentDeployments"}, "Hooks"]},
+          "fleet.yaml: the hooks' concurrency is not sized by ConcurrentDeployments")
+    for n in allowed:
+        row = table.get(n, {})
+        check(row.get("Hooks", 0) > int(n) and row.get("Reconciler", 0) > 2 * int(n),
+              f"fleet.yaml: {n} deployments at once need hooks > {n} and a reconciler > {2 * int(n)}: {row}")
 
 
 def check_state_table():

@@ -74,13 +74,15 @@ _lane = None  # the lock on this process's loopback lane, held until it ends
 
 def claim_lane(wanted=None) -> int:
     """Claims a loopback lane (tasks on 127.L.x.x) for this process, so that rehearsals run side by side never
-    share task addresses: an exclusive lock on target/rehearsal/lanes/L.lock, held until the process ends (the
-    operating system lets go of it however the process ends). `wanted`: that lane, waiting until it is free;
+    share task addresses: an exclusive lock on L.lock in one directory for the whole machine (loopback addresses are
+    the machine's, so two checkouts of the project must not each hand out lane 0), held until the process ends
+    (the operating system lets go of it however the process ends). `wanted`: that lane, waiting until it is free;
     otherwise the lowest free one."""
     import fcntl
+    import tempfile
     global _lane
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "target", "rehearsal", "lanes")
-    os.makedirs(root, exist_ok=True)
+    root = os.environ.get("BLUEGREEN_MIRROR_LANES") or os.path.join(tempfile.gettempdir(), "bluegreen-mirror-lanes")
+    os.makedirs(root, mode=0o1777, exist_ok=True)
     for lane in [wanted] if wanted is not None else range(255):
         f = open(os.path.join(root, f"{lane}.lock"), "w")
         try:

@@ -391,26 +391,33 @@ async fn the_follower_mirrors_every_linear_step_within_a_tick() {
     assert_eq!(w.state.lease(APP, GROUP).map(|l| l.owner), Some(String::new()));
 }
 
-/// CodeDeploy's all-at-once reroute, and AfterAllowTraffic `latency` after it (CodeDeploy invokes the next hook
-/// when it gets round to it). Returns when the hook has succeeded.
-async fn reroute_then_after_allow_traffic(w: &World, latency: Duration) {
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    w.allow_traffic();
-    tokio::time::sleep(latency).await;
-    assert_eq!(w.invoke(Phase::AfterAllowTraffic, "e3").await.status, HookStatus::Succeeded);
+/// An all-at-once deployment through its gate, its follower running beside `codedeploy` (what CodeDeploy does
+/// next) until the deployment is over.
+async fn follow_all_at_once(w: &World, codedeploy: impl std::future::Future<Output = ()>) {
+    w.through_the_gate().await;
+    let engine = w.hooks();
+    let req = FollowRequest { config_name: Some("CodeDeployDefault.ECSAllAtOnce".into()), ..follow_request() };
+    let t = Tracker::default();
+    let follower = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(600)), &t);
+    let (followed, ()) = tokio::join!(follower, async {
+        // The reroute comes 2 s after the gate.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        w.allow_traffic();
+        codedeploy.await
+    });
+    followed.expect("follower");
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_all_at_once_reroute_is_mirrored_when_read_not_when_after_allow_traffic_comes() {
     let w = World::new();
     let a = &w.arns;
-    w.through_the_gate().await;
-    let engine = w.hooks();
-    let req = FollowRequest { config_name: Some("CodeDeployDefault.ECSAllAtOnce".into()), ..follow_request() };
-    let t = Tracker::default();
-    let follower = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(600)), &t);
-    let (followed, ()) = tokio::join!(follower, reroute_then_after_allow_traffic(&w, Duration::from_secs(30)));
-    followed.expect("follower");
+    // CodeDeploy invokes AfterAllowTraffic 30 s after the reroute.
+    follow_all_at_once(&w, async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(w.invoke(Phase::AfterAllowTraffic, "e3").await.status, HookStatus::Succeeded);
+    })
+    .await;
     // The private route moved within a fast read of the public one, 30 s before the hook could have moved it.
     let lag = max_weight_lag(&w);
     assert!(lag <= Duration::from_millis(400), "private flip {lag:?} after the public reroute");
@@ -433,21 +440,13 @@ async fn an_all_at_once_reroute_is_mirrored_when_read_not_when_after_allow_traff
 async fn a_rollback_before_after_allow_traffic_comes_is_mirrored_at_once() {
     let w = World::new();
     let a = &w.arns;
-    w.through_the_gate().await;
-    let engine = w.hooks();
-    let req = FollowRequest { config_name: Some("CodeDeployDefault.ECSAllAtOnce".into()), ..follow_request() };
-    let t = Tracker::default();
-    let follower = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(600)), &t);
-    let codedeploy = async {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        w.allow_traffic();
-        // An alarm 5 s after the reroute, before CodeDeploy invoked AfterAllowTraffic: back to blue.
+    // An alarm 5 s after the reroute, before CodeDeploy invoked AfterAllowTraffic: back to blue.
+    follow_all_at_once(&w, async {
         tokio::time::sleep(Duration::from_secs(5)).await;
         w.elb.put_route(&a.pub_prod, Route::all_to(&a.pub_blue, &[&a.pub_green], RouteStyle::Weighted));
         w.codedeploy.edit(DEPLOYMENT, |d| d.status = "Failed".into());
-    };
-    let (followed, ()) = tokio::join!(follower, codedeploy);
-    followed.expect("follower");
+    })
+    .await;
     assert_eq!(w.elb.route_of(&a.prv_prod).live(), vec![a.prv_blue.as_str()]);
     let lag = max_weight_lag(&w);
     assert!(lag <= Duration::from_secs(1), "the private side lagged the rollback by {lag:?}");

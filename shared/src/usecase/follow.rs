@@ -48,6 +48,15 @@ struct Share {
     forget: Vec<String>,
 }
 
+/// How a deployment the follower follows ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Over {
+    /// AfterAllowTraffic recorded its phase: it checked every side and mirrored membership.
+    Verified,
+    /// CodeDeploy says it is finished (stopped, rolled back) with no such check on record.
+    Unverified,
+}
+
 /// What one follower read found.
 #[derive(Debug, Clone, Copy)]
 struct FollowStep {
@@ -294,9 +303,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
                 if Instant::now() >= next_status {
                     next_status = Instant::now() + STATUS_EVERY;
                     if let Some(public) = &seen.mirrored {
-                        if self.deployment_over(req, public).await {
-                            let g = self.group_once(b, &mut group).await?;
-                            self.reconcile(b, g, t).await?;
+                        if let Some(over) = self.deployment_over(req, public).await {
+                            // AfterAllowTraffic verified every side and re-mirrored membership when it recorded
+                            // its phase: a reconcile now would read the same again. A deployment CodeDeploy ended
+                            // otherwise (a stop, a rollback) has had no such check.
+                            if over == Over::Unverified {
+                                let g = self.group_once(b, &mut group).await?;
+                                self.reconcile(b, g, t).await?;
+                            }
                             self.release_lease(&mut lease).await;
                             t.note(format!("deployment {} is over; follower done", req.deployment_id));
                             return Ok(());
@@ -480,16 +494,17 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     /// While the public route is split between the two groups, traffic is still shifting: nothing to ask. A
     /// stop or a rollback puts it back on one group first, and only then is CodeDeploy asked (its API budget is
     /// the account's too).
-    async fn deployment_over(&self, req: &FollowRequest, public: &Route) -> bool {
+    async fn deployment_over(&self, req: &FollowRequest, public: &Route) -> Option<Over> {
         if public.live().len() != 1 {
-            return false;
+            return None;
         }
         if let Ok(Some(rec)) = self.state.deployment(&req.deployment_id).await {
             if rec.phases.contains_key(Phase::AfterAllowTraffic.as_str()) {
-                return true;
+                return Some(Over::Verified);
             }
         }
         matches!(self.deployments.deployment(&req.deployment_id).await, Ok(d) if d.is_finished())
+            .then_some(Over::Unverified)
     }
 
     async fn take_lease(&self, req: &FollowRequest, owner: &str) -> Result<Option<FollowerLease>> {

@@ -229,10 +229,17 @@ pub trait Coordination: Send + Sync {
     /// Writes one follower's entry of the installation's census (its heartbeat or its leaving, dropping the
     /// entries named to forget) and returns the census as it stands after the write, in one call.
     fn census(&self, entry: &CensusEntry) -> impl Future<Output = Result<Census>> + Send;
-    /// Claims the next read of `what` for `read_at_ms`, in one conditional write: `true` when no read of it was
-    /// pending at `now_ms` (the caller reads at `read_at_ms`), `false` when one still is (a read that starts after
-    /// the caller's event will see what the caller would have).
-    fn claim_read(&self, what: &str, now_ms: u64, read_at_ms: u64) -> impl Future<Output = Result<bool>> + Send;
+    /// Claims the next read of `what` for `read_at_ms` on behalf of `owner` (the invocation's request id), in one
+    /// conditional write: `true` when no read of it was pending at `now_ms` or the pending one is `owner`'s own
+    /// (a retried attempt takes its claim back; the caller reads at `read_at_ms`), `false` when another's still is
+    /// (a read that starts after the caller's event will see what the caller would have).
+    fn claim_read(
+        &self,
+        what: &str,
+        owner: &str,
+        now_ms: u64,
+        read_at_ms: u64,
+    ) -> impl Future<Output = Result<bool>> + Send;
     /// Marks bindings (by label) due: their check stepped aside from a busy read lane, and the next sweep takes
     /// them first (one write; marking one already due changes nothing).
     fn mark_due(&self, labels: &[String]) -> impl Future<Output = Result<()>> + Send;

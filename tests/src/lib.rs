@@ -620,7 +620,7 @@ pub struct FakeState {
     stored: Arc<Mutex<BTreeMap<String, std::result::Result<StoredBinding, String>>>>,
     census: Arc<Mutex<Census>>,
     /// Pending reads claimed (`StateStore::claim_read`), by what they read.
-    claims: Arc<Mutex<BTreeMap<String, u64>>>,
+    claims: Arc<Mutex<BTreeMap<String, (u64, String)>>>,
     /// Bindings due for the next sweep (`StateStore::mark_due`), by label.
     due: Arc<Mutex<BTreeSet<String>>>,
     calls: Arc<Calls>,
@@ -797,13 +797,13 @@ impl StateStore for FakeState {
 }
 
 impl Coordination for FakeState {
-    async fn claim_read(&self, what: &str, now_ms: u64, read_at_ms: u64) -> Result<bool> {
+    async fn claim_read(&self, what: &str, owner: &str, now_ms: u64, read_at_ms: u64) -> Result<bool> {
         self.calls.enter("dynamodb:UpdateItem")?;
         let mut claims = self.claims.lock().unwrap();
-        if claims.get(what).is_some_and(|at| *at >= now_ms) {
+        if claims.get(what).is_some_and(|(at, by)| *at >= now_ms && by != owner) {
             return Ok(false);
         }
-        claims.insert(what.to_string(), read_at_ms);
+        claims.insert(what.to_string(), (read_at_ms, owner.to_string()));
         Ok(true)
     }
 

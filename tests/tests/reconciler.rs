@@ -150,9 +150,9 @@ async fn the_task_events_of_one_moment_read_the_groups_once_and_miss_nothing() {
     w.calls.clear();
     let t = Tracker::default();
     let events = tokio::join!(
-        engine.reconcile_membership_after_events(&b, &t),
-        engine.reconcile_membership_after_events(&b, &t),
-        engine.reconcile_membership_after_events(&b, &t)
+        engine.reconcile_membership_after_events(&b, "r-1", &t),
+        engine.reconcile_membership_after_events(&b, "r-2", &t),
+        engine.reconcile_membership_after_events(&b, "r-3", &t)
     );
     let done: Vec<_> = [events.0, events.1, events.2].into_iter().map(|r| r.expect("reconcile")).collect();
     assert_eq!(done.iter().filter(|d| d.is_some()).count(), 1, "one read for the three events");
@@ -160,6 +160,31 @@ async fn the_task_events_of_one_moment_read_the_groups_once_and_miss_nothing() {
     assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..7)), "every task of the three is mirrored");
     assert_eq!(w.calls.count("elb:DescribeTargetHealth"), 4, "four groups read once, not three times");
     assert_eq!(w.calls.count("dynamodb:UpdateItem"), 3, "each event costs one conditional write instead");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_of_an_event_that_died_after_claiming_the_read_makes_the_read() {
+    use bluegreen_mirror::ports::Coordination;
+    let w = World::new();
+    let a = &w.arns;
+    let engine = w.hooks();
+    let task = Trigger::Task { cluster: "prod".into(), service: "web".into() };
+    let (_, found) = engine.bindings_for(&task).await.expect("bindings").into_iter().next().expect("bound");
+    let (b, _) = found.expect("group");
+    w.elb.add_targets(&a.pub_blue, &[ip(4), ip(5)], HealthState::Healthy);
+    // The first attempt of request r-1 claimed the read and died before making it; the claim is still pending.
+    let now = bluegreen_mirror::clock::now_ms();
+    let what = format!("membership#{}", b.label());
+    assert!(w.state.claim_read(&what, "r-1", now, now + 60_000).await.expect("claim"));
+    // Another event of that moment leaves the read to the pending claim...
+    let t = Tracker::default();
+    let other = engine.reconcile_membership_after_events(&b, "r-2", &t).await.expect("reconcile");
+    assert!(other.is_none(), "{:?}", t.snapshot().notes);
+    assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..4)), "nothing read yet");
+    // ...and Lambda's retry of r-1 (same request id) takes its own claim back and reads for both.
+    let retried = engine.reconcile_membership_after_events(&b, "r-1", &t).await.expect("reconcile");
+    assert_eq!(retried.map(|r| r.registered), Some(2));
+    assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..6)), "both new tasks mirrored by the retry");
 }
 
 #[tokio::test(start_paused = true)]

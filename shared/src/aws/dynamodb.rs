@@ -390,21 +390,25 @@ impl Coordination for DynamoState {
         Ok(Census { heartbeats })
     }
 
-    /// One conditional UpdateItem on the item `read#<what>`: its `read_at_ms` set if no read is pending (absent,
-    /// or already started before now). The item expires a day later through the table's TTL.
-    async fn claim_read(&self, what: &str, now_ms: u64, read_at_ms: u64) -> Result<bool> {
+    /// One conditional UpdateItem on the item `read#<what>`: its `read_at_ms` and owner set if no read is pending
+    /// (absent, already started before now, or claimed by this same invocation: Lambda retries a crashed attempt
+    /// with its request id, and that retry must not defer to its own dead claim). The item expires a day later
+    /// through the table's TTL.
+    async fn claim_read(&self, what: &str, owner: &str, now_ms: u64, read_at_ms: u64) -> Result<bool> {
         let out = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PARTITION_KEY, AttributeValue::S(format!("read#{what}")))
-            .update_expression("SET #kind = :kind, #at = :at, #ttl = :ttl")
-            .condition_expression("attribute_not_exists(#at) OR #at < :now")
+            .update_expression("SET #kind = :kind, #at = :at, #owner = :me, #ttl = :ttl")
+            .condition_expression("attribute_not_exists(#at) OR #at < :now OR #owner = :me")
             .expression_attribute_names("#kind", "kind")
             .expression_attribute_names("#at", "read_at_ms")
+            .expression_attribute_names("#owner", "owner")
             .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
             .expression_attribute_values(":kind", AttributeValue::S("read".into()))
             .expression_attribute_values(":at", AttributeValue::N(read_at_ms.to_string()))
+            .expression_attribute_values(":me", AttributeValue::S(owner.into()))
             .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
             .expression_attribute_values(":ttl", AttributeValue::N((now_ms / 1000 + 86_400).to_string()))
             .send()
@@ -616,6 +620,29 @@ mod tests {
         assert_eq!(lane.reserve(5, 1_000_000).await.unwrap(), std::time::Duration::from_millis(7500));
         assert_eq!(lane.reserve(5, 1_000_000).await.unwrap(), std::time::Duration::ZERO);
         assert_eq!(catch_up.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_read_is_claimed_for_its_owner_and_a_pending_claim_of_anothers_is_left() {
+        let claim = mock!(Client::update_item)
+            .match_requests(|r| {
+                let v = |k: &str| r.expression_attribute_values().and_then(|v| v.get(k)).cloned();
+                r.key().and_then(|k| k.get("pk")).and_then(|v| v.as_s().ok()).map(String::as_str)
+                    == Some("read#membership#web/web-bg")
+                    && r.condition_expression() == Some("attribute_not_exists(#at) OR #at < :now OR #owner = :me")
+                    && v(":me") == Some(AttributeValue::S("req-1".into()))
+                    && v(":at") == Some(AttributeValue::N("1300".into()))
+                    && v(":now") == Some(AttributeValue::N("1000".into()))
+            })
+            .then_output(|| aws_sdk_dynamodb::operation::update_item::UpdateItemOutput::builder().build());
+        let pending = mock!(Client::update_item).then_error(|| {
+            UpdateItemError::ConditionalCheckFailedException(ConditionalCheckFailedException::builder().build())
+        });
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&claim, &pending]);
+        let state = DynamoState::new(client, "state".into());
+        assert!(state.claim_read("membership#web/web-bg", "req-1", 1000, 1300).await.unwrap());
+        assert!(!state.claim_read("membership#web/web-bg", "req-2", 1000, 1300).await.unwrap());
+        assert_eq!(claim.num_calls(), 1);
     }
 
     fn stored_item(group: &str, version: u64) -> HashMap<String, AttributeValue> {

@@ -178,11 +178,18 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     /// task set that starts or stops sends several within a second, each of which would read the same four
     /// groups. The first claims the binding's next read [`EVENTS_SETTLE`] ahead and makes it then; the others,
     /// arriving before that read starts, leave it to that read, which sees what they would have. `None` when left
-    /// to another. A claim that cannot be written costs the reads, not the event.
-    pub async fn reconcile_membership_after_events(&self, b: &Binding, t: &Tracker) -> Result<Option<Reconciled>> {
+    /// to another. The claim is `owner`'s (the invocation's request id): Lambda's retry of an attempt that died
+    /// after claiming takes the claim back and reads, where deferring would leave the moment's events unread. A
+    /// claim that cannot be written costs the reads, not the event.
+    pub async fn reconcile_membership_after_events(
+        &self,
+        b: &Binding,
+        owner: &str,
+        t: &Tracker,
+    ) -> Result<Option<Reconciled>> {
         let now = now_ms();
         let settle = EVENTS_SETTLE.as_millis() as u64;
-        match self.state.claim_read(&format!("membership#{}", b.label()), now, now + settle).await {
+        match self.state.claim_read(&format!("membership#{}", b.label()), owner, now, now + settle).await {
             Ok(false) => {
                 t.note(format!("{}: a membership read already pending covers this event", b.label()));
                 return Ok(None);

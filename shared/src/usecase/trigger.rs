@@ -97,7 +97,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             }
             match found {
                 Ok((b, group)) => match match trigger {
-                    Trigger::Task { .. } => self.reconcile_membership_after_events(&b, t).await,
+                    Trigger::Task { .. } => self.reconcile_membership_after_events(&b, owner, t).await,
                     _ => self.reconcile(&b, &group, t).await.map(Some),
                 } {
                     Ok(r) => done.extend(r),

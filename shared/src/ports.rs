@@ -222,6 +222,18 @@ pub trait StateStore: Send + Sync {
     ) -> impl Future<Output = Result<Saved>> + Send;
 }
 
+/// What claiming a read came to ([`Coordination::claim_read`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// No read was pending: the caller's, to make once the moment's other events have come.
+    Taken,
+    /// The pending read was the caller's own, left by an attempt of the same invocation that died before making
+    /// it: the caller makes it at once (the moment's events have had the retry's delay to come).
+    TakenBack,
+    /// Another invocation's read is pending and will see what the caller would have.
+    Pending,
+}
+
 /// How the installation's processes coordinate their reads of ELB, through the state table beside the records
 /// but no part of them: the followers' census, the claims that let the ECS task events of one moment share one
 /// read, and the bindings a sweep left due. Losing any of it costs reads, never a deployment.
@@ -230,16 +242,15 @@ pub trait Coordination: Send + Sync {
     /// entries named to forget) and returns the census as it stands after the write, in one call.
     fn census(&self, entry: &CensusEntry) -> impl Future<Output = Result<Census>> + Send;
     /// Claims the next read of `what` for `read_at_ms` on behalf of `owner` (the invocation's request id), in one
-    /// conditional write: `true` when no read of it was pending at `now_ms` or the pending one is `owner`'s own
-    /// (a retried attempt takes its claim back; the caller reads at `read_at_ms`), `false` when another's still is
-    /// (a read that starts after the caller's event will see what the caller would have).
+    /// conditional write: [`Claim::Taken`] when no read of it was pending at `now_ms`, [`Claim::TakenBack`] when
+    /// the pending one was `owner`'s own, [`Claim::Pending`] when another's still is.
     fn claim_read(
         &self,
         what: &str,
         owner: &str,
         now_ms: u64,
         read_at_ms: u64,
-    ) -> impl Future<Output = Result<bool>> + Send;
+    ) -> impl Future<Output = Result<Claim>> + Send;
     /// Marks bindings (by label) due: their check stepped aside from a busy read lane, and the next sweep takes
     /// them first (one write; marking one already due changes nothing).
     fn mark_due(&self, labels: &[String]) -> impl Future<Output = Result<()>> + Send;

@@ -18,7 +18,7 @@ use bluegreen_mirror::domain::{
 };
 use bluegreen_mirror::harness::{self, Invocation, Outcome, Tracker};
 use bluegreen_mirror::ports::{
-    Coordination, DeploymentFacts, DeploymentGroupFacts, Deployments, FollowRequest, Followers, HookReporter,
+    Claim, Coordination, DeploymentFacts, DeploymentGroupFacts, Deployments, FollowRequest, Followers, HookReporter,
     HookStatus, LoadBalancers, Reported, Saved, StateStore, TargetGroupFacts, TaskSet, TaskSetLabel,
 };
 use bluegreen_mirror::usecase::Engine;
@@ -797,14 +797,15 @@ impl StateStore for FakeState {
 }
 
 impl Coordination for FakeState {
-    async fn claim_read(&self, what: &str, owner: &str, now_ms: u64, read_at_ms: u64) -> Result<bool> {
+    async fn claim_read(&self, what: &str, owner: &str, now_ms: u64, read_at_ms: u64) -> Result<Claim> {
         self.calls.enter("dynamodb:UpdateItem")?;
         let mut claims = self.claims.lock().unwrap();
-        if claims.get(what).is_some_and(|(at, by)| *at >= now_ms && by != owner) {
-            return Ok(false);
+        let was = claims.get(what).cloned();
+        if was.as_ref().is_some_and(|(at, by)| *at >= now_ms && by != owner) {
+            return Ok(Claim::Pending);
         }
         claims.insert(what.to_string(), (read_at_ms, owner.to_string()));
-        Ok(true)
+        Ok(if was.is_some_and(|(_, by)| by == owner) { Claim::TakenBack } else { Claim::Taken })
     }
 
     async fn census(&self, entry: &CensusEntry) -> Result<Census> {

@@ -164,7 +164,7 @@ async fn the_task_events_of_one_moment_read_the_groups_once_and_miss_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn a_retry_of_an_event_that_died_after_claiming_the_read_makes_the_read() {
-    use bluegreen_mirror::ports::Coordination;
+    use bluegreen_mirror::ports::{Claim, Coordination};
     let w = World::new();
     let a = &w.arns;
     let engine = w.hooks();
@@ -175,15 +175,18 @@ async fn a_retry_of_an_event_that_died_after_claiming_the_read_makes_the_read() 
     // The first attempt of request r-1 claimed the read and died before making it; the claim is still pending.
     let now = bluegreen_mirror::clock::now_ms();
     let what = format!("membership#{}", b.label());
-    assert!(w.state.claim_read(&what, "r-1", now, now + 60_000).await.expect("claim"));
+    assert_eq!(w.state.claim_read(&what, "r-1", now, now + 60_000).await.expect("claim"), Claim::Taken);
     // Another event of that moment leaves the read to the pending claim...
     let t = Tracker::default();
     let other = engine.reconcile_membership_after_events(&b, "r-2", &t).await.expect("reconcile");
     assert!(other.is_none(), "{:?}", t.snapshot().notes);
     assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..4)), "nothing read yet");
-    // ...and Lambda's retry of r-1 (same request id) takes its own claim back and reads for both.
+    // ...and Lambda's retry of r-1 (same request id) takes its own claim back and reads for both, at once: the
+    // moment's events have had the retry's wait to come.
+    let started = tokio::time::Instant::now();
     let retried = engine.reconcile_membership_after_events(&b, "r-1", &t).await.expect("reconcile");
     assert_eq!(retried.map(|r| r.registered), Some(2));
+    assert!(started.elapsed() < bluegreen_mirror::usecase::EVENTS_SETTLE, "{:?}", started.elapsed());
     assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..6)), "both new tasks mirrored by the retry");
 }
 

@@ -18,7 +18,7 @@ use super::errors::aws_error;
 use crate::domain::{
     Admission, BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, Lane, StoredBinding,
 };
-use crate::ports::{Coordination, Saved, StateStore};
+use crate::ports::{Claim, Coordination, Saved, StateStore};
 use crate::{Error, Result};
 
 const SERVICE: &str = "dynamodb";
@@ -394,7 +394,7 @@ impl Coordination for DynamoState {
     /// (absent, already started before now, or claimed by this same invocation: Lambda retries a crashed attempt
     /// with its request id, and that retry must not defer to its own dead claim). The item expires a day later
     /// through the table's TTL.
-    async fn claim_read(&self, what: &str, owner: &str, now_ms: u64, read_at_ms: u64) -> Result<bool> {
+    async fn claim_read(&self, what: &str, owner: &str, now_ms: u64, read_at_ms: u64) -> Result<Claim> {
         let out = self
             .client
             .update_item()
@@ -411,12 +411,17 @@ impl Coordination for DynamoState {
             .expression_attribute_values(":me", AttributeValue::S(owner.into()))
             .expression_attribute_values(":now", AttributeValue::N(now_ms.to_string()))
             .expression_attribute_values(":ttl", AttributeValue::N((now_ms / 1000 + 86_400).to_string()))
+            .return_values(ReturnValue::AllOld)
             .send()
             .await;
         match out {
-            Ok(_) => Ok(true),
+            Ok(out) => {
+                let was_mine = out.attributes().and_then(|a| a.get("owner")).and_then(|v| v.as_s().ok())
+                    == Some(&owner.to_string());
+                Ok(if was_mine { Claim::TakenBack } else { Claim::Taken })
+            }
             Err(e) if e.as_service_error().is_some_and(UpdateItemError::is_conditional_check_failed_exception) => {
-                Ok(false)
+                Ok(Claim::Pending)
             }
             Err(e) => Err(aws_error(SERVICE, "UpdateItem", &format!("table {}", self.table), e)),
         }
@@ -633,15 +638,25 @@ mod tests {
                     && v(":me") == Some(AttributeValue::S("req-1".into()))
                     && v(":at") == Some(AttributeValue::N("1300".into()))
                     && v(":now") == Some(AttributeValue::N("1000".into()))
+                    && r.return_values() == Some(&ReturnValue::AllOld)
             })
             .then_output(|| aws_sdk_dynamodb::operation::update_item::UpdateItemOutput::builder().build());
         let pending = mock!(Client::update_item).then_error(|| {
             UpdateItemError::ConditionalCheckFailedException(ConditionalCheckFailedException::builder().build())
         });
-        let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&claim, &pending]);
+        // A retry of req-1 finds its own claim in the item it replaced.
+        let taken_back = mock!(Client::update_item).then_output(|| {
+            aws_sdk_dynamodb::operation::update_item::UpdateItemOutput::builder()
+                .attributes("owner", AttributeValue::S("req-1".into()))
+                .attributes("read_at_ms", AttributeValue::N("1300".into()))
+                .build()
+        });
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::Sequential, [&claim, &pending, &taken_back]);
         let state = DynamoState::new(client, "state".into());
-        assert!(state.claim_read("membership#web/web-bg", "req-1", 1000, 1300).await.unwrap());
-        assert!(!state.claim_read("membership#web/web-bg", "req-2", 1000, 1300).await.unwrap());
+        let what = "membership#web/web-bg";
+        assert_eq!(state.claim_read(what, "req-1", 1000, 1300).await.unwrap(), Claim::Taken);
+        assert_eq!(state.claim_read(what, "req-2", 1000, 1300).await.unwrap(), Claim::Pending);
+        assert_eq!(state.claim_read(what, "req-1", 1100, 1400).await.unwrap(), Claim::TakenBack);
         assert_eq!(claim.num_calls(), 1);
     }
 

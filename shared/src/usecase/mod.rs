@@ -16,7 +16,7 @@ mod status;
 mod trigger;
 
 pub use bindings::BINDING_CACHE_TTL;
-pub use reconcile::Reconciled;
+pub use reconcile::{Reconciled, EVENTS_SETTLE};
 pub use status::{BindingStatus, PlanSummary};
 pub use trigger::{Concerned, Trigger};
 

@@ -16,7 +16,7 @@ use super::{read_apart, Engine, ReadOnce, SidePass, Tracker};
 use crate::clock::now_ms;
 use crate::config::{Binding, RouteRef};
 use crate::domain::{plan_reconcile, Observed, Route, DEFAULT_BATCH};
-use crate::ports::{Coordination, DeploymentGroupFacts, Deployments, Followers, LoadBalancers, StateStore};
+use crate::ports::{Claim, Coordination, DeploymentGroupFacts, Deployments, Followers, LoadBalancers, StateStore};
 use crate::{Error, Result};
 
 /// How long a deployment group's setup read for an ECS task event is trusted. Every task event concerns one
@@ -179,8 +179,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     /// groups. The first claims the binding's next read [`EVENTS_SETTLE`] ahead and makes it then; the others,
     /// arriving before that read starts, leave it to that read, which sees what they would have. `None` when left
     /// to another. The claim is `owner`'s (the invocation's request id): Lambda's retry of an attempt that died
-    /// after claiming takes the claim back and reads, where deferring would leave the moment's events unread. A
-    /// claim that cannot be written costs the reads, not the event.
+    /// after claiming takes the claim back and reads at once, where deferring would leave the moment's events
+    /// unread. A claim that cannot be written costs the reads, not the event.
     pub async fn reconcile_membership_after_events(
         &self,
         b: &Binding,
@@ -190,11 +190,16 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         let now = now_ms();
         let settle = EVENTS_SETTLE.as_millis() as u64;
         match self.state.claim_read(&format!("membership#{}", b.label()), owner, now, now + settle).await {
-            Ok(false) => {
+            Ok(Claim::Pending) => {
                 t.note(format!("{}: a membership read already pending covers this event", b.label()));
                 return Ok(None);
             }
-            Ok(true) => tokio::time::sleep(EVENTS_SETTLE).await,
+            Ok(Claim::Taken) => tokio::time::sleep(EVENTS_SETTLE).await,
+            // A retry: the moment's events have had the first attempt's time and Lambda's wait to come, and the
+            // tasks that stopped are draining meanwhile.
+            Ok(Claim::TakenBack) => {
+                t.note(format!("{}: membership read taken back from an earlier attempt", b.label()))
+            }
             Err(e) => t.note(format!("{}: membership read not claimed ({e}); reading now", b.label())),
         }
         self.reconcile_membership(b, t).await.map(Some)

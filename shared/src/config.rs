@@ -59,10 +59,13 @@ impl Binding {
     }
 }
 
+/// The document `infra/bindings.schema.json` describes; `$schema` lets an editor find that schema.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BindingsDoc {
     bindings: Vec<Binding>,
+    #[serde(rename = "$schema", default)]
+    _schema: Option<String>,
 }
 
 /// Everything a function needs from its environment.

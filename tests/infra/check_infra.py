@@ -226,7 +226,8 @@ def main():
 
     # The private side's outputs are exactly what template.yaml takes.
     private = load("infra/private-side.yaml")
-    check_private_side(private)
+    check_private_templates()
+    check_shared_binding(bin_dir)
     for out in private["Outputs"]:
         if out.startswith("Private"):
             check(out in t["Parameters"], f"private-side output {out} is not a parameter of template.yaml")
@@ -305,22 +306,70 @@ def check_names():
             check(len(full) <= LAMBDA_NAME_MAX, f"{path} {name}: {full!r} exceeds Lambda's {LAMBDA_NAME_MAX} characters")
 
 
-def check_private_side(t):
-    """private-side.yaml can be deployed once per service (no default name to collide on), tags what the fleet's
-    roles may change, and logs to a bucket ELB may write to."""
-    check("Default" not in t["Parameters"]["NamePrefix"], "private-side.yaml: a default NamePrefix collides between services")
-    res = t["Resources"]
-    for name, r in res.items():
-        if r["Type"] in ("AWS::ElasticLoadBalancingV2::TargetGroup", "AWS::ElasticLoadBalancingV2::LoadBalancer"):
-            tags = {tag["Key"]: tag["Value"] for tag in r["Properties"].get("Tags", [])}
-            check(tags.get(MANAGED_TAG) == "true", f"private-side.yaml {name} is not tagged {MANAGED_TAG}=true")
-    policy = res.get("LogBucketPolicy", {}).get("Properties", {}).get("PolicyDocument", {})
-    granted = set()
-    for st in policy.get("Statement", []):
-        if isinstance(st, dict) and st.get("Effect") == "Allow" and st.get("Action") == "s3:PutObject":
-            granted.add(st.get("Principal", {}).get("Service"))
-    check({"logdelivery.elasticloadbalancing.amazonaws.com", "delivery.logs.amazonaws.com"} <= granted,
-          f"private-side.yaml: the log bucket does not let ALB and NLB log delivery write ({sorted(filter(None, granted))})")
+# Everything on a private side that the fleet's roles may change, or that an operator finds by the tag.
+TAGGED = ("AWS::ElasticLoadBalancingV2::TargetGroup", "AWS::ElasticLoadBalancingV2::LoadBalancer",
+          "AWS::ElasticLoadBalancingV2::Listener", "AWS::ElasticLoadBalancingV2::ListenerRule")
+
+
+def check_private_templates():
+    """The private-side templates (one load balancer per service; the shared internal ALB and a service on it) can
+    each be deployed once per service (no default name to collide on), tag what the fleet's roles may change, and
+    log to a bucket ELB may write to. A service on the shared ALB gets a binding the functions and the schema
+    accept, with rule routes."""
+    log_writers = {"infra/private-side.yaml": {"logdelivery.elasticloadbalancing.amazonaws.com", "delivery.logs.amazonaws.com"},
+                   "infra/shared-alb.yaml": {"logdelivery.elasticloadbalancing.amazonaws.com"}}
+    for path in ("infra/private-side.yaml", "infra/shared-alb.yaml", "infra/shared-alb-service.yaml"):
+        t = load(path)
+        for param in ("NamePrefix", "Name"):
+            if param in t["Parameters"]:
+                check("Default" not in t["Parameters"][param], f"{path}: a default {param} collides between services")
+        res = t["Resources"]
+        for name, r in res.items():
+            if r["Type"] in TAGGED:
+                tags = {tag["Key"]: tag["Value"] for tag in r["Properties"].get("Tags", [])}
+                check(tags.get(MANAGED_TAG) == "true", f"{path} {name} is not tagged {MANAGED_TAG}=true")
+        if path in log_writers:
+            policy = res.get("LogBucketPolicy", {}).get("Properties", {}).get("PolicyDocument", {})
+            granted = set()
+            for st in policy.get("Statement", []):
+                if isinstance(st, dict) and st.get("Effect") == "Allow" and st.get("Action") == "s3:PutObject":
+                    granted.add(st.get("Principal", {}).get("Service"))
+            check(log_writers[path] <= granted,
+                  f"{path}: the log bucket does not let ELB's log delivery write ({sorted(filter(None, granted))})")
+    shared, service = load("infra/shared-alb.yaml"), load("infra/shared-alb-service.yaml")
+    for out in ("SharedProductionListenerArn", "SharedTestListenerArn"):
+        check(out in shared["Outputs"] and out in service["Parameters"],
+              f"shared-alb.yaml's {out} is not what shared-alb-service.yaml takes")
+    for name in ("ProductionRule", "TestRule"):
+        rule = service["Resources"][name]["Properties"]
+        check(rule["ListenerArn"] == {"Ref": f"Shared{name.replace('Rule', '')}ListenerArn"},
+              f"shared-alb-service.yaml {name} is not on the shared {name.replace('Rule', '').lower()} listener")
+    forward = service["Resources"]["ProductionRule"]["Properties"]["Actions"][0]["ForwardConfig"]["TargetGroups"]
+    check([g["Weight"] for g in forward] == [100, 0],
+          "shared-alb-service.yaml: the production rule must forward to both groups, the idle one at weight 0")
+
+
+def check_shared_binding(bin_dir):
+    """shared-alb-service.yaml's BindingJson, rendered as CloudFormation would for a service, is a binding the
+    functions accept (in a bindings document) with rule routes."""
+    service = load("infra/shared-alb-service.yaml")
+    tg = "arn:aws:elasticloadbalancing:eu-west-1:111122223333:targetgroup/{}/{:016x}"
+    rule = "arn:aws:elasticloadbalancing:eu-west-1:111122223333:listener-rule/app/fleet-lb/5e6f7a8b9c0d1e2f/{:016x}/{:016x}"
+    params = {"Application": "orders", "DeploymentGroup": "orders-bg", "HealthTimeoutSeconds": 300,
+              "PublicBlueTargetGroupArn": tg.format("orders-pub-blue", 1),
+              "PublicGreenTargetGroupArn": tg.format("orders-pub-green", 2),
+              "BlueTargetGroup": tg.format("orders-blue", 3), "GreenTargetGroup": tg.format("orders-green", 4),
+              "ProductionRule": rule.format(5, 6), "TestRule": rule.format(7, 8)}
+    rendered = render_sub(service["Outputs"]["BindingJson"]["Value"]["Fn::Sub"], params, {})
+    try:
+        binding = json.loads(rendered)
+    except ValueError as e:
+        check(False, f"shared-alb-service.yaml BindingJson is not JSON ({e}): {rendered}")
+        return
+    check(binding["private_production_route"] == {"rule": params["ProductionRule"]},
+          f"shared-alb-service.yaml BindingJson routes: {binding['private_production_route']}")
+    out = cold_start(bin_dir, json.dumps({"bindings": [binding]}))
+    check("configuration error" not in out, f"shared-alb-service.yaml BindingJson is refused: {out[-400:]}")
 
 
 def check_release_metadata():

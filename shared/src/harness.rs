@@ -140,6 +140,15 @@ impl Tracker {
         f(&mut guard)
     }
 
+    /// The deployment group CodeDeploy named, before (or without) a binding for it: a failure from here on is
+    /// published under the group it concerns.
+    pub fn deployment_group(&self, application: &str, group: &str) {
+        self.with(|s| {
+            s.application = Some(application.to_string());
+            s.deployment_group = Some(group.to_string());
+        });
+    }
+
     pub fn binding(&self, b: &crate::config::Binding) {
         self.with(|s| {
             s.binding = Some(b.label());

@@ -99,17 +99,21 @@ impl Document {
 const BY_BINDING: &[&str] = &["Application", "DeploymentGroup"];
 const OVERALL: &[&str] = &[];
 
-/// The line for one hook invocation (none when the deployment was never resolved to a binding: its dimensions
-/// are unknown, and `HookFailed` is then also published by hook alone and over the installation).
+/// What a hook's metrics carry as the application and deployment group when CodeDeploy could not be asked which
+/// they are (the configuration refused at cold start, GetDeployment failing): the alarm that names the deployment
+/// group still fires, naming this.
+pub const UNKNOWN_GROUP: &str = "(unknown)";
+
+/// The line for one hook invocation, by binding (the deployment group CodeDeploy named, bound or not; see
+/// [`UNKNOWN_GROUP`]), by hook and over the installation: the `HookFailed` alarm groups by the first, so that a
+/// page names the service.
 pub fn hook_line(namespace: &str, outcome: &Outcome, elb: ElbSpend, timestamp_ms: u64) -> Option<String> {
     let s = &outcome.summary;
-    let mut doc = Document::default().dimension("Hook", outcome.phase.as_str());
-    doc = match (&s.application, &s.deployment_group) {
-        (Some(a), Some(g)) => {
-            doc.dimension("Application", a).dimension("DeploymentGroup", g).under(&[BY_BINDING, &["Hook"], OVERALL])
-        }
-        _ => doc.under(&[&["Hook"], OVERALL]),
-    };
+    let mut doc = Document::default()
+        .dimension("Hook", outcome.phase.as_str())
+        .dimension("Application", s.application.as_deref().unwrap_or(UNKNOWN_GROUP))
+        .dimension("DeploymentGroup", s.deployment_group.as_deref().unwrap_or(UNKNOWN_GROUP))
+        .under(&[BY_BINDING, &["Hook"], OVERALL]);
     let failed = matches!(outcome.status, HookStatus::Failed);
     doc = doc
         .metric("HookDuration", Unit::Milliseconds, outcome.duration_ms as f64)
@@ -233,12 +237,18 @@ mod tests {
     }
 
     #[test]
-    fn an_unresolved_deployment_is_counted_by_hook_and_overall() {
-        let line = hook_line("Ns", &outcome(HookStatus::Succeeded, false), ElbSpend::default(), 0);
+    fn an_unresolved_deployment_is_counted_under_an_unknown_group_too() {
+        let line = hook_line("Ns", &outcome(HookStatus::Failed, false), ElbSpend::default(), 0);
         let doc = parse(line.as_deref().unwrap_or(""));
-        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([["Hook"], []]));
-        assert_eq!(doc["HookFailed"], 0.0);
-        assert!(doc.get("Application").is_none());
+        assert_eq!(
+            doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["Application", "DeploymentGroup"], ["Hook"], []])
+        );
+        assert_eq!(doc["HookFailed"], 1.0);
+        assert_eq!(
+            (doc["Application"].clone(), doc["DeploymentGroup"].clone()),
+            (json!("(unknown)"), json!("(unknown)"))
+        );
     }
 
     #[test]

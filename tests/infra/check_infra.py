@@ -445,9 +445,23 @@ def check_monitoring():
         code = f.read()
     ours = set(re.findall(r'MetricName=\\"(\w+)\\"', text))
     m = load("infra/monitoring.yaml")
+    by_binding = set()
     for name, r in m["Resources"].items():
-        if r["Type"] == "AWS::CloudWatch::Alarm" and r["Properties"].get("Namespace") == {"Ref": "MetricsNamespace"}:
+        if r["Type"] != "AWS::CloudWatch::Alarm":
+            continue
+        if r["Properties"].get("Namespace") == {"Ref": "MetricsNamespace"}:
             ours.add(r["Properties"]["MetricName"])
+        # Metrics Insights alarms over the functions' namespace; grouped by the binding's dimensions, each
+        # deployment group is a contributor the notification names.
+        for q in r["Properties"].get("Metrics", []):
+            sql = q.get("Expression", {}).get("Fn::Sub", "") if isinstance(q.get("Expression"), dict) else ""
+            found = re.match(r'SELECT \w+\((\w+)\) FROM SCHEMA\("\$\{MetricsNamespace\}", Application, DeploymentGroup\)'
+                             r'\s+GROUP BY Application, DeploymentGroup$', sql.strip())
+            if found:
+                ours.add(found.group(1))
+                by_binding.add(found.group(1))
+    check({"HookFailed", "BindingsOutOfSync"} <= by_binding,
+          f"monitoring.yaml: the HookFailed and BindingsOutOfSync alarms must name the deployment group (grouped: {sorted(by_binding)})")
     check(len(ours) >= 8, f"monitoring.yaml names only {sorted(ours)} of the functions' metrics")
     for metric in sorted(ours):
         check(f'"{metric}"' in code, f"monitoring.yaml uses {metric}, which shared/src/metrics.rs does not publish")

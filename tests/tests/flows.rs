@@ -648,6 +648,17 @@ async fn bad_input_is_refused_with_a_clear_message_and_nothing_changed() {
             assert!(msg.contains(want), "{exec}: {msg:?} lacks {want:?}");
             assert!(w.private_writes().is_empty(), "{exec}: wrote {:?}", w.private_writes());
             assert_eq!(w.codedeploy.reports().len(), 1, "{exec}");
+            // The failure is published under the deployment group CodeDeploy named, bound or not (the alarm that
+            // pages groups by it); only a deployment CodeDeploy does not know has none.
+            let group = (out.summary.application.as_deref(), out.summary.deployment_group.as_deref());
+            match name {
+                "unknown deployment" => assert_eq!(group, (None, None), "{exec}"),
+                "no binding" => assert_eq!(group, (Some(APP), Some("other")), "{exec}"),
+                _ if !name.starts_with("state table") || phase == Phase::AfterInstall => {
+                    assert_eq!(group, (Some(APP), Some(GROUP)), "{exec}")
+                }
+                _ => {}
+            }
         }
     }
 }

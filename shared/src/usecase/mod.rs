@@ -191,6 +191,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             .deployment(deployment_id)
             .await
             .map_err(missing(format!("CodeDeploy deployment {deployment_id}")))?;
+        t.deployment_group(&facts.application, &facts.deployment_group);
         if facts.compute_platform != "ECS" {
             return Err(Error::Misconfigured(format!(
                 "deployment {deployment_id} is a {} deployment; bluegreen-mirror hooks serve ECS blue/green deployments only: \

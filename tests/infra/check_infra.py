@@ -99,10 +99,20 @@ def cold_start(bin_dir, bindings):
     return (p.stdout + p.stderr).decode(errors="replace")
 
 
-def function_of(code_uri):
-    """The function a CodeUri deploys: ../target/lambda/<function>/bootstrap.zip."""
-    parts = code_uri.rstrip("/").split("/")
-    return parts[-2] if parts[-1] == "bootstrap.zip" else parts[-1]
+def built_by_make():
+    """What infra/build/Makefile builds for each function's logical id (`sam build` runs its target)."""
+    with open(os.path.join(ROOT, "infra", "build", "Makefile")) as f:
+        return dict(re.findall(r"^build-(\w+): FUNCTION = ([a-z-]+)$", f.read(), re.M))
+
+
+def function_of(name, resource):
+    """The binary a function resource deploys: built by `sam build` through infra/build/Makefile (its CodeUri
+    the Makefile's folder, its build method makefile), the target named after the resource."""
+    props, meta = resource["Properties"], resource.get("Metadata", {})
+    check(props.get("CodeUri") == "build/" and meta.get("BuildMethod") == "makefile",
+          f"{name}: not built by sam build through infra/build/Makefile (CodeUri {props.get('CodeUri')!r}, "
+          f"BuildMethod {meta.get('BuildMethod')!r})")
+    return built_by_make().get(name)
 
 
 def main():
@@ -112,13 +122,9 @@ def main():
     functions = {k: v for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
     globals_fn = t["Globals"]["Function"]
 
-    # Functions ↔ binaries: each deploys the zip scripts/package builds for arm64 on provided.al2023.
-    uris = {function_of(f["Properties"]["CodeUri"]): name for name, f in functions.items()}
+    # Functions ↔ binaries: each deploys the bootstrap scripts/package builds for arm64 on provided.al2023.
+    uris = {function_of(name, f): name for name, f in functions.items()}
     check(set(uris) == cargo_bins(), f"template functions {sorted(uris)} != binaries {sorted(cargo_bins())}")
-    for name, f in functions.items():
-        uri = f["Properties"]["CodeUri"]
-        check(uri.startswith("../target/lambda/") and uri.endswith("/bootstrap.zip"),
-              f"{name}: CodeUri {uri} is not a zip scripts/package builds (../target/lambda/<function>/bootstrap.zip)")
     check(globals_fn["Runtime"] == "provided.al2023", "runtime is not provided.al2023")
     check(globals_fn["Handler"] == "bootstrap", "handler is not bootstrap")
     check(globals_fn["Architectures"] == ["arm64"], "architecture is not arm64")
@@ -251,7 +257,7 @@ def check_fleet(consts):
     mutating ELB action allowed only on resources carrying the managed tag, and the tag the code checks."""
     t = load("infra/fleet.yaml")
     functions = {k: v for k, v in t["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
-    uris = {function_of(f["Properties"]["CodeUri"]) for f in functions.values()}
+    uris = {function_of(name, f) for name, f in functions.items()}
     check(uris == cargo_bins(), f"fleet.yaml functions {sorted(uris)} != binaries {sorted(cargo_bins())}")
     env = t["Globals"]["Function"]["Environment"]["Variables"]
     check(set(env) <= set(consts.values()), f"fleet.yaml sets {sorted(set(env) - set(consts.values()))}, unknown to config.rs")
@@ -390,15 +396,20 @@ def check_release_metadata():
 
 
 def check_samconfig():
-    """`sam deploy` from infra/ works the first time: each environment of samconfig.toml deploys a template that
-    exists, with the capabilities that template needs (IAM roles; the nested monitoring application)."""
+    """`sam build` and `sam deploy` from infra/ work the first time: each environment of samconfig.toml builds a
+    template that exists in the source tree (the Makefile needs it) and deploys what it built (a template named
+    for deploy would deploy the Makefile's folder as the code), with the capabilities that template needs (IAM
+    roles; the nested monitoring application)."""
     import tomllib
     with open(os.path.join(ROOT, "infra", "samconfig.toml"), "rb") as f:
         conf = tomllib.load(f)
     deploys = {env: v["deploy"]["parameters"] for env, v in conf.items() if isinstance(v, dict) and "deploy" in v}
+    builds = {env: v.get("build", {}).get("parameters", {}) for env, v in conf.items() if isinstance(v, dict)}
     check({"default", "fleet"} <= set(deploys), f"samconfig.toml deploys {sorted(deploys)}, not default and fleet")
     for env, params in deploys.items():
-        template = params.get("template_file", "")
+        check("template_file" not in params, f"samconfig.toml {env}: deploy names a template instead of what sam build built")
+        check(builds.get(env, {}).get("build_in_source") is True, f"samconfig.toml {env}: sam build is not in source")
+        template = builds.get(env, {}).get("template_file", "")
         check(os.path.exists(os.path.join(ROOT, "infra", template)), f"samconfig.toml {env}: no template {template!r}")
         if not os.path.exists(os.path.join(ROOT, "infra", template)):
             continue

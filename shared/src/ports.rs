@@ -109,6 +109,9 @@ pub struct DeploymentFacts {
     pub target_group_names: Vec<String>,
     pub production_listeners: Vec<String>,
     pub test_listeners: Vec<String>,
+    /// How long after rerouting CodeDeploy terminates the original task set (`terminationWaitTimeInMinutes`);
+    /// `None` when it keeps them or does not say.
+    pub termination_wait: Option<std::time::Duration>,
 }
 
 impl DeploymentFacts {
@@ -126,6 +129,8 @@ pub struct DeploymentGroupFacts {
     pub test_listeners: Vec<String>,
     /// `(cluster, service)` names of the ECS services the group deploys.
     pub ecs_services: Vec<(String, String)>,
+    /// As [`DeploymentFacts::termination_wait`].
+    pub termination_wait: Option<std::time::Duration>,
 }
 
 /// CodeDeploy, read side.

@@ -541,6 +541,7 @@ impl Deployments for FakeCodeDeploy {
                 production_listeners: f.production_listeners.clone(),
                 test_listeners: f.test_listeners.clone(),
                 ecs_services: vec![("prod".into(), "web".into())],
+                termination_wait: f.termination_wait,
             })
             .ok_or_else(|| Error::Aws {
                 service: "codedeploy",
@@ -1079,6 +1080,8 @@ impl World {
                 target_group_names: vec!["pub-blue".into(), "pub-green".into()],
                 production_listeners: vec![a.pub_prod.clone()],
                 test_listeners: vec![a.pub_test.clone()],
+                // The original task set goes an hour after the reroute.
+                termination_wait: Some(Duration::from_secs(60 * 60)),
             },
             vec![
                 TaskSet {

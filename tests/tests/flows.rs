@@ -267,6 +267,36 @@ async fn an_nlb_mirror_in_tcp_of_an_alb_in_http_passes_and_a_tcp_only_health_che
     }
 }
 
+/// An NLB private side whose deployment group terminates the original tasks 5 minutes after rerouting: its traffic
+/// may reach them for up to 10 minutes after the flip, so `check` and AfterInstall warn, naming the command that
+/// keeps them 10 minutes. A warning, not a refusal. Ten minutes, or an ALB side, is not warned.
+#[tokio::test(start_paused = true)]
+async fn an_nlb_side_whose_original_tasks_go_before_its_traffic_has_moved_is_warned() {
+    for (w, minutes, warned) in [(World::nlb(), 5, true), (World::nlb(), 10, false), (World::new(), 5, false)] {
+        w.codedeploy.edit(DEPLOYMENT, |f| f.termination_wait = Some(Duration::from_secs(minutes * 60)));
+        let engine = w.hooks();
+        let b = w.config.bindings[0].clone();
+        let group = engine.group(&b).await.unwrap();
+        let warnings = engine.check(&b, &group, &bluegreen_mirror::harness::Tracker::default()).await.unwrap();
+        let nlb: Vec<&String> = warnings.iter().filter(|w| w.contains("flips an NLB")).collect();
+        assert_eq!(nlb.len(), usize::from(warned), "{minutes} min: {warnings:?}");
+        if warned {
+            assert!(nlb[0].contains("terminates them 5 minutes after rerouting"), "{}", nlb[0]);
+            assert!(
+                nlb[0].contains(&format!("--application-name {APP} --current-deployment-group-name {GROUP}"))
+                    && nlb[0].contains("terminationWaitTimeInMinutes=10"),
+                "{}",
+                nlb[0]
+            );
+        }
+        let [ai, bat, aat] = deploy(&w).await;
+        for o in [&ai, &bat, &aat] {
+            assert_eq!(o.status, HookStatus::Succeeded, "{:?}", o.message);
+        }
+        assert_eq!(ai.summary.notes.iter().any(|n| n.contains("flips an NLB")), warned, "{:?}", ai.summary.notes);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn every_hook_invoked_twice_converges_to_the_same_state() {
     let w = World::new();

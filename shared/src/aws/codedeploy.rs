@@ -5,7 +5,7 @@ use aws_sdk_codedeploy::operation::get_deployment_group::GetDeploymentGroupOutpu
 use std::time::Duration;
 
 use aws_sdk_codedeploy::types::{
-    DeploymentGroupInfo, LifecycleEventStatus, TargetLabel, TrafficRoutingConfig, TrafficRoutingType,
+    DeploymentGroupInfo, InstanceAction, LifecycleEventStatus, TargetLabel, TrafficRoutingConfig, TrafficRoutingType,
 };
 use aws_sdk_codedeploy::Client;
 
@@ -64,6 +64,11 @@ fn group_facts(info: Option<&DeploymentGroupInfo>) -> DeploymentGroupFacts {
                     .collect()
             })
             .unwrap_or_default(),
+        termination_wait: info
+            .and_then(|gi| gi.blue_green_deployment_configuration())
+            .and_then(|bg| bg.terminate_blue_instances_on_deployment_success())
+            .filter(|t| t.action() == Some(&InstanceAction::Terminate))
+            .map(|t| Duration::from_secs(u64::try_from(t.termination_wait_time_in_minutes()).unwrap_or(0) * 60)),
     }
 }
 
@@ -130,6 +135,7 @@ impl Deployments for CodeDeploy {
             target_group_names: facts.target_group_names,
             production_listeners: facts.production_listeners,
             test_listeners: facts.test_listeners,
+            termination_wait: facts.termination_wait,
         })
     }
 
@@ -233,8 +239,9 @@ mod tests {
     };
     use aws_sdk_codedeploy::types::error::{DeploymentDoesNotExistException, LifecycleEventAlreadyCompletedException};
     use aws_sdk_codedeploy::types::{
-        ComputePlatform, DeploymentGroupInfo, DeploymentInfo, DeploymentOption, DeploymentStyle, DeploymentTarget,
-        DeploymentType, EcsTarget, EcsTaskSet, LoadBalancerInfo, TargetGroupInfo, TargetGroupPairInfo, TrafficRoute,
+        BlueGreenDeploymentConfiguration, BlueInstanceTerminationOption, ComputePlatform, DeploymentGroupInfo,
+        DeploymentInfo, DeploymentOption, DeploymentStyle, DeploymentTarget, DeploymentType, EcsTarget, EcsTaskSet,
+        LoadBalancerInfo, TargetGroupInfo, TargetGroupPairInfo, TrafficRoute,
     };
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
 
@@ -279,6 +286,16 @@ mod tests {
                                     )
                                     .build(),
                             )
+                            .blue_green_deployment_configuration(
+                                BlueGreenDeploymentConfiguration::builder()
+                                    .terminate_blue_instances_on_deployment_success(
+                                        BlueInstanceTerminationOption::builder()
+                                            .action(InstanceAction::Terminate)
+                                            .termination_wait_time_in_minutes(5)
+                                            .build(),
+                                    )
+                                    .build(),
+                            )
                             .build(),
                     )
                     .build()
@@ -289,6 +306,18 @@ mod tests {
         assert_eq!((f.compute_platform.as_str(), f.deployment_type.as_str()), ("ECS", "BLUE_GREEN"));
         assert_eq!(f.target_group_names, vec!["pub-blue", "pub-green"]);
         assert_eq!((f.production_listeners, f.test_listeners), (vec!["prod".to_string()], vec!["test".to_string()]));
+        assert_eq!(f.termination_wait, Some(Duration::from_secs(300)));
+        // Kept, not terminated: no wait to speak of.
+        let kept = DeploymentGroupInfo::builder()
+            .blue_green_deployment_configuration(
+                BlueGreenDeploymentConfiguration::builder()
+                    .terminate_blue_instances_on_deployment_success(
+                        BlueInstanceTerminationOption::builder().action(InstanceAction::KeepAlive).build(),
+                    )
+                    .build(),
+            )
+            .build();
+        assert_eq!(group_facts(Some(&kept)).termination_wait, None);
     }
 
     #[tokio::test]

@@ -157,9 +157,52 @@ pub fn weaker_health_checks(public: &GroupShape<'_>, private: &GroupShape<'_>) -
     out
 }
 
+/// How long an NLB may go on sending new flows to the targets of its previous forward after its listener changed.
+/// AWS promises no figure; ECS's own blue/green waits 10 minutes at each NLB traffic shift because "timing issues
+/// ... can cause a mismatch between the configured traffic weights and the actual traffic routing in the data
+/// plane" (ECS developer guide, "Network Load Balancer resources for blue/green deployments").
+pub const NLB_SETTLE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The warning for an NLB private side whose deployment group terminates the original tasks sooner after the
+/// reroute than the NLB may take to stop sending them traffic: the private clients would reach terminated tasks.
+/// `termination_wait`: CodeDeploy's `terminationWaitTimeInMinutes` (`None`: the tasks are kept, or it is not said).
+pub fn nlb_termination_warning(
+    side: &str,
+    application: &str,
+    group: &str,
+    termination_wait: Option<std::time::Duration>,
+) -> Option<String> {
+    let wait = termination_wait?;
+    if wait >= NLB_SETTLE {
+        return None;
+    }
+    let settle_min = NLB_SETTLE.as_secs() / 60;
+    Some(format!(
+        "warning: binding {side} flips an NLB, whose traffic may keep reaching the original tasks for up to \
+         {settle_min} minutes after its listener changes, but deployment group {group} terminates them {} minutes \
+         after rerouting: private clients may reach terminated tasks. Keep them {settle_min} minutes: aws deploy \
+         update-deployment-group --application-name {application} --current-deployment-group-name {group} \
+         --blue-green-deployment-configuration \
+         'terminateBlueInstancesOnDeploymentSuccess={{action=TERMINATE,terminationWaitTimeInMinutes={settle_min}}}'",
+        wait.as_secs() / 60
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_nlb_side_warns_when_the_original_tasks_go_before_its_traffic_has_moved() {
+        let min = |m: u64| Some(std::time::Duration::from_secs(m * 60));
+        let w = nlb_termination_warning("web/web-bg side 2", "web", "web-bg", min(5)).unwrap_or_default();
+        assert!(w.starts_with("warning: binding web/web-bg side 2 flips an NLB"), "{w}");
+        assert!(w.contains("terminates them 5 minutes after rerouting"), "{w}");
+        assert!(w.contains("terminationWaitTimeInMinutes=10"), "{w}");
+        assert_eq!(nlb_termination_warning("s", "a", "g", min(10)), None);
+        assert_eq!(nlb_termination_warning("s", "a", "g", None), None, "tasks kept, or not said");
+        assert!(nlb_termination_warning("s", "a", "g", min(0)).is_some());
+    }
     use proptest::prelude::*;
 
     const PROTOCOLS: [&str; 7] = ["HTTP", "HTTPS", "TCP", "TLS", "UDP", "TCP_UDP", "GENEVE"];

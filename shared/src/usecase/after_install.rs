@@ -19,6 +19,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         self.lb.begin_check();
         let r = self.resolve(deployment_id, t).await?;
         let b: &crate::config::Binding = &r.binding;
+        // Said before any traffic moves, in the first hook's log.
+        super::preflight::warn_nlb_timing(b, r.facts.termination_wait, t);
         let (sides, _) = self.preflight_and_state(b, t).await?;
         let g = self.green(&r, t).await?;
 

@@ -60,6 +60,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         if self.config.stored {
             self.check_managed_tag(b).await?;
         }
+        super::preflight::warn_nlb_timing(b, group.termination_wait, t);
         Ok(t.snapshot().notes.into_iter().filter(|n| n.starts_with("warning")).collect())
     }
 

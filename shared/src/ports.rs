@@ -46,6 +46,12 @@ pub trait LoadBalancers: Send + Sync {
     }
     /// Replaces the forward action of a listener's default action or of a rule.
     fn set_route(&self, route: &RouteRef, to: &Route) -> impl Future<Output = Result<()>> + Send;
+    /// How long each target group drains a deregistered target (`deregistration_delay.timeout_seconds`), by ARN:
+    /// one `DescribeTargetGroupAttributes` per group, so only `check` asks.
+    fn deregistration_delays(
+        &self,
+        target_groups: &[&str],
+    ) -> impl Future<Output = Result<std::collections::BTreeMap<String, std::time::Duration>>> + Send;
     /// The tags of target groups, listeners and rules, by ARN (`DescribeTags`, 20 ARNs a call).
     fn tags(
         &self,

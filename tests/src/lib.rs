@@ -179,6 +179,8 @@ impl Calls {
 pub struct FakeGroup {
     pub facts: TargetGroupFacts,
     pub targets: BTreeMap<TargetKey, ObservedTarget>,
+    /// The group's `deregistration_delay.timeout_seconds`.
+    pub deregistration_delay: Duration,
 }
 
 #[derive(Default)]
@@ -479,6 +481,17 @@ impl LoadBalancers for FakeElb {
         s.routes.insert(route.arn().to_string(), to.clone());
         s.route_log.push((route.arn().to_string(), to.clone(), tokio::time::Instant::now()));
         Ok(())
+    }
+
+    async fn deregistration_delays(&self, arns: &[&str]) -> Result<BTreeMap<String, Duration>> {
+        let mut out = BTreeMap::new();
+        for arn in arns {
+            self.enter("elb:DescribeTargetGroupAttributes")?;
+            let s = self.s();
+            let g = s.groups.get(*arn).ok_or_else(|| not_found("DescribeTargetGroupAttributes", arn))?;
+            out.insert(arn.to_string(), g.deregistration_delay);
+        }
+        Ok(out)
     }
 
     async fn tags(&self, arns: &[&str]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
@@ -1053,6 +1066,8 @@ impl World {
                             },
                         },
                         targets: BTreeMap::new(),
+                        // ELB's default.
+                        deregistration_delay: Duration::from_secs(300),
                     },
                 );
             }

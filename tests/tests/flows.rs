@@ -267,6 +267,26 @@ async fn an_nlb_mirror_in_tcp_of_an_alb_in_http_passes_and_a_tcp_only_health_che
     }
 }
 
+/// A private group that drains a stopped task for 30 s while its public mirror drains for 300 s: `check` warns
+/// with the command that aligns them, after one attribute read per group; equal delays say nothing.
+#[tokio::test(start_paused = true)]
+async fn check_warns_when_a_private_group_drains_for_less_than_its_public_mirror() {
+    let w = World::new();
+    let a = &w.arns;
+    let engine = w.hooks();
+    let b = w.config.bindings[0].clone();
+    let group = engine.group(&b).await.unwrap();
+    let t = bluegreen_mirror::harness::Tracker::default();
+    assert_eq!(engine.check(&b, &group, &t).await.unwrap(), Vec::<String>::new());
+    w.elb.group_mut(&a.prv_blue, |g| g.deregistration_delay = Duration::from_secs(30));
+    w.calls.clear();
+    let warnings = engine.check(&b, &group, &bluegreen_mirror::harness::Tracker::default()).await.unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("prv-blue drains a deregistered task for 30 s, less than its public mirror pub-blue"));
+    assert!(warnings[0].contains(&format!("--target-group-arn {} --attributes", a.prv_blue)), "{}", warnings[0]);
+    assert_eq!(w.calls.count("elb:DescribeTargetGroupAttributes"), 4, "each of the four groups read once");
+}
+
 /// An NLB private side whose deployment group terminates the original tasks 5 minutes after rerouting: its traffic
 /// may reach them for up to 10 minutes after the flip, so `check` and AfterInstall warn, naming the command that
 /// keeps them 10 minutes. A warning, not a refusal. Ten minutes, or an ALB side, is not warned.

@@ -376,6 +376,31 @@ impl LoadBalancers for Elb {
         Ok(())
     }
 
+    async fn deregistration_delays(&self, arns: &[&str]) -> Result<BTreeMap<String, Duration>> {
+        let mut out = BTreeMap::new();
+        for arn in arns {
+            let resp = self
+                .read(|| async {
+                    self.reader
+                        .describe_target_group_attributes()
+                        .target_group_arn(*arn)
+                        .send()
+                        .await
+                        .map_err(|e| aws_error(SERVICE, "DescribeTargetGroupAttributes", arn, e))
+                })
+                .await?;
+            let seconds = resp
+                .attributes()
+                .iter()
+                .find(|a| a.key() == Some("deregistration_delay.timeout_seconds"))
+                .and_then(|a| a.value()?.parse().ok())
+                // ELB's default, for a group that does not say.
+                .unwrap_or(300);
+            out.insert((*arn).to_string(), Duration::from_secs(seconds));
+        }
+        Ok(out)
+    }
+
     async fn tags(&self, arns: &[&str]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
         let mut out = BTreeMap::new();
         // DescribeTags takes at most 20 resources a call.

@@ -188,9 +188,44 @@ pub fn nlb_termination_warning(
     ))
 }
 
+/// The warning for a private target group that drains a deregistered task for less time than its public mirror:
+/// when ECS stops a task, it deregisters it from the public group and waits that group's delay; the mirror lets go
+/// of it sooner, and cuts the private clients' requests still in flight.
+pub fn shorter_drain_warning(
+    private: (&str, &str, std::time::Duration),
+    public: (&str, std::time::Duration),
+) -> Option<String> {
+    let ((private_name, private_arn, private_delay), (public_name, public_delay)) = (private, public);
+    (private_delay < public_delay).then(|| {
+        format!(
+            "warning: private target group {private_name} drains a deregistered task for {} s, less than its public \
+             mirror {public_name} ({} s): private requests in flight are cut sooner when a task stops; aws elbv2 \
+             modify-target-group-attributes --target-group-arn {private_arn} --attributes \
+             Key=deregistration_delay.timeout_seconds,Value={}",
+            private_delay.as_secs(),
+            public_delay.as_secs(),
+            public_delay.as_secs()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mirror_that_drains_for_less_than_its_public_group_is_warned() {
+        let s = std::time::Duration::from_secs;
+        let w = shorter_drain_warning(("prv-blue", "arn:prv", s(30)), ("pub-blue", s(300))).unwrap_or_default();
+        assert!(
+            w.contains("prv-blue drains a deregistered task for 30 s, less than its public mirror pub-blue (300 s)")
+        );
+        assert!(
+            w.contains("--target-group-arn arn:prv --attributes Key=deregistration_delay.timeout_seconds,Value=300")
+        );
+        assert_eq!(shorter_drain_warning(("p", "a", s(300)), ("q", s(300))), None);
+        assert_eq!(shorter_drain_warning(("p", "a", s(600)), ("q", s(300))), None);
+    }
 
     #[test]
     fn an_nlb_side_warns_when_the_original_tasks_go_before_its_traffic_has_moved() {

@@ -13,7 +13,7 @@ pub mod route;
 pub mod target;
 
 pub use binding::{Binding, Pair, PrivateSide, RouteRef};
-pub use compat::{nlb_termination_warning, GroupShape, HealthCheck, NLB_SETTLE};
+pub use compat::{nlb_termination_warning, shorter_drain_warning, GroupShape, HealthCheck, NLB_SETTLE};
 pub use lane::{Admission, Lane, LaneMode, Turns, LANE_BURST, LANE_GRANT_TTL, LANE_MAX_BLOCK};
 pub use mirror::{plan_mirror, MirrorPlan, DEFAULT_BATCH};
 pub use pacing::{

@@ -61,7 +61,33 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             self.check_managed_tag(b).await?;
         }
         super::preflight::warn_nlb_timing(b, group.termination_wait, t);
+        self.check_drains(b, t).await?;
         Ok(t.snapshot().notes.into_iter().filter(|n| n.starts_with("warning")).collect())
+    }
+
+    /// Each private group drains a stopped task for at least as long as its public mirror (one read of each
+    /// group's attributes: `check` only, the hooks never pay for it).
+    async fn check_drains(&self, b: &Binding, t: &Tracker) -> Result<()> {
+        let mut arns = b.public_target_groups();
+        arns.extend(b.all_private_target_groups());
+        let delays = self.lb.deregistration_delays(&arns).await?;
+        for side in b.sides() {
+            for p in &side.pairs {
+                let (Some(public), Some(private)) =
+                    (delays.get(&p.public_target_group), delays.get(&p.private_target_group))
+                else {
+                    continue;
+                };
+                let name = |arn: &str| crate::domain::arn::target_group_name(arn).unwrap_or(arn).to_string();
+                if let Some(w) = crate::domain::shorter_drain_warning(
+                    (&name(&p.private_target_group), &p.private_target_group, *private),
+                    (&name(&p.public_target_group), *public),
+                ) {
+                    t.note(w);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A stored binding is served by the fleet installation, whose roles may change only private resources

@@ -22,6 +22,14 @@ async fn deploy(w: &World) -> [bluegreen_mirror::harness::Outcome; 3] {
     [a, b, c]
 }
 
+/// `bluegreen-mirror check` of the world's binding: its warnings.
+async fn check(w: &World) -> Vec<String> {
+    let engine = w.hooks();
+    let b = w.config.bindings[0].clone();
+    let group = engine.group(&b).await.unwrap();
+    engine.check(&b, &group, &bluegreen_mirror::harness::Tracker::default()).await.unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn happy_path_all_at_once() {
     let w = World::new();
@@ -243,17 +251,12 @@ async fn nlb_private_side_flips_production_and_keeps_idle_on_the_test_listener()
 async fn an_nlb_mirror_in_tcp_of_an_alb_in_http_passes_and_a_tcp_only_health_check_is_warned() {
     let w = World::nlb();
     let a = &w.arns;
-    let engine = w.hooks();
-    let b = w.config.bindings[0].clone();
-    let group = engine.group(&b).await.unwrap();
-    let t = bluegreen_mirror::harness::Tracker::default();
-    assert_eq!(engine.check(&b, &group, &t).await.unwrap(), Vec::<String>::new());
+    assert_eq!(check(&w).await, Vec::<String>::new());
     w.elb.group_mut(&a.prv_green, |g| {
         g.facts.health_check.protocol = Some("TCP".into());
         g.facts.health_check.path = None;
     });
-    let t = bluegreen_mirror::harness::Tracker::default();
-    let warnings = engine.check(&b, &group, &t).await.unwrap();
+    let warnings = check(&w).await;
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
         warnings[0].contains("prv-green health-checks with TCP only")
@@ -273,14 +276,10 @@ async fn an_nlb_mirror_in_tcp_of_an_alb_in_http_passes_and_a_tcp_only_health_che
 async fn check_warns_when_a_private_group_drains_for_less_than_its_public_mirror() {
     let w = World::new();
     let a = &w.arns;
-    let engine = w.hooks();
-    let b = w.config.bindings[0].clone();
-    let group = engine.group(&b).await.unwrap();
-    let t = bluegreen_mirror::harness::Tracker::default();
-    assert_eq!(engine.check(&b, &group, &t).await.unwrap(), Vec::<String>::new());
+    assert_eq!(check(&w).await, Vec::<String>::new());
     w.elb.group_mut(&a.prv_blue, |g| g.deregistration_delay = Duration::from_secs(30));
     w.calls.clear();
-    let warnings = engine.check(&b, &group, &bluegreen_mirror::harness::Tracker::default()).await.unwrap();
+    let warnings = check(&w).await;
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("prv-blue drains a deregistered task for 30 s, less than its public mirror pub-blue"));
     assert!(warnings[0].contains(&format!("--target-group-arn {} --attributes", a.prv_blue)), "{}", warnings[0]);
@@ -294,10 +293,7 @@ async fn check_warns_when_a_private_group_drains_for_less_than_its_public_mirror
 async fn an_nlb_side_whose_original_tasks_go_before_its_traffic_has_moved_is_warned() {
     for (w, minutes, warned) in [(World::nlb(), 5, true), (World::nlb(), 10, false), (World::new(), 5, false)] {
         w.codedeploy.edit(DEPLOYMENT, |f| f.termination_wait = Some(Duration::from_secs(minutes * 60)));
-        let engine = w.hooks();
-        let b = w.config.bindings[0].clone();
-        let group = engine.group(&b).await.unwrap();
-        let warnings = engine.check(&b, &group, &bluegreen_mirror::harness::Tracker::default()).await.unwrap();
+        let warnings = check(&w).await;
         let nlb: Vec<&String> = warnings.iter().filter(|w| w.contains("flips an NLB")).collect();
         assert_eq!(nlb.len(), usize::from(warned), "{minutes} min: {warnings:?}");
         if warned {

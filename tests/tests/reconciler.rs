@@ -137,14 +137,20 @@ async fn a_task_that_stops_between_a_reconciles_reads_is_not_registered_back() {
     }
 }
 
+/// The binding an ECS task event of service `web` concerns.
+async fn bound_to_web(w: &World) -> bluegreen_mirror::config::Binding {
+    let task = Trigger::Task { cluster: "prod".into(), service: "web".into() };
+    let engine = w.hooks();
+    let (_, found) = engine.bindings_for(&task).await.expect("bindings").into_iter().next().expect("bound");
+    found.expect("group").0.into_owned()
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_task_events_of_one_moment_read_the_groups_once_and_miss_nothing() {
     let w = World::new();
     let a = &w.arns;
     let engine = w.hooks();
-    let task = Trigger::Task { cluster: "prod".into(), service: "web".into() };
-    let (_, found) = engine.bindings_for(&task).await.expect("bindings").into_iter().next().expect("bound");
-    let (b, _) = found.expect("group");
+    let b = bound_to_web(&w).await;
     // A scale-out by three: ECS sends one event per task, all within the moment.
     w.elb.add_targets(&a.pub_blue, &[ip(4), ip(5), ip(6)], HealthState::Healthy);
     w.calls.clear();
@@ -168,9 +174,7 @@ async fn a_retry_of_an_event_that_died_after_claiming_the_read_makes_the_read() 
     let w = World::new();
     let a = &w.arns;
     let engine = w.hooks();
-    let task = Trigger::Task { cluster: "prod".into(), service: "web".into() };
-    let (_, found) = engine.bindings_for(&task).await.expect("bindings").into_iter().next().expect("bound");
-    let (b, _) = found.expect("group");
+    let b = bound_to_web(&w).await;
     w.elb.add_targets(&a.pub_blue, &[ip(4), ip(5)], HealthState::Healthy);
     // The first attempt of request r-1 claimed the read and died before making it; the claim is still pending.
     let now = bluegreen_mirror::clock::now_ms();

@@ -313,6 +313,39 @@ async fn an_nlb_side_whose_original_tasks_go_before_its_traffic_has_moved_is_war
     }
 }
 
+/// With a follower asked for at the gate, AfterAllowTraffic reads the private routes before writing: a side the
+/// follower already flipped is not written again, and that read serves the checks after it (no more reads than
+/// the blind write's path); a side the follower did not reach is written as without one.
+#[tokio::test(start_paused = true)]
+async fn after_allow_traffic_leaves_a_flip_the_follower_made_and_makes_one_it_did_not() {
+    for follower_flipped in [true, false] {
+        let mut w = World::new();
+        w.config.follower_function = Some("reconciler".into());
+        let a = &w.arns;
+        w.through_the_gate().await;
+        assert!(w.state.record(DEPLOYMENT).is_some_and(|r| r.followed), "the gate records that a follower follows");
+        w.allow_traffic();
+        let flipped = Route::all_to(&a.prv_green, &[&a.prv_blue], RouteStyle::Weighted);
+        if follower_flipped {
+            w.elb.put_route(&a.prv_prod, flipped.clone());
+        }
+        w.calls.clear();
+        let out = w.invoke(Phase::AfterAllowTraffic, "e3").await;
+        assert_eq!(out.status, HookStatus::Succeeded, "{:?}", out.message);
+        assert!(w.elb.route_of(&a.prv_prod).same_action(&flipped));
+        // The production route is a listener here (the test route a rule, converged after the flip either way).
+        let writes = w.calls.count("elb:ModifyListener");
+        let reads = w.calls.count("elb:DescribeListeners") + w.calls.count("elb:DescribeRules");
+        if follower_flipped {
+            assert_eq!((writes, reads), (0, 2), "one read of the routes, no write: {:?}", w.calls.log());
+            assert_eq!(out.summary.flip_skew_ms, None, "the hook flipped nothing");
+        } else {
+            assert_eq!((writes, reads), (1, 4), "read, written, read again to check: {:?}", w.calls.log());
+        }
+        assert!(w.elb.dark_moments().is_empty());
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn every_hook_invoked_twice_converges_to_the_same_state() {
     let w = World::new();

@@ -71,6 +71,10 @@ pub struct DeploymentRecord {
     /// about the private side describe its first one.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub additional_sides: Vec<SideRecord>,
+    /// BeforeAllowTraffic asked for a follower: the private routes have likely been flipped when AfterAllowTraffic
+    /// comes, which then reads them before writing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub followed: bool,
     /// The binding's record as BeforeAllowTraffic read it (version 0: there was none), so that AfterAllowTraffic
     /// writes it over that version without reading it first; a write lost to another writer reads it again.
     #[serde(skip_serializing_if = "Option::is_none")]

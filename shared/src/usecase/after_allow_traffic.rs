@@ -122,16 +122,39 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
                 t.undo_with(side.private_production_route.clone(), before.clone());
             }
         }
-        let writes = flip.sides.iter().map(|(side, before, to)| async move {
-            if flip.fresh && before.as_ref().is_some_and(|b| b.same_action(to)) {
-                return Ok(());
+        // A follower was started at the gate and reads the public route every few hundred ms after it: it has most
+        // likely mirrored the reroute before CodeDeploy got round to this hook. The routes are then read first, a
+        // side already in place is not written again (a Describe spent from ELB's largest bucket saves a Modify
+        // from its tightest), and that read is also the one the checks below need when nothing was written.
+        // Without a follower the flip is written blind, with no read before it.
+        let early = match flip.record.as_ref().is_some_and(|r| r.followed) && !flip.fresh {
+            true => match self.routes_after_flip(deployment_id, &flip, t).await {
+                Ok(read) => Some(read),
+                Err(e) => {
+                    t.note(format!("private routes not read before the flip ({e}); writing them"));
+                    None
+                }
+            },
+            false => None,
+        };
+        let in_place = |i: usize, to: &Route| {
+            early.as_ref().and_then(|r| r.production.get(i)).is_some_and(|now| now.same_action(to))
+        };
+        let writes = flip.sides.iter().enumerate().map(|(i, (side, before, to))| async move {
+            if (flip.fresh && before.as_ref().is_some_and(|b| b.same_action(to))) || in_place(i, to) {
+                return Ok(false);
             }
-            self.lb.set_route(&side.private_production_route, to).await
+            self.lb.set_route(&side.private_production_route, to).await.map(|()| true)
         });
         let written = join_all(writes).await;
         let flip_at = now_ms();
-        written.into_iter().collect::<Result<Vec<()>>>()?;
-        t.flipped();
+        let wrote = written.into_iter().collect::<Result<Vec<bool>>>()?.into_iter().any(|w| w);
+        if wrote || early.is_none() {
+            t.flipped();
+        } else {
+            t.note("every private production route already mirrored the reroute (the follower's); nothing written");
+        }
+        let early = early.filter(|_| !wrote);
         let shown = |routes: Vec<String>| routes.join(" | ");
         t.route_change(
             shown(
@@ -155,7 +178,13 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         groups.sort_unstable();
         groups.dedup();
         let reads = try_join_all(groups.iter().map(|g| async { Ok((self.lb.targets(g).await?, Instant::now())) }));
-        let (routes, read) = tokio::join!(self.routes_after_flip(deployment_id, &flip, t), reads);
+        let routes = async {
+            match early {
+                Some(read) => Ok(read),
+                None => self.routes_after_flip(deployment_id, &flip, t).await,
+            }
+        };
+        let (routes, read) = tokio::join!(routes, reads);
         let (routes, read) = (routes?, read?);
         let (read, answered): (Vec<_>, Vec<_>) = read.into_iter().unzip();
         let read: Vec<(String, Vec<ObservedTarget>)> = groups.iter().cloned().zip(read).collect();

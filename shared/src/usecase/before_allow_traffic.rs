@@ -59,6 +59,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
                 rec.set_side(side.side, g.recorded(side, flip));
             }
             rec.targets_mirrored = healthy;
+            rec.followed = self.config.follower_function.is_some();
             rec.binding_record = binding_record.clone();
             // A stored binding travels with the deployment, so that AfterAllowTraffic flips without reading it.
             if self.config.stored {

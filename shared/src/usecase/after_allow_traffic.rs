@@ -127,15 +127,13 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         // side already in place is not written again (a Describe spent from ELB's largest bucket saves a Modify
         // from its tightest), and that read is also the one the checks below need when nothing was written.
         // Without a follower the flip is written blind, with no read before it.
-        let early = match flip.record.as_ref().is_some_and(|r| r.followed) && !flip.fresh {
-            true => match self.routes_after_flip(deployment_id, &flip, t).await {
-                Ok(read) => Some(read),
-                Err(e) => {
-                    t.note(format!("private routes not read before the flip ({e}); writing them"));
-                    None
-                }
-            },
-            false => None,
+        let followed = flip.record.as_ref().is_some_and(|r| r.followed) && !flip.fresh;
+        let early = match followed.then(|| self.routes_after_flip(deployment_id, &flip, t)) {
+            Some(read) => read
+                .await
+                .map_err(|e| t.note(format!("private routes not read before the flip ({e}); writing them")))
+                .ok(),
+            None => None,
         };
         let in_place = |i: usize, to: &Route| {
             early.as_ref().and_then(|r| r.production.get(i)).is_some_and(|now| now.same_action(to))

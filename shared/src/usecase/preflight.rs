@@ -212,30 +212,25 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     }
 }
 
-/// The preflight's rules over what was read for side `b`: `groups` holds (at least) its four target groups.
 /// Notes (and logs) a warning for each NLB side of `b` whose deployment group terminates the original tasks before
 /// the NLB's traffic may have left them ([`crate::domain::nlb_termination_warning`]): a setting of the deployment
 /// group, read with it at no extra call, that only its owner can change.
 pub(crate) fn warn_nlb_timing(b: &Binding, termination_wait: Option<std::time::Duration>, t: &Tracker) {
     for side in b.sides() {
-        let nlb = crate::domain::arn::load_balancer_kind(side.private_production_route.arn()) == Some("net");
-        if let Some(w) = nlb
-            .then(|| {
-                crate::domain::nlb_termination_warning(
-                    &side.side_label(),
-                    &b.application,
-                    &b.deployment_group,
-                    termination_wait,
-                )
-            })
-            .flatten()
+        if crate::domain::arn::load_balancer_kind(side.private_production_route.arn()) != Some("net") {
+            continue;
+        }
+        let label = side.side_label();
+        if let Some(w) =
+            crate::domain::nlb_termination_warning(&label, &b.application, &b.deployment_group, termination_wait)
         {
-            tracing::warn!(binding = %side.side_label(), "{w}");
+            tracing::warn!(binding = %label, "{w}");
             t.note(w);
         }
     }
 }
 
+/// The preflight's rules over what was read for side `b`: `groups` holds (at least) its four target groups.
 fn checked_preflight(
     b: &Binding,
     groups: &[crate::ports::TargetGroupFacts],

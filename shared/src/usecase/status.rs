@@ -78,10 +78,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
                 else {
                     continue;
                 };
-                let name = |arn: &str| crate::domain::arn::target_group_name(arn).unwrap_or(arn).to_string();
                 if let Some(w) = crate::domain::shorter_drain_warning(
-                    (&name(&p.private_target_group), &p.private_target_group, *private),
-                    (&name(&p.public_target_group), *public),
+                    (super::name(&p.private_target_group), &p.private_target_group, *private),
+                    (super::name(&p.public_target_group), *public),
                 ) {
                     t.note(w);
                 }

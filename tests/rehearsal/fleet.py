@@ -22,6 +22,7 @@ import threading
 import time
 
 import observe
+import iam
 import rehearse
 import standin
 from probe import Probe
@@ -244,9 +245,11 @@ class Fleet:
         # What ELB refused the neighbour, counted at the endpoint.
         neighbour_throttles = elb["functions"].get("neighbour", {}).get("throttled", 0)
         worst_lag = max((r["max_weight_lag_ms"] for r in rows), default=0)
+        # IAM as fleet.yaml's roles and the operator policy allow: nothing refused.
+        refused = m.world.iam.denied() if m.world.iam else []
         passed = (all(r["outcome"] == r["expected_outcome"] and r["invariants_held"] and r["private_dark_ms"] == 0
                       for r in rows)
-                  and worst_lag <= 1000 and neighbour_throttles == 0)
+                  and worst_lag <= 1000 and neighbour_throttles == 0 and not refused)
         return {
             "scenario": "fleet", "services": self.n, "deployments": self.d, "tasks": self.tasks,
             "minute_s": m.minute_s, "outcome": "succeeded" if passed else "failed", "expected_outcome": "succeeded",
@@ -254,7 +257,9 @@ class Fleet:
             "private_dark_ms": max((r["private_dark_ms"] for r in rows), default=0),
             "failed_requests": {side: sum(r["failed_requests"][side] for r in rows) for side in ("public", "private")},
             "max_weight_lag_ms": worst_lag, "neighbour_throttles": neighbour_throttles,
-            "elb": elb, "waiting_checks": waiting_checks(m), "deployments_report": rows, "budget_t0_ms": m.log.at(t0),
+            "elb": elb, "waiting_checks": waiting_checks(m),
+            "iam": iam.report_of(m.world.iam),
+            "deployments_report": rows, "budget_t0_ms": m.log.at(t0),
             "reconciler": {"invocations": sum(1 for i in m.host.invocations if i.function == "reconciler"),
                            "follower_handovers": m.count_in_logs("reconciler-", "handing over to a fresh follower")},
             "timeline": self.log.events, "logs": rehearse.os.path.relpath(m.run_dir, rehearse.ROOT),
@@ -283,7 +288,8 @@ class Fleet:
         emulated_s = elb["total"]["seconds"] * scale
         per_s = round(elb["total"]["describe_calls"] / emulated_s, 3)
         throttled = elb["total"]["throttled"] + elb["functions"].get("neighbour", {}).get("throttled", 0)
-        passed = throttled == 0 and not changed and not failed and bool(checked)
+        refused = m.world.iam.denied() if m.world.iam else []
+        passed = throttled == 0 and not changed and not failed and bool(checked) and not refused
         return {
             "scenario": "fleet-idle", "services": self.n, "deployments": 0, "minute_s": m.minute_s,
             "idle_minutes": self.idle_minutes, "outcome": "converged" if passed else "failed",
@@ -291,7 +297,8 @@ class Fleet:
             "describe_per_emulated_s": per_s, "scheduled_runs": len(runs), "bindings_checked": len(checked),
             "bindings_changed": changed, "failures": failed, "throttled": throttled,
             "neighbour_throttles": elb["functions"].get("neighbour", {}).get("throttled", 0),
-            "elb": elb, "timeline": self.log.events, "logs": rehearse.os.path.relpath(m.run_dir, rehearse.ROOT),
+            "elb": elb, "iam": iam.report_of(m.world.iam),
+            "timeline": self.log.events, "logs": rehearse.os.path.relpath(m.run_dir, rehearse.ROOT),
         }
 
 
@@ -341,6 +348,7 @@ def print_fleet(r, out):
           f"({r['elb']['total']['describe_calls']} in all), throttled {r['throttled']}")
         for f in r["failures"]:
             p(f"      failure: {f}")
+        rehearse.print_iam(r, p)
         p(f"   logs: {r['logs']}")
         p(f"   RESULT: {'PASS' if r['passed'] else 'FAIL'}")
         return
@@ -362,6 +370,7 @@ def print_fleet(r, out):
     buckets = ", ".join(f"{k} {v['capacity']:g}/{v['refill_per_s']:g} a s" for k, v in e["buckets"].items())
     p(f"   ELB buckets      {buckets}")
     p(f"   neighbour        {r['neighbour_throttles']} throttled")
+    rehearse.print_iam(r, p)
     p("   reconciles waiting their turn in the read lane (invocations, stepped aside, bindings checked, Describe "
       "calls, per check):")
     for kind, v in r["waiting_checks"].items():

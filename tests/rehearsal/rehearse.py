@@ -18,6 +18,7 @@ import urllib.request
 import boto3
 from botocore.config import Config as BotoConfig
 
+import iam
 import procs
 import sides
 import standin
@@ -32,6 +33,14 @@ from scenarios import (
     SCENARIOS, SCHEDULE_EVERY_S, TASK_PORT, Timeline, access_key, fmt_route, is_follow, parse_crash, same_traffic,
     shares, short,
 )
+
+# The installation's templates: the emulated IAM gives each function the role its template gives it (template.yaml
+# for bindings in the environment, fleet.yaml for stored ones) and the operator CLI operator.yaml's policies.
+TEMPLATE = os.path.join(ROOT, "infra", "template.yaml")
+FLEET_TEMPLATE = os.path.join(ROOT, "infra", "fleet.yaml")
+OPERATOR_TEMPLATE = os.path.join(ROOT, "infra", "operator.yaml")
+# The templates' FunctionNamePrefix default: the follower is invoked by the name the template gives it.
+FUNCTION_PREFIX = "bluegreen-mirror"
 
 
 class Rehearsal(Player):
@@ -71,6 +80,8 @@ class Rehearsal(Player):
         self.elb_buckets = "current"
         # How ELB spells the NLBs this scenario creates (moto spells them as ALBs).
         self.nlb = standin.NlbSpelling()
+        # The template whose roles the functions get (None: template.yaml, or fleet.yaml for stored bindings).
+        self.template = None
 
     # --- the emulated account --------------------------------------------------------------------------------
     def start_moto(self):
@@ -415,11 +426,54 @@ class Rehearsal(Player):
         for arn in arns:
             elb.add_tags(ResourceArns=[arn], Tags=[{"Key": "bluegreen-mirror:managed", "Value": "true"}])
 
+    # --- IAM ---------------------------------------------------------------------------------------------------
+    def account_iam(self):
+        """The account's IAM on the emulated endpoint, created on first use."""
+        if self.world.iam is None:
+            world = self.world
+
+            def tags_of(arn):
+                try:
+                    found = world.elb.describe_tags(ResourceArns=[world.nlb.moto(arn)])["TagDescriptions"]
+                except Exception:  # noqa: BLE001 - a resource that does not exist has no tags
+                    return {}
+                return {t["Key"]: t["Value"] for t in (found[0].get("Tags", []) if found else [])}
+
+            def group_of(deployment_id):
+                d = world.deployments.get(deployment_id)
+                return (d.application, d.group) if d else None
+            world.iam = iam.Account(REGION, tags_of, group_of)
+        return self.world.iam
+
+    def grant_functions(self):
+        """Each function gets the role the installation's template gives it, for this scenario's resources."""
+        table = self.spec.get("table", self.table)
+        resources = {"StateTable": table, "StateTable.Arn": f"arn:aws:dynamodb:{REGION}:{iam.ACCOUNT_ID}:table/{table}"}
+        if self.stored_bindings:
+            path = self.template or FLEET_TEMPLATE
+            params = {"CodeDeployApplications": "web",
+                      "EcsClusterArns": f"arn:aws:ecs:{REGION}:{iam.ACCOUNT_ID}:cluster/rehearsal"}
+        else:
+            path = self.template or TEMPLATE
+            params = iam.single_binding_params(self.bindings["bindings"][0], "rehearsal")
+        template = iam.Template(path, params, REGION, resources)
+        for logical, binary in iam.functions_built().items():
+            self.account_iam().grant(access_key(binary), binary, template.function_policies(logical))
+
+    def grant_operator(self, key, change=True, table=None):
+        """The operator CLI's policies from operator.yaml: the read policy, with the change policy when `change`."""
+        template = iam.Template(OPERATOR_TEMPLATE, {"StateTableName": table or self.table}, REGION)
+        policy = template.managed_policy("OperatorReadPolicy")
+        if change:
+            policy = policy + template.managed_policy("OperatorChangePolicy")
+        self.account_iam().grant(key, "operator", policy)
+
     def apply_bindings(self):
         """Stores the bindings as an operator would: `bluegreen-mirror bindings apply`, which checks each one
         against the account first. Its ELB reads are paced (6 a second here, set for the run) so that applying a
         fleet's bindings does not drain the account's bucket."""
         bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
+        self.grant_operator("AKIDOPERATOR")
         path = os.path.join(self.run_dir, "bindings.json")
         with open(path, "w") as f:
             json.dump(self.bindings, f, indent=2)
@@ -456,7 +510,7 @@ class Rehearsal(Player):
             "BLUEGREEN_MIRROR_POLL_MS": str(self.poll_ms), "AWS_LAMBDA_LOG_LEVEL": "info", "AWS_LAMBDA_LOG_FORMAT": "JSON",
             "BLUEGREEN_MIRROR_MINUTE_MS": str(round(self.minute_s * 1000)),
             "BLUEGREEN_MIRROR_SCHEDULE_S": str(round(self.schedule_s)),
-            "BLUEGREEN_MIRROR_FOLLOWER": "reconciler",
+            "BLUEGREEN_MIRROR_FOLLOWER": f"{FUNCTION_PREFIX}-reconciler",
         }
         if self.elb_reads_per_s is not None:
             env["BLUEGREEN_MIRROR_ELB_READS_PER_S"] = f"{self.elb_reads_per_s:g}"
@@ -465,7 +519,10 @@ class Rehearsal(Player):
         timeouts = {f: self.hook_timeout_s for f in functions}
         timeouts["reconciler"] = self.reconciler_timeout_s
         self.host = LambdaHost(functions, env, self.run_dir, timeouts)
-        self.world.invoke = lambda name, payload: self.host.invoke_async(name, payload, RECONCILER_KEY)
+        # Lambda's Invoke names the reconciler as the template does; the host knows the function by its binary.
+        self.world.invoke = lambda name, payload: self.host.invoke_async(
+            name.removeprefix(f"{FUNCTION_PREFIX}-"), payload, RECONCILER_KEY)
+        self.grant_functions()
         self.stopping = threading.Event()
 
     def run(self):
@@ -539,6 +596,12 @@ class Rehearsal(Player):
         if late:
             self.messages.append(f"{len(late)} reconciler invocation(s) still running {self.convergence_bound_s():g} s "
                                  f"after the last move: " + ", ".join(os.path.basename(i.log_path or "?") for i in late))
+        # IAM as the account enforces it: no call of the functions (or the operator CLI) was refused.
+        refused = self.world.iam.denied() if self.world.iam else []
+        invariants["every_call_allowed_by_iam"] = not refused
+        held = held and not refused
+        for who, action, resource in refused[:5]:
+            self.messages.append(f"IAM refused {who} {action} on {resource}")
         # The harness's promise, seen from CodeDeploy: every invocation reported exactly once.
         invariants["every_invocation_reported_once"] = all(
             h["every_attempt_reported_once"] for h in self.hook_reports.values())
@@ -594,6 +657,7 @@ class Rehearsal(Player):
                 "follower_handovers": self.count_in_logs("reconciler-", "handing over to a fresh follower"),
             },
             "elb": elb,
+            "iam": iam.report_of(self.world.iam),
             "route_changes": [
                 {"t_ms": self.log.at(t), "route": names.get(a, a).replace("-", " "), "to": fmt_route(r)}
                 for t, a, r in self.world.route_events if t >= self.log.t0
@@ -604,6 +668,15 @@ class Rehearsal(Player):
         }
         report["passed"] = (self.outcome == expected and held == expected_inv)
         return report
+
+
+def print_iam(r, p):
+    """The IAM line of a report: calls authorised, and each refusal."""
+    i = r.get("iam", {})
+    p(f"   IAM              {i.get('calls_authorised', 0)} calls authorised against the templates' roles, "
+      f"{len(i.get('refused', []))} refused")
+    for x in i.get("refused", [])[:10]:
+        p(f"      refused: {x['principal']} {x['action']} on {x['resource']}")
 
 
 def print_report(r, out):
@@ -641,6 +714,7 @@ def print_report(r, out):
       f"{e['total']['describe_peak_1s']} in 1 s, {e['total']['throttled']} throttled; "
       + ", ".join(f"{n} {v['describe_calls']}" for n, v in e["functions"].items())
       + (f"; neighbour {e['neighbour']['throttles']} throttled of {e['neighbour']['calls']}" if "neighbour" in e else ""))
+    print_iam(r, p)
     p(f"   reconciler       {r['reconciler']['invocations']} invocations, {r['reconciler']['aws_calls']} AWS calls, "
       f"{r['reconciler']['follower_handovers']} follower hand-over(s)")
     p("   invariants:")
@@ -691,6 +765,8 @@ def main():
     ap.add_argument("--hook-latency", type=float, default=HOOK_LATENCY_S, metavar="SECONDS",
                     help=f"CodeDeploy's delay between a lifecycle step and its next hook's invocation (default "
                          f"{HOOK_LATENCY_S:g}; seconds on AWS)")
+    ap.add_argument("--template", metavar="FILE.yaml", help="the installation's template, whose roles IAM gives the "
+                    "functions (default: infra/template.yaml; the fleet's infra/fleet.yaml)")
     ap.add_argument("--report", metavar="FILE.html", help="also draw the deployment: one self-contained HTML page")
     ap.add_argument("--lane", type=int, default=None, help="the loopback lane (tasks on 127.L.x.x); default: the "
                     "lowest one no other rehearsal on this machine holds")
@@ -727,6 +803,7 @@ def main():
                             args.idle)
             f.reconciler_timeout_s = args.reconciler_timeout
             f.main.elb_buckets = args.elb_buckets
+            f.main.template = args.template
             report = f.run()
         except ValueError as e:
             ap.error(str(e))
@@ -743,6 +820,7 @@ def main():
         r.elb_buckets = args.elb_buckets
         r.minute_s = args.minute or MINUTE_S
         r.hook_latency_s = args.hook_latency
+        r.template = args.template
         if args.reconciler_timeout:
             r.reconciler_timeout_s = args.reconciler_timeout
         report = r.run()

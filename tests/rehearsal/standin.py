@@ -12,6 +12,8 @@
   and accepts a forward to several target groups on an NLB listener; ELB names an NLB `loadbalancer/net/...` (its
   listeners `listener/net/...`) and refuses such a forward with `ValidationError`. An NLB group whose health
   check is TCP is checked by opening a connection, as an NLB does.
+* IAM is enforced (`iam.Account`): each function's call is authorised against the policy its template grants it,
+  and refused with the service's AccessDenied when IAM would refuse it. moto authorises nothing.
 * Everything else (ELBv2, DynamoDB, EC2) passes through to moto unchanged.
 
 Every call is counted per caller (the access key id of the signing credentials names the function) and per
@@ -117,13 +119,14 @@ class Faults:
         return out
 
 
-def fault_response(service, kind, op=""):
-    """(status, body, content type, extra headers) of an injected error, in the service's own error shape."""
+def fault_response(service, kind, op="", denied=None):
+    """(status, body, content type, extra headers) of an injected error, in the service's own error shape.
+    `denied`: IAM's message for an AccessDenied (iam.Account's), else a generic one naming the action."""
     # IAM's name of the action: the ELB API is `elasticloadbalancing`, Lambda's Invoke is `InvokeFunction`.
     action = {"elbv2": "elasticloadbalancing", "ec2": "ec2"}.get(service, service) + ":" + (
         "InvokeFunction" if service == "lambda" else op)
-    denied = (f"User: arn:aws:sts::123456789012:assumed-role/fn/fn is not authorized to perform: {action} "
-              f"because no identity-based policy allows the {action} action")
+    denied = denied or (f"User: arn:aws:sts::123456789012:assumed-role/fn/fn is not authorized to perform: {action} "
+                        f"because no identity-based policy allows the {action} action")
     if service in ("elbv2", "ec2"):
         code, status, message = {
             "throttle": ("Throttling", 400, "Rate exceeded"),
@@ -381,6 +384,8 @@ class World:
         self.ops_by_token = {}  # session token -> its calls as "service Operation", in order
         self.elb_calls = []  # (t, caller, operation, session token, throttled)
         self.faults = Faults()
+        # IAM (iam.Account): every call of a principal it knows is authorised before it takes effect; None, nobody.
+        self.iam = None
         self.buckets = ElbBuckets()
         self.health_interval_s = HEALTH_INTERVAL_S
         self.stop = threading.Event()
@@ -729,7 +734,8 @@ def make_handler(world: World):
             caller = _caller(self.headers)
             token = self.token = self.headers.get("X-Amz-Security-Token")
             target = self.headers.get("X-Amz-Target") or ""
-            form = {}
+            form = raw_form = {}
+            raw_body = body
             if self.path.startswith("/2015-03-31/functions/") and self.path.endswith("/invocations"):
                 service, op = "lambda", "Invoke"
             elif target.startswith("CodeDeploy_"):
@@ -738,6 +744,9 @@ def make_handler(world: World):
                 service, op = "dynamodb", target.split(".", 1)[1]
             else:
                 pairs = urllib.parse.parse_qsl(body.decode(), keep_blank_values=True)
+                raw_form = {}
+                for k, v in pairs:
+                    raw_form.setdefault(k, []).append(v)
                 op = dict(pairs).get("Action", "")
                 service = "elbv2" if dict(pairs).get("Version") == "2015-12-01" else "ec2"
                 if service == "elbv2" and world.nlb.ids:
@@ -747,6 +756,12 @@ def make_handler(world: World):
                 for k, v in pairs:
                     form.setdefault(k, []).append(v)
             world.count(caller, service, op, token)
+            # Authorised as the caller spelled it (an NLB's ARNs as ELB spells them), before anything else: a denied
+            # call costs no token and takes no effect.
+            refusal = world.iam.refuse(caller, service, op, raw_form, raw_body, self.path) if world.iam else None
+            if refusal:
+                status, data, ctype, extra = fault_response(service, "denied", op, refusal)
+                return self._send(status, data, ctype, extra)
             if service == "elbv2" and not world.take_elb(caller, op, token):
                 # Refused before it takes effect: a throttled call changes nothing, so no crash point either.
                 status, data, ctype, extra = fault_response("elbv2", "throttle", op)

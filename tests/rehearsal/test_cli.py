@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import procs
 import rehearse
@@ -36,9 +35,8 @@ def main():
         r.world.active_checks = False
         ips = ["127.0.1.1", "127.0.1.2", "127.0.1.3"]
         r.register(r.tgs["pub-blue"], ips, events=False)
-        # Every AWS call each command made, by the command's words (its subcommand and arguments).
-        spent = {}
-
+        # Tagged as the private side's stack tags them: the operator's change policy changes nothing else.
+        r.tag_managed(managed(r))
         def cli(*args, bindings=None, table=None, stored=False, env_over=None):
             env = {"PATH": os.environ.get("PATH", ""), "AWS_REGION": rehearse.REGION, "AWS_ACCESS_KEY_ID": "AKIDCLI",
                    "AWS_SECRET_ACCESS_KEY": "x", "AWS_ENDPOINT_URL": r.endpoint, "AWS_EC2_METADATA_DISABLED": "true",
@@ -50,12 +48,14 @@ def main():
                     env.pop(k, None)
                 else:
                     env[k] = v
-            t0 = time.monotonic()
+            command = " ".join(a for a in args if not a.startswith("-") or a == "--dry-run")
+            # Each command runs under the operator policies infra/operator.yaml gives it: the read policy alone,
+            # or with the change policy; on the table it is pointed at (as deployed for that table).
+            table_arg = args[args.index("--table") + 1] if "--table" in args else None
+            r.grant_operator("AKIDCLI", change=command.startswith(CHANGES) and "--dry-run" not in command,
+                             table=table_arg or table or r.table)
             p = subprocess.run([os.path.join(bin_dir, "bluegreen-mirror"), *args], env=env, capture_output=True,
                                timeout=60)
-            command = " ".join(a for a in args if not a.startswith("-") or a == "--dry-run")
-            spent.setdefault(command, set()).update(
-                (service, op) for t, caller, service, op in r.world.calls if caller == "AKIDCLI" and t >= t0)
             return p.returncode, p.stdout.decode(), p.stderr.decode()
 
         def members(tg):
@@ -132,7 +132,11 @@ def main():
         expect("completions for bash", code == 0 and "complete" in out and "bluegreen-mirror" in out, out[:300])
 
         stored_bindings(r, cli, expect)
-        granted_by_operator_policy(spent, expect)
+        refused = r.world.iam.denied()
+        expect("IAM refused no command's call under the operator policies it was given", not refused, refused)
+        # What test_iam.py reads to find the operator statements no command needed.
+        with open(os.path.join(rehearse.ROOT, "target", "rehearsal-cli-iam.json"), "w") as f:
+            json.dump({"iam": r.world.iam.report()}, f)
     finally:
         procs.kill_all()
     failed = results.count(False)
@@ -140,32 +144,15 @@ def main():
     return 1 if failed else 0
 
 
-# What each command may do with the operator policies of infra/operator.yaml: the read policy alone, or both.
+# The commands that change things: they run with operator.yaml's change policy as well as its read policy.
 CHANGES = ("reconcile", "bindings apply", "bindings remove")
-# How IAM authorises an operation that is not an action of its own.
-AUTHORISED_AS = {"TransactWriteItems": "PutItem"}
 
 
-def granted_by_operator_policy(spent, expect):
-    """Every call a command made in this test is allowed by the policy infra/operator.yaml gives that command:
-    ELB, CodeDeploy and DynamoDB actions (the resources are the table, every deployment group, and tagged private
-    resources, which the test's calls all are)."""
-    sys.path.insert(0, os.path.join(rehearse.ROOT, "tests", "infra"))
-    import check_infra
-    policies = check_infra.load("infra/operator.yaml")["Resources"]
-
-    def actions(name):
-        return {a for st in policies[name]["Properties"]["PolicyDocument"]["Statement"] for a in st["Action"]}
-
-    read, change = actions("OperatorReadPolicy"), actions("OperatorChangePolicy")
-    prefix = {"elbv2": "elasticloadbalancing"}
-    for command, calls in sorted(spent.items()):
-        if not calls or command.split(" ")[0] in ("frobnicate", "completions"):
-            continue
-        allowed = read | change if command.startswith(CHANGES) and "--dry-run" not in command else read
-        needed = {f"{prefix.get(svc, svc)}:{AUTHORISED_AS.get(op, op)}" for svc, op in calls}
-        expect(f"the operator policy grants what `{command.split(' /')[0][:40]}` calls", needed <= allowed,
-               f"not granted: {sorted(needed - allowed)}")
+def managed(r):
+    """The private side's resources, which carry the bluegreen-mirror:managed tag."""
+    b = r.bindings["bindings"][0]
+    return ([p["private_target_group"] for p in b["pairs"]] + list(b["private_production_route"].values())
+            + list(b.get("private_test_route", {}).values()))
 
 
 def stored_bindings(r, cli, expect):
@@ -185,13 +172,12 @@ def stored_bindings(r, cli, expect):
     expect("bindings refuses an installation configured by environment", code == 2
            and "reads its bindings from BLUEGREEN_MIRROR_BINDINGS" in err, err)
 
+    r.client("elbv2", r.moto_url, "PROVISION").remove_tags(ResourceArns=managed(r), TagKeys=["bluegreen-mirror:managed"])
     code, out, _ = cli("bindings", "apply", good, stored=True)
     expect("apply refuses private resources without the managed tag, naming the command that tags them",
            code == 3 and "not tagged bluegreen-mirror:managed=true" in out and "aws elbv2 add-tags" in out
            and listed() == {}, out)
-    b = r.bindings["bindings"][0]
-    r.tag_managed([p["private_target_group"] for p in b["pairs"]] + list(b["private_production_route"].values())
-                  + list(b.get("private_test_route", {}).values()))
+    r.tag_managed(managed(r))
 
     code, out, err = cli("bindings", "apply", write("not-json.json", "{"), stored=True)
     expect("a file that is not a bindings document is a usage error", code == 2 and "not-json.json" in err and not out,

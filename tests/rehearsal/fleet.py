@@ -129,7 +129,8 @@ class Fleet:
                 m.world.track_route(arn, svc.lbs[key.split("-")[0]])
             m.world.groups[("web", svc.group)] = standin.DeploymentGroup(
                 "web", svc.group, [f"pub-blue-{svc.name}", f"pub-green-{svc.name}"],
-                (svc.listeners["public-prod"], svc.listeners["public-test"]), ("rehearsal", svc.service))
+                (svc.listeners["public-prod"], svc.listeners["public-test"]), ("rehearsal", svc.service),
+                svc.termination_wait_s)
         m.world.on_call = None
         m.world.buckets = standin.ElbBuckets(standin.BUCKET_SETTINGS[m.elb_buckets])
         # Dozens of target groups on two cores: health checks every half second (an ALB's are every 5 to 30 s).

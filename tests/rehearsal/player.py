@@ -11,7 +11,7 @@ import urllib.request
 import observe
 import procs
 import standin
-from scenarios import CONFIGS, ROLLBACK_REMOVAL_DELAY_S, TASK_PORT, TERMINATION_WAIT_S, access_key, fmt_route
+from scenarios import CONFIGS, ROLLBACK_REMOVAL_DELAY_S, TASK_PORT, access_key, fmt_route
 
 
 class Player:
@@ -152,7 +152,7 @@ class Player:
             time.sleep(ROLLBACK_REMOVAL_DELAY_S)
         self.deregister(self.tgs["pub-green"], green_ips)
         self.log("Rollback", f"ECS deregistered {len(green_ips)} replacement tasks from pub-green")
-        time.sleep(standin.DEREGISTRATION_DELAY_S)
+        time.sleep(self.world.drain_s(self.tgs["pub-green"]))
         self.stop_tasks("green")
         self.log("Rollback", "replacement task set removed")
         self.outcome = "rolled_back"
@@ -208,11 +208,11 @@ class Player:
             time.sleep(0.5)
             return self.rollback("CloudWatch alarm fired after AllowTraffic", green_ips, True)
 
-        self.log("Termination", f"waiting {TERMINATION_WAIT_S:.0f} s before removing the original task set")
-        time.sleep(TERMINATION_WAIT_S)
+        self.log("Termination", f"waiting {self.termination_wait_s:g} s before removing the original task set")
+        time.sleep(self.termination_wait_s)
         blue_ips = [self.task_ip("blue", i) for i in range(1, self.tasks + 1)]
         self.deregister(self.tgs["pub-blue"], blue_ips)
-        time.sleep(standin.DEREGISTRATION_DELAY_S)
+        time.sleep(self.world.drain_s(self.tgs["pub-blue"]))
         self.stop_tasks("blue")
         d.status = "Succeeded"
         self.deployment_event("SUCCESS")
@@ -232,7 +232,7 @@ class Player:
             old = self.task_ip("blue", 1)
             self.log("ECS", f"replacing task {old}")
             self.deregister(blue, [old])
-            time.sleep(standin.DEREGISTRATION_DELAY_S)
+            time.sleep(self.world.drain_s(blue))
             self.stop_task("blue", old)
             new = self.start_tasks("blue", first=self.tasks + 1, count=1)
             self.register(blue, new)

@@ -1,6 +1,7 @@
 """The traffic probe: real HTTP requests, many a second, through each side's production route, routed the way an
 ALB routes them: the listener's forward action (weights) → a target group → its healthy targets (all of them,
-fail-open, when none is healthy; none at all means the route is dark) → the chosen task. A load balancer that
+fail-open, when none is healthy; none at all means the route is dark) → the chosen task. An NLB listener's requests
+follow its route as it stood `World.nlb_settle_s` ago (an NLB's data plane lags its configuration). A load balancer that
 cannot reach a task (a blocked path) times out, as it would behind a security group that does not admit it."""
 
 import random
@@ -32,7 +33,7 @@ class Probe:
 
     def _once(self, name):
         listener, lb = self.sides[name]
-        route = self.world.route(listener)
+        route = self.world.serving_route(listener)
         weighted = [(tg, w) for tg, w in route if w > 0] or route[:1]
         if not weighted:
             return False, "no-route"

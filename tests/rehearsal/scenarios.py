@@ -37,6 +37,13 @@ SCENARIOS = {
     "alb-to-nlb": {"config": "AllAtOnce", "expected": "succeeded", "private": "nlb",
                    "about": "public ALB with HTTP target groups, private NLB with TCP target groups (the PrivateLink "
                             "case): production flips to green, the test listener keeps the idle group attached"},
+    "nlb-settle": {"config": "AllAtOnce", "expected": "succeeded", "private": "nlb", "termination_wait_s": 0.2,
+                   "hook_latency_s": 0.0, "expected_broken": ["I4_never_dark"], "matrix": False,
+                   "expected_log": ("after-install-", "may keep reaching the original tasks"),
+                   "about": "a private NLB whose deployment group terminates the original tasks 1 minute after "
+                            "rerouting, while the NLB's traffic takes 10 to follow its listener: AfterInstall warns, "
+                            "and the private clients' requests fail from the moment the original tasks go until the "
+                            "NLB has moved (alb-to-nlb, with CodeDeploy's 10 minutes, loses none)"},
     "two-sides": {"config": "Canary10Percent", "expected": "succeeded", "link": True,
                   "about": "one deployment group behind an internal ALB and an NLB for PrivateLink: both gated, the "
                            "follower moves both (the ALB by weight, the NLB at 50 %), both flipped together"},

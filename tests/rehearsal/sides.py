@@ -17,8 +17,8 @@ def provision(r, elb, subnets, vpc, task_port):
     for color in ("blue", "green"):
         r.tgs[f"{PREFIX}-{color}"] = elb.create_target_group(
             Name=f"{PREFIX}-{color}", Protocol="TCP", Port=task_port, VpcId=vpc, TargetType="ip",
-            HealthCheckProtocol="HTTP", HealthCheckPath="/health", HealthCheckIntervalSeconds=5,
-            HealthCheckTimeoutSeconds=2, HealthyThresholdCount=2,
+            HealthCheckProtocol="HTTP", HealthCheckPath="/health", HealthCheckIntervalSeconds=30,
+            HealthCheckTimeoutSeconds=2, HealthyThresholdCount=5,
         )["TargetGroups"][0]["TargetGroupArn"]
     for name, port, color in (("prod", 80, "blue"), ("test", 8080, "green")):
         r.listeners[f"link-{name}"] = elb.create_listener(

@@ -3,8 +3,9 @@
 * CodeDeploy (JSON protocol) is answered here, from the deployment the rehearsal is playing: GetDeployment,
   GetDeploymentGroup, ListDeploymentTargets, GetDeploymentTarget, PutLifecycleEventHookExecutionStatus.
 * ELBv2 `DescribeTargetHealth` is answered here from real HTTP health checks of the task processes, per load
-  balancer, the way an ALB does it: `initial` until the healthy threshold, `healthy`, `unhealthy`, `draining`
-  for the deregistration delay after a deregistration, `unused` where no listener or rule routes to the group.
+  balancer, the way an ALB does it, on each group's own timing (`TIME_SCALE`): `initial` until its healthy
+  threshold of checks at its interval, `healthy`, `unhealthy`, `draining` for its deregistration delay after a
+  deregistration, `unused` where no listener or rule routes to the group.
 * ELBv2 throttles as ELB does (`ElbBuckets`): token buckets per account and region, shared by every caller in the
   account (our functions, a neighbour, the console), except the AWS services that call ELB on the customer's behalf
   (ECS, CodeDeploy), which have buckets of their own. moto throttles nothing.
@@ -42,10 +43,22 @@ class QuietServer(ThreadingHTTPServer):
 
 ELB_NS = "http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/"
 
+# AWS's seconds as the rehearsal plays them: a target group's timing (its health check interval and thresholds,
+# its deregistration delay), given in AWS's seconds, passes this many times faster here, so that the default
+# group's 300 s drain lasts 1 s (Lambda's retry waits are played at the same scale, lambda_host.RETRY_DELAYS_S).
+TIME_SCALE = 1.0 / 300
+# What a group that says nothing has, as ELB's defaults: interval 30 s, healthy after 5 checks, unhealthy after 2,
+# a 300 s drain.
+DEFAULT_TIMING = (30.0, 5, 2, 300.0)
+DEREGISTRATION_DELAY_S = DEFAULT_TIMING[3] * TIME_SCALE
+# An NLB's data plane lags its configuration: ECS's own blue/green waits 10 minutes at each NLB traffic shift because
+# "timing issues ... can cause a mismatch between the configured traffic weights and the actual traffic routing in
+# the data plane" (ECS developer guide, "Network Load Balancer resources for blue/green deployments"). The probe
+# routes an NLB listener's requests by its route as it stood this long ago (10 minutes, scaled).
+NLB_SETTLE_S = 600 * TIME_SCALE
+# How often the endpoint checks every target: each group's own interval (scaled) is far shorter than a real check,
+# so a target's state moves by elapsed time (`GroupTiming`) and this is only the resolution.
 HEALTH_INTERVAL_S = 0.25
-HEALTHY_THRESHOLD = 2
-UNHEALTHY_THRESHOLD = 2
-DEREGISTRATION_DELAY_S = 1.0
 # How long a `timeout` fault holds a request unanswered when the caller does not give up first.
 TIMEOUT_FAULT_HOLD_S = 60.0
 
@@ -265,14 +278,19 @@ DEPLOYMENT_CONFIGS = {
 
 
 class DeploymentGroup:
-    """A CodeDeploy deployment group: its target group pair, listeners and ECS service."""
+    """A CodeDeploy deployment group: its target group pair, listeners, ECS service, and how long after rerouting
+    it terminates the original tasks (rehearsal seconds; GetDeploymentGroup gives it in AWS's minutes)."""
 
-    def __init__(self, application, group, pair, listeners, service):
+    def __init__(self, application, group, pair, listeners, service, termination_wait_s=None):
         self.application = application
         self.group = group
         self.pair = pair  # [blue TG name, green TG name]
         self.prod_listener, self.test_listener = listeners
         self.service = service  # (cluster, service)
+        self.termination_wait_s = termination_wait_s
+
+    def termination_wait_min(self):
+        return round(self.termination_wait_s / (60 * TIME_SCALE)) if self.termination_wait_s is not None else None
 
 
 class Deployment:
@@ -366,8 +384,11 @@ class World:
         self.routes = {}  # listener/rule ARN -> [(tg, weight)]
         self.route_owner = {}  # listener/rule ARN -> load balancer ARN
         self.route_events = []  # (t, arn, route)
+        # How long an NLB listener's change takes to reach its data plane (the probe routes by the route then).
+        self.nlb_settle_s = NLB_SETTLE_S
         self.members = {}  # tg -> [(ip, port)] registered in moto
-        self.health = {}  # (tg, ip, port) -> dict(state, ok, fail, reason)
+        self.health = {}  # (tg, ip, port) -> dict(state, ok_since, fail_since, reason)
+        self.timings = {}  # tg -> (interval s, healthy threshold, unhealthy threshold, drain s), as AWS gives them
         self.draining = {}  # (tg, ip, port) -> until (monotonic)
         self.blocked = set()  # (lb ARN, ip): that load balancer cannot reach that task
         self.tg_lb = {}  # tg -> lb ARN (from moto)
@@ -431,6 +452,17 @@ class World:
         with self.lock:
             return list(self.routes.get(arn, []))
 
+    def serving_route(self, arn):
+        """The route requests arriving now take: the configured one, or for an NLB listener the one configured
+        `nlb_settle_s` ago (its first route until it has been tracked that long)."""
+        if not (self.nlb_settle_s and self.nlb.is_nlb(arn)):
+            return self.route(arn)
+        then = time.monotonic() - self.nlb_settle_s
+        with self.lock:
+            events = [(t, r) for t, a, r in self.route_events if a == arn]
+        past = [r for t, r in events if t <= then]
+        return list(past[-1] if past else events[0][1] if events else self.routes.get(arn, []))
+
     def attached(self, tg):
         """Load balancers that route to `tg` (any weight): only those health-check it."""
         with self.lock:
@@ -452,26 +484,54 @@ class World:
             if tg in self.tg_lb:
                 self.members[tg] = members
 
+    def timing(self, tg):
+        """A group's health check interval, thresholds and deregistration delay, read from moto once (and again
+        after a change through the endpoint), ELB's defaults where it has none."""
+        with self.lock:
+            if tg in self.timings:
+                return self.timings[tg]
+        interval, healthy, unhealthy, drain = DEFAULT_TIMING
+        try:
+            g = self.elb.describe_target_groups(TargetGroupArns=[tg])["TargetGroups"][0]
+            attributes = {a["Key"]: a["Value"] for a in
+                          self.elb.describe_target_group_attributes(TargetGroupArn=tg)["Attributes"]}
+            interval = float(g.get("HealthCheckIntervalSeconds") or interval)
+            healthy = int(g.get("HealthyThresholdCount") or healthy)
+            unhealthy = int(g.get("UnhealthyThresholdCount") or unhealthy)
+            drain = float(attributes.get("deregistration_delay.timeout_seconds", drain))
+        except Exception:  # noqa: BLE001 - a group moto cannot describe (yet) is timed as ELB's default
+            pass
+        with self.lock:
+            self.timings[tg] = (interval, healthy, unhealthy, drain)
+        return self.timings[tg]
+
+    def drain_s(self, tg):
+        """How long a target deregistered from `tg` keeps draining here (its deregistration delay, scaled)."""
+        return self.timing(tg)[3] * TIME_SCALE
+
     def on_register(self, tg, targets):
         with self.lock:
             for ip, port in targets:
                 self.draining.pop((tg, ip, port), None)
                 h = self.health.get((tg, ip, port))
                 if h is None or h["state"] in ("draining", "unused"):
-                    self.health[(tg, ip, port)] = {"state": "initial", "ok": 0, "fail": 0,
-                                                   "reason": "Elb.RegistrationInProgress"}
+                    self.health[(tg, ip, port)] = fresh_health()
 
     def on_deregister(self, tg, targets):
+        drain = self.drain_s(tg)
         with self.lock:
             for ip, port in targets:
                 if (ip, port) in self.members.get(tg, []):
-                    self.draining[(tg, ip, port)] = time.monotonic() + DEREGISTRATION_DELAY_S
+                    self.draining[(tg, ip, port)] = time.monotonic() + drain
                 self.health.pop((tg, ip, port), None)
 
     def check_once(self):
         self.rounds = getattr(self, "rounds", 0) + 1
         if self.rounds % 10 == 1:
             self.refresh_members()
+        with self.lock:
+            groups = list(self.members)
+        timing = {tg: self.timing(tg) for tg in groups}
         now = time.monotonic()
         with self.lock:
             for k, until in list(self.draining.items()):
@@ -482,10 +542,9 @@ class World:
                 lbs = self.attached(tg)
                 for ip, port in members:
                     key = (tg, ip, port)
-                    h = self.health.setdefault(key, {"state": "initial", "ok": 0, "fail": 0,
-                                                     "reason": "Elb.RegistrationInProgress"})
+                    h = self.health.setdefault(key, fresh_health())
                     if not lbs:
-                        h.update(state="unused", ok=0, fail=0, reason="Target.NotInUse")
+                        h.update(state="unused", ok_since=None, fail_since=None, reason="Target.NotInUse")
                         continue
                     if h["state"] == "unused":
                         h.update(state="initial", reason="Elb.RegistrationInProgress")
@@ -506,18 +565,25 @@ class World:
                 except (OSError, urllib.error.URLError):
                     ok = False
             results.append(((tg, ip, port), ok, blocked))
+        # ELB marks a target healthy after its group's healthy threshold of checks in a row, one interval apart
+        # (unhealthy likewise): here, once the checks have passed (failed) for that many intervals less one,
+        # scaled, the first check of the run counting as the first of the threshold.
+        now = time.monotonic()
         with self.lock:
             for key, ok, blocked in results:
                 h = self.health.get(key)
-                if h is None:
+                if h is None or key[0] not in timing:
                     continue
+                interval, healthy, unhealthy, _ = timing[key[0]]
                 if ok:
-                    h["ok"], h["fail"] = h["ok"] + 1, 0
-                    if h["ok"] >= HEALTHY_THRESHOLD:
+                    h["fail_since"] = None
+                    h["ok_since"] = h["ok_since"] or now
+                    if now - h["ok_since"] >= (healthy - 1) * interval * TIME_SCALE:
                         h.update(state="healthy", reason=None)
                 else:
-                    h["fail"], h["ok"] = h["fail"] + 1, 0
-                    if h["fail"] >= UNHEALTHY_THRESHOLD:
+                    h["ok_since"] = None
+                    h["fail_since"] = h["fail_since"] or now
+                    if now - h["fail_since"] >= (unhealthy - 1) * interval * TIME_SCALE:
                         h.update(state="unhealthy",
                                  reason="Target.Timeout" if blocked else "Target.FailedHealthChecks")
 
@@ -561,6 +627,11 @@ class World:
             if token:
                 self.calls_by_token[token] = self.calls_by_token.get(token, 0) + 1
                 self.ops_by_token.setdefault(token, []).append(f"{service} {op}")
+
+
+def fresh_health():
+    """A target just registered (or attached again): `initial` until its checks have passed long enough."""
+    return {"state": "initial", "ok_since": None, "fail_since": None, "reason": "Elb.RegistrationInProgress"}
 
 
 def _caller(headers):
@@ -626,6 +697,9 @@ def codedeploy_answer(world, op, req, token):
         return _cd_ok({"deploymentGroupInfo": {
             "applicationName": x.application, "deploymentGroupName": x.group, "computePlatform": "ECS",
             "deploymentStyle": {"deploymentType": "BLUE_GREEN", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
+            **({"blueGreenDeploymentConfiguration": {"terminateBlueInstancesOnDeploymentSuccess": {
+                "action": "TERMINATE", "terminationWaitTimeInMinutes": x.termination_wait_min()}}}
+               if x.termination_wait_s is not None else {}),
             "ecsServices": [{"clusterName": x.service[0], "serviceName": x.service[1]}],
             "loadBalancerInfo": {"targetGroupPairInfoList": [{
                 "targetGroups": [{"name": n} for n in x.pair],
@@ -816,6 +890,9 @@ def make_handler(world: World):
             if action in ("ModifyListener", "ModifyRule"):
                 arn = form.get("ListenerArn", form.get("RuleArn", [""]))[0]
                 world.refresh_route(arn)
+            elif action in ("ModifyTargetGroup", "ModifyTargetGroupAttributes"):
+                with world.lock:
+                    world.timings.pop(form.get("TargetGroupArn", [""])[0], None)
             elif action in ("RegisterTargets", "DeregisterTargets"):
                 tg = form.get("TargetGroupArn", [""])[0]
                 targets = _targets_from_form(form)

@@ -2,7 +2,7 @@
 moto itself: an NLB's ARNs are spelled `net/` (moto: `app/`), a forward to several target groups on an NLB
 listener is refused with `ValidationError` (moto accepts it), a TCP health check is a connection (a target that
 accepts but speaks no HTTP is healthy there, unhealthy under an HTTP check), a group no listener routes to is
-`unused` (moto: `healthy`), ELB's buckets throttle reads and writes as documented (moto: never), and, when the benchmarks
+`unused` (moto: `healthy`), a target is `initial` and `draining` for its own group's timing (moto: neither), ELB's buckets throttle reads and writes as documented (moto: never), and, when the benchmarks
 ask for it, concurrent calls overlap as AWS's do (moto: one after another).
 
     python test_standin.py
@@ -175,6 +175,38 @@ def main():
         ids = {d["Target"]["Id"] for d in elb.describe_target_health(TargetGroupArn=tg["http-a"])
                ["TargetHealthDescriptions"]}
         expect("... and one deregistered there is not", ids == {"127.0.3.1"}, str(ids))
+
+        # Each group's own timing, at the rehearsal's scale (TIME_SCALE: 300 s of AWS's in 1 s): ELB's defaults
+        # (every 30 s, healthy after 5, a 300 s drain) against a slow group (every 60 s, healthy after 10) that
+        # drains for 60 s.
+        for name, extra in (("plain", {}), ("slow", {"HealthCheckIntervalSeconds": 60, "HealthyThresholdCount": 10})):
+            tg[name] = direct.create_target_group(Name=name, Protocol="HTTP", Port=port, VpcId=vpc, TargetType="ip",
+                                                  **extra)["TargetGroups"][0]["TargetGroupArn"]
+            world.tg_lb[tg[name]] = alb_arn
+            world.tcp_checked.add(tg[name])
+        direct.modify_target_group_attributes(TargetGroupArn=tg["slow"], Attributes=[
+            {"Key": "deregistration_delay.timeout_seconds", "Value": "60"}])
+        elb.modify_listener(ListenerArn=alb_listener, DefaultActions=[{"Type": "forward", "ForwardConfig": {
+            "TargetGroups": [{"TargetGroupArn": tg["plain"], "Weight": 1}, {"TargetGroupArn": tg["slow"], "Weight": 1}]}}])
+        target = [{"Id": "127.0.3.1", "Port": port}]
+        healthy_at = {}
+        t0 = time.monotonic()
+        for name in ("plain", "slow"):
+            elb.register_targets(TargetGroupArn=tg[name], Targets=target)
+        while time.monotonic() < t0 + 5 and len(healthy_at) < 2:
+            for name in ("plain", "slow"):
+                if name not in healthy_at and state(name) == "healthy":
+                    healthy_at[name] = time.monotonic() - t0
+            time.sleep(0.05)
+        expect("a group of ELB's default timing is healthy after 4 intervals of 30 s (0.4 s here)",
+               0.35 <= healthy_at.get("plain", 0) <= 1.0, healthy_at)
+        expect("a slow group's target stays initial for its own 9 intervals of 60 s (1.8 s here)",
+               1.75 <= healthy_at.get("slow", 0) <= 2.6, healthy_at)
+        for name in ("plain", "slow"):
+            elb.deregister_targets(TargetGroupArn=tg[name], Targets=target)
+        time.sleep(0.5)
+        expect("after 0.5 s a target of the 300 s drain is still draining, of the 60 s one gone",
+               (state("plain"), state("slow")) == ("draining", None), (state("plain"), state("slow")))
 
         # AWS's round trip, when set: concurrent calls overlap instead of queueing behind one another, and a new
         # connection costs its handshakes.

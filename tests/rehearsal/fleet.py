@@ -42,6 +42,7 @@ class Fleet:
         # The shared parts (moto, the endpoint, the Lambda host, the timeline) live on one Rehearsal.
         self.main = rehearse.Rehearsal("happy", tasks, None, out, lane=lane)
         self.main.name = "fleet"
+        self.main.concurrent_deployments = deployments
         self.main.minute_s = minute_s
         self.main.poll_ms = 1000
         # The schedule, played every 15 s (every minute on AWS): the sweep sizes its slice to its share of the
@@ -260,6 +261,8 @@ class Fleet:
             "max_weight_lag_ms": worst_lag, "neighbour_throttles": neighbour_throttles,
             "elb": elb, "waiting_checks": waiting_checks(m),
             "iam": iam.report_of(m.world.iam),
+            "lambda": {"reserved_concurrency": m.host.concurrency, "throttled": m.host.throttled,
+                       "events_delivered_twice": m.events_duplicated + sum(s.events_duplicated for s in self.services)},
             "deployments_report": rows, "budget_t0_ms": m.log.at(t0),
             "reconciler": {"invocations": sum(1 for i in m.host.invocations if i.function == "reconciler"),
                            "follower_handovers": m.count_in_logs("reconciler-", "handing over to a fresh follower")},

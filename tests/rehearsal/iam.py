@@ -184,6 +184,13 @@ class Template:
             statements.extend(self.resolve(p["Statement"]))
         return Policy(statements, f"{os.path.basename(self.path)} {logical_id}")
 
+    def function_concurrency(self, logical_id):
+        """A function's reserved concurrency: its own, else the Globals', else None (the account's)."""
+        props = self.t["Resources"][logical_id]["Properties"]
+        value = props.get("ReservedConcurrentExecutions",
+                          self.t.get("Globals", {}).get("Function", {}).get("ReservedConcurrentExecutions"))
+        return None if value is None else int(self.resolve(value))
+
     def managed_policy(self, logical_id):
         return Policy(self.resolve(self.t["Resources"][logical_id]["Properties"]["PolicyDocument"]["Statement"]),
                       f"{os.path.basename(self.path)} {logical_id}")

@@ -7,7 +7,11 @@ Invocations are asynchronous, as CodeDeploy's and EventBridge's are, and so is t
 in an error, a timeout or a crash is run again, twice at most, with the same event and request id. Lambda waits
 one and then two minutes; here the waits are played at the scale of the rehearsal's deregistration delay (300 s
 on AWS, 1 s here), so a retry arrives as early, relative to a draining target, as it would on AWS. Each attempt
-gets its own session token, so the emulated endpoint can tell one attempt's calls from another's."""
+gets its own session token, so the emulated endpoint can tell one attempt's calls from another's.
+
+Each function's reserved concurrency is enforced (`concurrency`, from the template): an attempt that finds as many
+of its function's attempts running is throttled, and Lambda, which queued the asynchronous event, tries it again
+later (backing off from 1 second, played at the same scale), however often it takes."""
 
 import json
 import os
@@ -56,6 +60,9 @@ def check_env(function: str, env: dict):
 
 # Lambda's waits before the second and the third attempt of an asynchronous invocation (1 and 2 minutes on AWS).
 RETRY_DELAYS_S = (0.2, 0.4)
+# A throttled asynchronous event is tried again after 1 s, backing off to 5 minutes (Lambda developer guide,
+# "How Lambda handles errors and retries with asynchronous invocation"), played at the scale above.
+THROTTLE_RETRY_S = (1 / 300, 300 / 300)
 
 
 class Invocation:
@@ -165,6 +172,10 @@ class LambdaHost:
         self.invocations: list[Invocation] = []
         self._timers: list[threading.Timer] = []
         self._lock = threading.Lock()
+        # function -> reserved concurrency (absent: the account's, which the rehearsal never reaches)
+        self.concurrency = {}
+        self.running = {}  # function -> attempts running now
+        self.throttled = {}  # function -> attempts that had to wait for a slot
 
     def later(self, delay_s: float, fn):
         """Runs `fn` after `delay_s` (an event EventBridge delivers a little later), remembered so that `settle`
@@ -269,6 +280,34 @@ class LambdaHost:
                 "AWS_SESSION_TOKEN": inv.token,
             }
         )
+        self._slot(inv)
+        try:
+            self._attempt(inv, env)
+        finally:
+            with self._lock:
+                self.running[inv.function] -= 1
+        if inv.response is None and inv.attempt <= len(RETRY_DELAYS_S):
+            self._retry(inv, access_key)
+        inv.done.set()
+        server.shutdown()
+        server.server_close()
+
+    def _slot(self, inv: Invocation):
+        """Waits for one of the function's reserved concurrency, as Lambda holds a throttled asynchronous event."""
+        wait, counted = THROTTLE_RETRY_S[0], False
+        while True:
+            with self._lock:
+                limit = self.concurrency.get(inv.function)
+                if limit is None or self.running.get(inv.function, 0) < limit:
+                    self.running[inv.function] = self.running.get(inv.function, 0) + 1
+                    return
+                if not counted:
+                    self.throttled[inv.function] = self.throttled.get(inv.function, 0) + 1
+                    counted = True
+            time.sleep(wait)
+            wait = min(wait * 2, THROTTLE_RETRY_S[1])
+
+    def _attempt(self, inv: Invocation, env: dict):
         log_path = inv.log_path = os.path.join(self.log_dir, f"{inv.function}-{inv.request_id[:8]}-{inv.attempt}.log")
         with open(log_path, "wb") as log:
             inv.started = time.monotonic()
@@ -286,8 +325,3 @@ class LambdaHost:
             if inv.finished is None:
                 inv.finished = time.monotonic()
             procs.kill(p)
-        if inv.response is None and inv.attempt <= len(RETRY_DELAYS_S):
-            self._retry(inv, access_key)
-        inv.done.set()
-        server.shutdown()
-        server.server_close()

@@ -41,6 +41,10 @@ FLEET_TEMPLATE = os.path.join(ROOT, "infra", "fleet.yaml")
 OPERATOR_TEMPLATE = os.path.join(ROOT, "infra", "operator.yaml")
 # The templates' FunctionNamePrefix default: the follower is invoked by the name the template gives it.
 FUNCTION_PREFIX = "bluegreen-mirror"
+# EventBridge delivers at least once and in no promised order: each delivery comes up to this much late (so events
+# sent together may arrive swapped), and this share of events is delivered a second time, later still.
+EVENT_JITTER_S = 0.1
+DUPLICATE_EVENT_RATE = 0.1
 
 
 class Rehearsal(Player):
@@ -82,8 +86,13 @@ class Rehearsal(Player):
         self.elb_buckets = "current"
         # How ELB spells the NLBs this scenario creates (moto spells them as ALBs).
         self.nlb = standin.NlbSpelling()
-        # The template whose roles the functions get (None: template.yaml, or fleet.yaml for stored bindings).
+        # The template whose roles and concurrency the functions get (None: template.yaml, or fleet.yaml for
+        # stored bindings), and the deployments at once it is sized for (fleet.yaml's ConcurrentDeployments).
         self.template = None
+        self.concurrent_deployments = 1
+        # EventBridge's order and duplicates, drawn from a generator of the run's own.
+        self.events_rng = random.Random(13)
+        self.events_duplicated = 0
 
     # --- the emulated account --------------------------------------------------------------------------------
     def start_moto(self):
@@ -255,13 +264,16 @@ class Rehearsal(Player):
                  "account": "123456789012", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "region": REGION, "resources": [], "detail": detail}
 
-        def fire():
+        def fire(again=False):
             if self.stopping.is_set():
                 return
-            self.log("EventBridge", f"{detail_type} {note}-> reconciler")
+            self.log("EventBridge", f"{detail_type} {note}-> reconciler" + (" (delivered again)" if again else ""))
             self.host.invoke_async("reconciler", event, RECONCILER_KEY)
 
-        self.host.later(delay_s, fire)
+        self.host.later(delay_s + self.events_rng.uniform(0, EVENT_JITTER_S), fire)
+        if self.events_rng.random() < DUPLICATE_EVENT_RATE:
+            self.events_duplicated += 1
+            self.host.later(delay_s + self.events_rng.uniform(0, 4 * EVENT_JITTER_S), lambda: fire(True))
 
     def deployment_event(self, state, delay_s=0.0):
         d = self.deployment
@@ -448,20 +460,25 @@ class Rehearsal(Player):
             world.iam = iam.Account(REGION, tags_of, group_of)
         return self.world.iam
 
-    def grant_functions(self):
-        """Each function gets the role the installation's template gives it, for this scenario's resources."""
+    def install_template(self):
+        """Each function gets the role and the reserved concurrency the installation's template gives it, for this
+        scenario's resources (the fleet's template sized for its deployments at once)."""
         table = self.spec.get("table", self.table)
         resources = {"StateTable": table, "StateTable.Arn": f"arn:aws:dynamodb:{REGION}:{iam.ACCOUNT_ID}:table/{table}"}
         if self.stored_bindings:
             path = self.template or FLEET_TEMPLATE
+            sizes = [int(v) for v in iam.load_template(path)["Parameters"]["ConcurrentDeployments"]["AllowedValues"]]
             params = {"CodeDeployApplications": "web",
-                      "EcsClusterArns": f"arn:aws:ecs:{REGION}:{iam.ACCOUNT_ID}:cluster/rehearsal"}
+                      "EcsClusterArns": f"arn:aws:ecs:{REGION}:{iam.ACCOUNT_ID}:cluster/rehearsal",
+                      "ConcurrentDeployments": str(min((n for n in sizes if n >= self.concurrent_deployments),
+                                                       default=max(sizes)))}
         else:
             path = self.template or TEMPLATE
             params = iam.single_binding_params(self.bindings["bindings"][0], "rehearsal")
         template = iam.Template(path, params, REGION, resources)
         for logical, binary in iam.functions_built().items():
             self.account_iam().grant(access_key(binary), binary, template.function_policies(logical))
+            self.host.concurrency[binary] = template.function_concurrency(logical)
 
     def grant_operator(self, key, change=True, table=None):
         """The operator CLI's policies from operator.yaml: the read policy, with the change policy when `change`."""
@@ -525,7 +542,7 @@ class Rehearsal(Player):
         # Lambda's Invoke names the reconciler as the template does; the host knows the function by its binary.
         self.world.invoke = lambda name, payload: self.host.invoke_async(
             name.removeprefix(f"{FUNCTION_PREFIX}-"), payload, RECONCILER_KEY)
-        self.grant_functions()
+        self.install_template()
         self.stopping = threading.Event()
 
     def run(self):
@@ -669,6 +686,8 @@ class Rehearsal(Player):
             },
             "elb": elb,
             "iam": iam.report_of(self.world.iam),
+            "lambda": {"reserved_concurrency": self.host.concurrency, "throttled": self.host.throttled,
+                       "events_delivered_twice": self.events_duplicated},
             "route_changes": [
                 {"t_ms": self.log.at(t), "route": names.get(a, a).replace("-", " "), "to": fmt_route(r)}
                 for t, a, r in self.world.route_events if t >= self.log.t0
@@ -688,6 +707,10 @@ def print_iam(r, p):
       f"{len(i.get('refused', []))} refused")
     for x in i.get("refused", [])[:10]:
         p(f"      refused: {x['principal']} {x['action']} on {x['resource']}")
+    lam = r.get("lambda")
+    if lam:
+        p(f"   Lambda           reserved concurrency {lam['reserved_concurrency']}, attempts throttled "
+          f"{lam['throttled'] or 0}; EventBridge delivered {lam['events_delivered_twice']} event(s) twice")
 
 
 def print_report(r, out):

@@ -1,12 +1,14 @@
 """The rehearsal's Lambda host refuses what Lambda refuses: a function whose configured environment exceeds 4 KB
 (Lambda's quota, measured on the variables as a JSON object; the runtime's own variables do not count). A
 realistic binding (listener rules, four target groups, a test route) is about 1 KB, so the environment form holds
-three or four; the fleet stores its bindings in the table instead.
+three or four; the fleet stores its bindings in the table instead. And it enforces a function's reserved
+concurrency, as Lambda does, holding an asynchronous event that finds it busy until a slot frees.
 
     python test_host.py
 """
 
 import json
+import os
 import sys
 import tempfile
 
@@ -32,6 +34,37 @@ def env(n):
             "BLUEGREEN_MIRROR_BINDINGS": json.dumps({"bindings": [binding(k) for k in range(1, n + 1)]})}
 
 
+# A function that takes its event, works for 0.3 s, and answers (the Runtime API as the real binaries use it).
+SLOW_FUNCTION = """#!/usr/bin/env python3
+import os, time, urllib.request
+api = "http://" + os.environ["AWS_LAMBDA_RUNTIME_API"] + "/2018-06-01/runtime/invocation/"
+with urllib.request.urlopen(api + "next") as r:
+    request_id = r.headers["Lambda-Runtime-Aws-Request-Id"]
+time.sleep(0.3)
+urllib.request.urlopen(urllib.request.Request(api + request_id + "/response", data=b"{}", method="POST")).read()
+"""
+
+
+def check_concurrency(expect):
+    """A function's reserved concurrency: three events for a function reserved one at a time run one after
+    another, the two that found it busy counted as throttled, none lost."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fn = os.path.join(tmp, "slow")
+        with open(fn, "w") as f:
+            f.write(SLOW_FUNCTION)
+        os.chmod(fn, 0o755)
+        host = LambdaHost({"slow": fn}, {"PATH": os.environ.get("PATH", "")}, tmp, {"slow": 10})
+        host.concurrency["slow"] = 1
+        invs = [host.invoke_async("slow", {"n": n}, "AKIDSLOW") for n in range(3)]
+        host.settle(30)
+        spans = sorted((i.started, i.finished) for i in invs if i.started and i.finished)
+        expect("every event is answered, once", all(i.response == {} for i in invs) and len(host.invocations) == 3,
+               [(i.response, i.error) for i in invs])
+        expect("one at a time: none starts before the one before it ended",
+               len(spans) == 3 and all(b[0] >= a[1] for a, b in zip(spans, spans[1:])), spans)
+        expect("the two that found it busy were throttled", host.throttled.get("slow") == 2, host.throttled)
+
+
 def main():
     results = []
 
@@ -55,6 +88,7 @@ def main():
         expect(f"{fits + 1} bindings are refused", False, "accepted")
     except EnvironmentTooLarge as e:
         expect(f"{fits + 1} bindings are refused, as Lambda refuses them", "exceeded the 4KB limit" in str(e), e)
+    check_concurrency(expect)
     failed = results.count(False)
     print(f"lambda host: {len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0

@@ -4,8 +4,8 @@ renderer draws a real deployment from its DynamoDB record; hooks/src/report.rs),
     scripts/rehearse --scenario canary --report canary.html
 
 Weights come from every change of each side's production route as the endpoint applied it, requests from the
-traffic probe (per version, and failures), hook spans from the timeline, marks for the flip, the follower's steps
-and every fault injected."""
+traffic probe (per version, and failures), hook spans from the timeline, marks for the flip, the follower's steps,
+the private targets' health as each group's timing moves it, and every fault injected."""
 
 import json
 import os
@@ -79,6 +79,21 @@ def document(r, report):
             marks.append({"at_ms": e["t_ms"], "kind": "event", "label": f"{e['phase']}: {e['event']}"})
     for t, label in getattr(r.world.faults, "moments", []):
         marks.append({"at_ms": ms(t), "kind": "fault", "label": label})
+    # The private groups' targets as ELB sees them, each group's own timing: registered (initial), healthy or
+    # unhealthy, draining; one mark per group and state for the targets that changed together (within 0.3 s).
+    together = {}
+    for t, tg, ip, state in getattr(r.world, "health_events", []):
+        name = names.get(tg, "")
+        if name.startswith("pub") or not name:
+            continue
+        runs = together.setdefault((name, state), [])
+        if runs and t - runs[-1][1] <= 0.3:
+            runs[-1] = (runs[-1][0], t, runs[-1][2] + 1)
+        else:
+            runs.append((t, t, 1))
+    for (name, state), runs in together.items():
+        for first, last, n in runs:
+            marks.append({"at_ms": ms(last), "kind": "event", "label": f"{name}: {n} target(s) {state}"})
     marks.sort(key=lambda m: m["at_ms"])
 
     facts = [("scenario", f"{report['scenario']} ({report.get('config')})"),

@@ -389,6 +389,7 @@ class World:
         self.members = {}  # tg -> [(ip, port)] registered in moto
         self.health = {}  # (tg, ip, port) -> dict(state, ok_since, fail_since, reason)
         self.timings = {}  # tg -> (interval s, healthy threshold, unhealthy threshold, drain s), as AWS gives them
+        self.health_events = []  # (t, tg, ip, state): each target's registration, drain and change of state
         self.draining = {}  # (tg, ip, port) -> until (monotonic)
         self.blocked = set()  # (lb ARN, ip): that load balancer cannot reach that task
         self.tg_lb = {}  # tg -> lb ARN (from moto)
@@ -516,6 +517,7 @@ class World:
                 h = self.health.get((tg, ip, port))
                 if h is None or h["state"] in ("draining", "unused"):
                     self.health[(tg, ip, port)] = fresh_health()
+                    self.health_events.append((time.monotonic(), tg, ip, "initial"))
 
     def on_deregister(self, tg, targets):
         drain = self.drain_s(tg)
@@ -523,6 +525,7 @@ class World:
             for ip, port in targets:
                 if (ip, port) in self.members.get(tg, []):
                     self.draining[(tg, ip, port)] = time.monotonic() + drain
+                    self.health_events.append((time.monotonic(), tg, ip, "draining"))
                 self.health.pop((tg, ip, port), None)
 
     def check_once(self):
@@ -578,14 +581,16 @@ class World:
                 if ok:
                     h["fail_since"] = None
                     h["ok_since"] = h["ok_since"] or now
-                    if now - h["ok_since"] >= (healthy - 1) * interval * TIME_SCALE:
+                    if now - h["ok_since"] >= (healthy - 1) * interval * TIME_SCALE and h["state"] != "healthy":
                         h.update(state="healthy", reason=None)
+                        self.health_events.append((now, key[0], key[1], "healthy"))
                 else:
                     h["ok_since"] = None
                     h["fail_since"] = h["fail_since"] or now
-                    if now - h["fail_since"] >= (unhealthy - 1) * interval * TIME_SCALE:
+                    if now - h["fail_since"] >= (unhealthy - 1) * interval * TIME_SCALE and h["state"] != "unhealthy":
                         h.update(state="unhealthy",
                                  reason="Target.Timeout" if blocked else "Target.FailedHealthChecks")
+                        self.health_events.append((now, key[0], key[1], "unhealthy"))
 
     def health_loop(self):
         while not self.stop.is_set():

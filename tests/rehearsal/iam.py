@@ -191,6 +191,11 @@ class Template:
                           self.t.get("Globals", {}).get("Function", {}).get("ReservedConcurrentExecutions"))
         return None if value is None else int(self.resolve(value))
 
+    def function_timeout(self, logical_id):
+        """A function's timeout in seconds: its own, else the Globals'."""
+        props = self.t["Resources"][logical_id]["Properties"]
+        return float(self.resolve(props.get("Timeout", self.t.get("Globals", {}).get("Function", {}).get("Timeout", 3))))
+
     def managed_policy(self, logical_id):
         return Policy(self.resolve(self.t["Resources"][logical_id]["Properties"]["PolicyDocument"]["Statement"]),
                       f"{os.path.basename(self.path)} {logical_id}")

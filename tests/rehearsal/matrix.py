@@ -15,6 +15,18 @@ REHEARSE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rehearse.py
 CRASH = "crash-every-step"
 PROFILES = {"none": "", "throttle-30%": "*=throttle:0.3", "5xx-10%": "*=5xx:0.1", "resets-5%": "*=reset:0.05",
             CRASH: None}
+# Long faults: an outage of ELB's reads, of DynamoDB, of CodeDeploy's status reports, for tens of seconds to
+# minutes, as real throttling and outages last (real seconds, with the template's function timeouts). Each applies
+# to one scenario: (scenario, faults). A function may wait an outage out or fail its deployment; the cell holds it
+# to never dark, every invocation reported exactly once, every private route where the public one is at the end.
+LONG = {
+    "elb-reads-out-30s@gate": ("happy", "elbv2.Describe*=throttle:1@BeforeAllowTraffic+30"),
+    "elb-reads-out-120s@gate": ("happy", "elbv2.Describe*=throttle:1@BeforeAllowTraffic+120"),
+    "elb-reads-out-30s@steps": ("canary", "elbv2.Describe*=throttle:1@AllowTraffic+30"),
+    "elb-reads-out-120s@steps": ("canary", "elbv2.Describe*=throttle:1@AllowTraffic+120"),
+    "dynamodb-out-60s": ("happy", "dynamodb=5xx:1@AfterInstall+60"),
+    "reports-out-60s": ("happy", "codedeploy.PutLifecycleEventHookExecutionStatus=5xx:1@AfterInstall+60"),
+}
 # (scenario, profile, functions to crash: None for every function the scenario runs)
 QUICK_MATRIX = [("happy", "throttle-30%", None), ("unhealthy-green", "throttle-30%", None),
                 ("alarm-rollback", "5xx-10%", None), ("alarm-rollback", "throttle-30%", None),
@@ -31,15 +43,17 @@ QUICK_FOLLOWER_CALLS = 12
 CRASH_HOOK_LATENCY_S = 0.0
 
 
-def run_one(scenario, tasks, faults="", crash=None, hook_latency=None):
+def run_one(scenario, tasks, faults="", crash=None, hook_latency=None, long=False):
     """One rehearsal in its own process (on the lowest loopback lane free then); its JSON report, or a failed one
-    that carries the process's stderr."""
+    that carries the process's stderr. `long`: with the template's function timeouts."""
     args = [sys.executable, REHEARSE, "--scenario", scenario, "--json", "--faults", faults, "--tasks", str(tasks)]
+    if long:
+        args.append("--template-timeouts")
     if hook_latency is not None:
         args += ["--hook-latency", str(hook_latency)]
     if crash:
         args += ["--crash", crash]
-    p = subprocess.run(args, capture_output=True, timeout=900)
+    p = subprocess.run(args, capture_output=True, timeout=3600 if long else 900)
     try:
         return json.loads(p.stdout)
     except ValueError:
@@ -48,12 +62,13 @@ def run_one(scenario, tasks, faults="", crash=None, hook_latency=None):
                 "reconciler": {}, "messages": [p.stderr.decode(errors="replace")[-500:]]}
 
 
-def cell_problems(r):
-    """Why a cell's run fails the matrix: the outcome it would have had without faults, private dark time 0, no
-    private request failed where no public one did, every invariant held (DynamoDB consistent with ELB too)."""
+def cell_problems(r, may_roll_back=False):
+    """Why a cell's run fails the matrix: the outcome it would have had without faults (or, under an outage, a
+    rollback), private dark time 0, no private request failed where no public one did, every invariant held
+    (DynamoDB consistent with ELB too)."""
     fr = r.get("failed_requests", {})
     out = []
-    if r["outcome"] != r["expected_outcome"]:
+    if r["outcome"] != r["expected_outcome"] and not (may_roll_back and r["outcome"] == "rolled_back"):
         out.append(f"outcome {r['outcome']} (expected {r['expected_outcome']})")
     if not r["invariants_held"]:
         out.append("broken: " + ", ".join(k for k, v in r.get("invariants", {}).items() if not v))
@@ -123,17 +138,20 @@ def matrix(args):
 
     # A scenario that shows a misconfiguration's cost (`"matrix": False`) is no test of recovery from faults.
     cells = QUICK_MATRIX if args.quick else [(s, p, None) for s, spec in SCENARIOS.items() if spec.get("matrix", True)
-                                            for p in PROFILES]
+                                            for p in PROFILES] + [(s, name, None) for name, (s, _) in LONG.items()]
     if args.only:
         cells = [c for c in cells if c[0] in args.only.split(",")]
     jobs = Jobs(args.jobs)
     def fault_cell(scenario, profile):
-        r = jobs.run(scenario, args.tasks, PROFILES[profile])
-        problems = cell_problems(r)
+        long = profile in LONG
+        r = jobs.run(scenario, args.tasks, LONG[profile][1] if long else PROFILES[profile], long=long)
+        problems = cell_problems(r, may_roll_back=long)
         return {"scenario": scenario, "faults": profile, "outcome": r["outcome"], "expected": r["expected_outcome"],
                 "invariants_held": r["invariants_held"], "private_dark_ms": r["private_dark_ms"],
                 "failed_requests": r.get("failed_requests", {}),
                 "faults_injected": sum(r.get("faults_injected", {}).values()), "passed": not problems,
+                "hooks": {h: {"verdict": v.get("verdict"), "duration_ms": v.get("duration_ms")}
+                          for h, v in r.get("hooks", {}).items()} if long else None,
                 "messages": problems}
 
     def show(row):

@@ -90,6 +90,9 @@ class Rehearsal(Player):
         # stored bindings), and the deployments at once it is sized for (fleet.yaml's ConcurrentDeployments).
         self.template = None
         self.concurrent_deployments = 1
+        # The functions' timeouts as the template sets them (AfterAllowTraffic 300 s, the others 900 s) instead of
+        # the rehearsal's shorter ones: for outages that a function may wait out as it would on AWS.
+        self.template_timeouts = False
         # EventBridge's order and duplicates, drawn from a generator of the run's own.
         self.events_rng = random.Random(13)
         self.events_duplicated = 0
@@ -202,6 +205,7 @@ class Rehearsal(Player):
                 self.termination_wait_s)
         self.service = "web"
         self.world.faults = standin.Faults(self.faults)
+        self.log.on_phase = self.world.faults.phase_started
         self.world.buckets = standin.ElbBuckets(standin.BUCKET_SETTINGS[self.elb_buckets])
         self.world.on_call = self.on_call
         self.server = standin.serve(self.world)
@@ -304,6 +308,8 @@ class Rehearsal(Player):
             bound += 10.0
         elif self.faults:
             bound += 5.0
+        # An outage: the product may wait it out, so its length counts too.
+        bound += sum(span[1] for *_, span in self.world.faults.rules if span)
         if self.crash:
             bound += sum(RETRY_DELAYS_S) + len(RETRY_DELAYS_S) * self.reconciler_timeout_s
         return bound
@@ -479,6 +485,12 @@ class Rehearsal(Player):
         for logical, binary in iam.functions_built().items():
             self.account_iam().grant(access_key(binary), binary, template.function_policies(logical))
             self.host.concurrency[binary] = template.function_concurrency(logical)
+            if self.template_timeouts:
+                self.host.timeouts[binary] = template.function_timeout(logical)
+        if self.template_timeouts:
+            # CodeDeploy waits for a hook as long as the longest of them may run.
+            self.hook_timeout_s = max(t for f, t in self.host.timeouts.items() if f != "reconciler")
+            self.reconciler_timeout_s = self.host.timeouts["reconciler"]
 
     def grant_operator(self, key, change=True, table=None):
         """The operator CLI's policies from operator.yaml: the read policy, with the change policy when `change`."""
@@ -800,6 +812,8 @@ def main():
     ap.add_argument("--hook-latency", type=float, default=None, metavar="SECONDS",
                     help=f"CodeDeploy's delay between a lifecycle step and its next hook's invocation (default "
                          f"{HOOK_LATENCY_S:g}, or the scenario's; seconds on AWS)")
+    ap.add_argument("--template-timeouts", action="store_true", help="the functions' timeouts as the template sets "
+                    "them (AfterAllowTraffic 300 s, the others 900 s), for outages a function may wait out")
     ap.add_argument("--template", metavar="FILE.yaml", help="the installation's template, whose roles IAM gives the "
                     "functions (default: infra/template.yaml; the fleet's infra/fleet.yaml)")
     ap.add_argument("--report", metavar="FILE.html", help="also draw the deployment: one self-contained HTML page")
@@ -857,6 +871,7 @@ def main():
         if args.hook_latency is not None:
             r.hook_latency_s = args.hook_latency
         r.template = args.template
+        r.template_timeouts = args.template_timeouts
         if args.reconciler_timeout:
             r.reconciler_timeout_s = args.reconciler_timeout
         report = r.run()

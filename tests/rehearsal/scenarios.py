@@ -103,6 +103,8 @@ class Timeline:
         self.events = []
         self.out = out
         self.lock = threading.Lock()
+        # Told each phase as it is logged (the fault windows that start at a phase).
+        self.on_phase = None
 
     def at(self, t):
         return round((t - self.t0) * 1000)
@@ -112,6 +114,8 @@ class Timeline:
         with self.lock:
             self.events.append({"t_ms": self.at(t), "phase": phase, "event": text})
             print(f"[{(t - self.t0):8.3f}s] {phase:<22} {text}", file=self.out, flush=True)
+        if self.on_phase:
+            self.on_phase(phase)
 
 
 def short(arn):

@@ -75,8 +75,11 @@ DESCRIPTIONS = {
 
 class Faults:
     """Faults injected into the functions' calls (never into the rehearsal's own): per service, or per service and
-    operation, one kind with a rate. `elbv2=throttle:0.3,dynamodb=5xx:0.1,codedeploy=reset:0.05,lambda=latency:200`,
-    `elbv2.RegisterTargets=denied:1`; `*` is every service.
+    operation (a trailing `*` matches a prefix), one kind with a rate, all the time or for a window.
+    `elbv2=throttle:0.3,dynamodb=5xx:0.1,codedeploy=reset:0.05,lambda=latency:200`, `elbv2.RegisterTargets=denied:1`;
+    `*` is every service. `@PHASE+SECONDS` after the rate confines a rule to SECONDS (real ones, as the SDK's and the
+    functions' own waits are) from the moment the rehearsal's timeline first reaches PHASE: an outage,
+    `elbv2.Describe*=throttle:1@BeforeAllowTraffic+30` (ELB's reads refused for 30 s from the gate's invocation).
     Kinds: `throttle` (the service's real throttling error), `5xx` (a server error), `reset` (the connection is
     dropped without an answer), `timeout` (the call is never answered: the caller's own timeout must fire),
     `latency` (milliseconds added to every call), `denied` (the service's AccessDenied: a permission missing from
@@ -88,7 +91,8 @@ class Faults:
     SERVICES = ("elbv2", "dynamodb", "codedeploy", "lambda", "*")
 
     def __init__(self, spec=""):
-        self.rules = {}  # service or "service.Operation" -> [(kind, value)]
+        self.rules = []  # (service, operation or prefix*, kind, value, (phase, seconds) or None)
+        self.phases = {}  # phase -> when the timeline first reached it
         self.injected = {}
         self.moments = []  # (t, what) of each fault injected, for the picture
         self.lock = threading.Lock()
@@ -100,16 +104,37 @@ class Faults:
         for part in filter(None, (p.strip() for p in spec.split(","))):
             where, _, rest = part.partition("=")
             service, _, operation = where.partition(".")
+            rest, _, window = rest.partition("@")
             kind, _, value = rest.partition(":")
+            phase, _, seconds = window.partition("+")
             try:
                 number = float(value)
+                span = (phase, float(seconds)) if window else None
             except ValueError:
-                number = -1.0
+                number, span = -1.0, None
             if (service not in self.SERVICES or kind not in self.KINDS or number < 0
-                    or (kind != "latency" and number > 1) or (operation and not operation.isalnum())):
-                raise ValueError(f"bad fault {part!r}: expected SERVICE[.Operation]=KIND:RATE with SERVICE in "
-                                 f"{self.SERVICES}, KIND in {self.KINDS}, RATE in 0..1 (milliseconds for latency)")
-            self.rules.setdefault(where, []).append((kind, number))
+                    or (kind != "latency" and number > 1) or (operation and not operation.rstrip("*").isalnum())
+                    or (window and (span is None or not phase.isalnum() or span[1] <= 0))):
+                raise ValueError(f"bad fault {part!r}: expected SERVICE[.Operation]=KIND:RATE[@PHASE+SECONDS] with "
+                                 f"SERVICE in {self.SERVICES}, KIND in {self.KINDS}, RATE in 0..1 (milliseconds for "
+                                 f"latency)")
+            self.rules.append((service, operation, kind, number, span))
+
+    def phase_started(self, phase):
+        """The rehearsal's timeline reached `phase` (its first time starts the windows that name it)."""
+        with self.lock:
+            self.phases.setdefault(phase, time.monotonic())
+
+    def _applies(self, rule, service, op, now):
+        r_service, r_op, _kind, _value, span = rule
+        if r_service not in ("*", service):
+            return False
+        if r_op and not (op == r_op or (r_op.endswith("*") and op.startswith(r_op[:-1]))):
+            return False
+        if span is None:
+            return True
+        started = self.phases.get(span[0])
+        return started is not None and started <= now < started + span[1]
 
     def pick(self, caller, service, op=""):
         """The faults to apply to this call: a list of (kind, value)."""
@@ -117,10 +142,11 @@ class Faults:
             return []
         out = []
         key = (caller, service, op)
+        now = time.monotonic()
         with self.lock:
-            rules = self.rules.get(service, []) + self.rules.get(f"{service}.{op}", []) + self.rules.get("*", [])
-            for kind, value in rules:
-                if kind in self.TRANSIENT and self.streak.get(key, 0) >= self.MAX_STREAK:
+            for _s, _o, kind, value, span in (r for r in self.rules if self._applies(r, service, op, now)):
+                # An outage's window is a streak of its own: the cap is for faults at a rate.
+                if kind in self.TRANSIENT and span is None and self.streak.get(key, 0) >= self.MAX_STREAK:
                     continue
                 if kind == "latency" or self.random.random() < value:
                     out.append((kind, value))

@@ -213,12 +213,13 @@ def check_statements(paths):
 
 
 def without_statement(path, logical, sid):
-    """A copy of a template (in its folder, so that its relative paths hold) without one statement of a function's
-    role; the caller removes the file."""
+    """A copy of a template without one statement of a function's role, under target/ (never beside the templates,
+    which other checks read); the caller removes the file."""
     t = iam.load_template(path)
     for p in t["Resources"][logical]["Properties"]["Policies"]:
         p["Statement"] = [st for st in p["Statement"] if st.get("Sid") != sid]
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=os.path.dirname(path), delete=False) as copy:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=os.path.join(rehearse.ROOT, "target"),
+                                     delete=False) as copy:
         yaml.safe_dump(t, copy, sort_keys=False)
     return copy.name
 

@@ -2,7 +2,7 @@
 moto itself: an NLB's ARNs are spelled `net/` (moto: `app/`), a forward to several target groups on an NLB
 listener is refused with `ValidationError` (moto accepts it), a TCP health check is a connection (a target that
 accepts but speaks no HTTP is healthy there, unhealthy under an HTTP check), a group no listener routes to is
-`unused` (moto: `healthy`), a target is `initial` and `draining` for its own group's timing (moto: neither), ELB's buckets throttle reads and writes as documented (moto: never), and, when the benchmarks
+`unused` (moto: `healthy`), an outage window refuses every matching call while it lasts, a target is `initial` and `draining` for its own group's timing (moto: neither), ELB's buckets throttle reads and writes as documented (moto: never), and, when the benchmarks
 ask for it, concurrent calls overlap as AWS's do (moto: one after another).
 
     python test_standin.py
@@ -81,8 +81,29 @@ def check_buckets():
            == (40, 10))
 
 
+def check_fault_windows():
+    """An outage: a rule confined to a window opens when the timeline reaches its phase, refuses every matching call
+    (an operation's prefix) however many in a row, and closes after its seconds."""
+    f = standin.Faults("elbv2.Describe*=throttle:1@BeforeAllowTraffic+0.3")
+    refused = lambda op: [k for k, _ in f.pick("AKIDX", "elbv2", op)] == ["throttle"]  # noqa: E731
+    expect("an outage waits for its phase", not refused("DescribeTargetHealth"))
+    f.phase_started("BeforeAllowTraffic")
+    expect("then refuses every matching call, past the cap on faults in a row",
+           all(refused("DescribeTargetHealth") for _ in range(standin.Faults.MAX_STREAK * 3)))
+    expect("... by the operation's prefix only", refused("DescribeRules") and not refused("ModifyRule"))
+    time.sleep(0.35)
+    expect("and ends after its seconds", not refused("DescribeTargetHealth"))
+    for bad in ("elbv2=throttle:1@Gate", "elbv2=throttle:1@Gate+x", "elbv2=throttle:1@+5"):
+        try:
+            standin.Faults(bad)
+            expect(f"{bad!r} is refused", False)
+        except ValueError:
+            expect(f"{bad!r} is refused", True)
+
+
 def main():
     check_buckets()
+    check_fault_windows()
     procs.install_cleanup()
     r = rehearse.Rehearsal("happy", 1, None, open("/dev/null", "w"))
     try:

@@ -58,8 +58,10 @@ def check_env(function: str, env: dict):
             f"measured)")
 
 
-# Lambda's waits before the second and the third attempt of an asynchronous invocation (1 and 2 minutes on AWS).
+# Lambda's waits before the second and the third attempt of an asynchronous invocation (1 and 2 minutes on AWS),
+# as the rehearsal plays them, and as AWS has them (for a rehearsal on real time: an outage of real seconds).
 RETRY_DELAYS_S = (0.2, 0.4)
+AWS_RETRY_DELAYS_S = (60.0, 120.0)
 # A throttled asynchronous event is tried again after 1 s, backing off to 5 minutes (Lambda developer guide,
 # "How Lambda handles errors and retries with asynchronous invocation"), played at the scale above.
 THROTTLE_RETRY_S = (1 / 300, 300 / 300)
@@ -176,6 +178,7 @@ class LambdaHost:
         self.concurrency = {}
         self.running = {}  # function -> attempts running now
         self.throttled = {}  # function -> attempts that had to wait for a slot
+        self.retry_delays_s = RETRY_DELAYS_S
 
     def later(self, delay_s: float, fn):
         """Runs `fn` after `delay_s` (an event EventBridge delivers a little later), remembered so that `settle`
@@ -253,7 +256,7 @@ class LambdaHost:
         inv.retry = nxt
 
         def later():
-            time.sleep(RETRY_DELAYS_S[inv.attempt - 1])
+            time.sleep(self.retry_delays_s[inv.attempt - 1])
             try:
                 self._run(nxt, access_key)
             except procs.ShuttingDown:
@@ -286,7 +289,7 @@ class LambdaHost:
         finally:
             with self._lock:
                 self.running[inv.function] -= 1
-        if inv.response is None and inv.attempt <= len(RETRY_DELAYS_S):
+        if inv.response is None and inv.attempt <= len(self.retry_delays_s):
             self._retry(inv, access_key)
         inv.done.set()
         server.shutdown()

@@ -23,7 +23,7 @@ import procs
 import sides
 import standin
 from budget import elb_report
-from lambda_host import RETRY_DELAYS_S, LambdaHost
+from lambda_host import AWS_RETRY_DELAYS_S, LambdaHost
 from player import Player
 from probe import Probe
 
@@ -311,7 +311,7 @@ class Rehearsal(Player):
         # An outage: the product may wait it out, so its length counts too.
         bound += sum(span[1] for *_, span in self.world.faults.rules if span)
         if self.crash:
-            bound += sum(RETRY_DELAYS_S) + len(RETRY_DELAYS_S) * self.reconciler_timeout_s
+            bound += sum(self.host.retry_delays_s) + len(self.host.retry_delays_s) * self.reconciler_timeout_s
         return bound
 
     def settle(self):
@@ -488,7 +488,9 @@ class Rehearsal(Player):
             if self.template_timeouts:
                 self.host.timeouts[binary] = template.function_timeout(logical)
         if self.template_timeouts:
-            # CodeDeploy waits for a hook as long as the longest of them may run.
+            # Real time throughout: Lambda retries a failed attempt after its real 1 and 2 minutes, and CodeDeploy
+            # waits for a hook as long as the longest of them may run.
+            self.host.retry_delays_s = AWS_RETRY_DELAYS_S
             self.hook_timeout_s = max(t for f, t in self.host.timeouts.items() if f != "reconciler")
             self.reconciler_timeout_s = self.host.timeouts["reconciler"]
 

@@ -12,9 +12,10 @@ import re
 import subprocess
 import sys
 
-import yaml
-
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+# The rehearsal's reading of the templates (iam.py needs only PyYAML, which this venv has too).
+sys.path.insert(0, os.path.join(ROOT, "tests", "rehearsal"))
+import iam  # noqa: E402
 problems = []
 
 
@@ -23,27 +24,10 @@ def check(cond, message):
         problems.append(message)
 
 
-class CfnLoader(yaml.SafeLoader):
-    """Reads CloudFormation's short-form intrinsics (!Sub, !Ref, ...) as {"Fn::X": value}."""
-
-
-def _intrinsic(loader, suffix, node):
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
-    return {name: value}
-
-
-CfnLoader.add_multi_constructor("!", _intrinsic)
-
-
 def load(path):
-    with open(os.path.join(ROOT, path)) as f:
-        return yaml.load(f, Loader=CfnLoader)
+    """A template with CloudFormation's short-form intrinsics (!Sub, !Ref, ...) read as {"Fn::X": value}, as the
+    rehearsal's IAM reads it."""
+    return iam.load_template(os.path.join(ROOT, path))
 
 
 # The hooks crate's binaries that are not Lambda functions.

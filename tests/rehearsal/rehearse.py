@@ -98,6 +98,14 @@ class Rehearsal(Player):
         self.events_duplicated = 0
 
     # --- the emulated account --------------------------------------------------------------------------------
+    def start_account(self, health_checks=True):
+        """moto, the scenario's resources, and the emulated endpoint in front (its health checks real, or every
+        registered target passing when `health_checks` is off: a test with no task processes)."""
+        self.start_moto()
+        self.provision()
+        self.start_standin()
+        self.world.active_checks = health_checks
+
     def start_moto(self):
         port = procs.free_port()
         moto = os.path.join(os.path.dirname(sys.executable), "moto_server")
@@ -561,9 +569,7 @@ class Rehearsal(Player):
 
     def run(self):
         self.log("setup", f"scenario {self.name}: {self.spec['about']}")
-        self.start_moto()
-        self.provision()
-        self.start_standin()
+        self.start_account()
         self.start_host()
 
         blue_ips = self.start_tasks("blue")

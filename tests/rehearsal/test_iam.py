@@ -111,10 +111,7 @@ def check_wire():
     """A function's calls through the emulated endpoint, with its template.yaml role."""
     r = rehearse.Rehearsal("happy", 1, None, open(os.devnull, "w"))
     try:
-        r.start_moto()
-        r.provision()
-        r.start_standin()
-        r.world.active_checks = False
+        r.start_account(health_checks=False)
         r.host = rehearse.LambdaHost({}, {}, r.run_dir, {})
         r.install_template()
 

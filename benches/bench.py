@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "rehearsal"))
 
 import procs  # noqa: E402
 import rehearse  # noqa: E402
+import codedeploy  # noqa: E402
 import standin  # noqa: E402
 from lambda_host import QuietServer  # noqa: E402
 
@@ -191,7 +192,7 @@ class Bench:
         # the budget section below and the rehearsals enforce) would time the emulated throttling instead.
         r.world.buckets.enabled = False
         group = r.world.groups[("web", "web-bg")]
-        self.deployment = standin.Deployment("d-BENCH0001", group)
+        self.deployment = codedeploy.Deployment("d-BENCH0001", group)
         r.world.deployments[self.deployment.id] = self.deployment
         tg, ls = r.tgs, r.listeners
         # The public side after AllowTraffic, and the flip BeforeAllowTraffic planned, as our hooks record it.

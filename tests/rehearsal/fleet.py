@@ -22,6 +22,7 @@ import threading
 import time
 
 import observe
+import codedeploy
 import iam
 import rehearse
 import standin
@@ -128,7 +129,7 @@ class Fleet:
                 m.world.tg_lb[tg] = svc.lbs["public" if key.startswith("pub") else "private"]
             for key, arn in svc.listeners.items():
                 m.world.track_route(arn, svc.lbs[key.split("-")[0]])
-            m.world.groups[("web", svc.group)] = standin.DeploymentGroup(
+            m.world.groups[("web", svc.group)] = codedeploy.DeploymentGroup(
                 "web", svc.group, [f"pub-blue-{svc.name}", f"pub-green-{svc.name}"],
                 (svc.listeners["public-prod"], svc.listeners["public-test"]), ("rehearsal", svc.service),
                 svc.termination_wait_s)

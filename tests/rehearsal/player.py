@@ -10,7 +10,7 @@ import urllib.request
 
 import observe
 import procs
-import standin
+import codedeploy
 from scenarios import CONFIGS, ROLLBACK_REMOVAL_DELAY_S, TASK_PORT, access_key, fmt_route
 
 
@@ -160,7 +160,7 @@ class Player:
     def play(self):
         group = self.world.groups[("web", self.spec.get("group", "web-bg"))]
         self.service = group.service[1]
-        self.deployment = standin.Deployment(self.deployment_id, group)
+        self.deployment = codedeploy.Deployment(self.deployment_id, group)
         self.deployment.config_name = CONFIGS[self.config][3]
         self.world.deployments[self.deployment.id] = self.deployment
         d = self.deployment

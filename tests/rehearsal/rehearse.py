@@ -18,6 +18,7 @@ import urllib.request
 import boto3
 from botocore.config import Config as BotoConfig
 
+import codedeploy
 import iam
 import procs
 import sides
@@ -207,7 +208,7 @@ class Rehearsal(Player):
         for key, arn in self.listeners.items():
             self.world.track_route(arn, self.lbs[key.split("-")[0]])
         for group, service in (("web-bg", "web"), ("web-bg-unbound", "web-unbound")):
-            self.world.groups[("web", group)] = standin.DeploymentGroup(
+            self.world.groups[("web", group)] = codedeploy.DeploymentGroup(
                 "web", group, ["pub-blue", "pub-green"],
                 (self.listeners["public-prod"], self.listeners["public-test"]), ("rehearsal", service),
                 self.termination_wait_s)

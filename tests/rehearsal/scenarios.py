@@ -10,6 +10,11 @@ REGION = "eu-west-1"
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TASK_PORT = 18080
 TERMINATION_WAIT_S = 2.0
+# AWS's seconds as the rehearsal plays them: a target group's timing (its health check interval and thresholds,
+# its deregistration delay) and CodeDeploy's termination wait, given in AWS's seconds or minutes, pass this many
+# times faster here, so that the default group's 300 s drain lasts 1 s (Lambda's retry waits are played at the same
+# scale, lambda_host.RETRY_DELAYS_S).
+TIME_SCALE = 1.0 / 300
 HOOK_TIMEOUT_S = 60.0
 # CodeDeploy's latency between a lifecycle step and its next hook's invocation (Lambda's invoke included): on AWS
 # seconds, which no page promises. The private side must follow the public reroute, not the hook that comes after

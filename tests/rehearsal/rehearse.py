@@ -818,6 +818,8 @@ def main():
     ap.add_argument("--elb-buckets", choices=sorted(standin.BUCKET_SETTINGS), default="current",
                     help="the account's ELB buckets: current (Describe* 200 refilled at 50/s, Register/Deregister 20 at "
                          "4/s, Modify* 20 at 3/s, as documented) or tight (Describe* 40 at 10/s, writes 10 at 2/s)")
+    ap.add_argument("--elb-reads-per-s", type=float, default=None, metavar="B", help="the installation's ELB read "
+                    "budget (BLUEGREEN_MIRROR_ELB_READS_PER_S; default: the functions' own)")
     ap.add_argument("--hook-latency", type=float, default=None, metavar="SECONDS",
                     help=f"CodeDeploy's delay between a lifecycle step and its next hook's invocation (default "
                          f"{HOOK_LATENCY_S:g}, or the scenario's; seconds on AWS)")
@@ -859,9 +861,9 @@ def main():
             f = fleet.Fleet(args.services, args.deployments, min(args.tasks, 2), 4.0 if args.neighbour is None
                             else args.neighbour, args.minute or (12.0 if idle else 10.0), out, args.lane,
                             args.idle)
-            f.reconciler_timeout_s = args.reconciler_timeout
+            f.reconciler_timeout_s, f.main.template = args.reconciler_timeout, args.template
             f.main.elb_buckets = args.elb_buckets
-            f.main.template = args.template
+            f.main.elb_reads_per_s = args.elb_reads_per_s or f.main.elb_reads_per_s
             report = f.run()
         except ValueError as e:
             ap.error(str(e))
@@ -874,13 +876,11 @@ def main():
         return 0 if report["passed"] else 1
     try:
         r = Rehearsal(args.scenario, args.tasks, args.config, out, args.faults, args.crash, args.lane)
-        r.neighbour_per_s = args.neighbour or 0.0
-        r.elb_buckets = args.elb_buckets
+        r.neighbour_per_s, r.elb_buckets, r.elb_reads_per_s = args.neighbour or 0.0, args.elb_buckets, args.elb_reads_per_s
         r.minute_s = args.minute or MINUTE_S
         if args.hook_latency is not None:
             r.hook_latency_s = args.hook_latency
-        r.template = args.template
-        r.template_timeouts = args.template_timeouts
+        r.template, r.template_timeouts = args.template, args.template_timeouts
         if args.reconciler_timeout:
             r.reconciler_timeout_s = args.reconciler_timeout
         report = r.run()

@@ -4,6 +4,7 @@
 pub mod arn;
 pub mod binding;
 pub mod compat;
+pub mod follower;
 pub mod lane;
 pub mod mirror;
 pub mod pacing;

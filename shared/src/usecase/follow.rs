@@ -11,23 +11,15 @@ use super::reconcile::{on_every_side, Reconciled};
 use super::{Engine, ReadOnce, Tracker};
 use crate::clock::now_ms;
 use crate::config::{Binding, RouteRef};
+use crate::domain::follower::{Duty, Follower, Found, Next};
 use crate::domain::{
-    follower_reads_per_s, full_reconcile_fits, next_read as next_read_in, pacing::PROCESS_SHARE, Census, CensusEntry,
-    FollowerLease, Observed, Pacing, Phase, Progress, Route, TrafficShift,
+    follower_reads_per_s, pacing::PROCESS_SHARE, CensusEntry, FollowerLease, Observed, Phase, Route, TrafficShift,
 };
 use crate::harness::Budget;
 use crate::ports::{
     Coordination, DeploymentGroupFacts, Deployments, FollowRequest, Followers, LoadBalancers, Saved, StateStore,
 };
 use crate::{Error, Result};
-
-/// How the follower paces what is not a read of the public listener: a full reconcile (membership, test route)
-/// now and then, a look at whether the deployment is over, the lease's heartbeat (stale after 5 s).
-/// Membership changes while traffic shifts come with ECS task events and the scheduled sweep, so the follower's
-/// own full reconcile is a safety net: once a minute, it had been half of what a follower read.
-const FULL_RECONCILE_EVERY: Duration = Duration::from_secs(300);
-const STATUS_EVERY: Duration = Duration::from_secs(5);
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
 /// What the follower has read of the public route and made the private side mirror.
 #[derive(Debug, Default)]
@@ -64,8 +56,6 @@ struct FollowStep {
     moved: bool,
     /// There was a previous read to differ from (the first read is not a move).
     seen_before: bool,
-    /// A full reconcile ran.
-    full: bool,
     /// The public route sends everything to one target group.
     settled: bool,
 }
@@ -211,150 +201,105 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         // gets round to it after the reroute (seconds on AWS), and the private side moves when the reroute is
         // read, not then. AfterAllowTraffic still verifies, and flips by itself when no follower runs.
         t.note(format!("following deployment {} of {} ({shift:?})", req.deployment_id, b.label()));
-        let mut pacing = Pacing::default();
-        // Where the schedule stood at the last read: a full reconcile waits for a moment away from any move.
-        let mut progress = Progress::default();
-        let started = Instant::now();
-        // A successor carries on with its predecessor's schedule: when the weights last moved.
-        let inherited = (lease.last_move_ms > 0).then(|| now_ms().saturating_sub(lease.last_move_ms));
-        let handover_at = budget.deadline() - (budget.remaining() / 4).min(Duration::from_secs(30));
-        // What the private side was last made to mirror, and when the public weights were last seen to move.
-        // The gate mirrored everything just before the follower was started: the first read only takes a baseline
-        // (one read of each route), and the first full reconcile comes a period later.
+        // A successor carries on with its predecessor's schedule: when the weights last moved. The gate mirrored
+        // everything just before the follower was started: the first read only takes a baseline.
+        let inherited = (lease.last_move_ms > 0).then_some(lease.last_move_ms);
+        // The schedule's clock: the lease's wall clock at the start, carried on by the runtime's monotonic one (which
+        // is also the one its sleeps and timeouts keep).
+        let (wall, origin) = (now_ms(), Instant::now());
+        let clock = move || wall + u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let deadline = clock() + u64::try_from(budget.remaining().as_millis()).unwrap_or(u64::MAX);
+        let mut schedule = Follower::new(shift, self.config.elb_reads_per_s, clock(), deadline, inherited);
         let mut seen = Followed { prefetched: first.ok(), ..Default::default() };
-        let mut last_move = inherited.and_then(|ago| started.checked_sub(Duration::from_millis(ago)));
-        let mut last_read_at = None::<Instant>;
-        let (mut next_read, mut next_full, mut next_status, mut next_beat) =
-            (started, started + FULL_RECONCILE_EVERY, started + STATUS_EVERY, started + HEARTBEAT_EVERY);
-        let mut handing_over = false;
-        // Counted in the census right after the first step, so that the first read is not delayed by it.
-        let (mut next_census, mut share) = (started, Share::default());
-        let mut failures = 0u32;
-        // What this follower may read a second: the followers' whole rate until the census says how many share it.
-        let mut share_per_s = follower_reads_per_s(self.config.elb_reads_per_s, 1);
+        let mut share = Share::default();
+        let mut found = Found::Nothing;
         let followed: Result<()> = async {
             loop {
-                let now = Instant::now();
-                if now >= next_read {
-                    // A transient failure (throttling that outlasted the SDK's retries, a 5xx) costs one read, not
-                    // the follower: the next read comes later the more reads failed in a row.
-                    let full = now >= next_full && full_reconcile_fits(&shift, &progress, share_per_s);
-                    // A read held by the pace past the budget ends this follower, not the invocation: whatever
-                    // the step left half done, the successor (or the schedule) finds and mirrors.
-                    let step = self.follow_step(b, &mut group, &public_ref, &mut seen, full, t);
-                    let Ok(step) = tokio::time::timeout_at(budget.deadline() - pacing.fast, step).await else {
-                        t.note("the budget ended during a paced read; the successor carries on".to_string());
-                        return Ok(());
-                    };
-                    let after = Instant::now();
-                    match step {
-                        Ok(step) => {
-                            failures = 0;
-                            // The schedule is anchored on the earliest moment the move can have happened, so that a
-                            // move seen late never delays the fast reads around the next one: the read before (the
-                            // move came after it), or, for a route already split at the first read, the follower's
-                            // start (the gate that started it reported just before AllowTraffic began).
-                            // A move seen and mirrored: the private weights lagged at most from the read that had
-                            // not yet seen it to the write now done.
-                            if step.moved && step.seen_before && seen.mirrored.is_some() {
-                                if let Some(before) = last_read_at {
-                                    t.followed_move(after - before);
-                                }
+                let step = schedule.step(found, clock());
+                if let Some(lag) = step.followed_move {
+                    t.followed_move(lag);
+                }
+                if let Some(at) = schedule.last_move() {
+                    lease.last_move_ms = at;
+                }
+                found = match step.next {
+                    Next::Stop => return Ok(()),
+                    Next::SleepUntil(at) => {
+                        tokio::time::sleep(Duration::from_millis(at.saturating_sub(clock()))).await;
+                        Found::Nothing
+                    }
+                    Next::Do(Duty::Read { full }) => {
+                        // A read held by the pace past the budget ends this follower, not the invocation: whatever
+                        // the step left half done, the successor (or the schedule) finds and mirrors.
+                        let by = Duration::from_millis(schedule.read_by().saturating_sub(clock()));
+                        match tokio::time::timeout(by, self.follow_step(b, &mut group, &public_ref, &mut seen, full, t))
+                            .await
+                        {
+                            Err(_) => {
+                                t.note("the budget ended during a paced read; the successor carries on".to_string());
+                                Found::Done
                             }
-                            let first_split = !step.seen_before && last_move.is_none() && !step.settled;
-                            if (step.moved && step.seen_before) || first_split {
-                                let anchor = if first_split { started } else { last_read_at.unwrap_or(now) };
-                                last_move = Some(anchor);
-                                lease.last_move_ms = now_ms().saturating_sub(anchor.elapsed().as_millis() as u64);
-                            }
-                            last_read_at = Some(now);
-                            if step.full {
-                                next_full = after + FULL_RECONCILE_EVERY;
-                            }
-                            progress = Progress {
-                                since_start: after - started,
-                                since_last_move: last_move.map(|m| after - m),
+                            Ok(Ok(step)) => Found::Read {
+                                moved: step.moved,
+                                seen_before: step.seen_before,
                                 settled: step.settled,
-                            };
-                            // A held-back move is retried at the next fast read, not when the public side moves again.
-                            let wait = if seen.mirrored.is_none() {
-                                pacing.fast
-                            } else {
-                                next_read_in(&shift, &progress, &pacing)
-                            };
-                            next_read = after + wait;
-                        }
-                        Err(e) if e.is_transient() => {
-                            failures += 1;
-                            let wait = pacing.after_failures(failures);
-                            t.note(format!("follower read failed, reading again in {} ms: {e}", wait.as_millis()));
-                            next_read = after + wait;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                if Instant::now() >= next_census {
-                    next_census = Instant::now() + Duration::from_millis(Census::BEAT_MS);
-                    if let Some(per_s) = self.count_in(owner, &mut share, t).await {
-                        pacing = Pacing::default().sharing(per_s);
-                        share_per_s = per_s;
-                    }
-                }
-                if Instant::now() >= next_status {
-                    next_status = Instant::now() + STATUS_EVERY;
-                    if let Some(public) = &seen.mirrored {
-                        if let Some(over) = self.deployment_over(req, public).await {
-                            // AfterAllowTraffic verified every side and re-mirrored membership when it recorded
-                            // its phase: a reconcile now would read the same again. A deployment CodeDeploy ended
-                            // otherwise (a stop, a rollback) has had no such check.
-                            if over == Over::Unverified {
-                                let g = self.group_once(b, &mut group).await?;
-                                self.reconcile(b, g, t).await?;
+                                mirrored: seen.mirrored.is_some(),
+                            },
+                            // A transient failure (throttling that outlasted the SDK's retries, a 5xx) costs one read,
+                            // not the follower.
+                            Ok(Err(e)) if e.is_transient() => {
+                                t.note(format!("follower read failed, reading again later: {e}"));
+                                Found::ReadFailed
                             }
-                            self.release_lease(&mut lease).await;
-                            t.note(format!("deployment {} is over; follower done", req.deployment_id));
-                            return Ok(());
+                            Ok(Err(e)) => return Err(e),
                         }
                     }
-                }
-                if Instant::now() >= next_beat {
-                    next_beat = Instant::now() + HEARTBEAT_EVERY;
-                    if !self.renew(&mut lease, handing_over, t).await? {
-                        t.note("follower lease taken over; stopping".to_string());
-                        return Ok(());
+                    Next::Do(Duty::CountIn) => match self.count_in(owner, &mut share, t).await {
+                        Some(live) => Found::Followers(live),
+                        None => Found::Nothing,
+                    },
+                    Next::Do(Duty::CheckOver) => {
+                        let over = match &seen.mirrored {
+                            Some(public) => self.deployment_over(req, public).await,
+                            None => None,
+                        };
+                        match over {
+                            // AfterAllowTraffic verified every side and re-mirrored membership when it recorded its
+                            // phase: a reconcile now would read the same again. A deployment CodeDeploy ended
+                            // otherwise (a stop, a rollback) has had no such check.
+                            Some(over) => {
+                                if over == Over::Unverified {
+                                    let g = self.group_once(b, &mut group).await?;
+                                    self.reconcile(b, g, t).await?;
+                                }
+                                self.release_lease(&mut lease).await;
+                                t.note(format!("deployment {} is over; follower done", req.deployment_id));
+                                Found::Done
+                            }
+                            None => Found::Nothing,
+                        }
                     }
-                }
-                if !handing_over && Instant::now() >= handover_at {
-                    // The flag goes out before the successor is started, so that it finds the lease open to take.
-                    handing_over = true;
-                    if !self.renew(&mut lease, true, t).await? {
-                        return Ok(());
+                    Next::Do(Duty::Renew { handover }) => match self.renew(&mut lease, handover, t).await? {
+                        true => Found::Nothing,
+                        false => {
+                            t.note("follower lease taken over; stopping".to_string());
+                            Found::Done
+                        }
+                    },
+                    Next::Do(Duty::HandOver) => {
+                        if self.renew(&mut lease, true, t).await? {
+                            self.leave_census(owner, &mut share).await;
+                            match self.followers.start(req).await {
+                                Ok(true) => t.note("handing over to a fresh follower before the deadline".to_string()),
+                                Ok(false) => t.note("no follower function configured to hand over to".to_string()),
+                                Err(e) => t.note(format!("could not start the next follower: {e}")),
+                            }
+                            Found::Nothing
+                        } else {
+                            Found::Done
+                        }
                     }
-                    next_beat = Instant::now() + HEARTBEAT_EVERY;
-                    // Out of the census first, so that the successor does not count its predecessor and read at
-                    // half its share.
-                    self.leave_census(owner, &mut share).await;
-                    next_census = budget.deadline() + Duration::from_secs(3600);
-                    match self.followers.start(req).await {
-                        Ok(true) => t.note("handing over to a fresh follower before the deadline".to_string()),
-                        Ok(false) => t.note("no follower function configured to hand over to".to_string()),
-                        Err(e) => t.note(format!("could not start the next follower: {e}")),
-                    }
-                }
-                let wake = [
-                    next_read,
-                    next_census,
-                    next_status,
-                    next_beat,
-                    if handing_over { next_beat } else { handover_at },
-                ]
-                .into_iter()
-                .min()
-                .unwrap_or(next_read);
-                if budget.remaining() <= wake.saturating_duration_since(Instant::now()) + pacing.fast {
-                    return Ok(());
-                }
-                tokio::time::sleep_until(wake).await;
+                };
             }
         }
         .await;
@@ -366,7 +311,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
 
     /// Writes this follower's heartbeat to the installation's census and paces its reads as one of the followers
     /// live now. A census that cannot be written leaves the pace as it was: the per-process bucket still holds.
-    async fn count_in(&self, owner: &str, share: &mut Share, t: &Tracker) -> Option<f64> {
+    async fn count_in(&self, owner: &str, share: &mut Share, t: &Tracker) -> Option<usize> {
         let now = now_ms();
         let entry = CensusEntry {
             owner: owner.to_string(),
@@ -384,7 +329,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
                 self.lb.pace_reads(per_s);
                 t.note(format!("{live} follower(s) at once: reading ELB at {per_s:.2} a second"));
                 share.live = live;
-                Some(per_s)
+                Some(live)
             }
             Err(e) => {
                 t.note(format!("follower census not written ({e}); reading at the pace as it was"));
@@ -448,7 +393,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             }
             seen.mirrored = if r.held_back.is_empty() { Some(public.clone()) } else { None };
         }
-        Ok(FollowStep { moved: public_moved, seen_before, full: full_due, settled: public.live().len() <= 1 })
+        Ok(FollowStep { moved: public_moved, seen_before, settled: public.live().len() <= 1 })
     }
 
     /// The deployment group's setup, read once.

@@ -25,9 +25,9 @@ pub const MANAGED_TAG: &str = "bluegreen-mirror:managed";
 /// The metrics' namespace when `BLUEGREEN_MIRROR_METRICS_NAMESPACE` is not set.
 pub const DEFAULT_NAMESPACE: &str = "BluegreenMirror";
 
-/// The installation's share of the account's ELB `Describe*` budget (refilled at 50 a second since March 2026, for
-/// everything in the account), averaged over all functions.
-const DEFAULT_ELB_READS_PER_S: f64 = 2.0;
+/// The installation's share of the account's ELB `Describe*` budget, averaged over all functions: a tenth of the
+/// bucket's refill (50 a second since March 2026, for everything in the account).
+const DEFAULT_ELB_READS_PER_S: f64 = 5.0;
 /// How often the schedule wakes the reconciler (the template's `rate(1 minute)`).
 const DEFAULT_SCHEDULE: Duration = Duration::from_secs(60);
 const DEFAULT_POLL: Duration = Duration::from_secs(2);

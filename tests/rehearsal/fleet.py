@@ -29,6 +29,8 @@ import standin
 from probe import Probe
 
 CONFIG_MIX = ("Linear10Percent", "Canary10Percent", "AllAtOnce")
+# The functions' own BLUEGREEN_MIRROR_ELB_READS_PER_S default (shared/src/config.rs): a tenth of the Describe* refill.
+DEFAULT_ELB_READS_PER_S = 5.0
 # The shortest of the templates' hook timeouts (AfterAllowTraffic's; AfterInstall and BeforeAllowTraffic have 900).
 HOOK_TIMEOUT_S = 300.0
 
@@ -54,7 +56,7 @@ class Fleet:
         if idle_minutes is not None:
             # Everything on the rehearsal's clock: the schedule once a minute, the budget scaled to match.
             self.main.schedule_s = minute_s
-            self.main.elb_reads_per_s = 2.0 * 60.0 / minute_s
+            self.read_budget(None)
         self.neighbour_per_s = neighbour_per_s
         self.stagger_s = 8.0
         self.log = self.main.log
@@ -141,6 +143,14 @@ class Fleet:
         m.endpoint = f"http://127.0.0.1:{m.server.server_address[1]}"
         m.elb = m.client("elbv2", m.endpoint, "CODEDEPLOY")
         self.log("setup", f"emulated AWS endpoint {m.endpoint}, ELB buckets {m.elb_buckets} {m.world.buckets.figures}")
+
+    def read_budget(self, per_s):
+        """The installation's ELB read budget: `per_s` (None: the functions' default), scaled to the rehearsal's clock
+        when the idle fleet plays everything on it."""
+        if self.idle_minutes is not None:
+            self.main.elb_reads_per_s = (per_s or DEFAULT_ELB_READS_PER_S) * 60.0 / self.main.minute_s
+        elif per_s:
+            self.main.elb_reads_per_s = per_s
 
     def share(self, svc):
         """The shared parts, handed to a service's player."""

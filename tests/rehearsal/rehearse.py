@@ -863,7 +863,7 @@ def main():
                             args.idle)
             f.reconciler_timeout_s, f.main.template = args.reconciler_timeout, args.template
             f.main.elb_buckets = args.elb_buckets
-            f.main.elb_reads_per_s = args.elb_reads_per_s or f.main.elb_reads_per_s
+            f.read_budget(args.elb_reads_per_s)
             report = f.run()
         except ValueError as e:
             ap.error(str(e))

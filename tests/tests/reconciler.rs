@@ -637,9 +637,9 @@ async fn a_follower_reads_at_its_share_of_the_installations_budget_and_leaves_it
     let follower = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(600)), &t);
     let (followed, ()) = tokio::join!(follower, shift_linearly(&w));
     followed.expect("follower");
-    // With the default budget of 2 reads a second, the twenty followers share 3 a second; then the process has
+    // With the default budget of 5 reads a second, the twenty followers share 7.5 a second; then the process has
     // its own pace back.
-    assert_eq!(w.elb.paces(), vec![0.15, 3.0], "{:?}", t.snapshot().notes);
+    assert_eq!(w.elb.paces(), vec![0.375, 7.5], "{:?}", t.snapshot().notes);
     let census = w.state.census_now();
     assert!(!census.heartbeats.contains_key("req-1"), "the follower left the census: {census:?}");
     assert!(!census.heartbeats.contains_key("gone"), "and dropped the long-gone entry: {census:?}");

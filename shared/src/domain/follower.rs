@@ -18,7 +18,6 @@ pub const FULL_RECONCILE_EVERY: Duration = Duration::from_secs(300);
 pub const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// The lease's heartbeat (a lease goes stale after 5 s).
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
-const _M: () = ();
 
 /// One thing the driver does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -145,11 +145,6 @@ impl Follower {
         self.last_move
     }
 
-    /// The read rate this follower keeps to (its share of the followers' rate).
-    pub fn reads_per_s(&self) -> f64 {
-        self.share_per_s
-    }
-
     /// When a read under way must have answered: past it the budget is gone.
     pub fn read_by(&self) -> u64 {
         self.deadline.saturating_sub(ms(self.pacing.fast))

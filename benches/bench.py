@@ -448,6 +448,9 @@ class Bench:
                        "bindings_checked": r["bindings_checked"], "throttled": r["throttled"], "passed": r["passed"]}
         self.say(f"  idle fleet of {services}: {r['describe_per_emulated_s']} Describe/s over {minutes} emulated "
                  f"minutes, {r['bindings_checked']} bindings checked")
+        out["idle_1000"] = sweep_figures()
+        self.say(f"  idle fleet of 1,000 (the engine on the test runtime's clock): {out['idle_1000']['describe_per_s']} "
+                 f"Describe/s, every binding checked in {out['idle_1000']['rotation_minutes']} minutes")
         out["fleets"] = {}
         # Fleets on the rehearsal's dense clock (CodeDeploy's minute as 10 s, ten times an account's density), and
         # in full mode 5 and 20 at once on AWS's clock too. In quick mode a report of the same scenario that has
@@ -510,9 +513,23 @@ TARGETS = [
      lambda j: None if j["budget"]["minute_s"] != 60 else all(v["describe_per_s"] is not None and v["describe_per_s"] <= 1 and v["max_weight_lag_ms"] <= 1000
                    for k, v in j["budget"].items() if k.startswith("follower_"))),
     ("idle bindings ≤ 1 ELB Describe/s in all", lambda j: j["elb_describe_per_s"]["idle_100_bindings"] <= 1),
+    ("1,000 idle bindings: each checked every 15 minutes at ≤ 5 ELB Describe/s in all",
+     lambda j: j["budget"]["idle_1000"]["rotation_minutes"] <= 15 and j["budget"]["idle_1000"]["describe_per_s"] <= 5),
     ("fleet: neighbour never throttled, lag ≤ 1 s", lambda j: j["elb_describe_per_s"]["fleet"]["neighbour_throttles"] == 0
      and j["elb_describe_per_s"]["fleet"]["worst_lag_ms"] <= 1000),
 ]
+
+
+def sweep_figures():
+    """The scheduled sweep over 1,000 idle bindings: the engine's own code against the in-memory ELB, each run on
+    the test runtime's clock (tests/tests/sweep.rs prints them; no fleet of that size fits on loopback)."""
+    p = subprocess.run(["cargo", "test", "--locked", "-q", "-p", "bluegreen-mirror-tests", "--test", "sweep",
+                        "sweep_of_a_thousand_idle_bindings", "--", "--nocapture"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=3600)
+    line = next((x for x in p.stdout.splitlines() if x.startswith("sweep figures: ")), None)
+    if p.returncode or line is None:
+        raise RuntimeError(f"the sweep's figures: cargo test exited {p.returncode}: {p.stdout[-400:]}{p.stderr[-400:]}")
+    return json.loads(line[len("sweep figures: "):])
 
 
 def table(j):
@@ -560,6 +577,9 @@ def table(j):
     i = b["idle"]
     lines.append(f"  {'idle ' + str(i['bindings']) + ' bindings':<20}{i['describe_per_s']:>8}  over "
                  f"{i['emulated_minutes']} emulated minutes, {i['bindings_checked']} bindings checked")
+    k = b["idle_1000"]
+    lines.append(f"  {'idle 1000 bindings':<20}{k['describe_per_s']:>8}  every binding in {k['rotation_minutes']} minutes, "
+                 f"{k['per_run']} a run, {k['describe_per_check']} reads a check (the engine on a simulated clock)")
     lines.append(f"  {'fleet':<12}{'minute':>8}{'bindings':>9}{'at once':>9}{'ours/s':>8}{'peak':>6}{'throttled':>11}"
                  f"{'neighbour':>11}{'worst lag':>11}")
     for v in b["fleets"].values():

@@ -247,7 +247,13 @@ def check_fleet(consts):
     check(set(env) <= set(consts.values()), f"fleet.yaml sets {sorted(set(env) - set(consts.values()))}, unknown to config.rs")
     check(consts["ENV_BINDINGS"] not in env, "fleet.yaml must not set the bindings: they are stored in the table")
     with open(os.path.join(ROOT, "shared", "src", "config.rs")) as f:
-        check(f'MANAGED_TAG: &str = "{MANAGED_TAG}"' in f.read(), f"config.rs does not name the tag {MANAGED_TAG}")
+        config_rs = f.read()
+    check(f'MANAGED_TAG: &str = "{MANAGED_TAG}"' in config_rs, f"config.rs does not name the tag {MANAGED_TAG}")
+    # The fleet's default read budget is the functions' own (the rehearsal's idle fleet scales it to its clock).
+    default = re.search(r"const DEFAULT_ELB_READS_PER_S: f64 = ([0-9.]+);", config_rs)
+    check(default is not None and float(default.group(1)) == float(t["Parameters"]["ElbReadsPerSecond"]["Default"]),
+          f"fleet.yaml's ElbReadsPerSecond default {t['Parameters']['ElbReadsPerSecond']['Default']} is not "
+          f"config.rs's DEFAULT_ELB_READS_PER_S {default.group(1) if default else '(not found)'}")
     for name, f in functions.items():
         for st in f["Properties"]["Policies"][0]["Statement"]:
             actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]

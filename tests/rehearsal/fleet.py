@@ -18,6 +18,8 @@ factor, so calls per emulated second are the figure AWS would see). It passes wh
 every binding the sweep checked was found in sync."""
 
 import json
+import os
+import random
 import threading
 import time
 
@@ -29,14 +31,17 @@ import standin
 from probe import Probe
 
 CONFIG_MIX = ("Linear10Percent", "Canary10Percent", "AllAtOnce")
-# The functions' own BLUEGREEN_MIRROR_ELB_READS_PER_S default (shared/src/config.rs): a tenth of the Describe* refill.
-DEFAULT_ELB_READS_PER_S = 5.0
+# The installation's ELB read budget as fleet.yaml deploys it by default (tests/infra/check_infra.py holds that to
+# the functions' own default in shared/src/config.rs).
+DEFAULT_ELB_READS_PER_S = float(iam.load_template(os.path.join(rehearse.ROOT, "infra", "fleet.yaml"))
+                                ["Parameters"]["ElbReadsPerSecond"]["Default"])
 # The shortest of the templates' hook timeouts (AfterAllowTraffic's; AfterInstall and BeforeAllowTraffic have 900).
 HOOK_TIMEOUT_S = 300.0
 
 
 class Fleet:
-    def __init__(self, services, deployments, tasks, neighbour_per_s, minute_s, out, lane=0, idle_minutes=None):
+    def __init__(self, services, deployments, tasks, neighbour_per_s, minute_s, out, lane=0, idle_minutes=None,
+                 together=False):
         if not 0 <= deployments <= services or not 1 <= services <= 120:
             raise ValueError("--services must be in 1..=120 and --deployments between 0 and --services")
         if (deployments == 0) != (idle_minutes is not None):
@@ -57,6 +62,9 @@ class Fleet:
             # Everything on the rehearsal's clock: the schedule once a minute, the budget scaled to match.
             self.main.schedule_s = minute_s
             self.read_budget(None)
+        if together and not deployments:
+            raise ValueError("--together needs deployments")
+        self.together = together
         self.neighbour_per_s = neighbour_per_s
         self.stagger_s = 8.0
         self.log = self.main.log
@@ -71,6 +79,11 @@ class Fleet:
         private_listeners = {name: elb.create_listener(LoadBalancerArn=private, Protocol="HTTP", Port=port,
                                                        DefaultActions=fixed)["Listeners"][0]["ListenerArn"]
                              for name, port in (("prod", 80), ("test", 8080))}
+        if self.together:
+            # A rule of another tool's on the shared internal ALB, which a neighbour rewrites every 2 s.
+            self.neighbour_rule = elb.create_rule(
+                ListenerArn=private_listeners["prod"], Priority=1000, Actions=fixed,
+                Conditions=[{"Field": "host-header", "HostHeaderConfig": {"Values": ["other.internal"]}}])["Rules"][0]["RuleArn"]
         bindings = []
         for k in range(1, self.n + 1):
             svc = rehearse.Rehearsal("happy", self.tasks, None, m.log.out, lane=m.lane)
@@ -192,13 +205,23 @@ class Fleet:
             if not svc.wait_healthy(svc.tgs["pub-blue"], [svc.task_ip("blue", i) for i in range(1, svc.tasks + 1)]):
                 raise RuntimeError(f"{svc.name}: blue tasks did not become healthy")
         self.log("setup", f"{sum(s.tasks for s in self.services)} blue tasks serving on both sides")
+        if self.together:
+            # Every deployment a canary, each public move waiting for the others': the ten-percent moves in the same
+            # second, then the hundred-percent ones, each time later than the interval by a delay no follower can
+            # know (up to half the interval).
+            pause = rehearse.CONFIGS["Canary10Percent"][2] * m.minute_s
+            barrier = threading.Barrier(len(deploying), action=lambda: time.sleep(random.uniform(0, pause / 2)))
         for i, svc in enumerate(deploying):
-            svc.config = CONFIG_MIX[i % len(CONFIG_MIX)]
+            svc.config = "Canary10Percent" if self.together else CONFIG_MIX[i % len(CONFIG_MIX)]
+            svc.move_together = barrier if self.together else None
             svc.probe = Probe(m.world, {"public": (svc.listeners["public-prod"], svc.lbs["public"]),
                                         "private": (svc.listeners["private-prod"], svc.lbs["private"])},
                               period_s=0.1)
             svc.probe.start()
         m.start_neighbour(self.neighbour_per_s, [tg for s in self.services for tg in s.tgs.values()])
+        if self.together and m.neighbour:
+            m.neighbour.write_every(self.neighbour_rule, 2.0)
+            self.log("setup", "the neighbour also rewrites a rule of its own on the shared internal ALB every 2 s")
         time.sleep(0.5)
         t0 = time.monotonic()
         threading.Thread(target=m.schedule, daemon=True).start()
@@ -264,7 +287,7 @@ class Fleet:
                       for r in rows)
                   and worst_lag <= 1000 and neighbour_throttles == 0 and not refused)
         return {
-            "scenario": "fleet", "services": self.n, "deployments": self.d, "tasks": self.tasks,
+            "scenario": "fleet", "services": self.n, "deployments": self.d, "tasks": self.tasks, "together": self.together,
             "minute_s": m.minute_s, "outcome": "succeeded" if passed else "failed", "expected_outcome": "succeeded",
             "passed": passed, "invariants_held": all(r["invariants_held"] for r in rows),
             "private_dark_ms": max((r["private_dark_ms"] for r in rows), default=0),
@@ -315,6 +338,17 @@ class Fleet:
             "elb": elb, "iam": iam.report_of(m.world.iam),
             "timeline": self.log.events, "logs": rehearse.os.path.relpath(m.run_dir, rehearse.ROOT),
         }
+
+
+def from_args(args, out):
+    """The fleet the command line asks for, run: its report."""
+    idle = args.deployments == 0
+    f = Fleet(args.services, args.deployments, min(args.tasks, 2), 4.0 if args.neighbour is None else args.neighbour,
+              args.minute or (12.0 if idle else 10.0), out, args.lane, args.idle, args.together)
+    f.reconciler_timeout_s, f.main.template = args.reconciler_timeout, args.template
+    f.main.elb_buckets = args.elb_buckets
+    f.read_budget(args.elb_reads_per_s)
+    return f.run()
 
 
 def waiting_checks(m):

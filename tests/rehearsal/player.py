@@ -5,6 +5,7 @@ timeline) it plays on."""
 
 import os
 import sys
+import threading
 import time
 import urllib.request
 
@@ -15,6 +16,10 @@ from scenarios import CONFIGS, ROLLBACK_REMOVAL_DELAY_S, TASK_PORT, access_key, 
 
 
 class Player:
+    # Deployments whose moves land together (the fleet's --together): a threading.Barrier each public production
+    # move waits at, or None.
+    move_together = None
+
     # --- ECS, played ---------------------------------------------------------------------------------------
     def task_ip(self, color, i):
         """Blue tasks on 127.L.1.i, green ones on 127.L.2.i; L is the lane, so that rehearsals can run side by side."""
@@ -144,6 +149,9 @@ class Player:
 
     def rollback(self, why, green_ips, traffic_moved):
         self.log("Rollback", why)
+        if self.move_together:
+            # The others move without this one.
+            self.move_together.abort()
         self.deployment.status = "Failed"
         if traffic_moved:
             self.set_public("public-prod", 0)
@@ -195,6 +203,11 @@ class Player:
         pause = minutes * self.minute_s
         share = first
         while True:
+            if self.move_together:
+                try:
+                    self.move_together.wait(timeout=self.hook_timeout_s)
+                except threading.BrokenBarrierError:
+                    self.log("AllowTraffic", "moving alone: another deployment of the moves together failed")
             self.set_public("public-prod", share)
             with d.cond:
                 d.task_sets[0]["weight"], d.task_sets[1]["weight"] = 100.0 - share, float(share)

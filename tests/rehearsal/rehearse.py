@@ -808,6 +808,9 @@ def main():
     ap.add_argument("--services", type=int, default=20, help="fleet: bindings on the one installation")
     ap.add_argument("--deployments", type=int, default=5, help="fleet: deployments running at once (0: an idle "
                                                                 "fleet, with --idle)")
+    ap.add_argument("--together", action="store_true", help="fleet: every deployment a canary, their moves in the "
+                    "same second and later than their interval by a delay no follower knows; with a neighbour "
+                    "rewriting a rule of the shared internal ALB every 2 s")
     ap.add_argument("--idle", type=float, default=None, metavar="MINUTES",
                     help="fleet with --deployments 0: how many of CodeDeploy's minutes to watch the idle fleet")
     ap.add_argument("--minute", type=float, default=None, metavar="SECONDS",
@@ -857,14 +860,7 @@ def main():
     if args.scenario == "fleet":
         import fleet
         try:
-            idle = args.deployments == 0
-            f = fleet.Fleet(args.services, args.deployments, min(args.tasks, 2), 4.0 if args.neighbour is None
-                            else args.neighbour, args.minute or (12.0 if idle else 10.0), out, args.lane,
-                            args.idle)
-            f.reconciler_timeout_s, f.main.template = args.reconciler_timeout, args.template
-            f.main.elb_buckets = args.elb_buckets
-            f.read_budget(args.elb_reads_per_s)
-            report = f.run()
+            report = fleet.from_args(args, out)
         except ValueError as e:
             ap.error(str(e))
         finally:

@@ -275,20 +275,36 @@ class Neighbour:
         while not self.stop.is_set():
             tg = self.target_groups[i % len(self.target_groups)]
             i += 1
-            try:
-                self.client.describe_target_health(TargetGroupArn=tg)
-            except Exception as e:  # noqa: BLE001 - a neighbour only counts what it suffers
-                code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
-                if code in ("Throttling", "ThrottlingException"):
-                    self.throttles += 1
-                else:
-                    self.errors += 1
-            self.calls += 1
+            self.call(lambda: self.client.describe_target_health(TargetGroupArn=tg))
             nxt += period
             self.stop.wait(max(0.0, nxt - time.monotonic()))
 
+    def call(self, request):
+        """Makes one call, counting it and what it suffered."""
+        try:
+            request()
+        except Exception as e:  # noqa: BLE001 - a neighbour only counts what it suffers
+            code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+            if code in ("Throttling", "ThrottlingException"):
+                self.throttles += 1
+            else:
+                self.errors += 1
+        self.calls += 1
+
     def start(self):
         threading.Thread(target=self.run, daemon=True).start()
+        return self
+
+    def write_every(self, rule_arn, every_s):
+        """Also changes a rule of its own every `every_s` (a tool writing the shared load balancer's rules): one
+        `ModifyRule` from the account's `Modify*` bucket each time, its throttles counted with its reads'."""
+        def run():
+            n = 0
+            while not self.stop.wait(every_s):
+                n += 1
+                fixed = {"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "404" if n % 2 else "410"}}
+                self.call(lambda: self.client.modify_rule(RuleArn=rule_arn, Actions=[fixed]))
+        threading.Thread(target=run, daemon=True).start()
         return self
 
 

@@ -14,7 +14,7 @@ use bluegreen_mirror::config::{Config, RouteRef};
 use bluegreen_mirror::domain::{
     BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, HealthCheck, HealthState, LaneMode,
     ObservedTarget, Phase, Route, RouteStyle, StoredBinding, Target, TargetKey, TrafficShift, Turns,
-    WeightedTargetGroup,
+    WeightedTargetGroup, ARNS_PER_CALL,
 };
 use bluegreen_mirror::harness::{self, Invocation, Outcome, Tracker};
 use bluegreen_mirror::ports::{
@@ -368,7 +368,10 @@ impl LoadBalancers for FakeElb {
     }
 
     async fn target_groups(&self, arns: &[&str]) -> Result<Vec<TargetGroupFacts>> {
-        self.enter("elb:DescribeTargetGroups")?;
+        // As the adapter reads them: ARNS_PER_CALL to a call.
+        for _ in arns.chunks(ARNS_PER_CALL) {
+            self.enter("elb:DescribeTargetGroups")?;
+        }
         let s = self.s();
         arns.iter()
             .map(|a| {
@@ -425,10 +428,16 @@ impl LoadBalancers for FakeElb {
     }
 
     async fn routes(&self, routes: &[RouteRef]) -> Result<Vec<Route>> {
-        // As the adapter reads them: one call for the listeners, one for the rules.
+        // As the adapter reads them: the listeners in one call and the rules in another, ARNS_PER_CALL to a call.
         for (is_rule, op) in [(false, "elb:DescribeListeners"), (true, "elb:DescribeRules")] {
-            if routes.iter().any(|r| matches!(r, RouteRef::Rule(_)) == is_rule) {
-                self.enter(op)?;
+            let mut arns: Vec<&str> =
+                routes.iter().filter(|r| matches!(r, RouteRef::Rule(_)) == is_rule).map(RouteRef::arn).collect();
+            arns.sort_unstable();
+            arns.dedup();
+            if !arns.is_empty() {
+                for _ in arns.chunks(ARNS_PER_CALL) {
+                    self.enter(op)?;
+                }
                 for r in routes.iter().filter(|r| matches!(r, RouteRef::Rule(_)) == is_rule) {
                     self.calls.read_of(op, r.arn());
                 }
@@ -948,6 +957,20 @@ pub fn strings(keys: &[TargetKey]) -> Vec<String> {
     v
 }
 
+/// The ARN of resource `what` of [`World::fleet`]'s binding `k`: `pub-blue`, `pub-green`, `prv-blue`, `prv-green`
+/// (target groups), `pub-lb`, `pub-prod`, `pub-test` (its public ALB and listeners), `prv-prod`, `prv-test` (its
+/// rules on the shared internal ALB).
+pub fn fleet_arn(k: usize, what: &str) -> String {
+    match what {
+        "pub-lb" => format!("{ACCOUNT}:loadbalancer/app/pub-{k}/{k:04}"),
+        "pub-prod" => format!("{ACCOUNT}:listener/app/pub-{k}/{k:04}/80"),
+        "pub-test" => format!("{ACCOUNT}:listener/app/pub-{k}/{k:04}/8080"),
+        "prv-prod" => format!("{ACCOUNT}:listener-rule/app/private/2222/80/{k:04}"),
+        "prv-test" => format!("{ACCOUNT}:listener-rule/app/private/2222/8080/{k:04}"),
+        tg => format!("{ACCOUNT}:targetgroup/{tg}-{k}/{k:04}"),
+    }
+}
+
 /// One binding, both load balancers, a deployment in progress: the fixture every flow test starts from.
 pub struct World {
     pub arns: Arns,
@@ -1011,6 +1034,76 @@ impl World {
             w.state.store_binding(&b);
         }
         w.config.stored = true;
+        w
+    }
+
+    /// `n` bindings on one installation, the fleet shape: each service its own public ALB (listeners :80 and
+    /// :8080) and four target groups, the private side one shared internal ALB with a production and a test rule
+    /// per service; blue tasks serve on both sides, in sync, no deployment in progress. Binding `k` (from 0) is
+    /// `web/svc{k}-bg`; [`fleet_arn`] names its resources.
+    pub fn fleet(n: usize) -> Self {
+        let mut w = Self::build("app");
+        let mut bindings = Vec::new();
+        {
+            let mut s = w.elb.s();
+            let template = s.groups[&w.arns.prv_blue].clone();
+            for k in 0..n {
+                let arn = |what: &str| fleet_arn(k, what);
+                for (what, lb) in [
+                    ("pub-blue", arn("pub-lb")),
+                    ("pub-green", arn("pub-lb")),
+                    ("prv-blue", w.arns.prv_lb.clone()),
+                    ("prv-green", w.arns.prv_lb.clone()),
+                ] {
+                    let mut g = template.clone();
+                    g.facts.arn = arn(what);
+                    g.facts.name = format!("{what}-{k}");
+                    g.facts.load_balancers = vec![lb];
+                    g.targets.clear();
+                    s.groups.insert(arn(what), g);
+                }
+                let blue = Route::all_to(&arn("pub-blue"), &[&arn("pub-green")], RouteStyle::Weighted);
+                s.routes.insert(arn("pub-prod"), blue.clone());
+                s.routes.insert(arn("pub-test"), blue);
+                for what in ["prv-prod", "prv-test"] {
+                    s.routes
+                        .insert(arn(what), Route::all_to(&arn("prv-blue"), &[&arn("prv-green")], RouteStyle::Weighted));
+                    s.private_routes.insert(arn(what));
+                }
+                bindings.push(serde_json::json!({
+                    "application": APP, "deployment_group": format!("svc{k}-bg"),
+                    "pairs": [{"public_target_group": arn("pub-blue"), "private_target_group": arn("prv-blue")},
+                              {"public_target_group": arn("pub-green"), "private_target_group": arn("prv-green")}],
+                    "private_production_route": {"rule": arn("prv-prod")},
+                    "private_test_route": {"rule": arn("prv-test")},
+                }));
+            }
+        }
+        for k in 0..n {
+            let arn = |what: &str| fleet_arn(k, what);
+            let task = ip(10_000 + u32::try_from(k).unwrap());
+            w.elb.add_targets(&arn("pub-blue"), &[task], HealthState::Healthy);
+            w.elb.add_targets(&arn("prv-blue"), &[task], HealthState::Healthy);
+            w.codedeploy.put(
+                DeploymentFacts {
+                    deployment_id: format!("d-FLEET{k:05}"),
+                    application: APP.into(),
+                    deployment_group: format!("svc{k}-bg"),
+                    compute_platform: "ECS".into(),
+                    deployment_type: "BLUE_GREEN".into(),
+                    status: "Succeeded".into(),
+                    target_group_names: vec![format!("pub-blue-{k}"), format!("pub-green-{k}")],
+                    production_listeners: vec![arn("pub-prod")],
+                    test_listeners: vec![arn("pub-test")],
+                    ..Default::default()
+                },
+                Vec::new(),
+            );
+        }
+        let json = serde_json::json!({ "bindings": bindings }).to_string();
+        w.config.bindings = Config::parse_bindings(&json).unwrap();
+        // No deployment to play: the schedule's sweep on AWS's clock.
+        w.config.minute = Duration::from_secs(60);
         w
     }
 

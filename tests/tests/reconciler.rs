@@ -746,14 +746,16 @@ async fn a_sweep_whose_turn_in_the_lane_comes_too_late_steps_aside_instead_of_fa
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_full_reconcile_with_nothing_to_change_reads_no_more_than_the_sweep_is_sized_for() {
+async fn a_full_reconcile_with_nothing_to_change_reads_no_more_than_it_is_sized_for() {
     // The preflight: the groups, the private routes (ALB: a listener and a rule, a call each; NLB: both listeners,
     // one call); the public listeners in one call; four groups.
     for (w, expected) in [(World::new(), 8), (World::nlb(), 7)] {
+        let engine = w.hooks();
+        let (_, found) = engine.bindings_for(&Trigger::Schedule { at: 0 }).await.unwrap().remove(0);
+        let (b, group) = found.unwrap();
         w.calls.clear();
-        let (out, done, _) = run(&w, Trigger::Schedule { at: 0 }).await;
-        assert!(out.is_ok(), "{out:?}");
-        assert!(done.len() == 1 && !done[0].changed(), "{done:?}");
+        let done = engine.reconcile(&b, &group, &Tracker::default()).await.unwrap();
+        assert!(!done.changed(), "{done:?}");
         let reads = w.calls.log().into_iter().filter(|c| c.starts_with("elb:Describe")).collect::<Vec<_>>();
         assert_eq!(reads.len(), expected, "{reads:?}");
         assert!(reads.len() <= bluegreen_mirror::domain::pacing::READS_PER_RECONCILE);
@@ -761,28 +763,106 @@ async fn a_full_reconcile_with_nothing_to_change_reads_no_more_than_the_sweep_is
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_sweep_reads_its_bindings_routes_and_groups_together_and_each_bindings_health() {
+    // One binding: its groups, its routes (the public listeners with the private listener, the private rule) in
+    // one read each, then four groups' health.
+    for (w, expected) in [(World::new(), 7), (World::nlb(), 6)] {
+        w.calls.clear();
+        let (out, done, _) = run(&w, Trigger::Schedule { at: 0 }).await;
+        assert!(out.is_ok(), "{out:?}");
+        assert!(done.len() == 1 && !done[0].changed(), "{done:?}");
+        let reads = w.calls.log().into_iter().filter(|c| c.starts_with("elb:Describe")).collect::<Vec<_>>();
+        assert_eq!(reads.len(), expected, "{reads:?}");
+    }
+
+    // Thirty in sync, on the fleet's shape: per binding its four groups' health and a tenth of a call of each kind.
+    // (A schedule every 15 minutes, so that one run takes them all.)
+    let mut w = World::fleet(30);
+    w.config.schedule = Duration::from_secs(900);
+    let (out, done, _) = run(&w, Trigger::Schedule { at: 0 }).await;
+    assert!(out.is_ok(), "{out:?}");
+    assert_eq!(done.len(), 30);
+    assert!(done.iter().all(|d| !d.changed() && d.rounds == 1), "{done:?}");
+    let log = w.calls.log();
+    let count = |op: &str| log.iter().filter(|c| *c == op).count();
+    assert_eq!(count("elb:DescribeTargetHealth"), 120);
+    assert_eq!(count("elb:DescribeTargetGroups"), 6);
+    assert_eq!((count("elb:DescribeListeners"), count("elb:DescribeRules")), (3, 3));
+    let per_binding = log.iter().filter(|c| c.starts_with("elb:Describe")).count() as f64 / 30.0;
+    assert!(per_binding <= bluegreen_mirror::domain::pacing::READS_PER_LOOK, "{per_binding}");
+    assert!(w.private_writes().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sweep_reconciles_from_its_own_reads_what_its_look_finds_drifted_and_a_missing_group_fails_alone() {
+    let mut w = World::fleet(25);
+    w.config.schedule = Duration::from_secs(900);
+    let arn = bluegreen_mirror_tests::fleet_arn;
+    // Binding 3: a task its private side has not seen; binding 12: its private rule points at the idle group;
+    // binding 21: a private target group deleted.
+    w.elb.add_targets(&arn(3, "pub-blue"), &[ip(7)], HealthState::Healthy);
+    w.elb.put_route(
+        &arn(12, "prv-prod"),
+        Route::all_to(&arn(12, "prv-green"), &[&arn(12, "prv-blue")], RouteStyle::Weighted),
+    );
+    w.elb.remove_group(&arn(21, "prv-green"));
+    w.calls.clear();
+    let (out, done, _) = run(&w, Trigger::Schedule { at: 0 }).await;
+    let err = out.unwrap_err().to_string();
+    assert!(err.contains("web/svc21-bg") && err.contains("prv-green-21"), "{err}");
+    assert_eq!(done.len(), 24, "every other binding checked");
+    let of = |k: usize| done.iter().find(|d| d.binding == format!("web/svc{k}-bg")).unwrap();
+    assert_eq!((of(3).registered, of(3).rounds), (1, 2), "reconciled on a round of its own reads");
+    assert!(of(12).production.is_some());
+    assert_eq!(w.elb.route_of(&arn(12, "prv-prod")).live(), vec![arn(12, "prv-blue").as_str()]);
+    assert_eq!(w.elb.members(&arn(3, "prv-blue")), w.elb.members(&arn(3, "pub-blue")));
+    assert!(done
+        .iter()
+        .filter(|d| ![3, 12].iter().any(|k| d.binding == format!("web/svc{k}-bg")))
+        .all(|d| !d.changed()));
+    // The reads ahead of the chunk with the missing group found it missing: its ten bindings read their own.
+    let routes_read = w.calls.reads_of("elb:DescribeRules", &arn(25 - 1, "prv-prod"));
+    assert_eq!(routes_read, 2, "read ahead, then in its own preflight");
+    assert!(w.elb.dark_moments().is_empty());
+}
+
+/// The end of the deployment `DEPLOYMENT`, succeeded.
+fn success() -> Trigger {
+    Trigger::Deployment {
+        application: APP.into(),
+        deployment_group: GROUP.into(),
+        deployment_id: DEPLOYMENT.into(),
+        state: "SUCCESS".into(),
+        at: None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_check_that_had_its_turn_in_the_lane_finishes_though_the_lane_fills_before_its_next_reads() {
+    let success = success();
+    // The end of a deployment whose flip is on record waits its turn in the lane like the sweep.
     let w = World::new();
     let a = &w.arns;
-    w.elb.add_targets(&a.pub_blue, &[ip(7)], HealthState::Healthy);
-    let sweep = || run(&w, Trigger::Schedule { at: 0 });
+    deployed(&w).await;
+    w.elb.remove_targets(&a.pub_blue, &keys(1..4));
 
     // The preflight's reads have their turn; by the time the observation reads the groups, deployments have filled
     // the lane. Stepping aside there would leave the reads already spent worth nothing, and the check undone.
     w.calls.lane_busy_on("elb:DescribeTargetHealth");
-    let (out, done, summary) = sweep().await;
+    let (out, done, summary) = run(&w, success.clone()).await;
     assert!(out.is_ok(), "{out:?}");
     assert!(!summary.stepped_aside, "{:?}", summary.notes);
     assert_eq!(done.len(), 1);
-    assert_eq!(done[0].registered, 1);
-    assert_eq!(w.elb.members(&a.prv_blue), w.elb.members(&a.pub_blue));
+    assert_eq!(done[0].deregistered, 3);
+    assert!(w.elb.members(&a.prv_blue).is_empty());
     assert!(w.state.due_now().is_empty());
 
     // A lane already full at the check's first reads: the check steps aside before reading anything.
-    w.calls.clear();
-    w.calls.lane_busy_on("elb:Describe");
+    let w = World::new();
+    let a = &w.arns;
     w.elb.add_targets(&a.pub_blue, &[ip(8)], HealthState::Healthy);
-    let (out, done, summary) = sweep().await;
+    w.calls.lane_busy_on("elb:Describe");
+    let (out, done, summary) = run(&w, Trigger::Schedule { at: 0 }).await;
     assert!(out.is_ok(), "{out:?}");
     assert!(summary.stepped_aside);
     assert!(done.is_empty());
@@ -792,13 +872,7 @@ async fn a_check_that_had_its_turn_in_the_lane_finishes_though_the_lane_fills_be
 
 #[tokio::test(start_paused = true)]
 async fn a_recorded_deployments_end_waits_its_turn_and_leaves_its_check_to_the_sweep_when_the_lane_is_busy() {
-    let success = Trigger::Deployment {
-        application: APP.into(),
-        deployment_group: GROUP.into(),
-        deployment_id: DEPLOYMENT.into(),
-        state: "SUCCESS".into(),
-        at: None,
-    };
+    let success = success();
 
     // The hooks flipped and recorded; then CodeDeploy stops the original tasks and the deployment succeeds, while
     // twenty others use the lane.

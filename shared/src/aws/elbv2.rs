@@ -20,6 +20,7 @@ use super::errors::aws_error;
 use crate::config::RouteRef;
 use crate::domain::{
     HealthCheck, HealthState, LaneMode, ObservedTarget, Route, Target, TargetKey, TokenBucket, WeightedTargetGroup,
+    ARNS_PER_CALL,
 };
 use crate::ports::{LoadBalancers, TargetGroupFacts};
 use crate::{Error, Result};
@@ -206,21 +207,21 @@ impl LoadBalancers for Elb {
     }
 
     async fn target_groups(&self, arns: &[&str]) -> Result<Vec<TargetGroupFacts>> {
-        let arns: Vec<String> = arns.iter().map(|a| (*a).to_string()).collect();
-        let out = self
-            .read(|| async {
-                self.reader
-                    .describe_target_groups()
-                    .set_target_group_arns(Some(arns.clone()))
-                    .send()
-                    .await
-                    .map_err(|e| aws_error(SERVICE, "DescribeTargetGroups", "*", e))
-            })
-            .await?;
-        Ok(out
-            .target_groups()
-            .iter()
-            .map(|g| TargetGroupFacts {
+        let mut out = Vec::with_capacity(arns.len());
+        // In calls of ARNS_PER_CALL, one after the other: a sweep's read of many bindings is not a burst.
+        for chunk in arns.chunks(ARNS_PER_CALL) {
+            let chunk: Vec<String> = chunk.iter().map(|a| (*a).to_string()).collect();
+            let read = self
+                .read(|| async {
+                    self.reader
+                        .describe_target_groups()
+                        .set_target_group_arns(Some(chunk.clone()))
+                        .send()
+                        .await
+                        .map_err(|e| aws_error(SERVICE, "DescribeTargetGroups", "*", e))
+                })
+                .await?;
+            out.extend(read.target_groups().iter().map(|g| TargetGroupFacts {
                 arn: g.target_group_arn().unwrap_or_default().to_string(),
                 name: g.target_group_name().unwrap_or_default().to_string(),
                 target_type: g.target_type().map_or("instance", |t| t.as_str()).to_string(),
@@ -232,8 +233,9 @@ impl LoadBalancers for Elb {
                     port: g.health_check_port().map(str::to_string),
                     path: g.health_check_path().map(str::to_string),
                 },
-            })
-            .collect())
+            }));
+        }
+        Ok(out)
     }
 
     async fn targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
@@ -295,57 +297,52 @@ impl LoadBalancers for Elb {
             }
         }
         let listeners_read = async {
-            if listeners.is_empty() {
-                return Ok(Vec::new());
+            let mut found = Vec::new();
+            for chunk in listeners.chunks(ARNS_PER_CALL) {
+                let out = self
+                    .read(|| async {
+                        self.reader
+                            .describe_listeners()
+                            .set_listener_arns(Some(chunk.to_vec()))
+                            .send()
+                            .await
+                            .map_err(|e| aws_error(SERVICE, "DescribeListeners", "*", e))
+                    })
+                    .await?;
+                found.extend(
+                    out.listeners()
+                        .iter()
+                        .map(|l| (l.listener_arn().unwrap_or_default().to_string(), l.default_actions().to_vec())),
+                );
             }
-            let out = self
-                .read(|| async {
-                    self.reader
-                        .describe_listeners()
-                        .set_listener_arns(Some(listeners.clone()))
-                        .send()
-                        .await
-                        .map_err(|e| aws_error(SERVICE, "DescribeListeners", "*", e))
-                })
-                .await?;
-            Ok::<_, Error>(
-                out.listeners()
-                    .iter()
-                    .map(|l| (l.listener_arn().unwrap_or_default().to_string(), l.default_actions().to_vec()))
-                    .collect::<Vec<_>>(),
-            )
+            Ok::<_, Error>(found)
         };
         let rules_read = async {
-            if rules.is_empty() {
-                return Ok(Vec::new());
+            let mut found = Vec::new();
+            for chunk in rules.chunks(ARNS_PER_CALL) {
+                let out = self
+                    .read(|| async {
+                        self.reader
+                            .describe_rules()
+                            .set_rule_arns(Some(chunk.to_vec()))
+                            .send()
+                            .await
+                            .map_err(|e| aws_error(SERVICE, "DescribeRules", "*", e))
+                    })
+                    .await?;
+                found.extend(
+                    out.rules().iter().map(|r| (r.rule_arn().unwrap_or_default().to_string(), r.actions().to_vec())),
+                );
             }
-            let out = self
-                .read(|| async {
-                    self.reader
-                        .describe_rules()
-                        .set_rule_arns(Some(rules.clone()))
-                        .send()
-                        .await
-                        .map_err(|e| aws_error(SERVICE, "DescribeRules", "*", e))
-                })
-                .await?;
-            Ok::<_, Error>(
-                out.rules()
-                    .iter()
-                    .map(|r| (r.rule_arn().unwrap_or_default().to_string(), r.actions().to_vec()))
-                    .collect::<Vec<_>>(),
-            )
+            Ok::<_, Error>(found)
         };
         let (found_listeners, found_rules) = tokio::join!(listeners_read, rules_read);
-        let found: Vec<(String, Vec<Action>)> = found_listeners?.into_iter().chain(found_rules?).collect();
+        let found: std::collections::HashMap<String, Vec<Action>> =
+            found_listeners?.into_iter().chain(found_rules?).collect();
         routes
             .iter()
             .map(|r| {
-                let actions = found
-                    .iter()
-                    .find(|(arn, _)| arn == r.arn())
-                    .map(|(_, a)| a)
-                    .ok_or_else(|| Error::Misconfigured(format!("{r} does not exist")))?;
+                let actions = found.get(r.arn()).ok_or_else(|| Error::Misconfigured(format!("{r} does not exist")))?;
                 route_of(r, actions)
             })
             .collect()
@@ -564,6 +561,51 @@ mod tests {
         let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, [&rule]));
         let err = elb.targets(TG_A).await.unwrap_err().to_string();
         assert!(err.contains("not an IP address"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn many_arns_are_read_twenty_to_a_call_one_call_after_the_other() {
+        use aws_sdk_elasticloadbalancingv2::operation::describe_rules::DescribeRulesOutput;
+        use aws_sdk_elasticloadbalancingv2::operation::describe_target_groups::DescribeTargetGroupsOutput;
+        use aws_sdk_elasticloadbalancingv2::types::{Rule, TargetGroup, TargetTypeEnum};
+        let forward = || Action::builder().r#type(ActionTypeEnum::Forward).target_group_arn(TG_A).build();
+        let groups = mock!(Client::describe_target_groups)
+            .match_requests(|r| r.target_group_arns().len() <= ARNS_PER_CALL)
+            .then_compute_output(|r| {
+                let each = r.target_group_arns().iter().map(|a| {
+                    TargetGroup::builder().target_group_arn(a).target_type(TargetTypeEnum::Ip).port(8080).build()
+                });
+                DescribeTargetGroupsOutput::builder().set_target_groups(Some(each.collect())).build()
+            });
+        let listeners = mock!(Client::describe_listeners)
+            .match_requests(|r| r.listener_arns().len() <= ARNS_PER_CALL)
+            .then_compute_output(move |r| {
+                let each = r
+                    .listener_arns()
+                    .iter()
+                    .map(|a| Listener::builder().listener_arn(a).default_actions(forward()).build());
+                DescribeListenersOutput::builder().set_listeners(Some(each.collect())).build()
+            });
+        let rules = mock!(Client::describe_rules)
+            .match_requests(|r| r.rule_arns().len() <= ARNS_PER_CALL)
+            .then_compute_output(move |r| {
+                let each = r.rule_arns().iter().map(|a| Rule::builder().rule_arn(a).actions(forward()).build());
+                DescribeRulesOutput::builder().set_rules(Some(each.collect())).build()
+            });
+        let elb =
+            Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, RuleMode::MatchAny, [&groups, &listeners, &rules]));
+        let arns: Vec<String> = (0..45).map(|i| format!("{TG_A}{i}")).collect();
+        let got = elb.target_groups(&arns.iter().map(String::as_str).collect::<Vec<_>>()).await.unwrap();
+        assert_eq!(got.iter().map(|g| g.arn.clone()).collect::<Vec<_>>(), arns);
+        assert_eq!(groups.num_calls(), 3);
+        let routes: Vec<RouteRef> = (0..25)
+            .map(|i| RouteRef::Listener(format!("{ALB_LISTENER}{i}")))
+            .chain((0..3).map(|i| RouteRef::Rule(format!("{RULE}{i}"))))
+            .collect();
+        let read = elb.routes(&routes).await.unwrap();
+        assert_eq!(read.len(), 28);
+        assert!(read.iter().all(|r| r.weight(TG_A) == Some(100) || r.live() == vec![TG_A]), "{read:?}");
+        assert_eq!((listeners.num_calls(), rules.num_calls()), (2, 1));
     }
 
     fn listener_with(action: Action) -> DescribeListenersOutput {

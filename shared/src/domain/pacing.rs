@@ -159,9 +159,22 @@ pub const READS_AROUND_A_MOVE: usize = 10;
 /// the public route read once more when the reads took longer than half a second.
 pub const READS_PER_RECONCILE: usize = 9;
 
-/// The share of the installation's ELB read budget the scheduled sweep may spend; the rest is for deployments. With
-/// the default budget of 5 a second, 0.8 a second: five bindings a minute.
-pub const SWEEP_SHARE: f64 = 0.16;
+/// How often the scheduled sweep checks every binding, when the read budget allows: the safety net's period, in
+/// minutes (which the rehearsal plays faster, as it plays CodeDeploy's).
+pub const CHECK_EVERY_MINUTES: u32 = 15;
+
+/// [`CHECK_EVERY_MINUTES`] on AWS's clock.
+pub const CHECK_EVERY: Duration = Duration::from_secs(CHECK_EVERY_MINUTES as u64 * 60);
+
+/// How many ARNs the adapter names in one `DescribeTargetGroups`, `DescribeListeners` or `DescribeRules` call
+/// (`DescribeTags` documents 20 at most; the others take lists whose bound is not documented, and 20 keeps every
+/// answer on one page).
+pub const ARNS_PER_CALL: usize = 20;
+
+/// ELB `Describe*` calls the sweep spends on one idle one-side binding: its four target groups' health (one call
+/// each, `DescribeTargetHealth` takes one group), and its share of the reads the sweep makes for all its bindings
+/// at once (four target groups, two public listeners and two private routes, `ARNS_PER_CALL` to a call).
+pub const READS_PER_LOOK: f64 = 4.0 + 8.0 / ARNS_PER_CALL as f64;
 
 /// How far above the installation's average budget `B` a process may read while it works: `1.5 B`. The functions
 /// are idle most of the time, so the average holds while one deployment is followed or one binding reconciled.
@@ -174,17 +187,27 @@ pub fn follower_reads_per_s(installation_per_s: f64, live: usize) -> f64 {
     installation_per_s * PROCESS_SHARE / live.max(1) as f64
 }
 
-/// How many bindings one scheduled run checks so that the sweep averages its share of `reads_per_s`. At least
-/// one: a safety net that checks nothing is none.
-pub fn sweep_per_run(reads_per_s: f64, schedule: Duration) -> usize {
-    let reads = reads_per_s * SWEEP_SHARE * schedule.as_secs_f64();
-    ((reads / READS_PER_RECONCILE as f64).floor() as usize).max(1)
+/// How many of `n` bindings one scheduled run checks: enough that every binding is checked every
+/// [`CHECK_EVERY_MINUTES`] of `minute`, as many as `reads_per_s` (the installation's budget) affords at most, and
+/// at least one (a safety net that checks nothing is none). The sweep waits its turn in the installation's read
+/// lane, in which the deployments' reads are counted first, so it spends what they leave of the budget.
+pub fn sweep_per_run(n: usize, reads_per_s: f64, schedule: Duration, minute: Duration) -> usize {
+    let check_every = minute * CHECK_EVERY_MINUTES;
+    let runs_per_check = (check_every.as_secs_f64() / schedule.as_secs_f64().max(0.001)).max(1.0);
+    let wanted = (n as f64 / runs_per_check).ceil() as usize;
+    let affordable = (reads_per_s * schedule.as_secs_f64() / READS_PER_LOOK).floor() as usize;
+    wanted.min(affordable).max(1)
 }
 
-/// How long the sweep waits between two bindings of a run, so that its reads come at its share of the budget
-/// rather than in one burst.
-pub fn sweep_spacing(reads_per_s: f64) -> Duration {
-    Duration::from_secs_f64(READS_PER_RECONCILE as f64 / (reads_per_s * SWEEP_SHARE).max(0.01))
+/// How long the sweep waits between two bindings of a run of `per_run`, so that its reads are spread over the
+/// schedule's period rather than burst at its start.
+pub fn sweep_spacing(schedule: Duration, per_run: usize) -> Duration {
+    schedule / u32::try_from(per_run.max(1)).unwrap_or(u32::MAX)
+}
+
+/// How long a rotation of `n` bindings takes at `per_run` a run: every binding is checked once in it.
+pub fn sweep_rotation(n: usize, per_run: usize, schedule: Duration) -> Duration {
+    schedule * u32::try_from(n.div_ceil(per_run.max(1)).max(1)).unwrap_or(u32::MAX)
 }
 
 /// The bindings (indices into the configured list) scheduled run number `slot` checks: consecutive runs take
@@ -351,15 +374,25 @@ mod tests {
     }
 
     #[test]
-    fn the_sweep_fits_its_share_of_the_budget() {
-        // Defaults: 5 reads/s, a schedule every minute: 48 reads a run, 5 bindings.
-        assert_eq!(sweep_per_run(5.0, MIN), 5);
-        assert_eq!(sweep_per_run(0.1, Duration::from_secs(10)), 1);
-        let idle_reads_per_s = (sweep_per_run(5.0, MIN) * READS_PER_RECONCILE) as f64 / 60.0;
-        assert!(idle_reads_per_s <= 5.0 * SWEEP_SHARE, "{idle_reads_per_s}");
-        // Five bindings spread over the minute: one every 11.25 s.
-        assert_eq!(sweep_spacing(5.0), Duration::from_millis(11_250));
-        assert!(sweep_spacing(5.0) * 5 <= MIN);
+    fn the_sweep_checks_every_binding_every_fifteen_minutes_within_the_budget() {
+        // Defaults: 5 reads/s, a schedule every minute.
+        let per_run = |n, per_s| sweep_per_run(n, per_s, MIN, MIN);
+        assert_eq!(per_run(20, 5.0), 2);
+        assert_eq!(per_run(100, 5.0), 7);
+        assert_eq!(per_run(1000, 5.0), 67);
+        assert!(sweep_rotation(1000, 67, MIN) <= CHECK_EVERY);
+        const { assert!(67.0 * READS_PER_LOOK / 60.0 <= 5.0) };
+        // Beyond what the budget affords, the rotation grows and the reads do not.
+        assert_eq!(per_run(5000, 5.0), 68);
+        assert_eq!(sweep_rotation(5000, 68, MIN), 74 * MIN);
+        assert_eq!(per_run(5000, 2.0), 27);
+        assert_eq!(per_run(0, 5.0), 1);
+        assert_eq!(sweep_per_run(3, 0.01, Duration::from_secs(10), MIN), 1);
+        // The rehearsal's clock: a minute played as 12 s, the schedule with it, the budget scaled to match.
+        let second = Duration::from_secs(12);
+        assert_eq!(sweep_per_run(100, 25.0, second, second), 7);
+        assert_eq!(sweep_spacing(MIN, 67), Duration::from_secs(60) / 67);
+        assert_eq!(sweep_spacing(MIN, 0), MIN);
     }
 
     proptest! {

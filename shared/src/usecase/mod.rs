@@ -13,6 +13,7 @@ mod reconcile;
 mod records;
 mod rollback;
 mod status;
+mod sweep;
 mod trigger;
 
 pub use bindings::BINDING_CACHE_TTL;

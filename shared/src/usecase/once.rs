@@ -41,6 +41,16 @@ impl<'l, L: LoadBalancers> ReadOnce<'l, L> {
         }
     }
 
+    /// A pass in which `refs` were read together already, as `read` (a sweep reads many bindings' routes at once).
+    pub(crate) fn knowing(lb: &'l L, refs: &[RouteRef], read: Vec<Route>) -> Self {
+        let pass = Self::new(lb);
+        pass.together
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key_of(refs), Arc::new(OnceCell::new_with(Some(read))));
+        pass
+    }
+
     /// A target group's targets, read once in this pass.
     pub(crate) async fn targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
         once(&self.targets, target_group, || async {
@@ -75,9 +85,12 @@ impl<'l, L: LoadBalancers> ReadOnce<'l, L> {
     /// Routes read together (one call for the listeners, one for the rules), in the order asked, once in this
     /// pass for the same list.
     pub(crate) async fn routes(&self, routes: &[RouteRef]) -> Result<Vec<Route>> {
-        let key = routes.iter().map(RouteRef::arn).collect::<Vec<_>>().join(" ");
-        once(&self.together, &key, || self.lb.routes(routes)).await
+        once(&self.together, &key_of(routes), || self.lb.routes(routes)).await
     }
+}
+
+fn key_of(routes: &[RouteRef]) -> String {
+    routes.iter().map(RouteRef::arn).collect::<Vec<_>>().join(" ")
 }
 
 /// The value under `key`, read by `read` when no one has yet. A read that fails is not kept: the next caller

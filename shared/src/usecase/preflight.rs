@@ -31,6 +31,11 @@ pub(super) struct SidePass<'p, 'l, L> {
 }
 
 impl<'l, L: LoadBalancers> SidesPass<'l, L> {
+    /// A pass whose first reads were made already: `reads` holds them, `preflights` each side's, in order.
+    pub(super) fn of(reads: ReadOnce<'l, L>, preflights: Vec<Option<Result<Preflight>>>) -> Self {
+        Self { reads, preflights: std::sync::Mutex::new(preflights) }
+    }
+
     pub(super) fn side(&self, side: usize) -> SidePass<'_, 'l, L> {
         let preflight = self
             .preflights
@@ -143,6 +148,17 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         if sides.len() < 2 {
             return Ok(None);
         }
+        Ok(self.read_together(sides, &[], t).await?.map(|(pres, _)| pres))
+    }
+
+    /// The sides' preflights, as [`Self::preflight_together`] reads them for any number of sides (of one binding or
+    /// of many), and the routes `also` in the same reads. `None` when something was missing.
+    pub(super) async fn read_together(
+        &self,
+        sides: &[Binding],
+        also: &[RouteRef],
+        t: &Tracker,
+    ) -> Result<Option<(Vec<Result<Preflight>>, Vec<Route>)>> {
         let mut arns: Vec<&str> =
             sides.iter().flat_map(|s| s.public_target_groups().into_iter().chain(s.private_target_groups())).collect();
         arns.sort_unstable();
@@ -150,6 +166,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         let refs: Vec<RouteRef> = sides
             .iter()
             .flat_map(|s| std::iter::once(s.private_production_route.clone()).chain(s.private_test_route.clone()))
+            .chain(also.iter().cloned())
             .collect();
         let (groups, routes) = tokio::join!(self.lb.target_groups(&arns), self.lb.routes(&refs));
         let (groups, routes) = match (groups, routes) {
@@ -164,16 +181,15 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
                 .cloned()
                 .ok_or_else(|| Error::Invariant(format!("route {r} asked for and not answered")))
         };
-        Ok(Some(
-            sides
-                .iter()
-                .map(|side| {
-                    let production = read(&side.private_production_route)?;
-                    let test = side.private_test_route.as_ref().map(&read).transpose()?;
-                    checked_preflight(side, &groups, production, test, t)
-                })
-                .collect(),
-        ))
+        let pres = sides
+            .iter()
+            .map(|side| {
+                let production = read(&side.private_production_route)?;
+                let test = side.private_test_route.as_ref().map(&read).transpose()?;
+                checked_preflight(side, &groups, production, test, t)
+            })
+            .collect();
+        Ok(Some((pres, also.iter().map(read).collect::<Result<_>>()?)))
     }
 
     /// The state table must exist and be readable: records, the planned flip and the follower's lease live

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::sweep::{public_routes, Ahead};
 use super::{read_apart, Engine, ReadOnce, SidePass, Tracker};
 use crate::clock::now_ms;
 use crate::config::{Binding, RouteRef};
@@ -113,26 +114,45 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
 
     /// Re-establishes I1–I3 for `b` from the live public state, on every private side.
     pub async fn reconcile(&self, b: &Binding, group: &DeploymentGroupFacts, t: &Tracker) -> Result<Reconciled> {
+        self.reconcile_from(b, group, None, t).await
+    }
+
+    /// [`Self::reconcile`], starting from the sweep's reads ahead when `b` has some: its first round is then a
+    /// look (the routes as read ahead, the health now), and a binding it finds anything to change on goes round
+    /// again on reads of its own.
+    pub(super) async fn reconcile_from(
+        &self,
+        b: &Binding,
+        group: &DeploymentGroupFacts,
+        ahead: Option<&Ahead>,
+        t: &Tracker,
+    ) -> Result<Reconciled> {
         t.binding(b);
         // Its rounds of reads (the preflight, then the observation) take one turn in the read lane between them.
         self.lb.begin_check();
-        let pass = &self.sides_pass(b, t).await?;
-        on_every_side(b, |side| async move { self.reconcile_side(&side, group, pass.side(side.side), t).await }).await
+        let (pass, look) = match ahead.and_then(|a| a.pass(&self.lb, b)) {
+            Some(pass) => (pass, true),
+            None => (self.sides_pass(b, t).await?, false),
+        };
+        let pass = &pass;
+        on_every_side(b, |side| async move { self.reconcile_side(&side, group, pass.side(side.side), look, t).await })
+            .await
     }
 
     /// `first`: the first round's reads, shared with the other sides, and this side's preflight when it was read
-    /// with theirs; a further round reads anew.
+    /// with theirs; a further round reads anew. `look`: the first round's routes were read ahead, and only say
+    /// whether there is anything to do.
     async fn reconcile_side(
         &self,
         b: &Binding,
         group: &DeploymentGroupFacts,
         first: SidePass<'_, '_, L>,
+        look: bool,
         t: &Tracker,
     ) -> Result<Reconciled> {
         let SidePass { reads: first, preflight: mut first_pre } = first;
         let mut out = Reconciled::of(b, b.side_label());
-        let public_prod = group.production_listeners.first().map(|l| RouteRef::Listener(l.clone()));
-        let public_test = group.test_listeners.first().map(|l| RouteRef::Listener(l.clone()));
+        let (public_prod, public_test) = public_routes(group);
         for round in 1..=3 {
             out.rounds = round;
             let again;
@@ -147,6 +167,13 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             let observing = Instant::now();
             let seen =
                 self.observe(b, reads, public_prod.as_ref(), public_test.as_ref(), pre.production, pre.test).await?;
+            if round == 1 && look {
+                // Nothing is written from routes read ahead: in sync, the check is done; otherwise it reads anew.
+                match plan_reconcile(&b.pair_arns(), b.style(), &seen, DEFAULT_BATCH) {
+                    Ok(plan) if plan.is_empty() && plan.held_back.is_empty() => break,
+                    _ => continue,
+                }
+            }
             if let (Some(public_ref), Some(public)) = (&public_prod, &seen.public_production) {
                 if round < 3 && self.moved_since(&self.lb, public_ref, public, observing).await?.is_some() {
                     continue;

@@ -81,14 +81,29 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         let lane = if bindings.is_empty() { trigger.lane() } else { self.lane_for(trigger, t).await };
         self.lb.share_reads(lane, within());
         // The schedule's slice is spread over the run, not burst at its start: the account's `Describe*` bucket is
-        // shared with everything else the customer runs.
-        let spacing = match trigger {
+        // shared with everything else the customer runs. Its routes and target groups are read ahead, together.
+        let (spacing, ahead) = match trigger {
             Trigger::Schedule { .. } => {
-                let ideal = crate::domain::pacing::sweep_spacing(self.config.elb_reads_per_s);
-                let room = budget.remaining().saturating_sub(std::time::Duration::from_secs(5));
-                ideal.min(room / u32::try_from(bindings.len().max(1)).unwrap_or(u32::MAX))
+                let room = budget.remaining().saturating_sub(AFTER_THE_TURN);
+                let spacing = crate::domain::sweep_spacing(self.config.schedule, bindings.len())
+                    .min(room / u32::try_from(bindings.len().max(1)).unwrap_or(u32::MAX));
+                let ok: Vec<_> =
+                    bindings.iter().filter_map(|(_, found)| found.as_ref().ok()).map(|(b, g)| (&**b, g)).collect();
+                match self.read_ahead(&ok, t).await {
+                    Ok(ahead) => (spacing, Some(ahead)),
+                    Err(e) => {
+                        let labels: Vec<String> = bindings.iter().map(|(label, _)| label.clone()).collect();
+                        if let crate::Error::LaneBusy(_) = e {
+                            self.step_aside("sweep", &labels, &e, t).await;
+                            return Ok(serde_json::to_value(&*done).unwrap_or(Value::Null));
+                        }
+                        // Left due, so that the next sweep checks them first.
+                        self.defer(&labels, t).await;
+                        return Err(e);
+                    }
+                }
             }
-            _ => std::time::Duration::ZERO,
+            _ => (Duration::ZERO, None),
         };
         let labels: Vec<String> = bindings.iter().map(|(label, _)| label.clone()).collect();
         for (i, (label, found)) in bindings.into_iter().enumerate() {
@@ -98,7 +113,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             match found {
                 Ok((b, group)) => match match trigger {
                     Trigger::Task { .. } => self.reconcile_membership_after_events(&b, owner, t).await,
-                    _ => self.reconcile(&b, &group, t).await.map(Some),
+                    _ => self.reconcile_from(&b, &group, ahead.as_ref(), t).await.map(Some),
                 } {
                     Ok(r) => done.extend(r),
                     // Only a read that waits its turn steps aside (the sweep's, a recorded deployment's end): the
@@ -109,13 +124,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
                             Trigger::Deployment { deployment_id, .. } => format!("the end of {deployment_id}"),
                             _ => "sweep".to_string(),
                         };
-                        let left = &labels[i..];
-                        t.step_aside(format!(
-                            "{who} stepped aside at {label}, {} left to the next sweep: {e}",
-                            if left.len() == 1 { "its check".to_string() } else { format!("{} checks", left.len()) }
-                        ));
-                        tracing::info!(binding = %label, error = %e, "{who} stepped aside for the deployments reading");
-                        self.defer(left, t).await;
+                        self.step_aside(&who, &labels[i..], &e, t).await;
                         break;
                     }
                     Err(e) => failures.push(format!("{label}: {}", crate::harness::error_chain(&e))),
@@ -158,6 +167,18 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         }
     }
 
+    /// Records that `who` stepped aside from a busy read lane with the checks of `left` (labels) undone, and leaves
+    /// them due for the next sweep.
+    async fn step_aside(&self, who: &str, left: &[String], e: &crate::Error, t: &Tracker) {
+        let Some(first) = left.first() else { return };
+        t.step_aside(format!(
+            "{who} stepped aside at {first}, {} left to the next sweep: {e}",
+            if left.len() == 1 { "its check".to_string() } else { format!("{} checks", left.len()) }
+        ));
+        tracing::info!(binding = %first, error = %e, "{who} stepped aside for the deployments reading");
+        self.defer(left, t).await;
+    }
+
     /// Leaves the check of these bindings to the next sweep, which takes them first: a check that stepped aside
     /// from a busy read lane is done once the lane has room, not when the sweep's rotation comes back to it
     /// (`ceil(n / k)` sweeps later). One write.
@@ -198,7 +219,12 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
                         std::collections::BTreeSet::new()
                     }
                 };
-                let per_run = crate::domain::sweep_per_run(self.config.elb_reads_per_s, self.config.schedule);
+                let per_run = crate::domain::sweep_per_run(
+                    all.len(),
+                    self.config.elb_reads_per_s,
+                    self.config.schedule,
+                    self.config.minute,
+                );
                 let slot = at / self.config.schedule.as_secs().max(1);
                 let due: Vec<usize> =
                     all.iter().enumerate().filter(|(_, (label, _))| due.contains(label)).map(|(i, _)| i).collect();

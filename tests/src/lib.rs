@@ -119,6 +119,11 @@ impl Calls {
         self.reads.lock().unwrap().push((op.to_string(), arn.to_string()));
     }
 
+    /// Forgets the calls made at once so far.
+    pub fn clear_at_once(&self) {
+        self.at_once.lock().unwrap().clear();
+    }
+
     /// The calls made at once (neither paced, queued nor held), in order.
     pub fn at_once(&self) -> Vec<String> {
         self.at_once.lock().unwrap().clone()

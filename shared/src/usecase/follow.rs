@@ -73,8 +73,11 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     /// public route to move meanwhile (CodeDeploy's next step, AfterAllowTraffic's flip), the public route is read
     /// again before the write, and a moved one is not written over: the next read mirrors it.
     ///
-    /// `at_once`: a group has just stopped taking public traffic (a rollback or a stop, or the shift's last step):
-    /// its tasks may be about to go, so the step's reads are neither paced nor held ([`LoadBalancers::at_once`]).
+    /// `at_once`: a group has just started or stopped taking public traffic. Stopped (a rollback or a stop, or the
+    /// shift's last step): its tasks may be about to go. Started (a canary's or a linear shift's first step): the
+    /// never-dark check reads the groups' health before the write, and those reads waiting their turn at a share
+    /// of the budget would hold the step back by seconds when many deployments move together. Either way the
+    /// step's reads are neither paced nor held ([`LoadBalancers::at_once`]); a shift makes two such steps.
     async fn mirror_production(
         &self,
         b: &Binding,
@@ -383,7 +386,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             let g = self.group_once(b, group).await?;
             Some(self.reconcile(b, g, t).await?)
         } else if moved {
-            Some(self.mirror_production(b, &public, (public_ref, read_at), (public_joining, public_leaving), t).await?)
+            let at_once = public_joining || public_leaving;
+            Some(self.mirror_production(b, &public, (public_ref, read_at), (public_joining, at_once), t).await?)
         } else {
             None
         };

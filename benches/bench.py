@@ -536,7 +536,8 @@ TARGETS = [
 def sweep_figures():
     """The scheduled sweep over 1,000 idle bindings: the engine's own code against the in-memory ELB, each run on
     the test runtime's clock (tests/tests/sweep.rs prints them; no fleet of that size fits on loopback)."""
-    p = subprocess.run(["cargo", "test", "--locked", "-q", "-p", "bluegreen-mirror-tests", "--test", "sweep",
+    # --workspace as scripts/test builds it: the same features, so nothing is compiled again.
+    p = subprocess.run(["cargo", "test", "--locked", "-q", "--workspace", "--test", "sweep",
                         "sweep_of_a_thousand_idle_bindings", "--", "--nocapture"], cwd=ROOT, capture_output=True,
                        text=True, timeout=3600)
     line = next((x for x in p.stdout.splitlines() if x.startswith("sweep figures: ")), None)

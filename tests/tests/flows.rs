@@ -484,6 +484,39 @@ async fn a_failure_or_panic_at_every_step_reports_exactly_once_and_never_goes_da
 }
 
 #[tokio::test(start_paused = true)]
+async fn before_allow_traffic_waits_out_a_minute_of_elb_throttling_and_fails_once_without_the_time() {
+    for (timeout, waits) in [(Duration::from_secs(900), true), (Duration::from_secs(50), false)] {
+        let w = World::new();
+        let a = &w.arns;
+        w.install_green();
+        assert_eq!(w.invoke(Phase::AfterInstall, "ai").await.status, HookStatus::Succeeded);
+        let before = w.elb.route_of(&a.prv_prod);
+        // ELB refuses every read for a minute from BeforeAllowTraffic's start: the account's bucket run dry.
+        w.calls.fail_every("elb:Describe", AwsErrorKind::Throttled);
+        let outage = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            w.calls.no_faults();
+        };
+        let (out, ()) = tokio::join!(w.invoke_for(Phase::BeforeAllowTraffic, DEPLOYMENT, "bat", timeout), outage);
+        assert_eq!(w.reports_for("bat"), [out.status], "reported exactly once");
+        let notes = &out.summary.notes;
+        if waits {
+            assert_eq!(out.status, HookStatus::Succeeded, "{:?} {notes:?}", out.message);
+            assert!(notes.iter().filter(|n| n.contains("trying again")).count() >= 5, "{notes:?}");
+            let record = w.state.record(DEPLOYMENT).expect("the deployment's record");
+            assert!(record.phases.contains_key("BeforeAllowTraffic"), "the gate passed and planned the flip");
+        } else {
+            // Too little time for another attempt and the report: it fails before traffic moves, nothing changed.
+            assert_eq!(out.status, HookStatus::Failed);
+            assert!(out.message.as_deref().unwrap_or_default().contains("injected"), "{:?}", out.message);
+            assert!(!notes.iter().any(|n| n.contains("trying again")), "{notes:?}");
+        }
+        assert_eq!(w.elb.route_of(&a.prv_prod), before, "the private production route where it was");
+        assert!(w.elb.dark_moments().is_empty());
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn private_side_that_cannot_reach_green_fails_the_gate_before_traffic_moves() {
     let w = World::new();
     let a = &w.arns;

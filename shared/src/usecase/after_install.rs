@@ -5,7 +5,7 @@
 
 use futures_util::future::try_join_all;
 
-use super::{Engine, ReadOnce, Tracker};
+use super::{Engine, Tracker};
 use crate::clock::now_ms;
 use crate::domain::Phase;
 use crate::harness::Budget;
@@ -16,22 +16,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     pub async fn after_install(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
         // Checks, each taking one turn in the read lane for its rounds of reads: the setup (preflight, green, blue's
         // mirror), each poll for green's tasks, and green's mirror with the test route.
-        self.lb.begin_check();
-        let r = self.resolve(deployment_id, t).await?;
+        let super::Setup { r, sides, green: g, .. } = self.setup(deployment_id, budget, t).await?;
         let b: &crate::config::Binding = &r.binding;
         // Said before any traffic moves, in the first hook's log.
         super::preflight::warn_nlb_timing(b, r.facts.termination_wait, t);
-        let (sides, _) = self.preflight_and_state(b, t).await?;
-        let g = self.green(&r, t).await?;
-
-        // Blue's mirror first: it is what each private production route serves until AfterAllowTraffic.
-        let reads = &ReadOnce::new(&self.lb);
-        try_join_all(sides.iter().map(|(side, pre)| async {
-            let g = g.on(side);
-            self.mirror_pair(reads, &g.blue_public, &g.blue_private, t).await?;
-            self.converge_production(reads, &r, side, &pre.production, t).await
-        }))
-        .await?;
 
         let source = self.wait_for_public_green(&g, budget).await?;
         self.lb.begin_check();

@@ -5,7 +5,7 @@
 
 use futures_util::future::try_join_all;
 
-use super::{health_budget, live_keys, name, Engine, Green, ReadOnce, Tracker};
+use super::{health_budget, live_keys, name, Engine, Green, ReadOnce, Setup, Tracker};
 use crate::clock::now_ms;
 use crate::config::Binding;
 use crate::domain::{plan_mirror, HealthState, Phase, Route, SideRecord, DEFAULT_BATCH};
@@ -17,19 +17,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     pub async fn before_allow_traffic(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<()> {
         // Checks, each taking one turn in the read lane for its rounds of reads: the setup (preflight, green,
         // blue's mirror), then each poll (for green's tasks, then the gate's).
-        self.lb.begin_check();
-        let r = self.resolve(deployment_id, t).await?;
+        let Setup { r, sides, binding_record, green: g, productions } = self.setup(deployment_id, budget, t).await?;
         let b: &Binding = &r.binding;
-        let (sides, binding_record) = self.preflight_and_state(b, t).await?;
-        let g = self.green(&r, t).await?;
-
-        let reads = &ReadOnce::new(&self.lb);
-        let productions = try_join_all(sides.iter().map(|(side, pre)| async {
-            let g = g.on(side);
-            self.mirror_pair(reads, &g.blue_public, &g.blue_private, t).await?;
-            self.converge_production(reads, &r, side, &pre.production, t).await
-        }))
-        .await?;
         self.wait_for_public_green(&g, budget).await?;
         let greens: Vec<Green> = sides.iter().map(|(side, _)| g.on(side)).collect();
         try_join_all(

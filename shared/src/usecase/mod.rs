@@ -96,6 +96,24 @@ impl Green {
     }
 }
 
+/// What the two hooks before the flip set up first: the deployment resolved to its binding, every side's
+/// preflight, the binding's record as the state table's check read it, green, and each side's private production
+/// route once blue's mirror is in place under it.
+struct Setup<'a> {
+    r: Resolved<'a>,
+    sides: Vec<(Binding, preflight::Preflight)>,
+    binding_record: Option<crate::domain::BindingRecord>,
+    green: Green,
+    productions: Vec<Route>,
+}
+
+/// How much of a hook's budget a setup tried again must leave: an attempt under throttling spends up to half a
+/// minute in its reads' own pauses, and the hook must still report.
+const SETUP_AGAIN_MARGIN: Duration = Duration::from_secs(60);
+
+/// The longest wait between two attempts at a setup.
+const SETUP_AGAIN_MAX_WAIT: Duration = Duration::from_secs(30);
+
 /// How long a hook waits for a DynamoDB read that stands between it and a route change. A read that hangs until
 /// the SDK's 10 s attempt timeout would otherwise hold the private side back while production moves; a missing
 /// table or permission answers at once, and everything read there can be derived from ELB instead.
@@ -299,6 +317,44 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
                 return Err(Error::Timeout(last));
             }
             tokio::time::sleep(step).await;
+        }
+    }
+
+    /// The setup of AfterInstall and BeforeAllowTraffic ([`Setup`]), one check in the read lane, tried again while
+    /// it fails for a transient reason (ELB throttling the account, a 5xx, a dropped connection) and the budget
+    /// leaves [`SETUP_AGAIN_MARGIN`]: after 1 s, doubling up to [`SETUP_AGAIN_MAX_WAIT`]. A hook has up to 15 minutes
+    /// where failing rolls the deployment back, and an outage of ELB's reads lasts tens of seconds to minutes. Its
+    /// writes mirror what it read (blue's membership, the private route to blue's mirror), so an attempt made again
+    /// changes nothing twice.
+    async fn setup(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<Setup<'_>> {
+        let attempt = || async {
+            self.lb.begin_check();
+            let r = self.resolve(deployment_id, t).await?;
+            let (sides, binding_record) = self.preflight_and_state(&r.binding, t).await?;
+            let green = self.green(&r, t).await?;
+            // Blue's mirror first: it is what each private production route serves until AfterAllowTraffic.
+            let reads = &ReadOnce::new(&self.lb);
+            let productions = futures_util::future::try_join_all(sides.iter().map(|(side, pre)| async {
+                let g = green.on(side);
+                self.mirror_pair(reads, &g.blue_public, &g.blue_private, t).await?;
+                self.converge_production(reads, &r, side, &pre.production, t).await
+            }))
+            .await?;
+            Ok::<_, Error>(Setup { r, sides, binding_record, green, productions })
+        };
+        let mut wait = Duration::from_secs(1);
+        loop {
+            match attempt().await {
+                Err(e) if e.is_transient() && budget.remaining() > wait + SETUP_AGAIN_MARGIN => {
+                    t.note(format!(
+                        "setup failed for a reason that passes ({e}); trying again in {} s",
+                        wait.as_secs()
+                    ));
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(SETUP_AGAIN_MAX_WAIT);
+                }
+                other => return other,
+            }
         }
     }
 

@@ -19,7 +19,7 @@ use crate::{AwsErrorKind, Error, Result};
 
 // What a function's process lets itself read from ELB, from the installation's budget `B`
 // (`BLUEGREEN_MIRROR_ELB_READS_PER_S`, default 5): a burst (see [`ReadBurst`]), then `1.5 B` a second
-// ([`PROCESS_SHARE`]; a follower less, its share of the followers' `1.5 B`). The account's `Describe*` bucket (200
+// ([`PROCESS_SHARE`]; a follower its share of the followers' `2 B`). The account's `Describe*` bucket (200
 // tokens, 50 a second, since March 2026; 40 and 10 before) is shared with every other tool the customer runs and with the other functions: a follower that
 // keeps reading, hooks of deployments started together, a storm of events wait here instead of draining it and
 // being retried into it. A process bounds itself alone; the installation's read lane ([`crate::domain::lane`],

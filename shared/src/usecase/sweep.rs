@@ -2,7 +2,9 @@
 //! routes and public listeners in calls of many ARNs each (`DescribeTargetGroups`, `DescribeListeners` and
 //! `DescribeRules` take lists), so that checking one more idle binding costs its four target groups' health and
 //! a fraction of a call, not a preflight of its own. A binding whose look finds anything to change reconciles
-//! from reads of its own: what was read ahead only ever says "nothing to do".
+//! from reads of its own: what was read ahead only ever says "nothing to do". A look's routes are as of its run's
+//! start, up to a schedule's period before its health is read: a route that moves after that is the next look's to
+//! see (and meanwhile the hooks', the follower's and the deployment's events').
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};

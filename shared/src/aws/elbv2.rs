@@ -189,6 +189,22 @@ fn observed_targets(target_group: &str, out: DescribeTargetHealthOutput) -> Resu
         .collect()
 }
 
+impl Elb {
+    /// One `Describe*` action over `arns`, [`ARNS_PER_CALL`] to a call, one call after the other (a sweep's read
+    /// of many bindings is not a burst), each call a read at this process's pace; what every call found, in order.
+    async fn in_chunks<T, F, Fut>(&self, arns: &[String], call: F) -> Result<Vec<T>>
+    where
+        F: Fn(Vec<String>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<T>>>,
+    {
+        let mut out = Vec::with_capacity(arns.len());
+        for chunk in arns.chunks(ARNS_PER_CALL) {
+            out.extend(self.read(|| call(chunk.to_vec())).await?);
+        }
+        Ok(out)
+    }
+}
+
 impl LoadBalancers for Elb {
     fn at_once(&self) -> Self {
         self.budget_at_once()
@@ -207,35 +223,34 @@ impl LoadBalancers for Elb {
     }
 
     async fn target_groups(&self, arns: &[&str]) -> Result<Vec<TargetGroupFacts>> {
-        let mut out = Vec::with_capacity(arns.len());
-        // In calls of ARNS_PER_CALL, one after the other: a sweep's read of many bindings is not a burst.
-        for chunk in arns.chunks(ARNS_PER_CALL) {
-            let chunk: Vec<String> = chunk.iter().map(|a| (*a).to_string()).collect();
-            let read = self
-                .read(|| async {
-                    self.reader
-                        .describe_target_groups()
-                        .set_target_group_arns(Some(chunk.clone()))
-                        .send()
-                        .await
-                        .map_err(|e| aws_error(SERVICE, "DescribeTargetGroups", "*", e))
+        let arns: Vec<String> = arns.iter().map(|a| (*a).to_string()).collect();
+        self.in_chunks(&arns, |chunk| async move {
+            let out = self
+                .reader
+                .describe_target_groups()
+                .set_target_group_arns(Some(chunk))
+                .send()
+                .await
+                .map_err(|e| aws_error(SERVICE, "DescribeTargetGroups", "*", e))?;
+            Ok(out
+                .target_groups()
+                .iter()
+                .map(|g| TargetGroupFacts {
+                    arn: g.target_group_arn().unwrap_or_default().to_string(),
+                    name: g.target_group_name().unwrap_or_default().to_string(),
+                    target_type: g.target_type().map_or("instance", |t| t.as_str()).to_string(),
+                    protocol: g.protocol().map(|p| p.as_str().to_string()),
+                    port: g.port().and_then(|p| u16::try_from(p).ok()),
+                    load_balancers: g.load_balancer_arns().to_vec(),
+                    health_check: HealthCheck {
+                        protocol: g.health_check_protocol().map(|p| p.as_str().to_string()),
+                        port: g.health_check_port().map(str::to_string),
+                        path: g.health_check_path().map(str::to_string),
+                    },
                 })
-                .await?;
-            out.extend(read.target_groups().iter().map(|g| TargetGroupFacts {
-                arn: g.target_group_arn().unwrap_or_default().to_string(),
-                name: g.target_group_name().unwrap_or_default().to_string(),
-                target_type: g.target_type().map_or("instance", |t| t.as_str()).to_string(),
-                protocol: g.protocol().map(|p| p.as_str().to_string()),
-                port: g.port().and_then(|p| u16::try_from(p).ok()),
-                load_balancers: g.load_balancer_arns().to_vec(),
-                health_check: HealthCheck {
-                    protocol: g.health_check_protocol().map(|p| p.as_str().to_string()),
-                    port: g.health_check_port().map(str::to_string),
-                    path: g.health_check_path().map(str::to_string),
-                },
-            }));
-        }
-        Ok(out)
+                .collect())
+        })
+        .await
     }
 
     async fn targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
@@ -296,46 +311,34 @@ impl LoadBalancers for Elb {
                 list.push(arn.clone());
             }
         }
-        let listeners_read = async {
-            let mut found = Vec::new();
-            for chunk in listeners.chunks(ARNS_PER_CALL) {
-                let out = self
-                    .read(|| async {
-                        self.reader
-                            .describe_listeners()
-                            .set_listener_arns(Some(chunk.to_vec()))
-                            .send()
-                            .await
-                            .map_err(|e| aws_error(SERVICE, "DescribeListeners", "*", e))
-                    })
-                    .await?;
-                found.extend(
-                    out.listeners()
-                        .iter()
-                        .map(|l| (l.listener_arn().unwrap_or_default().to_string(), l.default_actions().to_vec())),
-                );
-            }
-            Ok::<_, Error>(found)
-        };
-        let rules_read = async {
-            let mut found = Vec::new();
-            for chunk in rules.chunks(ARNS_PER_CALL) {
-                let out = self
-                    .read(|| async {
-                        self.reader
-                            .describe_rules()
-                            .set_rule_arns(Some(chunk.to_vec()))
-                            .send()
-                            .await
-                            .map_err(|e| aws_error(SERVICE, "DescribeRules", "*", e))
-                    })
-                    .await?;
-                found.extend(
-                    out.rules().iter().map(|r| (r.rule_arn().unwrap_or_default().to_string(), r.actions().to_vec())),
-                );
-            }
-            Ok::<_, Error>(found)
-        };
+        let listeners_read = self.in_chunks(&listeners, |chunk| async move {
+            let out = self
+                .reader
+                .describe_listeners()
+                .set_listener_arns(Some(chunk))
+                .send()
+                .await
+                .map_err(|e| aws_error(SERVICE, "DescribeListeners", "*", e))?;
+            Ok(out
+                .listeners()
+                .iter()
+                .map(|l| (l.listener_arn().unwrap_or_default().to_string(), l.default_actions().to_vec()))
+                .collect())
+        });
+        let rules_read = self.in_chunks(&rules, |chunk| async move {
+            let out = self
+                .reader
+                .describe_rules()
+                .set_rule_arns(Some(chunk))
+                .send()
+                .await
+                .map_err(|e| aws_error(SERVICE, "DescribeRules", "*", e))?;
+            Ok(out
+                .rules()
+                .iter()
+                .map(|r| (r.rule_arn().unwrap_or_default().to_string(), r.actions().to_vec()))
+                .collect())
+        });
         let (found_listeners, found_rules) = tokio::join!(listeners_read, rules_read);
         let found: std::collections::HashMap<String, Vec<Action>> =
             found_listeners?.into_iter().chain(found_rules?).collect();

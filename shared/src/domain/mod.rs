@@ -18,8 +18,8 @@ pub use compat::{nlb_termination_warning, shorter_drain_warning, GroupShape, Hea
 pub use lane::{Admission, Lane, LaneMode, Turns, LANE_BURST, LANE_GRANT_TTL, LANE_MAX_BLOCK};
 pub use mirror::{plan_mirror, MirrorPlan, DEFAULT_BATCH};
 pub use pacing::{
-    follower_reads_per_s, full_reconcile_fits, next_read, sweep_order, sweep_per_run, sweep_rotation, sweep_slice,
-    sweep_spacing, ElbSpend, Pacing, Progress, TokenBucket, TrafficShift, ARNS_PER_CALL, CHECK_EVERY,
+    follower_reads_per_s, full_reconcile_fits, next_read, sweep_order, sweep_per_run, sweep_slice, sweep_spacing,
+    ElbSpend, Pacing, Progress, TokenBucket, TrafficShift, ARNS_PER_CALL, CHECK_EVERY,
 };
 pub use reconcile::{dark_while_public_serves, plan_reconcile, roll_back, Observed, ReconcilePlan};
 pub use record::{

@@ -210,11 +210,6 @@ pub fn sweep_spacing(schedule: Duration, per_run: usize) -> Duration {
     schedule / u32::try_from(per_run.max(1)).unwrap_or(u32::MAX)
 }
 
-/// How long a rotation of `n` bindings takes at `per_run` a run: every binding is checked once in it.
-pub fn sweep_rotation(n: usize, per_run: usize, schedule: Duration) -> Duration {
-    schedule * u32::try_from(n.div_ceil(per_run.max(1)).max(1)).unwrap_or(u32::MAX)
-}
-
 /// The bindings (indices into the configured list) scheduled run number `slot` checks: consecutive runs take
 /// consecutive slices, so every binding is checked once every `ceil(n / per_run)` runs, and each run costs the
 /// same whatever the fleet's size.
@@ -376,6 +371,11 @@ mod tests {
         assert_eq!(next_read(&TrafficShift::AllAtOnce, &just_done, &p), p.unsure);
         let done = Progress { since_last_move: Some(p.first_move_window), ..just_done };
         assert_eq!(next_read(&linear, &done, &p), p.slow);
+    }
+
+    /// How long a rotation of `n` bindings takes at `per_run` a run: every binding is checked once in it.
+    fn sweep_rotation(n: usize, per_run: usize, schedule: Duration) -> Duration {
+        schedule * u32::try_from(n.div_ceil(per_run.max(1)).max(1)).unwrap_or(u32::MAX)
     }
 
     #[test]

@@ -131,8 +131,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     ) -> Result<BindingStatus> {
         let SidePass { reads, preflight } = pass;
         let pre = self.preflight_or_own(b, preflight, t).await?;
-        let public_prod = group.production_listeners.first().map(|l| RouteRef::Listener(l.clone()));
-        let public_test = group.test_listeners.first().map(|l| RouteRef::Listener(l.clone()));
+        let (public_prod, public_test) = super::sweep::public_routes(group);
         let seen = self.observe(b, reads, public_prod.as_ref(), public_test.as_ref(), pre.production, pre.test).await?;
         let plan = plan_reconcile(&b.pair_arns(), b.style(), &seen, DEFAULT_BATCH)
             .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.side_label())))?;

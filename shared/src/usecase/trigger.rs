@@ -92,7 +92,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
                 match self.read_ahead(&ok, t).await {
                     Ok(ahead) => (spacing, Some(ahead)),
                     Err(e) => {
-                        let labels: Vec<String> = bindings.iter().map(|(label, _)| label.clone()).collect();
+                        let labels = labels(&bindings);
                         if let crate::Error::LaneBusy(_) = e {
                             self.step_aside("sweep", &labels, &e, t).await;
                             return Ok(serde_json::to_value(&*done).unwrap_or(Value::Null));
@@ -105,7 +105,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             }
             _ => (Duration::ZERO, None),
         };
-        let labels: Vec<String> = bindings.iter().map(|(label, _)| label.clone()).collect();
+        let labels = labels(&bindings);
         for (i, (label, found)) in bindings.into_iter().enumerate() {
             if i > 0 && !spacing.is_zero() {
                 tokio::time::sleep(spacing).await;
@@ -267,6 +267,11 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         }
         Ok(out)
     }
+}
+
+/// The labels of the bindings a trigger concerns, in order.
+fn labels(bindings: &[Concerned<'_>]) -> Vec<String> {
+    bindings.iter().map(|(label, _)| label.clone()).collect()
 }
 
 /// A binding a trigger concerns: its label, and the binding with its deployment group's setup or why not.

@@ -4,7 +4,7 @@ Lambda Runtime API. Prints one table (medians with min–max over the repeats), 
 the account's ELB budget: deployments played on AWS's clock (real minutes), an idle fleet and fleets of
 concurrent deployments, so the full run takes about an hour; --quick plays them compressed in a few minutes.
 
-    python bench.py [--quick [--fleet-report FILE]] [--json]
+    python bench.py [--quick [--fleet-report FILE] [--sweep-figures FILE]] [--json]
 """
 
 import argparse
@@ -415,11 +415,12 @@ class Bench:
         self.say(f"  linear: max_weight_lag_ms {out['max_weight_lag_ms']}")
         return out
 
-    def budget(self, quick, fleet_report=None):
+    def budget(self, quick, fleet_report=None, sweep=None):
         """The account's ELB budget: the follower's reads over a canary and a linear deployment on AWS's clock
         (CodeDeploy's minute played as 60 s; 3 s in quick mode, which is not AWS's figure), an idle fleet's
         scheduled sweep over 10 emulated minutes, and fleets of 1, 5 and 20 concurrent deployments (in quick mode one
-        small fleet, or `fleet_report`, a (file, report) of one just run)."""
+        small fleet, or `fleet_report`, a (file, report) of one just run). `sweep`: the 1,000-binding sweep's figures
+        when they have been read already (see `sweep_figures`)."""
         def rehearse_json(*args):
             p = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "rehearsal", "rehearse.py"), *args,
                                 "--json"], capture_output=True, timeout=3600)
@@ -448,7 +449,7 @@ class Bench:
                        "bindings_checked": r["bindings_checked"], "throttled": r["throttled"], "passed": r["passed"]}
         self.say(f"  idle fleet of {services}: {r['describe_per_emulated_s']} Describe/s over {minutes} emulated "
                  f"minutes, {r['bindings_checked']} bindings checked")
-        out["idle_1000"] = sweep_figures()
+        out["idle_1000"] = sweep or sweep_figures()
         self.say(f"  idle fleet of 1,000 (the engine on the test runtime's clock): {out['idle_1000']['describe_per_s']} "
                  f"Describe/s, every binding checked in {out['idle_1000']['rotation_minutes']} minutes")
         out["fleets"] = {}
@@ -533,17 +534,25 @@ TARGETS = [
 ]
 
 
-def sweep_figures():
+SWEEP_LINE = "sweep figures: "
+
+
+def sweep_figures(printed=None):
     """The scheduled sweep over 1,000 idle bindings: the engine's own code against the in-memory ELB, each run on
-    the test runtime's clock (tests/tests/sweep.rs prints them; no fleet of that size fits on loopback)."""
-    # --workspace as scripts/test builds it: the same features, so nothing is compiled again.
-    p = subprocess.run(["cargo", "test", "--locked", "-q", "--workspace", "--test", "sweep",
-                        "sweep_of_a_thousand_idle_bindings", "--", "--nocapture"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=3600)
-    line = next((x for x in p.stdout.splitlines() if x.startswith("sweep figures: ")), None)
-    if p.returncode or line is None:
-        raise RuntimeError(f"the sweep's figures: cargo test exited {p.returncode}: {p.stdout[-400:]}{p.stderr[-400:]}")
-    return json.loads(line[len("sweep figures: "):])
+    the test runtime's clock (tests/tests/sweep.rs prints them; no fleet of that size fits on loopback). `printed`:
+    what that test printed, when it has run already; otherwise it is run here."""
+    if printed is None:
+        # --workspace as scripts/test builds it: the same features, so nothing is compiled again.
+        p = subprocess.run(["cargo", "test", "--locked", "-q", "--workspace", "--test", "sweep",
+                            "sweep_of_a_thousand_idle_bindings", "--", "--nocapture"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=3600)
+        if p.returncode:
+            raise RuntimeError(f"the sweep's figures: cargo test exited {p.returncode}: {p.stdout[-400:]}{p.stderr[-400:]}")
+        printed = p.stdout
+    line = next((x for x in printed.splitlines() if x.startswith(SWEEP_LINE)), None)
+    if line is None:
+        raise RuntimeError(f"the sweep's figures: no line starting {SWEEP_LINE!r} in {printed[-400:]!r}")
+    return json.loads(line[len(SWEEP_LINE):])
 
 
 def table(j):
@@ -613,9 +622,21 @@ def main():
     ap.add_argument("--fleet-report", metavar="FILE",
                     help="quick mode: the small fleet's figures from this `rehearse --scenario fleet --json` report "
                          "instead of a run of its own (scripts/test passes the one it has just made)")
+    ap.add_argument("--sweep-figures", metavar="FILE",
+                    help="quick mode: the 1,000-binding sweep's figures from what tests/tests/sweep.rs printed into "
+                         "this file, instead of building and running it here (scripts/test runs it with the tests)")
     args = ap.parse_args()
     if args.fleet_report and not args.quick:
         ap.error("--fleet-report stands for quick mode's small fleet; the full run makes its own fleets")
+    if args.sweep_figures and not args.quick:
+        ap.error("--sweep-figures stands for quick mode's run of the test; the full run builds and runs it")
+    sweep = None
+    if args.sweep_figures:
+        try:
+            with open(args.sweep_figures) as f:
+                sweep = sweep_figures(f.read())
+        except (OSError, ValueError, RuntimeError) as e:
+            ap.error(f"--sweep-figures {args.sweep_figures}: not what tests/tests/sweep.rs prints ({e})")
     fleet_report = None
     if args.fleet_report:
         # Read before anything runs: a wrong file is refused at once, not after minutes of rehearsals.
@@ -655,7 +676,7 @@ def main():
     b.say("rehearsals:")
     rehearsal = b.rehearsals(rehearsals, args.quick)
     b.say("the account's ELB budget:")
-    budget = b.budget(args.quick, fleet_report)
+    budget = b.budget(args.quick, fleet_report, sweep)
     j = {k: {i: hooks[i][k] for i in hooks} for k in
          ("cold_start_ms", "first_invoke_ms", "warm_invoke_ms", "first_cpu_ms", "warm_cpu_ms", "flip_ms_cold",
           "flip_ms_warm", "peak_rss_mib", "critical_path_calls")}

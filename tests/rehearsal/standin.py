@@ -86,8 +86,6 @@ class Faults:
     the function's role)."""
 
     KINDS = ("throttle", "5xx", "reset", "timeout", "latency", "denied")
-    TRANSIENT = ("throttle", "5xx", "reset")
-    MAX_STREAK = 3
     SERVICES = ("elbv2", "dynamodb", "codedeploy", "lambda", "*")
 
     def __init__(self, spec=""):
@@ -97,10 +95,6 @@ class Faults:
         self.moments = []  # (t, what) of each fault injected, for the picture
         self.lock = threading.Lock()
         self.random = __import__("random").Random(11)
-        # Transient faults in a row per caller and operation: at most MAX_STREAK, as real throttling and server
-        # errors let up under the SDK's backoff. Without the bound a cell's outcome is a draw (6 throttles in a
-        # row at 30 % is 0.07 % per call), not a test of recovery.
-        self.streak = {}
         for part in filter(None, (p.strip() for p in spec.split(","))):
             where, _, rest = part.partition("=")
             service, _, operation = where.partition(".")
@@ -141,20 +135,15 @@ class Faults:
         if not caller.startswith("AKID"):
             return []
         out = []
-        key = (caller, service, op)
         now = time.monotonic()
         with self.lock:
+            # Each call draws on its own: at a rate, any number of faults in a row can come, as they do from AWS.
             for _s, _o, kind, value, span in (r for r in self.rules if self._applies(r, service, op, now)):
-                # An outage's window is a streak of its own: the cap is for faults at a rate.
-                if kind in self.TRANSIENT and span is None and self.streak.get(key, 0) >= self.MAX_STREAK:
-                    continue
                 if kind == "latency" or self.random.random() < value:
                     out.append((kind, value))
                     self.injected[f"{service}:{kind}"] = self.injected.get(f"{service}:{kind}", 0) + 1
                     if kind != "latency" and len(self.moments) < 500:
                         self.moments.append((time.monotonic(), f"{service} {op}: {kind}"))
-            transient = any(kind in self.TRANSIENT for kind, _ in out)
-            self.streak[key] = self.streak.get(key, 0) + 1 if transient else 0
         return out
 
 

@@ -67,6 +67,32 @@ impl Elb {
         self.client.deregister_targets().target_group_arn(target_group).set_targets(Some(descriptions)).send().await?;
         Ok(())
     }
+
+    /// DeregisterTargets, where a target another writer removed first is not an error.
+    async fn deregister_what_is_left(&self, target_group: &str, targets: &[TargetKey]) -> Result<()> {
+        match self.deregister_once(target_group, targets).await {
+            Ok(()) => Ok(()),
+            // Another writer (a concurrent reconcile, a retried hook) deregistered some of these first, and ELB
+            // refuses the whole batch for one target it no longer has. What the caller wants, those targets
+            // gone, may already hold: deregister what is still registered, once.
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_invalid_target_exception()) => {
+                let still: Vec<TargetKey> = self
+                    .targets(target_group)
+                    .await?
+                    .into_iter()
+                    .filter(|t| t.health != HealthState::Draining && targets.contains(&t.target.key))
+                    .map(|t| t.target.key)
+                    .collect();
+                if still.is_empty() {
+                    return Ok(());
+                }
+                self.deregister_once(target_group, &still)
+                    .await
+                    .map_err(|e| aws_error(SERVICE, "DeregisterTargets", target_group, e))
+            }
+            Err(e) => Err(aws_error(SERVICE, "DeregisterTargets", target_group, e)),
+        }
+    }
 }
 
 /// Reads a forward action into a route; anything else is refused, because rewriting it would drop behaviour
@@ -258,40 +284,22 @@ impl LoadBalancers for Elb {
     }
 
     async fn register(&self, target_group: &str, targets: &[Target]) -> Result<()> {
-        let descriptions = targets.iter().map(description).collect();
-        self.client
-            .register_targets()
-            .target_group_arn(target_group)
-            .set_targets(Some(descriptions))
-            .send()
-            .await
-            .map_err(|e| aws_error(SERVICE, "RegisterTargets", target_group, e))?;
-        Ok(())
+        self.write(|| async {
+            let descriptions = targets.iter().map(description).collect();
+            self.client
+                .register_targets()
+                .target_group_arn(target_group)
+                .set_targets(Some(descriptions))
+                .send()
+                .await
+                .map_err(|e| aws_error(SERVICE, "RegisterTargets", target_group, e))?;
+            Ok(())
+        })
+        .await
     }
 
     async fn deregister(&self, target_group: &str, targets: &[TargetKey]) -> Result<()> {
-        match self.deregister_once(target_group, targets).await {
-            Ok(()) => Ok(()),
-            // Another writer (a concurrent reconcile, a retried hook) deregistered some of these first, and ELB
-            // refuses the whole batch for one target it no longer has. What the caller wants, those targets
-            // gone, may already hold: deregister what is still registered, once.
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_invalid_target_exception()) => {
-                let still: Vec<TargetKey> = self
-                    .targets(target_group)
-                    .await?
-                    .into_iter()
-                    .filter(|t| t.health != HealthState::Draining && targets.contains(&t.target.key))
-                    .map(|t| t.target.key)
-                    .collect();
-                if still.is_empty() {
-                    return Ok(());
-                }
-                self.deregister_once(target_group, &still)
-                    .await
-                    .map_err(|e| aws_error(SERVICE, "DeregisterTargets", target_group, e))
-            }
-            Err(e) => Err(aws_error(SERVICE, "DeregisterTargets", target_group, e)),
-        }
+        self.write(|| self.deregister_what_is_left(target_group, targets)).await
     }
 
     async fn route(&self, route: &RouteRef) -> Result<Route> {
@@ -353,27 +361,30 @@ impl LoadBalancers for Elb {
 
     async fn set_route(&self, route: &RouteRef, to: &Route) -> Result<()> {
         let action = action_of(route, to)?;
-        match route {
-            RouteRef::Listener(arn) => {
-                self.client
-                    .modify_listener()
-                    .listener_arn(arn)
-                    .default_actions(action)
-                    .send()
-                    .await
-                    .map_err(|e| aws_error(SERVICE, "ModifyListener", arn, e))?;
+        self.write(|| async {
+            match route {
+                RouteRef::Listener(arn) => {
+                    self.client
+                        .modify_listener()
+                        .listener_arn(arn)
+                        .default_actions(action.clone())
+                        .send()
+                        .await
+                        .map_err(|e| aws_error(SERVICE, "ModifyListener", arn, e))?;
+                }
+                RouteRef::Rule(arn) => {
+                    self.client
+                        .modify_rule()
+                        .rule_arn(arn)
+                        .actions(action.clone())
+                        .send()
+                        .await
+                        .map_err(|e| aws_error(SERVICE, "ModifyRule", arn, e))?;
+                }
             }
-            RouteRef::Rule(arn) => {
-                self.client
-                    .modify_rule()
-                    .rule_arn(arn)
-                    .actions(action)
-                    .send()
-                    .await
-                    .map_err(|e| aws_error(SERVICE, "ModifyRule", arn, e))?;
-            }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn deregistration_delays(&self, arns: &[&str]) -> Result<BTreeMap<String, Duration>> {
@@ -443,7 +454,7 @@ mod tests {
     };
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
 
-    use super::budget::THROTTLED_READ_PAUSES;
+    use super::budget::{THROTTLED_READ_PAUSES, THROTTLED_WRITE_PAUSES};
     use super::*;
     use crate::clock::now_ms;
     use crate::domain::LANE_GRANT_TTL;
@@ -765,6 +776,38 @@ mod tests {
         let next = tokio::time::Instant::now();
         let _ = elb.targets(TG_A).await;
         assert!(next.elapsed() >= Duration::from_millis(300), "{:?}", next.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_throttled_through_the_sdks_retry_pauses_and_is_tried_again_then_fails() {
+        use aws_sdk_elasticloadbalancingv2::operation::modify_rule::ModifyRuleError;
+        let throttled =
+            || ModifyRuleError::generic(ErrorMetadata::builder().code("Throttling").message("Rate exceeded").build());
+        let attempts = crate::aws::MAX_ATTEMPTS as usize;
+        let to = Route::all_to(TG_A, &[TG_B], crate::domain::RouteStyle::Weighted);
+        // Throttled for one attempt more than the SDK's retry makes: the write pauses once and goes through.
+        let passes = mock!(Client::modify_rule)
+            .sequence()
+            .error(throttled)
+            .times(attempts + 1)
+            .output(|| ModifyRuleOutput::builder().build())
+            .build();
+        let elb =
+            Elb::new(production_retry(mock_client!(aws_sdk_elasticloadbalancingv2, RuleMode::Sequential, [&passes])));
+        let started = tokio::time::Instant::now();
+        elb.set_route(&RouteRef::Rule(RULE.into()), &to).await.unwrap();
+        assert_eq!(passes.num_calls(), attempts + 2);
+        assert!(started.elapsed() >= Duration::from_millis(500), "paused: {:?}", started.elapsed());
+        // Throttled throughout: each pause (1, then 2 s, jittered) is followed by the SDK's retry, then it fails.
+        let never = mock!(Client::modify_rule).sequence().error(throttled).repeatedly().build();
+        let elb =
+            Elb::new(production_retry(mock_client!(aws_sdk_elasticloadbalancingv2, RuleMode::Sequential, [&never])));
+        let started = tokio::time::Instant::now();
+        let e = elb.set_route(&RouteRef::Rule(RULE.into()), &to).await.unwrap_err();
+        assert_eq!(e.aws_kind(), Some(AwsErrorKind::Throttled));
+        assert_eq!(never.num_calls(), (THROTTLED_WRITE_PAUSES as usize + 1) * attempts);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(1_500) && waited <= Duration::from_secs(20), "{waited:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -108,7 +108,8 @@ struct Setup<'a> {
 }
 
 /// How much of a hook's budget a setup tried again must leave: an attempt under throttling spends up to half a
-/// minute in its reads' own pauses, and the hook must still report.
+/// minute in its reads' own pauses, and the hook must still report. A hook given less than two of these keeps
+/// half of its time instead.
 const SETUP_AGAIN_MARGIN: Duration = Duration::from_secs(60);
 
 /// The longest wait between two attempts at a setup.
@@ -322,7 +323,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
 
     /// The setup of AfterInstall and BeforeAllowTraffic ([`Setup`]), one check in the read lane, tried again while
     /// it fails for a transient reason (ELB throttling the account, a 5xx, a dropped connection) and the budget
-    /// leaves [`SETUP_AGAIN_MARGIN`]: after 1 s, doubling up to [`SETUP_AGAIN_MAX_WAIT`]. A hook has up to 15 minutes
+    /// leaves [`SETUP_AGAIN_MARGIN`] (or half of what it had, if less): after 1 s, doubling up to [`SETUP_AGAIN_MAX_WAIT`]. A hook has up to 15 minutes
     /// where failing rolls the deployment back, and an outage of ELB's reads lasts tens of seconds to minutes. Its
     /// writes mirror what it read (blue's membership, the private route to blue's mirror), so an attempt made again
     /// changes nothing twice.
@@ -342,10 +343,11 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             .await?;
             Ok::<_, Error>(Setup { r, sides, binding_record, green, productions })
         };
+        let margin = SETUP_AGAIN_MARGIN.min(budget.remaining() / 2);
         let mut wait = Duration::from_secs(1);
         loop {
             match attempt().await {
-                Err(e) if e.is_transient() && budget.remaining() > wait + SETUP_AGAIN_MARGIN => {
+                Err(e) if e.is_transient() && budget.remaining() > wait + margin => {
                     t.note(format!(
                         "setup failed for a reason that passes ({e}); trying again in {} s",
                         wait.as_secs()

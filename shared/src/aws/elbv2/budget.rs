@@ -1,6 +1,6 @@
 //! What one process spends of ELB's read budget, owned in one place: the process's bucket, its turn in the
-//! installation's read lane (shared through the state table), the pauses after throttling, the reads made at once,
-//! and the count of what was spent. The use cases never see it: they state how an invocation's reads use the lane
+//! installation's read lane (shared through the state table), the pauses after throttling (of reads and writes),
+//! the reads made at once, and the count of what was spent. The use cases never see it: they state how an invocation's reads use the lane
 //! (`LoadBalancers::share_reads`, `begin_check`) or that a move cannot wait (`LoadBalancers::at_once`).
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,6 +35,9 @@ const QUICK_RETRIES: u32 = 2;
 
 /// How many times a read throttled beyond the SDK's retry is paused and tried again (about 15 s in all).
 pub(super) const THROTTLED_READ_PAUSES: u32 = 4;
+
+/// How many times a write throttled beyond the SDK's retry is paused and tried again (after 1, then 2 s, jittered).
+pub(super) const THROTTLED_WRITE_PAUSES: u32 = 2;
 
 /// How many `Describe*` calls a process may make at once before its pace applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,9 +269,7 @@ impl Elb {
                     quick += 1;
                 }
                 Err(e) if e.aws_kind() == Some(AwsErrorKind::Throttled) && pauses < THROTTLED_READ_PAUSES => {
-                    // Jitter from the clock, so that processes throttled together do not come back together.
-                    let jitter = 0.5 + f64::from(self.origin.elapsed().subsec_nanos() % 1000) / 2000.0;
-                    let pause = Duration::from_secs(1 << pauses).mul_f64(jitter);
+                    let pause = self.throttle_pause(pauses);
                     pauses += 1;
                     match &self.reads {
                         Some(reads) => {
@@ -282,6 +283,39 @@ impl Elb {
                 other => return other,
             }
         }
+    }
+
+    /// One write (a registration or a `Modify*` call) with the SDK's standard retry. Throttling that outlasts that
+    /// retry pauses this write 1, then 2 s (jittered) before it is tried again, [`THROTTLED_WRITE_PAUSES`] times
+    /// at most. A write that gives up fails the deployment it serves, or leaves a rollback half-followed; the pauses
+    /// let ELB's write buckets (3 and 4 a second) refill, and add no call while the account answers.
+    pub(super) async fn write<T, Fut>(&self, call: impl Fn() -> Fut) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut pauses = 0;
+        loop {
+            match call().await {
+                Err(e) if e.aws_kind() == Some(AwsErrorKind::Throttled) && pauses < THROTTLED_WRITE_PAUSES => {
+                    let pause = self.throttle_pause(pauses);
+                    pauses += 1;
+                    tracing::info!(
+                        pause_ms = pause.as_millis() as u64,
+                        error = %e,
+                        "an ELB write was throttled through the SDK's retry; pausing before trying it again"
+                    );
+                    tokio::time::sleep(pause).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The `n`-th pause after throttling: 2^n s, jittered to between half and all of it from the clock, so that
+    /// processes throttled together do not come back together.
+    fn throttle_pause(&self, n: u32) -> Duration {
+        let jitter = 0.5 + f64::from(self.origin.elapsed().subsec_nanos() % 1000) / 2000.0;
+        Duration::from_secs(1 << n).mul_f64(jitter)
     }
 
     pub(super) fn budget_at_once(&self) -> Self {

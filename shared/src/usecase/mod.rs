@@ -323,10 +323,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
 
     /// The setup of AfterInstall and BeforeAllowTraffic ([`Setup`]), one check in the read lane, tried again while
     /// it fails for a transient reason (ELB throttling the account, a 5xx, a dropped connection) and the budget
-    /// leaves [`SETUP_AGAIN_MARGIN`] (or half of what it had, if less): after 1 s, doubling up to [`SETUP_AGAIN_MAX_WAIT`]. A hook has up to 15 minutes
-    /// where failing rolls the deployment back, and an outage of ELB's reads lasts tens of seconds to minutes. Its
-    /// writes mirror what it read (blue's membership, the private route to blue's mirror), so an attempt made again
-    /// changes nothing twice.
+    /// leaves [`SETUP_AGAIN_MARGIN`] (or half of what it had, if less): after 1 s, doubling up to
+    /// [`SETUP_AGAIN_MAX_WAIT`]. A hook has up to 15 minutes where failing rolls the deployment back, and an outage
+    /// of ELB's reads lasts tens of seconds to minutes. Its writes mirror what it read (blue's membership, the
+    /// private route to blue's mirror), so an attempt made again changes nothing twice.
     async fn setup(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<Setup<'_>> {
         let attempt = || async {
             self.lb.begin_check();

@@ -1,7 +1,8 @@
-//! What one process spends of ELB's read budget, owned in one place: the process's bucket, its turn in the
+//! What one process spends of ELB's budget, owned in one place: the process's read bucket, its turn in the
 //! installation's read lane (shared through the state table), the pauses after throttling (of reads and writes),
-//! the reads made at once, and the count of what was spent. The use cases never see it: they state how an invocation's reads use the lane
-//! (`LoadBalancers::share_reads`, `begin_check`) or that a move cannot wait (`LoadBalancers::at_once`).
+//! the reads made at once, and the count of what was spent. The use cases never see it: they state how an
+//! invocation's reads use the lane (`LoadBalancers::share_reads`, `begin_check`) or that a move cannot wait
+//! (`LoadBalancers::at_once`).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,9 +1,6 @@
 //! Elastic Load Balancing v2 adapter: target groups, targets and the forward action of listeners and rules.
 
-use aws_sdk_elasticloadbalancingv2::config::http::HttpResponse;
 use aws_sdk_elasticloadbalancingv2::config::retry::RetryConfig;
-use aws_sdk_elasticloadbalancingv2::error::SdkError;
-use aws_sdk_elasticloadbalancingv2::operation::deregister_targets::DeregisterTargetsError;
 use aws_sdk_elasticloadbalancingv2::operation::describe_target_health::DescribeTargetHealthOutput;
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, ForwardActionConfig, TargetDescription, TargetGroupStickinessConfig, TargetGroupTuple,
@@ -58,38 +55,20 @@ impl Elb {
         Self { client, reader, reads: None, lane: None, spend: None, origin: Instant::now(), at_once: false }
     }
 
-    async fn deregister_once(
-        &self,
-        target_group: &str,
-        targets: &[TargetKey],
-    ) -> std::result::Result<(), SdkError<DeregisterTargetsError, HttpResponse>> {
+    /// One DeregisterTargets call. `Ok(false)`: ELB refused the batch for a target it no longer has, when that is
+    /// `tolerated`; otherwise the refusal is the error.
+    async fn deregister_once(&self, target_group: &str, targets: &[TargetKey], tolerated: bool) -> Result<bool> {
         let descriptions = targets.iter().map(|k| description(&Target { key: *k, availability_zone: None })).collect();
-        self.client.deregister_targets().target_group_arn(target_group).set_targets(Some(descriptions)).send().await?;
-        Ok(())
-    }
-
-    /// DeregisterTargets, where a target another writer removed first is not an error.
-    async fn deregister_what_is_left(&self, target_group: &str, targets: &[TargetKey]) -> Result<()> {
-        match self.deregister_once(target_group, targets).await {
-            Ok(()) => Ok(()),
-            // Another writer (a concurrent reconcile, a retried hook) deregistered some of these first, and ELB
-            // refuses the whole batch for one target it no longer has. What the caller wants, those targets
-            // gone, may already hold: deregister what is still registered, once.
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_invalid_target_exception()) => {
-                let still: Vec<TargetKey> = self
-                    .targets(target_group)
-                    .await?
-                    .into_iter()
-                    .filter(|t| t.health != HealthState::Draining && targets.contains(&t.target.key))
-                    .map(|t| t.target.key)
-                    .collect();
-                if still.is_empty() {
-                    return Ok(());
-                }
-                self.deregister_once(target_group, &still)
-                    .await
-                    .map_err(|e| aws_error(SERVICE, "DeregisterTargets", target_group, e))
-            }
+        match self
+            .client
+            .deregister_targets()
+            .target_group_arn(target_group)
+            .set_targets(Some(descriptions))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if tolerated && e.as_service_error().is_some_and(|se| se.is_invalid_target_exception()) => Ok(false),
             Err(e) => Err(aws_error(SERVICE, "DeregisterTargets", target_group, e)),
         }
     }
@@ -299,7 +278,24 @@ impl LoadBalancers for Elb {
     }
 
     async fn deregister(&self, target_group: &str, targets: &[TargetKey]) -> Result<()> {
-        self.write(|| self.deregister_what_is_left(target_group, targets)).await
+        if self.write(|| self.deregister_once(target_group, targets, true)).await? {
+            return Ok(());
+        }
+        // Another writer (a concurrent reconcile, a retried hook) deregistered some of these first, and ELB refuses
+        // the whole batch for one target it no longer has. What the caller wants, those targets gone, may already
+        // hold: deregister what is still registered, once. The read between is paced as any read, not retried as
+        // part of the write.
+        let still: Vec<TargetKey> = self
+            .targets(target_group)
+            .await?
+            .into_iter()
+            .filter(|t| t.health != HealthState::Draining && targets.contains(&t.target.key))
+            .map(|t| t.target.key)
+            .collect();
+        if !still.is_empty() {
+            self.write(|| self.deregister_once(target_group, &still, false)).await?;
+        }
+        Ok(())
     }
 
     async fn route(&self, route: &RouteRef) -> Result<Route> {
@@ -440,7 +436,9 @@ impl LoadBalancers for Elb {
 #[cfg(test)]
 mod tests {
     use aws_sdk_elasticloadbalancingv2::error::ErrorMetadata;
-    use aws_sdk_elasticloadbalancingv2::operation::deregister_targets::DeregisterTargetsOutput;
+    use aws_sdk_elasticloadbalancingv2::operation::deregister_targets::{
+        DeregisterTargetsError, DeregisterTargetsOutput,
+    };
     use aws_sdk_elasticloadbalancingv2::operation::describe_listeners::DescribeListenersOutput;
     use aws_sdk_elasticloadbalancingv2::operation::describe_target_health::{
         DescribeTargetHealthError, DescribeTargetHealthOutput,

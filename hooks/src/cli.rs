@@ -358,7 +358,7 @@ where
     };
     let mut live = Vec::new();
     if let Some(arn) = &rec.public_production_listener {
-        if let Ok(r) = engine.lb.route(&RouteRef::Listener(arn.clone())).await {
+        if let Ok(r) = engine.lb.inner().route(&RouteRef::Listener(arn.clone())).await {
             live.push(("public production".to_string(), r));
         }
     }
@@ -369,7 +369,7 @@ where
             .find(|b| b.application == rec.application && b.deployment_group == rec.deployment_group);
         if let Some(b) = mine {
             for side in b.sides() {
-                if let Ok(r) = engine.lb.route(&side.private_production_route).await {
+                if let Ok(r) = engine.lb.inner().route(&side.private_production_route).await {
                     live.push((format!("{} production", side.side_label()), r));
                 }
             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::domain::binding::{Binding, Pair, PrivateSide, RouteRef};
+pub use crate::domain::binding::{Binding, Mode, Pair, PrivateSide, RouteRef};
 use crate::{Error, Result};
 
 pub const ENV_TABLE: &str = "BLUEGREEN_MIRROR_TABLE";
@@ -18,6 +18,7 @@ pub const ENV_ELB_READS_PER_S: &str = "BLUEGREEN_MIRROR_ELB_READS_PER_S";
 pub const ENV_SCHEDULE_S: &str = "BLUEGREEN_MIRROR_SCHEDULE_S";
 pub const ENV_MINUTE_MS: &str = "BLUEGREEN_MIRROR_MINUTE_MS";
 pub const ENV_METRICS_NAMESPACE: &str = "BLUEGREEN_MIRROR_METRICS_NAMESPACE";
+pub const ENV_MODE: &str = "BLUEGREEN_MIRROR_MODE";
 
 /// The tag (value `true`) the fleet installation's roles require on every private target group, listener and
 /// rule they change (`infra/fleet.yaml`); `check` and `bindings apply` verify it on stored bindings.
@@ -89,6 +90,8 @@ pub struct Config {
     pub minute: Duration,
     /// The CloudWatch namespace of the functions' metrics (Embedded Metric Format log lines).
     pub metrics_namespace: String,
+    /// The mode of every binding that does not name its own (`BLUEGREEN_MIRROR_MODE`).
+    pub mode: Mode,
 }
 
 impl Config {
@@ -134,6 +137,14 @@ impl Config {
         if let Some(ms) = whole(ENV_MINUTE_MS, 100..=60_000)? {
             cfg.minute = Duration::from_millis(ms);
         }
+        if let Ok(m) = std::env::var(ENV_MODE) {
+            cfg.mode = Mode::parse(&m).ok_or_else(|| {
+                Error::Config(format!(
+                    "{ENV_MODE}={m:?} must be `enforce` (mirror the private side) or `observe` \
+                                       (record what would be done, write nothing)"
+                ))
+            })?;
+        }
         if let Ok(ns) = std::env::var(ENV_METRICS_NAMESPACE) {
             // CloudWatch's rule for namespaces: 1 to 255 of these characters, not starting with "AWS/".
             let valid = !ns.is_empty()
@@ -169,7 +180,13 @@ impl Config {
             schedule: DEFAULT_SCHEDULE,
             minute: Duration::from_secs(60),
             metrics_namespace: DEFAULT_NAMESPACE.to_string(),
+            mode: Mode::Enforce,
         }
+    }
+
+    /// The mode `b` runs in: its own, else the installation's.
+    pub fn mode_of(&self, b: &Binding) -> Mode {
+        b.mode.unwrap_or(self.mode)
     }
 
     /// Parses and validates the table name and the bindings JSON, reporting every problem at once.

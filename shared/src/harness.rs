@@ -116,6 +116,16 @@ pub struct Summary {
     /// the next sweep.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub stepped_aside: bool,
+    /// The binding observes (shadow mode): nothing was written to its private side, and a failure is reported
+    /// to CodeDeploy as a success, the would-be failure kept in `would_be_failure`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub observed: bool,
+    /// What would have been written to the private side (shadow mode), in the order it was found.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub would_be: Vec<crate::domain::WouldBe>,
+    /// What an enforcing function would have failed with (shadow mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_be_failure: Option<String>,
     /// The routes to put back (one per private side) if the invocation fails after changing them.
     #[serde(skip)]
     pub undo: Vec<(RouteRef, Route)>,
@@ -193,6 +203,24 @@ impl Tracker {
     pub fn step_aside(&self, note: impl Into<String>) {
         self.note(note);
         self.with(|s| s.stepped_aside = true);
+    }
+
+    /// Whether the binding at hand observes (shadow mode); the last word counts (the installation's, then the
+    /// binding's).
+    pub fn observing(&self, on: bool) {
+        self.with(|s| s.observed = on);
+    }
+
+    pub fn observes(&self) -> bool {
+        self.with(|s| s.observed)
+    }
+
+    /// Would-be actions found (shadow mode), each also in the log.
+    pub fn would_be(&self, found: &[crate::domain::WouldBe]) {
+        for w in found {
+            self.note(format!("would have: {}", w.action));
+        }
+        self.with(|s| s.would_be.extend(found.iter().cloned()));
     }
 
     /// Remembers how to undo a route change, should the invocation fail from here on: every route so
@@ -289,6 +317,13 @@ where
     };
     let (status, message, epilogue) = match result {
         Ok(epilogue) => (HookStatus::Succeeded, None, epilogue),
+        // Shadow mode never fails a deployment: what would have failed it is kept beside the verdict.
+        Err(e) if tracker.observes() => {
+            let failure = error_chain(&e);
+            tracker.note(format!("would have reported Failed: {failure}"));
+            tracker.with(|s| s.would_be_failure = Some(failure));
+            (HookStatus::Succeeded, None, Epilogue::none())
+        }
         Err(e) => (HookStatus::Failed, Some(error_chain(&e)), Epilogue::none()),
     };
 

@@ -15,7 +15,11 @@
 //!   move mirrored];
 //! - per reconciler invocation, by (Function) and over the installation: `ReconcilerErrors` [0/1],
 //!   `ReconcilerSteppedAside` [0/1: its reads stepped aside from the busy read lane, its check left to a later
-//!   sweep], `ElbCalls`, `ElbThrottles`, `ElbLaneWait` [ms].
+//!   sweep], `ElbCalls`, `ElbThrottles`, `ElbLaneWait` [ms];
+//! - shadow mode, where a binding observes: per hook invocation, by (Application, DeploymentGroup) and over the
+//!   installation, `ObserveWouldFail` [0/1: an enforcing hook would have reported Failed] and `ObserveFindings`
+//!   [the actions it would have taken on the private side]; per reconciler invocation, by (Function) and over the
+//!   installation, `ObserveFindings` (a follower's also by its binding).
 
 use serde_json::{json, Map, Value};
 
@@ -107,7 +111,7 @@ pub const UNKNOWN_GROUP: &str = "(unknown)";
 /// The line for one hook invocation, by binding (the deployment group CodeDeploy named, bound or not; see
 /// [`UNKNOWN_GROUP`]), by hook and over the installation: the `HookFailed` alarm groups by the first, so that a
 /// page names the service.
-pub fn hook_line(namespace: &str, outcome: &Outcome, elb: ElbSpend, timestamp_ms: u64) -> Option<String> {
+pub fn hook_line(namespace: &str, outcome: &Outcome, elb: ElbSpend, timestamp_ms: u64) -> Vec<String> {
     let s = &outcome.summary;
     let mut doc = Document::default()
         .dimension("Hook", outcome.phase.as_str())
@@ -127,7 +131,19 @@ pub fn hook_line(namespace: &str, outcome: &Outcome, elb: ElbSpend, timestamp_ms
     if let Some(skew) = s.flip_skew_ms {
         doc = doc.metric("FlipSkew", Unit::Milliseconds, skew as f64);
     }
-    doc.render(namespace, timestamp_ms)
+    let mut lines: Vec<String> = doc.render(namespace, timestamp_ms).into_iter().collect();
+    if s.observed {
+        lines.extend(
+            Document::default()
+                .dimension("Application", s.application.as_deref().unwrap_or(UNKNOWN_GROUP))
+                .dimension("DeploymentGroup", s.deployment_group.as_deref().unwrap_or(UNKNOWN_GROUP))
+                .under(&[BY_BINDING, OVERALL])
+                .metric("ObserveWouldFail", Unit::Count, if s.would_be_failure.is_some() { 1.0 } else { 0.0 })
+                .metric("ObserveFindings", Unit::Count, s.would_be.len() as f64)
+                .render(namespace, timestamp_ms),
+        );
+    }
+    lines
 }
 
 /// The lines for one reconciler invocation: one per binding it reconciled, one for the follower's lag when it
@@ -158,14 +174,15 @@ pub fn reconciler_lines(
         })
         .collect();
     if let (Some(a), Some(g)) = (&summary.application, &summary.deployment_group) {
-        lines.extend(
-            Document::default()
-                .dimension("Application", a)
-                .dimension("DeploymentGroup", g)
-                .under(&[BY_BINDING])
-                .values("FollowerWeightLag", Unit::Milliseconds, &summary.weight_lag_ms)
-                .render(namespace, timestamp_ms),
-        );
+        let mut doc = Document::default()
+            .dimension("Application", a)
+            .dimension("DeploymentGroup", g)
+            .under(&[BY_BINDING])
+            .values("FollowerWeightLag", Unit::Milliseconds, &summary.weight_lag_ms);
+        if summary.observed {
+            doc = doc.metric("ObserveFindings", Unit::Count, summary.would_be.len() as f64);
+        }
+        lines.extend(doc.render(namespace, timestamp_ms));
     }
     lines.extend(
         Document::default()
@@ -176,6 +193,7 @@ pub fn reconciler_lines(
             .metric("ElbCalls", Unit::Count, elb.calls as f64)
             .metric("ElbThrottles", Unit::Count, elb.throttles as f64)
             .metric("ElbLaneWait", Unit::Milliseconds, elb.lane_wait_ms as f64)
+            .metric("ObserveFindings", Unit::Count, summary.would_be.len() as f64)
             .render(namespace, timestamp_ms),
     );
     lines
@@ -216,7 +234,8 @@ mod tests {
             ElbSpend { calls: 9, throttles: 1, lane_wait_ms: 2500 },
             7,
         );
-        let doc = parse(line.as_deref().unwrap_or(""));
+        assert_eq!(line.len(), 1, "no shadow-mode line for an enforcing binding: {line:?}");
+        let doc = parse(line.first().map_or("", String::as_str));
         let cw = &doc["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(doc["_aws"]["Timestamp"], 7);
         assert_eq!(cw["Namespace"], "Ns");
@@ -239,7 +258,7 @@ mod tests {
     #[test]
     fn an_unresolved_deployment_is_counted_under_an_unknown_group_too() {
         let line = hook_line("Ns", &outcome(HookStatus::Failed, false), ElbSpend::default(), 0);
-        let doc = parse(line.as_deref().unwrap_or(""));
+        let doc = parse(line.first().map_or("", String::as_str));
         assert_eq!(
             doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
             json!([["Application", "DeploymentGroup"], ["Hook"], []])
@@ -249,6 +268,24 @@ mod tests {
             (doc["Application"].clone(), doc["DeploymentGroup"].clone()),
             (json!("(unknown)"), json!("(unknown)"))
         );
+    }
+
+    #[test]
+    fn an_observing_hook_counts_what_it_would_have_done_and_whether_it_would_have_failed() {
+        let mut o = outcome(HookStatus::Succeeded, true);
+        o.summary.observed = true;
+        o.summary.would_be_failure = Some("replacement tasks did not become healthy".into());
+        o.summary.would_be = vec![
+            crate::domain::WouldBe { at_ms: 1, by: "AfterInstall".into(), action: "register 10.0.0.1:80".into() },
+            crate::domain::WouldBe { at_ms: 2, by: "AfterInstall".into(), action: "set listener".into() },
+        ];
+        let lines = hook_line("Ns", &o, ElbSpend::default(), 0);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(parse(&lines[0])["HookFailed"], 0.0, "shadow mode reports a success to CodeDeploy");
+        let doc = parse(&lines[1]);
+        assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([["Application", "DeploymentGroup"], []]));
+        assert_eq!((doc["ObserveWouldFail"].clone(), doc["ObserveFindings"].clone()), (json!(1.0), json!(2.0)));
+        assert_eq!(doc["DeploymentGroup"], "web-bg");
     }
 
     #[test]

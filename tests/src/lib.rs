@@ -889,6 +889,7 @@ pub const GROUP: &str = "web-bg";
 pub const DEPLOYMENT: &str = "d-TEST00001";
 
 /// ARNs of the fixture.
+#[derive(Debug, Clone)]
 pub struct Arns {
     pub pub_blue: String,
     pub pub_green: String,

@@ -11,6 +11,35 @@ use super::{arn, RouteStyle};
 /// How long the gate waits for the private side's health when a binding does not say.
 pub const DEFAULT_HEALTH_TIMEOUT_SECS: u64 = 300;
 
+/// What the functions do with a binding's private side. `Enforce` mirrors it; `Observe` (shadow mode) reads, plans,
+/// gates and records exactly as `Enforce` does but writes nothing to ELB and never fails a deployment: it records
+/// what it would have done, so that a team can watch real deployments before the functions touch production.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Observe,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Observe => "observe",
+        }
+    }
+
+    /// Parses `enforce` or `observe` (the installation's setting).
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s.trim() {
+            "enforce" => Some(Mode::Enforce),
+            "observe" => Some(Mode::Observe),
+            _ => None,
+        }
+    }
+}
+
 /// One public target group and its private mirror.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,6 +111,9 @@ pub struct Binding {
     pub health_timeout_seconds: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub additional_private_sides: Vec<PrivateSide>,
+    /// This binding's mode; `None` takes the installation's (`BLUEGREEN_MIRROR_MODE`, `enforce` unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
     /// Which private side this is, in a view from [`Binding::sides`] (0: the binding's own fields).
     #[serde(skip)]
     pub side: usize,

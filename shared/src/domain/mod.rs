@@ -13,7 +13,7 @@ pub mod record;
 pub mod route;
 pub mod target;
 
-pub use binding::{Binding, Pair, PrivateSide, RouteRef};
+pub use binding::{Binding, Mode, Pair, PrivateSide, RouteRef};
 pub use compat::{nlb_termination_warning, shorter_drain_warning, GroupShape, HealthCheck, NLB_SETTLE};
 pub use lane::{Admission, Lane, LaneMode, Turns, LANE_BURST, LANE_GRANT_TTL, LANE_MAX_BLOCK};
 pub use mirror::{plan_mirror, MirrorPlan, DEFAULT_BATCH};
@@ -23,7 +23,7 @@ pub use pacing::{
 };
 pub use reconcile::{dark_while_public_serves, plan_reconcile, roll_back, Observed, ReconcilePlan};
 pub use record::{
-    BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, Phase, SideRecord, StoredBinding,
+    BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, Phase, SideRecord, StoredBinding, WouldBe,
 };
 pub use route::{mirror_route, test_route, Route, RouteStyle, WeightedTargetGroup};
 pub use target::{HealthState, ObservedTarget, Target, TargetKey};

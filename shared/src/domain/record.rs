@@ -32,6 +32,17 @@ impl std::fmt::Display for Phase {
     }
 }
 
+/// One action the functions would have taken on a private side in observe mode (shadow mode), and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WouldBe {
+    /// When it would have been taken (ms since the epoch).
+    pub at_ms: u64,
+    /// The function that found it (`AfterInstall`, `follower`, ...).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub by: String,
+    pub action: String,
+}
+
 /// How long deployment records are kept before DynamoDB's TTL retires them.
 pub const DEPLOYMENT_RECORD_TTL_SECS: u64 = 30 * 24 * 3600;
 
@@ -79,6 +90,14 @@ pub struct DeploymentRecord {
     /// writes it over that version without reading it first; a write lost to another writer reads it again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub binding_record: Option<BindingRecord>,
+    /// The binding observed (shadow mode): nothing was written to its private side, and what would have been is
+    /// in `would_be`, in the order it was found; a hook that would have failed says why in `would_be_failure`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub observed: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub would_be: Vec<WouldBe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub would_be_failure: Option<String>,
 }
 
 /// One private side of a deployment: its groups and its flip.
@@ -106,6 +125,16 @@ impl DeploymentRecord {
 
     pub fn key(deployment_id: &str) -> String {
         format!("deployment#{deployment_id}")
+    }
+
+    /// Adds would-be actions not already on record (a later function finds again what an earlier one would
+    /// have done: the private side it reads is still untouched).
+    pub fn add_would_be(&mut self, found: impl IntoIterator<Item = WouldBe>) {
+        for w in found {
+            if !self.would_be.iter().any(|x| x.action == w.action) {
+                self.would_be.push(w);
+            }
+        }
     }
 
     /// Side `i` (0: the record's own fields).

@@ -115,6 +115,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             }
         };
         t.binding(&flip.binding);
+        t.observing(self.observes(&flip.binding));
         // Every side's write at once, each with its undo remembered first: from here on a failure (error, panic,
         // timeout) puts every side back (see `Engine::run`).
         for (side, before, _) in &flip.sides {

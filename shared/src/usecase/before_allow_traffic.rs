@@ -5,7 +5,7 @@
 
 use futures_util::future::try_join_all;
 
-use super::{health_budget, live_keys, name, Engine, Green, ReadOnce, Setup, Tracker};
+use super::{health_budget, live_keys, name, Engine, Green, ReadOnce, Setup, Shadow, Tracker};
 use crate::clock::now_ms;
 use crate::config::Binding;
 use crate::domain::{plan_mirror, HealthState, Phase, Route, SideRecord, DEFAULT_BATCH};
@@ -145,7 +145,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     /// private group, `Err(state)` while waiting.
     async fn gate_check(
         &self,
-        reads: &ReadOnce<'_, L>,
+        reads: &ReadOnce<'_, Shadow<L>>,
         g: &Green,
         t: &Tracker,
     ) -> Result<std::result::Result<usize, String>> {

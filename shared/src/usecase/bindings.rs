@@ -74,11 +74,13 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             };
         }
         if let Some(cached) = self.bindings.get(application, group) {
+            cached.iter().for_each(|b| self.scope(b));
             return Ok(cached.map(Cow::Owned));
         }
         let stored = self.state.stored_binding(application, group).await?;
         let b = stored.as_ref().map(Binding::from_stored).transpose()?;
         self.bindings.put(application, group, b.as_ref());
+        b.iter().for_each(|b| self.scope(b));
         Ok(b.map(Cow::Owned))
     }
 
@@ -94,6 +96,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
                     let b = Binding::from_stored(&stored);
                     if let Ok(b) = &b {
                         self.bindings.put(&stored.application, &stored.deployment_group, Some(b));
+                        self.scope(b);
                     }
                     out.push((stored.label(), b.map(Cow::Owned)));
                 }
@@ -115,10 +118,21 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     pub async fn every_binding_cached(&self) -> Result<Vec<(String, Result<Cow<'_, Binding>>)>> {
         match self.bindings.list() {
             Some(items) if self.config.stored => {
+                items.iter().filter_map(|(_, b)| b.as_ref().ok()).for_each(|b| self.scope(b));
                 Ok(items.into_iter().map(|(l, b)| (l, b.map(Cow::Owned).map_err(Error::Misconfigured))).collect())
             }
             _ => self.every_binding().await,
         }
+    }
+
+    /// Puts `b`'s private side in or out of shadow mode, by its mode (see [`super::Shadow`]).
+    pub(crate) fn scope(&self, b: &Binding) {
+        self.lb.scope(b, self.config.mode_of(b) == crate::config::Mode::Observe);
+    }
+
+    /// Whether `b` observes (shadow mode) rather than enforces.
+    pub fn observes(&self, b: &Binding) -> bool {
+        self.config.mode_of(b) == crate::config::Mode::Observe
     }
 
     /// What to tell an operator whose deployment group has no binding.

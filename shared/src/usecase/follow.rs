@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::reconcile::{on_every_side, Reconciled};
-use super::{Engine, ReadOnce, Tracker};
+use super::{Engine, ReadOnce, Shadow, Tracker};
 use crate::clock::now_ms;
 use crate::config::{Binding, RouteRef};
 use crate::domain::follower::{Duty, Follower, Found, Next};
@@ -106,7 +106,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         public: &Route,
         read: (&RouteRef, Instant),
         speculate: bool,
-        (lb, reads): (&L, &ReadOnce<'_, L>),
+        (lb, reads): (&Shadow<L>, &ReadOnce<'_, Shadow<L>>),
         t: &Tracker,
     ) -> Result<Reconciled> {
         let mut out = Reconciled { rounds: 1, ..Reconciled::of(b, b.side_label()) };
@@ -178,6 +178,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
                 .ok_or_else(|| self.no_binding(&req.application, &req.deployment_group))?,
         };
         let b: &Binding = &b;
+        self.scope(b);
+        t.binding(b);
+        t.observing(self.observes(b));
         // BeforeAllowTraffic hands over what it knows, so that the first read comes before the first move; the
         // deployment group is read only when a full reconcile needs it.
         let mut group = None::<DeploymentGroupFacts>;

@@ -12,12 +12,14 @@ mod preflight;
 mod reconcile;
 mod records;
 mod rollback;
+mod shadow;
 mod status;
 mod sweep;
 mod trigger;
 
 pub use bindings::BINDING_CACHE_TTL;
 pub use reconcile::{Reconciled, EVENTS_SETTLE};
+pub use shadow::Shadow;
 pub use status::{BindingStatus, PlanSummary};
 pub use trigger::{Concerned, Trigger};
 
@@ -27,7 +29,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{Binding, Config, RouteRef};
+use crate::config::{Binding, Config, Mode, RouteRef};
 use crate::domain::{arn, plan_mirror, MirrorPlan, ObservedTarget, Phase, Route, TargetKey, DEFAULT_BATCH};
 use crate::harness::{Budget, Epilogue, Tracker};
 use crate::ports::{Coordination, DeploymentFacts, Deployments, Followers, LoadBalancers, StateStore, TaskSetLabel};
@@ -48,7 +50,8 @@ fn read_apart(apart: Option<Duration>) -> bool {
 /// The engine: every function's use cases (the three hooks, the reconciler) over one set of ports.
 #[derive(Debug)]
 pub struct Engine<L, D, S, F> {
-    pub lb: L,
+    /// ELB, through shadow mode for the bindings that observe.
+    pub lb: Shadow<L>,
     pub deployments: D,
     pub state: S,
     pub followers: F,
@@ -134,6 +137,10 @@ fn missing(what: String) -> impl FnOnce(Error) -> Error {
 
 impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Followers> Engine<L, D, S, F> {
     pub fn new(lb: L, deployments: D, state: S, followers: F, config: Config) -> Self {
+        let lb = Shadow::new(lb);
+        for b in &config.bindings {
+            lb.scope(b, config.mode_of(b) == Mode::Observe);
+        }
         Self {
             lb,
             deployments,
@@ -181,6 +188,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         t: &Tracker,
         work: impl Future<Output = Result<T>>,
     ) -> Result<Epilogue<'e>> {
+        // The installation's mode until the deployment resolves to a binding, which may name its own.
+        t.observing(self.config.mode == Mode::Observe);
         let result = crate::harness::guard(budget, phase.as_str(), work).await;
         if result.is_err() {
             // Every side is put back together: a binding is never left with some sides flipped and others not.
@@ -193,7 +202,18 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             });
             futures_util::future::join_all(restores).await;
         }
-        if let Err(e) = &result {
+        if t.observes() {
+            let found = self.would_be(phase.as_str(), t);
+            let failure = result.as_ref().err().map(|e| format!("{phase}: {}", crate::harness::error_chain(e)));
+            self.record_existing(deployment_id, t, |r| {
+                r.observed = true;
+                r.add_would_be(found.iter().cloned());
+                if failure.is_some() {
+                    r.would_be_failure.clone_from(&failure);
+                }
+            })
+            .await;
+        } else if let Err(e) = &result {
             let message = format!("{phase}: {}", crate::harness::error_chain(e));
             self.record_existing(deployment_id, t, |r| {
                 r.outcome = Some("failed".to_string());
@@ -202,6 +222,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             .await;
         }
         result.map(Into::into)
+    }
+
+    /// The would-be actions shadow mode found since the last call, `by` the function named, noted in `t`.
+    pub(crate) fn would_be(&self, by: &str, t: &Tracker) -> Vec<crate::domain::WouldBe> {
+        let found: Vec<crate::domain::WouldBe> =
+            self.lb.take_actions().into_iter().map(|w| crate::domain::WouldBe { by: by.to_string(), ..w }).collect();
+        t.would_be(&found);
+        found
     }
 
     /// GetDeployment + GetDeploymentGroup, then the checks that make the deployment ours to mirror.
@@ -230,6 +258,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             .await?
             .ok_or_else(|| self.no_binding(&facts.application, &facts.deployment_group))?;
         t.binding(&binding);
+        t.observing(self.observes(&binding));
         uses_only_bound_groups(&binding, &facts.target_group_names)?;
         for tg in binding.public_target_groups() {
             if !facts.target_group_names.is_empty()
@@ -443,7 +472,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     /// Mirrors a pair; both groups are read at once, the public one in the pass the sides share.
     async fn mirror_pair(
         &self,
-        reads: &ReadOnce<'_, L>,
+        reads: &ReadOnce<'_, Shadow<L>>,
         public: &str,
         private: &str,
         t: &Tracker,
@@ -484,7 +513,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     /// The public route is read in the pass the sides share.
     async fn converge_production(
         &self,
-        reads: &ReadOnce<'_, L>,
+        reads: &ReadOnce<'_, Shadow<L>>,
         r: &Resolved<'_>,
         b: &Binding,
         current: &Route,

@@ -113,7 +113,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
 
     /// A [`SidesPass`] over every side of `b`: the sides' preflights read together; a side whose preflight fails
     /// fails alone.
-    pub(super) async fn sides_pass(&self, b: &Binding, t: &Tracker) -> Result<SidesPass<'_, L>> {
+    pub(super) async fn sides_pass(&self, b: &Binding, t: &Tracker) -> Result<SidesPass<'_, super::Shadow<L>>> {
         let together = self.preflight_together(&b.sides(), t).await?;
         Ok(SidesPass {
             reads: ReadOnce::new(&self.lb),

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::sweep::{public_routes, Ahead};
-use super::{read_apart, Engine, ReadOnce, SidePass, Tracker};
+use super::{read_apart, Engine, ReadOnce, Shadow, SidePass, Tracker};
 use crate::clock::now_ms;
 use crate::config::{Binding, RouteRef};
 use crate::domain::{plan_reconcile, Observed, Route, DEFAULT_BATCH};
@@ -146,7 +146,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         &self,
         b: &Binding,
         group: &DeploymentGroupFacts,
-        first: SidePass<'_, '_, L>,
+        first: SidePass<'_, '_, Shadow<L>>,
         look: bool,
         t: &Tracker,
     ) -> Result<Reconciled> {
@@ -240,7 +240,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         on_every_side(b, |side| async move { self.membership_side(&side, reads, t).await }).await
     }
 
-    async fn membership_side(&self, b: &Binding, reads: &ReadOnce<'_, L>, t: &Tracker) -> Result<Reconciled> {
+    async fn membership_side(&self, b: &Binding, reads: &ReadOnce<'_, Shadow<L>>, t: &Tracker) -> Result<Reconciled> {
         let mut out = Reconciled { rounds: 1, ..Reconciled::of(b, b.side_label()) };
         let tgs: Vec<&str> = b.public_target_groups().into_iter().chain(b.private_target_groups()).collect();
         let targets = futures_util::future::try_join_all(tgs.iter().map(|tg| reads.targets(tg))).await?;
@@ -257,7 +257,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         &self,
         b: &Binding,
         seen: &Observed,
-        reads: &ReadOnce<'_, L>,
+        reads: &ReadOnce<'_, Shadow<L>>,
         out: &mut Reconciled,
         t: &Tracker,
     ) -> Result<bool> {
@@ -312,7 +312,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     /// `None` (a fresh read is trusted without a second one). No private route is written from a stale read.
     pub(super) async fn moved_since(
         &self,
-        lb: &L,
+        lb: &Shadow<L>,
         public_ref: &RouteRef,
         public: &Route,
         read_at: Instant,
@@ -329,7 +329,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     pub(super) async fn observe(
         &self,
         b: &Binding,
-        reads: &ReadOnce<'_, L>,
+        reads: &ReadOnce<'_, Shadow<L>>,
         public_prod: Option<&RouteRef>,
         public_test: Option<&RouteRef>,
         private_production: Route,

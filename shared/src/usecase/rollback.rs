@@ -121,6 +121,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     pub(super) fn binding_in_record<'s>(&'s self, rec: &DeploymentRecord) -> Option<Cow<'s, Binding>> {
         if self.config.stored {
             let b: Binding = serde_json::from_value(rec.binding.clone()?).ok()?;
+            self.scope(&b);
             (b.application == rec.application && b.deployment_group == rec.deployment_group).then_some(Cow::Owned(b))
         } else {
             self.config.binding(&rec.application, &rec.deployment_group).map(Cow::Borrowed)

@@ -126,7 +126,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         &self,
         b: &Binding,
         group: &DeploymentGroupFacts,
-        pass: SidePass<'_, '_, L>,
+        pass: SidePass<'_, '_, super::Shadow<L>>,
         t: &Tracker,
     ) -> Result<BindingStatus> {
         let SidePass { reads, preflight } = pass;

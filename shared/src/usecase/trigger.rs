@@ -63,6 +63,29 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         t: &Tracker,
         done: &mut Vec<Reconciled>,
     ) -> Result<Value> {
+        let result = self.trigger_work(trigger, owner, budget, t, done).await;
+        // What shadow mode would have changed: a follower's goes on its deployment's record beside the hooks';
+        // anything else is drift on an observed binding, in the log and the metrics.
+        let who = if matches!(trigger, Trigger::Follow(_)) { "follower" } else { "reconciler" };
+        let found = self.would_be(who, t);
+        if let (Trigger::Follow(req), false) = (trigger, found.is_empty()) {
+            self.record_existing(&req.deployment_id, t, |r| {
+                r.observed = true;
+                r.add_would_be(found.iter().cloned());
+            })
+            .await;
+        }
+        result
+    }
+
+    async fn trigger_work(
+        &self,
+        trigger: &Trigger,
+        owner: &str,
+        budget: Budget,
+        t: &Tracker,
+        done: &mut Vec<Reconciled>,
+    ) -> Result<Value> {
         // A read that cannot have its turn in the lane before the invocation's end (less what a reconcile needs after
         // it) steps aside rather than sleep into the timeout.
         let within = || Some(budget.remaining().saturating_sub(AFTER_THE_TURN));

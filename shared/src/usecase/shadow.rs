@@ -1,0 +1,248 @@
+//! Shadow mode: the load balancers as the use cases see them when a binding observes. Writes to an observed
+//! binding's private target groups and routes are recorded as would-be actions instead of made; reads of them
+//! answer as if the functions had made every write so far, so that the use cases read, plan, gate and verify
+//! exactly as they do in enforce mode. Everything else passes through untouched.
+//!
+//! A private group of an observed binding reads as its public mirror would leave it: the members its mirror
+//! would register (with the health the public group reports for them, the closest the functions can know
+//! without registering them), those it would deregister as draining, the rest as ELB reports them. A route reads
+//! as the functions last set it in this process, else as ELB has it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::clock::now_ms;
+use crate::config::{Binding, RouteRef};
+use crate::domain::{arn, plan_mirror, HealthState, ObservedTarget, Route, Target, TargetKey, WouldBe, DEFAULT_BATCH};
+use crate::ports::{LoadBalancers, TargetGroupFacts};
+use crate::Result;
+
+/// A public group's read younger than this stands in for reading it again beside its private mirror: the use
+/// cases read a pair's two groups together.
+const PUBLIC_READ_FRESH: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+struct Overlay {
+    /// Observed private target groups → their public mirror.
+    groups: BTreeMap<String, String>,
+    /// Observed private routes.
+    routes: BTreeSet<String>,
+    /// Routes as the functions would have set them in this process.
+    set: BTreeMap<String, Route>,
+    /// The last read of each target group that passed through, and when it answered.
+    seen: BTreeMap<String, (Instant, Vec<ObservedTarget>)>,
+    /// Would-be actions not yet taken by [`Shadow::take_actions`].
+    actions: Vec<WouldBe>,
+}
+
+impl Overlay {
+    fn would(&mut self, action: String) {
+        if !self.actions.iter().any(|a| a.action == action) {
+            tracing::info!(would_be = %action);
+            self.actions.push(WouldBe { at_ms: now_ms(), by: String::new(), action });
+        }
+    }
+}
+
+/// [`LoadBalancers`] with shadow mode over it (see the module's header). Clones share what they observe.
+#[derive(Debug, Clone)]
+pub struct Shadow<L> {
+    inner: L,
+    overlay: Arc<Mutex<Overlay>>,
+}
+
+fn keys<'a>(ks: impl Iterator<Item = &'a TargetKey>) -> String {
+    ks.map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+fn name(tg: &str) -> &str {
+    arn::target_group_name(tg).unwrap_or(tg)
+}
+
+impl<L: LoadBalancers> Shadow<L> {
+    pub fn new(inner: L) -> Self {
+        Self { inner, overlay: Arc::default() }
+    }
+
+    /// The load balancers underneath, for what must see ELB as it is.
+    pub fn inner(&self) -> &L {
+        &self.inner
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Overlay) -> R) -> R {
+        f(&mut self.overlay.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Observes `b`'s private side (every side's groups and routes) when `observe`, else lets its writes through.
+    /// The routes this process would have set on an observed binding are kept while it stays observed (they are
+    /// the private side as the functions would have left it) and forgotten when it is not.
+    pub fn scope(&self, b: &Binding, observe: bool) {
+        let sides = b.sides();
+        self.with(|o| {
+            for side in &sides {
+                for p in &side.pairs {
+                    match observe {
+                        true => o.groups.insert(p.private_target_group.clone(), p.public_target_group.clone()),
+                        false => o.groups.remove(&p.private_target_group),
+                    };
+                }
+                for r in std::iter::once(&side.private_production_route).chain(&side.private_test_route) {
+                    if observe {
+                        o.routes.insert(r.arn().to_string());
+                    } else {
+                        o.set.remove(r.arn());
+                        o.routes.remove(r.arn());
+                    }
+                }
+            }
+        });
+    }
+
+    /// Whether any of `b`'s private side is observed here.
+    pub fn observes(&self, b: &Binding) -> bool {
+        self.with(|o| o.routes.contains(b.private_production_route.arn()))
+    }
+
+    /// The would-be actions since the last call, in the order they were found.
+    pub fn take_actions(&self) -> Vec<WouldBe> {
+        self.with(|o| std::mem::take(&mut o.actions))
+    }
+
+    async fn read_targets(&self, tg: &str) -> Result<Vec<ObservedTarget>> {
+        let read = self.inner.targets(tg).await?;
+        self.with(|o| {
+            if o.groups.values().any(|public| public == tg) {
+                o.seen.insert(tg.to_string(), (Instant::now(), read.clone()));
+            }
+        });
+        Ok(read)
+    }
+
+    /// A public group's members, from a read made beside this one when there is one.
+    async fn public_targets(&self, tg: &str) -> Result<Vec<ObservedTarget>> {
+        let fresh = self
+            .with(|o| o.seen.get(tg).filter(|(at, _)| at.elapsed() <= PUBLIC_READ_FRESH).map(|(_, read)| read.clone()));
+        match fresh {
+            Some(read) => Ok(read),
+            None => self.read_targets(tg).await,
+        }
+    }
+
+    /// An observed private group as the mirror would leave it, noting what the mirror would change.
+    async fn observed_targets(&self, private: &str, public: &str) -> Result<Vec<ObservedTarget>> {
+        let (real, source) = tokio::join!(self.read_targets(private), self.public_targets(public));
+        let (real, source) = (real?, source?);
+        let plan = plan_mirror(&source, &real, DEFAULT_BATCH);
+        let register: Vec<&Target> = plan.register.iter().flatten().collect();
+        let deregister: BTreeSet<TargetKey> = plan.deregister.iter().flatten().copied().collect();
+        self.with(|o| {
+            if !register.is_empty() {
+                o.would(format!("register {} into {}", keys(register.iter().map(|t| &t.key)), name(private)));
+            }
+            if !deregister.is_empty() {
+                o.would(format!("deregister {} from {}", keys(deregister.iter()), name(private)));
+            }
+        });
+        let mut out: Vec<ObservedTarget> = real
+            .into_iter()
+            .map(|mut t| {
+                if deregister.contains(&t.key()) {
+                    t.health = HealthState::Draining;
+                    t.reason = None;
+                }
+                t
+            })
+            .collect();
+        let added: BTreeSet<TargetKey> = register.iter().map(|t| t.key).collect();
+        out.extend(source.into_iter().filter(|t| added.contains(&t.key())));
+        Ok(out)
+    }
+
+    fn observed_group(&self, tg: &str) -> Option<String> {
+        self.with(|o| o.groups.get(tg).cloned())
+    }
+
+    /// `route` as the functions would have it: as set in this process when observed, else as read.
+    fn overlaid(&self, which: &RouteRef, read: Route) -> Route {
+        self.with(|o| o.set.get(which.arn()).cloned()).unwrap_or(read)
+    }
+}
+
+impl<L: LoadBalancers> LoadBalancers for Shadow<L> {
+    async fn target_groups(&self, arns: &[&str]) -> Result<Vec<TargetGroupFacts>> {
+        self.inner.target_groups(arns).await
+    }
+
+    async fn targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
+        match self.observed_group(target_group) {
+            Some(public) => self.observed_targets(target_group, &public).await,
+            None => self.read_targets(target_group).await,
+        }
+    }
+
+    async fn register(&self, target_group: &str, targets: &[Target]) -> Result<()> {
+        if self.observed_group(target_group).is_none() {
+            return self.inner.register(target_group, targets).await;
+        }
+        self.with(|o| {
+            o.would(format!("register {} into {}", keys(targets.iter().map(|t| &t.key)), name(target_group)))
+        });
+        Ok(())
+    }
+
+    async fn deregister(&self, target_group: &str, targets: &[TargetKey]) -> Result<()> {
+        if self.observed_group(target_group).is_none() {
+            return self.inner.deregister(target_group, targets).await;
+        }
+        self.with(|o| o.would(format!("deregister {} from {}", keys(targets.iter()), name(target_group))));
+        Ok(())
+    }
+
+    async fn route(&self, route: &RouteRef) -> Result<Route> {
+        let read = self.inner.route(route).await?;
+        Ok(self.overlaid(route, read))
+    }
+
+    async fn routes(&self, routes: &[RouteRef]) -> Result<Vec<Route>> {
+        let read = self.inner.routes(routes).await?;
+        Ok(routes.iter().zip(read).map(|(which, r)| self.overlaid(which, r)).collect())
+    }
+
+    async fn set_route(&self, route: &RouteRef, to: &Route) -> Result<()> {
+        if !self.with(|o| o.routes.contains(route.arn())) {
+            return self.inner.set_route(route, to).await;
+        }
+        self.with(|o| {
+            o.would(format!("set {route} to {to}"));
+            o.set.insert(route.arn().to_string(), to.clone());
+        });
+        Ok(())
+    }
+
+    async fn deregistration_delays(&self, target_groups: &[&str]) -> Result<BTreeMap<String, Duration>> {
+        self.inner.deregistration_delays(target_groups).await
+    }
+
+    async fn tags(&self, arns: &[&str]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+        self.inner.tags(arns).await
+    }
+
+    fn at_once(&self) -> Self {
+        Self { inner: self.inner.at_once(), overlay: Arc::clone(&self.overlay) }
+    }
+
+    fn pace_reads(&self, per_s: f64) {
+        self.inner.pace_reads(per_s);
+    }
+
+    fn share_reads(&self, mode: crate::domain::LaneMode, within: Option<Duration>) {
+        self.inner.share_reads(mode, within);
+    }
+
+    fn begin_check(&self) {
+        self.inner.begin_check();
+    }
+}

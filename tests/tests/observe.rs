@@ -1,0 +1,132 @@
+//! Shadow mode against in-memory fakes: a binding that observes reads, plans, gates and records as one that
+//! enforces, writes nothing to the private side, never fails a deployment, and records what it would have done;
+//! switched to enforce, it mirrors as usual.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use bluegreen_mirror::config::Mode;
+use bluegreen_mirror::domain::{HealthState, Phase, Route, RouteStyle};
+use bluegreen_mirror::harness::{Budget, Tracker};
+use bluegreen_mirror::ports::HookStatus;
+use bluegreen_mirror::usecase::Trigger;
+use bluegreen_mirror_tests::{keys, strings, World, DEPLOYMENT};
+
+/// The private side as ELB has it: each private group's members and each private route.
+fn private_side(w: &World) -> (Vec<String>, Vec<String>, Route, Route) {
+    let a = &w.arns;
+    (w.elb.members(&a.prv_blue), w.elb.members(&a.prv_green), w.elb.route_of(&a.prv_prod), w.elb.route_of(&a.prv_test))
+}
+
+async fn deploy(w: &World) -> Vec<bluegreen_mirror::harness::Outcome> {
+    w.install_green();
+    let a = w.invoke(Phase::AfterInstall, "exec-ai").await;
+    w.allow_test_traffic();
+    let b = w.invoke(Phase::BeforeAllowTraffic, "exec-bat").await;
+    w.allow_traffic();
+    let c = w.invoke(Phase::AfterAllowTraffic, "exec-aat").await;
+    vec![a, b, c]
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_observed_deployment_writes_nothing_and_records_what_it_would_have_done_in_order() {
+    let mut w = World::new();
+    w.config.bindings[0].mode = Some(Mode::Observe);
+    let before = private_side(&w);
+    let outcomes = deploy(&w).await;
+    for o in &outcomes {
+        assert_eq!(o.status, HookStatus::Succeeded, "{:?}: {:?} {:?}", o.phase, o.message, o.summary.notes);
+        assert!(o.summary.observed && o.summary.would_be_failure.is_none(), "{:?}", o.summary);
+    }
+    assert_eq!(w.private_writes(), Vec::<String>::new(), "no ELB write on an observed binding");
+    assert_eq!(private_side(&w), before, "the private side is untouched");
+
+    let rec = w.state.record(DEPLOYMENT).expect("the deployment is recorded");
+    assert!(rec.observed);
+    let actions: Vec<(&str, &str)> = rec.would_be.iter().map(|x| (x.by.as_str(), x.action.as_str())).collect();
+    let green: Vec<String> = strings(&keys(101..104));
+    assert_eq!(actions.len(), 3, "{actions:?}");
+    assert_eq!(actions[0], ("AfterInstall", format!("register {} into prv-green", green.join(", ")).as_str()));
+    let to_green = Route::all_to(&w.arns.prv_green, &[&w.arns.prv_blue], RouteStyle::Weighted);
+    assert_eq!(actions[1], ("AfterInstall", format!("set rule {} to {to_green}", w.arns.prv_test).as_str()));
+    assert_eq!(actions[2], ("AfterAllowTraffic", format!("set listener {} to {to_green}", w.arns.prv_prod).as_str()));
+    assert!(rec.would_be.windows(2).all(|p| p[0].at_ms <= p[1].at_ms), "in the order found");
+    // The gate judged the would-be members by the public side's health: it passed, as it would have.
+    assert_eq!(rec.targets_mirrored, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_observed_deployment_succeeds_with_an_unusable_private_side_and_says_why_it_would_have_failed() {
+    let mut w = World::new();
+    w.config.mode = Mode::Observe;
+    w.elb.remove_route(&w.arns.prv_prod.clone());
+    let before = (w.elb.members(&w.arns.prv_blue), w.elb.members(&w.arns.prv_green));
+    let outcomes = deploy(&w).await;
+    for o in &outcomes {
+        assert_eq!(o.status, HookStatus::Succeeded, "{:?}: {:?}", o.phase, o.message);
+        let failure = o.summary.would_be_failure.as_deref().unwrap_or_default();
+        assert!(failure.contains(&w.arns.prv_prod), "{:?} would have failed naming the listener: {failure}", o.phase);
+    }
+    assert_eq!(w.reports_for("exec-ai"), vec![HookStatus::Succeeded]);
+    assert_eq!(w.private_writes(), Vec::<String>::new());
+    assert_eq!((w.elb.members(&w.arns.prv_blue), w.elb.members(&w.arns.prv_green)), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_binding_switched_to_enforce_mirrors_as_usual() {
+    let mut w = World::new();
+    let a = w.arns.clone();
+    w.config.bindings[0].mode = Some(Mode::Observe);
+    w.install_green();
+    assert_eq!(w.invoke(Phase::AfterInstall, "exec-ai").await.status, HookStatus::Succeeded);
+    assert_eq!(w.private_writes(), Vec::<String>::new());
+    // The operator switches the binding to enforce; CodeDeploy's next hooks mirror.
+    w.config.bindings[0].mode = Some(Mode::Enforce);
+    w.allow_test_traffic();
+    let bat = w.invoke(Phase::BeforeAllowTraffic, "exec-bat").await;
+    assert_eq!(bat.status, HookStatus::Succeeded, "{:?}", bat.message);
+    assert!(!bat.summary.observed);
+    assert_eq!(w.elb.members(&a.prv_green), strings(&keys(101..104)));
+    w.allow_traffic();
+    let aat = w.invoke(Phase::AfterAllowTraffic, "exec-aat").await;
+    assert_eq!(aat.status, HookStatus::Succeeded, "{:?}", aat.message);
+    assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_green, &[&a.prv_blue], RouteStyle::Weighted));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_observed_gate_passes_on_the_public_sides_health_where_the_private_side_cannot_reach_the_tasks() {
+    // What an enforcing gate fails on (the unhealthy-green case) the observing one cannot see: it registers
+    // nothing, so the private load balancer never checks the tasks. It says so by judging the public side's
+    // health, and the deployment goes on.
+    let mut w = World::new();
+    w.config.bindings[0].mode = Some(Mode::Observe);
+    w.elb.make_unreachable(&w.arns.prv_green.clone());
+    let outcomes = deploy(&w).await;
+    for o in &outcomes {
+        assert_eq!(o.status, HookStatus::Succeeded, "{:?}: {:?}", o.phase, o.message);
+        assert_eq!(o.summary.would_be_failure, None, "{:?}", o.phase);
+    }
+    assert_eq!(w.private_writes(), Vec::<String>::new());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_reconciler_reports_an_observed_bindings_drift_and_writes_nothing() {
+    let mut w = World::new();
+    let a = w.arns.clone();
+    w.config.bindings[0].mode = Some(Mode::Observe);
+    // Between deployments ECS adds a task on the public side only.
+    w.elb.add_targets(&a.pub_blue, &keys(4..5), HealthState::Healthy);
+    let engine = w.hooks();
+    let (t, mut done) = (Tracker::default(), Vec::new());
+    let out = engine
+        .run_trigger(&Trigger::Schedule { at: 0 }, "r-1", Budget::after(Duration::from_secs(60)), &t, &mut done)
+        .await;
+    assert!(out.is_ok(), "{out:?}");
+    assert_eq!(w.private_writes(), Vec::<String>::new());
+    assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..4)));
+    let s = t.snapshot();
+    let actions: Vec<&str> = s.would_be.iter().map(|x| x.action.as_str()).collect();
+    assert_eq!(actions, vec![format!("register {} into prv-blue", strings(&keys(4..5))[0]).as_str()], "{s:?}");
+    assert!(s.would_be.iter().all(|x| x.by == "reconciler"));
+}

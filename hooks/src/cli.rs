@@ -258,6 +258,8 @@ pub async fn main(args: Vec<String>) -> i32 {
     let elb = aws.elb.with_paced_reads(config.elb_reads_per_s, bluegreen_mirror::aws::ReadBurst::Reconcile);
     // The CLI starts no follower: it builds no Lambda client.
     let engine = Engine::new(elb, aws.codedeploy, aws.state, bluegreen_mirror::ports::NoFollowers, config);
+    // An operator sees ELB as it is; an observed binding's reconcile still writes nothing.
+    engine.lb.reveal();
     if let Command::Bindings(c) = &command {
         return crate::cli_bindings::run(&engine, c, as_json).await;
     }
@@ -296,7 +298,14 @@ pub async fn main(args: Vec<String>) -> i32 {
                 }
                 Command::Reconcile { dry_run: false } => {
                     let r = engine.reconcile(b, &group, &t).await?;
-                    Ok(vec![serde_json::to_value(&r).unwrap_or(Value::Null)])
+                    let mut row = serde_json::to_value(&r).unwrap_or(Value::Null);
+                    if engine.observes(b) {
+                        let would: Vec<String> =
+                            engine.lb.take_actions().into_iter().map(|w| format!("would have: {}", w.action)).collect();
+                        row["mode"] = json!("observe");
+                        row["warnings"] = json!(would);
+                    }
+                    Ok(vec![row])
                 }
                 // Handled before the loop.
                 Command::Bindings(_) | Command::Completions(_) | Command::Report { .. } => Ok(Vec::new()),
@@ -388,7 +397,9 @@ fn describe(out: &mut String, command: &Command, row: &Value) {
     let s = |k: &str| row.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
     if matches!(command, Command::Status | Command::Reconcile { dry_run: true }) && row.get("error").is_none() {
         let in_sync = row.get("in_sync").and_then(Value::as_bool) == Some(true);
-        let _ = writeln!(out, "{}  {}", s("binding"), if in_sync { "IN SYNC (I1-I3 hold)" } else { "OUT OF SYNC" });
+        let observed = if s("mode") == "observe" { "  (observe: nothing is written)" } else { "" };
+        let state = if in_sync { "IN SYNC (I1-I3 hold)" } else { "OUT OF SYNC" };
+        let _ = writeln!(out, "{}  {state}{observed}", s("binding"));
     } else {
         let _ = writeln!(out, "{}", s("binding"));
     }

@@ -83,6 +83,7 @@ fn mark_color(kind: &str) -> &'static str {
         "flip" => "#d62728",
         "follower" => "#ff8c00",
         "fault" => "#7f007f",
+        "would-be" => "#2a9d8f",
         _ => "#888888",
     }
 }
@@ -400,6 +401,9 @@ pub fn from_record(rec: &DeploymentRecord, live: &[(String, Route)], now_ms: u64
     for (side, route) in live {
         facts.push((format!("{side} route now"), route.to_string()));
     }
+    if rec.observed {
+        observed(rec, &groups, rel, (&mut facts, &mut weights, &mut marks));
+    }
     Picture {
         title: format!("Deployment {} of {}/{}", rec.deployment_id, rec.application, rec.deployment_group),
         facts,
@@ -408,6 +412,53 @@ pub fn from_record(rec: &DeploymentRecord, live: &[(String, Route)], now_ms: u64
         requests: Vec::new(),
         spans,
         marks,
+    }
+}
+
+/// What shadow mode adds to a record's picture: the private production route as the functions would have moved
+/// it (drawn as the side `private (would be)`, beside the private side as it stayed), each would-be action as a
+/// mark, and the would-be verdict.
+fn observed(
+    rec: &DeploymentRecord,
+    groups: &[(&str, Option<&str>)],
+    rel: impl Fn(u64) -> u64,
+    (facts, weights, marks): (&mut Vec<(String, String)>, &mut Vec<Series>, &mut Vec<Mark>),
+) {
+    facts.push(("mode".into(), "observe: nothing was written to the private side".into()));
+    facts.push((
+        "would have".into(),
+        match &rec.would_be_failure {
+            Some(why) => format!("failed the deployment: {why}"),
+            None => "succeeded".into(),
+        },
+    ));
+    let moves: Vec<(u64, &Route)> = rec
+        .would_be
+        .iter()
+        .filter(|w| w.route.as_deref() == Some("production"))
+        .filter_map(|w| Some((rel(w.at_ms), w.to.as_ref()?)))
+        .collect();
+    for (version, group) in groups {
+        let Some(g) = group else { continue };
+        if let Some(before) = &rec.private_route_before {
+            let stayed = percent_of(before, g);
+            weights.push(Series {
+                side: "private (as it stayed)".into(),
+                version: (*version).into(),
+                points: vec![(0, stayed)],
+            });
+            let mut points = vec![(0, stayed)];
+            points.extend(moves.iter().map(|(at, to)| (*at, percent_of(to, g))));
+            weights.push(Series { side: "private (would be)".into(), version: (*version).into(), points });
+        }
+    }
+    for w in &rec.would_be {
+        marks.push(Mark {
+            at_ms: rel(w.at_ms),
+            kind: "would-be".into(),
+            label: format!("{}: would have {}", w.by, w.action),
+        });
+        facts.push((format!("would have ({}, {:.1} s)", w.by, rel(w.at_ms) as f64 / 1000.0), w.action.clone()));
     }
 }
 
@@ -487,5 +538,36 @@ mod tests {
         assert_eq!(green, vec![(0, 0.0), (44_000, 100.0)]);
         assert!(p.marks.iter().any(|m| m.kind == "flip" && m.at_ms == 44_000));
         assert!(p.render().contains(r#"data-side="private" data-version="green""#));
+    }
+
+    #[test]
+    fn an_observed_record_draws_the_private_side_as_it_would_have_moved_beside_how_it_stayed() {
+        let rec: DeploymentRecord = serde_json::from_value(serde_json::json!({
+            "deployment_id": "d-9", "application": "web", "deployment_group": "web-bg", "version": 4,
+            "phases": {"AfterInstall": 100_000, "BeforeAllowTraffic": 130_000, "AfterAllowTraffic": 140_000},
+            "blue_private_target_group": "arn:b", "green_private_target_group": "arn:g",
+            "private_route_before": {"target_groups": [{"target_group": "arn:b", "weight": 100}]},
+            "observed": true,
+            "would_be": [
+                {"at_ms": 99_000, "by": "AfterInstall", "action": "register 10.0.0.101:8080 into g"},
+                {"at_ms": 136_000, "by": "follower", "action": "set listener L to [g=100]", "route": "production",
+                 "to": {"target_groups": [{"target_group": "arn:g", "weight": 100}]}},
+                {"at_ms": 137_000, "by": "follower", "action": "set rule R to [b=100]", "route": "test",
+                 "to": {"target_groups": [{"target_group": "arn:b", "weight": 100}]}}
+            ],
+            "expires_at": 0
+        }))
+        .unwrap_or_default();
+        let p = from_record(&rec, &[], 150_000);
+        let series = |side: &str, version: &str| {
+            p.weights.iter().find(|s| s.side == side && s.version == version).map(|s| s.points.clone())
+        };
+        // The test route's change is not the production route's: only the latter moves the drawn weights.
+        assert_eq!(series("private (would be)", "green"), Some(vec![(0, 0.0), (41_000, 100.0)]));
+        assert_eq!(series("private (as it stayed)", "green"), Some(vec![(0, 0.0)]));
+        assert_eq!(p.marks.iter().filter(|m| m.kind == "would-be").count(), 3);
+        assert!(p.facts.iter().any(|(k, v)| k == "would have" && v == "succeeded"), "{:?}", p.facts);
+        assert!(p.facts.iter().any(|(k, v)| k == "would have (AfterInstall, 4.0 s)" && v.starts_with("register")));
+        assert!(p.render().contains(r#"data-side="private (would be)" data-version="green""#));
     }
 }

@@ -276,8 +276,20 @@ mod tests {
         o.summary.observed = true;
         o.summary.would_be_failure = Some("replacement tasks did not become healthy".into());
         o.summary.would_be = vec![
-            crate::domain::WouldBe { at_ms: 1, by: "AfterInstall".into(), action: "register 10.0.0.1:80".into() },
-            crate::domain::WouldBe { at_ms: 2, by: "AfterInstall".into(), action: "set listener".into() },
+            crate::domain::WouldBe {
+                at_ms: 1,
+                by: "AfterInstall".into(),
+                action: "register 10.0.0.1:80".into(),
+                route: None,
+                to: None,
+            },
+            crate::domain::WouldBe {
+                at_ms: 2,
+                by: "AfterInstall".into(),
+                action: "set listener".into(),
+                route: None,
+                to: None,
+            },
         ];
         let lines = hook_line("Ns", &o, ElbSpend::default(), 0);
         assert_eq!(lines.len(), 2, "{lines:?}");

@@ -11,7 +11,7 @@ use bluegreen_mirror::domain::{HealthState, Phase, Route, RouteStyle};
 use bluegreen_mirror::harness::{Budget, Tracker};
 use bluegreen_mirror::ports::HookStatus;
 use bluegreen_mirror::usecase::Trigger;
-use bluegreen_mirror_tests::{keys, strings, World, DEPLOYMENT};
+use bluegreen_mirror_tests::{keys, strings, World, APP, DEPLOYMENT, GROUP};
 
 /// The private side as ELB has it: each private group's members and each private route.
 fn private_side(w: &World) -> (Vec<String>, Vec<String>, Route, Route) {
@@ -54,6 +54,9 @@ async fn an_observed_deployment_writes_nothing_and_records_what_it_would_have_do
     assert!(rec.would_be.windows(2).all(|p| p[0].at_ms <= p[1].at_ms), "in the order found");
     // The gate judged the would-be members by the public side's health: it passed, as it would have.
     assert_eq!(rec.targets_mirrored, 3);
+    // The binding's record still names the group that is live privately, not the one that would have been.
+    let live = w.state.binding_record(APP, GROUP).and_then(|r| r.live_private_target_group);
+    assert_ne!(live.as_deref(), Some(w.arns.prv_green.as_str()));
 }
 
 #[tokio::test(start_paused = true)]

@@ -41,6 +41,12 @@ pub struct WouldBe {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub by: String,
     pub action: String,
+    /// A route change: which route (`production` or `test`, with the side after the first: `production 2`) and
+    /// what it would have been set to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Route>,
 }
 
 /// How long deployment records are kept before DynamoDB's TTL retires them.

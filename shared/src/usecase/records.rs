@@ -90,6 +90,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         mut known: Option<BindingRecord>,
         t: &Tracker,
     ) {
+        // An observed binding's private side did not move: its record keeps naming the group that is live.
+        if self.observes(b) {
+            return;
+        }
         let result: Result<()> = async {
             for _ in 0..5 {
                 let read = match known.take() {

@@ -28,21 +28,28 @@ const PUBLIC_READ_FRESH: Duration = Duration::from_secs(1);
 struct Overlay {
     /// Observed private target groups → their public mirror.
     groups: BTreeMap<String, String>,
-    /// Observed private routes.
-    routes: BTreeSet<String>,
+    /// Observed private routes → which they are (`production`, `test 2`, ...).
+    routes: BTreeMap<String, String>,
     /// Routes as the functions would have set them in this process.
     set: BTreeMap<String, Route>,
     /// The last read of each target group that passed through, and when it answered.
     seen: BTreeMap<String, (Instant, Vec<ObservedTarget>)>,
     /// Would-be actions not yet taken by [`Shadow::take_actions`].
     actions: Vec<WouldBe>,
+    /// Reads answer as ELB has it (an operator's view); writes to observed resources are still only recorded.
+    revealed: bool,
 }
 
 impl Overlay {
     fn would(&mut self, action: String) {
+        self.would_route(action, None);
+    }
+
+    fn would_route(&mut self, action: String, route: Option<(String, Route)>) {
         if !self.actions.iter().any(|a| a.action == action) {
             tracing::info!(would_be = %action);
-            self.actions.push(WouldBe { at_ms: now_ms(), by: String::new(), action });
+            let (route, to) = route.map_or((None, None), |(which, to)| (Some(which), Some(to)));
+            self.actions.push(WouldBe { at_ms: now_ms(), by: String::new(), action, route, to });
         }
     }
 }
@@ -89,9 +96,12 @@ impl<L: LoadBalancers> Shadow<L> {
                         false => o.groups.remove(&p.private_target_group),
                     };
                 }
-                for r in std::iter::once(&side.private_production_route).chain(&side.private_test_route) {
+                let routes =
+                    [("production", Some(&side.private_production_route)), ("test", side.private_test_route.as_ref())];
+                for (kind, r) in routes.into_iter().filter_map(|(k, r)| Some((k, r?))) {
                     if observe {
-                        o.routes.insert(r.arn().to_string());
+                        let label = if side.side == 0 { kind.to_string() } else { format!("{kind} {}", side.side + 1) };
+                        o.routes.insert(r.arn().to_string(), label);
                     } else {
                         o.set.remove(r.arn());
                         o.routes.remove(r.arn());
@@ -101,9 +111,15 @@ impl<L: LoadBalancers> Shadow<L> {
         });
     }
 
+    /// From now on reads show ELB as it is, for an operator's `status` and `report`: what a reconcile would
+    /// change on an observed binding is then its drift. Writes to observed resources are still only recorded.
+    pub fn reveal(&self) {
+        self.with(|o| o.revealed = true);
+    }
+
     /// Whether any of `b`'s private side is observed here.
     pub fn observes(&self, b: &Binding) -> bool {
-        self.with(|o| o.routes.contains(b.private_production_route.arn()))
+        self.with(|o| o.routes.contains_key(b.private_production_route.arn()))
     }
 
     /// The would-be actions since the last call, in the order they were found.
@@ -167,7 +183,7 @@ impl<L: LoadBalancers> Shadow<L> {
 
     /// `route` as the functions would have it: as set in this process when observed, else as read.
     fn overlaid(&self, which: &RouteRef, read: Route) -> Route {
-        self.with(|o| o.set.get(which.arn()).cloned()).unwrap_or(read)
+        self.with(|o| o.set.get(which.arn()).filter(|_| !o.revealed).cloned()).unwrap_or(read)
     }
 }
 
@@ -177,7 +193,7 @@ impl<L: LoadBalancers> LoadBalancers for Shadow<L> {
     }
 
     async fn targets(&self, target_group: &str) -> Result<Vec<ObservedTarget>> {
-        match self.observed_group(target_group) {
+        match self.observed_group(target_group).filter(|_| !self.with(|o| o.revealed)) {
             Some(public) => self.observed_targets(target_group, &public).await,
             None => self.read_targets(target_group).await,
         }
@@ -212,11 +228,11 @@ impl<L: LoadBalancers> LoadBalancers for Shadow<L> {
     }
 
     async fn set_route(&self, route: &RouteRef, to: &Route) -> Result<()> {
-        if !self.with(|o| o.routes.contains(route.arn())) {
+        let Some(which) = self.with(|o| o.routes.get(route.arn()).cloned()) else {
             return self.inner.set_route(route, to).await;
-        }
+        };
         self.with(|o| {
-            o.would(format!("set {route} to {to}"));
+            o.would_route(format!("set {route} to {to}"), Some((which, to.clone())));
             o.set.insert(route.arn().to_string(), to.clone());
         });
         Ok(())

@@ -32,6 +32,8 @@ impl PlanSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct BindingStatus {
     pub binding: String,
+    /// `enforce`, or `observe` (shadow mode: `pending` is what the functions would do and do not).
+    pub mode: &'static str,
     pub public_production: Option<String>,
     pub public_test: Option<String>,
     pub private_production: Option<String>,
@@ -153,6 +155,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         pending.test = plan.test.as_ref().map(|to| format!("{} -> {to}", show(&seen.private_test).unwrap_or_default()));
         Ok(BindingStatus {
             binding: b.side_label(),
+            mode: self.config.mode_of(b).as_str(),
             public_production: show(&seen.public_production),
             public_test: show(&seen.public_test),
             private_production: show(&seen.private_production),

@@ -236,9 +236,15 @@ async fn serve_refusal<H: Hook>(cause: Error) -> Result<(), lambda_runtime::Erro
         .filter(|n| !n.trim().is_empty())
         .unwrap_or_else(|| bluegreen_mirror::config::DEFAULT_NAMESPACE.to_string());
     let metrics = Metrics { namespace, elb: bluegreen_mirror::aws::ElbCounter::default() };
+    // An installation that observes fails no deployment, not even for its own configuration.
+    let observe =
+        std::env::var(bluegreen_mirror::config::ENV_MODE).ok().and_then(|m| bluegreen_mirror::config::Mode::parse(&m))
+            == Some(bluegreen_mirror::config::Mode::Observe);
     let (cause, reporter, metrics) = (&cause.to_string(), &reporter, &metrics);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        Box::pin(refuse::<H, _>(reporter, cause, Some(metrics), event)).await.map_err(lambda_runtime::Error::from)
+        Box::pin(refuse::<H, _>(reporter, cause, observe, Some(metrics), event))
+            .await
+            .map_err(lambda_runtime::Error::from)
     }))
     .await
 }
@@ -247,11 +253,13 @@ async fn serve_refusal<H: Hook>(cause: Error) -> Result<(), lambda_runtime::Erro
 async fn refuse<H: Hook, R: HookReporter>(
     reporter: &R,
     cause: &str,
+    observe: bool,
     metrics: Option<&Metrics>,
     event: LambdaEvent<Value>,
 ) -> Result<Value, Error> {
     let inv = invocation(H::PHASE, event)?;
     let tracker = Tracker::default();
+    tracker.observing(observe);
     let outcome = harness::run(reporter, &inv, &tracker, |_| async move {
         Err::<Epilogue<'_>, _>(Error::Misconfigured(format!(
             "{} could not start, so it mirrors nothing and fails every deployment until its configuration is \
@@ -473,7 +481,7 @@ mod tests {
         };
         let cause = "configuration error: BLUEGREEN_MIRROR_TABLE is not set";
         let ok = json!({"DeploymentId": "d-1", "LifecycleEventHookExecutionId": "e-1"});
-        let out = refuse::<AfterInstallHook, _>(&reports, cause, None, event(ok)).await.unwrap();
+        let out = refuse::<AfterInstallHook, _>(&reports, cause, false, None, event(ok.clone())).await.unwrap();
         assert_eq!(
             *reports.0.lock().unwrap(),
             vec![("d-1".to_string(), "e-1".to_string(), bluegreen_mirror::ports::HookStatus::Failed)]
@@ -481,8 +489,12 @@ mod tests {
         let message = out["message"].as_str().unwrap_or_default();
         assert!(message.contains("AfterInstall could not start") && message.contains(cause), "{out}");
         // An event CodeDeploy did not send has no execution to report for: refused, nothing reported.
-        assert!(refuse::<AfterInstallHook, _>(&reports, cause, None, event(json!({}))).await.is_err());
+        assert!(refuse::<AfterInstallHook, _>(&reports, cause, false, None, event(json!({}))).await.is_err());
         assert_eq!(reports.0.lock().unwrap().len(), 1);
+        // An installation that observes fails no deployment: the refusal is kept as what would have failed it.
+        let out = refuse::<AfterInstallHook, _>(&reports, cause, true, None, event(ok)).await.unwrap();
+        assert_eq!(reports.0.lock().unwrap().last().map(|r| r.2), Some(bluegreen_mirror::ports::HookStatus::Succeeded));
+        assert!(out["would_be_failure"].as_str().unwrap_or_default().contains(cause), "{out}");
     }
 
     #[test]

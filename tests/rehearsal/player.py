@@ -12,13 +12,15 @@ import urllib.request
 import observe
 import procs
 import codedeploy
-from scenarios import CONFIGS, ROLLBACK_REMOVAL_DELAY_S, TASK_PORT, access_key, fmt_route
+from scenarios import CONFIGS, ROLLBACK_REMOVAL_DELAY_S, TASK_PORT, access_key, fmt_route, short
 
 
 class Player:
     # Deployments whose moves land together (the fleet's --together): a threading.Barrier each public production
     # move waits at, or None.
     move_together = None
+    # The first replacement task's number (a second deployment's tasks come after the first's).
+    green_first = 1
 
     # --- ECS, played ---------------------------------------------------------------------------------------
     def task_ip(self, color, i):
@@ -173,19 +175,19 @@ class Player:
         self.world.deployments[self.deployment.id] = self.deployment
         d = self.deployment
         with d.cond:
-            d.task_sets = [{"label": "Blue", "tg": "pub-blue", "desired": self.tasks, "running": self.tasks,
-                            "weight": 100.0}]
+            d.task_sets = [{"label": "Blue", "tg": short(self.tgs["pub-blue"]), "desired": self.tasks,
+                            "running": self.tasks, "weight": 100.0}]
         self.log("BeforeInstall", f"deployment {d.id} of {d.application}/{d.group}, config {self.config}")
         self.deployment_event("START")
 
-        green_ips = self.start_tasks("green")
+        green_ips = self.start_tasks("green", first=self.green_first)
         if self.spec.get("block_private_green"):
             for ip in green_ips:
                 self.world.blocked.add((self.lbs["private"], ip))
             self.log("Install", "scenario: the private load balancer cannot reach the replacement tasks")
         with d.cond:
-            d.task_sets.append({"label": "Green", "tg": "pub-green", "desired": self.tasks, "running": self.tasks,
-                                "weight": 0.0})
+            d.task_sets.append({"label": "Green", "tg": short(self.tgs["pub-green"]), "desired": self.tasks,
+                                "running": self.tasks, "weight": 0.0})
         for ip in green_ips:
             time.sleep(0.1)
             self.register(self.tgs["pub-green"], [ip])
@@ -223,7 +225,7 @@ class Player:
 
         self.log("Termination", f"waiting {self.termination_wait_s:g} s before removing the original task set")
         time.sleep(self.termination_wait_s)
-        blue_ips = [self.task_ip("blue", i) for i in range(1, self.tasks + 1)]
+        blue_ips = [p.task_ip for p in self.task_procs["blue"]]
         self.deregister(self.tgs["pub-blue"], blue_ips)
         time.sleep(self.world.drain_s(self.tgs["pub-blue"]))
         self.stop_tasks("blue")

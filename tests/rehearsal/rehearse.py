@@ -26,6 +26,7 @@ import standin
 from budget import elb_report
 from lambda_host import AWS_RETRY_DELAYS_S, LambdaHost
 from player import Player
+from shadow import Shadow
 from probe import Probe
 
 # The scenarios and shared helpers (the fleet, the bench and the checks read REGION, ROOT and TASK_PORT from here).
@@ -48,7 +49,7 @@ EVENT_JITTER_S = 0.1
 DUPLICATE_EVENT_RATE = 0.1
 
 
-class Rehearsal(Player):
+class Rehearsal(Player, Shadow):
     def __init__(self, scenario, tasks, config, out, faults="", crash=None, lane=0):
         self.name = scenario
         self.lane = lane
@@ -387,7 +388,7 @@ class Rehearsal(Player):
 
         def first_full(arn, green):
             for t, a, route in self.world.route_events:
-                if a == arn and shares(route).get(green) == 1.0:
+                if a == arn and t >= self.judged_from and shares(route).get(green) == 1.0:
                     return t
             return None
 
@@ -439,9 +440,9 @@ class Rehearsal(Player):
             if not same_traffic(public, private):
                 since = since if since is not None else t
             elif since is not None:
-                worst, since = max(worst, t - since), None
+                worst, since = max(worst, t - max(since, self.judged_from)), None
         if since is not None:
-            worst = max(worst, time.monotonic() - since)
+            worst = max(worst, time.monotonic() - max(since, self.judged_from))
         return round(worst * 1000, 1)
 
     def private_writes(self):
@@ -594,7 +595,8 @@ class Rehearsal(Player):
         threading.Thread(target=self.schedule, daemon=True).start()
         late = []
         try:
-            self.play_between() if self.spec.get("between") else self.play()
+            (self.play_between if self.spec.get("between") else self.play_observed if self.spec.get("observe")
+             else self.play)()
             late = self.settle()
             if self.spec.get("between"):
                 self.judge_between()
@@ -611,6 +613,7 @@ class Rehearsal(Player):
         self.world.stop.set()
 
         invariants, stale, pub, prv = self.evaluate()
+        invariants.update(getattr(self, "shadow_checks", {}))
         link = None
         if "link" in self.lbs:
             more, link_stats, link_lag = sides.evaluate(self, shares, same_traffic)

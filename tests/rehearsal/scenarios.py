@@ -82,6 +82,13 @@ SCENARIOS = {
                    "about": "the functions' BLUEGREEN_MIRROR_BINDINGS is invalid: AfterInstall cannot start, and "
                             "reports Failed at once with what to fix instead of leaving CodeDeploy to wait for its "
                             "timeout; nothing on the private side changes"},
+    "observe": {"config": "Canary10Percent", "expected": "succeeded", "observe": True, "block_private_green": True,
+                "expected_broken": ["I4_never_dark"], "matrix": False,
+                "about": "shadow mode: the binding observes while the private load balancer cannot reach the replacement "
+                         "tasks; the deployment succeeds, nothing on the private side changes, and its record lists "
+                         "what the functions would have done, in order; then the binding is enforced and the next "
+                         "deployment is mirrored as usual (the private side, left where it was while observed, goes "
+                         "dark once the original tasks go: observing suits a private side that serves nobody yet)"},
     "missing-table": {"config": "AllAtOnce", "expected": "rolled_back", "table": "bluegreen-mirror-gone",
                       "expected_message": "the state table bluegreen-mirror-gone does not exist",
                       "about": "the functions are configured with a DynamoDB table that does not exist: AfterInstall "

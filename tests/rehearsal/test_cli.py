@@ -66,6 +66,17 @@ def main():
         code, out, _ = cli("reconcile", "--dry-run", "--json")
         expect("reconcile --dry-run changes nothing", code == 0 and members("prv-blue") == [], out)
 
+        # Shadow mode: an observed binding is shown as ELB has it, and its reconcile writes nothing.
+        observed = json.loads(json.dumps(r.bindings))
+        observed["bindings"][0]["mode"] = "observe"
+        code, out, _ = cli("status", bindings=observed)
+        expect("status marks an observed binding and its drift", code == 3 and "OUT OF SYNC  (observe" in out, out)
+        code, out, _ = cli("reconcile", "--json", bindings=observed)
+        row = json.loads(out)["bindings"][0]
+        expect("reconcile of an observed binding writes nothing and says what it would have",
+               code == 0 and members("prv-blue") == [] and row.get("mode") == "observe"
+               and any(w.startswith("would have: register ") for w in row.get("warnings", [])), out)
+
         code, out, _ = cli("reconcile")
         expect("reconcile mirrors the public group", code == 0 and members("prv-blue") == ips, out)
         expect("reconcile reports what it did", "registered 3" in out, out)

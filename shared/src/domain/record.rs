@@ -133,11 +133,22 @@ impl DeploymentRecord {
         format!("deployment#{deployment_id}")
     }
 
-    /// Adds would-be actions not already on record (a later function finds again what an earlier one would
-    /// have done: the private side it reads is still untouched).
+    /// Adds would-be actions not already on record: a later function finds again what an earlier one would have
+    /// done, the private side it reads being still untouched. A route's change is already on record when the
+    /// route's last recorded change sends the same traffic; a registration, when the same one is.
     pub fn add_would_be(&mut self, found: impl IntoIterator<Item = WouldBe>) {
         for w in found {
-            if !self.would_be.iter().any(|x| x.action == w.action) {
+            let repeated = match (&w.route, &w.to) {
+                (Some(which), Some(to)) => self
+                    .would_be
+                    .iter()
+                    .rev()
+                    .find(|x| x.route.as_ref() == Some(which))
+                    .and_then(|x| x.to.as_ref())
+                    .is_some_and(|last| last.same_action(to)),
+                _ => self.would_be.iter().any(|x| x.action == w.action),
+            };
+            if !repeated {
                 self.would_be.push(w);
             }
         }
@@ -316,6 +327,31 @@ mod tests {
         let rec = rec.ok();
         assert_eq!(rec.as_ref().map(|r| r.version), Some(3));
         assert_eq!(rec.and_then(|r| r.phases.get("AfterInstall").copied()), Some(5));
+    }
+
+    #[test]
+    fn a_would_be_action_found_again_is_kept_once_and_a_route_moved_back_and_forth_each_time() {
+        use super::super::route::RouteStyle;
+        let set = |at_ms, to: Route| WouldBe {
+            at_ms,
+            by: "f".into(),
+            action: format!("set {to}"),
+            route: Some("production".into()),
+            to: Some(to),
+        };
+        let (green, blue) =
+            (Route::all_to("g", &["b"], RouteStyle::Weighted), Route::all_to("b", &["g"], RouteStyle::Weighted));
+        let mut green_listed_otherwise = green.clone();
+        green_listed_otherwise.target_groups.reverse();
+        let register = WouldBe { at_ms: 1, by: "f".into(), action: "register a into g".into(), route: None, to: None };
+        let mut rec = DeploymentRecord::default();
+        rec.add_would_be([register.clone(), set(2, green.clone())]);
+        // Found again by a later function: the same registration, the same traffic listed in another order.
+        rec.add_would_be([WouldBe { at_ms: 3, ..register }, set(4, green_listed_otherwise)]);
+        assert_eq!(rec.would_be.iter().map(|w| w.at_ms).collect::<Vec<_>>(), vec![1, 2]);
+        // A rollback and a second try: each move is its own.
+        rec.add_would_be([set(5, blue), set(6, green)]);
+        assert_eq!(rec.would_be.iter().map(|w| w.at_ms).collect::<Vec<_>>(), vec![1, 2, 5, 6]);
     }
 
     #[test]

@@ -370,8 +370,9 @@ pub fn from_record(rec: &DeploymentRecord, live: &[(String, Route)], now_ms: u64
     let mut weights = Vec::new();
     let groups =
         [("blue", rec.blue_private_target_group.as_deref()), ("green", rec.green_private_target_group.as_deref())];
-    if let (Some(before), Some(after), Some(flip)) =
-        (&rec.private_route_before, &rec.planned_private_route, rec.private_flip_at_ms)
+    // An observed deployment's flip is a would-be one: drawn below as such, not as the private side's.
+    if let (Some(before), Some(after), Some(flip), false) =
+        (&rec.private_route_before, &rec.planned_private_route, rec.private_flip_at_ms, rec.observed)
     {
         for (version, group) in groups {
             if let Some(g) = group {
@@ -385,6 +386,7 @@ pub fn from_record(rec: &DeploymentRecord, live: &[(String, Route)], now_ms: u64
     }
     let mut marks: Vec<Mark> = rec
         .private_flip_at_ms
+        .filter(|_| !rec.observed)
         .map(|at| Mark { at_ms: rel(at), kind: "flip".into(), label: "private production route flipped".into() })
         .into_iter()
         .collect();
@@ -451,6 +453,20 @@ fn observed(
             points.extend(moves.iter().map(|(at, to)| (*at, percent_of(to, g))));
             weights.push(Series { side: "private (would be)".into(), version: (*version).into(), points });
         }
+    }
+    // The public side as the follower read it at each move, beside which the would-be private side is drawn.
+    if let (Some(green), false) = (rec.green_public_target_group.as_deref(), rec.public_moves.is_empty()) {
+        let points = |green_side: bool| -> Vec<(u64, f64)> {
+            rec.public_moves
+                .iter()
+                .map(|(at, route)| {
+                    let g = percent_of(route, green);
+                    (rel(*at), if green_side { g } else { 100.0 - g })
+                })
+                .collect()
+        };
+        weights.push(Series { side: "public".into(), version: "blue".into(), points: points(false) });
+        weights.push(Series { side: "public".into(), version: "green".into(), points: points(true) });
     }
     for w in &rec.would_be {
         marks.push(Mark {
@@ -547,7 +563,12 @@ mod tests {
             "phases": {"AfterInstall": 100_000, "BeforeAllowTraffic": 130_000, "AfterAllowTraffic": 140_000},
             "blue_private_target_group": "arn:b", "green_private_target_group": "arn:g",
             "private_route_before": {"target_groups": [{"target_group": "arn:b", "weight": 100}]},
-            "observed": true,
+            "planned_private_route": {"target_groups": [{"target_group": "arn:g", "weight": 100}]},
+            "private_flip_at_ms": 139_000,
+            "observed": true, "green_public_target_group": "arn:pg",
+            "public_moves": [[135_500, {"target_groups": [{"target_group": "arn:pb", "weight": 90},
+                                                          {"target_group": "arn:pg", "weight": 10}]}],
+                             [140_500, {"target_groups": [{"target_group": "arn:pg", "weight": 100}]}]],
             "would_be": [
                 {"at_ms": 99_000, "by": "AfterInstall", "action": "register 10.0.0.101:8080 into g"},
                 {"at_ms": 136_000, "by": "follower", "action": "set listener L to [g=100]", "route": "production",
@@ -565,7 +586,11 @@ mod tests {
         // The test route's change is not the production route's: only the latter moves the drawn weights.
         assert_eq!(series("private (would be)", "green"), Some(vec![(0, 0.0), (41_000, 100.0)]));
         assert_eq!(series("private (as it stayed)", "green"), Some(vec![(0, 0.0)]));
+        assert_eq!(series("public", "green"), Some(vec![(40_500, 10.0), (45_500, 100.0)]));
+        assert_eq!(series("public", "blue"), Some(vec![(40_500, 90.0), (45_500, 0.0)]));
         assert_eq!(p.marks.iter().filter(|m| m.kind == "would-be").count(), 3);
+        // Nothing was flipped: no series or mark says the private side moved.
+        assert!(p.weights.iter().all(|s| s.side != "private") && p.marks.iter().all(|m| m.kind != "flip"));
         assert!(p.facts.iter().any(|(k, v)| k == "would have" && v == "succeeded"), "{:?}", p.facts);
         assert!(p.facts.iter().any(|(k, v)| k == "would have (AfterInstall, 4.0 s)" && v.starts_with("register")));
         assert!(p.render().contains(r#"data-side="private (would be)" data-version="green""#));

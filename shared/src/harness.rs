@@ -126,6 +126,10 @@ pub struct Summary {
     /// What an enforcing function would have failed with (shadow mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub would_be_failure: Option<String>,
+    /// The public production route as a follower of an observed binding read each move (ms since the epoch), so
+    /// that the record can draw the would-be private route beside it.
+    #[serde(skip)]
+    pub public_moves: Vec<(u64, Route)>,
     /// The routes to put back (one per private side) if the invocation fails after changing them.
     #[serde(skip)]
     pub undo: Vec<(RouteRef, Route)>,
@@ -213,6 +217,11 @@ impl Tracker {
 
     pub fn observes(&self) -> bool {
         self.with(|s| s.observed)
+    }
+
+    /// A public move a follower of an observed binding read (see [`Summary::public_moves`]).
+    pub fn public_move(&self, at_ms: u64, route: Route) {
+        self.with(|s| s.public_moves.push((at_ms, route)));
     }
 
     /// Would-be actions found (shadow mode), each also in the log.

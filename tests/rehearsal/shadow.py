@@ -7,9 +7,11 @@ observed deployment `Succeeded`, its record's would-be actions in the order they
 deployment mirrored as usual. A mixin of `rehearse.Rehearsal`, as the player is."""
 
 import json
+import os
+import subprocess
 import time
 
-from scenarios import fmt_route, shares, short
+from scenarios import REGION, ROOT, fmt_route, shares, short
 
 WRITES = ("RegisterTargets", "DeregisterTargets", "ModifyListener", "ModifyRule")
 
@@ -56,7 +58,7 @@ class Shadow:
                             f"{len(rec.get('would_be', []))} would-be actions on record")
         for w in rec.get("would_be", []):
             self.log("observe", f"  would have ({w.get('by')}): {w.get('action')}")
-        problems = self.would_be_problems(rec)
+        problems = self.would_be_problems(rec) + self.report_problems(first_id)
         self.messages.extend(problems)
         self.shadow_checks = {
             "observed_private_side_untouched": written == 0 and after == before,
@@ -86,6 +88,28 @@ class Shadow:
         self.shadow_checks["next_deployment_enforced"] = self.outcome == "succeeded" and not rec.get("observed") \
             and shares(self.world.route(self.listeners["private-prod"])).get(self.tgs["prv-green"]) == 1.0
 
+    def report_problems(self, deployment_id):
+        """`bluegreen-mirror report ID`, as an operator runs it under the read policy: the page must draw the private
+        production route as it would have moved beside the public one the follower read."""
+        bin_dir = os.environ.get("BLUEGREEN_MIRROR_BIN_DIR", os.path.join(ROOT, "target", "release"))
+        self.grant_operator("AKIDOPERATOR", change=False)
+        env = {"PATH": os.environ.get("PATH", ""), "AWS_REGION": REGION, "AWS_ACCESS_KEY_ID": "AKIDOPERATOR",
+               "AWS_SECRET_ACCESS_KEY": "operator", "AWS_ENDPOINT_URL": self.endpoint,
+               "AWS_EC2_METADATA_DISABLED": "true", "BLUEGREEN_MIRROR_TABLE": self.table,
+               "BLUEGREEN_MIRROR_BINDINGS": json.dumps(self.bindings)}
+        p = subprocess.run([os.path.join(bin_dir, "bluegreen-mirror"), "report", deployment_id], env=env,
+                           capture_output=True, timeout=60)
+        page = p.stdout.decode(errors="replace")
+        with open(os.path.join(self.run_dir, f"report-{deployment_id}.html"), "w") as f:
+            f.write(page)
+        wanted = ('data-side="private (would be)" data-version="green"', 'data-side="public" data-version="green"',
+                  'data-kind="would-be"')
+        missing = [w for w in wanted if w not in page]
+        if p.returncode != 0 or missing:
+            return [f"bluegreen-mirror report {deployment_id} (exit {p.returncode}) does not draw {missing}: "
+                    f"{p.stderr.decode(errors='replace')[-500:]}"]
+        return []
+
     def would_be_problems(self, rec):
         """What is wrong with an observed deployment's record: it must say it was observed, hold the would-be
         registration of the replacement tasks into green's private group before the production route's moves,
@@ -111,6 +135,8 @@ class Shadow:
                 out.append(f"the would-be moves are out of order: {[w['action'] for _, w in moves]}")
             if self.config != "AllAtOnce" and len(moves) < 2:
                 out.append(f"a {self.config} deployment's steps were not each found: {[w['action'] for _, w in moves]}")
+        if len(rec.get("public_moves", [])) < 2:
+            out.append(f"the follower's reads of the public moves are not on record: {rec.get('public_moves')}")
         if [w["at_ms"] for w in acts] != sorted(w["at_ms"] for w in acts):
             out.append("the would-be actions are not in the order they were found")
         return out

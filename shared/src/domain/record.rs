@@ -104,6 +104,9 @@ pub struct DeploymentRecord {
     pub would_be: Vec<WouldBe>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub would_be_failure: Option<String>,
+    /// The public production route at each move an observed binding's follower read (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_moves: Vec<(u64, Route)>,
 }
 
 /// One private side of a deployment: its groups and its flip.
@@ -150,6 +153,16 @@ impl DeploymentRecord {
             };
             if !repeated {
                 self.would_be.push(w);
+            }
+        }
+    }
+
+    /// Adds public moves read by a follower, leaving out one that repeats the last on record (a successor's
+    /// first read).
+    pub fn add_public_moves(&mut self, moves: impl IntoIterator<Item = (u64, Route)>) {
+        for (at, route) in moves {
+            if !self.public_moves.last().is_some_and(|(_, last)| last.same_action(&route)) {
+                self.public_moves.push((at, route));
             }
         }
     }

@@ -383,6 +383,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         // A move is a change from the last read, whether or not it could be mirrored then (a held-back move is
         // not seen again as a move, or the schedule would lose its anchor).
         let public_moved = seen.last_read.as_ref().is_some_and(|r| !r.same_action(&public));
+        if (public_moved || !seen_before) && t.observes() {
+            t.public_move(now_ms(), public.clone());
+        }
         seen.last_read = Some(public.clone());
         let moved = seen.mirrored.as_ref().is_none_or(|m| !m.same_action(&public));
         let r = if full_due {

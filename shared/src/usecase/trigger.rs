@@ -68,10 +68,12 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         // anything else is drift on an observed binding, in the log and the metrics.
         let who = if matches!(trigger, Trigger::Follow(_)) { "follower" } else { "reconciler" };
         let found = self.would_be(who, t);
-        if let (Trigger::Follow(req), false) = (trigger, found.is_empty()) {
+        let public = t.snapshot().public_moves;
+        if let (Trigger::Follow(req), false) = (trigger, found.is_empty() && public.is_empty()) {
             self.record_existing(&req.deployment_id, t, |r| {
                 r.observed = true;
                 r.add_would_be(found.iter().cloned());
+                r.add_public_moves(public.iter().cloned());
             })
             .await;
         }

@@ -1256,6 +1256,17 @@ impl World {
         )
     }
 
+    /// Runs the whole deployment: AfterInstall, BeforeAllowTraffic, AllowTraffic (public), AfterAllowTraffic.
+    pub async fn deploy(&self) -> [Outcome; 3] {
+        self.install_green();
+        let a = self.invoke(Phase::AfterInstall, "exec-ai").await;
+        self.allow_test_traffic();
+        let b = self.invoke(Phase::BeforeAllowTraffic, "exec-bat").await;
+        self.allow_traffic();
+        let c = self.invoke(Phase::AfterAllowTraffic, "exec-aat").await;
+        [a, b, c]
+    }
+
     /// Runs one hook invocation through the harness, as the Lambda handler does.
     pub async fn invoke(&self, phase: Phase, execution: &str) -> Outcome {
         self.invoke_for(phase, DEPLOYMENT, execution, Duration::from_secs(120)).await

@@ -11,17 +11,6 @@ use bluegreen_mirror::ports::{HookStatus, Reported};
 use bluegreen_mirror::AwsErrorKind;
 use bluegreen_mirror_tests::{ip, keys, strings, Fault, World, APP, DEPLOYMENT, GROUP};
 
-/// Runs the whole deployment: AfterInstall, BeforeAllowTraffic, AllowTraffic (public), AfterAllowTraffic.
-async fn deploy(w: &World) -> [bluegreen_mirror::harness::Outcome; 3] {
-    w.install_green();
-    let a = w.invoke(Phase::AfterInstall, "exec-ai").await;
-    w.allow_test_traffic();
-    let b = w.invoke(Phase::BeforeAllowTraffic, "exec-bat").await;
-    w.allow_traffic();
-    let c = w.invoke(Phase::AfterAllowTraffic, "exec-aat").await;
-    [a, b, c]
-}
-
 /// `bluegreen-mirror check` of the world's binding: its warnings.
 async fn check(w: &World) -> Vec<String> {
     let engine = w.hooks();
@@ -103,7 +92,7 @@ async fn stale_targets_from_an_earlier_deployment_are_removed() {
     let w = World::new();
     let a = &w.arns;
     w.elb.add_targets(&a.prv_green, &[ip(50), ip(51)], HealthState::Healthy);
-    let [ai, ..] = deploy(&w).await;
+    let [ai, ..] = w.deploy().await;
     assert_eq!(ai.summary.deregistered, 2);
     assert_eq!(w.elb.members(&a.prv_green), strings(&keys(101..104)));
 }
@@ -223,7 +212,7 @@ async fn a_stale_plan_is_corrected_against_the_public_truth() {
 async fn green_is_found_from_the_listener_when_task_sets_are_not_listed() {
     let w = World::new();
     w.codedeploy.without_task_sets();
-    let [ai, bat, aat] = deploy(&w).await;
+    let [ai, bat, aat] = w.deploy().await;
     for o in [&ai, &bat, &aat] {
         assert_eq!(o.status, HookStatus::Succeeded, "{:?}", o.message);
     }
@@ -235,7 +224,7 @@ async fn green_is_found_from_the_listener_when_task_sets_are_not_listed() {
 async fn nlb_private_side_flips_production_and_keeps_idle_on_the_test_listener() {
     let w = World::nlb();
     let a = &w.arns;
-    let [ai, bat, aat] = deploy(&w).await;
+    let [ai, bat, aat] = w.deploy().await;
     for o in [&ai, &bat, &aat] {
         assert_eq!(o.status, HookStatus::Succeeded, "{:?}", o.message);
     }
@@ -264,7 +253,7 @@ async fn an_nlb_mirror_in_tcp_of_an_alb_in_http_passes_and_a_tcp_only_health_che
         "{warnings:?}"
     );
     // A warning, not a refusal: the deployment goes through.
-    let [ai, bat, aat] = deploy(&w).await;
+    let [ai, bat, aat] = w.deploy().await;
     for o in [&ai, &bat, &aat] {
         assert_eq!(o.status, HookStatus::Succeeded, "{:?}", o.message);
     }
@@ -305,7 +294,7 @@ async fn an_nlb_side_whose_original_tasks_go_before_its_traffic_has_moved_is_war
                 nlb[0]
             );
         }
-        let [ai, bat, aat] = deploy(&w).await;
+        let [ai, bat, aat] = w.deploy().await;
         for o in [&ai, &bat, &aat] {
             assert_eq!(o.status, HookStatus::Succeeded, "{:?}", o.message);
         }
@@ -350,7 +339,7 @@ async fn after_allow_traffic_leaves_a_flip_the_follower_made_and_makes_one_it_di
 async fn every_hook_invoked_twice_converges_to_the_same_state() {
     let w = World::new();
     let a = &w.arns;
-    deploy(&w).await;
+    w.deploy().await;
     let routes_after_once = w.elb.route_log().len();
     let members = (w.elb.members(&a.prv_blue), w.elb.members(&a.prv_green));
     let prod = w.elb.route_of(&a.prv_prod);

@@ -19,22 +19,12 @@ fn private_side(w: &World) -> (Vec<String>, Vec<String>, Route, Route) {
     (w.elb.members(&a.prv_blue), w.elb.members(&a.prv_green), w.elb.route_of(&a.prv_prod), w.elb.route_of(&a.prv_test))
 }
 
-async fn deploy(w: &World) -> Vec<bluegreen_mirror::harness::Outcome> {
-    w.install_green();
-    let a = w.invoke(Phase::AfterInstall, "exec-ai").await;
-    w.allow_test_traffic();
-    let b = w.invoke(Phase::BeforeAllowTraffic, "exec-bat").await;
-    w.allow_traffic();
-    let c = w.invoke(Phase::AfterAllowTraffic, "exec-aat").await;
-    vec![a, b, c]
-}
-
 #[tokio::test(start_paused = true)]
 async fn an_observed_deployment_writes_nothing_and_records_what_it_would_have_done_in_order() {
     let mut w = World::new();
     w.config.bindings[0].mode = Some(Mode::Observe);
     let before = private_side(&w);
-    let outcomes = deploy(&w).await;
+    let outcomes = w.deploy().await;
     for o in &outcomes {
         assert_eq!(o.status, HookStatus::Succeeded, "{:?}: {:?} {:?}", o.phase, o.message, o.summary.notes);
         assert!(o.summary.observed && o.summary.would_be_failure.is_none(), "{:?}", o.summary);
@@ -65,7 +55,7 @@ async fn an_observed_deployment_succeeds_with_an_unusable_private_side_and_says_
     w.config.mode = Mode::Observe;
     w.elb.remove_route(&w.arns.prv_prod.clone());
     let before = (w.elb.members(&w.arns.prv_blue), w.elb.members(&w.arns.prv_green));
-    let outcomes = deploy(&w).await;
+    let outcomes = w.deploy().await;
     for o in &outcomes {
         assert_eq!(o.status, HookStatus::Succeeded, "{:?}: {:?}", o.phase, o.message);
         let failure = o.summary.would_be_failure.as_deref().unwrap_or_default();
@@ -105,7 +95,7 @@ async fn an_observed_gate_passes_on_the_public_sides_health_where_the_private_si
     let mut w = World::new();
     w.config.bindings[0].mode = Some(Mode::Observe);
     w.elb.make_unreachable(&w.arns.prv_green.clone());
-    let outcomes = deploy(&w).await;
+    let outcomes = w.deploy().await;
     for o in &outcomes {
         assert_eq!(o.status, HookStatus::Succeeded, "{:?}: {:?}", o.phase, o.message);
         assert_eq!(o.summary.would_be_failure, None, "{:?}", o.phase);

@@ -123,3 +123,34 @@ async fn the_reconciler_reports_an_observed_bindings_drift_and_writes_nothing() 
     assert_eq!(actions, vec![format!("register {} into prv-blue", strings(&keys(4..5))[0]).as_str()], "{s:?}");
     assert!(s.would_be.iter().all(|x| x.by == "reconciler"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_warm_process_finds_an_observed_bindings_drift_again_as_a_cold_one_would() {
+    let mut w = World::new();
+    w.config.bindings[0].mode = Some(Mode::Observe);
+    // CodeDeploy moved the public side; the observed private side stayed where it was.
+    w.install_green();
+    w.allow_traffic();
+    let engine = w.hooks();
+    let mut found = Vec::new();
+    for _ in 0..2 {
+        let (t, mut done) = (Tracker::default(), Vec::new());
+        let sweep = Trigger::Schedule { at: 0 };
+        let out = engine.run_trigger(&sweep, "r-1", Budget::after(Duration::from_secs(60)), &t, &mut done).await;
+        assert!(out.is_ok(), "{out:?}");
+        let routes: Vec<String> = t
+            .snapshot()
+            .would_be
+            .into_iter()
+            .filter(|x| x.route.as_deref() == Some("production"))
+            .map(|x| x.action)
+            .collect();
+        found.push(routes);
+    }
+    assert_eq!(found[0].len(), 1, "{found:?}");
+    assert_eq!(
+        found[1], found[0],
+        "the second sweep of the same process starts from ELB, not from the first's would-be"
+    );
+    assert_eq!(w.private_writes(), Vec::<String>::new());
+}

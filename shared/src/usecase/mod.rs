@@ -190,6 +190,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     ) -> Result<Epilogue<'e>> {
         // The installation's mode until the deployment resolves to a binding, which may name its own.
         t.observing(self.config.mode == Mode::Observe);
+        self.lb.begin();
         let result = crate::harness::guard(budget, phase.as_str(), work).await;
         if result.is_err() {
             // Every side is put back together: a binding is never left with some sides flipped and others not.

@@ -6,7 +6,7 @@
 //! A private group of an observed binding reads as its public mirror would leave it: the members its mirror
 //! would register (with the health the public group reports for them, the closest the functions can know
 //! without registering them), those it would deregister as draining, the rest as ELB reports them. A route reads
-//! as the functions last set it in this process, else as ELB has it.
+//! as the functions last set it in this invocation, else as ELB has it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -30,7 +30,7 @@ struct Overlay {
     groups: BTreeMap<String, String>,
     /// Observed private routes → which they are (`production`, `test 2`, ...).
     routes: BTreeMap<String, String>,
-    /// Routes as the functions would have set them in this process.
+    /// Routes as the functions would have set them in this invocation.
     set: BTreeMap<String, Route>,
     /// The last read of each target group that passed through, and when it answered.
     seen: BTreeMap<String, (Instant, Vec<ObservedTarget>)>,
@@ -83,9 +83,8 @@ impl<L: LoadBalancers> Shadow<L> {
         f(&mut self.overlay.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Observes `b`'s private side (every side's groups and routes) when `observe`, else lets its writes through.
-    /// The routes this process would have set on an observed binding are kept while it stays observed (they are
-    /// the private side as the functions would have left it) and forgotten when it is not.
+    /// Observes `b`'s private side (every side's groups and routes) when `observe`, else lets its writes through
+    /// (and forgets what this invocation would have set on it).
     pub fn scope(&self, b: &Binding, observe: bool) {
         let sides = b.sides();
         self.with(|o| {
@@ -108,6 +107,17 @@ impl<L: LoadBalancers> Shadow<L> {
                     }
                 }
             }
+        });
+    }
+
+    /// An invocation begins: it starts from the private side as ELB has it. What an earlier invocation of this
+    /// process would have set is forgotten, so that a warm process and a cold one find the same (an observed
+    /// binding's drift is what enforcing would change now, not what it would have changed before).
+    pub fn begin(&self) {
+        self.with(|o| {
+            o.set.clear();
+            o.seen.clear();
+            o.actions.clear();
         });
     }
 
@@ -181,7 +191,7 @@ impl<L: LoadBalancers> Shadow<L> {
         self.with(|o| o.groups.get(tg).cloned())
     }
 
-    /// `route` as the functions would have it: as set in this process when observed, else as read.
+    /// `route` as the functions would have it: as set in this invocation when observed, else as read.
     fn overlaid(&self, which: &RouteRef, read: Route) -> Route {
         self.with(|o| o.set.get(which.arn()).filter(|_| !o.revealed).cloned()).unwrap_or(read)
     }

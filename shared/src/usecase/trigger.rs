@@ -63,6 +63,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         t: &Tracker,
         done: &mut Vec<Reconciled>,
     ) -> Result<Value> {
+        self.lb.begin();
         let result = self.trigger_work(trigger, owner, budget, t, done).await;
         // What shadow mode would have changed: a follower's goes on its deployment's record beside the hooks';
         // anything else is drift on an observed binding, in the log and the metrics.

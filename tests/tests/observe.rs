@@ -154,3 +154,43 @@ async fn a_warm_process_finds_an_observed_bindings_drift_again_as_a_cold_one_wou
     );
     assert_eq!(w.private_writes(), Vec::<String>::new());
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_observed_rollback_is_recorded_as_the_move_back_it_would_have_made() {
+    let mut w = World::new();
+    let a = w.arns.clone();
+    w.config.bindings[0].mode = Some(Mode::Observe);
+    let before = private_side(&w);
+    for o in w.deploy().await {
+        assert_eq!(o.status, HookStatus::Succeeded, "{:?}", o.message);
+    }
+    // An alarm: CodeDeploy reroutes the public side back to blue, and says so.
+    w.elb.put_route(&a.pub_prod, Route::all_to(&a.pub_blue, &[&a.pub_green], RouteStyle::Weighted));
+    let failure = Trigger::Deployment {
+        application: APP.into(),
+        deployment_group: GROUP.into(),
+        deployment_id: DEPLOYMENT.into(),
+        state: "FAILURE".into(),
+        // EventBridge's time for the event: a fresh rollback, followed from the record's flip at once.
+        at: Some(bluegreen_mirror::clock::now_s()),
+    };
+    let (t, mut done) = (Tracker::default(), Vec::new());
+    let out = w.hooks().run_trigger(&failure, "r-1", Budget::after(Duration::from_secs(60)), &t, &mut done).await;
+    assert!(out.is_ok(), "{out:?}");
+    assert_eq!(w.private_writes(), Vec::<String>::new());
+    assert_eq!(private_side(&w), before);
+    let rec = w.state.record(DEPLOYMENT).unwrap();
+    let moves: Vec<(&str, Option<&Route>)> = rec
+        .would_be
+        .iter()
+        .filter(|x| x.route.as_deref() == Some("production"))
+        .map(|x| (x.by.as_str(), x.to.as_ref()))
+        .collect();
+    let to_blue = Route::all_to(&a.prv_blue, &[&a.prv_green], RouteStyle::Weighted);
+    let last = moves.last().copied();
+    assert!(moves.len() >= 2, "the flip, then the move back: {moves:?}");
+    assert!(
+        last.is_some_and(|(by, to)| by == "reconciler" && to.is_some_and(|to| to.same_action(&to_blue))),
+        "{moves:?}"
+    );
+}

@@ -65,13 +65,18 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     ) -> Result<Value> {
         self.lb.begin();
         let result = self.trigger_work(trigger, owner, budget, t, done).await;
-        // What shadow mode would have changed: a follower's goes on its deployment's record beside the hooks';
-        // anything else is drift on an observed binding, in the log and the metrics.
-        let who = if matches!(trigger, Trigger::Follow(_)) { "follower" } else { "reconciler" };
+        // What shadow mode would have changed: a follower's, or the end of a deployment's (a rollback followed),
+        // goes on its deployment's record beside the hooks'; anything else is drift on an observed binding, in the
+        // log and the metrics.
+        let (who, deployment) = match trigger {
+            Trigger::Follow(req) => ("follower", Some(&req.deployment_id)),
+            Trigger::Deployment { deployment_id, .. } => ("reconciler", Some(deployment_id)),
+            _ => ("reconciler", None),
+        };
         let found = self.would_be(who, t);
         let public = t.snapshot().public_moves;
-        if let (Trigger::Follow(req), false) = (trigger, found.is_empty() && public.is_empty()) {
-            self.record_existing(&req.deployment_id, t, |r| {
+        if let (Some(deployment_id), false) = (deployment, found.is_empty() && public.is_empty()) {
+            self.record_existing(deployment_id, t, |r| {
                 r.observed = true;
                 r.add_would_be(found.iter().cloned());
                 r.add_public_moves(public.iter().cloned());

@@ -49,6 +49,22 @@ pub struct WouldBe {
     pub to: Option<Route>,
 }
 
+impl WouldBe {
+    /// Whether `earlier` already holds this action: for a route's change, the route's last change there sends the
+    /// same traffic; for anything else, the same action is there.
+    pub fn repeats(&self, earlier: &[WouldBe]) -> bool {
+        match (&self.route, &self.to) {
+            (Some(which), Some(to)) => earlier
+                .iter()
+                .rev()
+                .find(|x| x.route.as_ref() == Some(which))
+                .and_then(|x| x.to.as_ref())
+                .is_some_and(|last| last.same_action(to)),
+            _ => earlier.iter().any(|x| x.action == self.action),
+        }
+    }
+}
+
 /// How long deployment records are kept before DynamoDB's TTL retires them.
 pub const DEPLOYMENT_RECORD_TTL_SECS: u64 = 30 * 24 * 3600;
 
@@ -141,17 +157,7 @@ impl DeploymentRecord {
     /// route's last recorded change sends the same traffic; a registration, when the same one is.
     pub fn add_would_be(&mut self, found: impl IntoIterator<Item = WouldBe>) {
         for w in found {
-            let repeated = match (&w.route, &w.to) {
-                (Some(which), Some(to)) => self
-                    .would_be
-                    .iter()
-                    .rev()
-                    .find(|x| x.route.as_ref() == Some(which))
-                    .and_then(|x| x.to.as_ref())
-                    .is_some_and(|last| last.same_action(to)),
-                _ => self.would_be.iter().any(|x| x.action == w.action),
-            };
-            if !repeated {
+            if !w.repeats(&self.would_be) {
                 self.would_be.push(w);
             }
         }

@@ -46,10 +46,11 @@ impl Overlay {
     }
 
     fn would_route(&mut self, action: String, route: Option<(String, Route)>) {
-        if !self.actions.iter().any(|a| a.action == action) {
-            tracing::info!(would_be = %action);
-            let (route, to) = route.map_or((None, None), |(which, to)| (Some(which), Some(to)));
-            self.actions.push(WouldBe { at_ms: now_ms(), by: String::new(), action, route, to });
+        let (route, to) = route.map_or((None, None), |(which, to)| (Some(which), Some(to)));
+        let found = WouldBe { at_ms: now_ms(), by: String::new(), action, route, to };
+        if !found.repeats(&self.actions) {
+            tracing::info!(would_be = %found.action);
+            self.actions.push(found);
         }
     }
 }
@@ -127,11 +128,6 @@ impl<L: LoadBalancers> Shadow<L> {
         self.with(|o| o.revealed = true);
     }
 
-    /// Whether any of `b`'s private side is observed here.
-    pub fn observes(&self, b: &Binding) -> bool {
-        self.with(|o| o.routes.contains_key(b.private_production_route.arn()))
-    }
-
     /// The would-be actions since the last call, in the order they were found.
     pub fn take_actions(&self) -> Vec<WouldBe> {
         self.with(|o| std::mem::take(&mut o.actions))
@@ -159,8 +155,10 @@ impl<L: LoadBalancers> Shadow<L> {
 
     /// An observed private group as the mirror would leave it, noting what the mirror would change.
     async fn observed_targets(&self, private: &str, public: &str) -> Result<Vec<ObservedTarget>> {
-        let (real, source) = tokio::join!(self.read_targets(private), self.public_targets(public));
-        let (real, source) = (real?, source?);
+        // The private group first: a use case reads a pair's two groups together, and its read of the public one
+        // has then most likely answered, to stand in for reading it again.
+        let real = self.read_targets(private).await?;
+        let source = self.public_targets(public).await?;
         let plan = plan_mirror(&source, &real, DEFAULT_BATCH);
         let register: Vec<&Target> = plan.register.iter().flatten().collect();
         let deregister: BTreeSet<TargetKey> = plan.deregister.iter().flatten().copied().collect();

@@ -224,6 +224,11 @@ impl Tracker {
         self.with(|s| s.public_moves.push((at_ms, route)));
     }
 
+    /// The public moves read since the last call, for the deployment's record.
+    pub fn take_public_moves(&self) -> Vec<(u64, Route)> {
+        self.with(|s| std::mem::take(&mut s.public_moves))
+    }
+
     /// Would-be actions found (shadow mode), each also in the log.
     pub fn would_be(&self, found: &[crate::domain::WouldBe]) {
         for w in found {

@@ -16,7 +16,7 @@ use bluegreen_mirror::domain::{
     ObservedTarget, Phase, Route, RouteStyle, StoredBinding, Target, TargetKey, TrafficShift, Turns,
     WeightedTargetGroup, ARNS_PER_CALL,
 };
-use bluegreen_mirror::harness::{self, Invocation, Outcome, Tracker};
+use bluegreen_mirror::harness::{self, Invocation, Outcome, Summary, Tracker};
 use bluegreen_mirror::ports::{
     Claim, Coordination, DeploymentFacts, DeploymentGroupFacts, Deployments, FollowRequest, Followers, HookReporter,
     HookStatus, LoadBalancers, Reported, Saved, StateStore, TargetGroupFacts, TaskSet, TaskSetLabel,
@@ -888,6 +888,18 @@ pub const APP: &str = "web";
 pub const GROUP: &str = "web-bg";
 pub const DEPLOYMENT: &str = "d-TEST00001";
 
+/// CodeDeploy's state change for the end of `DEPLOYMENT` (`SUCCESS`, `FAILURE`, `STOP`), sent at `at` (seconds
+/// since the epoch; EventBridge's time for the event).
+pub fn ended(state: &str, at: Option<u64>) -> bluegreen_mirror::usecase::Trigger {
+    bluegreen_mirror::usecase::Trigger::Deployment {
+        application: APP.into(),
+        deployment_group: GROUP.into(),
+        deployment_id: DEPLOYMENT.into(),
+        state: state.into(),
+        at,
+    }
+}
+
 /// ARNs of the fixture.
 #[derive(Debug, Clone)]
 pub struct Arns {
@@ -1265,6 +1277,27 @@ impl World {
         self.allow_traffic();
         let c = self.invoke(Phase::AfterAllowTraffic, "exec-aat").await;
         [a, b, c]
+    }
+
+    /// Runs `trigger` through the reconciler's handler, as Lambda does, with a minute's budget: its result, what it
+    /// reconciled, and its summary (notes, stepped aside, shadow mode's findings).
+    pub async fn run_trigger(
+        &self,
+        trigger: &bluegreen_mirror::usecase::Trigger,
+    ) -> (bluegreen_mirror::Result<serde_json::Value>, Vec<bluegreen_mirror::usecase::Reconciled>, Summary) {
+        self.run_trigger_on(&self.hooks(), trigger).await
+    }
+
+    /// [`Self::run_trigger`] on a given engine (a warm process's).
+    pub async fn run_trigger_on(
+        &self,
+        engine: &Engine<FakeElb, FakeCodeDeploy, FakeState, FakeFollowers>,
+        trigger: &bluegreen_mirror::usecase::Trigger,
+    ) -> (bluegreen_mirror::Result<serde_json::Value>, Vec<bluegreen_mirror::usecase::Reconciled>, Summary) {
+        let (t, mut done) = (Tracker::default(), Vec::new());
+        let out =
+            engine.run_trigger(trigger, "r-1", harness::Budget::after(Duration::from_secs(60)), &t, &mut done).await;
+        (out, done, t.snapshot())
     }
 
     /// Runs one hook invocation through the harness, as the Lambda handler does.

@@ -4,14 +4,18 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::time::Duration;
-
 use bluegreen_mirror::config::Mode;
 use bluegreen_mirror::domain::{HealthState, Phase, Route, RouteStyle};
-use bluegreen_mirror::harness::{Budget, Tracker};
 use bluegreen_mirror::ports::HookStatus;
 use bluegreen_mirror::usecase::Trigger;
-use bluegreen_mirror_tests::{keys, strings, World, APP, DEPLOYMENT, GROUP};
+use bluegreen_mirror_tests::{ended, keys, strings, World, APP, DEPLOYMENT, GROUP};
+
+/// The world of [`World::new`], its binding observing.
+fn observed() -> World {
+    let mut w = World::new();
+    w.config.bindings[0].mode = Some(Mode::Observe);
+    w
+}
 
 /// The private side as ELB has it: each private group's members and each private route.
 fn private_side(w: &World) -> (Vec<String>, Vec<String>, Route, Route) {
@@ -21,8 +25,7 @@ fn private_side(w: &World) -> (Vec<String>, Vec<String>, Route, Route) {
 
 #[tokio::test(start_paused = true)]
 async fn an_observed_deployment_writes_nothing_and_records_what_it_would_have_done_in_order() {
-    let mut w = World::new();
-    w.config.bindings[0].mode = Some(Mode::Observe);
+    let w = observed();
     let before = private_side(&w);
     let outcomes = w.deploy().await;
     for o in &outcomes {
@@ -68,9 +71,8 @@ async fn an_observed_deployment_succeeds_with_an_unusable_private_side_and_says_
 
 #[tokio::test(start_paused = true)]
 async fn a_binding_switched_to_enforce_mirrors_as_usual() {
-    let mut w = World::new();
+    let mut w = observed();
     let a = w.arns.clone();
-    w.config.bindings[0].mode = Some(Mode::Observe);
     w.install_green();
     assert_eq!(w.invoke(Phase::AfterInstall, "exec-ai").await.status, HookStatus::Succeeded);
     assert_eq!(w.private_writes(), Vec::<String>::new());
@@ -92,8 +94,7 @@ async fn an_observed_gate_passes_on_the_public_sides_health_where_the_private_si
     // What an enforcing gate fails on (the unhealthy-green case) the observing one cannot see: it registers
     // nothing, so the private load balancer never checks the tasks. It says so by judging the public side's
     // health, and the deployment goes on.
-    let mut w = World::new();
-    w.config.bindings[0].mode = Some(Mode::Observe);
+    let w = observed();
     w.elb.make_unreachable(&w.arns.prv_green.clone());
     let outcomes = w.deploy().await;
     for o in &outcomes {
@@ -105,20 +106,14 @@ async fn an_observed_gate_passes_on_the_public_sides_health_where_the_private_si
 
 #[tokio::test(start_paused = true)]
 async fn the_reconciler_reports_an_observed_bindings_drift_and_writes_nothing() {
-    let mut w = World::new();
+    let w = observed();
     let a = w.arns.clone();
-    w.config.bindings[0].mode = Some(Mode::Observe);
     // Between deployments ECS adds a task on the public side only.
     w.elb.add_targets(&a.pub_blue, &keys(4..5), HealthState::Healthy);
-    let engine = w.hooks();
-    let (t, mut done) = (Tracker::default(), Vec::new());
-    let out = engine
-        .run_trigger(&Trigger::Schedule { at: 0 }, "r-1", Budget::after(Duration::from_secs(60)), &t, &mut done)
-        .await;
+    let (out, _, s) = w.run_trigger(&Trigger::Schedule { at: 0 }).await;
     assert!(out.is_ok(), "{out:?}");
     assert_eq!(w.private_writes(), Vec::<String>::new());
     assert_eq!(w.elb.members(&a.prv_blue), strings(&keys(1..4)));
-    let s = t.snapshot();
     let actions: Vec<&str> = s.would_be.iter().map(|x| x.action.as_str()).collect();
     assert_eq!(actions, vec![format!("register {} into prv-blue", strings(&keys(4..5))[0]).as_str()], "{s:?}");
     assert!(s.would_be.iter().all(|x| x.by == "reconciler"));
@@ -126,25 +121,17 @@ async fn the_reconciler_reports_an_observed_bindings_drift_and_writes_nothing() 
 
 #[tokio::test(start_paused = true)]
 async fn a_warm_process_finds_an_observed_bindings_drift_again_as_a_cold_one_would() {
-    let mut w = World::new();
-    w.config.bindings[0].mode = Some(Mode::Observe);
+    let w = observed();
     // CodeDeploy moved the public side; the observed private side stayed where it was.
     w.install_green();
     w.allow_traffic();
     let engine = w.hooks();
     let mut found = Vec::new();
     for _ in 0..2 {
-        let (t, mut done) = (Tracker::default(), Vec::new());
-        let sweep = Trigger::Schedule { at: 0 };
-        let out = engine.run_trigger(&sweep, "r-1", Budget::after(Duration::from_secs(60)), &t, &mut done).await;
+        let (out, _, s) = w.run_trigger_on(&engine, &Trigger::Schedule { at: 0 }).await;
         assert!(out.is_ok(), "{out:?}");
-        let routes: Vec<String> = t
-            .snapshot()
-            .would_be
-            .into_iter()
-            .filter(|x| x.route.as_deref() == Some("production"))
-            .map(|x| x.action)
-            .collect();
+        let routes: Vec<String> =
+            s.would_be.into_iter().filter(|x| x.route.as_deref() == Some("production")).map(|x| x.action).collect();
         found.push(routes);
     }
     assert_eq!(found[0].len(), 1, "{found:?}");
@@ -157,25 +144,17 @@ async fn a_warm_process_finds_an_observed_bindings_drift_again_as_a_cold_one_wou
 
 #[tokio::test(start_paused = true)]
 async fn an_observed_rollback_is_recorded_as_the_move_back_it_would_have_made() {
-    let mut w = World::new();
+    let w = observed();
     let a = w.arns.clone();
-    w.config.bindings[0].mode = Some(Mode::Observe);
     let before = private_side(&w);
     for o in w.deploy().await {
         assert_eq!(o.status, HookStatus::Succeeded, "{:?}", o.message);
     }
     // An alarm: CodeDeploy reroutes the public side back to blue, and says so.
     w.elb.put_route(&a.pub_prod, Route::all_to(&a.pub_blue, &[&a.pub_green], RouteStyle::Weighted));
-    let failure = Trigger::Deployment {
-        application: APP.into(),
-        deployment_group: GROUP.into(),
-        deployment_id: DEPLOYMENT.into(),
-        state: "FAILURE".into(),
-        // EventBridge's time for the event: a fresh rollback, followed from the record's flip at once.
-        at: Some(bluegreen_mirror::clock::now_s()),
-    };
-    let (t, mut done) = (Tracker::default(), Vec::new());
-    let out = w.hooks().run_trigger(&failure, "r-1", Budget::after(Duration::from_secs(60)), &t, &mut done).await;
+    // A fresh rollback (EventBridge's time is now), followed from the record's flip at once.
+    let failure = ended("FAILURE", Some(bluegreen_mirror::clock::now_s()));
+    let (out, _, _) = w.run_trigger(&failure).await;
     assert!(out.is_ok(), "{out:?}");
     assert_eq!(w.private_writes(), Vec::<String>::new());
     assert_eq!(private_side(&w), before);

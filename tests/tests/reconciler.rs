@@ -8,11 +8,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bluegreen_mirror::domain::{HealthState, Phase, Route, RouteStyle, WeightedTargetGroup};
-use bluegreen_mirror::harness::{Budget, Summary, Tracker};
+use bluegreen_mirror::harness::{Budget, Tracker};
 use bluegreen_mirror::ports::{FollowRequest, HookStatus};
 use bluegreen_mirror::usecase::Trigger;
 use bluegreen_mirror::AwsErrorKind;
-use bluegreen_mirror_tests::{ip, keys, strings, weighted, World, APP, DEPLOYMENT, GROUP};
+use bluegreen_mirror_tests::{ended, ip, keys, strings, weighted, World, APP, DEPLOYMENT, GROUP};
 
 async fn reconcile(w: &World, trigger: Trigger) -> Vec<bluegreen_mirror::usecase::Reconciled> {
     let engine = w.hooks();
@@ -22,19 +22,6 @@ async fn reconcile(w: &World, trigger: Trigger) -> Vec<bluegreen_mirror::usecase
         out.push(engine.reconcile(&b, &group, &Tracker::default()).await.expect("reconcile"));
     }
     out
-}
-
-/// Runs `trigger` through the reconciler's handler, as Lambda does, with a minute's budget: its result, what it
-/// reconciled, and its summary (notes, stepped aside).
-async fn run(
-    w: &World,
-    trigger: Trigger,
-) -> (bluegreen_mirror::Result<serde_json::Value>, Vec<bluegreen_mirror::usecase::Reconciled>, Summary) {
-    let engine = w.hooks();
-    let (t, mut done) = (Tracker::default(), Vec::new());
-    let budget = Budget::after(Duration::from_secs(60));
-    let out = engine.run_trigger(&trigger, "r-1", budget, &t, &mut done).await;
-    (out, done, t.snapshot())
 }
 
 async fn deployed(w: &World) {
@@ -222,16 +209,6 @@ fn now_s() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
-fn ended(state: &str, at: Option<u64>) -> Trigger {
-    Trigger::Deployment {
-        application: APP.into(),
-        deployment_group: GROUP.into(),
-        deployment_id: DEPLOYMENT.into(),
-        state: state.into(),
-        at,
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_fresh_rollback_puts_the_private_route_back_after_its_record_and_one_health_read() {
     for state in ["FAILURE", "STOP"] {
@@ -247,7 +224,7 @@ async fn a_fresh_rollback_puts_the_private_route_back_after_its_record_and_one_h
             bluegreen_mirror::domain::LaneMode::Wait,
             None,
         );
-        let (_, done, summary) = run(&w, ended(state, Some(now_s()))).await;
+        let (_, done, summary) = w.run_trigger(&ended(state, Some(now_s()))).await;
         let log = w.calls.log();
         assert_eq!(
             log[..3],
@@ -272,7 +249,7 @@ async fn a_rollback_is_put_back_from_the_record_only_when_fresh_flipped_and_heal
     deployed(&w).await;
     w.elb.put_route(&a.pub_prod, Route::all_to(&a.pub_blue, &[&a.pub_green], RouteStyle::Weighted));
     w.calls.clear();
-    let (_, _, summary) = run(&w, ended("FAILURE", Some(now_s() - 3600))).await;
+    let (_, _, summary) = w.run_trigger(&ended("FAILURE", Some(now_s() - 3600))).await;
     let log = w.calls.log();
     let write = log.iter().position(|c| c == "elb:ModifyListener").expect("the reconcile moves it");
     assert!(log[..write].iter().any(|c| c == "elb:DescribeListeners"), "read the public route first: {log:?}");
@@ -284,7 +261,7 @@ async fn a_rollback_is_put_back_from_the_record_only_when_fresh_flipped_and_heal
     let w = World::new();
     w.through_the_gate().await;
     w.calls.clear();
-    run(&w, ended("FAILURE", Some(now_s()))).await.0.expect("reconciled");
+    w.run_trigger(&ended("FAILURE", Some(now_s()))).await.0.expect("reconciled");
     let log = w.calls.log();
     assert_eq!(log[..2], ["dynamodb:GetItem", "codedeploy:GetDeploymentGroup"], "{log:?}");
     assert!(log.iter().all(|c| c != "elb:ModifyListener"), "{log:?}");
@@ -296,7 +273,7 @@ async fn a_rollback_is_put_back_from_the_record_only_when_fresh_flipped_and_heal
     w.elb.put_route(&a.pub_prod, Route::all_to(&a.pub_blue, &[&a.pub_green], RouteStyle::Weighted));
     w.elb.set_health(&a.prv_blue, HealthState::Unhealthy);
     w.calls.clear();
-    let (_, _, summary) = run(&w, ended("FAILURE", Some(now_s()))).await;
+    let (_, _, summary) = w.run_trigger(&ended("FAILURE", Some(now_s()))).await;
     assert!(summary.notes.iter().any(|n| n.contains("no healthy target to go back to")), "{:?}", summary.notes);
     assert_eq!(w.calls.log()[..2], ["dynamodb:GetItem", "elb:DescribeTargetHealth"]);
     assert_ne!(w.calls.log().get(2).map(String::as_str), Some("elb:ModifyListener"), "{:?}", w.calls.log());
@@ -723,7 +700,7 @@ async fn a_sweep_whose_turn_in_the_lane_comes_too_late_steps_aside_instead_of_fa
     let a = &w.arns;
     // A task the private side has not seen yet, for the sweep to find.
     w.elb.add_targets(&a.pub_blue, &[ip(7)], HealthState::Healthy);
-    let sweep = || run(&w, Trigger::Schedule { at: 0 });
+    let sweep = || w.run_trigger(&Trigger::Schedule { at: 0 });
 
     w.calls.lane_busy_on("elb:Describe");
     let (out, done, summary) = sweep().await;
@@ -776,7 +753,7 @@ async fn a_sweep_reads_its_bindings_routes_and_groups_together_and_each_bindings
     // one read each, then four groups' health.
     for (w, expected) in [(World::new(), 7), (World::nlb(), 6)] {
         w.calls.clear();
-        let (out, done, _) = run(&w, Trigger::Schedule { at: 0 }).await;
+        let (out, done, _) = w.run_trigger(&Trigger::Schedule { at: 0 }).await;
         assert!(out.is_ok(), "{out:?}");
         assert!(done.len() == 1 && !done[0].changed(), "{done:?}");
         let reads = w.calls.log().into_iter().filter(|c| c.starts_with("elb:Describe")).collect::<Vec<_>>();
@@ -787,7 +764,7 @@ async fn a_sweep_reads_its_bindings_routes_and_groups_together_and_each_bindings
     // (A schedule every 15 minutes, so that one run takes them all.)
     let mut w = World::fleet(30);
     w.config.schedule = Duration::from_secs(900);
-    let (out, done, _) = run(&w, Trigger::Schedule { at: 0 }).await;
+    let (out, done, _) = w.run_trigger(&Trigger::Schedule { at: 0 }).await;
     assert!(out.is_ok(), "{out:?}");
     assert_eq!(done.len(), 30);
     assert!(done.iter().all(|d| !d.changed() && d.rounds == 1), "{done:?}");
@@ -815,7 +792,7 @@ async fn a_sweep_reconciles_from_its_own_reads_what_its_look_finds_drifted_and_a
     );
     w.elb.remove_group(&arn(21, "prv-green"));
     w.calls.clear();
-    let (out, done, _) = run(&w, Trigger::Schedule { at: 0 }).await;
+    let (out, done, _) = w.run_trigger(&Trigger::Schedule { at: 0 }).await;
     let err = out.unwrap_err().to_string();
     assert!(err.contains("web/svc21-bg") && err.contains("prv-green-21"), "{err}");
     assert_eq!(done.len(), 24, "every other binding checked");
@@ -857,7 +834,7 @@ async fn a_check_that_had_its_turn_in_the_lane_finishes_though_the_lane_fills_be
     // The preflight's reads have their turn; by the time the observation reads the groups, deployments have filled
     // the lane. Stepping aside there would leave the reads already spent worth nothing, and the check undone.
     w.calls.lane_busy_on("elb:DescribeTargetHealth");
-    let (out, done, summary) = run(&w, success.clone()).await;
+    let (out, done, summary) = w.run_trigger(&success.clone()).await;
     assert!(out.is_ok(), "{out:?}");
     assert!(!summary.stepped_aside, "{:?}", summary.notes);
     assert_eq!(done.len(), 1);
@@ -870,7 +847,7 @@ async fn a_check_that_had_its_turn_in_the_lane_finishes_though_the_lane_fills_be
     let a = &w.arns;
     w.elb.add_targets(&a.pub_blue, &[ip(8)], HealthState::Healthy);
     w.calls.lane_busy_on("elb:Describe");
-    let (out, done, summary) = run(&w, Trigger::Schedule { at: 0 }).await;
+    let (out, done, summary) = w.run_trigger(&Trigger::Schedule { at: 0 }).await;
     assert!(out.is_ok(), "{out:?}");
     assert!(summary.stepped_aside);
     assert!(done.is_empty());
@@ -891,7 +868,7 @@ async fn a_recorded_deployments_end_waits_its_turn_and_leaves_its_check_to_the_s
     w.elb.remove_targets(&a.pub_blue, &keys(1..4));
     let writes = w.private_writes().len();
     w.calls.lane_busy_on("elb:Describe");
-    let (out, done, summary) = run(&w, success.clone()).await;
+    let (out, done, summary) = w.run_trigger(&success.clone()).await;
     assert!(out.is_ok(), "not a failure for Lambda to run again: {out:?}");
     assert!(done.is_empty());
     assert!(summary.stepped_aside, "counted in the metric");
@@ -904,7 +881,7 @@ async fn a_recorded_deployments_end_waits_its_turn_and_leaves_its_check_to_the_s
     // Once the lane has room, the next sweep does the check: the stopped tasks leave the private side too, and
     // nothing is due any more.
     w.calls.no_faults();
-    let (out, done, _) = run(&w, Trigger::Schedule { at: 0 }).await;
+    let (out, done, _) = w.run_trigger(&Trigger::Schedule { at: 0 }).await;
     assert!(out.is_ok(), "{out:?}");
     assert_eq!(done[0].deregistered, 3);
     assert!(w.elb.members(&a.prv_blue).is_empty());
@@ -918,13 +895,13 @@ async fn a_recorded_deployments_end_waits_its_turn_and_leaves_its_check_to_the_s
     w.install_green();
     w.allow_traffic();
     w.calls.lane_busy_on("elb:Describe");
-    let (out, done, summary) = run(&w, success.clone()).await;
+    let (out, done, summary) = w.run_trigger(&success.clone()).await;
     assert!(out.is_ok(), "{out:?} {:?}", summary.notes);
     assert!(!summary.stepped_aside);
     assert_eq!(done[0].registered, 3, "read and mirrored, not stepped aside: {:?}", summary.notes);
     assert_eq!(w.elb.members(&a.prv_green), w.elb.members(&a.pub_green));
     // The flip waits for the green tasks to be healthy on the private side, as seen by the next reconcile.
-    let (out, done, _) = run(&w, success).await;
+    let (out, done, _) = w.run_trigger(&success).await;
     assert!(out.is_ok(), "{out:?}");
     assert!(done[0].production.is_some(), "{done:?}");
     assert_eq!(w.elb.route_of(&a.prv_prod), Route::all_to(&a.prv_green, &[&a.prv_blue], RouteStyle::Weighted));
@@ -940,7 +917,7 @@ async fn a_recorded_deployments_end_waits_its_turn_and_leaves_its_check_to_the_s
         at: None,
     };
     let before = w.calls.log().len();
-    let (out, done, _) = run(&w, unbound).await;
+    let (out, done, _) = w.run_trigger(&unbound).await;
     assert!(out.is_ok() && done.is_empty(), "{out:?}");
     let calls = w.calls.log()[before..].to_vec();
     assert_eq!(calls, ["dynamodb:GetItem"]);

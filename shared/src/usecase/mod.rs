@@ -204,16 +204,8 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             futures_util::future::join_all(restores).await;
         }
         if t.observes() {
-            let found = self.would_be(phase.as_str(), t);
             let failure = result.as_ref().err().map(|e| format!("{phase}: {}", crate::harness::error_chain(e)));
-            self.record_existing(deployment_id, t, |r| {
-                r.observed = true;
-                r.add_would_be(found.iter().cloned());
-                if failure.is_some() {
-                    r.would_be_failure.clone_from(&failure);
-                }
-            })
-            .await;
+            self.keep_would_be(Some(deployment_id), phase.as_str(), failure, t).await;
         } else if let Err(e) = &result {
             let message = format!("{phase}: {}", crate::harness::error_chain(e));
             self.record_existing(deployment_id, t, |r| {
@@ -223,14 +215,6 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             .await;
         }
         result.map(Into::into)
-    }
-
-    /// The would-be actions shadow mode found since the last call, `by` the function named, noted in `t`.
-    pub(crate) fn would_be(&self, by: &str, t: &Tracker) -> Vec<crate::domain::WouldBe> {
-        let found: Vec<crate::domain::WouldBe> =
-            self.lb.take_actions().into_iter().map(|w| crate::domain::WouldBe { by: by.to_string(), ..w }).collect();
-        t.would_be(&found);
-        found
     }
 
     /// GetDeployment + GetDeploymentGroup, then the checks that make the deployment ours to mirror.

@@ -5,7 +5,7 @@
 use super::{Engine, Tracker};
 use crate::clock::now_ms;
 use crate::config::Binding;
-use crate::domain::{BindingRecord, DeploymentRecord};
+use crate::domain::{BindingRecord, DeploymentRecord, WouldBe};
 use crate::ports::{Coordination, Deployments, Followers, LoadBalancers, Saved, StateStore};
 use crate::{Error, Result};
 
@@ -77,6 +77,35 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         Err(Error::Conflict(format!(
             "deployment record {deployment_id} kept changing under five attempts to update it"
         )))
+    }
+
+    /// What shadow mode found since the last call, `by` the function named: noted in `t`, and kept on the
+    /// deployment's record (when there is one) with the follower's public moves and what an enforcing hook would
+    /// have failed with. Nothing found, nothing written.
+    pub(super) async fn keep_would_be(
+        &self,
+        deployment_id: Option<&str>,
+        by: &str,
+        failure: Option<String>,
+        t: &Tracker,
+    ) {
+        let found: Vec<WouldBe> =
+            self.lb.take_actions().into_iter().map(|w| WouldBe { by: by.to_string(), ..w }).collect();
+        t.would_be(&found);
+        let public = t.take_public_moves();
+        if found.is_empty() && public.is_empty() && failure.is_none() {
+            return;
+        }
+        let Some(deployment_id) = deployment_id else { return };
+        self.record_existing(deployment_id, t, |r| {
+            r.observed = true;
+            r.add_would_be(found.iter().cloned());
+            r.add_public_moves(public.iter().cloned());
+            if failure.is_some() {
+                r.would_be_failure.clone_from(&failure);
+            }
+        })
+        .await;
     }
 
     /// The binding record's view after a completed flip (best effort, version-checked), written over `known`

@@ -69,20 +69,11 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         // goes on its deployment's record beside the hooks'; anything else is drift on an observed binding, in the
         // log and the metrics.
         let (who, deployment) = match trigger {
-            Trigger::Follow(req) => ("follower", Some(&req.deployment_id)),
-            Trigger::Deployment { deployment_id, .. } => ("reconciler", Some(deployment_id)),
+            Trigger::Follow(req) => ("follower", Some(req.deployment_id.as_str())),
+            Trigger::Deployment { deployment_id, .. } => ("reconciler", Some(deployment_id.as_str())),
             _ => ("reconciler", None),
         };
-        let found = self.would_be(who, t);
-        let public = t.snapshot().public_moves;
-        if let (Some(deployment_id), false) = (deployment, found.is_empty() && public.is_empty()) {
-            self.record_existing(deployment_id, t, |r| {
-                r.observed = true;
-                r.add_would_be(found.iter().cloned());
-                r.add_public_moves(public.iter().cloned());
-            })
-            .await;
-        }
+        self.keep_would_be(deployment, who, None, t).await;
         result
     }
 

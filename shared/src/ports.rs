@@ -63,20 +63,6 @@ pub trait LoadBalancers: Send + Sync {
     fn at_once(&self) -> Self
     where
         Self: Sized;
-    /// Paces this process's reads at `per_s` from now on (its share of the installation's budget). An adapter
-    /// that does not pace its reads ignores it.
-    fn pace_reads(&self, _per_s: f64) {}
-    /// How this process's reads use the installation's shared read lane from now on (see
-    /// [`crate::domain::LaneMode`]). `within`: how long from now a read may wait for its turn; one whose turn
-    /// comes later steps aside ([`crate::Error::LaneBusy`]) instead of sleeping past the invocation's end. An
-    /// adapter without a lane ignores it.
-    fn share_reads(&self, _mode: crate::domain::LaneMode, _within: Option<std::time::Duration>) {}
-    /// The reads from here on are one check's (a reconcile of one binding, a hook's setup, one poll), which reads
-    /// in rounds, each needing the one before: when they wait in the lane, the first round waits its turn and the
-    /// later ones are counted as they go, without waiting again. A check half done has spent reads that are worth
-    /// something only if it finishes, and turns taken round by round in a busy lane spread its reads so far apart
-    /// that it must read again to trust them, or steps aside half-way. An adapter without a lane ignores it.
-    fn begin_check(&self) {}
 }
 
 /// Blue or green, as CodeDeploy labels an ECS task set.

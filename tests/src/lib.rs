@@ -13,14 +13,15 @@ use std::time::{Duration, SystemTime};
 use bluegreen_mirror::config::{Config, RouteRef};
 use bluegreen_mirror::domain::{
     BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, HealthCheck, HealthState, LaneMode,
-    ObservedTarget, Phase, Route, RouteStyle, StoredBinding, Target, TargetKey, TrafficShift, Turns,
-    WeightedTargetGroup, ARNS_PER_CALL,
+    ObservedTarget, Phase, Route, RouteStyle, StoredBinding, Target, TargetKey, TrafficShift, WeightedTargetGroup,
+    ARNS_PER_CALL,
 };
 use bluegreen_mirror::harness::{self, Invocation, Outcome, Summary, Tracker};
 use bluegreen_mirror::ports::{
     Claim, Coordination, DeploymentFacts, DeploymentGroupFacts, Deployments, FollowRequest, Followers, HookReporter,
     HookStatus, LoadBalancers, Reported, Saved, StateStore, TargetGroupFacts, TaskSet, TaskSetLabel,
 };
+use bluegreen_mirror::reads;
 use bluegreen_mirror::usecase::Engine;
 use bluegreen_mirror::{AwsErrorKind, Error, Result};
 
@@ -45,8 +46,9 @@ pub struct Calls {
     /// Every call whose operation starts with the prefix steps aside from a busy read lane, when the reads wait
     /// their turn in it (as in the adapter, counted and outside reads never do).
     lane_busy: Mutex<Vec<String>>,
-    /// How the invocation's reads take their turns in the lane, by the adapter's own rules (`domain::Turns`).
-    turns: Mutex<Turns>,
+    /// The read pace at each read that found it changed: an invocation's own (`reads::pace_at`), or `None`, the
+    /// process's.
+    paces: Mutex<Vec<Option<f64>>>,
     /// ELB reads that waited their turn in the lane (the others were counted, or outside it).
     waited: Mutex<usize>,
     /// The calls made at once (`LoadBalancers::at_once`), in order.
@@ -69,13 +71,21 @@ impl Calls {
         if !in_lane {
             self.at_once.lock().unwrap().push(op.to_string());
         }
-        let waits = in_lane && self.turns.lock().unwrap().mode() == LaneMode::Wait;
+        if op.starts_with("elb:Describe") {
+            let pace = reads::pace();
+            let mut paces = self.paces.lock().unwrap();
+            if paces.last() != Some(&pace) {
+                paces.push(pace);
+            }
+        }
+        // How the invocation's reads take their turns in the lane, by the adapter's own rules.
+        let waits = in_lane && reads::mode() == LaneMode::Wait;
         if waits && self.lane_busy.lock().unwrap().iter().any(|p| op.starts_with(p.as_str())) {
             return Err(Error::LaneBusy(format!("injected: the read lane is busy for {op}")));
         }
         if waits && op.starts_with("elb:Describe") {
             *self.waited.lock().unwrap() += 1;
-            self.turns.lock().unwrap().had_turn();
+            reads::had_turn();
         }
         if let Some((_, kind)) = self.fail_every.lock().unwrap().iter().find(|(p, _)| op.starts_with(p.as_str())) {
             return Err(Error::Aws {
@@ -203,8 +213,6 @@ struct ElbState {
     private_routes: BTreeSet<String>,
     /// Resource ARN → tags.
     tags: BTreeMap<String, BTreeMap<String, String>>,
-    /// Every read pace the engine asked for, in order.
-    paces: Vec<f64>,
     /// Runs once, right after the next read of targets has answered: something that changes between two reads
     /// of one reconcile.
     after_next_targets_read: Option<ElbChange>,
@@ -230,9 +238,9 @@ impl FakeElb {
         self.state.lock().unwrap()
     }
 
-    /// Every read pace the engine asked for (reads a second), in order.
-    pub fn paces(&self) -> Vec<f64> {
-        self.s().paces.clone()
+    /// The read pace (reads a second) at each read that found it changed, in order: `None` is the process's own.
+    pub fn paces(&self) -> Vec<Option<f64>> {
+        self.calls.paces.lock().unwrap().clone()
     }
 
     pub fn tag(&self, arn: &str, key: &str, value: &str) {
@@ -360,18 +368,6 @@ impl FakeElb {
 }
 
 impl LoadBalancers for FakeElb {
-    fn pace_reads(&self, per_s: f64) {
-        self.s().paces.push(per_s);
-    }
-
-    fn share_reads(&self, mode: LaneMode, _within: Option<Duration>) {
-        *self.calls.turns.lock().unwrap() = Turns::new(mode);
-    }
-
-    fn begin_check(&self) {
-        self.calls.turns.lock().unwrap().begin_check();
-    }
-
     async fn target_groups(&self, arns: &[&str]) -> Result<Vec<TargetGroupFacts>> {
         // As the adapter reads them: ARNS_PER_CALL to a call.
         for _ in arns.chunks(ARNS_PER_CALL) {

@@ -219,11 +219,6 @@ async fn a_fresh_rollback_puts_the_private_route_back_after_its_record_and_one_h
         // ELB refuses every paced read: the put-back reads nothing that waits its turn or is held.
         w.calls.clear();
         w.calls.lane_busy_on("elb:Describe");
-        bluegreen_mirror::ports::LoadBalancers::share_reads(
-            &w.hooks().lb,
-            bluegreen_mirror::domain::LaneMode::Wait,
-            None,
-        );
         let (_, done, summary) = w.run_trigger(&ended(state, Some(now_s()))).await;
         let log = w.calls.log();
         assert_eq!(
@@ -622,9 +617,15 @@ async fn a_follower_reads_at_its_share_of_the_installations_budget_and_leaves_it
     let follower = engine.follow(&req, "req-1", Budget::after(Duration::from_secs(600)), &t);
     let (followed, ()) = tokio::join!(follower, shift_linearly(&w));
     followed.expect("follower");
-    // With the default budget of 5 reads a second, the twenty followers share 10 a second; then the process has
-    // its own pace back.
-    assert_eq!(w.elb.paces(), vec![0.5, 7.5], "{:?}", t.snapshot().notes);
+    // With the default budget of 5 reads a second, the twenty followers share 10 a second; a read after the
+    // follower's invocation is at the process's own pace again.
+    bluegreen_mirror::ports::LoadBalancers::targets(&w.elb, &a.pub_blue).await.expect("read");
+    // (The shift's own reads, made beside the follower's, are not the follower's invocation's.)
+    let paces = w.elb.paces();
+    let mut asked: Vec<f64> = paces.iter().flatten().copied().collect();
+    asked.dedup();
+    assert_eq!(asked, vec![0.5], "{paces:?} {:?}", t.snapshot().notes);
+    assert_eq!(paces.last(), Some(&None), "{paces:?}");
     let census = w.state.census_now();
     assert!(!census.heartbeats.contains_key("req-1"), "the follower left the census: {census:?}");
     assert!(!census.heartbeats.contains_key("gone"), "and dropped the long-gone entry: {census:?}");

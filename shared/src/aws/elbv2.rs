@@ -16,8 +16,7 @@ use tokio::time::Instant;
 use super::errors::aws_error;
 use crate::config::RouteRef;
 use crate::domain::{
-    HealthCheck, HealthState, LaneMode, ObservedTarget, Route, Target, TargetKey, TokenBucket, WeightedTargetGroup,
-    ARNS_PER_CALL,
+    HealthCheck, HealthState, ObservedTarget, Route, Target, TargetKey, TokenBucket, WeightedTargetGroup, ARNS_PER_CALL,
 };
 use crate::ports::{LoadBalancers, TargetGroupFacts};
 use crate::{Error, Result};
@@ -45,6 +44,8 @@ pub struct Elb {
     origin: Instant,
     /// Reads go at once ([`LoadBalancers::at_once`]): one call, retried by the SDK alone.
     at_once: bool,
+    /// The process's read rate, when an invocation asks for none of its own ([`crate::reads::pace_at`]).
+    read_rate: f64,
 }
 
 impl Elb {
@@ -52,7 +53,16 @@ impl Elb {
         let conf = client.config();
         let retry = conf.retry_config().cloned().unwrap_or_else(RetryConfig::standard);
         let reader = Client::from_conf(conf.to_builder().retry_config(retry.with_max_attempts(READ_ATTEMPTS)).build());
-        Self { client, reader, reads: None, lane: None, spend: None, origin: Instant::now(), at_once: false }
+        Self {
+            client,
+            reader,
+            reads: None,
+            lane: None,
+            spend: None,
+            origin: Instant::now(),
+            at_once: false,
+            read_rate: 0.0,
+        }
     }
 
     /// One DeregisterTargets call. `Ok(false)`: ELB refused the batch for a target it no longer has, when that is
@@ -213,18 +223,6 @@ impl Elb {
 impl LoadBalancers for Elb {
     fn at_once(&self) -> Self {
         self.budget_at_once()
-    }
-
-    fn share_reads(&self, mode: LaneMode, within: Option<Duration>) {
-        self.budget_share_reads(mode, within);
-    }
-
-    fn begin_check(&self) {
-        self.budget_begin_check();
-    }
-
-    fn pace_reads(&self, per_s: f64) {
-        self.budget_pace_reads(per_s);
     }
 
     async fn target_groups(&self, arns: &[&str]) -> Result<Vec<TargetGroupFacts>> {
@@ -435,6 +433,8 @@ impl LoadBalancers for Elb {
 
 #[cfg(test)]
 mod tests {
+    use crate::domain::LaneMode;
+    use crate::reads::{self, ReadPolicy};
     use aws_sdk_elasticloadbalancingv2::error::ErrorMetadata;
     use aws_sdk_elasticloadbalancingv2::operation::deregister_targets::{
         DeregisterTargetsError, DeregisterTargetsOutput,
@@ -896,55 +896,57 @@ mod tests {
 
         // Counted, not waited for: a rollback followed goes at once, and its reads push the waiting ones back.
         tokio::time::advance(LANE_GRANT_TTL * 2).await;
-        elb.share_reads(LaneMode::Count, None);
         let started = tokio::time::Instant::now();
-        elb.targets(TG_A).await.unwrap();
+        reads::under(ReadPolicy::of(LaneMode::Count), elb.targets(TG_A)).await.unwrap();
         assert_eq!(started.elapsed(), Duration::ZERO);
         assert_eq!(busy.num_calls(), 2);
 
         // Outside the lane (a follower): no reservation at all.
         tokio::time::advance(LANE_GRANT_TTL * 2).await;
-        elb.share_reads(LaneMode::Outside, None);
-        elb.targets(TG_A).await.unwrap();
+        reads::under(ReadPolicy::of(LaneMode::Outside), elb.targets(TG_A)).await.unwrap();
         assert_eq!((busy.num_calls(), health.num_calls()), (2, 7));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_check_waits_its_turn_once_and_its_later_rounds_are_counted_without_waiting() {
         let (busy, health, elb) = in_a_busy_lane();
-        elb.share_reads(LaneMode::Wait, Some(Duration::from_secs(60)));
-        let waited = |started: tokio::time::Instant| started.elapsed();
+        let elb = &elb;
+        reads::under(ReadPolicy::wait(Some(Duration::from_secs(60))), async {
+            let waited = |started: tokio::time::Instant| started.elapsed();
+            {
+                let _check = reads::check();
+                let started = tokio::time::Instant::now();
+                elb.targets(TG_A).await.unwrap();
+                let first = waited(started);
+                assert!(first >= Duration::from_millis(2_900) && first <= Duration::from_millis(3_100), "{first:?}");
+                // The next round, once the first round's reservation has lapsed: reserved (counted), not waited for.
+                tokio::time::advance(LANE_GRANT_TTL * 2).await;
+                let started = tokio::time::Instant::now();
+                let later = futures_util::future::join_all((0..6).map(|_| elb.targets(TG_A))).await;
+                assert!(later.iter().all(Result::is_ok));
+                assert_eq!(waited(started), Duration::ZERO);
+                assert_eq!((busy.num_calls(), health.num_calls()), (2, 7), "each round reserved once, all of it read");
+            }
 
-        elb.begin_check();
-        let started = tokio::time::Instant::now();
-        elb.targets(TG_A).await.unwrap();
-        let first = waited(started);
-        assert!(first >= Duration::from_millis(2_900) && first <= Duration::from_millis(3_100), "{first:?}");
-        // The next round, once the first round's reservation has lapsed: reserved (counted), not waited for.
-        tokio::time::advance(LANE_GRANT_TTL * 2).await;
-        let started = tokio::time::Instant::now();
-        let later = futures_util::future::join_all((0..6).map(|_| elb.targets(TG_A))).await;
-        assert!(later.iter().all(Result::is_ok));
-        assert_eq!(waited(started), Duration::ZERO);
-        assert_eq!((busy.num_calls(), health.num_calls()), (2, 7), "each round reserved once, all of it read");
-
-        // The next check waits its turn again.
-        tokio::time::advance(LANE_GRANT_TTL * 2).await;
-        elb.begin_check();
-        let started = tokio::time::Instant::now();
-        elb.targets(TG_A).await.unwrap();
-        assert!(waited(started) >= Duration::from_millis(2_900), "{:?}", waited(started));
-        assert_eq!(busy.num_calls(), 3);
-
-        // Outside a check (an invocation that has begun none), every round waits its turn.
-        tokio::time::advance(LANE_GRANT_TTL * 2).await;
-        elb.share_reads(LaneMode::Wait, None);
-        for _ in 0..2 {
+            // The next check waits its turn again.
             tokio::time::advance(LANE_GRANT_TTL * 2).await;
-            let started = tokio::time::Instant::now();
-            elb.targets(TG_A).await.unwrap();
-            assert!(waited(started) >= Duration::from_millis(2_900), "{:?}", waited(started));
-        }
+            {
+                let _check = reads::check();
+                let started = tokio::time::Instant::now();
+                elb.targets(TG_A).await.unwrap();
+                assert!(waited(started) >= Duration::from_millis(2_900), "{:?}", waited(started));
+                assert_eq!(busy.num_calls(), 3);
+            }
+
+            // Outside a check, every round waits its turn.
+            for _ in 0..2 {
+                tokio::time::advance(LANE_GRANT_TTL * 2).await;
+                let started = tokio::time::Instant::now();
+                elb.targets(TG_A).await.unwrap();
+                assert!(waited(started) >= Duration::from_millis(2_900), "{:?}", waited(started));
+            }
+        })
+        .await;
         assert_eq!(busy.num_calls(), 5);
     }
 
@@ -976,21 +978,22 @@ mod tests {
         let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, [&health])).with_lane(lane);
 
         // A sweep with a second left: it does not sleep into its timeout, and reads nothing.
-        elb.share_reads(LaneMode::Wait, Some(Duration::from_secs(1)));
-        let started = tokio::time::Instant::now();
-        let e = elb.targets(TG_A).await.unwrap_err();
-        assert!(matches!(e, Error::LaneBusy(_)), "{e}");
-        assert!(e.to_string().contains("turn in 3 s"), "{e}");
-        assert_eq!(started.elapsed(), Duration::ZERO);
-        assert_eq!((reserve.num_calls(), given_back.num_calls(), health.num_calls()), (1, 1, 0));
-        // The reads after it in the invocation step aside without reserving again.
-        assert!(matches!(elb.targets(TG_A).await, Err(Error::LaneBusy(_))));
-        assert_eq!((reserve.num_calls(), given_back.num_calls(), health.num_calls()), (1, 1, 0));
+        reads::under(ReadPolicy::wait(Some(Duration::from_secs(1))), async {
+            let started = tokio::time::Instant::now();
+            let e = elb.targets(TG_A).await.unwrap_err();
+            assert!(matches!(e, Error::LaneBusy(_)), "{e}");
+            assert!(e.to_string().contains("turn in 3 s"), "{e}");
+            assert_eq!(started.elapsed(), Duration::ZERO);
+            assert_eq!((reserve.num_calls(), given_back.num_calls(), health.num_calls()), (1, 1, 0));
+            // The reads after it in the invocation step aside without reserving again.
+            assert!(matches!(elb.targets(TG_A).await, Err(Error::LaneBusy(_))));
+            assert_eq!((reserve.num_calls(), given_back.num_calls(), health.num_calls()), (1, 1, 0));
+        })
+        .await;
 
         // The next invocation, with time enough: it waits its turn and reads.
-        elb.share_reads(LaneMode::Wait, Some(Duration::from_secs(10)));
         let started = tokio::time::Instant::now();
-        elb.targets(TG_A).await.unwrap();
+        reads::under(ReadPolicy::wait(Some(Duration::from_secs(10))), elb.targets(TG_A)).await.unwrap();
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(2_900) && waited <= Duration::from_millis(3_100), "{waited:?}");
         assert_eq!((reserve.num_calls(), given_back.num_calls(), health.num_calls()), (2, 1, 1));

@@ -58,7 +58,8 @@ pub enum LaneMode {
 
 /// How one invocation's reads take their turns in the lane: its mode, and where a check under way stands (a
 /// check waits its turn once, for its first round of reads; its later rounds are counted as they go). The one
-/// statement of these rules: the ELB adapter keeps one per process, the tests' fake one of its own.
+/// statement of these rules: each invocation keeps one in its read policy's scope, which the ELB adapter and the
+/// tests' fake both read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Turns {
     mode: LaneMode,
@@ -92,6 +93,11 @@ impl Turns {
     /// The reads from here on are one check's.
     pub fn begin_check(&mut self) {
         self.check = Check::Waiting;
+    }
+
+    /// The check under way is over: the reads after it take their own turns again.
+    pub fn end_check(&mut self) {
+        self.check = Check::None;
     }
 
     /// How the next read uses the lane: the invocation's mode, except that the later reads of a check that has

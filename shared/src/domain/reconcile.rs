@@ -4,6 +4,7 @@
 //! public mirror has some (the move waits for the next reconcile instead of going dark).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::mirror::{plan_mirror, MirrorPlan};
 use super::route::{mirror_route, test_route, Route, RouteStyle};
@@ -40,6 +41,17 @@ impl ReconcilePlan {
 
 fn has_healthy(targets: Option<&Vec<ObservedTarget>>) -> bool {
     targets.is_some_and(|ts| ts.iter().any(|t| t.health == HealthState::Healthy))
+}
+
+/// How old a read of the public side may be when a private write stands on it.
+pub const FRESH_FOR: Duration = Duration::from_millis(500);
+
+/// The one staleness rule: whether a read of the public side answered `age` ago (`None`: not known) is too old for
+/// a private write to stand on it without the public side being read again (its registrations confirmed, its
+/// route compared). Reads wait in the process's bucket, the read lane or a throttle's pause; CodeDeploy moves
+/// routes and ECS stops tasks meanwhile. Reads answered within this of the write cost nothing more.
+pub fn stale(age: Option<Duration>) -> bool {
+    age.is_none_or(|age| age > FRESH_FOR)
 }
 
 /// I4's test, the one place it is decided: those of the private `groups` that would leave the private side dark,
@@ -148,6 +160,14 @@ mod tests {
             ],
             stickiness_seconds: None,
         }
+    }
+
+    #[test]
+    fn a_write_stands_on_a_public_read_only_while_it_is_fresh() {
+        assert!(!stale(Some(Duration::ZERO)));
+        assert!(!stale(Some(FRESH_FOR)), "a read answered within the bound is trusted");
+        assert!(stale(Some(FRESH_FOR + Duration::from_millis(1))));
+        assert!(stale(None), "a read whose age is not known is read again");
     }
 
     #[test]

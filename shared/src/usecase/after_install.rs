@@ -22,7 +22,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         super::preflight::warn_nlb_timing(b, r.facts.termination_wait, t);
 
         let source = self.wait_for_public_green(&g, budget).await?;
-        self.lb.begin_check();
+        let _check = crate::reads::check();
         let plans = try_join_all(sides.iter().map(|(side, pre)| {
             let (g, source) = (g.on(side), &source);
             async move {

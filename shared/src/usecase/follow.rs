@@ -2,6 +2,8 @@
 //! CodeDeploy shifts traffic step by step, holding a lease in DynamoDB so that exactly one follower runs per binding,
 //! and hands over to a fresh invocation before its Lambda deadline.
 
+use crate::domain::LaneMode;
+use crate::reads::ReadPolicy;
 use std::borrow::Cow;
 use std::time::Duration;
 
@@ -12,9 +14,7 @@ use super::{Engine, ReadOnce, Shadow, Tracker};
 use crate::clock::now_ms;
 use crate::config::{Binding, RouteRef};
 use crate::domain::follower::{Duty, Follower, Found, Next};
-use crate::domain::{
-    follower_reads_per_s, pacing::PROCESS_SHARE, CensusEntry, FollowerLease, Observed, Phase, Route, TrafficShift,
-};
+use crate::domain::{follower_reads_per_s, CensusEntry, FollowerLease, Observed, Phase, Route, TrafficShift};
 use crate::harness::Budget;
 use crate::ports::{
     Coordination, DeploymentGroupFacts, Deployments, FollowRequest, Followers, LoadBalancers, Saved, StateStore,
@@ -163,8 +163,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     /// Follows a deployment's public weights onto the private side until the deployment is over, the lease is
     /// lost, or the budget nears its end (then a fresh follower is started and takes the lease over). The public
     /// listener is read at the pace the deployment's configuration calls for ([`crate::domain::pacing`]): fast
-    /// around the moments CodeDeploy will move the weights, slowly between them.
+    /// around the moments CodeDeploy will move the weights, slowly between them. Its reads stay out of the
+    /// installation's read lane: they keep the private weights within a second of the public ones, at the
+    /// followers' own share.
     pub async fn follow(&self, req: &FollowRequest, owner: &str, budget: Budget, t: &Tracker) -> Result<()> {
+        crate::reads::under(ReadPolicy::of(LaneMode::Outside), self.follow_within(req, owner, budget, t)).await
+    }
+
+    async fn follow_within(&self, req: &FollowRequest, owner: &str, budget: Budget, t: &Tracker) -> Result<()> {
         // A stored binding comes with the request (BeforeAllowTraffic read and checked it); the environment form
         // is at hand. Only a request without one (an older starter) reads the table first.
         let carried = req.binding.as_ref().filter(|b| {
@@ -311,7 +317,6 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         .await;
         // Bounded by the budget: an entry left behind stops counting within `Census::FRESH_MS`.
         let _ = tokio::time::timeout(budget.remaining(), self.leave_census(owner, &mut share)).await;
-        self.lb.pace_reads(self.config.elb_reads_per_s * PROCESS_SHARE);
         followed
     }
 
@@ -332,7 +337,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
                     return None;
                 }
                 let per_s = follower_reads_per_s(self.config.elb_reads_per_s, live);
-                self.lb.pace_reads(per_s);
+                crate::reads::pace_at(per_s);
                 t.note(format!("{live} follower(s) at once: reading ELB at {per_s:.2} a second"));
                 share.live = live;
                 Some(live)

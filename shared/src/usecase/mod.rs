@@ -27,8 +27,6 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use crate::config::{Binding, Config, Mode, RouteRef};
 use crate::domain::{arn, plan_mirror, MirrorPlan, ObservedTarget, Phase, Route, TargetKey, DEFAULT_BATCH};
 use crate::harness::{Budget, Epilogue, Tracker};
@@ -36,16 +34,6 @@ use crate::ports::{Coordination, DeploymentFacts, Deployments, Followers, LoadBa
 use crate::{AwsErrorKind, Error, Result};
 use once::ReadOnce;
 use preflight::{uses_only_bound_groups, SidePass};
-
-/// Reads answered within this of each other went together: what they saw is as of one moment, as far as a task's
-/// stopping goes.
-const READS_TOGETHER: Duration = Duration::from_millis(500);
-
-/// Whether a pair's two reads answered too far apart for a registration to stand on them: `apart` is how much
-/// later the private read answered than the public one, `None` when that is not known (taken as apart).
-fn read_apart(apart: Option<Duration>) -> bool {
-    apart.is_none_or(|d| d > READS_TOGETHER)
-}
 
 /// The engine: every function's use cases (the three hooks, the reconciler) over one set of ports.
 #[derive(Debug)]
@@ -191,7 +179,12 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         // The installation's mode until the deployment resolves to a binding, which may name its own.
         t.observing(self.config.mode == Mode::Observe);
         self.lb.begin();
-        let result = crate::harness::guard(budget, phase.as_str(), work).await;
+        // A hook's reads wait their turn in the read lane, as long as it takes: a hook has minutes.
+        let result = crate::reads::under(
+            crate::reads::ReadPolicy::wait(None),
+            crate::harness::guard(budget, phase.as_str(), work),
+        )
+        .await;
         if result.is_err() {
             // Every side is put back together: a binding is never left with some sides flipped and others not.
             let undo = t.take_undo();
@@ -320,12 +313,14 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         Fut: Future<Output = Result<std::result::Result<T, String>>>,
     {
         loop {
-            self.lb.begin_check();
-            let last = match check().await {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(state)) => state,
-                Err(e) if e.is_transient() => format!("last read failed: {e}"),
-                Err(e) => return Err(e),
+            let last = {
+                let _one_check = crate::reads::check();
+                match check().await {
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(state)) => state,
+                    Err(e) if e.is_transient() => format!("last read failed: {e}"),
+                    Err(e) => return Err(e),
+                }
             };
             let step = self.config.poll_interval;
             if budget.remaining() <= step {
@@ -343,7 +338,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     /// private route to blue's mirror), so an attempt made again changes nothing twice.
     async fn setup(&self, deployment_id: &str, budget: Budget, t: &Tracker) -> Result<Setup<'_>> {
         let attempt = || async {
-            self.lb.begin_check();
+            let _check = crate::reads::check();
             let r = self.resolve(deployment_id, t).await?;
             let (sides, binding_record) = self.preflight_and_state(&r.binding, t).await?;
             let green = self.green(&r, t).await?;
@@ -399,20 +394,19 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         self.mirror_onto((source, &g.public), &current, &g.private, Some(Duration::ZERO), t).await
     }
 
-    /// Makes `private` (holding `current`) mirror `source`, read from public group `public`: registrations
-    /// first, then deregistrations. `apart` is how much later `current` was read than `source` (`None`: not
-    /// known): registrations planned on reads that did not go together are confirmed first (see [`read_apart`],
-    /// [`Self::confirm_registrations`]).
+    /// Makes `private` (holding `current`) mirror `source`, read from public group `public` `age` ago (`None`: not
+    /// known): registrations first, then deregistrations. Registrations planned on a stale public read are
+    /// confirmed first ([`crate::domain::stale`], [`Self::confirm_registrations`]).
     async fn mirror_onto(
         &self,
         (source, public): (&[ObservedTarget], &str),
         current: &[ObservedTarget],
         private: &str,
-        apart: Option<Duration>,
+        age: Option<Duration>,
         t: &Tracker,
     ) -> Result<MirrorPlan> {
         let mut plan = plan_mirror(source, current, DEFAULT_BATCH);
-        if !plan.register.is_empty() && read_apart(apart) {
+        if !plan.register.is_empty() && crate::domain::stale(age) {
             plan = self.confirm_registrations(plan, public, private, t).await?;
         }
         for batch in &plan.register {
@@ -462,12 +456,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         private: &str,
         t: &Tracker,
     ) -> Result<MirrorPlan> {
-        let current = async { self.lb.targets(private).await.map(|read| (read, Instant::now())) };
-        let (source, current) = tokio::join!(reads.targets(public), current);
-        let (source, (current, read_at)) = (source?, current?);
+        let (source, current) = tokio::join!(reads.targets(public), self.lb.targets(private));
+        let (source, current) = (source?, current?);
         // The public read may be another side's, made earlier in the pass.
-        let apart = reads.answered_at(public).map(|at| read_at.saturating_duration_since(at));
-        self.mirror_onto((&source, public), &current, private, apart, t).await
+        self.mirror_onto((&source, public), &current, private, reads.age(public), t).await
     }
 
     /// Sets a private route unless it already is `to` (weight-0 attachments included).

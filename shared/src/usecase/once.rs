@@ -66,15 +66,10 @@ impl<'l, L: LoadBalancers> ReadOnce<'l, L> {
         .await
     }
 
-    /// How much later the read of `then` answered than the read of `first` (zero if sooner), when this pass read
-    /// both.
-    pub(crate) fn answered_later(&self, first: &str, then: &str) -> Option<Duration> {
-        Some(self.answered_at(then)?.saturating_duration_since(self.answered_at(first)?))
-    }
-
-    /// When this pass's read of a target group answered, if it made one.
-    pub(crate) fn answered_at(&self, target_group: &str) -> Option<Instant> {
-        self.answered.lock().unwrap_or_else(PoisonError::into_inner).get(target_group).copied()
+    /// How long ago this pass's read of a target group answered, if it made one: the age a write standing on it
+    /// is judged by ([`crate::domain::stale`]).
+    pub(crate) fn age(&self, target_group: &str) -> Option<Duration> {
+        self.answered.lock().unwrap_or_else(PoisonError::into_inner).get(target_group).map(Instant::elapsed)
     }
 
     /// A route, read once in this pass.

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::sweep::{public_routes, Ahead};
-use super::{read_apart, Engine, ReadOnce, Shadow, SidePass, Tracker};
+use super::{Engine, ReadOnce, Shadow, SidePass, Tracker};
 use crate::clock::now_ms;
 use crate::config::{Binding, RouteRef};
 use crate::domain::{plan_reconcile, Observed, Route, DEFAULT_BATCH};
@@ -79,10 +79,6 @@ impl Reconciled {
     }
 }
 
-/// How old a read of the public production route may be when the private route is written from it without a
-/// second look: beyond it, the reads in between waited in the process's bucket and CodeDeploy may have moved on.
-const FRESH_FOR: Duration = Duration::from_millis(500);
-
 /// How long the first of an ECS service's task events waits for the others of the same moment before it reads.
 /// A task set's events arrive within a few hundred ms (those of tasks stopping within a few); a task that goes
 /// keeps serving for its target group's deregistration delay (300 s by default, seconds at the least), inside
@@ -129,7 +125,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     ) -> Result<Reconciled> {
         t.binding(b);
         // Its rounds of reads (the preflight, then the observation) take one turn in the read lane between them.
-        self.lb.begin_check();
+        let _check = crate::reads::check();
         let (pass, look) = match ahead.and_then(|a| a.pass(&self.lb, b)) {
             Some(pass) => (pass, true),
             None => (self.sides_pass(b, t).await?, false),
@@ -264,10 +260,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         let mut plan = plan_reconcile(&b.pair_arns(), b.style(), seen, DEFAULT_BATCH)
             .map_err(|e| Error::Misconfigured(format!("binding {}: {e}", b.side_label())))?;
         out.held_back = plan.held_back.clone();
-        // A pair whose private read answered well after its public one has its registrations confirmed first.
+        // A pair whose public read is stale has its registrations confirmed first.
         for (private, m) in plan.mirrors.iter_mut().filter(|(_, m)| !m.register.is_empty()) {
             let Some(public) = b.pairs.iter().find(|p| p.private_target_group == *private) else { continue };
-            if !read_apart(reads.answered_later(&public.public_target_group, private)) {
+            if !crate::domain::stale(reads.age(&public.public_target_group)) {
                 continue;
             }
             *m = self.confirm_registrations(std::mem::take(m), &public.public_target_group, private, t).await?;
@@ -307,9 +303,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         Ok(true)
     }
 
-    /// Whether the public production route read at `read_at` as `public` has moved since, when the reads after
-    /// it waited their turn long enough ([`FRESH_FOR`]) for CodeDeploy to move on: the route as it stands now, or
-    /// `None` (a fresh read is trusted without a second one). No private route is written from a stale read.
+    /// Whether the public production route read at `read_at` as `public` has moved since, when that read is stale
+    /// ([`crate::domain::stale`]): the route as it stands now, or `None` (a fresh read is trusted without a second
+    /// one). No private route is written from a stale read.
     pub(super) async fn moved_since(
         &self,
         lb: &Shadow<L>,
@@ -317,7 +313,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         public: &Route,
         read_at: Instant,
     ) -> Result<Option<Route>> {
-        if read_at.elapsed() <= FRESH_FOR {
+        if !crate::domain::stale(Some(read_at.elapsed())) {
             return Ok(None);
         }
         let now = lb.route(public_ref).await?;

@@ -257,16 +257,4 @@ impl<L: LoadBalancers> LoadBalancers for Shadow<L> {
     fn at_once(&self) -> Self {
         Self { inner: self.inner.at_once(), overlay: Arc::clone(&self.overlay) }
     }
-
-    fn pace_reads(&self, per_s: f64) {
-        self.inner.pace_reads(per_s);
-    }
-
-    fn share_reads(&self, mode: crate::domain::LaneMode, within: Option<Duration>) {
-        self.inner.share_reads(mode, within);
-    }
-
-    fn begin_check(&self) {
-        self.inner.begin_check();
-    }
 }

@@ -69,7 +69,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
                 .collect();
             let also: Vec<RouteRef> = publics.iter().flatten().cloned().collect();
             // One check's reads: the first waits its turn in the lane, the rest are counted.
-            self.lb.begin_check();
+            let _check = crate::reads::check();
             let Some((pres, public_read)) = self.read_together(&sides, &also, t).await? else { continue };
             let (mut pres, mut public_read) = (pres.into_iter(), public_read.into_iter());
             let mut map = ahead.0.lock().unwrap_or_else(PoisonError::into_inner);

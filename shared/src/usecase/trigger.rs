@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::time::Instant;
 
 use super::{Engine, Reconciled, Tracker};
 use crate::config::Binding;
@@ -15,6 +16,7 @@ use crate::harness::Budget;
 use crate::ports::{
     Coordination, DeploymentGroupFacts, Deployments, FollowRequest, Followers, LoadBalancers, StateStore,
 };
+use crate::reads::ReadPolicy;
 use crate::Result;
 
 /// What woke the reconciler, in the engine's terms.
@@ -85,23 +87,37 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         t: &Tracker,
         done: &mut Vec<Reconciled>,
     ) -> Result<Value> {
-        // A read that cannot have its turn in the lane before the invocation's end (less what a reconcile needs after
-        // it) steps aside rather than sleep into the timeout.
-        let within = || Some(budget.remaining().saturating_sub(AFTER_THE_TURN));
         if let Trigger::Follow(req) = trigger {
-            self.lb.share_reads(trigger.lane(), within());
             self.follow(req, owner, budget, t).await?;
             return Ok(serde_json::json!({"followed": req.deployment_id}));
         }
         // A rollback's private route goes back before anything else is read or waited for; the reconcile below then
         // verifies it and mirrors the rest.
         done.extend(self.roll_back_first(trigger, t).await);
-        let mut failures = Vec::new();
         let bindings = self.bindings_for(trigger).await?;
         // Decided once there is something to read (finding the bindings reads no ELB): the end of a deployment in a
         // group with no binding costs no read of its record.
         let lane = if bindings.is_empty() { trigger.lane() } else { self.lane_for(trigger, t).await };
-        self.lb.share_reads(lane, within());
+        // A read that cannot have its turn in the lane before the invocation's end (less what a reconcile needs after
+        // it) steps aside rather than sleep into the timeout.
+        let policy = ReadPolicy {
+            lane,
+            until: (lane == LaneMode::Wait).then(|| Instant::now() + budget.remaining().saturating_sub(AFTER_THE_TURN)),
+        };
+        crate::reads::under(policy, self.check_bindings(trigger, bindings, owner, budget, t, done)).await
+    }
+
+    /// The checks of the bindings a trigger concerns, under its read policy: the schedule's spread over the run
+    /// after their reads ahead, a task's of its membership, any other's a full reconcile.
+    async fn check_bindings(
+        &self,
+        trigger: &Trigger,
+        bindings: Vec<Concerned<'_>>,
+        owner: &str,
+        budget: Budget,
+        t: &Tracker,
+        done: &mut Vec<Reconciled>,
+    ) -> Result<Value> {
         // The schedule's slice is spread over the run, not burst at its start: the account's `Describe*` bucket is
         // shared with everything else the customer runs. Its routes and target groups are read ahead, together.
         let (spacing, ahead) = match trigger {
@@ -128,6 +144,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
             _ => (Duration::ZERO, None),
         };
         let labels = labels(&bindings);
+        let mut failures = Vec::new();
         for (i, (label, found)) in bindings.into_iter().enumerate() {
             if i > 0 && !spacing.is_zero() {
                 tokio::time::sleep(spacing).await;

@@ -1,8 +1,8 @@
 //! What one process spends of ELB's budget, owned in one place: the process's read bucket, its turn in the
 //! installation's read lane (shared through the state table), the pauses after throttling (of reads and writes),
 //! the reads made at once, and the count of what was spent. The use cases never see it: they state how an
-//! invocation's reads use the lane (`LoadBalancers::share_reads`, `begin_check`) or that a move cannot wait
-//! (`LoadBalancers::at_once`).
+//! invocation's reads use the lane (a [`crate::reads::ReadPolicy`] scoped over the invocation, a check's scope,
+//! a follower's pace) or that a move cannot wait (`LoadBalancers::at_once`).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,8 @@ use crate::aws::dynamodb::ReadLane;
 use crate::aws::INITIAL_BACKOFF;
 use crate::clock::now_ms;
 use crate::domain::pacing::PROCESS_SHARE;
-use crate::domain::{LaneMode, TokenBucket, Turns, LANE_GRANT_TTL, LANE_MAX_BLOCK};
+use crate::domain::{LaneMode, TokenBucket, LANE_GRANT_TTL, LANE_MAX_BLOCK};
+use crate::reads;
 use crate::{AwsErrorKind, Error, Result};
 
 // What a function's process lets itself read from ELB, from the installation's budget `B`
@@ -74,7 +75,8 @@ impl Drop for Asked<'_> {
 const LANE_RESERVE_BOUND: Duration = Duration::from_secs(1);
 
 /// The installation's read lane as one process uses it: one reservation for the reads the process issues
-/// together, handed out one read at a time to its concurrent callers, in the order they came.
+/// together, handed out one read at a time to its concurrent callers, in the order they came. How the invocation
+/// under way uses it is the invocation's own ([`crate::reads`]).
 #[derive(Debug)]
 pub(super) struct SharedReads {
     lane: ReadLane,
@@ -82,46 +84,6 @@ pub(super) struct SharedReads {
     waiting: AtomicU32,
     /// Reads reserved and not yet used, and when they became due.
     grant: tokio::sync::Mutex<(u32, Option<Instant>)>,
-    /// What the invocation under way said of its reads ([`LoadBalancers::share_reads`]).
-    invocation: Mutex<Invocation>,
-}
-
-/// How the invocation under way uses the lane: its turns ([`Turns`]: its mode and the check under way), how long
-/// its reads may wait for their turn, and whether one found its turn later than that (then the others step aside
-/// at once, without reserving).
-#[derive(Debug)]
-struct Invocation {
-    turns: Turns,
-    until: Option<Instant>,
-    stepped_aside: bool,
-}
-
-impl SharedReads {
-    /// How this read uses the lane ([`Turns::mode`]). A poisoned lock (a panic elsewhere while holding it) leaves
-    /// the reads waiting, as a process starts.
-    fn mode(&self) -> LaneMode {
-        self.invocation.lock().map_or(LaneMode::Wait, |i| i.turns.mode())
-    }
-
-    /// The reads of a check under way have had their turn (waited for it, or gone on without the lane).
-    fn had_turn(&self) {
-        if let Ok(mut i) = self.invocation.lock() {
-            i.turns.had_turn();
-        }
-    }
-
-    fn stepped_aside(&self) -> bool {
-        self.invocation.lock().is_ok_and(|i| i.stepped_aside)
-    }
-
-    /// Whether a turn `wait` from now comes after this invocation's reads may wait; if so, marks the invocation
-    /// as having stepped aside.
-    fn too_late(&self, wait: Duration) -> bool {
-        let Ok(mut i) = self.invocation.lock() else { return false };
-        let late = i.until.is_some_and(|until| Instant::now() + wait > until);
-        i.stepped_aside |= late;
-        late
-    }
 }
 
 fn lane_busy(wait: Option<Duration>) -> Error {
@@ -148,6 +110,7 @@ impl Elb {
     /// [`PROCESS_SHARE`]).
     pub fn with_paced_reads(mut self, reads_per_s: f64, burst: ReadBurst) -> Self {
         let per_s = reads_per_s * PROCESS_SHARE;
+        self.read_rate = per_s;
         self.reads = Some(Arc::new(Mutex::new(TokenBucket::new(burst.tokens().max(per_s), per_s, Duration::ZERO))));
         self
     }
@@ -155,24 +118,20 @@ impl Elb {
     /// Makes this process's reads wait their turn in the installation's read lane too (see
     /// [`crate::domain::lane`]), on top of its own pace.
     pub fn with_lane(mut self, lane: ReadLane) -> Self {
-        self.lane = Some(Arc::new(SharedReads {
-            lane,
-            waiting: AtomicU32::new(0),
-            grant: tokio::sync::Mutex::new((0, None)),
-            invocation: Mutex::new(Invocation { turns: Turns::default(), until: None, stepped_aside: false }),
-        }));
+        self.lane =
+            Some(Arc::new(SharedReads { lane, waiting: AtomicU32::new(0), grant: tokio::sync::Mutex::new((0, None)) }));
         self
     }
 
     /// Waits for this read's turn in the installation's lane. The first of the reads issued together reserves
     /// for all of them (they queue while it does), so a mirrored step costs one write to the table, not five. A
     /// lane that cannot be reached leaves the process on its own pace, saying so in the log. A read whose turn
-    /// comes after the time it was given ([`LoadBalancers::share_reads`]) gives the reservation back and steps
+    /// comes after the time its invocation gave it ([`crate::reads::ReadPolicy`]) gives the reservation back and steps
     /// aside, and so do the reads after it in this invocation: sleeping into the function's timeout would hold the
     /// lane's time unused and fail the invocation, which Lambda would then run again to wait once more.
     async fn lane_turn(&self) -> Result<()> {
         let Some(shared) = &self.lane else { return Ok(()) };
-        let mode = shared.mode();
+        let mode = reads::mode();
         if mode == LaneMode::Outside {
             return Ok(());
         }
@@ -182,7 +141,7 @@ impl Elb {
         // The reads issued with this one (a join of five) get to ask before the reservation is sized.
         tokio::task::yield_now().await;
         let mut grant = shared.grant.lock().await;
-        if shared.stepped_aside() {
+        if reads::stepped_aside() {
             return Err(lane_busy(None));
         }
         let fresh = grant.1.is_some_and(|at| at.elapsed() <= LANE_GRANT_TTL);
@@ -191,7 +150,7 @@ impl Elb {
             match tokio::time::timeout(LANE_RESERVE_BOUND, shared.lane.reserve(reads, now_ms())).await {
                 // Counted, not waited for: what was spent pushes the waiting reads of other processes back.
                 Ok(Ok(_)) if mode == LaneMode::Count => {}
-                Ok(Ok(wait)) if shared.too_late(wait) => {
+                Ok(Ok(wait)) if reads::too_late(wait) => {
                     *grant = (0, None);
                     match tokio::time::timeout(LANE_RESERVE_BOUND, shared.lane.give_back(reads)).await {
                         Ok(Ok(())) => {}
@@ -227,7 +186,7 @@ impl Elb {
                 ),
             }
             *grant = (reads, Some(Instant::now()));
-            shared.had_turn();
+            reads::had_turn();
         }
         grant.0 = grant.0.saturating_sub(1);
         Ok(())
@@ -237,8 +196,16 @@ impl Elb {
     async fn paced(&self) -> Result<()> {
         if let Some(reads) = &self.reads {
             let now = self.origin.elapsed();
+            // The invocation's own rate while it asks for one (a follower's share), else the process's.
+            let rate = reads::pace().unwrap_or(self.read_rate);
             // A poisoned lock (a panic elsewhere while holding it) only loses the pacing, never the call.
-            let wait = reads.lock().map(|mut b| b.take(now)).unwrap_or(None);
+            let wait = reads
+                .lock()
+                .map(|mut b| {
+                    b.set_rate(rate, now);
+                    b.take(now)
+                })
+                .unwrap_or(None);
             if let Some(wait) = wait {
                 tokio::time::sleep(wait).await;
             }
@@ -322,32 +289,5 @@ impl Elb {
     pub(super) fn budget_at_once(&self) -> Self {
         // The writes' client (its standard retry, throttling included), and nothing of the process's pace.
         Self { reader: self.client.clone(), reads: None, lane: None, at_once: true, ..self.clone() }
-    }
-
-    pub(super) fn budget_share_reads(&self, mode: LaneMode, within: Option<Duration>) {
-        if let Some(lane) = &self.lane {
-            if let Ok(mut i) = lane.invocation.lock() {
-                *i = Invocation {
-                    turns: Turns::new(mode),
-                    until: within.map(|d| Instant::now() + d),
-                    stepped_aside: false,
-                };
-            }
-        }
-    }
-
-    pub(super) fn budget_begin_check(&self) {
-        if let Some(lane) = &self.lane {
-            if let Ok(mut i) = lane.invocation.lock() {
-                i.turns.begin_check();
-            }
-        }
-    }
-
-    pub(super) fn budget_pace_reads(&self, per_s: f64) {
-        let Some(reads) = &self.reads else { return };
-        if let Ok(mut bucket) = reads.lock() {
-            bucket.set_rate(per_s, self.origin.elapsed());
-        }
     }
 }

@@ -133,9 +133,10 @@ hook!(
 
 /// Cold start, shared by every function: logging, the configuration (a bad one stops the function here), the
 /// clients.
-/// Every function's ELB reads go through a per-process bucket (see `Elb::with_paced_reads`), the hooks' with a
-/// smaller burst than the reconciler's; the operator CLI paces its reads too. Those of a function `in_lane` also
-/// wait their turn in the installation's read lane, shared by every process through the state table.
+/// The ELB reads of a function `in_lane` wait their turn in the installation's read lane, shared by every process
+/// through the state table, unless an invocation keeps them outside it (a follower); the others keep a per-process
+/// bucket (see `Elb::with_paced_reads`), the hooks' with a smaller burst than the reconciler's. The operator CLI
+/// paces its reads too.
 async fn cold_start<F: Followers>(
     burst: bluegreen_mirror::aws::ReadBurst,
     in_lane: bool,

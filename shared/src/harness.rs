@@ -53,7 +53,7 @@ impl Budget {
     /// The budget of an invocation whose Lambda deadline is `deadline`: up to it, less the reserve kept to report
     /// ([`REPORT_RESERVE`], at most a quarter of the time left). Returns the budget and the reserve.
     pub fn before(deadline: SystemTime) -> (Self, Duration) {
-        let total = deadline.duration_since(SystemTime::now()).unwrap_or_default();
+        let total = crate::clock::left_until(deadline);
         let reserve = REPORT_RESERVE.min(total / 4);
         (Self::after(total.saturating_sub(reserve)), reserve)
     }
@@ -341,7 +341,7 @@ where
         Err(e) => (HookStatus::Failed, Some(error_chain(&e)), Epilogue::none()),
     };
 
-    let report_deadline = Instant::now() + inv.deadline.duration_since(SystemTime::now()).unwrap_or_default();
+    let report_deadline = Instant::now() + crate::clock::left_until(inv.deadline);
     let (report, ()) = tokio::join!(
         report_until(reporter, inv, status, report_deadline),
         after_verdict(epilogue, tracker, report_deadline)

@@ -24,7 +24,7 @@ use crate::{Error, Result};
 mod budget;
 
 pub use budget::ReadBurst;
-use budget::{SharedReads, READ_ATTEMPTS};
+use budget::{SharedReads, READ};
 
 const SERVICE: &str = "elasticloadbalancing";
 
@@ -32,11 +32,13 @@ const SERVICE: &str = "elasticloadbalancing";
 #[derive(Debug, Clone)]
 pub struct Elb {
     client: Client,
-    /// The same client for `Describe*` calls, with the SDK's retries cut to [`READ_ATTEMPTS`]: throttled reads
+    /// The same client for `Describe*` calls, with the SDK's retries cut to [`READ`]'s: throttled reads
     /// are paused and tried again by [`Elb::read`], not retried at once.
     reader: Client,
-    /// The process's read bucket, when its reads are paced.
+    /// The process's read bucket, when its reads outside the read lane are paced.
     reads: Option<Arc<Mutex<TokenBucket>>>,
+    /// Until when the process reads nothing, after ELB throttled one of its reads.
+    held: Arc<Mutex<Option<Instant>>>,
     /// The installation's read lane, when this process's reads can wait in it.
     lane: Option<Arc<SharedReads>>,
     /// Where the time waited in the lane is counted, for the invocation's metrics.
@@ -52,11 +54,13 @@ impl Elb {
     pub fn new(client: Client) -> Self {
         let conf = client.config();
         let retry = conf.retry_config().cloned().unwrap_or_else(RetryConfig::standard);
-        let reader = Client::from_conf(conf.to_builder().retry_config(retry.with_max_attempts(READ_ATTEMPTS)).build());
+        let reader =
+            Client::from_conf(conf.to_builder().retry_config(retry.with_max_attempts(READ.sdk_attempts)).build());
         Self {
             client,
             reader,
             reads: None,
+            held: Arc::default(),
             lane: None,
             spend: None,
             origin: Instant::now(),
@@ -452,7 +456,7 @@ mod tests {
     };
     use aws_smithy_mocks::{mock, mock_client, RuleMode};
 
-    use super::budget::{THROTTLED_READ_PAUSES, THROTTLED_WRITE_PAUSES};
+    use super::budget::WRITE;
     use super::*;
     use crate::clock::now_ms;
     use crate::domain::LANE_GRANT_TTL;
@@ -767,7 +771,7 @@ mod tests {
         assert_eq!(e.aws_kind(), Some(AwsErrorKind::Throttled));
         // The SDK's quick retry, then four pauses of 1, 2, 4 and 8 s (each jittered to half or more).
         let calls = throttled.num_calls();
-        assert_eq!(calls, (THROTTLED_READ_PAUSES as usize + 1) * READ_ATTEMPTS as usize);
+        assert_eq!(calls, (READ.throttle_pauses as usize + 1) * READ.sdk_attempts as usize);
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(7_500) && waited <= Duration::from_secs(17), "{waited:?}");
         // The process's next read waits out the last pause too instead of going straight to a throttled account.
@@ -803,7 +807,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let e = elb.set_route(&RouteRef::Rule(RULE.into()), &to).await.unwrap_err();
         assert_eq!(e.aws_kind(), Some(AwsErrorKind::Throttled));
-        assert_eq!(never.num_calls(), (THROTTLED_WRITE_PAUSES as usize + 1) * attempts);
+        assert_eq!(never.num_calls(), (WRITE.throttle_pauses as usize + 1) * attempts);
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(1_500) && waited <= Duration::from_secs(20), "{waited:?}");
     }
@@ -847,9 +851,7 @@ mod tests {
         }
         .with_paced_reads(2.0, ReadBurst::Hook);
         // The process's reads are held for 8 s, as after a throttled read, and the lane is 8 s ahead.
-        if let Some(reads) = &elb.reads {
-            reads.lock().unwrap().hold(Duration::from_secs(8), elb.origin.elapsed());
-        }
+        *elb.held.lock().unwrap() = Some(tokio::time::Instant::now() + Duration::from_secs(8));
         let started = tokio::time::Instant::now();
         assert!(elb.at_once().targets(TG_A).await.unwrap().is_empty());
         assert_eq!(rule.num_calls(), 4, "three throttled attempts retried within the SDK's retry");
@@ -905,6 +907,29 @@ mod tests {
         tokio::time::advance(LANE_GRANT_TTL * 2).await;
         reads::under(ReadPolicy::of(LaneMode::Outside), elb.targets(TG_A)).await.unwrap();
         assert_eq!((busy.num_calls(), health.num_calls()), (2, 7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_keeps_one_pace_the_lanes_in_it_and_the_processs_outside_it() {
+        let (busy, health, laned) = in_a_busy_lane();
+        // A process bucket of a burst of 5 refilled at 0.15 a second: ten reads through it take over 30 s.
+        let elb = &laned.with_paced_reads(0.1, ReadBurst::Hook);
+        let ten = || futures_util::future::join_all((0..10).map(|_| elb.targets(TG_A)));
+        let started = tokio::time::Instant::now();
+        reads::under(ReadPolicy::wait(None), async {
+            let _check = reads::check();
+            assert!(ten().await.iter().all(Result::is_ok));
+        })
+        .await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(2_900) && waited <= Duration::from_millis(3_100), "{waited:?}");
+        assert_eq!((busy.num_calls(), health.num_calls()), (1, 10), "the lane's turn alone");
+
+        let started = tokio::time::Instant::now();
+        reads::under(ReadPolicy::of(LaneMode::Outside), async { assert!(ten().await.iter().all(Result::is_ok)) }).await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(30), "outside the lane, the process's pace: {waited:?}");
+        assert_eq!(busy.num_calls(), 1, "and no turn asked of the lane");
     }
 
     #[tokio::test(start_paused = true)]

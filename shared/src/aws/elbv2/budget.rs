@@ -19,27 +19,43 @@ use crate::domain::{LaneMode, TokenBucket, LANE_GRANT_TTL, LANE_MAX_BLOCK};
 use crate::reads;
 use crate::{AwsErrorKind, Error, Result};
 
-// What a function's process lets itself read from ELB, from the installation's budget `B`
-// (`BLUEGREEN_MIRROR_ELB_READS_PER_S`, default 5): a burst (see [`ReadBurst`]), then `1.5 B` a second
-// ([`PROCESS_SHARE`]; a follower its share of the followers' `2 B`). The account's `Describe*` bucket (200
-// tokens, 50 a second, since March 2026; 40 and 10 before) is shared with every other tool the customer runs and with the other functions: a follower that
-// keeps reading, hooks of deployments started together, a storm of events wait here instead of draining it and
-// being retried into it. A process bounds itself alone; the installation's read lane ([`crate::domain::lane`],
-// [`Elb::with_lane`]) bounds the processes together. No read stands before the flip on AfterAllowTraffic's
-// critical path.
+// Each read keeps one pace. A read in the installation's read lane ([`crate::domain::lane`], [`Elb::with_lane`])
+// keeps the lane's, which bounds every process that waits in it together. A read outside it (a follower's,
+// AfterAllowTraffic's after its flip, the operator CLI's) keeps its process's: a burst (see [`ReadBurst`]),
+// then `1.5 B` a second ([`PROCESS_SHARE`], from the installation's budget `B`,
+// `BLUEGREEN_MIRROR_ELB_READS_PER_S`, default 5), or a follower's share of the followers' `2 B`. The account's
+// `Describe*` bucket (200 tokens, 50 a second, since March 2026; 40 and 10 before) is shared with every other
+// tool the customer runs. No read stands before the flip on AfterAllowTraffic's critical path.
 
-/// The SDK's attempts at one `Describe*` call: one quick retry, for a dropped connection or a 5xx.
-pub(super) const READ_ATTEMPTS: u32 = 2;
+/// How an ELB call that fails is tried again, by what it is: the one statement of the backoff, for throttling and
+/// for other transient faults, reads and writes alike. A throttled account recovers only if its callers slow down,
+/// so throttling beyond the SDK's retry is met with pauses (1, 2, 4, 8 s, jittered), never with quicker tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Backoff {
+    /// The SDK's attempts at the call (its standard retry: throttling included, 100 ms doubling).
+    pub(super) sdk_attempts: u32,
+    /// More tries after a transient fault that says nothing of the account's budget (a dropped connection, a 5xx),
+    /// 100 ms doubling: with the SDK's own, as many attempts as a write gets.
+    quick_retries: u32,
+    /// Pauses after throttling that outlasts the SDK's retry, each followed by one more try.
+    pub(super) throttle_pauses: u32,
+    /// Whether a pause holds every read of the process, not only this call.
+    holds_process: bool,
+}
 
-/// How many more times a read that failed for another transient reason (a dropped connection, a 5xx) is tried,
-/// after a backoff doubling from [`INITIAL_BACKOFF`]: with the SDK's own retry, as many attempts as a write gets.
-const QUICK_RETRIES: u32 = 2;
+/// A `Describe*` call at its pace: one quick retry from the SDK, two more after a 5xx, and four pauses (about 15 s)
+/// holding the process's reads: a hook has minutes to wait where failing would roll a deployment back.
+pub(super) const READ: Backoff = Backoff { sdk_attempts: 2, quick_retries: 2, throttle_pauses: 4, holds_process: true };
 
-/// How many times a read throttled beyond the SDK's retry is paused and tried again (about 15 s in all).
-pub(super) const THROTTLED_READ_PAUSES: u32 = 4;
+/// A registration or a `Modify*` call: the SDK's standard retry, then two pauses (1, then 2 s) of this write alone.
+/// A write that gives up fails the deployment it serves, or leaves a rollback half-followed; the pauses let ELB's
+/// write buckets (3 and 4 a second) refill, and add no call while the account answers.
+pub(super) const WRITE: Backoff =
+    Backoff { sdk_attempts: crate::aws::MAX_ATTEMPTS, quick_retries: 0, throttle_pauses: 2, holds_process: false };
 
-/// How many times a write throttled beyond the SDK's retry is paused and tried again (after 1, then 2 s, jittered).
-pub(super) const THROTTLED_WRITE_PAUSES: u32 = 2;
+/// A read of a move that cannot wait ([`crate::ports::LoadBalancers::at_once`]): the SDK's standard retry alone.
+const AT_ONCE: Backoff =
+    Backoff { sdk_attempts: crate::aws::MAX_ATTEMPTS, quick_retries: 0, throttle_pauses: 0, holds_process: false };
 
 /// How many `Describe*` calls a process may make at once before its pace applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,8 +122,8 @@ impl Elb {
         self
     }
 
-    /// Paces this process's `Describe*` calls within the installation's budget of `reads_per_s` (see
-    /// [`PROCESS_SHARE`]).
+    /// Paces this process's `Describe*` calls outside the read lane within the installation's budget of
+    /// `reads_per_s` (see [`PROCESS_SHARE`]).
     pub fn with_paced_reads(mut self, reads_per_s: f64, burst: ReadBurst) -> Self {
         let per_s = reads_per_s * PROCESS_SHARE;
         self.read_rate = per_s;
@@ -194,6 +210,16 @@ impl Elb {
 
     /// Waits for this process's turn to read.
     async fn paced(&self) -> Result<()> {
+        // Throttled lately: nothing of this process reads before the pause is over.
+        let held = *self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(until) = held {
+            tokio::time::sleep_until(until).await;
+        }
+        // One pace per read: the lane's when the invocation's reads are in it (it bounds every process together,
+        // and a second pace here only delayed them), the process's own otherwise.
+        if self.lane.is_some() && reads::mode() != LaneMode::Outside {
+            return self.lane_turn().await;
+        }
         if let Some(reads) = &self.reads {
             let now = self.origin.elapsed();
             // The invocation's own rate while it asks for one (a follower's share), else the process's.
@@ -210,69 +236,63 @@ impl Elb {
                 tokio::time::sleep(wait).await;
             }
         }
-        self.lane_turn().await
+        Ok(())
     }
 
-    /// One `Describe*` call at this process's pace. Throttling that outlasts the SDK's quick retry
-    /// ([`READ_ATTEMPTS`]) holds every read of the process for a pause that doubles (1, 2, 4, 8 s, jittered)
-    /// before this one is tried again, [`THROTTLED_READ_PAUSES`] times at most: a throttled account recovers only
-    /// if its callers slow down, and a hook has minutes to wait where failing would roll a deployment back.
+    /// One `Describe*` call: at its pace and tried again as [`READ`] says, or at once ([`AT_ONCE`]).
     pub(super) async fn read<T, Fut>(&self, call: impl Fn() -> Fut) -> Result<T>
     where
         Fut: std::future::Future<Output = Result<T>>,
     {
         if self.at_once {
-            return call().await;
-        }
-        let (mut pauses, mut quick) = (0, 0);
-        loop {
-            self.paced().await?;
-            match call().await {
-                // A dropped connection, a 5xx, a timed-out attempt: tried again at once, as the SDK would, since
-                // they say nothing about the account's budget.
-                Err(e)
-                    if e.is_transient() && e.aws_kind() != Some(AwsErrorKind::Throttled) && quick < QUICK_RETRIES =>
-                {
-                    tokio::time::sleep(INITIAL_BACKOFF * (1 << quick)).await;
-                    quick += 1;
-                }
-                Err(e) if e.aws_kind() == Some(AwsErrorKind::Throttled) && pauses < THROTTLED_READ_PAUSES => {
-                    let pause = self.throttle_pause(pauses);
-                    pauses += 1;
-                    match &self.reads {
-                        Some(reads) => {
-                            if let Ok(mut bucket) = reads.lock() {
-                                bucket.hold(pause, self.origin.elapsed());
-                            }
-                        }
-                        None => tokio::time::sleep(pause).await,
-                    }
-                }
-                other => return other,
-            }
+            self.tried(AT_ONCE, false, call).await
+        } else {
+            self.tried(READ, true, call).await
         }
     }
 
-    /// One write (a registration or a `Modify*` call) with the SDK's standard retry. Throttling that outlasts that
-    /// retry pauses this write 1, then 2 s (jittered) before it is tried again, [`THROTTLED_WRITE_PAUSES`] times
-    /// at most. A write that gives up fails the deployment it serves, or leaves a rollback half-followed; the pauses
-    /// let ELB's write buckets (3 and 4 a second) refill, and add no call while the account answers.
+    /// One write (a registration or a `Modify*` call), tried again as [`WRITE`] says.
     pub(super) async fn write<T, Fut>(&self, call: impl Fn() -> Fut) -> Result<T>
     where
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let mut pauses = 0;
+        self.tried(WRITE, false, call).await
+    }
+
+    /// One call, each try at its pace when `paced`, tried again as `backoff` says.
+    async fn tried<T, Fut>(&self, backoff: Backoff, paced: bool, call: impl Fn() -> Fut) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let (mut pauses, mut quick) = (0, 0);
         loop {
+            if paced {
+                self.paced().await?;
+            }
             match call().await {
-                Err(e) if e.aws_kind() == Some(AwsErrorKind::Throttled) && pauses < THROTTLED_WRITE_PAUSES => {
+                Err(e) if e.aws_kind() == Some(AwsErrorKind::Throttled) && pauses < backoff.throttle_pauses => {
                     let pause = self.throttle_pause(pauses);
                     pauses += 1;
-                    tracing::info!(
-                        pause_ms = pause.as_millis() as u64,
-                        error = %e,
-                        "an ELB write was throttled through the SDK's retry; pausing before trying it again"
-                    );
-                    tokio::time::sleep(pause).await;
+                    if backoff.holds_process {
+                        let until = Instant::now() + pause;
+                        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        *held = Some(held.map_or(until, |h| h.max(until)));
+                    } else {
+                        tracing::info!(
+                            pause_ms = pause.as_millis() as u64,
+                            error = %e,
+                            "an ELB call was throttled through the SDK's retry; pausing before trying it again"
+                        );
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+                Err(e)
+                    if e.is_transient()
+                        && e.aws_kind() != Some(AwsErrorKind::Throttled)
+                        && quick < backoff.quick_retries =>
+                {
+                    tokio::time::sleep(INITIAL_BACKOFF * (1 << quick)).await;
+                    quick += 1;
                 }
                 other => return other,
             }

@@ -910,7 +910,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_read_keeps_one_pace_the_lanes_in_it_and_the_processs_outside_it() {
+    async fn a_read_keeps_one_pace_the_lanes_when_it_waits_there_and_the_processs_otherwise() {
         let (busy, health, laned) = in_a_busy_lane();
         // A process bucket of a burst of 5 refilled at 0.15 a second: ten reads through it take over 30 s.
         let elb = &laned.with_paced_reads(0.1, ReadBurst::Hook);
@@ -930,6 +930,14 @@ mod tests {
         let waited = started.elapsed();
         assert!(waited >= Duration::from_secs(30), "outside the lane, the process's pace: {waited:?}");
         assert_eq!(busy.num_calls(), 1, "and no turn asked of the lane");
+
+        // Counted in the lane without waiting for a turn: the process's pace is the only one it keeps.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let started = tokio::time::Instant::now();
+        reads::under(ReadPolicy::of(LaneMode::Count), async { assert!(ten().await.iter().all(Result::is_ok)) }).await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(30), "counted, the process's pace: {waited:?}");
+        assert!(busy.num_calls() >= 2, "and counted in the lane");
     }
 
     #[tokio::test(start_paused = true)]

@@ -261,6 +261,14 @@ impl TokenBucket {
         self.per_s = per_s.max(0.01);
     }
 
+    /// Lets nothing through before `now + pause` (ELB has throttled this process: its next reads would only be
+    /// throttled too, and each one retried drains the account's bucket for everyone else). Waits already handed
+    /// out keep their turn.
+    pub fn hold(&mut self, pause: Duration, now: Duration) {
+        self.set_rate(self.per_s, now);
+        self.tokens = self.tokens.min(0.0) - pause.as_secs_f64() * self.per_s;
+    }
+
     /// Takes one token at `now`: `None` when it may go at once, else how long to wait before it may. A caller
     /// told to wait has its token reserved (the bucket goes negative), so that waiters are served in order.
     pub fn take(&mut self, now: Duration) -> Option<Duration> {
@@ -488,6 +496,17 @@ mod tests {
         let waits: Vec<u128> = (0..=7).map(|n| p.after_failures(n).as_millis()).collect();
         assert_eq!(waits, vec![750, 750, 1500, 3000, 6000, 10_000, 10_000, 10_000]);
         assert_eq!(p.after_failures(u32::MAX), p.slow);
+    }
+
+    #[test]
+    fn a_held_bucket_lets_nothing_through_before_the_pause_is_over() {
+        let mut b = TokenBucket::new(9.0, 3.0, Duration::ZERO);
+        b.hold(Duration::from_secs(2), Duration::from_secs(10));
+        let wait = b.take(Duration::from_secs(10)).map(|d| d.as_millis());
+        assert_eq!(wait, Some(2333), "the pause, then the token's own third of a second");
+        let mut b = TokenBucket::new(9.0, 3.0, Duration::ZERO);
+        b.hold(Duration::from_secs(2), Duration::ZERO);
+        assert_eq!(b.take(Duration::from_secs(3)), None, "after the pause the bucket refills as before");
     }
 
     #[test]

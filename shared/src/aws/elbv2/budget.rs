@@ -19,9 +19,10 @@ use crate::domain::{LaneMode, TokenBucket, LANE_GRANT_TTL, LANE_MAX_BLOCK};
 use crate::reads;
 use crate::{AwsErrorKind, Error, Result};
 
-// Each read keeps one pace. A read in the installation's read lane ([`crate::domain::lane`], [`Elb::with_lane`])
-// keeps the lane's, which bounds every process that waits in it together. A read outside it (a follower's,
-// AfterAllowTraffic's after its flip, the operator CLI's) keeps its process's: a burst (see [`ReadBurst`]),
+// Each read keeps one pace. A read that waits its turn in the installation's read lane ([`crate::domain::lane`],
+// [`Elb::with_lane`]) keeps the lane's, which bounds every process that waits in it together. Any other read (one
+// counted in the lane without waiting, a follower's, AfterAllowTraffic's after its flip, the operator CLI's)
+// keeps its process's: a burst (see [`ReadBurst`]),
 // then `1.5 B` a second ([`PROCESS_SHARE`], from the installation's budget `B`,
 // `BLUEGREEN_MIRROR_ELB_READS_PER_S`, default 5), or a follower's share of the followers' `2 B`. The account's
 // `Describe*` bucket (200 tokens, 50 a second, since March 2026; 40 and 10 before) is shared with every other
@@ -215,9 +216,11 @@ impl Elb {
         if let Some(until) = held {
             tokio::time::sleep_until(until).await;
         }
-        // One pace per read: the lane's when the invocation's reads are in it (it bounds every process together,
-        // and a second pace here only delayed them), the process's own otherwise.
-        if self.lane.is_some() && reads::mode() != LaneMode::Outside {
+        // One pace per read. A read the lane makes wait keeps the lane's: it bounds every process together, and a
+        // second pace here only delayed it. Any other read, counted in the lane without waiting or outside it,
+        // keeps its process's.
+        let mode = if self.lane.is_some() { reads::mode() } else { LaneMode::Outside };
+        if mode == LaneMode::Wait {
             return self.lane_turn().await;
         }
         if let Some(reads) = &self.reads {
@@ -235,6 +238,9 @@ impl Elb {
             if let Some(wait) = wait {
                 tokio::time::sleep(wait).await;
             }
+        }
+        if mode == LaneMode::Count {
+            return self.lane_turn().await;
         }
         Ok(())
     }
@@ -277,6 +283,10 @@ impl Elb {
                         let until = Instant::now() + pause;
                         let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         *held = Some(held.map_or(until, |h| h.max(until)));
+                        // And the process's reads come back at its pace, not all at once when the pause is over.
+                        if let Some(Ok(mut bucket)) = self.reads.as_ref().map(|r| r.lock()) {
+                            bucket.hold(pause, self.origin.elapsed());
+                        }
                     } else {
                         tracing::info!(
                             pause_ms = pause.as_millis() as u64,

@@ -66,7 +66,9 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         done: &mut Vec<Reconciled>,
     ) -> Result<Value> {
         self.lb.begin();
-        let result = self.trigger_work(trigger, owner, budget, t, done).await;
+        // The trigger's own policy until its checks are under the one `trigger_work` decides.
+        let policy = ReadPolicy { lane: trigger.lane(), until: Some(Instant::now() + budget.remaining()) };
+        let result = crate::reads::under(policy, self.trigger_work(trigger, owner, budget, t, done)).await;
         // What shadow mode would have changed: a follower's, or the end of a deployment's (a rollback followed),
         // goes on its deployment's record beside the hooks'; anything else is drift on an observed binding, in the
         // log and the metrics.

@@ -24,14 +24,9 @@ pub struct ReadPolicy {
 }
 
 impl ReadPolicy {
-    /// Reads that wait their turn, stepping aside if it comes later than `within` from now.
-    pub fn wait(within: Option<Duration>) -> Self {
-        Self { lane: LaneMode::Wait, until: within.map(|d| Instant::now() + d) }
-    }
-
-    /// Reads in `lane`, with no limit on a wait.
-    pub fn of(lane: LaneMode) -> Self {
-        Self { lane, until: None }
+    /// Reads in `lane`; those that wait step aside if their turn comes later than `within` from now.
+    pub fn new(lane: LaneMode, within: Option<Duration>) -> Self {
+        Self { lane, until: within.map(|d| Instant::now() + d) }
     }
 }
 
@@ -124,14 +119,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_policy_holds_for_its_work_and_a_check_for_its_guard() {
         assert_eq!(mode(), LaneMode::Wait, "outside a scope, reads wait");
-        under(ReadPolicy::wait(None), async {
+        under(ReadPolicy::new(LaneMode::Wait, None), async {
             let c = check();
             assert_eq!(mode(), LaneMode::Wait);
             had_turn();
             assert_eq!(mode(), LaneMode::Count, "a check's later rounds are counted");
             drop(c);
             assert_eq!(mode(), LaneMode::Wait, "after the check, a round takes its own turn");
-            under(ReadPolicy::of(LaneMode::Outside), async {
+            under(ReadPolicy::new(LaneMode::Outside, None), async {
                 pace_at(0.5);
                 assert_eq!((mode(), pace()), (LaneMode::Outside, Some(0.5)));
             })
@@ -144,14 +139,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_read_too_late_steps_the_invocation_aside() {
-        under(ReadPolicy::wait(Some(Duration::from_secs(10))), async {
+        under(ReadPolicy::new(LaneMode::Wait, Some(Duration::from_secs(10))), async {
             assert!(!too_late(Duration::from_secs(9)));
             assert!(!stepped_aside());
             assert!(too_late(Duration::from_secs(11)));
             assert!(stepped_aside(), "the reads after it step aside too");
         })
         .await;
-        under(ReadPolicy::wait(None), async { assert!(!too_late(Duration::from_secs(3600))) }).await;
+        under(ReadPolicy::new(LaneMode::Wait, None), async { assert!(!too_late(Duration::from_secs(3600))) }).await;
         assert!(!too_late(Duration::from_secs(3600)), "outside a scope nothing steps aside");
     }
 }

@@ -899,13 +899,13 @@ mod tests {
         // Counted, not waited for: a rollback followed goes at once, and its reads push the waiting ones back.
         tokio::time::advance(LANE_GRANT_TTL * 2).await;
         let started = tokio::time::Instant::now();
-        reads::under(ReadPolicy::of(LaneMode::Count), elb.targets(TG_A)).await.unwrap();
+        reads::under(ReadPolicy::new(LaneMode::Count, None), elb.targets(TG_A)).await.unwrap();
         assert_eq!(started.elapsed(), Duration::ZERO);
         assert_eq!(busy.num_calls(), 2);
 
         // Outside the lane (a follower): no reservation at all.
         tokio::time::advance(LANE_GRANT_TTL * 2).await;
-        reads::under(ReadPolicy::of(LaneMode::Outside), elb.targets(TG_A)).await.unwrap();
+        reads::under(ReadPolicy::new(LaneMode::Outside, None), elb.targets(TG_A)).await.unwrap();
         assert_eq!((busy.num_calls(), health.num_calls()), (2, 7));
     }
 
@@ -916,7 +916,7 @@ mod tests {
         let elb = &laned.with_paced_reads(0.1, ReadBurst::Hook);
         let ten = || futures_util::future::join_all((0..10).map(|_| elb.targets(TG_A)));
         let started = tokio::time::Instant::now();
-        reads::under(ReadPolicy::wait(None), async {
+        reads::under(ReadPolicy::new(LaneMode::Wait, None), async {
             let _check = reads::check();
             assert!(ten().await.iter().all(Result::is_ok));
         })
@@ -926,7 +926,10 @@ mod tests {
         assert_eq!((busy.num_calls(), health.num_calls()), (1, 10), "the lane's turn alone");
 
         let started = tokio::time::Instant::now();
-        reads::under(ReadPolicy::of(LaneMode::Outside), async { assert!(ten().await.iter().all(Result::is_ok)) }).await;
+        reads::under(ReadPolicy::new(LaneMode::Outside, None), async {
+            assert!(ten().await.iter().all(Result::is_ok))
+        })
+        .await;
         let waited = started.elapsed();
         assert!(waited >= Duration::from_secs(30), "outside the lane, the process's pace: {waited:?}");
         assert_eq!(busy.num_calls(), 1, "and no turn asked of the lane");
@@ -934,7 +937,8 @@ mod tests {
         // Counted in the lane without waiting for a turn: the process's pace is the only one it keeps.
         tokio::time::advance(Duration::from_secs(60)).await;
         let started = tokio::time::Instant::now();
-        reads::under(ReadPolicy::of(LaneMode::Count), async { assert!(ten().await.iter().all(Result::is_ok)) }).await;
+        reads::under(ReadPolicy::new(LaneMode::Count, None), async { assert!(ten().await.iter().all(Result::is_ok)) })
+            .await;
         let waited = started.elapsed();
         assert!(waited >= Duration::from_secs(30), "counted, the process's pace: {waited:?}");
         assert!(busy.num_calls() >= 2, "and counted in the lane");
@@ -944,7 +948,7 @@ mod tests {
     async fn a_check_waits_its_turn_once_and_its_later_rounds_are_counted_without_waiting() {
         let (busy, health, elb) = in_a_busy_lane();
         let elb = &elb;
-        reads::under(ReadPolicy::wait(Some(Duration::from_secs(60))), async {
+        reads::under(ReadPolicy::new(LaneMode::Wait, Some(Duration::from_secs(60))), async {
             let waited = |started: tokio::time::Instant| started.elapsed();
             {
                 let _check = reads::check();
@@ -1011,7 +1015,7 @@ mod tests {
         let elb = Elb::new(mock_client!(aws_sdk_elasticloadbalancingv2, [&health])).with_lane(lane);
 
         // A sweep with a second left: it does not sleep into its timeout, and reads nothing.
-        reads::under(ReadPolicy::wait(Some(Duration::from_secs(1))), async {
+        reads::under(ReadPolicy::new(LaneMode::Wait, Some(Duration::from_secs(1))), async {
             let started = tokio::time::Instant::now();
             let e = elb.targets(TG_A).await.unwrap_err();
             assert!(matches!(e, Error::LaneBusy(_)), "{e}");
@@ -1026,7 +1030,7 @@ mod tests {
 
         // The next invocation, with time enough: it waits its turn and reads.
         let started = tokio::time::Instant::now();
-        reads::under(ReadPolicy::wait(Some(Duration::from_secs(10))), elb.targets(TG_A)).await.unwrap();
+        reads::under(ReadPolicy::new(LaneMode::Wait, Some(Duration::from_secs(10))), elb.targets(TG_A)).await.unwrap();
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(2_900) && waited <= Duration::from_millis(3_100), "{waited:?}");
         assert_eq!((reserve.num_calls(), given_back.num_calls(), health.num_calls()), (2, 1, 1));

@@ -21,7 +21,7 @@ pub use pacing::{
     follower_reads_per_s, full_reconcile_fits, next_read, sweep_order, sweep_per_run, sweep_slice, sweep_spacing,
     ElbSpend, Pacing, Progress, TokenBucket, TrafficShift, ARNS_PER_CALL, CHECK_EVERY,
 };
-pub use reconcile::{dark_while_public_serves, plan_reconcile, roll_back, stale, Observed, ReconcilePlan, FRESH_FOR};
+pub use reconcile::{dark_while_public_serves, plan_reconcile, roll_back, stale, Observed, ReconcilePlan};
 pub use record::{
     BindingRecord, Census, CensusEntry, DeploymentRecord, FollowerLease, Phase, SideRecord, StoredBinding, WouldBe,
 };

@@ -167,7 +167,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
     /// installation's read lane: they keep the private weights within a second of the public ones, at the
     /// followers' own share.
     pub async fn follow(&self, req: &FollowRequest, owner: &str, budget: Budget, t: &Tracker) -> Result<()> {
-        crate::reads::under(ReadPolicy::of(LaneMode::Outside), self.follow_within(req, owner, budget, t)).await
+        crate::reads::under(ReadPolicy::new(LaneMode::Outside, None), self.follow_within(req, owner, budget, t)).await
     }
 
     async fn follow_within(&self, req: &FollowRequest, owner: &str, budget: Budget, t: &Tracker) -> Result<()> {

@@ -181,7 +181,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         self.lb.begin();
         // A hook's reads wait their turn in the read lane, as long as it takes: a hook has minutes.
         let result = crate::reads::under(
-            crate::reads::ReadPolicy::wait(None),
+            crate::reads::ReadPolicy::new(crate::domain::LaneMode::Wait, None),
             crate::harness::guard(budget, phase.as_str(), work),
         )
         .await;

@@ -7,7 +7,6 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::time::Instant;
 
 use super::{Engine, Reconciled, Tracker};
 use crate::config::Binding;
@@ -66,9 +65,7 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         done: &mut Vec<Reconciled>,
     ) -> Result<Value> {
         self.lb.begin();
-        // The trigger's own policy until its checks are under the one `trigger_work` decides.
-        let policy = ReadPolicy { lane: trigger.lane(), until: Some(Instant::now() + budget.remaining()) };
-        let result = crate::reads::under(policy, self.trigger_work(trigger, owner, budget, t, done)).await;
+        let result = self.trigger_work(trigger, owner, budget, t, done).await;
         // What shadow mode would have changed: a follower's, or the end of a deployment's (a rollback followed),
         // goes on its deployment's record beside the hooks'; anything else is drift on an observed binding, in the
         // log and the metrics.
@@ -100,12 +97,10 @@ impl<L: LoadBalancers, D: Deployments, S: StateStore + Coordination, F: Follower
         // Decided once there is something to read (finding the bindings reads no ELB): the end of a deployment in a
         // group with no binding costs no read of its record.
         let lane = if bindings.is_empty() { trigger.lane() } else { self.lane_for(trigger, t).await };
-        // A read that cannot have its turn in the lane before the invocation's end (less what a reconcile needs after
-        // it) steps aside rather than sleep into the timeout.
-        let policy = ReadPolicy {
-            lane,
-            until: (lane == LaneMode::Wait).then(|| Instant::now() + budget.remaining().saturating_sub(AFTER_THE_TURN)),
-        };
+        // Nothing before here reads ELB but at once (the rollback's put-back). A read that cannot have its turn in
+        // the lane before the invocation's end (less what a reconcile needs after it) steps aside rather than sleep
+        // into the timeout.
+        let policy = ReadPolicy::new(lane, Some(budget.remaining().saturating_sub(AFTER_THE_TURN)));
         crate::reads::under(policy, self.check_bindings(trigger, bindings, owner, budget, t, done)).await
     }
 
